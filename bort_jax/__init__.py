@@ -1,0 +1,48 @@
+"""bort_jax: Bort and DBort for JAX, Optax and Flax.
+
+Optimizers that keep every layer's weights bounded and orthogonal
+(``W Wᵀ ≈ cI``), so that networks read forwards (aligned activations) and
+invert backwards (a layer is undone by its scaled transpose).
+"""
+
+from bort_jax._src.alias import bort_adamw
+from bort_jax._src.alias import bort_sgd
+from bort_jax._src.alias import with_bort
+from bort_jax._src.diagnostics import matrix_orthogonality_error
+from bort_jax._src.diagnostics import mean_orthogonality_error
+from bort_jax._src.diagnostics import orthogonality_error
+from bort_jax._src.diagnostics import OrthogonalityError
+from bort_jax._src.dimension_numbers import BortDimensionNumbers
+from bort_jax._src.dimension_numbers import flax_dimension_numbers
+from bort_jax._src.penalty import ada_amplitude
+from bort_jax._src.penalty import bort_correction
+from bort_jax._src.penalty import bort_penalty
+from bort_jax._src.penalty import KernelOptions
+from bort_jax._src.penalty import MODES as _MODES
+from bort_jax._src.transform import add_bort_correction
+from bort_jax._src.transform import BortState
+from bort_jax._src.transform import tree_correction
+
+MODES: tuple[str, ...] = tuple(_MODES)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "MODES",
+    "BortDimensionNumbers",
+    "BortState",
+    "KernelOptions",
+    "OrthogonalityError",
+    "ada_amplitude",
+    "add_bort_correction",
+    "bort_adamw",
+    "bort_correction",
+    "bort_penalty",
+    "bort_sgd",
+    "flax_dimension_numbers",
+    "matrix_orthogonality_error",
+    "mean_orthogonality_error",
+    "orthogonality_error",
+    "tree_correction",
+    "with_bort",
+)

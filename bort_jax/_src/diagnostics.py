@@ -1,0 +1,130 @@
+"""How far each Bort parameter is from ``W Wᵀ = cI``: cheap, jit-able numbers."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bort_jax._src import penalty
+from bort_jax._src.dimension_numbers import DimensionNumbersLike
+from bort_jax._src.dimension_numbers import path_string
+from bort_jax._src.dimension_numbers import resolve_views
+
+
+class OrthogonalityError(NamedTuple):
+  """Constraint errors of one Bort parameter (averaged over its batch axes).
+
+  Attributes:
+    constraint_error: ``‖S − cI‖_F / ‖cI‖_F`` with ``S`` the Gram of the
+      feasible side (``W Wᵀ`` when m ≤ n, else ``Wᵀ W``).
+    max_cosine: the largest ``|cos|`` between two distinct vectors of that
+      side (0 when orthogonal); the maximum over batch axes.
+    norm_spread: standard deviation / mean of that side's vector norms (0 when
+      bounded).
+  """
+
+  constraint_error: jax.Array
+  max_cosine: jax.Array
+  norm_spread: jax.Array
+
+
+def matrix_orthogonality_error(
+    w: jax.Array, amplitude: Any = None
+) -> OrthogonalityError:
+  """The :class:`OrthogonalityError` of matrices ``(..., m, n)``.
+
+  Args:
+    w: matrices whose rows are output units; leading axes are batch axes.
+    amplitude: the target ``c``; ``None`` takes the mean squared norm of the
+      feasible side's vectors (``‖W‖²_F / min(m, n)``), so only equal norms
+      and orthogonality are measured.
+
+  Returns:
+    An :class:`OrthogonalityError` of scalars.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> err = matrix_orthogonality_error(3.0 * jnp.eye(2, 4))
+    >>> float(err.constraint_error), float(err.max_cosine)
+    (0.0, 0.0)
+    >>> float(matrix_orthogonality_error(jnp.eye(2), 4.0).constraint_error)
+    0.75
+  """
+  x = w.astype(penalty.compute_dtype(w.dtype))
+  if x.shape[-2] > x.shape[-1]:
+    x = jnp.swapaxes(x, -1, -2)
+  k = x.shape[-2]
+  gram = jnp.matmul(x, jnp.swapaxes(x, -1, -2))
+  norms_sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
+  if amplitude is None:
+    c = jnp.mean(norms_sq, axis=-1)
+  else:
+    c = jnp.broadcast_to(jnp.asarray(amplitude, x.dtype), x.shape[:-2])
+  eye = jnp.eye(k, dtype=x.dtype)
+  residual = gram - c[..., None, None] * eye
+  constraint = jnp.linalg.norm(residual, axis=(-2, -1)) / (c * jnp.sqrt(k))
+  norms = jnp.sqrt(norms_sq)
+  safe = jnp.where(norms > 0, norms, 1.0)
+  cosine = gram / (safe[..., :, None] * safe[..., None, :])
+  max_cosine = jnp.max(jnp.abs(cosine * (1 - eye)), axis=(-2, -1))
+  spread = jnp.std(norms, axis=-1) / jnp.mean(norms, axis=-1)
+  return OrthogonalityError(
+      jnp.mean(constraint), jnp.max(max_cosine), jnp.mean(spread)
+  )
+
+
+def orthogonality_error(
+    params: Any,
+    amplitude: Any = None,
+    *,
+    dimension_numbers: DimensionNumbersLike = None,
+) -> dict[str, OrthogonalityError]:
+  """The orthogonality error of every Bort parameter of a pytree.
+
+  Each parameter is viewed as matrices by its dimension numbers (the same view
+  the Bort transform uses) and measured by :func:`matrix_orthogonality_error`.
+  It costs one Gram of the smaller side per parameter: cheap enough to log.
+
+  Args:
+    params: a pytree of parameters (e.g. ``nnx.state(model, nnx.Param)``).
+    amplitude: the target ``c``, or ``None`` (scale-free: mean squared norm).
+    dimension_numbers: as in :func:`add_bort_correction`.
+
+  Returns:
+    A dict from each Bort parameter's path (``"layer/kernel"``) to its
+    :class:`OrthogonalityError`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"dense": {"kernel": jnp.eye(3), "bias": jnp.zeros(3)}}
+    >>> errors = orthogonality_error(params)
+    >>> list(errors), float(errors["dense/kernel"].constraint_error)
+    (['dense/kernel'], 0.0)
+  """
+  views = resolve_views(dimension_numbers, params)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {
+      path_string(path): matrix_orthogonality_error(
+          view.to_matrices(leaf), amplitude
+      )
+      for (path, leaf), view in zip(leaves, views)
+      if view is not None
+  }
+
+
+def mean_orthogonality_error(
+    errors: dict[str, OrthogonalityError],
+) -> OrthogonalityError:
+  """Averages :func:`orthogonality_error`'s per-parameter errors (max cosine:
+  the maximum), for a one-line log."""
+  values = list(errors.values())
+  if not values:
+    raise ValueError("No Bort parameters to average.")
+  stack = lambda field: jnp.stack([getattr(v, field) for v in values])
+  return OrthogonalityError(
+      jnp.mean(stack("constraint_error")),
+      jnp.max(stack("max_cosine")),
+      jnp.mean(stack("norm_spread")),
+  )

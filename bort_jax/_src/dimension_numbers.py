@@ -1,0 +1,280 @@
+"""The parameter-to-matrix view: which axes of a weight are its output units.
+
+Bort acts on a matrix ``W ∈ R^{m×n}`` whose row ``i`` is the whole weight vector
+of output unit ``i``. Flax puts output units on the last axis (Linear
+``(in, out)``, Conv ``(kh, kw, in/groups, out)``), PyTorch on the first; getting
+this wrong silently orthogonalises the wrong side. This module (no math) maps a
+parameter to a batch of such matrices ``(B, m, n)`` and back, and chooses the
+default Bort parameters of a Flax model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+
+Axes = Sequence[int] | int
+
+
+class BortDimensionNumbers(NamedTuple):
+  """Which axes of a parameter are output units, fan-in, and batch.
+
+  Every axis that is neither an output axis nor a batch axis is a reduction
+  (fan-in) axis when ``reduction_axis`` is ``None``; when ``reduction_axis`` is
+  given, every unnamed axis is a batch axis (each batch index is its own
+  matrix, as for scanned or stacked layers).
+
+  Attributes:
+    reduction_axis: the fan-in axes, or ``None`` for "all the others".
+    output_axis: the output-unit axes (default: the last, Flax's layout).
+    batch_axis: axes holding independent matrices (stacked layers).
+
+  Examples:
+    >>> BortDimensionNumbers()  # nnx.Linear (in, out) and nnx.Conv kernels
+    BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=())
+    >>> # A scanned stack of Linear layers, kernel (layers, in, out):
+    >>> stacked = BortDimensionNumbers(batch_axis=0)
+    >>> # An attention query kernel (in, heads, head_dim):
+    >>> query = BortDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
+  """
+
+  reduction_axis: Axes | None = None
+  output_axis: Axes = -1
+  batch_axis: Axes = ()
+
+
+def _as_tuple(axes: Axes) -> tuple[int, ...]:
+  return (axes,) if isinstance(axes, int) else tuple(axes)
+
+
+class MatrixView(NamedTuple):
+  """A parameter seen as a batch of matrices ``(batch, m, n)``."""
+
+  batch_axes: tuple[int, ...]
+  output_axes: tuple[int, ...]
+  reduction_axes: tuple[int, ...]
+  shape: tuple[int, ...]  # the parameter's shape
+
+  @property
+  def matrix_shape(self) -> tuple[int, int, int]:
+    size = lambda axes: math.prod(self.shape[a] for a in axes)
+    return (
+        size(self.batch_axes),
+        size(self.output_axes),
+        size(self.reduction_axes),
+    )
+
+  @property
+  def _order(self) -> tuple[int, ...]:
+    return self.batch_axes + self.output_axes + self.reduction_axes
+
+  def to_matrices(self, x: jax.Array) -> jax.Array:
+    """Transposes and reshapes a parameter to ``(batch, m, n)``."""
+    return x.transpose(self._order).reshape(self.matrix_shape)
+
+  def from_matrices(self, w: jax.Array) -> jax.Array:
+    """The exact inverse of :meth:`to_matrices`."""
+    order = self._order
+    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+    return w.reshape(tuple(self.shape[a] for a in order)).transpose(inverse)
+
+
+def matrix_view(
+    shape: Sequence[int], dims: BortDimensionNumbers, name: str = "parameter"
+) -> MatrixView:
+  """Checks dimension numbers against a shape and returns the matrix view.
+
+  Args:
+    shape: the parameter's shape.
+    dims: its :class:`BortDimensionNumbers`.
+    name: how to name the parameter in error messages (e.g. its path).
+
+  Returns:
+    A :class:`MatrixView`.
+
+  Raises:
+    ValueError: if an axis is out of range, named twice, or the view would
+      have no output or no reduction axis.
+
+  Examples:
+    >>> view = matrix_view((3, 3, 16, 32), BortDimensionNumbers())  # a conv
+    >>> view.matrix_shape
+    (1, 32, 144)
+  """
+  shape = tuple(shape)
+  ndim = len(shape)
+
+  def normalize(axes: Axes, role: str) -> tuple[int, ...]:
+    out = []
+    for axis in _as_tuple(axes):
+      if not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise ValueError(
+            f"Bort dimension numbers do not fit {name} of shape {shape}: "
+            f"{role} axis {axis!r} is out of range for {ndim} dimensions."
+        )
+      out.append(axis % ndim)
+    return tuple(out)
+
+  output = normalize(dims.output_axis, "output")
+  batch = normalize(dims.batch_axis, "batch")
+  if dims.reduction_axis is None:
+    reduction = tuple(a for a in range(ndim) if a not in output + batch)
+  else:
+    reduction = normalize(dims.reduction_axis, "reduction")
+    batch = tuple(sorted(set(range(ndim)) - set(output) - set(reduction)))
+  named = output + batch + reduction
+  if len(set(named)) != len(named):
+    raise ValueError(
+        f"Bort dimension numbers do not fit {name} of shape {shape}: an axis "
+        f"is named twice in {dims}."
+    )
+  if not output or not reduction:
+    raise ValueError(
+        f"Bort dimension numbers do not fit {name} of shape {shape}: a Bort "
+        f"parameter needs at least one output and one reduction axis, got "
+        f"output={output}, reduction={reduction} from {dims}."
+    )
+  return MatrixView(batch, output, reduction, shape)
+
+
+_ATTENTION_INPUTS = ("query", "key", "value")
+
+
+def _key_name(key) -> Any:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
+
+
+def path_names(path) -> tuple[Any, ...]:
+  """The names along a pytree path, without the ``.value`` of NNX variables.
+
+  ``nnx.Optimizer`` hands ``init`` a tree of ``nnx.Variable`` (paths end in
+  ``.value``) and ``update`` a tree of arrays: both name a leaf the same here.
+  """
+  names = tuple(_key_name(k) for k in path)
+  while names and names[-1] in ("value", "raw_value"):
+    names = names[:-1]
+  return names
+
+
+def path_string(path) -> str:
+  """A leaf's path as ``"a/b/kernel"``."""
+  return "/".join(str(n) for n in path_names(path))
+
+
+def flax_dimension_numbers(params: Any) -> Any:
+  """The default Bort parameters of a Flax model and their matrix views.
+
+  Selects leaves named ``kernel`` with at least two axes (``nnx.Linear``,
+  ``nnx.Conv``, linen ``Dense``/``Conv``): output units on the last axis, fan-in
+  on all others. Attention kernels of ``nnx.MultiHeadAttention`` are recognised
+  by their module names: ``query``/``key``/``value`` kernels
+  ``(in, heads, head_dim)`` have output axes ``(heads, head_dim)``, and the
+  ``out`` kernel ``(heads, head_dim, out)`` of the same block has fan-in
+  ``(heads, head_dim)``. Biases, norm scales, embeddings and everything else
+  map to ``None`` (not a Bort parameter).
+
+  Args:
+    params: a pytree of parameters (arrays, ``ShapeDtypeStruct`` or NNX state).
+
+  Returns:
+    A pytree of the same structure with a :class:`BortDimensionNumbers` or
+    ``None`` at each leaf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
+    >>> flax_dimension_numbers(params)["dense"]
+    {'bias': None, 'kernel': BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=())}
+  """
+  paths = [path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+      params)[0]]
+  attention_blocks = {p[:-2] for p in paths
+                      if len(p) >= 2 and p[-2] in _ATTENTION_INPUTS}
+
+  def choose(path, leaf):
+    names = path_names(path)
+    ndim = len(getattr(leaf, "shape", ()))
+    if not names or names[-1] != "kernel" or ndim < 2:
+      return None
+    parent = names[-2] if len(names) >= 2 else None
+    if ndim == 3 and parent in _ATTENTION_INPUTS:
+      return BortDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
+    if ndim == 3 and parent == "out" and names[:-2] in attention_blocks:
+      return BortDimensionNumbers(reduction_axis=(0, 1), output_axis=2)
+    return BortDimensionNumbers()
+
+  return jax.tree_util.tree_map_with_path(choose, params)
+
+
+DimensionNumbersLike = (
+    BortDimensionNumbers | Any | Callable[[Any], Any] | None
+)
+
+
+def _is_dims_leaf(x) -> bool:
+  return x is None or isinstance(x, BortDimensionNumbers)
+
+
+def resolve_views(
+    dimension_numbers: DimensionNumbersLike, params: Any
+) -> list[MatrixView | None]:
+  """The matrix view of every leaf of ``params`` (flattened order), or None.
+
+  Args:
+    dimension_numbers: ``None`` for :func:`flax_dimension_numbers`; one
+      :class:`BortDimensionNumbers` used for every leaf the default selects; a
+      pytree (a prefix of ``params``) of them with ``None`` to skip a leaf; or a
+      callable returning such a pytree given ``params``.
+    params: the parameters (or anything with their structure and shapes).
+
+  Returns:
+    A list aligned with ``jax.tree.leaves(params)``.
+
+  Raises:
+    ValueError: if dimension numbers do not fit a leaf, naming its path.
+  """
+  if dimension_numbers is None:
+    tree = flax_dimension_numbers(params)
+  elif isinstance(dimension_numbers, BortDimensionNumbers):
+    tree = jax.tree.map(
+        lambda d: None if d is None else dimension_numbers,
+        flax_dimension_numbers(params),
+        is_leaf=_is_dims_leaf,
+    )
+  elif callable(dimension_numbers):
+    tree = dimension_numbers(params)
+  else:
+    tree = dimension_numbers
+
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  try:
+    dims = treedef.flatten_up_to(
+        jax.tree.map(
+            lambda d, p: jax.tree.map(lambda _: d, p),
+            tree, params, is_leaf=_is_dims_leaf,
+        )
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "Bort dimension_numbers must be a BortDimensionNumbers, a pytree of "
+        "them (a prefix of the params, None to skip a leaf) or a callable "
+        f"returning one; its structure does not match the params: {e}"
+    ) from e
+
+  views = []
+  for (path, leaf), dims_i in zip(leaves_with_path, dims):
+    if dims_i is None:
+      views.append(None)
+    elif not isinstance(dims_i, BortDimensionNumbers):
+      raise ValueError(
+          f"Bort dimension numbers for {path_string(path)!r} must be a "
+          f"BortDimensionNumbers or None, got {dims_i!r}."
+      )
+    else:
+      views.append(matrix_view(leaf.shape, dims_i, repr(path_string(path))))
+  return views

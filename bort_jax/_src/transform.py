@@ -1,0 +1,210 @@
+"""The Bort correction as an optax gradient transformation.
+
+Glues the penalty mathematics (:mod:`penalty`) to the parameter view
+(:mod:`dimension_numbers`): every selected leaf is seen as a batch of matrices,
+leaves whose matrices have the same shape are stacked and corrected in one
+batched product, and ``gamma · Δ(param)`` is added to the leaf's update.
+"""
+
+from __future__ import annotations
+
+import collections
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bort_jax._src import penalty
+from bort_jax._src import validation
+from bort_jax._src.dimension_numbers import DimensionNumbersLike
+from bort_jax._src.dimension_numbers import resolve_views
+
+NO_PARAMS_MSG = (
+    "The Bort correction depends on the parameters: call "
+    "`update(updates, state, params)` with the current params."
+)
+
+
+class BortState(NamedTuple):
+  """The step count, kept only when gamma or the amplitude is a schedule."""
+
+  count: jax.Array  # shape=(), dtype=jnp.int32
+
+
+def tree_correction(
+    params: Any,
+    mode: str = "l2-full",
+    amplitude: penalty.Amplitude = 1.0,
+    *,
+    dimension_numbers: DimensionNumbersLike = None,
+    kernel_options: penalty.KernelOptions = penalty.KernelOptions(),
+) -> Any:
+  """Δ(param) for every Bort parameter of a pytree, ``None`` elsewhere.
+
+  Leaves are viewed as ``(batch, m, n)`` matrices by their dimension numbers;
+  leaves of equal ``(m, n)`` and compute dtype are concatenated along the batch
+  axis so that each shape costs one batched product, not one per leaf.
+
+  Args:
+    params: a pytree of parameters.
+    mode: one of the seven Bort modes.
+    amplitude: a number, a scalar array or ``"ada"`` (per matrix).
+    dimension_numbers: see :func:`resolve_views`; ``None`` selects Flax kernels.
+    kernel_options: how the full modes' products are computed.
+
+  Returns:
+    A pytree of params' structure: Δ in float32 (or the params' wider dtype) at
+    Bort leaves, ``None`` at the others.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"kernel": 2 * jnp.eye(2), "bias": jnp.ones(2)}
+    >>> tree_correction(params)["kernel"]  # (4 − 1) · 2 on the diagonal
+    Array([[6., 0.],
+           [0., 6.]], dtype=float32)
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  views = resolve_views(dimension_numbers, params)
+  groups = collections.defaultdict(list)
+  for i, (leaf, view) in enumerate(zip(leaves, views)):
+    if view is not None:
+      dtype = penalty.compute_dtype(leaf.dtype)
+      groups[(view.matrix_shape[1:], jnp.dtype(dtype))].append(i)
+
+  deltas = [None] * len(leaves)
+  for (_, dtype), members in groups.items():
+    matrices = [views[i].to_matrices(leaves[i]).astype(dtype) for i in members]
+    stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
+    delta = penalty.bort_correction(
+        stacked, mode, amplitude, options=kernel_options
+    )
+    offsets = [0]
+    for matrix in matrices:
+      offsets.append(offsets[-1] + matrix.shape[0])
+    for i, start, stop in zip(members, offsets[:-1], offsets[1:]):
+      deltas[i] = views[i].from_matrices(delta[start:stop])
+  return treedef.unflatten(deltas)
+
+
+def hyperparameter_value(hyperparameter, count):
+  return hyperparameter(count) if callable(hyperparameter) else hyperparameter
+
+
+def _correction_transform(
+    strength: optax.ScalarOrSchedule,
+    mode: str,
+    amplitude: Any,
+    dimension_numbers: DimensionNumbersLike,
+    kernel_options: penalty.KernelOptions,
+    mask: Any = None,
+) -> optax.GradientTransformation:
+  """Adds ``strength · Δ(params)`` to the updates; no checks on strength."""
+  has_schedule = callable(strength) or callable(amplitude)
+
+  def init_fn(params):
+    resolve_views(dimension_numbers, params)  # bad dimension numbers fail now
+    if has_schedule:
+      return BortState(count=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    count = state.count if has_schedule else None
+    new_state = (
+        BortState(optax.safe_increment(count)) if has_schedule else state
+    )
+    # A literal zero skips the work; a traced zero (inject_hyperparams) adds 0.
+    if isinstance(strength, numbers.Real) and strength == 0:
+      return updates, new_state
+    scale = hyperparameter_value(strength, count)
+    deltas = tree_correction(
+        params,
+        mode,
+        hyperparameter_value(amplitude, count),
+        dimension_numbers=dimension_numbers,
+        kernel_options=kernel_options,
+    )
+    updates = jax.tree.map(
+        lambda u, d: u if d is None else (u + scale * d).astype(u.dtype),
+        updates,
+        deltas,
+        is_leaf=lambda x: x is None,
+    )
+    return updates, new_state
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return optax.masked(tx, mask) if mask is not None else tx
+
+
+def add_bort_correction(
+    gamma: optax.ScalarOrSchedule,
+    mode: str = "l2-full",
+    amplitude: optax.ScalarOrSchedule | str = 1.0,
+    *,
+    dimension_numbers: DimensionNumbersLike = None,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    kernel_options: penalty.KernelOptions | None = None,
+) -> optax.GradientTransformation:
+  """Adds the Bort correction ``gamma · Δ(param)`` to each Bort leaf's update.
+
+  Bort keeps every layer bounded and orthogonal, ``W Wᵀ ≈ cI``, by adding to
+  the update the (sub)gradient of a penalty on ``W Wᵀ − cI``, where row ``i``
+  of ``W`` is output unit ``i``'s weights. Like
+  :func:`optax.add_decayed_weights` it reads the params: place it first in a
+  chain for the coupled placement (the correction flows through momentum and
+  adaptive scaling like L2 decay) or just before the learning rate for the
+  decoupled one (like AdamW's decay); see :func:`bort_sgd`, :func:`bort_adamw`
+  and :func:`with_bort`.
+
+  Args:
+    gamma: the strength ``γ ≥ 0``, a scalar or a schedule of the step count.
+    mode: ``l2-full`` (default), ``l2-row``, ``l2-col``, ``l1-fullrow``,
+      ``l1-fullcol``, ``l1-row`` or ``l1-col``.
+    amplitude: the target squared row norm ``c > 0``, a schedule, or ``"ada"``
+      for ``c = (mean_i ‖w_i‖)²`` per matrix and step (only equal norms and
+      orthogonality are enforced, not the scale).
+    dimension_numbers: which leaves are Bort parameters and how each is a
+      matrix: ``None`` (Flax kernels, see :func:`flax_dimension_numbers`), one
+      :class:`BortDimensionNumbers` for every default leaf, a pytree of them
+      (``None`` skips a leaf), or a callable building such a pytree from the
+      params (robust to ``nnx.Optimizer``'s state trees).
+    mask: a pytree or callable of booleans, handed to :func:`optax.masked`.
+    kernel_options: precision, reduced-precision Gram and block size of the
+      full modes (:class:`KernelOptions`).
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Raises:
+    ValueError: for an unknown mode, a negative gamma, an amplitude that is not
+      a positive number, a schedule or ``"ada"``; at ``init`` for dimension
+      numbers that do not fit a leaf; at ``update`` without params.
+
+  Non-finite params give non-finite corrections for their leaf (nothing
+  raises); wrap the optimizer in :func:`optax.apply_if_finite` to skip such
+  steps.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, bort_jax
+    >>> params = {"kernel": jnp.array([[2.0, 0.0], [0.0, 1.0]])}
+    >>> tx = optax.chain(bort_jax.add_bort_correction(0.1), optax.sgd(0.5))
+    >>> state = tx.init(params)
+    >>> grads = {"kernel": jnp.zeros((2, 2))}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> updates["kernel"] + 0.0  # −0.5 · 0.1 · (4 − 1) · 2 on the first row
+    Array([[-0.3,  0. ],
+           [ 0. ,  0. ]], dtype=float32)
+
+  References:
+    Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
+    Bounded Orthogonal Constraint", ICLR 2023.
+  """
+  kernel_options = validation.check_bort_arguments(
+      gamma, mode, amplitude, kernel_options
+  )
+  return _correction_transform(
+      gamma, mode, amplitude, dimension_numbers, kernel_options, mask
+  )
