@@ -1,0 +1,1 @@
+"""Flax NNX models that work with Bort's default parameter selection."""
