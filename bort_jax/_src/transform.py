@@ -183,9 +183,9 @@ def add_bort_correction(
       a positive number, a schedule or ``"ada"``; at ``init`` for dimension
       numbers that do not fit a leaf; at ``update`` without params.
 
-  Non-finite params give non-finite corrections for their leaf (nothing
-  raises); wrap the optimizer in :func:`optax.apply_if_finite` to skip such
-  steps.
+  Non-finite params give non-finite corrections for their leaf only; nothing
+  raises. Such a weight makes its gradient non-finite too, so wrapping the
+  optimizer in :func:`optax.apply_if_finite` skips those steps.
 
   Examples:
     >>> import jax.numpy as jnp, optax, bort_jax

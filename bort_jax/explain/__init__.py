@@ -1,0 +1,1 @@
+"""Explainability for Bort-trained networks (placeholder during development)."""

@@ -1,0 +1,125 @@
+"""The closed-form corrections against jax.grad of their penalties."""
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bort_jax
+from bort_jax._src.penalty import KernelOptions
+from tests import reference
+
+SHAPES = {
+    "wide": (3, 7),
+    "square": (5, 5),
+    "tall": (8, 3),
+    "conv": (16, 3 * 3 * 4),  # a (3, 3, 4, 16) conv kernel seen as a matrix
+    "stacked": (2, 3, 4, 6),  # two batch axes
+}
+
+
+def _random(shape, seed=0, dtype=np.float64):
+  return np.random.default_rng(seed).normal(size=shape).astype(dtype) * 0.6
+
+
+@pytest.mark.parametrize("mode", bort_jax.MODES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("amplitude", [1.0, 0.3, "ada"])
+def test_correction_is_gradient_of_penalty(mode, shape, amplitude):
+  with jax.enable_x64(True):
+    w = jnp.asarray(_random(shape))
+    delta = bort_jax.bort_correction(w, mode, amplitude)
+    grad = jax.grad(bort_jax.bort_penalty)(w, mode, amplitude)
+    assert delta.dtype == jnp.float64 and delta.shape == w.shape
+    np.testing.assert_allclose(delta, grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", bort_jax.MODES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_correction_matches_numpy_reference(mode, shape):
+  w = _random(shape, seed=1)
+  matrices = w.reshape(-1, *shape[-2:])
+  expected = np.stack([reference.correction(x, mode, 0.7) for x in matrices])
+  with jax.enable_x64(True):
+    delta = bort_jax.bort_correction(jnp.asarray(w), mode, 0.7)
+  np.testing.assert_allclose(delta, expected.reshape(shape), rtol=1e-10,
+                             atol=1e-12)
+
+
+def test_ada_amplitude_is_squared_mean_row_norm():
+  w = _random((2, 4, 5), seed=2)
+  expected = np.mean(np.linalg.norm(w, axis=-1), axis=-1) ** 2
+  with jax.enable_x64(True):
+    np.testing.assert_allclose(bort_jax.ada_amplitude(jnp.asarray(w)),
+                               expected, rtol=1e-12)
+    # "ada" is a per-matrix constant: each batch element uses its own c.
+    delta = bort_jax.bort_correction(jnp.asarray(w), "l2-full", "ada")
+  for i in range(2):
+    np.testing.assert_allclose(
+        delta[i], reference.correction(w[i], "l2-full", expected[i]),
+        rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["l1-fullrow", "l1-fullcol"])
+@pytest.mark.parametrize("block_size", [1, 2, 3, 64])
+def test_blockwise_l1_equals_direct(mode, block_size):
+  with jax.enable_x64(True):
+    w = jnp.asarray(_random((2, 7, 5), seed=3))
+    direct = bort_jax.bort_correction(
+        w, mode, "ada", options=KernelOptions(block_size=None))
+    blocked = bort_jax.bort_correction(
+        w, mode, "ada", options=KernelOptions(block_size=block_size))
+    np.testing.assert_allclose(blocked, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_reduced_precision_gram_is_close():
+  w = jnp.asarray(_random((64, 256), seed=4, dtype=np.float32)) / 8
+  exact = bort_jax.bort_correction(w, "l2-full",
+                                   options=KernelOptions(precision="highest"))
+  low = bort_jax.bort_correction(
+      w, "l2-full", options=KernelOptions(gram_dtype=jnp.bfloat16))
+  assert low.dtype == jnp.float32
+  error = jnp.linalg.norm(low - exact) / jnp.linalg.norm(exact)
+  assert 0 < error < 2e-2  # bf16 inputs: visibly different, still close
+
+
+@hypothesis.settings(deadline=None, max_examples=40, derandomize=True)
+@hypothesis.given(
+    m=st.integers(1, 7),
+    n=st.integers(1, 7),
+    batch=st.lists(st.integers(1, 3), max_size=2),
+    mode=st.sampled_from(bort_jax.MODES),
+    dtype=st.sampled_from(["float32", "bfloat16", "float64"]),
+    amplitude=st.sampled_from([1.0, 2.5, "ada"]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_correction_round_trips_and_is_gradient(
+    m, n, batch, mode, dtype, amplitude, seed):
+  shape = (*batch, m, n)
+  with jax.enable_x64(True):
+    w = jnp.asarray(_random(shape, seed), dtype=dtype)
+    delta = bort_jax.bort_correction(w, mode, amplitude)
+    assert delta.shape == w.shape and delta.dtype == w.dtype
+    grad = jax.grad(bort_jax.bort_penalty)(w, mode, amplitude)
+    assert grad.dtype == w.dtype
+    # Compare in float64 against the gradient of the same (upcast) weights.
+    w64 = w.astype(jnp.float64)
+    expected = jax.grad(bort_jax.bort_penalty)(w64, mode, amplitude)
+    tol = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 2e-2}[dtype]
+    scale = 1.0 + float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(delta.astype(jnp.float64), expected,
+                               atol=tol * scale, rtol=tol)
+    np.testing.assert_allclose(grad.astype(jnp.float64), expected,
+                               atol=tol * scale, rtol=tol)
+
+
+def test_unknown_mode_lists_valid_modes():
+  with pytest.raises(ValueError, match="l2-full, l2-row.*l1-col"):
+    bort_jax.bort_correction(jnp.ones((2, 2)), "l3-full")
+
+
+def test_vector_is_not_a_matrix():
+  with pytest.raises(ValueError, match=r"\(\.\.\., m, n\)"):
+    bort_jax.bort_correction(jnp.ones(3))
