@@ -1,0 +1,264 @@
+"""Numbers for explanations: reconstruction error, Deletion/Insertion AUC, Gram.
+
+Deletion and Insertion (Petsiuk et al., RISE, 2018) score a saliency map by
+perturbing the image in the map's order: pixels are *deleted* (set to 0) or
+*inserted* (copied into a blurred copy of the image) a fixed number per step,
+most salient first, and the softmax score of the class predicted on the clean
+image is recorded after each step. The area under the score curve, over the
+fraction of pixels changed, is low for a good map under deletion (the score
+falls fast) and high under insertion (it rises fast).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def reconstruction_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """The mean squared error of each example, ``mean((x − x̂)²)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> reconstruction_mse(jnp.zeros((2, 2)), jnp.array([[1.0, 1.0], [0.0, 2.0]]))
+    Array([1., 2.], dtype=float32)
+  """
+  axes = tuple(range(1, x.ndim))
+  return jnp.mean(jnp.square(x - x_hat), axis=axes)
+
+
+def psnr(x: jax.Array, x_hat: jax.Array, data_range: float = 1.0) -> jax.Array:
+  """The peak signal-to-noise ratio of each example, in dB.
+
+  .. math::
+    \\text{PSNR} = 10 \\log_{10}(\\text{range}^2 / \\text{MSE})
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> psnr(jnp.zeros((1, 4)), jnp.full((1, 4), 0.1))
+    Array([20.], dtype=float32)
+  """
+  mse = reconstruction_mse(x, x_hat)
+  return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-20))
+
+
+def cosine_gram(kernel: jax.Array) -> jax.Array:
+  """The normalised Gram ``W Wᵀ`` of a Flax kernel: cosines between its units.
+
+  ``W = kernel.reshape(-1, out).T`` has one row per output unit. A
+  bounded-orthogonal layer gives the identity.
+
+  Args:
+    kernel: a Flax kernel, output units on the last axis.
+
+  Returns:
+    An ``(out, out)`` matrix of cosines.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> jnp.round(cosine_gram(jnp.array([[1.0, 1.0], [0.0, 1.0]])), 4)
+    Array([[1.    , 0.7071],
+           [0.7071, 1.    ]], dtype=float32)
+  """
+  w = kernel.reshape(-1, kernel.shape[-1]).T
+  norms = jnp.linalg.norm(w, axis=1, keepdims=True)
+  w = w / jnp.where(norms > 0, norms, 1.0)
+  return w @ w.T
+
+
+def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
+  """Blurs ``(N, H, W, C)`` images with a Gaussian (edge padding).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(jnp.round(gaussian_blur(jnp.ones((1, 5, 5, 1)), 1.0).mean(), 5))
+    1.0
+  """
+  if sigma <= 0:
+    return images
+  radius = max(1, math.ceil(3 * sigma))
+  taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
+  taps = (taps / taps.sum()).astype(images.dtype)
+  channels = images.shape[-1]
+  x = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)),
+              mode="edge")
+  numbers = ("NHWC", "HWIO", "NHWC")
+  for kernel in (taps.reshape(-1, 1, 1, 1), taps.reshape(1, -1, 1, 1)):
+    x = jax.lax.conv_general_dilated(
+        x, jnp.tile(kernel, (1, 1, 1, channels)), (1, 1), "VALID",
+        dimension_numbers=numbers, feature_group_count=channels)
+  return x
+
+
+class PerturbationCurve(NamedTuple):
+  """A Deletion or Insertion curve.
+
+  Attributes:
+    fractions: ``(T + 1,)`` fraction of pixels changed after each step
+      (from 0 to 1).
+    scores: ``(N, T + 1)`` softmax score of each image's class.
+  """
+
+  fractions: jax.Array
+  scores: jax.Array
+
+  @property
+  def auc(self) -> jax.Array:
+    """``(N,)`` areas under the curves (trapezoid rule over the fractions)."""
+    widths = jnp.diff(self.fractions)
+    heights = 0.5 * (self.scores[:, 1:] + self.scores[:, :-1])
+    return heights @ widths
+
+
+def _pixel_ranks(saliency: jax.Array) -> jax.Array:
+  """Rank of each pixel, 0 = most salient; ties broken by position."""
+  flat = saliency.reshape(saliency.shape[0], -1)
+  order = jnp.argsort(-flat, axis=1, stable=True)
+  return jnp.argsort(order, axis=1).reshape(saliency.shape)
+
+
+def _perturbation_curve(
+    logits_fn: LogitsFn,
+    start: jax.Array,
+    finish: jax.Array,
+    saliency: jax.Array,
+    classes: jax.Array,
+    pixels_per_step: int,
+) -> PerturbationCurve:
+  n, height, width = saliency.shape
+  pixels = height * width
+  steps = -(-pixels // pixels_per_step)
+  ranks = _pixel_ranks(saliency)[..., None]
+  rows = jnp.arange(n)
+
+  def score(t):
+    changed = ranks < t * pixels_per_step
+    probs = jax.nn.softmax(logits_fn(jnp.where(changed, finish, start)))
+    return probs[rows, classes]
+
+  scores = jax.lax.map(score, jnp.arange(steps + 1)).T
+  fractions = jnp.minimum(jnp.arange(steps + 1) * pixels_per_step,
+                          pixels) / pixels
+  return PerturbationCurve(fractions.astype(scores.dtype), scores)
+
+
+def _check_curve_inputs(images, saliency, pixels_per_step):
+  if images.ndim != 4 or saliency.shape != images.shape[:3]:
+    raise ValueError(
+        f"images must be (N, H, W, C) and saliency (N, H, W); got "
+        f"{images.shape} and {saliency.shape}."
+    )
+  if not isinstance(pixels_per_step, int) or pixels_per_step < 1:
+    raise ValueError(
+        f"pixels_per_step must be a positive int, got {pixels_per_step!r}.")
+
+
+def _classes(logits_fn, images, classes):
+  if classes is None:
+    return jnp.argmax(logits_fn(images), axis=-1)
+  return jnp.asarray(classes)
+
+
+def deletion_curve(
+    logits_fn: LogitsFn,
+    images: jax.Array,
+    saliency: jax.Array,
+    pixels_per_step: int = 1,
+    classes: jax.Array | None = None,
+) -> PerturbationCurve:
+  """Deletes pixels (sets them to 0) most salient first; records the score.
+
+  Args:
+    logits_fn: maps a batch of images to logits (e.g. an NNX model).
+    images: ``(N, H, W, C)``.
+    saliency: ``(N, H, W)``; larger is more salient.
+    pixels_per_step: pixels deleted per step (all channels of a pixel).
+    classes: the class whose score is recorded (default: the class predicted
+      on the clean image).
+
+  Returns:
+    A :class:`PerturbationCurve`; ``.auc`` is the Deletion AUC (lower is
+    better).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> logits_fn = lambda x: jnp.stack([x.sum((1, 2, 3)), jnp.zeros(len(x))], 1)
+    >>> images = jnp.ones((1, 2, 2, 1))
+    >>> curve = deletion_curve(logits_fn, images, jnp.zeros((1, 2, 2)), 2)
+    >>> curve.fractions, curve.scores.shape
+    (Array([0. , 0.5, 1. ], dtype=float32), (1, 3))
+  """
+  _check_curve_inputs(images, saliency, pixels_per_step)
+  classes = _classes(logits_fn, images, classes)
+  return _perturbation_curve(logits_fn, images, jnp.zeros_like(images),
+                             saliency, classes, pixels_per_step)
+
+
+def insertion_curve(
+    logits_fn: LogitsFn,
+    images: jax.Array,
+    saliency: jax.Array,
+    pixels_per_step: int = 1,
+    classes: jax.Array | None = None,
+    blur_sigma: float = 2.0,
+) -> PerturbationCurve:
+  """Inserts pixels, most salient first, into a blurred copy; records the score.
+
+  Args:
+    logits_fn: maps a batch of images to logits.
+    images: ``(N, H, W, C)``.
+    saliency: ``(N, H, W)``.
+    pixels_per_step: pixels inserted per step.
+    classes: the class whose score is recorded (default: predicted on the
+      clean image).
+    blur_sigma: the Gaussian blur of the starting image, in pixels.
+
+  Returns:
+    A :class:`PerturbationCurve`; ``.auc`` is the Insertion AUC (higher is
+    better).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> logits_fn = lambda x: jnp.stack([x.sum((1, 2, 3)), jnp.zeros(len(x))], 1)
+    >>> images = jnp.ones((1, 2, 2, 1))
+    >>> insertion_curve(logits_fn, images, jnp.zeros((1, 2, 2))).scores.shape
+    (1, 5)
+  """
+  _check_curve_inputs(images, saliency, pixels_per_step)
+  classes = _classes(logits_fn, images, classes)
+  return _perturbation_curve(logits_fn, gaussian_blur(images, blur_sigma),
+                             images, saliency, classes, pixels_per_step)
+
+
+def deletion_auc(logits_fn, images, saliency, pixels_per_step=1, classes=None):
+  """The Deletion AUC of each image, ``deletion_curve(...).auc`` (lower is
+  better); in [0, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> logits_fn = lambda x: jnp.stack([x.sum((1, 2, 3)), jnp.zeros(len(x))], 1)
+    >>> deletion_auc(logits_fn, jnp.ones((1, 2, 2, 1)), jnp.zeros((1, 2, 2))).shape
+    (1,)
+  """
+  return deletion_curve(logits_fn, images, saliency, pixels_per_step,
+                        classes).auc
+
+
+def insertion_auc(logits_fn, images, saliency, pixels_per_step=1,
+                  classes=None, blur_sigma=2.0):
+  """The Insertion AUC of each image, ``insertion_curve(...).auc`` (higher is
+  better); in [0, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> logits_fn = lambda x: jnp.stack([x.sum((1, 2, 3)), jnp.zeros(len(x))], 1)
+    >>> insertion_auc(logits_fn, jnp.ones((1, 2, 2, 1)), jnp.zeros((1, 2, 2))).shape
+    (1,)
+  """
+  return insertion_curve(logits_fn, images, saliency, pixels_per_step,
+                         classes, blur_sigma).auc

@@ -1,0 +1,186 @@
+"""Bort-SGD, Bort-AdamW and with_bort: SPEC §4 placements, written out."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bort_jax
+from tests import reference
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"dense": {"kernel": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+                    "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+          "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 5)) * 0.3,
+                                         jnp.float32)}}
+
+
+def _grads(params, step):
+  return jax.tree.map(lambda p: jnp.sin(p * (step + 1.0)), params)
+
+
+def _trajectory(tx, params, steps=4):
+  state = tx.init(params)
+  for step in range(steps):
+    updates, state = tx.update(_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def _assert_bitwise_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(None, False), (0.9, False),
+                                                (0.9, True)])
+def test_zero_gamma_sgd_is_optax_sgd_bit_for_bit(momentum, nesterov):
+  params = _params()
+  expected = _trajectory(optax.sgd(0.05, momentum, nesterov), params)
+  _assert_bitwise_equal(
+      _trajectory(bort_jax.bort_sgd(0.05, momentum, nesterov, gamma=0.0),
+                  params), expected)
+  # A traced zero (inject_hyperparams) computes Δ and adds 0 · Δ exactly;
+  # injected hyperparameters are float32 arrays, so compare like with like.
+  injected = optax.inject_hyperparams(bort_jax.bort_sgd)(
+      learning_rate=0.05, momentum=momentum, nesterov=nesterov, gamma=0.0)
+  _assert_bitwise_equal(
+      _trajectory(injected, params),
+      _trajectory(optax.inject_hyperparams(optax.sgd)(
+          learning_rate=0.05, momentum=momentum, nesterov=nesterov), params))
+
+
+def test_zero_gamma_adamw_is_optax_adamw_bit_for_bit():
+  params = _params()
+  expected = _trajectory(optax.adamw(1e-2, weight_decay=0.05), params)
+  _assert_bitwise_equal(
+      _trajectory(bort_jax.bort_adamw(1e-2, weight_decay=0.05, gamma=0.0),
+                  params), expected)
+  # Injected hyperparameters are float32 arrays: compare like with like.
+  injected = optax.inject_hyperparams(bort_jax.bort_adamw)(
+      learning_rate=1e-2, weight_decay=0.05, gamma=0.0)
+  _assert_bitwise_equal(
+      _trajectory(injected, params),
+      _trajectory(optax.inject_hyperparams(optax.adamw)(
+          learning_rate=1e-2, weight_decay=0.05), params))
+
+
+def _kernel_delta(kernel, mode, c):
+  """Δ of a Flax kernel through the PyTorch-layout reference."""
+  return reference.from_torch_layout(
+      reference.correction(reference.torch_layout(kernel), mode, c),
+      kernel.shape)
+
+
+def _numpy_params(params):
+  return jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+
+
+def _is_kernel(path):
+  return path[-1].key == "kernel"
+
+
+def test_bort_sgd_two_steps_match_spec_formulas():
+  lr, mu, wd, gamma, c = 0.1, 0.9, 0.01, 0.3, 0.8
+  params = _params(1)
+  tx = bort_jax.bort_sgd(lr, mu, weight_decay=wd, gamma=gamma, mode="l2-full",
+                         amplitude=c)
+  got = _trajectory(tx, params, steps=2)
+
+  w = _numpy_params(params)
+  buffer = None
+  for step in range(2):
+    grads = _numpy_params(_grads(jax.tree.map(jnp.asarray, w), step))
+    g = jax.tree_util.tree_map_with_path(
+        lambda path, grad, p: grad + wd * p + (
+            gamma * _kernel_delta(p, "l2-full", c) if _is_kernel(path) else 0),
+        grads, w)
+    # b ← μ b + g (first step b = g), W ← W − lr · b.
+    buffer = g if buffer is None else jax.tree.map(
+        lambda b, x: mu * b + x, buffer, g)
+    w = jax.tree.map(lambda p, b: p - lr * b, w, buffer)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bort_adamw_one_step_matches_spec_formula():
+  lr, b1, b2, eps, wd, gamma = 0.01, 0.9, 0.999, 1e-8, 0.05, 0.2
+  params = _params(2)
+  tx = bort_jax.bort_adamw(lr, b1, b2, eps, weight_decay=wd, gamma=gamma,
+                           mode="l1-fullrow", amplitude="ada")
+  got = _trajectory(tx, params, steps=1)
+
+  def expected(path, p, g):
+    m_hat = (1 - b1) * g / (1 - b1)
+    v_hat = (1 - b2) * g * g / (1 - b2)
+    direction = m_hat / (np.sqrt(v_hat) + eps) + wd * p
+    if _is_kernel(path):
+      rows = reference.torch_layout(p)
+      c = np.mean(np.linalg.norm(rows, axis=1)) ** 2
+      direction = direction + gamma * _kernel_delta(p, "l1-fullrow", c)
+    return p - lr * direction
+
+  w = _numpy_params(params)
+  want = jax.tree_util.tree_map_with_path(
+      expected, w, _numpy_params(_grads(params, 0)))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_with_bort_decoupled_adamw_equals_bort_adamw():
+  params = _params(3)
+  schedule = optax.cosine_decay_schedule(1e-2, 10)
+  ours = bort_jax.bort_adamw(schedule, weight_decay=0.01, gamma=0.5)
+  composed = bort_jax.with_bort(
+      optax.adamw(schedule, weight_decay=0.01), gamma=0.5,
+      placement="decoupled", learning_rate=schedule)
+  for a, b in zip(jax.tree.leaves(_trajectory(ours, params)),
+                  jax.tree.leaves(_trajectory(composed, params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_with_bort_coupled_sgd_equals_bort_sgd():
+  params = _params(4)
+  for a, b in zip(
+      jax.tree.leaves(_trajectory(
+          bort_jax.bort_sgd(0.1, 0.9, gamma=0.2, mode="l2-row"), params)),
+      jax.tree.leaves(_trajectory(
+          bort_jax.with_bort(optax.sgd(0.1, 0.9), gamma=0.2, mode="l2-row"),
+          params))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("placement", ["coupled", "decoupled"])
+@pytest.mark.parametrize("make", [optax.lamb, optax.lion])
+def test_with_bort_on_lamb_and_lion_orthogonalises(make, placement):
+  """With zero data loss, Bort on any optimizer drives W Wᵀ towards I."""
+  lr = 1e-2
+  tx = bort_jax.with_bort(make(lr), gamma=1.0, placement=placement,
+                          learning_rate=lr)
+  params = {"kernel": jnp.asarray(
+      np.random.default_rng(5).normal(size=(8, 3)), jnp.float32)}
+  before = bort_jax.orthogonality_error(params, 1.0)["kernel"].constraint_error
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(zeros, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(200):
+    params, state = step(params, state)
+  after = bort_jax.orthogonality_error(params, 1.0)["kernel"].constraint_error
+  assert after < 0.25 * before
+
+
+def test_with_bort_rejects_bad_placement_and_missing_learning_rate():
+  with pytest.raises(ValueError, match="placement must be"):
+    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="after")
+  with pytest.raises(ValueError, match="needs the optimizer's learning_rate"):
+    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="decoupled")
+  with pytest.raises(ValueError, match="gamma must be >= 0"):
+    bort_jax.with_bort(optax.sgd(0.1), gamma=-1.0)
