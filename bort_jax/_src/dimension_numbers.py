@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 
 Axes = Sequence[int] | int
 
@@ -68,17 +69,27 @@ class MatrixView(NamedTuple):
 
   @property
   def _order(self) -> tuple[int, ...]:
-    return self.batch_axes + self.output_axes + self.reduction_axes
+    # Flax's own order (fan-in, then units): a pure reshape for its kernels.
+    return self.batch_axes + self.reduction_axes + self.output_axes
+
+  def to_kernel_layout(self, x: jax.Array) -> jax.Array:
+    """The parameter as ``(batch, n, m)``: columns are output units."""
+    batch, m, n = self.matrix_shape
+    return x.transpose(self._order).reshape(batch, n, m)
+
+  def from_kernel_layout(self, k: jax.Array) -> jax.Array:
+    """The exact inverse of :meth:`to_kernel_layout`."""
+    order = self._order
+    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+    return k.reshape(tuple(self.shape[a] for a in order)).transpose(inverse)
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
-    """Transposes and reshapes a parameter to ``(batch, m, n)``."""
-    return x.transpose(self._order).reshape(self.matrix_shape)
+    """The parameter as ``(batch, m, n)``: rows are output units."""
+    return jnp.swapaxes(self.to_kernel_layout(x), -1, -2)
 
   def from_matrices(self, w: jax.Array) -> jax.Array:
     """The exact inverse of :meth:`to_matrices`."""
-    order = self._order
-    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
-    return w.reshape(tuple(self.shape[a] for a in order)).transpose(inverse)
+    return self.from_kernel_layout(jnp.swapaxes(w, -1, -2))
 
 
 def matrix_view(

@@ -1,7 +1,7 @@
 """The Bort penalties and their closed-form corrections (pure JAX, no optax).
 
-Everything here acts on matrices ``w`` of shape ``(..., m, n)`` whose rows are
-output units (leading axes are batch axes). Notation: ``G = w wᵀ`` (m×m),
+The public functions act on matrices ``w`` of shape ``(..., m, n)`` whose rows
+are output units (leading axes are batch axes). Notation: ``G = w wᵀ`` (m×m),
 ``H = wᵀ w`` (n×n), ``c`` the amplitude, ``sign(0) = 0``.
 
 =============  =============================  ===============================
@@ -16,9 +16,11 @@ mode           correction Δ(w)                gradient of
 ``l1-col``     ``w ∘ sign(diag H − c)``       ``½ Σ_j |‖w^j‖² − c|``
 =============  =============================  ===============================
 
-Every column mode is its row mode applied to ``wᵀ`` (with ``c`` still taken
-from ``w``), so only four kernels exist: the full l2 product, the full l1
-product and the two norm scalings.
+"row" modes act on the output units' weight vectors, "col" modes on the fan-in
+vectors. Four kernels do all the work (full l2, full l1, l2 and l1 norm
+scalings), each told which axis indexes its vectors. That lets the optimizer
+work on a Flax kernel in its own layout ``(fan_in, out)``, where units are
+columns, without materialising a transpose.
 """
 
 from __future__ import annotations
@@ -32,31 +34,7 @@ Array = jax.Array
 Amplitude = Any  # float, array broadcastable to the batch shape, or "ada"
 
 ADA = "ada"
-
-
-class _Mode(NamedTuple):
-  correction: Callable[..., Array]  # (w, c, options) -> Δ on the row side
-  penalty: Callable[[Array, Array], Array]  # (w, c) -> per-matrix penalty
-  transposed: bool  # True: apply to wᵀ (a column mode)
-
-
-def _swap(w: Array) -> Array:
-  return jnp.swapaxes(w, -1, -2)
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-  """Float32 for low-precision params, else the params' own float type."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _matmul(a: Array, b: Array, options: "KernelOptions") -> Array:
-  """A matrix product in the options' precision, accumulated in a's dtype."""
-  out_dtype = a.dtype
-  if options.gram_dtype is not None:
-    a, b = a.astype(options.gram_dtype), b.astype(options.gram_dtype)
-  return jnp.matmul(
-      a, b, precision=options.precision, preferred_element_type=out_dtype
-  )
+ROWS, COLS = -2, -1  # the axis that indexes a kernel's vectors
 
 
 class KernelOptions(NamedTuple):
@@ -66,8 +44,8 @@ class KernelOptions(NamedTuple):
     precision: passed to ``jnp.matmul`` (``None`` is JAX's default).
     gram_dtype: if set (e.g. ``jnp.bfloat16``), the products' inputs are cast
       to it and accumulated in float32: a reduced-precision Gram.
-    block_size: the l1 full modes build their m×m sign matrix in blocks of this
-      many rows when m exceeds it, so memory is O(block_size · m).
+    block_size: the l1 full modes build their k×k sign matrix (k vectors) in
+      blocks of this many rows when k exceeds it: memory O(block_size · k).
   """
 
   precision: Any = None
@@ -75,90 +53,130 @@ class KernelOptions(NamedTuple):
   block_size: int | None = 2048
 
 
-def _row_norms_sq(w: Array) -> Array:
-  return jnp.sum(jnp.square(w), axis=-1)
+def compute_dtype(dtype) -> jnp.dtype:
+  """Float32 for low-precision params, else the params' own float type."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
-def _l2_full(w: Array, c: Array, options: KernelOptions) -> Array:
-  # Both sides give the same Δ; the smaller Gram costs 2·min(m,n)·m·n.
-  m, n = w.shape[-2:]
-  if m <= n:
-    gram_w = _matmul(_matmul(w, _swap(w), options), w, options)
+def _swap(x: Array) -> Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def _matmul(a: Array, b: Array, options: KernelOptions) -> Array:
+  """A matrix product in the options' precision, accumulated in a's dtype."""
+  out_dtype = a.dtype
+  if options.gram_dtype is not None:
+    a, b = a.astype(options.gram_dtype), b.astype(options.gram_dtype)
+  return jnp.matmul(
+      a, b, precision=options.precision, preferred_element_type=out_dtype
+  )
+
+
+def _norms_sq(x: Array, vectors: int) -> Array:
+  """Squared norms of the rows (``vectors=ROWS``) or columns of x."""
+  return jnp.sum(jnp.square(x), axis=COLS if vectors == ROWS else ROWS)
+
+
+def _per_vector(values: Array, vectors: int) -> Array:
+  """Broadcasts one value per row (or column) against the matrix."""
+  return values[..., :, None] if vectors == ROWS else values[..., None, :]
+
+
+def _gram_minus_c(x: Array, c: Array, vectors: int, options) -> Array:
+  """``x xᵀ − cI`` (rows) or ``xᵀ x − cI`` (columns), c of the batch shape."""
+  if vectors == ROWS:
+    gram = _matmul(x, _swap(x), options)
   else:
-    gram_w = _matmul(w, _matmul(_swap(w), w, options), options)
-  return gram_w - c[..., None, None] * w
+    gram = _matmul(_swap(x), x, options)
+  return gram - c[..., None, None] * jnp.eye(gram.shape[-1], dtype=gram.dtype)
 
 
-def _l1_full_block(w_rows: Array, w: Array, c: Array, start, options) -> Array:
-  """Rows ``start:start+len(w_rows)`` of ``sign(w wᵀ − cI) w``."""
-  gram = _matmul(w_rows, _swap(w), options)
-  rows = start + jnp.arange(w_rows.shape[-2])
-  on_diagonal = rows[:, None] == jnp.arange(w.shape[-2])[None, :]
-  return _matmul(jnp.sign(gram - c[..., None, None] * on_diagonal), w, options)
+def _l2_full(x: Array, c: Array, vectors: int, options) -> Array:
+  # (G − cI) x = x (H − cI): take the smaller Gram, 2·min(m,n)·m·n per product.
+  del vectors
+  if x.shape[-2] <= x.shape[-1]:
+    return _matmul(_gram_minus_c(x, c, ROWS, options), x, options)
+  return _matmul(x, _gram_minus_c(x, c, COLS, options), options)
 
 
-def _l1_full(w: Array, c: Array, options: KernelOptions) -> Array:
-  m = w.shape[-2]
-  block = options.block_size
-  if block is None or m <= block:
-    return _l1_full_block(w, w, c, 0, options)
-  # Zero rows padded at the end add zero Gram entries whose rows of w are zero,
+def _l1_full_rows(x: Array, c: Array, options: KernelOptions) -> Array:
+  """``sign(x xᵀ − cI) x``, in row blocks when x has many rows."""
+  k, block = x.shape[-2], options.block_size
+  if block is None or k <= block:
+    return _matmul(jnp.sign(_gram_minus_c(x, c, ROWS, options)), x, options)
+  # Zero rows padded at the end add zero Gram entries whose rows of x are zero,
   # so they change nothing; their own output rows are cut off.
-  blocks = -(-m // block)
-  pad = [(0, 0)] * (w.ndim - 2) + [(0, blocks * block - m), (0, 0)]
-  padded = jnp.pad(w, pad)
+  blocks = -(-k // block)
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, blocks * block - k),
+                                                 (0, 0)])
   row_blocks = jnp.moveaxis(
-      padded.reshape(*w.shape[:-2], blocks, block, w.shape[-1]), -3, 0
-  )
-  starts = jnp.arange(blocks) * block
-  out = jax.lax.map(
-      lambda args: _l1_full_block(args[0], padded, c, args[1], options),
-      (row_blocks, starts),
-  )
-  out = jnp.moveaxis(out, 0, -3).reshape(padded.shape)
-  return out[..., :m, :]
+      padded.reshape(*x.shape[:-2], blocks, block, x.shape[-1]), -3, 0)
+
+  def block_rows(args):
+    rows, start = args
+    gram = _matmul(rows, _swap(padded), options)
+    on_diagonal = (start + jnp.arange(block))[:, None] == jnp.arange(
+        padded.shape[-2])[None, :]
+    return _matmul(jnp.sign(gram - c[..., None, None] * on_diagonal), padded,
+                   options)
+
+  out = jax.lax.map(block_rows, (row_blocks, jnp.arange(blocks) * block))
+  return jnp.moveaxis(out, 0, -3).reshape(padded.shape)[..., :k, :]
 
 
-def _l2_norms(w: Array, c: Array, options: KernelOptions) -> Array:
+def _l1_full(x: Array, c: Array, vectors: int, options) -> Array:
+  if vectors == ROWS:
+    return _l1_full_rows(x, c, options)
+  return _swap(_l1_full_rows(_swap(x), c, options))
+
+
+def _l2_norms(x: Array, c: Array, vectors: int, options) -> Array:
   del options
-  return (_row_norms_sq(w) - c[..., None])[..., None] * w
+  return _per_vector(_norms_sq(x, vectors) - c[..., None], vectors) * x
 
 
-def _l1_norms(w: Array, c: Array, options: KernelOptions) -> Array:
+def _l1_norms(x: Array, c: Array, vectors: int, options) -> Array:
   del options
-  return jnp.sign(_row_norms_sq(w) - c[..., None])[..., None] * w
+  return _per_vector(jnp.sign(_norms_sq(x, vectors) - c[..., None]),
+                     vectors) * x
 
 
-def _gram_minus_c(w: Array, c: Array) -> Array:
-  m = w.shape[-2]
-  gram = jnp.matmul(w, _swap(w), precision=jax.lax.Precision.HIGHEST)
-  return gram - c[..., None, None] * jnp.eye(m, dtype=w.dtype)
+_EXACT = KernelOptions(precision=jax.lax.Precision.HIGHEST)
 
 
-def _l2_full_penalty(w, c):
-  return 0.25 * jnp.sum(jnp.square(_gram_minus_c(w, c)), axis=(-2, -1))
+def _l2_full_penalty(x, c, vectors):
+  residual = _gram_minus_c(x, c, vectors, _EXACT)
+  return 0.25 * jnp.sum(jnp.square(residual), axis=(-2, -1))
 
 
-def _l1_full_penalty(w, c):
-  return 0.5 * jnp.sum(jnp.abs(_gram_minus_c(w, c)), axis=(-2, -1))
+def _l1_full_penalty(x, c, vectors):
+  residual = _gram_minus_c(x, c, vectors, _EXACT)
+  return 0.5 * jnp.sum(jnp.abs(residual), axis=(-2, -1))
 
 
-def _l2_norms_penalty(w, c):
-  return 0.25 * jnp.sum(jnp.square(_row_norms_sq(w) - c[..., None]), axis=-1)
+def _l2_norms_penalty(x, c, vectors):
+  return 0.25 * jnp.sum(jnp.square(_norms_sq(x, vectors) - c[..., None]), -1)
 
 
-def _l1_norms_penalty(w, c):
-  return 0.5 * jnp.sum(jnp.abs(_row_norms_sq(w) - c[..., None]), axis=-1)
+def _l1_norms_penalty(x, c, vectors):
+  return 0.5 * jnp.sum(jnp.abs(_norms_sq(x, vectors) - c[..., None]), -1)
+
+
+class _Mode(NamedTuple):
+  correction: Callable[..., Array]  # (x, c, vectors, options) -> Δ
+  penalty: Callable[..., Array]  # (x, c, vectors) -> penalty per matrix
+  on_units: bool  # True: vectors are output units; False: fan-in vectors
+  uses_gram: bool  # matrix products (worth batching same-shape matrices)
 
 
 MODES: dict[str, _Mode] = {
-    "l2-full": _Mode(_l2_full, _l2_full_penalty, transposed=False),
-    "l2-row": _Mode(_l2_norms, _l2_norms_penalty, transposed=False),
-    "l2-col": _Mode(_l2_norms, _l2_norms_penalty, transposed=True),
-    "l1-fullrow": _Mode(_l1_full, _l1_full_penalty, transposed=False),
-    "l1-fullcol": _Mode(_l1_full, _l1_full_penalty, transposed=True),
-    "l1-row": _Mode(_l1_norms, _l1_norms_penalty, transposed=False),
-    "l1-col": _Mode(_l1_norms, _l1_norms_penalty, transposed=True),
+    "l2-full": _Mode(_l2_full, _l2_full_penalty, True, True),
+    "l2-row": _Mode(_l2_norms, _l2_norms_penalty, True, False),
+    "l2-col": _Mode(_l2_norms, _l2_norms_penalty, False, False),
+    "l1-fullrow": _Mode(_l1_full, _l1_full_penalty, True, True),
+    "l1-fullcol": _Mode(_l1_full, _l1_full_penalty, False, True),
+    "l1-row": _Mode(_l1_norms, _l1_norms_penalty, True, False),
+    "l1-col": _Mode(_l1_norms, _l1_norms_penalty, False, False),
 }
 
 
@@ -171,13 +189,20 @@ def check_mode(mode: str) -> _Mode:
   return MODES[mode]
 
 
-def ada_amplitude(w: Array) -> Array:
-  """The adaptive amplitude: the squared mean row norm, without gradient.
+def _vectors(kernels: _Mode, units: int) -> int:
+  """The axis indexing the mode's vectors, given the axis indexing units."""
+  return units if kernels.on_units else (COLS if units == ROWS else ROWS)
 
-  ``c = (mean_i ‖w_i‖₂)²`` per matrix, computed on the device.
+
+def ada_amplitude(w: Array, units: int = ROWS) -> Array:
+  """The adaptive amplitude: the squared mean unit norm, without gradient.
+
+  ``c = (mean_i ‖w_i‖₂)²`` per matrix, computed on the device (no host sync).
 
   Args:
     w: matrices of shape ``(..., m, n)``, rows are output units.
+    units: ``-2`` when rows are the units (as here), ``-1`` when columns are
+      (a Flax kernel ``(fan_in, out)``).
 
   Returns:
     An array of shape ``w.shape[:-2]``.
@@ -188,15 +213,15 @@ def ada_amplitude(w: Array) -> Array:
     9.0
   """
   w = jax.lax.stop_gradient(w)
-  return jnp.square(jnp.mean(jnp.sqrt(_row_norms_sq(w)), axis=-1))
+  return jnp.square(jnp.mean(jnp.sqrt(_norms_sq(w, units)), axis=-1))
 
 
-def _amplitude_array(w: Array, amplitude: Amplitude) -> Array:
-  """The amplitude as an array of the batch shape, in w's dtype."""
+def _amplitude_array(x: Array, amplitude: Amplitude, units: int) -> Array:
+  """The amplitude as an array of the batch shape, in x's dtype."""
   if isinstance(amplitude, str) and amplitude == ADA:
-    return ada_amplitude(w)
-  c = jnp.asarray(amplitude, dtype=w.dtype)
-  return jnp.broadcast_to(c, w.shape[:-2])
+    return ada_amplitude(x, units)
+  c = jnp.asarray(amplitude, dtype=x.dtype)
+  return jnp.broadcast_to(c, x.shape[:-2])
 
 
 def _check_matrix(w: Array, name: str) -> None:
@@ -204,6 +229,20 @@ def _check_matrix(w: Array, name: str) -> None:
     raise ValueError(
         f"{name} expects matrices of shape (..., m, n); got shape {w.shape}."
     )
+
+
+def correction(
+    x: Array,
+    mode: str,
+    amplitude: Amplitude,
+    options: KernelOptions,
+    units: int = ROWS,
+) -> Array:
+  """Δ in the compute dtype, for matrices whose units lie along ``units``."""
+  kernels = check_mode(mode)
+  x = x.astype(compute_dtype(x.dtype))
+  c = _amplitude_array(x, amplitude, units)
+  return kernels.correction(x, c, _vectors(kernels, units), options)
 
 
 def bort_correction(
@@ -238,14 +277,7 @@ def bort_correction(
            [0., 0.]], dtype=float32)
   """
   _check_matrix(w, "bort_correction")
-  kernels = check_mode(mode)
-  x = w.astype(compute_dtype(w.dtype))
-  c = _amplitude_array(x, amplitude)
-  if kernels.transposed:
-    delta = _swap(kernels.correction(_swap(x), c, options))
-  else:
-    delta = kernels.correction(x, c, options)
-  return delta.astype(w.dtype)
+  return correction(w, mode, amplitude, options).astype(w.dtype)
 
 
 def bort_penalty(
@@ -276,5 +308,5 @@ def bort_penalty(
   _check_matrix(w, "bort_penalty")
   kernels = check_mode(mode)
   x = w.astype(compute_dtype(w.dtype))
-  c = _amplitude_array(x, amplitude)
-  return jnp.sum(kernels.penalty(_swap(x) if kernels.transposed else x, c))
+  c = _amplitude_array(x, amplitude, ROWS)
+  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS)))

@@ -65,26 +65,33 @@ def tree_correction(
     Array([[6., 0.],
            [0., 6.]], dtype=float32)
   """
+  kernels = penalty.check_mode(mode)
   leaves, treedef = jax.tree.flatten(params)
   views = resolve_views(dimension_numbers, params)
+  # Products pay per call (above all on accelerators): same-shape matrices
+  # share one batched product. Elementwise modes gain nothing from batching.
   groups = collections.defaultdict(list)
   for i, (leaf, view) in enumerate(zip(leaves, views)):
     if view is not None:
-      dtype = penalty.compute_dtype(leaf.dtype)
-      groups[(view.matrix_shape[1:], jnp.dtype(dtype))].append(i)
+      dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
+      key = (view.matrix_shape[1:], dtype) if kernels.uses_gram else i
+      groups[key].append(i)
 
   deltas = [None] * len(leaves)
-  for (_, dtype), members in groups.items():
-    matrices = [views[i].to_matrices(leaves[i]).astype(dtype) for i in members]
+  for members in groups.values():
+    # Flax layout (batch, fan_in, out): a reshape, no transpose, for kernels.
+    matrices = [views[i].to_kernel_layout(leaves[i]) for i in members]
+    dtype = penalty.compute_dtype(matrices[0].dtype)
+    matrices = [m.astype(dtype) for m in matrices]
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
-    delta = penalty.bort_correction(
-        stacked, mode, amplitude, options=kernel_options
+    delta = penalty.correction(
+        stacked, mode, amplitude, kernel_options, units=penalty.COLS
     )
-    offsets = [0]
-    for matrix in matrices:
-      offsets.append(offsets[-1] + matrix.shape[0])
-    for i, start, stop in zip(members, offsets[:-1], offsets[1:]):
-      deltas[i] = views[i].from_matrices(delta[start:stop])
+    start = 0
+    for i, matrix in zip(members, matrices):
+      stop = start + matrix.shape[0]
+      deltas[i] = views[i].from_kernel_layout(delta[start:stop])
+      start = stop
   return treedef.unflatten(deltas)
 
 

@@ -1,0 +1,120 @@
+"""One jitted optimizer step: Bort-AdamW vs optax.adamw on real model shapes.
+
+For the parameter sets of ResNet-50, DeiT-S and ViT-B/16 (Flax layout) and
+several Bort configurations, prints in one run: the step times and their ratio,
+the correction's own time, its arithmetic (GFLOP), its achieved rate and that
+rate as a fraction of a large matmul measured on the same machine.
+
+    python benchmarks/step_overhead.py                  # CPU defaults
+    python benchmarks/step_overhead.py --reduced        # + bf16 Gram configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import param_sets  # noqa: E402
+import timing  # noqa: E402
+
+import bort_jax  # noqa: E402
+
+CONFIGS = {
+    "l2-full c=1": dict(mode="l2-full", amplitude=1.0),
+    "l1-fullrow ada": dict(mode="l1-fullrow", amplitude="ada"),
+    "l2-row c=1": dict(mode="l2-row", amplitude=1.0),
+}
+REDUCED = {
+    "l2-full c=1 bf16-gram": dict(
+        mode="l2-full", amplitude=1.0,
+        kernel_options=bort_jax.KernelOptions(gram_dtype=jnp.bfloat16)),
+    "l1-fullrow ada bf16-gram": dict(
+        mode="l1-fullrow", amplitude="ada",
+        kernel_options=bort_jax.KernelOptions(gram_dtype=jnp.bfloat16)),
+}
+
+
+def step_fn(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step)
+
+
+def measure(set_name: str, configs: dict, repeats: int, matmul_rate: float):
+  params = param_sets.materialise(param_sets.PARAM_SETS[set_name]())
+  grads = param_sets.materialise(param_sets.PARAM_SETS[set_name](), seed=1)
+  base = optax.adamw(1e-3, weight_decay=1e-4)
+  base_time = timing.seconds(step_fn(base), params, base.init(params), grads,
+                             repeats=repeats)
+  rows = []
+  for name, config in configs.items():
+    tx = bort_jax.bort_adamw(1e-3, weight_decay=1e-4, gamma=0.1, **config)
+    bort_time = timing.seconds(step_fn(tx), params, tx.init(params), grads,
+                               repeats=repeats)
+    correction = jax.jit(lambda p, config=config: bort_jax.tree_correction(
+        p, config["mode"], config["amplitude"],
+        kernel_options=config.get("kernel_options")
+        or bort_jax.KernelOptions()))
+    correction_time = timing.seconds(correction, params, repeats=repeats)
+    flop = param_sets.correction_flop(params, config["mode"])
+    rows.append(dict(
+        set=set_name, config=name, adamw_ms=1e3 * base_time,
+        bort_ms=1e3 * bort_time, ratio=bort_time / base_time,
+        correction_ms=1e3 * correction_time,
+        added_ms=1e3 * (bort_time - base_time), gflop=flop / 1e9,
+        gflops=flop / correction_time / 1e9,
+        of_matmul=flop / correction_time / matmul_rate,
+        added_vs_floor=(bort_time - base_time) / (flop / matmul_rate)))
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sets", default="resnet50,deit_s,vit_b16")
+  parser.add_argument("--configs", default=",".join(CONFIGS),
+                      help="comma-separated subset of: "
+                      + ", ".join([*CONFIGS, *REDUCED]))
+  parser.add_argument("--reduced", action="store_true",
+                      help="also run the reduced-precision (bf16) Gram")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--matmul-size", type=int, default=None)
+  parser.add_argument("--json", type=Path, default=None)
+  args = parser.parse_args(argv)
+
+  all_configs = {**CONFIGS, **REDUCED}
+  configs = {name: all_configs[name] for name in args.configs.split(",")}
+  if args.reduced:
+    configs.update(REDUCED)
+  gpu = jax.default_backend() != "cpu"
+  size = args.matmul_size or (8192 if gpu else 2048)
+  rate = timing.matmul_flops_per_second(size)
+  print(f"device {timing.device_name()}  jax {jax.__version__}  "
+        f"f32 matmul {size}^3 at default precision: {rate / 1e9:.1f} GFLOP/s")
+  rows = []
+  for set_name in args.sets.split(","):
+    rows += measure(set_name, configs, args.repeats, rate)
+  header = ("| set | config | adamw ms | bort ms | ratio | correction ms | "
+            "GFLOP | GFLOP/s | of matmul | added/floor |")
+  print(header)
+  print("|---" * (header.count("|") - 1) + "|")
+  for r in rows:
+    print(f"| {r['set']} | {r['config']} | {r['adamw_ms']:.2f} | "
+          f"{r['bort_ms']:.2f} | {r['ratio']:.2f} | {r['correction_ms']:.2f} | "
+          f"{r['gflop']:.1f} | {r['gflops']:.1f} | {r['of_matmul']:.0%} | "
+          f"{r['added_vs_floor']:.2f} |")
+  if args.json:
+    args.json.write_text(json.dumps(
+        dict(device=timing.device_name(), matmul_gflops=rate / 1e9, rows=rows),
+        indent=1))
+
+
+if __name__ == "__main__":
+  main()
