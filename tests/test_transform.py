@@ -75,19 +75,33 @@ def test_attention_kernels_use_heads_as_units():
       "key/kernel", "out/kernel", "query/kernel", "value/kernel"}
 
 
-def test_same_shapes_are_batched_without_changing_results():
+@pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow", "l1-fullcol"])
+def test_batched_and_looped_products_agree(mode):
   rng = np.random.default_rng(1)
   params = {f"layer{i}": {"kernel": jnp.asarray(rng.normal(size=(5, 3)))}
             for i in range(4)}
   params["odd"] = {"kernel": jnp.asarray(rng.normal(size=(3, 5)))}
-  together = bort_jax.tree_correction(params, "l2-full", "ada")
+  params["stack"] = {"kernel": jnp.asarray(rng.normal(size=(2, 5, 3)))}
+  dims = lambda p: jax.tree.map(
+      lambda x: bort_jax.BortDimensionNumbers(batch_axis=() if x.ndim == 2
+                                              else 0), p)
+  correct = functools.partial(bort_jax.tree_correction, mode=mode,
+                              amplitude="ada", dimension_numbers=dims)
+  batched_options = bort_jax.KernelOptions(batch_products=True)
+  batched = correct(params, kernel_options=batched_options)
+  looped = correct(params,
+                   kernel_options=bort_jax.KernelOptions(batch_products=False))
   for name, layer in params.items():
-    alone = bort_jax.tree_correction(layer, "l2-full", "ada")
-    np.testing.assert_allclose(together[name]["kernel"], alone["kernel"],
-                               rtol=1e-6)
-  # One batched product per shape: 2 shapes → 2 pairs of Gram products.
+    kernel = np.asarray(layer["kernel"], np.float64)
+    for i, matrix in enumerate(kernel.reshape(-1, *kernel.shape[-2:])):
+      c = np.mean(np.linalg.norm(matrix, axis=0)) ** 2  # units: columns
+      expected = reference.correction(matrix.T, mode, c).T
+      for result in (batched, looped):
+        got = np.asarray(result[name]["kernel"]).reshape(-1, *kernel.shape[-2:])
+        np.testing.assert_allclose(got[i], expected, rtol=1e-5, atol=1e-6)
+  # Batched: one product per shape, the 4 (5, 3) layers and the stack together.
   jaxpr = jax.make_jaxpr(
-      lambda p: bort_jax.tree_correction(p, "l2-full", "ada"))(params)
+      lambda p: correct(p, kernel_options=batched_options))(params)
   assert str(jaxpr).count("dot_general") == 4
 
 

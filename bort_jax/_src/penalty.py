@@ -46,11 +46,21 @@ class KernelOptions(NamedTuple):
       to it and accumulated in float32: a reduced-precision Gram.
     block_size: the l1 full modes build their k×k sign matrix (k vectors) in
       blocks of this many rows when k exceeds it: memory O(block_size · k).
+    batch_products: whether a batch of matrices (and same-shape parameters)
+      goes through one batched product. ``None``: yes on accelerators, where
+      each product call costs a launch; no on CPU, where XLA's batched product
+      runs slower than a loop of plain ones.
   """
 
   precision: Any = None
   gram_dtype: Any = None
   block_size: int | None = 2048
+  batch_products: bool | None = None
+
+  def batched(self) -> bool:
+    if self.batch_products is None:
+      return jax.default_backend() != "cpu"
+    return self.batch_products
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -242,7 +252,15 @@ def correction(
   kernels = check_mode(mode)
   x = x.astype(compute_dtype(x.dtype))
   c = _amplitude_array(x, amplitude, units)
-  return kernels.correction(x, c, _vectors(kernels, units), options)
+  vectors = _vectors(kernels, units)
+  if not kernels.uses_gram or x.ndim == 2 or options.batched():
+    return kernels.correction(x, c, vectors, options)
+  batch = x.shape[:-2]
+  delta = jax.lax.map(
+      lambda args: kernels.correction(*args, vectors, options),
+      (x.reshape(-1, *x.shape[-2:]), c.reshape(-1)),
+  )
+  return delta.reshape(*batch, *x.shape[-2:])
 
 
 def bort_correction(

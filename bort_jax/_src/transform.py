@@ -68,14 +68,14 @@ def tree_correction(
   kernels = penalty.check_mode(mode)
   leaves, treedef = jax.tree.flatten(params)
   views = resolve_views(dimension_numbers, params)
-  # Products pay per call (above all on accelerators): same-shape matrices
+  # On accelerators each product call costs a launch: same-shape matrices
   # share one batched product. Elementwise modes gain nothing from batching.
+  batch = kernels.uses_gram and kernel_options.batched()
   groups = collections.defaultdict(list)
   for i, (leaf, view) in enumerate(zip(leaves, views)):
     if view is not None:
       dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
-      key = (view.matrix_shape[1:], dtype) if kernels.uses_gram else i
-      groups[key].append(i)
+      groups[(view.matrix_shape[1:], dtype) if batch else i].append(i)
 
   deltas = [None] * len(leaves)
   for members in groups.values():

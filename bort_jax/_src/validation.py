@@ -67,6 +67,11 @@ def check_kernel_options(options: penalty.KernelOptions) -> None:
       isinstance(block, bool) or not isinstance(block, int) or block <= 0
   ):
     raise ValueError(f"block_size must be a positive int or None, got {block!r}.")
+  if options.batch_products not in (None, True, False):
+    raise ValueError(
+        f"batch_products must be True, False or None, got "
+        f"{options.batch_products!r}."
+    )
   if options.gram_dtype is not None and not jnp.issubdtype(
       options.gram_dtype, jnp.floating
   ):
