@@ -43,6 +43,7 @@ import optax
 
 from bort_jax._src import penalty
 from bort_jax._src.alias import bort_sgd
+from bort_jax._src.diagnostics import matrix_orthogonality_error
 
 Array = jax.Array
 
@@ -432,13 +433,16 @@ class DBortLinearFit(NamedTuple):
   Attributes:
     kernel: the learned Flax kernel ``(d, k)``; Bort's ``W = kernelᵀ`` has
       rows spanning (≈) the top-k principal subspace, ``W Wᵀ ≈ cI``.
-    amplitude: ``c``, so that ``(x − mean) @ kernel @ kernel.T / c`` is the
-      reconstruction.
+    amplitude: ``c``, the learned mean squared row norm of ``W`` (the
+      target ``c`` up to the constraint's small slack), so that
+      ``(x − mean) @ kernel @ kernel.T / c`` is the reconstruction.
     mean: the mean subtracted from the data (zeros when ``center=False``).
     steps: the number of optimisation steps taken.
-    history: per step, ``"energy"`` (``mean(y²)`` of the data's outputs,
-      before the step) and ``"orthogonality_error"``
-      (``‖W Wᵀ − cI‖_F / ‖cI‖_F``).
+    history: arrays with one value per step, before the step:
+      ``"energy"`` (``mean(y²)`` of the data's outputs), ``"amplitude"``
+      (``c̄``, the mean squared row norm of ``W``) and
+      ``"orthogonality_error"`` (``‖W Wᵀ − c̄I‖_F / ‖c̄I‖_F``, as
+      :func:`bort_jax.matrix_orthogonality_error`).
   """
 
   kernel: Array
@@ -481,6 +485,7 @@ def fit_dbort_linear(
     center: bool = True,
     compress: bool | None = None,
     seed: int = 0,
+    optimizer: optax.GradientTransformation | None = None,
 ) -> DBortLinearFit:
   """Trains a k-output linear layer with Bort + DBort; it converges to PCA.
 
@@ -525,6 +530,10 @@ def fit_dbort_linear(
     center: subtract the data's mean first (PCA's setting).
     compress: run on the second-moment root; ``None`` does so when ``N > d``.
     seed: seeds the kernel's initialisation.
+    optimizer: replaces the recipe (then ``learning_rate``, ``momentum``,
+      ``constraint_step`` and ``final_fraction`` are unused), e.g. to try
+      the published Bort-AdamW setting; it must apply the Bort correction
+      itself.
 
   Returns:
     A :class:`DBortLinearFit`.
@@ -534,7 +543,7 @@ def fit_dbort_linear(
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(1000, 5)) * [3.0, 2.0, 1.0, 0.5, 0.2]
     >>> fit = fit_dbort_linear(x, 2, steps=300)
-    >>> fit.kernel.shape, fit.amplitude
+    >>> fit.kernel.shape, round(fit.amplitude, 2)
     ((5, 2), 1.0)
     >>> top2 = np.eye(5, 2)  # the principal axes are the coordinate axes
     >>> bool(principal_cosines(fit.kernel, top2).min() > 0.999)
@@ -562,7 +571,7 @@ def fit_dbort_linear(
   if not np.all(np.isfinite(data)):
     raise ValueError("fit_dbort_linear: the data contain NaN or inf.")
   steps = _check_steps(steps)
-  tx = dbort_linear_optimizer(
+  recipe = dbort_linear_optimizer(
       steps,
       learning_rate=learning_rate,
       momentum=momentum,
@@ -572,6 +581,7 @@ def fit_dbort_linear(
       weight=weight,
       power=power,
   )
+  tx = recipe if optimizer is None else optimizer
   amplitude = float(amplitude)
   weight = 1.0 / power if weight is None else float(weight)
 
@@ -599,26 +609,30 @@ def fit_dbort_linear(
     params, opt_state = carry
     grads, outputs = jax.grad(loss_fn, has_aux=True)(params)
     kernel = params["kernel"][...]
-    gram = kernel.T @ kernel
-    orthogonality = jnp.linalg.norm(gram - amplitude * jnp.eye(k)) / (
-        amplitude * math.sqrt(k)
-    )
+    logs = {
+        "energy": jnp.mean(jnp.square(outputs)),
+        "amplitude": jnp.mean(jnp.sum(jnp.square(kernel), axis=0)),
+        "orthogonality_error": matrix_orthogonality_error(
+            kernel.T
+        ).constraint_error,
+    }
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), (jnp.mean(jnp.square(outputs)), orthogonality)
+    return (params, opt_state), logs
 
   @jax.jit
   def train(params):
-    (params, _), (energy, orthogonality) = jax.lax.scan(
+    (params, _), history = jax.lax.scan(
         step, (params, tx.init(params)), length=steps
     )
-    return params, energy, orthogonality
+    return params, history
 
-  params, energy, orthogonality = train(params)
+  params, history = train(params)
+  kernel = params["kernel"][...]
   return DBortLinearFit(
-      kernel=params["kernel"][...],
-      amplitude=amplitude,
+      kernel=kernel,
+      amplitude=float(jnp.mean(jnp.sum(jnp.square(kernel), axis=0))),
       mean=jnp.asarray(mean, jnp.float32),
       steps=steps,
-      history={"energy": energy, "orthogonality_error": orthogonality},
+      history=history,
   )

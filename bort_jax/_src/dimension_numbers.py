@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from bort_jax._src import sharding
+
 Axes = Sequence[int] | int
 
 
@@ -51,12 +53,19 @@ def _as_tuple(axes: Axes) -> tuple[int, ...]:
 
 
 class MatrixView(NamedTuple):
-  """A parameter seen as a batch of matrices ``(batch, m, n)``."""
+  """A parameter seen as a batch of matrices ``(batch, m, n)``.
+
+  Under Explicit sharding the view puts each group's split axes first, so
+  that merging a group by a reshape keeps its sharding (a reshape can only
+  carry the split of a merged group's leading axis); the order of fan-in or
+  unit axes inside a matrix is free, and the inverse undoes it exactly.
+  """
 
   batch_axes: tuple[int, ...]
   output_axes: tuple[int, ...]
   reduction_axes: tuple[int, ...]
   shape: tuple[int, ...]  # the parameter's shape
+  spec: tuple | None = None  # its Explicit PartitionSpec, one entry per axis
 
   @property
   def matrix_shape(self) -> tuple[int, int, int]:
@@ -67,21 +76,34 @@ class MatrixView(NamedTuple):
         size(self.reduction_axes),
     )
 
-  @property
-  def _order(self) -> tuple[int, ...]:
+  def _groups(self) -> tuple[tuple[int, ...], ...]:
     # Flax's own order (fan-in, then units): a pure reshape for its kernels.
-    return self.batch_axes + self.reduction_axes + self.output_axes
+    groups = (self.batch_axes, self.reduction_axes, self.output_axes)
+    if self.spec is None:
+      return groups
+    return tuple(
+        tuple(sorted(g, key=lambda a: self.spec[a] is None)) for g in groups)
+
+  def _sharding(self, entries) -> jax.sharding.PartitionSpec | None:
+    return None if self.spec is None else jax.sharding.PartitionSpec(*entries)
 
   def to_kernel_layout(self, x: jax.Array) -> jax.Array:
     """The parameter as ``(batch, n, m)``: columns are output units."""
+    groups = self._groups()
+    merged = self._sharding(
+        [sharding.merged_spec([self.spec[a] for a in g]) for g in groups]
+        if self.spec else ())
     batch, m, n = self.matrix_shape
-    return x.transpose(self._order).reshape(batch, n, m)
+    return jax.lax.reshape(x.transpose(sum(groups, ())), (batch, n, m),
+                           out_sharding=merged)
 
   def from_kernel_layout(self, k: jax.Array) -> jax.Array:
     """The exact inverse of :meth:`to_kernel_layout`."""
-    order = self._order
+    order = sum(self._groups(), ())
     inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
-    return k.reshape(tuple(self.shape[a] for a in order)).transpose(inverse)
+    split = self._sharding([self.spec[a] for a in order] if self.spec else ())
+    shape = tuple(self.shape[a] for a in order)
+    return jax.lax.reshape(k, shape, out_sharding=split).transpose(inverse)
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
     """The parameter as ``(batch, m, n)``: rows are output units."""
@@ -93,7 +115,10 @@ class MatrixView(NamedTuple):
 
 
 def matrix_view(
-    shape: Sequence[int], dims: BortDimensionNumbers, name: str = "parameter"
+    shape: Sequence[int],
+    dims: BortDimensionNumbers,
+    name: str = "parameter",
+    spec: tuple | None = None,
 ) -> MatrixView:
   """Checks dimension numbers against a shape and returns the matrix view.
 
@@ -101,6 +126,7 @@ def matrix_view(
     shape: the parameter's shape.
     dims: its :class:`BortDimensionNumbers`.
     name: how to name the parameter in error messages (e.g. its path).
+    spec: the parameter's Explicit sharding spec, if any.
 
   Returns:
     A :class:`MatrixView`.
@@ -147,7 +173,7 @@ def matrix_view(
         f"parameter needs at least one output and one reduction axis, got "
         f"output={output}, reduction={reduction} from {dims}."
     )
-  return MatrixView(batch, output, reduction, shape)
+  return MatrixView(batch, output, reduction, shape, spec)
 
 
 _ATTENTION_INPUTS = ("query", "key", "value")
@@ -287,5 +313,6 @@ def resolve_views(
           f"BortDimensionNumbers or None, got {dims_i!r}."
       )
     else:
-      views.append(matrix_view(leaf.shape, dims_i, repr(path_string(path))))
+      views.append(matrix_view(leaf.shape, dims_i, repr(path_string(path)),
+                               sharding.explicit_spec(leaf)))
   return views

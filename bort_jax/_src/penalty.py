@@ -30,6 +30,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bort_jax._src import sharding
+
 Array = jax.Array
 Amplitude = Any  # float, array broadcastable to the batch shape, or "ada"
 
@@ -50,17 +52,47 @@ class KernelOptions(NamedTuple):
       goes through one batched product. ``None``: yes on accelerators, where
       each product call costs a launch; no on CPU, where XLA's batched product
       runs slower than a loop of plain ones.
+    axis_name: inside ``shard_map``, the mesh axis over which every Bort
+      matrix's fan-in axis is split. Products that contract over fan-in are
+      summed with one ``psum`` (of an m×m Gram, or of m norms); the l1-fullcol
+      Gram, whose vectors are split, all-gathers its matrix.
   """
 
   precision: Any = None
   gram_dtype: Any = None
   block_size: int | None = 2048
   batch_products: bool | None = None
+  axis_name: Any = None
 
   def batched(self) -> bool:
     if self.batch_products is None:
       return jax.default_backend() != "cpu"
     return self.batch_products
+
+
+class _Context(NamedTuple):
+  """What the kernels need besides the matrix: options and how it is split."""
+
+  options: KernelOptions
+  spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
+  manual_axis: int | None  # shard_map: the matrix axis split over axis_name
+
+  def sharded(self, axis: int) -> bool:
+    if self.spec is not None and self.spec[axis] is not None:
+      return True
+    return self.manual_axis == axis
+
+  def out_sharding(self, *last_two) -> jax.sharding.PartitionSpec | None:
+    """A product's output spec (batch axes as x's), under Explicit sharding."""
+    if self.spec is None:
+      return None
+    return jax.sharding.PartitionSpec(*self.spec[:-2], *last_two)
+
+  def reduce(self, value: Array, contracted_axis: int) -> Array:
+    """Sums a shard_map partial result over the axis it contracted."""
+    if self.manual_axis == contracted_axis:
+      return jax.lax.psum(value, self.options.axis_name)
+    return value
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -72,19 +104,36 @@ def _swap(x: Array) -> Array:
   return jnp.swapaxes(x, -1, -2)
 
 
-def _matmul(a: Array, b: Array, options: KernelOptions) -> Array:
-  """A matrix product in the options' precision, accumulated in a's dtype."""
+def _other(axis: int) -> int:
+  return COLS if axis == ROWS else ROWS
+
+
+def _dot(a: Array, b: Array, a_axis: int, b_axis: int, ctx: _Context,
+         out_sharding=None) -> Array:
+  """Contracts ``a``'s axis with ``b``'s over shared leading batch axes.
+
+  The result holds the batch axes, a's free axis, then b's free axis; the
+  transposes of a Gram are contracting dimensions here, never copies.
+  """
   out_dtype = a.dtype
+  options = ctx.options
   if options.gram_dtype is not None:
     a, b = a.astype(options.gram_dtype), b.astype(options.gram_dtype)
-  return jnp.matmul(
-      a, b, precision=options.precision, preferred_element_type=out_dtype
+  batch = tuple(range(a.ndim - 2))
+  return jax.lax.dot_general(
+      a,
+      b,
+      (((a_axis % a.ndim,), (b_axis % b.ndim,)), (batch, batch)),
+      precision=options.precision,
+      preferred_element_type=out_dtype,
+      out_sharding=out_sharding,
   )
 
 
-def _norms_sq(x: Array, vectors: int) -> Array:
+def _norms_sq(x: Array, vectors: int, ctx: _Context) -> Array:
   """Squared norms of the rows (``vectors=ROWS``) or columns of x."""
-  return jnp.sum(jnp.square(x), axis=COLS if vectors == ROWS else ROWS)
+  return ctx.reduce(jnp.sum(jnp.square(x), axis=_other(vectors)),
+                    _other(vectors))
 
 
 def _per_vector(values: Array, vectors: int) -> Array:
@@ -92,28 +141,54 @@ def _per_vector(values: Array, vectors: int) -> Array:
   return values[..., :, None] if vectors == ROWS else values[..., None, :]
 
 
-def _gram_minus_c(x: Array, c: Array, vectors: int, options) -> Array:
-  """``x xᵀ − cI`` (rows) or ``xᵀ x − cI`` (columns), c of the batch shape."""
-  if vectors == ROWS:
-    gram = _matmul(x, _swap(x), options)
-  else:
-    gram = _matmul(_swap(x), x, options)
+def _gram_minus_c(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
+  """``x xᵀ − cI`` (rows) or ``xᵀ x − cI`` (columns), c of the batch shape.
+
+  Contracting over a split axis leaves a small replicated Gram: one
+  all-reduce (Explicit sharding states it, shard_map sums it with psum).
+  """
+  out = ctx.out_sharding(ctx.spec[vectors], None) if ctx.spec else None
+  contracted = _other(vectors)
+  gram = ctx.reduce(_dot(x, x, contracted, contracted, ctx, out), contracted)
   return gram - c[..., None, None] * jnp.eye(gram.shape[-1], dtype=gram.dtype)
 
 
-def _l2_full(x: Array, c: Array, vectors: int, options) -> Array:
-  # (G − cI) x = x (H − cI): take the smaller Gram, 2·min(m,n)·m·n per product.
+def _apply_rows(s: Array, x: Array, vectors: int, ctx: _Context) -> Array:
+  """``s x`` (row vectors) or ``x s`` (column vectors), laid out like x."""
+  out = ctx.out_sharding(*ctx.spec[-2:]) if ctx.spec else None
+  if vectors == ROWS:
+    return _dot(s, x, COLS, ROWS, ctx, out)
+  return _dot(x, s, COLS, ROWS, ctx, out)
+
+
+def _l2_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
+  # (G − cI) x = x (H − cI). Contract over a split axis when there is one
+  # (one all-reduce of the small Gram), else take the smaller Gram:
+  # 2·min(m,n)·m·n per product.
   del vectors
-  if x.shape[-2] <= x.shape[-1]:
-    return _matmul(_gram_minus_c(x, c, ROWS, options), x, options)
-  return _matmul(x, _gram_minus_c(x, c, COLS, options), options)
+  rows_split, cols_split = ctx.sharded(ROWS), ctx.sharded(COLS)
+  if rows_split != cols_split:
+    vectors = COLS if rows_split else ROWS
+  else:
+    vectors = ROWS if x.shape[-2] <= x.shape[-1] else COLS
+  return _apply_rows(_gram_minus_c(x, c, vectors, ctx), x, vectors, ctx)
 
 
-def _l1_full_rows(x: Array, c: Array, options: KernelOptions) -> Array:
-  """``sign(x xᵀ − cI) x``, in row blocks when x has many rows."""
-  k, block = x.shape[-2], options.block_size
+def _l1_full_rows(x: Array, c: Array, ctx: _Context) -> Array:
+  """``sign(x xᵀ − cI) x``, in row blocks when x has many rows.
+
+  Inside shard_map with x's rows split, each device all-gathers x and
+  computes its own rows.
+  """
+  if ctx.manual_axis == ROWS:
+    full = jax.lax.all_gather(x, ctx.options.axis_name, axis=x.ndim - 2,
+                              tiled=True)
+    start = jax.lax.axis_index(ctx.options.axis_name) * x.shape[-2]
+    local = ctx._replace(manual_axis=None)
+    return _sign_gram_rows(x, full, c, start, local)
+  k, block = x.shape[-2], ctx.options.block_size
   if block is None or k <= block:
-    return _matmul(jnp.sign(_gram_minus_c(x, c, ROWS, options)), x, options)
+    return _apply_rows(jnp.sign(_gram_minus_c(x, c, ROWS, ctx)), x, ROWS, ctx)
   # Zero rows padded at the end add zero Gram entries whose rows of x are zero,
   # so they change nothing; their own output rows are cut off.
   blocks = -(-k // block)
@@ -121,37 +196,41 @@ def _l1_full_rows(x: Array, c: Array, options: KernelOptions) -> Array:
                                                  (0, 0)])
   row_blocks = jnp.moveaxis(
       padded.reshape(*x.shape[:-2], blocks, block, x.shape[-1]), -3, 0)
-
-  def block_rows(args):
-    rows, start = args
-    gram = _matmul(rows, _swap(padded), options)
-    on_diagonal = (start + jnp.arange(block))[:, None] == jnp.arange(
-        padded.shape[-2])[None, :]
-    return _matmul(jnp.sign(gram - c[..., None, None] * on_diagonal), padded,
-                   options)
-
-  out = jax.lax.map(block_rows, (row_blocks, jnp.arange(blocks) * block))
+  out = jax.lax.map(
+      lambda args: _sign_gram_rows(args[0], padded, c, args[1], ctx),
+      (row_blocks, jnp.arange(blocks) * block))
   return jnp.moveaxis(out, 0, -3).reshape(padded.shape)[..., :k, :]
 
 
-def _l1_full(x: Array, c: Array, vectors: int, options) -> Array:
+def _sign_gram_rows(rows: Array, full: Array, c: Array, start, ctx) -> Array:
+  """Rows ``start:start+len(rows)`` of ``sign(full fullᵀ − cI) full``."""
+  gram = ctx.reduce(_dot(rows, full, COLS, COLS, ctx), COLS)
+  on_diagonal = (start + jnp.arange(rows.shape[-2]))[:, None] == jnp.arange(
+      full.shape[-2])[None, :]
+  return _dot(jnp.sign(gram - c[..., None, None] * on_diagonal), full, COLS,
+              ROWS, ctx)
+
+
+def _l1_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   if vectors == ROWS:
-    return _l1_full_rows(x, c, options)
-  return _swap(_l1_full_rows(_swap(x), c, options))
+    return _l1_full_rows(x, c, ctx)
+  swapped = ctx._replace(
+      spec=None if ctx.spec is None else (*ctx.spec[:-2], *ctx.spec[:-3:-1]),
+      manual_axis=None if ctx.manual_axis is None else _other(ctx.manual_axis))
+  return _swap(_l1_full_rows(_swap(x), c, swapped))
 
 
-def _l2_norms(x: Array, c: Array, vectors: int, options) -> Array:
-  del options
-  return _per_vector(_norms_sq(x, vectors) - c[..., None], vectors) * x
+def _l2_norms(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
+  return _per_vector(_norms_sq(x, vectors, ctx) - c[..., None], vectors) * x
 
 
-def _l1_norms(x: Array, c: Array, vectors: int, options) -> Array:
-  del options
-  return _per_vector(jnp.sign(_norms_sq(x, vectors) - c[..., None]),
+def _l1_norms(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
+  return _per_vector(jnp.sign(_norms_sq(x, vectors, ctx) - c[..., None]),
                      vectors) * x
 
 
-_EXACT = KernelOptions(precision=jax.lax.Precision.HIGHEST)
+_EXACT = _Context(KernelOptions(precision=jax.lax.Precision.HIGHEST), None,
+                  None)
 
 
 def _l2_full_penalty(x, c, vectors):
@@ -165,15 +244,17 @@ def _l1_full_penalty(x, c, vectors):
 
 
 def _l2_norms_penalty(x, c, vectors):
-  return 0.25 * jnp.sum(jnp.square(_norms_sq(x, vectors) - c[..., None]), -1)
+  residual = _norms_sq(x, vectors, _EXACT) - c[..., None]
+  return 0.25 * jnp.sum(jnp.square(residual), -1)
 
 
 def _l1_norms_penalty(x, c, vectors):
-  return 0.5 * jnp.sum(jnp.abs(_norms_sq(x, vectors) - c[..., None]), -1)
+  residual = _norms_sq(x, vectors, _EXACT) - c[..., None]
+  return 0.5 * jnp.sum(jnp.abs(residual), -1)
 
 
 class _Mode(NamedTuple):
-  correction: Callable[..., Array]  # (x, c, vectors, options) -> Δ
+  correction: Callable[..., Array]  # (x, c, vectors, context) -> Δ
   penalty: Callable[..., Array]  # (x, c, vectors) -> penalty per matrix
   on_units: bool  # True: vectors are output units; False: fan-in vectors
   uses_gram: bool  # matrix products (worth batching same-shape matrices)
@@ -201,18 +282,21 @@ def check_mode(mode: str) -> _Mode:
 
 def _vectors(kernels: _Mode, units: int) -> int:
   """The axis indexing the mode's vectors, given the axis indexing units."""
-  return units if kernels.on_units else (COLS if units == ROWS else ROWS)
+  return units if kernels.on_units else _other(units)
 
 
-def ada_amplitude(w: Array, units: int = ROWS) -> Array:
-  """The adaptive amplitude: the squared mean unit norm, without gradient.
+def _ada(x: Array, units: int, ctx: _Context) -> Array:
+  x = jax.lax.stop_gradient(x)
+  return jnp.square(jnp.mean(jnp.sqrt(_norms_sq(x, units, ctx)), axis=-1))
+
+
+def ada_amplitude(w: Array) -> Array:
+  """The adaptive amplitude: the squared mean row norm, without gradient.
 
   ``c = (mean_i ‖w_i‖₂)²`` per matrix, computed on the device (no host sync).
 
   Args:
     w: matrices of shape ``(..., m, n)``, rows are output units.
-    units: ``-2`` when rows are the units (as here), ``-1`` when columns are
-      (a Flax kernel ``(fan_in, out)``).
 
   Returns:
     An array of shape ``w.shape[:-2]``.
@@ -222,14 +306,14 @@ def ada_amplitude(w: Array, units: int = ROWS) -> Array:
     >>> float(ada_amplitude(jnp.array([[3.0, 4.0], [0.0, 1.0]])))
     9.0
   """
-  w = jax.lax.stop_gradient(w)
-  return jnp.square(jnp.mean(jnp.sqrt(_norms_sq(w, units)), axis=-1))
+  return _ada(w, ROWS, _EXACT)
 
 
-def _amplitude_array(x: Array, amplitude: Amplitude, units: int) -> Array:
+def _amplitude_array(x: Array, amplitude: Amplitude, units: int,
+                     ctx: _Context) -> Array:
   """The amplitude as an array of the batch shape, in x's dtype."""
   if isinstance(amplitude, str) and amplitude == ADA:
-    return ada_amplitude(x, units)
+    return _ada(x, units, ctx)
   c = jnp.asarray(amplitude, dtype=x.dtype)
   return jnp.broadcast_to(c, x.shape[:-2])
 
@@ -248,19 +332,28 @@ def correction(
     options: KernelOptions,
     units: int = ROWS,
 ) -> Array:
-  """Δ in the compute dtype, for matrices whose units lie along ``units``."""
+  """Δ in the compute dtype, for matrices whose units lie along ``units``.
+
+  The sharding of ``x`` (Explicit mode) or ``options.axis_name`` (shard_map,
+  fan-in split) decides where the products' collectives go.
+  """
   kernels = check_mode(mode)
   x = x.astype(compute_dtype(x.dtype))
-  c = _amplitude_array(x, amplitude, units)
+  manual_axis = None if options.axis_name is None else _other(units)
+  c = _amplitude_array(x, amplitude, units,
+                       _Context(options, None, manual_axis))
   vectors = _vectors(kernels, units)
+
+  def run(x, c):
+    ctx = _Context(options, sharding.explicit_spec(x), manual_axis)
+    return kernels.correction(x, c, vectors, ctx)
+
   if not kernels.uses_gram or x.ndim == 2 or options.batched():
-    return kernels.correction(x, c, vectors, options)
-  batch = x.shape[:-2]
+    return run(x, c)
   delta = jax.lax.map(
-      lambda args: kernels.correction(*args, vectors, options),
-      (x.reshape(-1, *x.shape[-2:]), c.reshape(-1)),
+      lambda args: run(*args), (x.reshape(-1, *x.shape[-2:]), c.reshape(-1))
   )
-  return delta.reshape(*batch, *x.shape[-2:])
+  return delta.reshape(x.shape)
 
 
 def bort_correction(
@@ -326,5 +419,5 @@ def bort_penalty(
   _check_matrix(w, "bort_penalty")
   kernels = check_mode(mode)
   x = w.astype(compute_dtype(w.dtype))
-  c = _amplitude_array(x, amplitude, ROWS)
+  c = _amplitude_array(x, amplitude, ROWS, _EXACT)
   return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS)))
