@@ -1,6 +1,6 @@
 """DBort: the data-aware output-energy loss, and its PCA limit.
 
-DBort (Zhang et al., ICLR 2023, §3.3) adds to the task loss a term that
+DBort (Zhang et al., ICLR 2023) adds to the task loss a term that
 rewards the energy of a Bort-constrained layer's outputs,
 
 .. math::
@@ -118,7 +118,7 @@ def dbort_loss(
 
   References:
     Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
-    Bounded Orthogonal Constraint", ICLR 2023 (DBort, §3.3).
+    Bounded Orthogonal Constraint", ICLR 2023 (DBort).
   """
   leaves = jax.tree.leaves(outputs)
   if not leaves:
@@ -263,16 +263,18 @@ def dbort_outputs(
 # The recipe: Bort-SGD balanced against DBort.
 
 
-def _check_positive(value: Any, name: str, upper: float | None = None) -> float:
+def _check_positive(value: Any, name: str, at_most: float | None = None
+                    ) -> float:
+  """A finite number > 0 (and ≤ at_most), as a float; else ValueError."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{name} must be a number, got {value!r}.")
-  value = float(value)
-  if not (value > 0 and math.isfinite(value)) or (
-      upper is not None and value >= upper
+  number = float(value)
+  if not (number > 0 and math.isfinite(number)) or (
+      at_most is not None and number > at_most
   ):
-    bound = f" and < {upper}" if upper is not None else ""
+    bound = f" and <= {at_most}" if at_most is not None else ""
     raise ValueError(f"{name} must be > 0{bound}, got {value!r}.")
-  return value
+  return number
 
 
 def _check_steps(steps: Any) -> int:
@@ -365,7 +367,7 @@ def dbort_linear_optimizer(
   ):
     raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
   constraint_step = _check_positive(constraint_step, "constraint_step")
-  final_fraction = _check_positive(final_fraction, "final_fraction", 1.0 + 1e-9)
+  final_fraction = _check_positive(final_fraction, "final_fraction", 1.0)
   amplitude = _check_positive(amplitude, "amplitude")
   power = _check_positive(power, "power")
   weight = 1.0 / power if weight is None else _check_positive(weight, "weight")
@@ -507,7 +509,7 @@ def fit_dbort_linear(
   The defaults need no tuning on standardised (or merely centred) data of
   any scale: the step on ``log mean(y²)`` is dimensionless. They converge
   when the relative eigengap ``(λ_k − λ_{k+1}) / Σ_{i≤k} λ_i`` is at least
-  about ``10⁻³`` (e.g. sklearn digits, 64-d, ``k`` up to 16; MNIST, 784-d,
+  about ``2·10⁻³`` (e.g. sklearn digits, 64-d, ``k`` up to 16; MNIST, 784-d,
   ``k = 10``); for smaller gaps, raise ``steps``.
 
   For a linear layer the loss depends on the data only through its second

@@ -25,13 +25,14 @@ class MLP(nnx.Module):
     rngs: the random streams for initialisation.
 
   Examples:
-    >>> import jax.numpy as jnp, bort_jax
+    >>> import jax, jax.numpy as jnp, bort_jax
     >>> from flax import nnx
     >>> from bort_jax.models.mlp import MLP
     >>> model = MLP(64, (32, 16), 10, rngs=nnx.Rngs(0))
     >>> model(jnp.ones((2, 8, 8, 1))).shape
     (2, 10)
-    >>> sorted(bort_jax.orthogonality_error(nnx.state(model, nnx.Param)))
+    >>> params = nnx.state(model, nnx.Param)
+    >>> sorted(jax.eval_shape(bort_jax.orthogonality_error, params))
     ['head/kernel', 'hidden/0/kernel', 'hidden/1/kernel']
   """
 

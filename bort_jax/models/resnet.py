@@ -73,13 +73,19 @@ class ResNet(nnx.Module):
     rngs: the random streams for initialisation.
 
   Examples:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from bort_jax.models.resnet import ResNet
-    >>> model = ResNet((1, 1), num_classes=10, in_channels=1, width=4,
-    ...                rngs=nnx.Rngs(0))
-    >>> model(jnp.ones((2, 8, 8, 1))).shape
+    >>> model = nnx.eval_shape(lambda: ResNet(
+    ...     (1, 1), num_classes=10, in_channels=1, width=4, rngs=nnx.Rngs(0)))
+    >>> images = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    >>> nnx.eval_shape(lambda m, x: m(x), model, images).shape
     (2, 10)
+    >>> model.blocks[1].shortcut.kernel.shape  # 1x1, stride 2, 4 -> 8
+    (1, 1, 4, 8)
+
+    Call ``model.eval()`` before evaluating, so BatchNorm uses its running
+    averages, and ``model.train()`` to train again.
   """
 
   def __init__(
@@ -131,13 +137,17 @@ def resnet18(
     convolutions and a linear classifier: 21 Bort kernels.
 
   Examples:
-    >>> import jax.numpy as jnp, bort_jax
+    Shapes only (``nnx.eval_shape`` allocates and computes nothing):
+
+    >>> import jax, jax.numpy as jnp, bort_jax
     >>> from flax import nnx
     >>> from bort_jax.models.resnet import resnet18
-    >>> model = resnet18(10, in_channels=3, width=4, rngs=nnx.Rngs(0))
-    >>> model(jnp.ones((2, 32, 32, 3))).shape
+    >>> model = nnx.eval_shape(lambda: resnet18(10, 3, rngs=nnx.Rngs(0)))
+    >>> images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    >>> nnx.eval_shape(lambda m, x: m(x), model, images).shape
     (2, 10)
-    >>> len(bort_jax.orthogonality_error(nnx.state(model, nnx.Param)))
+    >>> params = nnx.state(model, nnx.Param)
+    >>> len(jax.eval_shape(bort_jax.orthogonality_error, params))
     21
   """
   return ResNet((2, 2, 2, 2), num_classes, in_channels, width, rngs=rngs)

@@ -73,15 +73,19 @@ class ViT(nnx.Module):
     rngs: the random streams for initialisation.
 
   Examples:
-    >>> import jax.numpy as jnp, bort_jax
+    Shapes only (``nnx.eval_shape`` allocates and computes nothing):
+
+    >>> import jax, jax.numpy as jnp, bort_jax
     >>> from flax import nnx
     >>> from bort_jax.models.vit import ViT
-    >>> model = ViT(8, 4, 1, 10, dim=16, depth=1, num_heads=2,
-    ...             rngs=nnx.Rngs(0))
-    >>> model(jnp.ones((2, 8, 8, 1))).shape
+    >>> model = nnx.eval_shape(lambda: ViT(
+    ...     32, 4, 3, 10, dim=192, depth=6, num_heads=3, rngs=nnx.Rngs(0)))
+    >>> images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    >>> nnx.eval_shape(lambda m, x: m(x), model, images).shape
     (2, 10)
-    >>> sorted(bort_jax.orthogonality_error(nnx.state(model, nnx.Param)))[:3]
-    ['blocks/0/attn/key/kernel', 'blocks/0/attn/out/kernel', 'blocks/0/attn/query/kernel']
+    >>> params = nnx.state(model, nnx.Param)
+    >>> sorted(jax.eval_shape(bort_jax.orthogonality_error, params))[:4]
+    ['blocks/0/attn/key/kernel', 'blocks/0/attn/out/kernel', 'blocks/0/attn/query/kernel', 'blocks/0/attn/value/kernel']
   """
 
   def __init__(

@@ -1,0 +1,94 @@
+"""The bort-jax command line: argument checks, train/resume, the demo."""
+
+import json
+import os
+
+import pytest
+
+from bort_jax import cli
+
+
+def _fails(capsys, argv, message):
+  """Asserts that argv exits with status 2 and prints ``message``."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err, err
+  return err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--optimizer", "bort-nonsense"], "Unknown optimizer 'nonsense'"),
+    (["--optimizer", "rmsprop-ish"], "Unknown optimizer"),
+    (["--gamma", "-0.1"], "must be >= 0"),
+    (["--gamma", "lots"], "expected a number"),
+    (["--mode", "l3-full"], "invalid choice: 'l3-full'"),
+    (["--amplitude", "-1"], "positive number or 'ada'"),
+    (["--model", "alexnet"], "invalid choice: 'alexnet'"),
+    (["--epochs", "0"], "positive integer"),
+    (["--lr", "0"], "must be > 0"),
+    (["--data", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--resume", "--overwrite"], "not allowed with argument"),
+    (["--optimizer", "bort-adamw", "--placement", "coupled"],
+     "placement applies to bort-<optax optimizer> only"),
+])
+def test_train_rejects_bad_arguments(capsys, tmp_path, extra, message):
+  _fails(capsys, ["train", "--out", str(tmp_path / "run"), *extra], message)
+
+
+def test_usage_errors(capsys, tmp_path):
+  _fails(capsys, [], "required")
+  _fails(capsys, ["train"], "--out")
+  _fails(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"],
+         "Nothing to resume")
+
+
+def test_train_resume_and_overwrite_refusal(capsys, tmp_path):
+  out = str(tmp_path / "run")
+  argv = ["train", "--data", "digits", "--model", "mlp", "--width", "16",
+          "--optimizer", "bort-sgd", "--mode", "l2-full", "--amplitude", "1",
+          "--gamma", "0.01", "--lr", "0.05", "--epochs", "2",
+          "--batch-size", "256", "--warmup", "0.5", "--seed", "1",
+          "--out", out, "--no-progress"]
+  assert cli.main(argv) == 0
+  captured = capsys.readouterr()
+  assert "epoch 2/2" in captured.out and "Done: test accuracy" in captured.out
+  for name in ("config.json", "metrics.json", "metrics.csv", "checkpoints"):
+    assert os.path.exists(os.path.join(out, name)), name
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["optimizer"] == "bort-sgd"
+  # The same command again refuses to touch the run.
+  _fails(capsys, argv, "already exists")
+  # Resuming a finished run trains nothing more and succeeds.
+  assert cli.main(["train", "--out", out, "--resume", "--no-progress"]) == 0
+  with open(os.path.join(out, "metrics.json")) as f:
+    assert len(json.load(f)["history"]) == 3
+  capsys.readouterr()
+  # Explicit arguments that contradict the saved run are refused.
+  _fails(capsys, ["train", "--out", out, "--resume", "--gamma", "0.5"],
+         "gamma 0.01 vs 0.5")
+
+
+def test_demo_quick_on_digits(capsys, tmp_path):
+  out = str(tmp_path / "demo")
+  assert cli.main(["demo", "--quick", "--data", "digits", "--epochs", "1",
+                   "--out", out, "--no-progress"]) == 0
+  printed = capsys.readouterr().out
+  assert "AdamW" in printed and "Bort-AdamW" in printed
+  assert "constraint err" in printed and "recon MSE" in printed
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  assert [r["name"] for r in results["runs"]] == ["AdamW", "Bort-AdamW"]
+  assert results["data"] == "digits"
+  for run in results["runs"]:
+    assert 0 <= run["test_accuracy"] <= 1
+    assert run["constraint_error"] >= 0
+    assert run["reconstruction_mse"] >= 0
+  for name in results["figures"].values():
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  assert {"accuracy", "gram", "reconstructions"} <= set(results["figures"])
+  # A second demo into the same directory needs --overwrite.
+  (tmp_path / "demo" / "mine.txt").write_text("keep")
+  _fails(capsys, ["demo", "--quick", "--data", "digits", "--out", out],
+         "--overwrite")
