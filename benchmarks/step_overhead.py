@@ -41,29 +41,46 @@ REDUCED = {
 }
 
 
-def step_fn(tx):
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-  return jax.jit(step)
+def steps_fn(tx, steps: int):
+  """``steps`` optimizer steps in one jitted call (a device-side loop), so
+  that host dispatch of the parameter tree is not what gets timed."""
+  def run(params, state, grads):
+    def step(_, carry):
+      params, state = carry
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+    return jax.lax.fori_loop(0, steps, step, (params, state))
+  return jax.jit(run)
 
 
-def measure(set_name: str, configs: dict, repeats: int, matmul_rate: float):
+def corrections_fn(config: dict, steps: int):
+  """``steps`` evaluations of the correction alone, chained on device."""
+  options = config.get("kernel_options") or bort_jax.KernelOptions()
+
+  def run(params):
+    def step(_, params):
+      deltas = bort_jax.tree_correction(
+          params, config["mode"], config["amplitude"], kernel_options=options)
+      return jax.tree.map(lambda p, d: p if d is None else p - 1e-6 * d,
+                          params, deltas, is_leaf=lambda x: x is None)
+    return jax.lax.fori_loop(0, steps, step, params)
+  return jax.jit(run)
+
+
+def measure(set_name: str, configs: dict, repeats: int, matmul_rate: float,
+            steps: int):
   params = param_sets.materialise(param_sets.PARAM_SETS[set_name]())
   grads = param_sets.materialise(param_sets.PARAM_SETS[set_name](), seed=1)
   base = optax.adamw(1e-3, weight_decay=1e-4)
-  base_time = timing.seconds(step_fn(base), params, base.init(params), grads,
-                             repeats=repeats)
+  base_time = timing.seconds(steps_fn(base, steps), params, base.init(params),
+                             grads, repeats=repeats) / steps
   rows = []
   for name, config in configs.items():
     tx = bort_jax.bort_adamw(1e-3, weight_decay=1e-4, gamma=0.1, **config)
-    bort_time = timing.seconds(step_fn(tx), params, tx.init(params), grads,
-                               repeats=repeats)
-    correction = jax.jit(lambda p, config=config: bort_jax.tree_correction(
-        p, config["mode"], config["amplitude"],
-        kernel_options=config.get("kernel_options")
-        or bort_jax.KernelOptions()))
-    correction_time = timing.seconds(correction, params, repeats=repeats)
+    bort_time = timing.seconds(steps_fn(tx, steps), params, tx.init(params),
+                               grads, repeats=repeats) / steps
+    correction_time = timing.seconds(corrections_fn(config, steps), params,
+                                     repeats=repeats) / steps
     flop = param_sets.correction_flop(params, config["mode"])
     rows.append(dict(
         set=set_name, config=name, adamw_ms=1e3 * base_time,
@@ -86,6 +103,9 @@ def main(argv=None):
                       help="also run the reduced-precision (bf16) Gram")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--matmul-size", type=int, default=None)
+  parser.add_argument("--steps-per-call", type=int, default=None,
+                      help="steps per timed call (default: 10 on GPU, 1 on "
+                      "CPU)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
@@ -95,12 +115,14 @@ def main(argv=None):
     configs.update(REDUCED)
   gpu = jax.default_backend() != "cpu"
   size = args.matmul_size or (8192 if gpu else 2048)
+  steps = args.steps_per_call or (10 if gpu else 1)
   rate = timing.matmul_flops_per_second(size)
   print(f"device {timing.device_name()}  jax {jax.__version__}  "
-        f"f32 matmul {size}^3 at default precision: {rate / 1e9:.1f} GFLOP/s")
+        f"f32 matmul {size}^3 at default precision: {rate / 1e9:.1f} GFLOP/s; "
+        f"{steps} step(s) per timed call")
   rows = []
   for set_name in args.sets.split(","):
-    rows += measure(set_name, configs, args.repeats, rate)
+    rows += measure(set_name, configs, args.repeats, rate, steps)
   header = ("| set | config | adamw ms | bort ms | ratio | correction ms | "
             "GFLOP | GFLOP/s | of matmul | added/floor |")
   print(header)

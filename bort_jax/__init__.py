@@ -8,6 +8,12 @@ invert backwards (a layer is undone by its scaled transpose).
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import with_bort
+from bort_jax._src.dbort import dbort_linear_optimizer
+from bort_jax._src.dbort import dbort_loss
+from bort_jax._src.dbort import dbort_outputs
+from bort_jax._src.dbort import DBortLinearFit
+from bort_jax._src.dbort import fit_dbort_linear
+from bort_jax._src.dbort import principal_cosines
 from bort_jax._src.diagnostics import matrix_orthogonality_error
 from bort_jax._src.diagnostics import mean_orthogonality_error
 from bort_jax._src.diagnostics import orthogonality_error
@@ -31,6 +37,7 @@ __all__ = (
     "MODES",
     "BortDimensionNumbers",
     "BortState",
+    "DBortLinearFit",
     "KernelOptions",
     "OrthogonalityError",
     "ada_amplitude",
@@ -39,10 +46,15 @@ __all__ = (
     "bort_correction",
     "bort_penalty",
     "bort_sgd",
+    "dbort_linear_optimizer",
+    "dbort_loss",
+    "dbort_outputs",
+    "fit_dbort_linear",
     "flax_dimension_numbers",
     "matrix_orthogonality_error",
     "mean_orthogonality_error",
     "orthogonality_error",
+    "principal_cosines",
     "tree_correction",
     "with_bort",
 )

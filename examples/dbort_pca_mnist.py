@@ -40,12 +40,8 @@ import numpy as np
 import bort_jax
 from bort_jax import data as data_lib
 
-try:  # the public names, once bort_jax/__init__.py re-exports them
-  from bort_jax import fit_dbort_linear
-  from bort_jax import principal_cosines
-except ImportError:  # pragma: no cover
-  from bort_jax._src.dbort import fit_dbort_linear
-  from bort_jax._src.dbort import principal_cosines
+from bort_jax import fit_dbort_linear
+from bort_jax import principal_cosines
 
 
 def parse_args(argv=None):

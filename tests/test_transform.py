@@ -26,7 +26,10 @@ def test_flax_linear_and_conv_match_torch_layout(mode):
   linear = nnx.Linear(7, 5, rngs=rngs)
   conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
   params = nnx.state(nnx.List([linear, conv]), nnx.Param)
-  tx = bort_jax.add_bort_correction(1.0, mode, 0.8)
+  # Full float32 products (GPUs default to TF32): this test is about layout.
+  tx = bort_jax.add_bort_correction(
+      1.0, mode, 0.8, kernel_options=bort_jax.KernelOptions(
+          precision="highest"))
   updates = _apply(tx, params)
   for module, update in [(linear, updates[0]), (conv, updates[1])]:
     kernel = np.asarray(module.kernel[...])

@@ -1,1 +1,26 @@
-"""Flax NNX models that work with Bort's default parameter selection."""
+"""Flax NNX models that work with Bort's default parameter selection.
+
+Every Linear/Conv weight is a leaf named ``kernel`` in Flax layout, so
+``bort_jax.add_bort_correction`` and ``orthogonality_error`` find them
+without configuration.
+"""
+
+from bort_jax.models.invertible import InvertibleCNN
+from bort_jax.models.invertible import InvertibleMLP
+from bort_jax.models.invertible import InvertibleSequential
+from bort_jax.models.mlp import MLP
+from bort_jax.models.resnet import BasicBlock
+from bort_jax.models.resnet import ResNet
+from bort_jax.models.resnet import resnet18
+from bort_jax.models.vit import ViT
+
+__all__ = (
+    "BasicBlock",
+    "InvertibleCNN",
+    "InvertibleMLP",
+    "InvertibleSequential",
+    "MLP",
+    "ResNet",
+    "ViT",
+    "resnet18",
+)
