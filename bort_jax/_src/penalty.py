@@ -77,11 +77,6 @@ class _Context(NamedTuple):
   spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
   manual_axis: int | None  # shard_map: the matrix axis split over axis_name
 
-  def sharded(self, axis: int) -> bool:
-    if self.spec is not None and self.spec[axis] is not None:
-      return True
-    return self.manual_axis == axis
-
   def out_sharding(self, *last_two) -> jax.sharding.PartitionSpec | None:
     """A product's output spec (batch axes as x's), under Explicit sharding."""
     if self.spec is None:
@@ -162,13 +157,13 @@ def _apply_rows(s: Array, x: Array, vectors: int, ctx: _Context) -> Array:
 
 
 def _l2_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
-  # (G − cI) x = x (H − cI). Contract over a split axis when there is one
-  # (one all-reduce of the small Gram), else take the smaller Gram:
-  # 2·min(m,n)·m·n per product.
+  # (G − cI) x = x (H − cI): the smaller Gram, 2·min(m,n)·m·n per product.
+  # Sharded, it is also the cheaper exchange: an all-reduce of the small Gram
+  # when the long axis is split, else an all-gather of x (m·n < max(m,n)²).
+  # Inside shard_map only the split axis can be contracted locally and summed.
   del vectors
-  rows_split, cols_split = ctx.sharded(ROWS), ctx.sharded(COLS)
-  if rows_split != cols_split:
-    vectors = COLS if rows_split else ROWS
+  if ctx.manual_axis is not None:
+    vectors = _other(ctx.manual_axis)
   else:
     vectors = ROWS if x.shape[-2] <= x.shape[-1] else COLS
   return _apply_rows(_gram_minus_c(x, c, vectors, ctx), x, vectors, ctx)
