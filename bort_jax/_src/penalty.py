@@ -95,10 +95,6 @@ def compute_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _swap(x: Array) -> Array:
-  return jnp.swapaxes(x, -1, -2)
-
-
 def _other(axis: int) -> int:
   return COLS if axis == ROWS else ROWS
 
@@ -169,50 +165,60 @@ def _l2_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   return _apply_rows(_gram_minus_c(x, c, vectors, ctx), x, vectors, ctx)
 
 
-def _l1_full_rows(x: Array, c: Array, ctx: _Context) -> Array:
-  """``sign(x xᵀ − cI) x``, in row blocks when x has many rows.
-
-  Inside shard_map with x's rows split, each device all-gathers x and
-  computes its own rows.
-  """
-  if ctx.manual_axis == ROWS:
-    full = jax.lax.all_gather(x, ctx.options.axis_name, axis=x.ndim - 2,
-                              tiled=True)
-    start = jax.lax.axis_index(ctx.options.axis_name) * x.shape[-2]
-    local = ctx._replace(manual_axis=None)
-    return _sign_gram_rows(x, full, c, start, local)
-  k, block = x.shape[-2], ctx.options.block_size
-  if block is None or k <= block:
-    return _apply_rows(jnp.sign(_gram_minus_c(x, c, ROWS, ctx)), x, ROWS, ctx)
-  # Zero rows padded at the end add zero Gram entries whose rows of x are zero,
-  # so they change nothing; their own output rows are cut off.
-  blocks = -(-k // block)
-  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, blocks * block - k),
-                                                 (0, 0)])
-  row_blocks = jnp.moveaxis(
-      padded.reshape(*x.shape[:-2], blocks, block, x.shape[-1]), -3, 0)
-  out = jax.lax.map(
-      lambda args: _sign_gram_rows(args[0], padded, c, args[1], ctx),
-      (row_blocks, jnp.arange(blocks) * block))
-  return jnp.moveaxis(out, 0, -3).reshape(padded.shape)[..., :k, :]
-
-
-def _sign_gram_rows(rows: Array, full: Array, c: Array, start, ctx) -> Array:
-  """Rows ``start:start+len(rows)`` of ``sign(full fullᵀ − cI) full``."""
-  gram = ctx.reduce(_dot(rows, full, COLS, COLS, ctx), COLS)
-  on_diagonal = (start + jnp.arange(rows.shape[-2]))[:, None] == jnp.arange(
-      full.shape[-2])[None, :]
-  return _dot(jnp.sign(gram - c[..., None, None] * on_diagonal), full, COLS,
-              ROWS, ctx)
+def _sign_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
+                     ctx: _Context) -> Array:
+  """Vectors ``start:start+b`` of ``sign(G − cI) x`` (rows) or
+  ``x sign(H − cI)`` (columns), where ``part`` holds those b vectors of
+  ``full`` and G, H are ``full``'s Gram of that side."""
+  contracted = _other(vectors)
+  k, b = full.shape[vectors], part.shape[vectors]
+  own = start + jnp.arange(b)
+  if vectors == ROWS:
+    gram = _dot(part, full, COLS, COLS, ctx)  # (b, k)
+    on_diagonal = own[:, None] == jnp.arange(k)[None, :]
+  else:
+    gram = _dot(full, part, ROWS, ROWS, ctx)  # (k, b)
+    on_diagonal = jnp.arange(k)[:, None] == own[None, :]
+  gram = ctx.reduce(gram, contracted)
+  signs = jnp.sign(gram - c[..., None, None] * on_diagonal)
+  if vectors == ROWS:
+    return _dot(signs, full, COLS, ROWS, ctx)
+  return _dot(full, signs, COLS, ROWS, ctx)
 
 
 def _l1_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
-  if vectors == ROWS:
-    return _l1_full_rows(x, c, ctx)
-  swapped = ctx._replace(
-      spec=None if ctx.spec is None else (*ctx.spec[:-2], *ctx.spec[:-3:-1]),
-      manual_axis=None if ctx.manual_axis is None else _other(ctx.manual_axis))
-  return _swap(_l1_full_rows(_swap(x), c, swapped))
+  """``sign(G − cI) x`` (row vectors) or ``x sign(H − cI)`` (column vectors).
+
+  With more than ``block_size`` vectors the sign matrix is built block by
+  block in a device loop (memory O(block · k)). Inside shard_map with the
+  vectors split, each device all-gathers x and computes its own vectors.
+  """
+  axis = x.ndim + vectors  # the vectors' axis, counted from the front
+  if ctx.manual_axis == vectors:
+    name = ctx.options.axis_name
+    full = jax.lax.all_gather(x, name, axis=axis, tiled=True)
+    start = jax.lax.axis_index(name) * x.shape[vectors]
+    return _sign_gram_block(x, full, c, start, vectors,
+                            ctx._replace(manual_axis=None))
+  k, block = x.shape[vectors], ctx.options.block_size
+  if block is None or k <= block:
+    signs = jnp.sign(_gram_minus_c(x, c, vectors, ctx))
+    return _apply_rows(signs, x, vectors, ctx)
+  # Zero vectors padded at the end add zero Gram entries and are themselves
+  # zero, so they change nothing; their own outputs are cut off.
+  blocks = -(-k // block)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, blocks * block - k)
+  padded = jnp.pad(x, pad)
+
+  def one_block(i, out):
+    start = i * block
+    part = jax.lax.dynamic_slice_in_dim(padded, start, block, axis)
+    delta = _sign_gram_block(part, padded, c, start, vectors, ctx)
+    return jax.lax.dynamic_update_slice_in_dim(out, delta, start, axis)
+
+  out = jax.lax.fori_loop(0, blocks, one_block, jnp.zeros_like(padded))
+  return jax.lax.slice_in_dim(out, 0, k, axis=axis)
 
 
 def _l2_norms(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
