@@ -59,14 +59,17 @@ def bort_sgd(
     An :class:`optax.GradientTransformation`.
 
   Examples:
-    >>> import jax, jax.numpy as jnp, bort_jax
+    >>> import jax, jax.numpy as jnp, optax, bort_jax
     >>> params = {"kernel": jnp.array([[1.0, 1.0], [0.0, 1.0]])}
     >>> tx = bort_jax.bort_sgd(0.1, momentum=0.9, gamma=0.5)
+    >>> @jax.jit
+    ... def step(params, state):  # zero data loss: only Bort acts
+    ...   grads = jax.tree.map(jnp.zeros_like, params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   return optax.apply_updates(params, updates), state
     >>> state = tx.init(params)
     >>> for _ in range(300):
-    ...   updates, state = tx.update(jax.tree.map(jnp.zeros_like, params),
-    ...                              state, params)
-    ...   params = jax.tree.map(lambda p, u: p + u, params, updates)
+    ...   params, state = step(params, state)
     >>> jnp.round(params["kernel"] @ params["kernel"].T, 3) + 0.0  # no -0.
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
