@@ -5,6 +5,7 @@ Optimizers that keep every layer's weights bounded and orthogonal
 invert backwards (a layer is undone by its scaled transpose).
 """
 
+from bort_jax import explain
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import with_bort
@@ -49,6 +50,7 @@ __all__ = (
     "dbort_linear_optimizer",
     "dbort_loss",
     "dbort_outputs",
+    "explain",
     "fit_dbort_linear",
     "flax_dimension_numbers",
     "matrix_orthogonality_error",

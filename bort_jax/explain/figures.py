@@ -139,7 +139,8 @@ def plot_adversarial(
 ):
   """Clean images, then for each attack its examples and perturbations.
 
-  Perturbations are shown centred on grey, scaled to their largest value.
+  Perturbations use a diverging colour map (red adds, blue removes
+  intensity), scaled to their largest value.
 
   Args:
     images: ``(N, H, W, C)`` clean images in [0, 1].

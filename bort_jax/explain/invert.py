@@ -128,6 +128,22 @@ class ConvGeometry:
   Mirrors ``nnx.Conv``: inputs ``(N, *spatial, C)``, kernels
   ``(*window, C/groups, out)``; string paddings ``SAME``, ``VALID``,
   ``CIRCULAR``, ``REFLECT``, ``CAUSAL`` (1-D), an int, or ``(low, high)`` pairs.
+  :meth:`apply` is the bias-free convolution whose VJP :func:`invert_conv`
+  uses as the transposed convolution.
+
+  Args:
+    num_spatial: the number of spatial axes.
+    strides: an int or one per spatial axis.
+    padding: as in ``nnx.Conv``.
+    input_dilation: an int or one per spatial axis.
+    kernel_dilation: an int or one per spatial axis.
+    feature_group_count: the number of groups.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> geometry = ConvGeometry(2, strides=2, padding="SAME")
+    >>> geometry.apply(jnp.ones((1, 7, 7, 3)), jnp.ones((3, 3, 3, 4))).shape
+    (1, 4, 4, 4)
   """
 
   def __init__(
@@ -184,14 +200,6 @@ class ConvGeometry:
         rhs_dilation=self.kernel_dilation,
         dimension_numbers=numbers,
         feature_group_count=self.feature_group_count,
-    )
-
-  @classmethod
-  def of(cls, conv: nnx.Conv) -> "ConvGeometry":
-    """The geometry of an ``nnx.Conv`` layer."""
-    return cls(
-        len(conv.kernel_size), conv.strides, conv.padding,
-        conv.input_dilation, conv.kernel_dilation, conv.feature_group_count,
     )
 
 

@@ -6,7 +6,13 @@ perturbing the image in the map's order: pixels are *deleted* (set to 0) or
 most salient first, and the softmax score of the class predicted on the clean
 image is recorded after each step. The area under the score curve, over the
 fraction of pixels changed, is low for a good map under deletion (the score
-falls fast) and high under insertion (it rises fast).
+falls fast) and high under insertion (it rises fast). With equal steps it is
+the mean of the recorded scores, which are softmax probabilities, so it lies
+in [0, 1].
+
+References:
+  Petsiuk, Das, Saenko, "RISE: Randomized Input Sampling for Explanation of
+  Black-box Models", BMVC 2018.
 """
 
 from __future__ import annotations
@@ -235,9 +241,27 @@ def insertion_curve(
                              images, saliency, classes, pixels_per_step)
 
 
-def deletion_auc(logits_fn, images, saliency, pixels_per_step=1, classes=None):
-  """The Deletion AUC of each image, ``deletion_curve(...).auc`` (lower is
-  better); in [0, 1].
+def deletion_auc(
+    logits_fn: LogitsFn,
+    images: jax.Array,
+    saliency: jax.Array,
+    pixels_per_step: int = 1,
+    classes: jax.Array | None = None,
+) -> jax.Array:
+  """The Deletion AUC of each image (lower is better), in [0, 1].
+
+  ``deletion_curve(...).auc``: the mean (trapezoid rule over the fraction of
+  pixels deleted) of the softmax score of the clean image's class.
+
+  Args:
+    logits_fn: maps a batch of images to logits.
+    images: ``(N, H, W, C)``.
+    saliency: ``(N, H, W)``.
+    pixels_per_step: pixels deleted per step.
+    classes: the scored class (default: predicted on the clean image).
+
+  Returns:
+    ``(N,)`` areas.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -249,10 +273,29 @@ def deletion_auc(logits_fn, images, saliency, pixels_per_step=1, classes=None):
                         classes).auc
 
 
-def insertion_auc(logits_fn, images, saliency, pixels_per_step=1,
-                  classes=None, blur_sigma=2.0):
-  """The Insertion AUC of each image, ``insertion_curve(...).auc`` (higher is
-  better); in [0, 1].
+def insertion_auc(
+    logits_fn: LogitsFn,
+    images: jax.Array,
+    saliency: jax.Array,
+    pixels_per_step: int = 1,
+    classes: jax.Array | None = None,
+    blur_sigma: float = 2.0,
+) -> jax.Array:
+  """The Insertion AUC of each image (higher is better), in [0, 1].
+
+  ``insertion_curve(...).auc``: the mean score while the image's pixels are
+  inserted, most salient first, into its blurred copy.
+
+  Args:
+    logits_fn: maps a batch of images to logits.
+    images: ``(N, H, W, C)``.
+    saliency: ``(N, H, W)``.
+    pixels_per_step: pixels inserted per step.
+    classes: the scored class (default: predicted on the clean image).
+    blur_sigma: the Gaussian blur of the starting image, in pixels.
+
+  Returns:
+    ``(N,)`` areas.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -5,9 +5,13 @@ Every Linear/Conv weight is a leaf named ``kernel`` in Flax layout, so
 without configuration.
 """
 
+from bort_jax.models.invertible import AvgPool
+from bort_jax.models.invertible import Flatten
 from bort_jax.models.invertible import InvertibleCNN
 from bort_jax.models.invertible import InvertibleMLP
 from bort_jax.models.invertible import InvertibleSequential
+from bort_jax.models.invertible import LeakyReLU
+from bort_jax.models.invertible import ReLU
 from bort_jax.models.mlp import MLP
 from bort_jax.models.resnet import BasicBlock
 from bort_jax.models.resnet import ResNet
@@ -15,11 +19,15 @@ from bort_jax.models.resnet import resnet18
 from bort_jax.models.vit import ViT
 
 __all__ = (
+    "AvgPool",
     "BasicBlock",
+    "Flatten",
     "InvertibleCNN",
     "InvertibleMLP",
     "InvertibleSequential",
+    "LeakyReLU",
     "MLP",
+    "ReLU",
     "ResNet",
     "ViT",
     "resnet18",

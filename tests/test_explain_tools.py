@@ -1,0 +1,237 @@
+"""Saliency, attribution metrics, contribution maps, attacks and figures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from sklearn.datasets import load_digits
+
+import bort_jax
+from bort_jax import explain
+from bort_jax.models import invertible
+
+
+@pytest.fixture(scope="module")
+def digits():
+  bunch = load_digits()
+  images = (bunch.images[..., None] / 16.0).astype(np.float32)
+  return images, bunch.target.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(digits):
+  """A tiny InvertibleCNN trained on 8×8 digits with Bort-AdamW (300 steps)."""
+  images, labels = digits
+  model = invertible.InvertibleCNN((8, 8, 1), (4,), (32,), 10, rngs=nnx.Rngs(0))
+  tx = bort_jax.bort_adamw(3e-3, gamma=0.1, mode="l1-fullrow", amplitude="ada")
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, x, y):
+    def loss_fn(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+    grads = nnx.grad(loss_fn)(model)
+    optimizer.update(model, grads)
+
+  order = np.random.default_rng(0).permutation(len(images))
+  train = order[:1500]
+  for i in range(300):
+    batch = train[(i * 64) % 1472:(i * 64) % 1472 + 64]
+    step(model, optimizer, jnp.asarray(images[batch]), jnp.asarray(labels[batch]))
+  test = order[1500:]
+  accuracy = np.mean(np.argmax(model(images[test]), -1) == labels[test])
+  assert accuracy > 0.85, accuracy
+  return model, images[test], labels[test]
+
+
+# Saliency.
+
+
+def test_backtrack_saliency_is_deterministic_shaped_and_in_range(trained_cnn):
+  model, images, _ = trained_cnn
+  x = jnp.asarray(images[:4])
+  layer = model.stage_ends[0]
+  maps = explain.backtrack_saliency(model, x, layer, top_k=8)
+  assert maps.shape == (4, 8, 8)
+  assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+  np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0)  # some channel fires
+  again = nnx.jit(lambda m, x: explain.backtrack_saliency(m, x, layer, top_k=8))(model, x)
+  np.testing.assert_allclose(again, maps, atol=1e-6)
+  guided = explain.backtrack_saliency(model, x, 1, top_k=4, border=0, relu="guided")
+  assert guided.shape == (4, 8, 8)
+
+
+def test_backtrack_saliency_weighs_masks_by_channel_maxima():
+  # An identity 1×1 conv: its one channel peaks at the bright pixel, whose
+  # backtracked spike is the only pixel above 3× the mean.
+  conv = nnx.Conv(1, 1, (1, 1), rngs=nnx.Rngs(0))
+  conv.kernel[...] = jnp.ones((1, 1, 1, 1))
+  model = invertible.InvertibleSequential([conv], input_shape=(5, 5, 1))
+  x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(2.0)
+  maps = explain.backtrack_saliency(model, x, 0, top_k=1)
+  np.testing.assert_allclose(maps[0], (x[0, ..., 0] > 0).astype(jnp.float32))
+  # A maximum on the border is skipped: nothing is left.
+  edge = jnp.zeros((1, 5, 5, 1)).at[0, 0, 3, 0].set(2.0)
+  np.testing.assert_array_equal(explain.backtrack_saliency(model, edge, 0), 0.0)
+  np.testing.assert_allclose(
+      explain.backtrack_saliency(model, edge, 0, border=0)[0], edge[0, ..., 0] / 2)
+
+
+def test_gradient_baselines_are_shaped_in_range_and_complete(trained_cnn):
+  model, images, _ = trained_cnn
+  x = jnp.asarray(images[:3])
+  for maps in (explain.gradient_saliency(model, x),
+               explain.integrated_gradients_saliency(model, x, steps=8)):
+    assert maps.shape == (3, 8, 8)
+    assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+  # Completeness: the attributions sum to logit(x) − logit(0).
+  targets = jnp.argmax(model(x), -1)
+  attributions = explain.integrated_gradients(model, x, targets, steps=64)
+  rows = jnp.arange(3)
+  gap = model(x)[rows, targets] - model(jnp.zeros_like(x))[rows, targets]
+  np.testing.assert_allclose(attributions.sum((1, 2, 3)), gap, rtol=0.05, atol=0.05)
+
+
+# Deletion and insertion.
+
+
+def linear_model(weights):
+  w = jnp.stack([weights.reshape(-1), -weights.reshape(-1)], axis=1) / 4
+  return lambda x: x.reshape(len(x), -1) @ w
+
+
+def test_deletion_and_insertion_rank_a_good_map_above_a_bad_one():
+  rng = np.random.default_rng(0)
+  weights = jnp.asarray(rng.normal(size=(6, 6)) + 0.2, jnp.float32)
+  logits_fn = linear_model(weights)
+  images = jnp.asarray(rng.uniform(0.5, 1.0, size=(3, 6, 6, 1)), jnp.float32)
+  classes = jnp.zeros(3, jnp.int32)
+  good = weights * images[..., 0]  # each pixel's contribution to class 0
+  bad = -good
+  deletion = explain.deletion_curve(logits_fn, images, good, 4, classes)
+  assert deletion.fractions.shape == (10,) and deletion.scores.shape == (3, 10)
+  np.testing.assert_allclose(deletion.fractions[jnp.array([0, -1])], [0.0, 1.0])
+  clean = jax.nn.softmax(logits_fn(images))[:, 0]
+  np.testing.assert_allclose(deletion.scores[:, 0], clean, rtol=1e-6)
+  np.testing.assert_allclose(deletion.scores[:, -1], 0.5, rtol=1e-6)  # black image
+  insertion = explain.insertion_curve(logits_fn, images, good, 4, classes)
+  np.testing.assert_allclose(insertion.scores[:, -1], clean, rtol=1e-6)
+  for metric in (explain.deletion_auc, explain.insertion_auc):
+    good_auc = metric(logits_fn, images, good, 4, classes)
+    assert good_auc.shape == (3,)
+    assert np.all((good_auc >= 0) & (good_auc <= 1))
+    np.testing.assert_array_equal(good_auc, metric(logits_fn, images, good, 4, classes))
+  assert np.all(explain.deletion_auc(logits_fn, images, good, 4, classes)
+                < explain.deletion_auc(logits_fn, images, bad, 4, classes))
+  assert np.all(explain.insertion_auc(logits_fn, images, good, 4, classes)
+                > explain.insertion_auc(logits_fn, images, bad, 4, classes))
+
+
+def test_auc_on_the_trained_model_is_in_range(trained_cnn):
+  model, images, _ = trained_cnn
+  x = jnp.asarray(images[:4])
+  maps = explain.gradient_saliency(model, x)
+  for auc in (explain.deletion_auc(model, x, maps, 8),
+              explain.insertion_auc(model, x, maps, 8, blur_sigma=1.0)):
+    assert auc.shape == (4,) and np.all((auc >= 0) & (auc <= 1))
+
+
+def test_curve_inputs_are_checked():
+  logits_fn = linear_model(jnp.ones((4, 4)))
+  with pytest.raises(ValueError, match=r"saliency \(N, H, W\)"):
+    explain.deletion_auc(logits_fn, jnp.ones((2, 4, 4, 1)), jnp.ones((2, 4, 5)))
+  with pytest.raises(ValueError, match="pixels_per_step"):
+    explain.insertion_auc(logits_fn, jnp.ones((2, 4, 4, 1)), jnp.ones((2, 4, 4)), 0)
+
+
+# Contribution maps.
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_contribution_map_identity_is_exact(activation, digits):
+  images, _ = digits
+  mlp = invertible.InvertibleMLP((8, 8, 1), (32, 16), 10, activation=activation,
+                                 use_bias=False, rngs=nnx.Rngs(1))
+  x = jnp.asarray(images[:5])
+  templates = explain.contribution_map(mlp, x)
+  assert templates.shape == (5, 8, 8, 1, 10)
+  logits = jnp.einsum("nhwc,nhwck->nk", x, templates)
+  np.testing.assert_allclose(logits, mlp(x), rtol=1e-5, atol=1e-5)
+
+
+def test_contribution_map_rejects_biases_and_other_layers():
+  with pytest.raises(ValueError, match=r"layers\[1\] \(Linear\) has a bias"):
+    explain.contribution_map(
+        invertible.InvertibleMLP((4, 1), (3,), 2, rngs=nnx.Rngs(0)), jnp.ones((1, 4, 1)))
+  conv_model = invertible.InvertibleCNN((8, 8, 1), (2,), (), 10, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"layers\[0\] \(Conv\)"):
+    explain.contribution_map(conv_model, jnp.ones((1, 8, 8, 1)))
+
+
+# Adversarial examples.
+
+
+def test_latent_edit_flips_predictions_of_a_trained_model(trained_cnn):
+  model, images, labels = trained_cnn
+  x, y = jnp.asarray(images[:64]), jnp.asarray(labels[:64])
+  correct = np.asarray(jnp.argmax(model(x), -1) == y)
+  x, y = x[correct], y[correct]
+  head_input = len(model.layers) - 2  # the LeakyReLU feeding the last Linear
+  eps = 3.0
+
+  @nnx.jit
+  def attacks(model, x, y):
+    return (
+        explain.latent_edit_attack(model, x, y, layer=head_input, epsilon=eps,
+                                   clip=None),
+        explain.latent_edit_attack(model, x, y, layer=model.stage_ends[0],
+                                   epsilon=eps),
+        explain.fgsm_l2(model, x, y, eps),
+        explain.pgd_l2(model, x, y, eps, steps=10),
+    )
+
+  unclipped, staged, fgsm, pgd = attacks(model, x, y)
+  np.testing.assert_allclose(explain.perturbation_norms(x, unclipped), eps, rtol=1e-4)
+  assert float(explain.attack_success_rate(model, unclipped, y)) > 0.5
+  # From the conv stage, in the valid range, at ε measured after clipping.
+  assert float(staged.min()) >= 0 and float(staged.max()) <= 1
+  np.testing.assert_allclose(explain.perturbation_norms(x, staged), eps, rtol=1e-3)
+  assert float(explain.attack_success_rate(model, staged, y)) > 0.3
+  np.testing.assert_allclose(explain.perturbation_norms(x, fgsm), eps, rtol=1e-3)
+  assert np.all(np.asarray(explain.perturbation_norms(x, pgd)) <= eps + 1e-4)
+  pgd_rate = float(explain.attack_success_rate(model, pgd, y))
+  assert pgd_rate >= float(explain.attack_success_rate(model, fgsm, y)) - 0.05
+  assert pgd_rate > 0.5
+
+
+def test_latent_edit_rejects_the_output_layer():
+  mlp = invertible.InvertibleMLP((4,), (3,), 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="hidden layer"):
+    explain.latent_edit_attack(mlp, jnp.ones((1, 4)), jnp.array([0]), layer=-1, epsilon=1.0)
+
+
+def test_runner_up_excludes_the_label():
+  logits = jnp.array([[5.0, 4.0, 3.0], [1.0, 2.0, 3.0]])
+  np.testing.assert_array_equal(explain.runner_up_classes(logits, jnp.array([0, 1])), [1, 2])
+
+
+# Figures.
+
+
+def test_figures_write_pngs(tmp_path, trained_cnn):
+  model, images, labels = trained_cnn
+  x = np.asarray(images[:3])
+  figures = {
+      "reconstructions": explain.plot_reconstructions(x, {"Bort": x, "AdamW": 1 - x}),
+      "saliency": explain.plot_saliency(x, {"backtrack": x[..., 0]}),
+      "gram": explain.plot_gram({"conv": model.layers[0].kernel[...],
+                                 "dense": model.layers[-1].kernel[...]}),
+      "adversarial": explain.plot_adversarial(x, {"edit": 1 - x}, labels[:3],
+                                              {"edit": [1, 2, 3]}),
+  }
+  for name, fig in figures.items():
+    path = tmp_path / f"{name}.png"
+    explain.save_figure(fig, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
