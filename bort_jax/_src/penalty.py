@@ -43,7 +43,8 @@ class KernelOptions(NamedTuple):
   """How the matrix products of the full modes are computed.
 
   Attributes:
-    precision: passed to ``jnp.matmul`` (``None`` is JAX's default).
+    precision: passed to ``lax.dot_general`` (``None``: JAX's default, TF32
+      on recent GPUs; ``"highest"`` for full float32).
     gram_dtype: if set (e.g. ``jnp.bfloat16``), the products' inputs are cast
       to it and accumulated in float32: a reduced-precision Gram.
     block_size: the l1 full modes build their k×k sign matrix (k vectors) in
