@@ -48,7 +48,8 @@ class KernelOptions(NamedTuple):
     gram_dtype: if set (e.g. ``jnp.bfloat16``), the products' inputs are cast
       to it and accumulated in float32: a reduced-precision Gram.
     block_size: the l1 full modes build their k×k sign matrix (k vectors) in
-      blocks of this many rows when k exceeds it: memory O(block_size · k).
+      equal blocks of at most this many rows when k exceeds it: memory
+      O(block_size · k).
     batch_products: whether a batch of matrices (and same-shape parameters)
       goes through one batched product. ``None``: yes on accelerators, where
       each product call costs a launch; no on CPU, where XLA's batched product
@@ -205,9 +206,11 @@ def _l1_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   if block is None or k <= block:
     signs = jnp.sign(_gram_minus_c(x, c, vectors, ctx))
     return _apply_rows(signs, x, vectors, ctx)
+  # Equal blocks of at most block_size (3072 vectors: 2 × 1536, not 2 × 2048).
   # Zero vectors padded at the end add zero Gram entries and are themselves
   # zero, so they change nothing; their own outputs are cut off.
   blocks = -(-k // block)
+  block = -(-k // blocks)
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, blocks * block - k)
   padded = jnp.pad(x, pad)
