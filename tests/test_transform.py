@@ -147,13 +147,17 @@ def _run(tx, params, steps=3, **extra_args):
 
 
 def test_extra_args_are_accepted():
-  tx = optax.with_extra_args_support(bort_jax.add_bort_correction(0.1))
+  tx = bort_jax.add_bort_correction(0.1)
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
   chained = optax.chain(bort_jax.add_bort_correction(0.1), optax.sgd(0.1))
   params = _params()
   for a, b in zip(jax.tree.leaves(_run(tx, params, loss=1.0)),
                   jax.tree.leaves(_run(tx, params))):
     np.testing.assert_array_equal(a, b)
   _run(chained, params, loss=jnp.float32(2.0))
+  masked = bort_jax.add_bort_correction(0.1, mask=lambda p: jax.tree.map(
+      lambda x: x.ndim > 1, p))
+  _run(masked, params, value=jnp.float32(2.0))
 
 
 def test_inject_hyperparams_gives_identical_results():

@@ -43,9 +43,11 @@ def tree_correction(
 ) -> Any:
   """Δ(param) for every Bort parameter of a pytree, ``None`` elsewhere.
 
-  Leaves are viewed as ``(batch, m, n)`` matrices by their dimension numbers;
-  leaves of equal ``(m, n)`` and compute dtype are concatenated along the batch
-  axis so that each shape costs one batched product, not one per leaf.
+  Leaves are viewed as batches of matrices by their dimension numbers, in
+  Flax's own layout (a reshape, no transpose). For the Gram modes on
+  accelerators (``KernelOptions.batch_products``), leaves of equal matrix
+  shape, dtype and sharding are concatenated so that each shape costs one
+  batched product, not one per leaf.
 
   Args:
     params: a pytree of parameters.
@@ -75,7 +77,8 @@ def tree_correction(
   for i, (leaf, view) in enumerate(zip(leaves, views)):
     if view is not None:
       dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
-      groups[(view.matrix_shape[1:], dtype) if batch else i].append(i)
+      key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
+      groups[key].append(i)
 
   deltas = [None] * len(leaves)
   for members in groups.values():
@@ -116,7 +119,8 @@ def _correction_transform(
       return BortState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     count = state.count if has_schedule else None
@@ -142,7 +146,7 @@ def _correction_transform(
     )
     return updates, new_state
 
-  tx = optax.GradientTransformation(init_fn, update_fn)
+  tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
   return optax.masked(tx, mask) if mask is not None else tx
 
 
@@ -183,7 +187,8 @@ def add_bort_correction(
       full modes (:class:`KernelOptions`).
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs` (extra arguments to
+    ``update``, e.g. ``value=loss``, are accepted and ignored).
 
   Raises:
     ValueError: for an unknown mode, a negative gamma, an amplitude that is not
