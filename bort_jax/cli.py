@@ -36,7 +36,8 @@ _DEFAULTS = train_lib.TrainConfig()
 # Argument types: each rejects a bad value with a message argparse prints.
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+  """An argparse type: a whole number > 0."""
   try:
     value = int(text)
   except ValueError:
@@ -137,23 +138,23 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                  help="weight decay (default: the optimizer's)")
   p.add_argument("--momentum", type=_momentum, default=None,
                  help=f"SGD momentum (default: {d.momentum})")
-  p.add_argument("--epochs", type=_positive_int, default=None,
+  p.add_argument("--epochs", type=positive_int, default=None,
                  help=f"epochs (default: {d.epochs})")
-  p.add_argument("--batch-size", type=_positive_int, default=None,
+  p.add_argument("--batch-size", type=positive_int, default=None,
                  help=f"batch size (default: {d.batch_size})")
   p.add_argument("--warmup", type=_non_negative_float, default=None,
                  help="linear warmup before the cosine decay, in epochs "
                  f"(default: {d.warmup})")
   p.add_argument("--seed", type=int, default=None,
                  help=f"random seed (default: {d.seed})")
-  p.add_argument("--width", type=_positive_int, default=None,
+  p.add_argument("--width", type=positive_int, default=None,
                  help="model width (MLP units, CNN/ResNet channels, ViT "
                  "dimension; default: the model's)")
-  p.add_argument("--eval-batch-size", type=_positive_int, default=None,
+  p.add_argument("--eval-batch-size", type=positive_int, default=None,
                  help=f"evaluation batch size (default: {d.eval_batch_size})")
   p.add_argument("--checkpoint-every", type=_non_negative_int, default=None,
                  help="also checkpoint every N steps (default: each epoch)")
-  p.add_argument("--train-limit", type=_positive_int, default=None,
+  p.add_argument("--train-limit", type=positive_int, default=None,
                  help="train on the first N examples only")
   p.add_argument("--out", required=True,
                  help="run directory (config, metrics, checkpoints)")
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a tiny run (seconds) to check the installation")
   demo.add_argument("--data", choices=("mnist", "fashion_mnist", "digits"),
                     default="mnist", help="dataset (default: mnist)")
-  demo.add_argument("--epochs", type=_positive_int, default=None,
+  demo.add_argument("--epochs", type=positive_int, default=None,
                     help="epochs per run (default: 3; digits 30; quick 1)")
   demo.add_argument("--gamma", type=_non_negative_float, default=None,
                     help=f"Bort strength (default: {_DEMO_GAMMA})")

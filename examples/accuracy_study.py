@@ -61,6 +61,7 @@ from flax import nnx
 
 import bort_jax
 from bort_jax import data as data_lib
+from bort_jax import cli as cli_lib
 from bort_jax import train as train_lib
 
 PARTS = ("main", "adherence", "gamma", "fashion")
@@ -92,16 +93,6 @@ def _float_list(text: str) -> list[float]:
   return values
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-  return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n")[0],
@@ -112,15 +103,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out (replaces only "
                  + " and ".join(OUT_FILES) + ")")
-  p.add_argument("--seeds", type=_positive_int, default=3,
+  p.add_argument("--seeds", type=cli_lib.positive_int, default=3,
                  help="seeds 0 .. N-1 per setting")
-  p.add_argument("--epochs", type=_positive_int, default=3,
+  p.add_argument("--epochs", type=cli_lib.positive_int, default=3,
                  help="epochs of every MLP run (full 60k training set)")
-  p.add_argument("--cnn-epochs", type=_positive_int, default=2,
+  p.add_argument("--cnn-epochs", type=cli_lib.positive_int, default=2,
                  help="epochs of every CNN run")
-  p.add_argument("--cnn-train-limit", type=_positive_int, default=20000,
+  p.add_argument("--cnn-train-limit", type=cli_lib.positive_int, default=20000,
                  help="CNN runs train on the first N training images")
-  p.add_argument("--train-limit", type=_positive_int, default=None,
+  p.add_argument("--train-limit", type=cli_lib.positive_int, default=None,
                  help="cap every run's training set (smoke tests)")
   p.add_argument("--gammas", type=_float_list, default=[0.0, 0.01, 0.1, 1.0],
                  help="γ values of the gamma part")
