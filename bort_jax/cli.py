@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import bort_jax
 from bort_jax import data as data_lib
+from bort_jax import explain
 from bort_jax import train as train_lib
 
 _DEFAULTS = train_lib.TrainConfig()
@@ -36,56 +37,28 @@ _DEFAULTS = train_lib.TrainConfig()
 # Argument types: each rejects a bad value with a message argparse prints.
 
 
-def positive_int(text: str) -> int:
-  """An argparse type: a whole number > 0."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-  return value
+def _number(convert, accept, requirement: str):
+  """An argparse type: ``convert(text)``, finite, satisfying ``accept``."""
+  kind = "an integer" if convert is int else "a number"
+
+  def parse(text: str):
+    try:
+      value = convert(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"expected {kind}, got {text!r}") from None
+    if not math.isfinite(value) or not accept(value):
+      raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    return value
+
+  return parse
 
 
-def _non_negative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-  return value
-
-
-def _float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-  if not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  value = _float(text)
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-  return value
-
-
-def _non_negative_float(text: str) -> float:
-  value = _float(text)
-  if not value >= 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-  return value
-
-
-def _momentum(text: str) -> float:
-  value = _float(text)
-  if not 0 <= value < 1:
-    raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-  return value
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, ">= 0")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_non_negative_float = _number(float, lambda v: v >= 0, ">= 0")
+_momentum = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _amplitude(text: str) -> float | str:
@@ -344,12 +317,8 @@ def _first_kernel(model) -> tuple[str, Any]:
   raise ValueError("the model has no Bort kernel")
 
 
-def _reconstruction(model, images) -> dict[str, Any] | None:
+def _reconstruction(model, images) -> dict[str, Any]:
   """Backtracks the first hidden layer's output (after its activation)."""
-  try:
-    from bort_jax import explain
-  except ImportError:
-    return None
   import jax.numpy as jnp
   from flax import nnx
   layers = explain.model_layers(model)
@@ -385,31 +354,6 @@ def _accuracy_figure(histories: dict[str, list[dict]]):
     ax.grid(alpha=0.3)
     ax.legend()
     ax.xaxis.get_major_locator().set_params(integer=True)
-  return fig
-
-
-def _save(fig, path: str) -> None:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=110)
-
-
-def _gram_figure(kernels: dict[str, Any]):
-  try:
-    from bort_jax.explain import plot_gram
-    return plot_gram(kernels)
-  except ImportError:
-    pass
-  import numpy as np
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(3 * len(kernels) + 1, 3), layout="constrained")
-  axes = fig.subplots(1, len(kernels), squeeze=False)[0]
-  for ax, (title, kernel) in zip(axes, kernels.items()):
-    w = np.asarray(kernel, np.float64).reshape(-1, kernel.shape[-1]).T
-    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
-    image = ax.imshow(w @ w.T, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_title(title, fontsize=8)
-  fig.colorbar(image, ax=list(axes), shrink=0.8)
   return fig
 
 
@@ -488,10 +432,9 @@ def _demo_command(parser: argparse.ArgumentParser, args) -> int:
            "train_time_s": train_time,
            "history": result.history}
     rec = _reconstruction(result.model, probe)
-    if rec is not None:
-      row.update(reconstruction_mse=rec["mse"], reconstruction_psnr=rec["psnr"],
-                 reconstruction_layer=rec["layer"])
-      reconstructions[names[key]] = rec["images"]
+    row.update(reconstruction_mse=rec["mse"], reconstruction_psnr=rec["psnr"],
+               reconstruction_layer=rec["layer"])
+    reconstructions[names[key]] = rec["images"]
     path, kernel = _first_kernel(result.model)
     kernels[f"{names[key]}: {path}"] = kernel
     histories[names[key]] = result.history
@@ -499,14 +442,17 @@ def _demo_command(parser: argparse.ArgumentParser, args) -> int:
 
   figures = {}
   try:
-    _save(_accuracy_figure(histories), os.path.join(args.out, "accuracy.png"))
+    explain.save_figure(_accuracy_figure(histories),
+                        os.path.join(args.out, "accuracy.png"))
     figures["accuracy"] = "accuracy.png"
-    _save(_gram_figure(kernels), os.path.join(args.out, "gram.png"))
+    explain.save_figure(explain.plot_gram(kernels),
+                        os.path.join(args.out, "gram.png"))
     figures["gram"] = "gram.png"
     if reconstructions:
-      from bort_jax.explain import plot_reconstructions
-      _save(plot_reconstructions(probe[:8], reconstructions, max_images=8),
-            os.path.join(args.out, "reconstructions.png"))
+      explain.save_figure(
+          explain.plot_reconstructions(probe[:8], reconstructions,
+                                       max_images=8),
+          os.path.join(args.out, "reconstructions.png"))
       figures["reconstructions"] = "reconstructions.png"
   except ImportError as e:
     print(f"(figures skipped: {e}; pip install matplotlib)", file=sys.stderr)
