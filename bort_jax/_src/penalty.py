@@ -146,7 +146,7 @@ def _gram_minus_c(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   return gram - c[..., None, None] * jnp.eye(gram.shape[-1], dtype=gram.dtype)
 
 
-def _apply_rows(s: Array, x: Array, vectors: int, ctx: _Context) -> Array:
+def _apply_on_vectors(s: Array, x: Array, vectors: int, ctx: _Context) -> Array:
   """``s x`` (row vectors) or ``x s`` (column vectors), laid out like x."""
   out = ctx.out_sharding(*ctx.spec[-2:]) if ctx.spec else None
   if vectors == ROWS:
@@ -159,12 +159,12 @@ def _l2_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   # Sharded, it is also the cheaper exchange: an all-reduce of the small Gram
   # when the long axis is split, else an all-gather of x (m·n < max(m,n)²).
   # Inside shard_map only the split axis can be contracted locally and summed.
-  del vectors
+  del vectors  # l2-full is the same penalty on either side
   if ctx.manual_axis is not None:
-    vectors = _other(ctx.manual_axis)
+    side = _other(ctx.manual_axis)
   else:
-    vectors = ROWS if x.shape[-2] <= x.shape[-1] else COLS
-  return _apply_rows(_gram_minus_c(x, c, vectors, ctx), x, vectors, ctx)
+    side = ROWS if x.shape[-2] <= x.shape[-1] else COLS
+  return _apply_on_vectors(_gram_minus_c(x, c, side, ctx), x, side, ctx)
 
 
 def _sign_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
@@ -205,7 +205,7 @@ def _l1_full(x: Array, c: Array, vectors: int, ctx: _Context) -> Array:
   k, block = x.shape[vectors], ctx.options.block_size
   if block is None or k <= block:
     signs = jnp.sign(_gram_minus_c(x, c, vectors, ctx))
-    return _apply_rows(signs, x, vectors, ctx)
+    return _apply_on_vectors(signs, x, vectors, ctx)
   # Equal blocks of at most block_size (3072 vectors: 2 × 1536, not 2 × 2048).
   # Zero vectors padded at the end add zero Gram entries and are themselves
   # zero, so they change nothing; their own outputs are cut off.

@@ -83,9 +83,9 @@ def tree_correction(
   deltas = [None] * len(leaves)
   for members in groups.values():
     # Flax layout (batch, fan_in, out): a reshape, no transpose, for kernels.
-    matrices = [views[i].to_kernel_layout(leaves[i]) for i in members]
-    dtype = penalty.compute_dtype(matrices[0].dtype)
-    matrices = [m.astype(dtype) for m in matrices]
+    dtype = penalty.compute_dtype(leaves[members[0]].dtype)
+    matrices = [views[i].to_kernel_layout(leaves[i]).astype(dtype)
+                for i in members]
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
     delta = penalty.correction(
         stacked, mode, amplitude, kernel_options, units=penalty.COLS
