@@ -35,8 +35,8 @@ import optax
 from flax import nnx
 
 import bort_jax
-from bort_jax import data as data_lib
-from bort_jax import train as train_lib
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import train as train_lib
 
 OPTIMIZERS = ("adamw", "bort-adamw")
 GAMMA, MODE, AMPLITUDE = 0.1, "l1-fullrow", "ada"

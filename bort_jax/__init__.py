@@ -5,7 +5,6 @@ Optimizers that keep every layer's weights bounded and orthogonal
 invert backwards (a layer is undone by its scaled transpose).
 """
 
-from bort_jax import explain
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import with_bort
@@ -34,6 +33,17 @@ MODES: tuple[str, ...] = tuple(_MODES)
 
 __version__ = "0.1.0"
 
+#: Submodules loaded on first access, so that ``import bort_jax`` stays light.
+_LAZY_SUBMODULES = ("dbort", "experiments", "explain", "models")
+
+
+def __getattr__(name: str):
+  if name in _LAZY_SUBMODULES:
+    import importlib
+    return importlib.import_module(f"bort_jax.{name}")
+  raise AttributeError(f"module 'bort_jax' has no attribute {name!r}")
+
+
 __all__ = (
     "MODES",
     "BortDimensionNumbers",
@@ -50,7 +60,6 @@ __all__ = (
     "dbort_linear_optimizer",
     "dbort_loss",
     "dbort_outputs",
-    "explain",
     "fit_dbort_linear",
     "flax_dimension_numbers",
     "matrix_orthogonality_error",

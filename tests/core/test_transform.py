@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import bort_jax
-from tests import reference
+from tests.core import reference
 
 
 def _apply(tx, params, grads=None):

@@ -14,10 +14,10 @@ import pytest
 from flax import nnx
 
 import bort_jax
-from bort_jax import train as train_lib
-from bort_jax.train import RunDirectoryError
-from bort_jax.train import TrainConfig
-from bort_jax.train import train
+from bort_jax.experiments import train as train_lib
+from bort_jax.experiments.train import RunDirectoryError
+from bort_jax.experiments.train import TrainConfig
+from bort_jax.experiments.train import train
 
 # 1347 digits / 128 = 10 steps per epoch, 30 in all.
 CONFIG = TrainConfig(data="digits", model="mlp", width=32, epochs=3,

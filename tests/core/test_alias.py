@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import bort_jax
-from tests import reference
+from tests.core import reference
 
 
 def _params(seed=0):

@@ -9,7 +9,7 @@ import pytest
 
 import bort_jax
 from bort_jax._src.penalty import KernelOptions
-from tests import reference
+from tests.core import reference
 
 SHAPES = {
     "wide": (3, 7),

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bort_jax import cli
+from bort_jax.experiments import cli
 
 
 def _fails(capsys, argv, message):

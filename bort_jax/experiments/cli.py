@@ -1,7 +1,7 @@
 """The ``bort-jax`` command: ``train`` one model, or run the ``demo``.
 
 ``bort-jax train`` trains a classifier with any optimizer, with or without
-Bort, and writes metrics and resumable checkpoints (see :mod:`bort_jax.train`).
+Bort, and writes metrics and resumable checkpoints (see :mod:`bort_jax.experiments.train`).
 ``bort-jax demo`` trains an AdamW baseline and Bort-AdamW on MNIST (falling
 back to scikit-learn's bundled digits when MNIST cannot be had), prints a
 comparison table and writes figures and ``results.json``.
@@ -26,9 +26,9 @@ import time
 from typing import Any, Sequence
 
 import bort_jax
-from bort_jax import data as data_lib
+from bort_jax.experiments import data as data_lib
 from bort_jax import explain
-from bort_jax import train as train_lib
+from bort_jax.experiments import train as train_lib
 
 _DEFAULTS = train_lib.TrainConfig()
 
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     An :class:`argparse.ArgumentParser`.
 
   Examples:
-    >>> from bort_jax.cli import build_parser
+    >>> from bort_jax.experiments.cli import build_parser
     >>> args = build_parser().parse_args(
     ...     ["train", "--optimizer", "bort-lion", "--gamma", "0.1",
     ...      "--out", "runs/x"])

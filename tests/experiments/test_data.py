@@ -1,4 +1,4 @@
-"""bort_jax.data: IDX parsing, checksums, sources, caching and batching.
+"""bort_jax.experiments.data: IDX parsing, checksums, sources, caching and batching.
 
 No test touches the network: pip and tensorflow-datasets are replaced by
 fakes, and every dataset file is generated small in a temporary directory.
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from bort_jax import data
+from bort_jax.experiments import data
 
 _REAL_DEBIAN_DIR = data._DEBIAN_FASHION_DIR  # before any monkeypatching
 _CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}

