@@ -1,0 +1,9 @@
+"""The application's expected errors: the CLI shows them as one line."""
+
+
+class ExperimentError(Exception):
+  """An expected failure the user can fix (bad data, a refused folder, …).
+
+  ``bort-jax`` prints its message as one line, with no traceback, and exits
+  with status 2 (``--debug`` shows the traceback).
+  """
