@@ -1,11 +1,9 @@
 """Test session set-up: 8 simulated CPU devices for the sharding tests.
 
-XLA reads the flag once, when jax starts, so it is set here before any test
-module imports jax. Unsharded tests still run on device 0 as usual.
+``jax_num_cpu_devices`` takes effect when the CPU backend starts, so it is set
+here, before any test touches a device. Unsharded tests still run on device 0.
 """
 
-import os
+import jax
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+jax.config.update("jax_num_cpu_devices", 8)
