@@ -1,100 +1,338 @@
-"""The one place that checks user input, so bad values fail at construction."""
+"""The one place that checks user input, so bad values fail at construction.
+
+Every checker raises :class:`ArgumentTypeError` (a ``TypeError`` that is
+also a ``ValueError``, so ``except ValueError`` catches every bad argument) for
+a value of the wrong type and ``ValueError`` for a value out of range, with a one-sentence message that
+names the argument and says what to pass instead. They return the value,
+normalised (a Python ``int``/``float``, filled-in options), so a caller can
+write ``steps = check_positive_int("steps", steps)``.
+
+Stable names, for the library, the application and DBort alike:
+
+- generic: ``check_positive_int(name, value)``,
+  ``check_nonnegative_int(name, value)``,
+  ``check_real(name, value, *, low=None, high=None, low_inclusive=True,
+  high_inclusive=True, dtype=None)``, ``check_choice(name, value, choices)``,
+  ``check_bool(name, value)``, ``check_dtype(name, value, *, kind="floating",
+  allow_none=True)``;
+- scalars or schedules (a callable of the step count is accepted unchecked,
+  as is a value traced under ``optax.inject_hyperparams``):
+  ``check_scalar_or_schedule(name, value, *, low=None, high=None,
+  low_inclusive=True, high_inclusive=True)``,
+  ``check_learning_rate(value, name="learning_rate")``;
+- Bort: ``check_mode(value, name="mode")``,
+  ``check_strength(value, name="gamma")``,
+  ``check_amplitude(value, name="amplitude")``,
+  ``check_kernel_options(options, name="kernel_options")`` (returns the
+  options, defaults filled in), ``check_placement(value, name="placement")``,
+  ``check_bort_arguments(gamma, mode, amplitude, kernel_options)``.
+
+Values produced by a schedule, or traced under ``optax.inject_hyperparams``,
+cannot be checked here: they are used as they come (a negative γ then pushes
+the weights away from orthogonality, a negative learning rate ascends).
+"""
 
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bort_jax._src import penalty
+from bort_jax._src import defaults
+from bort_jax._src.penalty import KernelOptions
+
+#: Bort's scalars must stay finite (and positive ones positive) in float32,
+#: the narrowest dtype the corrections are computed in.
+COMPUTE_DTYPE = np.float32
 
 
-def _concrete_scalar(name: str, value: Any) -> float | None:
-  """The value as a float, or None when it is traced (inject_hyperparams)."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  if isinstance(value, bool) or not isinstance(
-      value, (numbers.Real, np.ndarray, np.generic, jax.Array)
-  ):
-    raise ValueError(f"{name} must be a number or a schedule, got {value!r}.")
+class ArgumentTypeError(TypeError, ValueError):
+  """An argument of the wrong type (catchable as TypeError or ValueError)."""
+
+
+def _is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _is_integer(value: Any) -> bool:
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  if isinstance(value, (numbers.Integral, np.integer)):
+    return True
+  return (isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+          and jnp.issubdtype(value.dtype, jnp.integer))
+
+
+def _check_int(name: str, value: Any, low: int, what: str) -> int:
+  if not _is_integer(value):
+    raise ArgumentTypeError(f"{name} must be {what} integer, got {value!r}.")
+  number = int(value)
+  if number < low:
+    raise ValueError(f"{name} must be {what} integer, got {number}.")
+  return number
+
+
+def check_positive_int(name: str, value: Any) -> int:
+  """An integer ``>= 1`` (NumPy integers accepted, bool refused).
+
+  Examples:
+    >>> check_positive_int("steps", np.int64(3))
+    3
+  """
+  return _check_int(name, value, 1, "a positive")
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+  """An integer ``>= 0`` (NumPy integers accepted, bool refused)."""
+  return _check_int(name, value, 0, "a non-negative")
+
+
+def _bounds(low, high, low_inclusive, high_inclusive) -> str:
+  parts = []
+  if low is not None:
+    parts.append(f"{'>=' if low_inclusive else '>'} {low}")
+  if high is not None:
+    parts.append(f"{'<=' if high_inclusive else '<'} {high}")
+  return " and ".join(parts)
+
+
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    dtype: Any = None,
+) -> float:
+  """A finite real scalar within bounds, as a Python float.
+
+  Python and NumPy numbers and 0-d arrays are accepted; bools, strings,
+  complex numbers and arrays with more than one element are not. With
+  ``dtype``, the value must also be finite (and, when it must be positive,
+  non-zero) once cast to it: ``1e300`` is finite in Python but ``inf`` in
+  float32.
+
+  Examples:
+    >>> check_real("beta", np.float32(0.5), low=0, high=1)
+    0.5
+    >>> check_real("beta", 2.0, low=0, high=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: beta must be >= 0 and <= 1, got 2.0.
+  """
+  if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(
+      value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+    raise ArgumentTypeError(f"{name} must be a real number, got {value!r}.")
   array = np.asarray(value)
   if array.ndim != 0:
-    raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
-  return float(array)
-
-
-def check_strength(value: Any, name: str = "gamma") -> None:
-  """A non-negative scalar or a schedule (callable of the step count)."""
-  if callable(value):
-    return
-  number = _concrete_scalar(name, value)
-  if number is not None and not number >= 0:  # also rejects NaN
-    raise ValueError(f"{name} must be >= 0, got {value!r}.")
-
-
-def check_amplitude(value: Any) -> None:
-  """A positive number, a schedule, or "ada"."""
-  if isinstance(value, str):
-    if value != penalty.ADA:
+    raise ValueError(
+        f"{name} must be a scalar, got an array of shape {array.shape}.")
+  if not (jnp.issubdtype(array.dtype, jnp.floating)
+          or jnp.issubdtype(array.dtype, jnp.integer)):
+    raise ArgumentTypeError(
+        f"{name} must be a real number, got {value!r} of dtype {array.dtype}.")
+  number = float(array)
+  bounds = _bounds(low, high, low_inclusive, high_inclusive)
+  if not np.isfinite(number):
+    want = f"{bounds} and finite" if bounds else "a finite number"
+    raise ValueError(f"{name} must be {want}, got {value!r}.")
+  if dtype is not None:
+    with np.errstate(over="ignore", under="ignore"):
+      cast = np.asarray(number).astype(dtype)
+    if not np.isfinite(cast):
       raise ValueError(
-          f"amplitude must be a positive number, a schedule or 'ada', got "
-          f"{value!r}."
-      )
-    return
-  if callable(value):
-    return
+          f"{name} = {value!r} overflows {np.dtype(dtype).name}; pass a "
+          "smaller value.")
+    if number != 0 and cast == 0 and low == 0 and not low_inclusive:
+      raise ValueError(
+          f"{name} = {value!r} is zero in {np.dtype(dtype).name}; pass a "
+          "larger value.")
+  below = low is not None and (number < low if low_inclusive else number <= low)
+  above = high is not None and (
+      number > high if high_inclusive else number >= high)
+  if below or above:
+    raise ValueError(f"{name} must be {bounds}, got {value!r}.")
+  return number
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+  """One of ``choices``.
+
+  Examples:
+    >>> check_choice("placement", "after", ("coupled", "decoupled"))
+    Traceback (most recent call last):
+    ...
+    ValueError: placement must be one of 'coupled', 'decoupled', got 'after'.
+  """
+  choices = tuple(choices)
   try:
-    number = _concrete_scalar("amplitude", value)
+    ok = value in choices
+  except TypeError:  # unhashable or incomparable
+    ok = False
+  if not ok:
+    listed = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{name} must be one of {listed}, got {value!r}.")
+  return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+  """``True`` or ``False`` (NumPy bools accepted)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be True or False, got {value!r}.")
+  return bool(value)
+
+
+def check_dtype(name: str, value: Any, *, kind: str = "floating",
+                allow_none: bool = True) -> Any:
+  """A dtype of the given kind (``"floating"``: real floats), or ``None``."""
+  if value is None:
+    if allow_none:
+      return None
+    raise ArgumentTypeError(
+        f"{name} must be a dtype such as jnp.float32, got None.")
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise ArgumentTypeError(
+        f"{name} must be a dtype such as jnp.bfloat16 or None, got "
+        f"{value!r}.") from e
+  if kind == "floating" and not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be a floating dtype (real, e.g. jnp.bfloat16) or None, "
+        f"got {value!r}.")
+  return value
+
+
+def check_scalar_or_schedule(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Any:
+  """A real scalar within bounds, finite in float32, or a schedule.
+
+  A callable (a schedule of the step count) and a value traced under
+  ``optax.inject_hyperparams`` are returned unchecked.
+  """
+  if callable(value):
+    return value
+  if _is_traced(value):
+    return value
+  if isinstance(value, (str, bytes)):
+    raise ArgumentTypeError(
+        f"{name} must be a number or a schedule (a callable of the step "
+        f"count), got the string {value!r}.")
+  try:
+    check_real(name, value, low=low, high=high, low_inclusive=low_inclusive,
+               high_inclusive=high_inclusive, dtype=COMPUTE_DTYPE)
+  except TypeError as e:
+    raise ArgumentTypeError(
+        f"{name} must be a number or a schedule (a callable of the step "
+        f"count), got {value!r}.") from e
+  return value
+
+
+def check_learning_rate(value: Any, name: str = "learning_rate") -> Any:
+  """A learning rate ``>= 0``, finite in float32, or a schedule."""
+  return check_scalar_or_schedule(name, value, low=0)
+
+
+def check_mode(value: Any, name: str = "mode") -> str:
+  """One of :data:`bort_jax.MODES`."""
+  if not isinstance(value, str) or value not in defaults.MODES:
+    raise ValueError(
+        f"Unknown Bort {name} {value!r}; valid modes are: "
+        f"{', '.join(defaults.MODES)}.")
+  return value
+
+
+def check_strength(value: Any, name: str = "gamma") -> Any:
+  """A strength ``γ >= 0``, finite in float32, or a schedule."""
+  return check_scalar_or_schedule(name, value, low=0)
+
+
+def check_amplitude(value: Any, name: str = "amplitude") -> Any:
+  """A positive number (finite and non-zero in float32), a schedule or
+  ``"ada"``."""
+  fix = f"{name} must be a positive number, a schedule or 'ada'"
+  if isinstance(value, str):
+    if value != defaults.ADA:
+      raise ValueError(f"{fix}, got {value!r}.")
+    return value
+  try:
+    return check_scalar_or_schedule(name, value, low=0, low_inclusive=False)
+  except TypeError as e:
+    raise ArgumentTypeError(f"{fix}, got {value!r}.") from e
   except ValueError as e:
-    raise ValueError(
-        "amplitude must be a positive number, a schedule or 'ada', got "
-        f"{value!r}."
-    ) from e
-  if number is not None and not (number > 0 and np.isfinite(number)):
-    raise ValueError(
-        f"amplitude must be a positive number, a schedule or 'ada', got "
-        f"{value!r}."
-    )
+    raise ValueError(f"{fix}, got {value!r} ({e})") from e
 
 
-def check_kernel_options(options: penalty.KernelOptions) -> None:
-  """Checks the block size and the reduced-precision Gram dtype."""
+def _check_precision(name: str, precision: Any, gram_dtype: Any) -> None:
+  """Traces one tiny product, so a bad precision fails now, not at update."""
+  dtype = jnp.float32 if gram_dtype is None else gram_dtype
+  x = jax.ShapeDtypeStruct((2, 2), dtype)
+  try:
+    jax.eval_shape(
+        lambda a: jax.lax.dot_general(
+            a, a, (((1,), (0,)), ((), ())), precision=precision,
+            preferred_element_type=jnp.float32), x)
+  except Exception as e:  # JAX raises ValueError, TypeError or its own errors
+    raise ValueError(
+        f"{name}.precision must be None, a jax.lax.Precision or its name "
+        f"(e.g. 'highest'), got {precision!r}.") from e
+
+
+def check_kernel_options(options: Any,
+                         name: str = "kernel_options") -> KernelOptions:
+  """A :class:`~bort_jax.KernelOptions` (``None``: the defaults), checked.
+
+  Returns:
+    The options with ``block_size`` as a Python int.
+  """
+  if options is None:
+    return KernelOptions()
+  if not isinstance(options, KernelOptions):
+    raise ArgumentTypeError(
+        f"{name} must be a bort_jax.KernelOptions or None, got "
+        f"{type(options).__name__} {options!r}; write e.g. "
+        "bort_jax.KernelOptions(block_size=1024).")
   block = options.block_size
-  if block is not None and (
-      isinstance(block, bool) or not isinstance(block, int) or block <= 0
-  ):
-    raise ValueError(f"block_size must be a positive int or None, got {block!r}.")
-  if options.batch_products not in (None, True, False):
-    raise ValueError(
-        f"batch_products must be True, False or None, got "
-        f"{options.batch_products!r}."
-    )
-  if options.gram_dtype is not None and not jnp.issubdtype(
-      options.gram_dtype, jnp.floating
-  ):
-    raise ValueError(
-        f"gram_dtype must be a floating dtype (e.g. jnp.bfloat16) or None, "
-        f"got {options.gram_dtype!r}."
-    )
+  if block is not None:
+    try:
+      block = check_positive_int(f"{name}.block_size", block)
+    except (TypeError, ValueError) as e:
+      raise type(e)(f"{e.args[0][:-1]} (or None for no blocks).") from e
+  if options.batch_products is not None:
+    check_bool(f"{name}.batch_products", options.batch_products)
+  check_dtype(f"{name}.gram_dtype", options.gram_dtype)
+  _check_precision(name, options.precision, options.gram_dtype)
+  try:
+    hash(options.axis_name)
+  except TypeError as e:
+    raise ArgumentTypeError(
+        f"{name}.axis_name must be a mesh axis name (a hashable) or None, "
+        f"got {options.axis_name!r}.") from e
+  return options._replace(block_size=block)
 
 
-def check_placement(placement: str) -> None:
-  if placement not in ("coupled", "decoupled"):
-    raise ValueError(
-        f"placement must be 'coupled' or 'decoupled', got {placement!r}."
-    )
+def check_placement(value: Any, name: str = "placement") -> str:
+  """``"coupled"`` or ``"decoupled"``."""
+  return check_choice(name, value, defaults.PLACEMENTS)
 
 
 def check_bort_arguments(
-    gamma: Any, mode: str, amplitude: Any, kernel_options
-) -> penalty.KernelOptions:
+    gamma: Any, mode: Any, amplitude: Any, kernel_options: Any
+) -> KernelOptions:
   """Checks every Bort argument; returns the kernel options (defaults filled)."""
-  penalty.check_mode(mode)
+  check_mode(mode)
   check_strength(gamma, "gamma")
   check_amplitude(amplitude)
-  kernel_options = kernel_options or penalty.KernelOptions()
-  check_kernel_options(kernel_options)
-  return kernel_options
+  return check_kernel_options(kernel_options)
