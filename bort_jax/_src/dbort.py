@@ -1,4 +1,4 @@
-"""DBort: the data-aware output-energy loss, and its PCA limit.
+"""DBort: the data-aware output-energy loss, its typed intermediate, its module.
 
 DBort (Zhang et al., ICLR 2023) adds to the task loss a term that
 rewards the energy of a Bort-constrained layer's outputs,
@@ -10,40 +10,37 @@ where the mean runs over every element of layer ``l``'s output (batch and
 features alike). With ``p`` tiny the term is nearly scale-free: since
 ``E^p = e^{p \\log E}``, its gradient is ``λ p E^p ∇\\log E ≈ λ p ∇ \\log E``;
 it chooses directions while Bort (:func:`bort_jax.add_bort_correction`) holds
-``W Wᵀ = cI``. For one linear layer ``y = W x`` on centred data with
-covariance ``C``, ``mean(y²) = tr(W C Wᵀ) / k``, and maximising it over
-``W Wᵀ = cI`` is Ky Fan's problem: the row space converges to the top-k
-principal subspace (PCA), and ``Wᵀ W x / c`` is the PCA reconstruction.
+``W Wᵀ = cI``. The authors' MNIST/CIFAR script applies it to the logits,
+``CE − λ (mean logits²)^β`` with ``λ = 10⁻³``, ``β = 0.1``. For one linear
+layer the maximiser is PCA (:mod:`bort_jax._src.dbort_pca`).
 
 Pieces:
 
-- :func:`dbort_loss`: the loss of an array or pytree of layer outputs.
+- :func:`dbort_loss`: the loss of an array or pytree of layer outputs, or of
+  the :class:`DBortEnergy` intermediates captured from a model.
+- :class:`DBort`: a wrapper module, in the spirit of ``nnx.SpectralNorm``,
+  that records the energy of its layer's output as a :class:`DBortEnergy`
+  (a subclass of ``nnx.Intermediate``) whenever it runs under
+  ``nnx.capture``; outside a capture it is the layer itself.
+- :func:`dbort_term`: runs a model under ``nnx.capture`` and returns its
+  output, the DBort loss of its :class:`DBort` layers and their energies:
+  the one pure function a training step calls.
 - :func:`dbort_outputs`: runs an NNX model and collects the outputs of the
-  chosen layers with ``nnx.capture`` (pure in the model: works under
-  ``nnx.jit``, ``nnx.grad`` and, through ``nnx.split``/``nnx.merge``,
-  ``jax.jit`` and ``jax.grad``).
-- :func:`dbort_linear_optimizer`: Bort-SGD with the step sizes balanced
-  against DBort (see docs/DBORT.md for why the published AdamW setting does
-  not reach the PCA subspace).
-- :func:`fit_dbort_linear`: trains a linear layer with Bort + DBort and
-  returns its kernel; :func:`principal_cosines` measures the subspace.
+  chosen layers with ``nnx.capture``, for models that cannot be wrapped.
+
+Every piece is pure in the model: it works under ``nnx.jit``, ``nnx.grad``
+and, through ``nnx.split``/``nnx.merge``, ``jax.jit`` and ``jax.grad``.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from bort_jax._src import penalty
-from bort_jax._src.alias import bort_sgd
-from bort_jax._src.diagnostics import matrix_orthogonality_error
 
 Array = jax.Array
 
@@ -61,17 +58,34 @@ LayerSpec = (
 # The loss.
 
 
-def _mean_square(y: Array) -> Array:
+def _mean_square(y: Any) -> Array:
   """``mean(y²)`` over all elements, in at least float32, floored at tiny.
 
-  The floor keeps ``E^p`` and its gradient finite for an all-zero output (the
-  gradient there is zero instead of ``0 · ∞``).
+  ``y`` is an array or a pytree of arrays (the mean then runs over all their
+  elements together). The floor keeps ``E^p`` and its gradient finite for an
+  all-zero output (the gradient there is zero instead of ``0 · ∞``).
   """
-  y = jnp.asarray(y)
-  y = y.astype(penalty.compute_dtype(y.dtype))
-  energy = jnp.mean(jnp.square(y))
+  leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(y)]
+  if len(leaves) == 1:
+    y = leaves[0]
+    energy = jnp.mean(jnp.square(y.astype(penalty.compute_dtype(y.dtype))))
+  else:
+    total = sum(
+        jnp.sum(jnp.square(leaf.astype(penalty.compute_dtype(leaf.dtype))))
+        for leaf in leaves
+    )
+    energy = total / sum(leaf.size for leaf in leaves)
   tiny = jnp.finfo(energy.dtype).tiny
   return jnp.where(energy > tiny, energy, tiny)
+
+
+class DBortEnergy(nnx.Intermediate):
+  """The output energy ``mean(y²)`` a :class:`DBort` layer records.
+
+  A typed intermediate: ``nnx.capture(fn, DBortEnergy)`` collects exactly
+  these (one tuple entry per call of the layer), and nothing else a model
+  sows. :func:`dbort_loss` reads them as energies, not as outputs.
+  """
 
 
 def dbort_loss(
@@ -88,7 +102,9 @@ def dbort_loss(
 
   where ``l`` runs over the leaves of ``outputs`` (one per layer, or per call
   of a layer) and the mean ``E_l`` runs over **every element** of that leaf:
-  batch, spatial and feature axes alike. For a linear layer ``y = W x`` with
+  batch, spatial and feature axes alike. A :class:`DBortEnergy` leaf (what
+  ``nnx.capture(fn, DBortEnergy)`` returns for :class:`DBort` layers) holds
+  energies already, one per call: each is one ``E_l``. For a linear layer ``y = W x`` with
   ``k`` outputs, ``E = tr(W C Wᵀ) / k`` with ``C`` the batch's second moment.
   The gradient is ``−λ p E^{p−1} ∇E``; for small ``p`` it is nearly
   ``−λ p ∇ \\log E``: scale-free, it sets directions, not norms (Bort fixes
@@ -97,9 +113,13 @@ def dbort_loss(
 
   Args:
     outputs: an array or a pytree of arrays (``None`` leaves are skipped),
-      e.g. the dict returned by :func:`dbort_outputs`.
-    weight: ``λ`` (published: ``1e-4`` or ``1e-5``).
-    power: ``p`` (published: ``1e-4``).
+      e.g. the dict returned by :func:`dbort_outputs`, or of
+      :class:`DBortEnergy` variables, e.g. the state captured by
+      :func:`dbort_energies`.
+    weight: ``λ`` (ICLR 2023 PCA experiments: ``1e-4`` or ``1e-5``; the
+      authors' MNIST/CIFAR script on the logits: ``1e-3``).
+    power: ``p`` (PCA experiments: ``1e-4``; the authors' MNIST/CIFAR
+      script: ``0.1``).
 
   Returns:
     A scalar (float32, or the outputs' wider float type).
@@ -115,15 +135,28 @@ def dbort_loss(
     >>> jax.grad(lambda y: dbort_loss(y, weight=1.0, power=1.0))(y)
     Array([[-0.5,  0.5],
            [-1.5, -1.5]], dtype=float32)
+    >>> float(dbort_loss({"head": DBortEnergy((jnp.array(5.0),))},
+    ...                  weight=2.0, power=0.5))  # an energy, not an output
+    -4.472...
 
   References:
     Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
     Bounded Orthogonal Constraint", ICLR 2023 (DBort).
   """
-  leaves = jax.tree.leaves(outputs)
-  if not leaves:
-    raise ValueError("dbort_loss needs at least one layer output.")
-  terms = [_mean_square(y) ** power for y in leaves]
+  energies = []
+  for leaf in jax.tree.leaves(
+      outputs, is_leaf=lambda x: isinstance(x, DBortEnergy)
+  ):
+    if isinstance(leaf, DBortEnergy):
+      energies += jax.tree.leaves(leaf.get_value())
+    else:
+      energies.append(_mean_square(leaf))
+  if not energies:
+    raise ValueError(
+        "dbort_loss needs at least one layer output or DBortEnergy; wrap a "
+        "layer in DBort(layer) or pass its outputs."
+    )
+  terms = [energy ** power for energy in energies]
   total = terms[0]
   for term in terms[1:]:
     total = total + term
@@ -259,382 +292,218 @@ def dbort_outputs(
   return result, outputs
 
 
+
+
 # ----------------------------------------------------------------------------
-# The recipe: Bort-SGD balanced against DBort.
+# The wrapper module and the term a training step adds.
 
 
-def _check_positive(value: Any, name: str, at_most: float | None = None
-                    ) -> float:
-  """A finite number > 0 (and ≤ at_most), as a float; else ValueError."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{name} must be a number, got {value!r}.")
-  number = float(value)
-  if not (number > 0 and math.isfinite(number)) or (
-      at_most is not None and number > at_most
-  ):
-    bound = f" and <= {at_most}" if at_most is not None else ""
-    raise ValueError(f"{name} must be > 0{bound}, got {value!r}.")
-  return number
+def _capturing(module: nnx.Module) -> bool:
+  """Whether ``module`` runs under ``nnx.capture`` (Flax ≥ 0.12.6).
+
+  ``nnx.capture`` gives every submodule a ``__captures__`` tuple for the
+  duration of the call. Outside a capture, ``Module.sow`` would instead store
+  a Variable on the module (deprecated, and a leaked tracer under ``jit``),
+  so :class:`DBort` records nothing there.
+  """
+  return hasattr(module, "__captures__")
 
 
-def _check_steps(steps: Any) -> int:
-  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-    raise ValueError(f"steps must be a positive int, got {steps!r}.")
-  if steps < 1:
-    raise ValueError(f"steps must be a positive int, got {steps!r}.")
-  return int(steps)
+class DBort(nnx.Module):
+  """Wraps a layer and records the energy ``mean(y²)`` of its output.
 
-
-def dbort_linear_optimizer(
-    steps: int,
-    *,
-    learning_rate: float = 0.1,
-    momentum: float = 0.95,
-    constraint_step: float = 0.5,
-    final_fraction: float = 0.01,
-    amplitude: float = 1.0,
-    weight: float | None = None,
-    power: float = DBORT_POWER,
-) -> optax.GradientTransformation:
-  """Bort-SGD whose steps are balanced against the DBort loss.
-
-  :func:`bort_jax.bort_sgd` (coupled ``l2-full`` correction, fixed amplitude
-  ``c``, heavy-ball momentum) with two schedules over ``steps``:
+  In the spirit of ``nnx.SpectralNorm``: the wrapper holds the layer
+  (``self.layer``) and returns exactly its output; when the call runs under
+  ``nnx.capture(fn, DBortEnergy)`` (as :func:`dbort_term` and
+  :func:`dbort_energies` do) it also sows
 
   .. math::
-    η_t = \\frac{c · \\mathrm{lr}_t}{λ p}, \\qquad
-    γ_t = \\frac{s}{η_t\\, c}, \\qquad
-    \\mathrm{lr}_t = \\text{cosine decay from lr to lr·final\\_fraction}.
+    E = \\frac{1}{|y|} \\sum_j y_j^2
 
-  With SGD only two products matter. ``η_t λ p`` is the step on the
-  normalised energy ``log mean(y²)`` (the DBort gradient is ``λ p ∇log E``),
-  so ``lr`` is dimensionless and independent of the data's scale and of
-  ``λ`` (the published ``λ p = 10⁻⁸`` is simply absorbed). ``η_t γ_t c = s``
-  is the constraint's step: near ``W Wᵀ = cI`` the correction contracts a
-  norm error by ``1 − 2s`` per (momentum-free) step, so ``s = 0.5`` is a
-  one-step retraction and the constraint stays stable at any ``lr``. The
-  fixed point's row space is the top-k principal subspace for every
-  ``γ > 0``; only the row norms deviate from ``c``, by ``O(lr / s)``, which
-  the decay of ``lr`` (and rise of ``γ``) shrinks to ``O(final_fraction)``.
-  The momentum speeds up the slow rotations (rate ∝ the relative eigengap).
+  (over batch and features alike, in at least float32, floored at the
+  smallest normal number) as a :class:`DBortEnergy` named ``"energy"``, one
+  entry per call. Outside a capture it records nothing and leaves no state.
+  The layer's parameters keep their names under ``layer/`` (e.g.
+  ``layer/kernel``), so Bort's default selection still finds them.
 
   Args:
-    steps: the number of optimisation steps the schedules span.
-    learning_rate: ``lr``, the initial step on ``log mean(y²)`` (in units of
-      the amplitude).
-    momentum: heavy-ball momentum ``μ``.
-    constraint_step: ``s = η γ c``; keep it in ``(0, 1]``.
-    final_fraction: ``lr`` decays to ``lr · final_fraction``.
-    amplitude: ``c``, the target squared row norm.
-    weight: the ``λ`` given to :func:`dbort_loss`; ``None`` for ``1 / p``
-      (then the optax learning rate is ``c · lr_t`` itself).
-    power: the ``p`` given to :func:`dbort_loss`.
+    layer: the module (or any callable) to wrap; a pytree output counts all
+      its leaves' elements together.
 
-  Returns:
-    An :class:`optax.GradientTransformation` for ``nnx.Optimizer`` or
-    ``optax`` loops; the loss must be :func:`dbort_loss` with the same
-    ``weight`` and ``power`` (plus whatever else the model needs).
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, numpy as np, optax
-    >>> rng = np.random.default_rng(0)
-    >>> x = jnp.asarray(rng.normal(size=(500, 6)) * [3, 2, 1, .3, .2, .1],
-    ...                 jnp.float32)  # top-2 subspace: the first two axes
-    >>> init = jax.nn.initializers.orthogonal()
-    >>> params = {"kernel": init(jax.random.key(0), (6, 2))}
-    >>> tx = dbort_linear_optimizer(300)
-    >>> loss = lambda p: dbort_loss(x @ p["kernel"], weight=1e4, power=1e-4)
-    >>> @jax.jit
-    ... def step(params, state):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   return optax.apply_updates(params, updates), state
-    >>> state = tx.init(params)
-    >>> for _ in range(300):
-    ...   params, state = step(params, state)
-    >>> kernel = np.asarray(params["kernel"])  # Wᵀ W / c: projects on e1, e2
-    >>> np.round(kernel @ kernel.T, 1) + 0.0
-    array([[1., 0., 0., 0., 0., 0.],
-           [0., 1., 0., 0., 0., 0.],
-           [0., 0., 0., 0., 0., 0.],
-           [0., 0., 0., 0., 0., 0.],
-           [0., 0., 0., 0., 0., 0.],
-           [0., 0., 0., 0., 0., 0.]], dtype=float32)
-  """
-  steps = _check_steps(steps)
-  learning_rate = _check_positive(learning_rate, "learning_rate")
-  if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or (
-      not 0 <= momentum < 1
-  ):
-    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
-  constraint_step = _check_positive(constraint_step, "constraint_step")
-  final_fraction = _check_positive(final_fraction, "final_fraction", 1.0)
-  amplitude = _check_positive(amplitude, "amplitude")
-  power = _check_positive(power, "power")
-  weight = 1.0 / power if weight is None else _check_positive(weight, "weight")
-
-  peak = learning_rate * amplitude / (weight * power)
-  learning_rate_schedule = optax.cosine_decay_schedule(
-      peak, steps, alpha=final_fraction
-  )
-
-  def gamma_schedule(count):
-    return constraint_step / (learning_rate_schedule(count) * amplitude)
-
-  return bort_sgd(
-      learning_rate_schedule,
-      momentum=float(momentum) if momentum > 0 else None,
-      gamma=gamma_schedule,
-      mode="l2-full",
-      amplitude=amplitude,
-  )
-
-
-# ----------------------------------------------------------------------------
-# The PCA claim: a linear layer trained with Bort + DBort.
-
-
-def principal_cosines(a: Any, b: Any) -> Array:
-  """Cosines of the principal angles between the column spaces of a and b.
-
-  With ``Q_a``, ``Q_b`` orthonormal bases (QR), the cosines are the singular
-  values of ``Q_aᵀ Q_b``, largest first, clipped to ``[0, 1]``. All equal to 1
-  iff one space contains the other. For a Flax kernel ``(d, k)`` the column
-  space is the row space of Bort's ``W = kernelᵀ``.
-
-  Args:
-    a: a ``(d, k)`` matrix.
-    b: a ``(d, l)`` matrix.
-
-  Returns:
-    ``min(k, l)`` cosines, in descending order.
+  Raises:
+    TypeError: if ``layer`` is not callable.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> a = jnp.array([[1.0, 1.0], [1.0, -1.0], [0.0, 0.0]])  # span(e1, e2)
-    >>> principal_cosines(a, jnp.eye(3, 2))
-    Array([1., 1.], dtype=float32)
-    >>> principal_cosines(a, jnp.array([[1.0], [0.0], [1.0]]))  # 45°
-    Array([0.70710677], dtype=float32)
-  """
-  a, b = jnp.asarray(a), jnp.asarray(b)
-  if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-    raise ValueError(
-        "principal_cosines expects matrices (d, k) and (d, l); got shapes "
-        f"{a.shape} and {b.shape}."
-    )
-  dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
-  qa = jnp.linalg.qr(a.astype(dtype))[0]
-  qb = jnp.linalg.qr(b.astype(dtype))[0]
-  cosines = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
-  return jnp.clip(cosines, 0.0, 1.0)
-
-
-class DBortLinearFit(NamedTuple):
-  """The result of :func:`fit_dbort_linear`.
-
-  Attributes:
-    kernel: the learned Flax kernel ``(d, k)``; Bort's ``W = kernelᵀ`` has
-      rows spanning (≈) the top-k principal subspace, ``W Wᵀ ≈ cI``.
-    amplitude: ``c``, the learned mean squared row norm of ``W`` (the
-      target ``c`` up to the constraint's small slack), so that
-      ``(x − mean) @ kernel @ kernel.T / c`` is the reconstruction.
-    mean: the mean subtracted from the data (zeros when ``center=False``).
-    steps: the number of optimisation steps taken.
-    history: arrays with one value per step, before the step:
-      ``"energy"`` (``mean(y²)`` of the data's outputs), ``"amplitude"``
-      (``c̄``, the mean squared row norm of ``W``) and
-      ``"orthogonality_error"`` (``‖W Wᵀ − c̄I‖_F / ‖c̄I‖_F``, as
-      :func:`bort_jax.matrix_orthogonality_error`).
+    >>> from flax import nnx
+    >>> head = DBort(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    >>> x = jnp.ones((4, 3))
+    >>> bool(jnp.all(head(x) == head.layer(x)))  # the layer, unchanged
+    True
+    >>> _, energies = nnx.capture(head, DBortEnergy)(x)
+    >>> bool(jnp.allclose(energies["energy"][0], jnp.mean(head(x) ** 2)))
+    True
   """
 
-  kernel: Array
-  amplitude: float
-  mean: Array
-  steps: int
-  history: dict[str, Array]
+  def __init__(self, layer: Callable[..., Any]):
+    if not callable(layer):
+      raise TypeError(
+          f"DBort(layer) needs a callable layer (e.g. an nnx.Linear), got "
+          f"{type(layer).__name__}."
+      )
+    self.layer = layer
+
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    y = self.layer(*args, **kwargs)
+    if _capturing(self):
+      self.sow(DBortEnergy, "energy", _mean_square(y))
+    return y
 
 
-def _second_moment_root(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-  """``R`` (d, d) with ``Rᵀ R / d = xᵀ x / N``: d rows with x's second moment.
+def dbort_energies(
+    model: nnx.Module,
+    *args: Any,
+    method: str = "__call__",
+    **kwargs: Any,
+) -> tuple[Any, nnx.State]:
+  """Runs a model and captures the energies of its :class:`DBort` layers.
 
-  Accumulated in float64 over row chunks, so x is never copied whole.
-  """
-  n, d = x.shape
-  moment = np.zeros((d, d), np.float64)
-  for start in range(0, n, chunk):
-    rows = np.asarray(x[start:start + chunk], np.float64)
-    moment += rows.T @ rows
-  moment /= n
-  eigenvalues, eigenvectors = np.linalg.eigh(moment)
-  root = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ (
-      eigenvectors.T
-  )
-  return math.sqrt(d) * root
-
-
-def fit_dbort_linear(
-    x: Any,
-    k: int,
-    *,
-    steps: int = 2000,
-    learning_rate: float = 0.1,
-    momentum: float = 0.95,
-    constraint_step: float = 0.5,
-    final_fraction: float = 0.01,
-    amplitude: float = 1.0,
-    weight: float | None = None,
-    power: float = DBORT_POWER,
-    center: bool = True,
-    compress: bool | None = None,
-    seed: int = 0,
-    optimizer: optax.GradientTransformation | None = None,
-) -> DBortLinearFit:
-  """Trains a k-output linear layer with Bort + DBort; it converges to PCA.
-
-  A bias-free ``nnx.Linear(d, k)`` (kernel initialised orthogonal with
-  squared column norms ``c``) is trained full-batch on the loss
-  :func:`dbort_loss` of its outputs ``y = (x − mean) @ kernel`` with the
-  optimizer :func:`dbort_linear_optimizer` (Bort-SGD, ``l2-full``, fixed
-  ``c``). With ``W = kernelᵀ`` and ``C`` the data's covariance,
-
-  .. math::
-    \\max_{W Wᵀ = cI} \\log \\operatorname{tr}(W C Wᵀ)
-    = \\log\\Big(c \\sum_{i \\le k} λ_i(C)\\Big)
-
-  (Ky Fan), attained iff the rows of ``W`` span the top-k eigenvectors: the
-  layer's row space converges to the PCA subspace and
-  ``(x − mean) @ kernel @ kernel.T / c`` to the PCA reconstruction. The rows
-  are principal directions only up to a rotation inside the subspace.
-
-  The defaults need no tuning on standardised (or merely centred) data of
-  any scale: the step on ``log mean(y²)`` is dimensionless. They converge
-  when the relative eigengap ``(λ_k − λ_{k+1}) / Σ_{i≤k} λ_i`` is at least
-  about ``2·10⁻³`` (e.g. sklearn digits, 64-d, ``k`` up to 16; MNIST, 784-d,
-  ``k = 10``); for smaller gaps, raise ``steps``.
-
-  For a linear layer the loss depends on the data only through its second
-  moment, so with ``compress`` the layer is run on ``d`` rows ``R`` with
-  ``Rᵀ R / d = xᵀ x / N`` (a symmetric square root): the same loss and
-  gradients, exactly, at ``O(d² k)`` per step instead of ``O(N d k)``.
+  ``nnx.capture(..., DBortEnergy)`` around
+  ``getattr(model, method)(*args, **kwargs)``: only :class:`DBortEnergy`
+  intermediates are collected, whatever else the model sows.
 
   Args:
-    x: data ``(N, d)``.
-    k: the number of outputs, ``1 ≤ k ≤ d``.
-    steps: full-batch optimisation steps.
-    learning_rate: see :func:`dbort_linear_optimizer`.
-    momentum: see :func:`dbort_linear_optimizer`.
-    constraint_step: see :func:`dbort_linear_optimizer`.
-    final_fraction: see :func:`dbort_linear_optimizer`.
-    amplitude: ``c``, the target squared row norm of ``W``.
-    weight: DBort's ``λ``; ``None`` for ``1 / p`` (the optimizer compensates
-      any other value exactly).
-    power: DBort's ``p``.
-    center: subtract the data's mean first (PCA's setting).
-    compress: run on the second-moment root; ``None`` does so when ``N > d``.
-    seed: seeds the kernel's initialisation.
-    optimizer: replaces the recipe (then ``learning_rate``, ``momentum``,
-      ``constraint_step`` and ``final_fraction`` are unused), e.g. to try
-      the published Bort-AdamW setting; it must apply the Bort correction
-      itself.
+    model: an ``nnx.Module`` holding :class:`DBort` layers (or one itself).
+    *args: positional arguments of the forward pass.
+    method: the name of the model's method to run.
+    **kwargs: keyword arguments of the forward pass.
 
   Returns:
-    A :class:`DBortLinearFit`.
+    ``(result, energies)``: the method's result, and an ``nnx.State`` with a
+    :class:`DBortEnergy` ``energy`` (a tuple, one scalar per call) at each
+    called :class:`DBort` layer's path. :func:`dbort_loss` reads it.
 
   Examples:
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.normal(size=(1000, 5)) * [3.0, 2.0, 1.0, 0.5, 0.2]
-    >>> fit = fit_dbort_linear(x, 2, steps=300)
-    >>> fit.kernel.shape, round(fit.amplitude, 2)
-    ((5, 2), 1.0)
-    >>> top2 = np.eye(5, 2)  # the principal axes are the coordinate axes
-    >>> bool(principal_cosines(fit.kernel, top2).min() > 0.999)
-    True
-
-  References:
-    Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
-    Bounded Orthogonal Constraint", ICLR 2023 (DBort and its PCA limit).
-    Ky Fan, "On a theorem of Weyl concerning eigenvalues of linear
-    transformations", PNAS 1949.
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(DBort(nnx.Linear(3, 4, rngs=nnx.Rngs(0))),
+    ...                        nnx.relu, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    >>> _, energies = dbort_energies(model, jnp.ones((5, 3)))
+    >>> energies["layers"][0]["energy"][0].shape
+    ()
   """
-  data = np.asarray(x)
-  if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
+  forward = nnx.capture(
+      lambda m, *a, **kw: getattr(m, method)(*a, **kw), DBortEnergy
+  )
+  return forward(model, *args, **kwargs)
+
+
+class DBortTerm(NamedTuple):
+  """What :func:`dbort_term` returns.
+
+  Attributes:
+    output: the result of the model's method (e.g. the logits).
+    loss: ``−λ Σ_l E_l^β``, to add to the task loss.
+    energy: the mean of the recorded energies ``E_l`` (a scalar to log).
+    energies: each called :class:`DBort` layer's path (``"a/b"``; ``""``
+      for the model itself) to its energies, one per call, as an array
+      ``(calls,)``.
+  """
+
+  output: Any
+  loss: Array
+  energy: Array
+  energies: dict[str, Array]
+
+
+def dbort_term(
+    model: nnx.Module,
+    *args: Any,
+    weight: float | Array = DBORT_WEIGHT,
+    power: float | Array = DBORT_POWER,
+    method: str = "__call__",
+    **kwargs: Any,
+) -> DBortTerm:
+  """Runs a model once: its output, the DBort loss of its layers, the energies.
+
+  .. math::
+    L_{DBort} = −λ \\sum_{l} E_l^{\\,β}, \\qquad
+    E_l = \\operatorname{mean}(y_l^2)
+
+  over the outputs ``y_l`` of every :class:`DBort` layer the forward pass
+  calls (:func:`dbort_energies`, then :func:`dbort_loss`). A training step
+  adds ``loss`` to its task loss: with ``DBort`` around the classifier head
+  and ``λ = 10⁻³``, ``β = 0.1`` this is the authors' MNIST/CIFAR objective
+  ``CE − λ (mean logits²)^β``. With ``weight=0`` the term is ``−0.0``, so the
+  total loss and its gradients are bit for bit those of the task loss.
+  ``weight`` and ``power`` may be traced (no recompilation when they change).
+
+  Args:
+    model: an ``nnx.Module`` holding :class:`DBort` layers (or one itself).
+    *args: positional arguments of the forward pass.
+    weight: ``λ``.
+    power: ``β``.
+    method: the name of the model's method to run.
+    **kwargs: keyword arguments of the forward pass.
+
+  Returns:
+    A :class:`DBortTerm` ``(output, loss, energy, energies)``.
+
+  Raises:
+    ValueError: if the forward pass called no :class:`DBort` layer (wrap
+      one, or use :func:`dbort_outputs` for models that cannot be wrapped).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> class Classifier(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.hidden = nnx.Linear(4, 8, rngs=rngs)
+    ...     self.head = DBort(nnx.Linear(8, 3, rngs=rngs))
+    ...   def __call__(self, x):
+    ...     return self.head(nnx.relu(self.hidden(x)))
+    >>> model = Classifier(nnx.Rngs(0))
+    >>> x, labels = jnp.ones((6, 4)), jnp.zeros(6, jnp.int32)
+    >>> def loss_fn(model):
+    ...   term = dbort_term(model, x, weight=1e-3, power=0.1)
+    ...   ce = optax.softmax_cross_entropy_with_integer_labels(
+    ...       term.output, labels).mean()
+    ...   return ce + term.loss, term.energy
+    >>> (loss, energy), grads = nnx.jit(
+    ...     nnx.value_and_grad(loss_fn, has_aux=True))(model)
+    >>> grads["head"]["layer"]["kernel"].shape, energy.shape
+    ((8, 3), ())
+  """
+  output, captured = dbort_energies(model, *args, method=method, **kwargs)
+  energies = {
+      _path_string(path[:-1]): jnp.stack(values)
+      for path, values in nnx.to_flat_state(captured)
+      for values in [values.get_value()]
+  }
+  if not energies:
     raise ValueError(
-        f"fit_dbort_linear expects numeric data (N, d); got shape "
-        f"{data.shape} and dtype {data.dtype}."
+        f"dbort_term: the model's {method} called no DBort layer; wrap the "
+        "layers to regularise in bort_jax.dbort.DBort(layer), or use "
+        "dbort_outputs for a model that cannot be wrapped."
     )
-  n, d = data.shape
-  if n < 1 or d < 1:
-    raise ValueError(f"fit_dbort_linear needs non-empty data; got {data.shape}.")
-  if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (
-      1 <= k <= d
-  ):
-    raise ValueError(f"k must be an int in [1, d={d}], got {k!r}.")
-  if not np.all(np.isfinite(data)):
-    raise ValueError("fit_dbort_linear: the data contain NaN or inf.")
-  steps = _check_steps(steps)
-  recipe = dbort_linear_optimizer(
-      steps,
-      learning_rate=learning_rate,
-      momentum=momentum,
-      constraint_step=constraint_step,
-      final_fraction=final_fraction,
-      amplitude=amplitude,
-      weight=weight,
-      power=power,
-  )
-  tx = recipe if optimizer is None else optimizer
-  amplitude = float(amplitude)
-  weight = 1.0 / power if weight is None else float(weight)
+  loss = dbort_loss(captured, weight=weight, power=power)
+  energy = jnp.mean(jnp.concatenate(list(energies.values())))
+  return DBortTerm(output, loss, energy, energies)
 
-  mean = data.mean(axis=0, dtype=np.float64) if center else np.zeros(d)
-  centred = data - mean.astype(data.dtype) if center else data
-  if compress is None:
-    compress = n > d
-  batch = _second_moment_root(centred) if compress else centred
-  batch = jnp.asarray(batch, jnp.float32)
 
-  layer = nnx.Linear(
-      d,
-      k,
-      use_bias=False,
-      kernel_init=nnx.initializers.orthogonal(scale=math.sqrt(amplitude)),
-      rngs=nnx.Rngs(seed),
-  )
-  graphdef, params = nnx.split(layer, nnx.Param)
+# ----------------------------------------------------------------------------
+# The linear-case PCA recipe moved to dbort_pca; its names stay importable.
 
-  def loss_fn(params):
-    outputs = nnx.merge(graphdef, params)(batch)
-    return dbort_loss(outputs, weight=weight, power=power), outputs
+_PCA_NAMES = (
+    "DBortLinearFit",
+    "dbort_linear_optimizer",
+    "fit_dbort_linear",
+    "principal_cosines",
+)
 
-  def step(carry, _):
-    params, opt_state = carry
-    grads, outputs = jax.grad(loss_fn, has_aux=True)(params)
-    kernel = params["kernel"][...]
-    logs = {
-        "energy": jnp.mean(jnp.square(outputs)),
-        "amplitude": jnp.mean(jnp.sum(jnp.square(kernel), axis=0)),
-        "orthogonality_error": matrix_orthogonality_error(
-            kernel.T
-        ).constraint_error,
-    }
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state), logs
 
-  @jax.jit
-  def train(params):
-    (params, _), history = jax.lax.scan(
-        step, (params, tx.init(params)), length=steps
-    )
-    return params, history
-
-  params, history = train(params)
-  kernel = params["kernel"][...]
-  return DBortLinearFit(
-      kernel=kernel,
-      amplitude=float(jnp.mean(jnp.sum(jnp.square(kernel), axis=0))),
-      mean=jnp.asarray(mean, jnp.float32),
-      steps=steps,
-      history=history,
-  )
+def __getattr__(name: str) -> Any:
+  if name in _PCA_NAMES:
+    from bort_jax._src import dbort_pca
+    return getattr(dbort_pca, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,248 @@
+"""Tests of the DBort wrapper module, its typed intermediate and dbort_term."""
+
+from __future__ import annotations
+
+import warnings
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bort_jax
+from bort_jax import dbort
+from bort_jax._src import dbort as dbort_src
+from bort_jax.dbort import DBort
+from bort_jax.dbort import dbort_energies
+from bort_jax.dbort import dbort_loss
+from bort_jax.dbort import dbort_outputs
+from bort_jax.dbort import dbort_term
+from bort_jax.dbort import DBortEnergy
+
+# The authors' MNIST/CIFAR script: CE − λ (mean logits²)^β.
+WEIGHT, POWER = 1e-3, 0.1
+
+
+class _Classifier(nnx.Module):
+  """Linear → ReLU → DBort(Linear): the head's outputs are the logits."""
+
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(5, 7, rngs=rngs)
+    self.head = DBort(nnx.Linear(7, 3, rngs=rngs))
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.hidden(x)))
+
+
+def _batch(n=6, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(n, 5)) * 2.0, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 3, size=n), jnp.int32)
+  return x, labels
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_wrapper_is_the_layer_and_leaves_no_state_outside_a_capture():
+  model = _Classifier(nnx.Rngs(0))
+  x, _ = _batch()
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no deprecated bare sow
+    y = model(x)
+    jax.jit(lambda x: model(x))(x)
+  np.testing.assert_array_equal(
+      y, model.head.layer(nnx.relu(model.hidden(x))))
+  after = jax.tree.map(np.asarray, nnx.state(model))
+  assert jax.tree.structure(before) == jax.tree.structure(after)
+  assert not nnx.state(model, DBortEnergy)
+  for path, module in nnx.iter_modules(model):
+    assert not hasattr(module, "__captures__"), path
+
+
+def test_energy_is_recorded_once_per_call_as_a_typed_intermediate():
+  layer = nnx.Linear(4, 3, rngs=nnx.Rngs(1))
+  wrapped = DBort(layer)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(5, 4)), jnp.float32)
+
+  def twice(m, x):
+    return m(m(x[:, :3] @ jnp.ones((3, 4))) @ jnp.ones((3, 4)))
+
+  _, energies = nnx.capture(twice, DBortEnergy)(wrapped, x)
+  values = energies["energy"].get_value()
+  assert isinstance(energies["energy"], DBortEnergy)
+  assert isinstance(energies["energy"], nnx.Intermediate)
+  first = np.asarray(layer(x[:, :3] @ jnp.ones((3, 4))), np.float64)
+  second = np.asarray(layer(first.astype(np.float32) @ np.ones((3, 4),
+                                                             np.float32)),
+                      np.float64)
+  assert len(values) == 2
+  np.testing.assert_allclose(values[0], np.mean(first**2), rtol=1e-6)
+  np.testing.assert_allclose(values[1], np.mean(second**2), rtol=1e-6)
+
+
+def test_low_precision_outputs_give_float32_energies():
+  layer = DBort(lambda x: x)
+  _, energies = dbort_energies(layer, jnp.full((2, 3), 3.0, jnp.bfloat16))
+  (energy,) = energies["energy"].get_value()
+  assert energy.dtype == jnp.float32 and float(energy) == 9.0
+
+
+def test_weight_zero_is_bit_for_bit_the_plain_loss():
+  model = _Classifier(nnx.Rngs(0))
+  x, labels = _batch()
+
+  def plain(model):
+    return _cross_entropy(model(x), labels)
+
+  def with_dbort(model, weight):
+    term = dbort_term(model, x, weight=weight, power=POWER)
+    return _cross_entropy(term.output, labels) + term.loss
+
+  plain_value, plain_grads = nnx.jit(nnx.value_and_grad(plain))(model)
+  for weight in (0.0, jnp.float32(0.0)):
+    value, grads = nnx.jit(nnx.value_and_grad(with_dbort))(model, weight)
+    np.testing.assert_array_equal(value, plain_value)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+      np.testing.assert_array_equal(a, b)
+  # Eagerly as well.
+  eager_value = with_dbort(model, 0.0)
+  np.testing.assert_array_equal(eager_value, plain(model))
+
+
+def test_gradient_equals_jax_grad_of_the_written_formula():
+  model = _Classifier(nnx.Rngs(3))
+  x, labels = _batch(seed=4)
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def formula(params):
+    # Written out: CE − λ (mean over batch and classes of logits²)^β.
+    hidden = params["hidden"]
+    head = params["head"]["layer"]
+    h = jax.nn.relu(x @ hidden["kernel"][...] + hidden["bias"][...])
+    logits = h @ head["kernel"][...] + head["bias"][...]
+    return _cross_entropy(logits, labels) - WEIGHT * jnp.mean(logits**2)**POWER
+
+  expected_value, expected = jax.value_and_grad(formula)(params)
+
+  @nnx.jit
+  def step(model):
+    def loss_fn(model):
+      term = dbort_term(model, x, weight=WEIGHT, power=POWER)
+      return _cross_entropy(term.output, labels) + term.loss
+    return nnx.value_and_grad(loss_fn)(model)
+
+  value, grads = step(model)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+  got, want = nnx.to_flat_state(grads), nnx.to_flat_state(expected)
+  assert [p for p, _ in got] == [p for p, _ in want]
+  for (path, a), (_, b) in zip(got, want):
+    np.testing.assert_allclose(a[...], b[...], rtol=1e-5, atol=1e-8,
+                               err_msg=str(path))
+  # The DBort part alone is not negligible here, so the test can fail.
+  ce_only = jax.grad(
+      lambda p: _cross_entropy(nnx.merge(graphdef, p)(x), labels))(params)
+  dbort_part = jax.tree.map(lambda a, b: a - b, expected, ce_only)
+  assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(dbort_part)
+             ) > 1e-5
+
+
+def test_term_with_traced_hyperparameters_under_jax_jit_matches_eager():
+  model = _Classifier(nnx.Rngs(0))
+  x, _ = _batch()
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def loss(state, weight, power):
+    term = dbort_term(nnx.merge(graphdef, state), x, weight=weight,
+                      power=power)
+    return term.loss, term.energy
+
+  for weight, power in ((WEIGHT, POWER), (2.0, 0.5)):
+    got_loss, got_energy = loss(state, weight, power)
+    logits = np.asarray(model(x), np.float64)
+    energy = np.mean(logits**2)
+    np.testing.assert_allclose(got_energy, energy, rtol=1e-6)
+    np.testing.assert_allclose(got_loss, -weight * energy**power, rtol=1e-6)
+  assert loss._cache_size() == 1  # changing λ, β does not recompile
+
+
+class _TwoWrapped(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = DBort(nnx.Conv(1, 4, (3, 3), rngs=rngs))
+    self.blocks = nnx.List([DBort(nnx.Linear(4, 4, rngs=rngs))])
+
+  def __call__(self, x):
+    h = jnp.mean(nnx.relu(self.conv(x)), axis=(1, 2))
+    return self.blocks[0](self.blocks[0](h))  # called twice
+
+
+def test_energies_of_several_layers_and_calls_sum_in_the_loss():
+  model = _TwoWrapped(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 1)),
+                  jnp.float32)
+  term = dbort_term(model, x, weight=0.5, power=0.5)
+  conv_out = model.conv.layer(x)
+  h = jnp.mean(nnx.relu(conv_out), axis=(1, 2))
+  first = model.blocks[0].layer(h)
+  second = model.blocks[0].layer(first)
+  energies = [np.mean(np.asarray(y, np.float64)**2)
+              for y in (conv_out, first, second)]
+  assert sorted(term.energies) == ["blocks/0", "conv"]
+  np.testing.assert_allclose(term.energies["conv"], energies[:1], rtol=1e-6)
+  np.testing.assert_allclose(term.energies["blocks/0"], energies[1:],
+                             rtol=1e-6)
+  np.testing.assert_allclose(term.energy, np.mean(energies), rtol=1e-6)
+  np.testing.assert_allclose(
+      term.loss, -0.5 * sum(e**0.5 for e in energies), rtol=1e-6)
+  # dbort_loss on the captured state is the same number.
+  _, captured = dbort_energies(model, x)
+  np.testing.assert_allclose(dbort_loss(captured, weight=0.5, power=0.5),
+                             term.loss, rtol=1e-7)
+  # ... and on the outputs collected by dbort_outputs (no wrapper needed).
+  _, outputs = dbort_outputs(model, x, layers=["conv/layer", "blocks/0/layer"])
+  np.testing.assert_allclose(dbort_loss(outputs, weight=0.5, power=0.5),
+                             term.loss, rtol=1e-6)
+
+
+def test_other_captures_do_not_collect_the_energy():
+  model = _Classifier(nnx.Rngs(0))
+  x, _ = _batch()
+  _, intermediates = nnx.capture(
+      lambda m, x: m(x), nnx.Intermediate, method_outputs=nnx.Intermediate
+  )(model, x)
+  types = {type(v) for _, v in nnx.to_flat_state(intermediates)}
+  assert DBortEnergy not in types
+
+
+def test_bort_default_selection_still_finds_the_wrapped_kernel():
+  model = _Classifier(nnx.Rngs(0))
+  paths = sorted(jax.eval_shape(bort_jax.orthogonality_error,
+                                nnx.state(model, nnx.Param)))
+  assert paths == ["head/layer/kernel", "hidden/kernel"]
+
+
+def test_term_without_a_dbort_layer_raises():
+  plain = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"called no DBort layer.*dbort_outputs"):
+    dbort_term(plain, jnp.ones((1, 3)))
+
+
+def test_wrapper_rejects_a_layer_that_is_not_callable():
+  with pytest.raises(TypeError, match="callable layer"):
+    DBort(3)
+
+
+def test_public_module_and_the_old_import_path():
+  assert dbort.DBort is dbort_src.DBort
+  for name in ("fit_dbort_linear", "dbort_linear_optimizer",
+               "principal_cosines", "DBortLinearFit"):
+    assert getattr(dbort_src, name) is getattr(dbort, name)
+  assert bort_jax.dbort is dbort
+  with pytest.raises(AttributeError, match="no_such_name"):
+    dbort_src.no_such_name  # pylint: disable=pointless-statement
