@@ -7,17 +7,15 @@ import os
 import signal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-import bort_jax
-from bort_jax.experiments import train as train_lib
-from bort_jax.experiments.train import RunDirectoryError
-from bort_jax.experiments.train import TrainConfig
-from bort_jax.experiments.train import train
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import runs
+from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.loop import train
+from bort_jax.experiments.run_dir import RunDirectoryError
 
 # 1347 digits / 128 = 10 steps per epoch, 30 in all.
 CONFIG = TrainConfig(data="digits", model="mlp", width=32, epochs=3,
@@ -28,7 +26,7 @@ CONFIG = TrainConfig(data="digits", model="mlp", width=32, epochs=3,
 
 @pytest.fixture(scope="module")
 def digits():
-  return train_lib.load_dataset("digits")
+  return data_lib.load_splits("digits")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,7 @@ def _without_times(history):
   return [{k: v for k, v in r.items() if k not in times} for r in history]
 
 
+@pytest.mark.slow
 def test_train_learns_and_writes_metrics_and_checkpoints(straight):
   history = straight.history
   assert [r["epoch"] for r in history] == [0, 1, 2, 3]
@@ -75,11 +74,12 @@ def test_train_learns_and_writes_metrics_and_checkpoints(straight):
     rows = list(csv.DictReader(f))
   assert len(rows) == 4 and rows[0]["train_loss"] == ""
   assert float(rows[-1]["test_accuracy"]) == history[-1]["test_accuracy"]
-  assert train_lib.load_config(run_dir) == CONFIG
+  assert runs.load_config(run_dir) == CONFIG
   steps = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
   assert steps[-1] == "30"
 
 
+@pytest.mark.slow
 def test_crash_and_resume_equals_straight_run(straight, digits, tmp_path):
   run_dir = str(tmp_path / "crashed")
 
@@ -100,6 +100,7 @@ def test_crash_and_resume_equals_straight_run(straight, digits, tmp_path):
   assert _without_times(resumed.history) == _without_times(straight.history)
 
 
+@pytest.mark.slow
 def test_interrupt_saves_and_resumes_exactly(straight, digits, tmp_path):
   run_dir = str(tmp_path / "interrupted")
 
@@ -117,6 +118,7 @@ def test_interrupt_saves_and_resumes_exactly(straight, digits, tmp_path):
   assert _without_times(resumed.history) == _without_times(straight.history)
 
 
+@pytest.mark.slow
 def test_max_steps_then_resume(straight, digits, tmp_path):
   run_dir = str(tmp_path / "paused")
   paused = train(CONFIG, run_dir, dataset=digits, max_steps=20)
@@ -126,6 +128,7 @@ def test_max_steps_then_resume(straight, digits, tmp_path):
   _assert_same_state(resumed, straight)
 
 
+@pytest.mark.slow
 def test_run_directory_rules(straight, digits, tmp_path):
   run_dir = straight.run_dir
   with pytest.raises(RunDirectoryError, match="already exists"):
@@ -138,63 +141,20 @@ def test_run_directory_rules(straight, digits, tmp_path):
   with pytest.raises(RunDirectoryError, match="Nothing to resume"):
     train(CONFIG, str(tmp_path / "empty"), dataset=digits, resume=True)
   # A directory of the user's own files is refused too, and overwriting
-  # removes only the run's files.
+  # removes only the run's files, and only from a bort run.
   user_dir = tmp_path / "mine"
   user_dir.mkdir()
   (user_dir / "notes.txt").write_text("keep me")
   with pytest.raises(RunDirectoryError, match="--overwrite"):
-    train_lib.check_run_dir(str(user_dir), resume=False, overwrite=False)
+    runs.open_run(str(user_dir), CONFIG, resume=False, overwrite=False)
   (user_dir / "metrics.json").write_text("{}")
   (user_dir / "checkpoints").mkdir()
-  train_lib.prepare_run_dir(str(user_dir), resume=False, overwrite=True)
+  with pytest.raises(RunDirectoryError, match="not a bort-jax training run"):
+    runs.open_run(str(user_dir), CONFIG, resume=False, overwrite=True)
+  (user_dir / "config.json").write_text(CONFIG.to_json())
+  folder, restore = runs.open_run(str(user_dir), CONFIG, resume=False,
+                                  overwrite=True)
+  folder.close()
+  assert not restore
   assert sorted(os.listdir(user_dir)) == ["notes.txt"]
   assert (user_dir / "notes.txt").read_text() == "keep me"
-
-
-def test_make_optimizer_names():
-  params = {"dense": {"kernel": jnp.ones((4, 3)) + jnp.eye(4, 3),
-                      "bias": jnp.ones(3)}}
-  grads = jax.tree.map(lambda p: 0.1 * p, params)
-
-  def update(tx):  # jitted: one compilation instead of many eager ones
-    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
-
-  for name in ("sgd", "adamw", "bort-sgd", "bort-adamw", "bort-lion",
-               "bort-lamb"):
-    updates = update(train_lib.make_optimizer(name, 1e-2))
-    assert updates["dense"]["kernel"].shape == (4, 3), name
-  # gamma = 0: each Bort optimizer is its base optimizer.
-  for bort, base in (("bort-adamw", optax.adamw(1e-2, weight_decay=1e-4)),
-                     ("bort-lion", optax.lion(1e-2))):
-    a = update(train_lib.make_optimizer(bort, 1e-2, gamma=0.0))
-    b = update(base)
-    jax.tree.map(np.testing.assert_allclose, a, b)
-  # bort-sgd, coupled: one step is -lr (g + γ Δ(W)) for the kernel.
-  got = update(train_lib.make_optimizer("bort-sgd", 0.5, gamma=0.2,
-                                        mode="l2-full", amplitude=1.0))
-  w = params["dense"]["kernel"]
-  delta = bort_jax.bort_correction(w.T, "l2-full", 1.0).T
-  np.testing.assert_allclose(got["dense"]["kernel"],
-                             -0.5 * (grads["dense"]["kernel"] + 0.2 * delta),
-                             rtol=1e-5)
-  np.testing.assert_allclose(got["dense"]["bias"], -0.5 * grads["dense"]["bias"])
-  with pytest.raises(ValueError, match="Unknown optimizer 'nope'"):
-    train_lib.make_optimizer("bort-nope", 1e-3)
-  with pytest.raises(ValueError, match="placement applies"):
-    train_lib.make_optimizer("bort-adamw", 1e-3, placement="coupled")
-  with pytest.raises(ValueError):
-    train_lib.make_optimizer("bort-adamw", 1e-3, gamma=-1.0)
-
-
-def test_schedule_and_config_checks():
-  schedule = train_lib.make_schedule(
-      TrainConfig(learning_rate=0.1, epochs=4, warmup=1.0), 10)
-  assert float(schedule(0)) == 0.0
-  assert float(schedule(10)) == pytest.approx(0.1)
-  assert float(schedule(25)) == pytest.approx(0.05, rel=1e-5)  # cosine half
-  assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
-  for bad in ({"gamma": -0.1}, {"mode": "l3"}, {"amplitude": "big"},
-              {"amplitude": 0.0}, {"epochs": 0}, {"optimizer": "bort-xyz"},
-              {"model": "alexnet"}, {"learning_rate": 0.0}):
-    with pytest.raises(ValueError):
-      TrainConfig(**bad)

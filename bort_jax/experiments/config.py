@@ -1,0 +1,243 @@
+"""The training configuration: one frozen dataclass, its checks and JSON form.
+
+:class:`TrainConfig` is the single place the command line, the demo, the
+examples and ``config.json`` read a run's settings and defaults from. Each
+field carries its command-line flag and help in its metadata, so that
+``bort-jax train`` generates one flag per field (see
+:mod:`bort_jax.experiments.cli`). Building a config checks every value with
+:mod:`bort_jax._src.validation`, the library's one place for input checks;
+nothing here touches a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Callable
+
+from bort_jax._src import defaults
+from bort_jax._src import validation
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import errors
+from bort_jax.experiments import models as models_lib
+from bort_jax.experiments import optimizers as optimizers_lib
+
+
+class ConfigError(errors.ExperimentError, ValueError):
+  """A configuration value is invalid (also a ``ValueError``)."""
+
+
+def parse_amplitude(text: str) -> float | str:
+  """The command line's amplitude: ``"ada"`` or a number."""
+  return text if text == defaults.ADA else float(text)
+
+
+def _option(default: Any, help: str, *, flag: str | None = None,
+            parse: Callable[[str], Any] | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+  """A field with its command-line flag (``--<name>`` by default)."""
+  return dataclasses.field(default=default, metadata={
+      "help": help, "flag": flag, "parse": parse, "choices": choices})
+
+
+#: The fields that matter only with a Bort optimizer (``bort-…``).
+BORT_FIELDS = ("mode", "amplitude", "gamma", "placement")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """What to train and how; saved as ``config.json`` in the run folder.
+
+  Every value is checked when the config is built (a ``ConfigError``, which
+  is a ``ValueError``, names the field and the fix). The Bort fields
+  (:data:`BORT_FIELDS`) must keep their defaults unless ``optimizer`` is a
+  Bort optimizer, so that a setting is never silently ignored.
+
+  Attributes:
+    data: the dataset name (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
+      ``"digits"``).
+    model: one of :data:`bort_jax.experiments.models.MODELS`.
+    optimizer: ``sgd``, ``adamw``, ``bort-sgd``, ``bort-adamw``, an optax
+      optimizer's name, or ``bort-<optax optimizer>``.
+    mode: the Bort mode (one of :data:`bort_jax.MODES`).
+    amplitude: the Bort amplitude ``c > 0`` or ``"ada"``.
+    gamma: the Bort strength ``γ ≥ 0``.
+    placement: ``"coupled"`` or ``"decoupled"`` for ``bort-<optax>``
+      (default decoupled); ``None`` otherwise.
+    learning_rate: the peak learning rate of the cosine schedule.
+    weight_decay: the weight decay, or ``None`` for the optimizer's default.
+    momentum: SGD's momentum.
+    epochs: the number of epochs.
+    batch_size: the training batch size (the last partial batch of an epoch
+      is dropped, so every step has the same shape).
+    warmup: the linear warmup's length in epochs (may be fractional).
+    seed: seeds the initialisation and the data order.
+    width: the model's width; ``None`` for the model's default.
+    eval_batch_size: the evaluation batch size.
+    checkpoint_every: also checkpoint every this many steps (0: only at the
+      end of each epoch and on interruption).
+    train_limit: train on the first ``train_limit`` examples only; ``None``
+      for all.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig
+    >>> config = TrainConfig(model="mlp", epochs=2)
+    >>> TrainConfig.from_json(config.to_json()) == config
+    True
+    >>> TrainConfig(optimizer="adamw", gamma=0.5)
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.config.ConfigError: gamma applies to Bort ...
+  """
+
+  data: str = _option("digits", "dataset", choices=data_lib.DATASETS)
+  model: str = _option("mlp", "model", choices=models_lib.MODELS)
+  optimizer: str = _option(
+      "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax optimizer "
+      "(lion, lamb, ...) or bort-<optax optimizer>")
+  mode: str = _option("l1-fullrow", "Bort mode", choices=defaults.MODES)
+  amplitude: float | str = _option("ada", "Bort amplitude c > 0 or 'ada'",
+                                   parse=parse_amplitude)
+  gamma: float = _option(0.1, "Bort strength >= 0", parse=float)
+  placement: str | None = _option(
+      None, "where Bort enters a bort-<optax optimizer> (default: decoupled)",
+      choices=defaults.PLACEMENTS)
+  learning_rate: float = _option(1e-3, "peak learning rate", flag="--lr",
+                                 parse=float)
+  weight_decay: float | None = _option(
+      None, "weight decay (default: the optimizer's)", parse=float)
+  momentum: float = _option(0.9, "SGD momentum", parse=float)
+  epochs: int = _option(5, "epochs", parse=int)
+  batch_size: int = _option(128, "batch size", parse=int)
+  warmup: float = _option(
+      0.0, "linear warmup before the cosine decay, in epochs", parse=float)
+  seed: int = _option(0, "random seed", parse=int)
+  width: int | None = _option(
+      None, "model width (MLP units, CNN/ResNet channels, ViT dimension; "
+      "default: the model's)", parse=int)
+  eval_batch_size: int = _option(1000, "evaluation batch size", parse=int)
+  checkpoint_every: int = _option(
+      0, "also checkpoint every N steps (0: each epoch)", parse=int)
+  train_limit: int | None = _option(
+      None, "train on the first N examples only", parse=int)
+
+  def __post_init__(self):
+    try:
+      check_config(self)
+    except (TypeError, ValueError) as e:
+      if isinstance(e, ConfigError):
+        raise
+      raise ConfigError(str(e)) from None
+
+  def to_dict(self) -> dict[str, Any]:
+    """The fields as a dict of JSON values."""
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    """The config as indented JSON (what ``config.json`` holds)."""
+    return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+  @classmethod
+  def from_dict(cls, values: Any) -> "TrainConfig":
+    """A config from :meth:`to_dict`'s output; unknown keys are refused."""
+    if not isinstance(values, dict):
+      raise ConfigError(
+          f"a training config is a JSON object, got {type(values).__name__}.")
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+      raise ConfigError(
+          f"unknown config fields {', '.join(map(repr, unknown))}; known "
+          f"fields are {', '.join(field_names())}.")
+    return cls(**values)
+
+  @classmethod
+  def from_json(cls, text: str) -> "TrainConfig":
+    """A config from :meth:`to_json`'s output."""
+    try:
+      values = json.loads(text)
+    except ValueError as e:
+      raise ConfigError(f"not valid JSON ({e}).") from None
+    return cls.from_dict(values)
+
+
+def field_names() -> tuple[str, ...]:
+  """The names of :class:`TrainConfig`'s fields, in order."""
+  return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _check_optional_positive_int(name: str, value: Any) -> None:
+  if value is not None:
+    validation.check_positive_int(name, value)
+
+
+def check_config(config: TrainConfig) -> None:
+  """Raises ``TypeError``/``ValueError`` naming the first bad field.
+
+  Args:
+    config: the configuration.
+  """
+  for name in ("epochs", "batch_size", "eval_batch_size"):
+    validation.check_positive_int(name, getattr(config, name))
+  validation.check_nonnegative_int("checkpoint_every", config.checkpoint_every)
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    raise TypeError(f"seed must be an integer, got {config.seed!r}.")
+  _check_optional_positive_int("width", config.width)
+  _check_optional_positive_int("train_limit", config.train_limit)
+  validation.check_real("learning_rate", config.learning_rate, low=0,
+                        low_inclusive=False)
+  validation.check_strength(config.gamma, "gamma")
+  validation.check_real("warmup", config.warmup, low=0)
+  validation.check_real("momentum", config.momentum, low=0, high=1,
+                        high_inclusive=False)
+  if config.weight_decay is not None:
+    validation.check_real("weight_decay", config.weight_decay, low=0)
+  validation.check_choice("model", config.model, models_lib.MODELS)
+  validation.check_choice("data", config.data, data_lib.DATASETS)
+  validation.check_mode(config.mode)
+  amplitude = config.amplitude
+  if callable(amplitude) or isinstance(amplitude, bool):
+    amplitude = repr(amplitude)  # a schedule cannot be saved as JSON
+  try:
+    validation.check_amplitude(amplitude)
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"amplitude must be a positive number or 'ada', got "
+        f"{config.amplitude!r}.") from None
+  if config.placement is not None:
+    validation.check_placement(config.placement)
+  if not optimizers_lib.is_bort(config.optimizer):
+    default = TrainConfig.__dataclass_fields__
+    for name in BORT_FIELDS:
+      if getattr(config, name) != default[name].default:
+        raise ValueError(
+            f"{name} applies to Bort optimizers only, but optimizer is "
+            f"{config.optimizer!r}; drop {name}, or choose a Bort optimizer "
+            f"(bort-{config.optimizer}).")
+  # Builds (and discards) the optimizer: unknown names fail here.
+  optimizers_lib.optimizer_from_config(config, config.learning_rate)
+
+
+def differences(saved: TrainConfig, given: TrainConfig
+                ) -> dict[str, tuple[Any, Any]]:
+  """The fields that differ, as ``{name: (saved value, given value)}``.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig, differences
+    >>> differences(TrainConfig(gamma=0.1), TrainConfig(gamma=0.5))
+    {'gamma': (0.1, 0.5)}
+  """
+  return {name: (getattr(saved, name), getattr(given, name))
+          for name in field_names()
+          if getattr(saved, name) != getattr(given, name)}
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:
+  """``"gamma 0.1 vs 0.5, epochs 3 vs 4"`` (saved value first)."""
+  return ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+
+
+def fingerprint(config: TrainConfig) -> str:
+  """The sha256 of the config's canonical JSON (sorted keys)."""
+  text = json.dumps(config.to_dict(), sort_keys=True, allow_nan=False)
+  return hashlib.sha256(text.encode()).hexdigest()

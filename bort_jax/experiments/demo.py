@@ -1,0 +1,237 @@
+"""``bort-jax demo``: AdamW against Bort-AdamW, a table, figures, results.
+
+Trains an AdamW baseline and Bort-AdamW (the training config's default Bort
+setting) on MNIST, falling back to scikit-learn's bundled digits when MNIST
+cannot be had, prints a comparison table (accuracy, constraint error, the
+error of backtracking the first hidden layer to the input, time) and writes
+``results.json`` and three figures. Everything is written through the one
+output-folder guard (:mod:`bort_jax.experiments.run_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Any
+
+DESCRIPTION = (
+    "Train an AdamW baseline and Bort-AdamW on MNIST (or scikit-learn's "
+    "digits when MNIST is unavailable), print a comparison table and write "
+    "figures and results.json.")
+
+#: What the demo writes in its folder (``--overwrite`` replaces only these).
+DEMO_FILES = ("baseline", "bort", "results.json", "gram.png", "accuracy.png",
+              "reconstructions.png")
+_NAMES = {"baseline": "AdamW", "bort": "Bort-AdamW"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  """The demo's flags (the Bort defaults come from the training config)."""
+  from bort_jax._src import validation
+  from bort_jax.experiments import cli
+  from bort_jax.experiments.config import TrainConfig
+  positive = cli.argument_type(int, validation.check_positive_int,
+                               "an integer")
+  p.add_argument("--out", default="bort-demo",
+                 help="output folder (default: bort-demo)")
+  p.add_argument("--quick", action="store_true",
+                 help="a tiny run (seconds) to check the installation")
+  p.add_argument("--data", choices=("mnist", "fashion_mnist", "digits"),
+                 default="mnist", help="dataset (default: mnist)")
+  p.add_argument("--epochs", type=positive, default=None,
+                 help="epochs per run (default: 3; digits 30; quick 1)")
+  p.add_argument("--gamma", type=cli.argument_type(float), default=None,
+                 help=f"Bort strength (default: {TrainConfig.gamma})")
+  p.add_argument("--seed", type=int, default=0, help="random seed")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace the files of an earlier demo in --out")
+
+
+def configs(data: str, quick: bool, epochs: int | None, gamma: float | None,
+            seed: int):
+  """The baseline's and Bort's :class:`TrainConfig` (Bort: its defaults)."""
+  from bort_jax.experiments.config import TrainConfig
+  if data == "digits":
+    # 64 inputs: a hidden layer of at most 64 units can be row-orthogonal.
+    common = dict(width=48, batch_size=64, learning_rate=3e-3,
+                  epochs=epochs or (3 if quick else 30), warmup=1.0)
+  else:
+    common = dict(width=256, batch_size=128, learning_rate=2e-3,
+                  epochs=epochs or (1 if quick else 3), warmup=0.2)
+    if quick:
+      common.update(width=64, train_limit=2048)
+  common.update(data=data, model="invertible-mlp", seed=seed)
+  baseline = TrainConfig(optimizer="adamw", **common)
+  bort = TrainConfig(optimizer="bort-adamw", **common,
+                     **({} if gamma is None else {"gamma": gamma}))
+  return baseline, bort
+
+
+def _first_kernel(model) -> tuple[str, Any]:
+  """The path and value of the model's first Bort kernel."""
+  import jax
+  from flax import nnx
+
+  import bort_jax
+  params = nnx.state(model, nnx.Param)
+  selected = jax.eval_shape(bort_jax.orthogonality_error, params)  # no math
+  for path, variable in nnx.to_flat_state(params):
+    name = "/".join(str(p) for p in path)
+    if name in selected:
+      return name, variable[...]
+  raise ValueError("the model has no Bort kernel")
+
+
+def _reconstruction(model, images) -> dict[str, Any]:
+  """Backtracks the first hidden layer's output (after its activation)."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from bort_jax import explain
+  layers = explain.model_layers(model)
+  first = next(i for i, layer in enumerate(layers) if hasattr(layer, "kernel"))
+  layer = min(first + 1, len(layers) - 1)
+  x = jnp.asarray(images)
+  x_hat = nnx.jit(lambda m, x: explain.reconstruct(m, x, layer))(model, x)
+  return {"layer": layer,
+          "mse": float(jnp.mean(explain.reconstruction_mse(x, x_hat))),
+          "psnr": float(jnp.mean(explain.psnr(x, x_hat))), "images": x_hat}
+
+
+def _accuracy_figure(histories: dict[str, list[dict]]):
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(8, 3.2), layout="constrained")
+  ax_acc, ax_err = fig.subplots(1, 2)
+  for label, history in histories.items():
+    trained = history[1:]  # epoch 0 (chance level) would flatten the curve
+    ax_acc.plot([r["epoch"] for r in trained],
+                [100 * r["test_accuracy"] for r in trained],
+                marker="o", label=label)
+    ax_err.plot([r["epoch"] for r in history],
+                [r["constraint_error"] for r in history], marker="o",
+                label=label)
+  ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)",
+             title="Test accuracy")
+  ax_err.set(xlabel="epoch", ylabel="‖WWᵀ − cI‖ / ‖cI‖ (mean)",
+             title="Constraint error")
+  for ax in (ax_acc, ax_err):
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.xaxis.get_major_locator().set_params(integer=True)
+  return fig
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  """The comparison table printed at the end."""
+  header = ("run", "test acc", "constraint err", "max |cos|", "recon MSE",
+            "PSNR dB", "ms/step", "train s")
+  fmt = lambda v, f: "n/a" if v is None else format(v, f)
+  lines = [(r["name"], fmt(100 * r["test_accuracy"], ".2f") + "%",
+            fmt(r["constraint_error"], ".4f"), fmt(r["max_cosine"], ".4f"),
+            fmt(r.get("reconstruction_mse"), ".4f"),
+            fmt(r.get("reconstruction_psnr"), ".2f"),
+            fmt(r.get("step_time_ms"), ".2f"),
+            fmt(r.get("train_time_s"), ".1f")) for r in rows]
+  widths = [max(len(h), *(len(line[i]) for line in lines))
+            for i, h in enumerate(header)]
+  render = lambda cells: "  ".join(
+      c.ljust(w) if i == 0 else c.rjust(w)
+      for i, (c, w) in enumerate(zip(cells, widths)))
+  return "\n".join([render(header), "-" * len(render(header)),
+                    *map(render, lines)])
+
+
+def _load(name: str, offline: bool):
+  from bort_jax.experiments import data as data_lib
+  try:
+    return name, data_lib.load_splits(name, download=not offline), None
+  except data_lib.DatasetUnavailableError as e:
+    reason = str(e).splitlines()[0]
+  print(f"\n*** {name} is not available ({reason}).\n*** FALLING BACK to "
+        "scikit-learn's bundled 8x8 digits (1347 train / 450 test images): "
+        "the numbers below are NOT MNIST numbers.\n", file=sys.stderr,
+        flush=True)
+  return "digits", data_lib.load_splits("digits", download=False), reason
+
+
+def _train_pair(folder, configs_, dataset, probe, progress):
+  from bort_jax.experiments import loop
+  results, kernels, reconstructions, histories = [], {}, {}, {}
+  for key, config in zip(("baseline", "bort"), configs_):
+    name = _NAMES[key]
+    print(f"\n[{name}]", flush=True)
+    t0 = time.perf_counter()
+    result = loop.train(config, str(folder.path / key), dataset=dataset,
+                        progress=progress,
+                        log=lambda line: print("  " + line, flush=True))
+    if not result.finished:
+      return None
+    last = result.history[-1]
+    row = {"name": name, "optimizer": config.optimizer,
+           "config": dataclasses.asdict(config),
+           **{k: last[k] for k in ("test_accuracy", "test_loss",
+                                   "constraint_error", "max_cosine",
+                                   "norm_spread", "step_time_ms")},
+           "train_time_s": time.perf_counter() - t0,
+           "history": result.history}
+    rec = _reconstruction(result.model, probe)
+    row.update(reconstruction_mse=rec["mse"], reconstruction_psnr=rec["psnr"],
+               reconstruction_layer=rec["layer"])
+    reconstructions[name] = rec["images"]
+    path, kernel = _first_kernel(result.model)
+    kernels[f"{name}: {path}"] = kernel
+    histories[name] = result.history
+    results.append(row)
+  return results, kernels, reconstructions, histories
+
+
+def _figures(folder, probe, kernels, reconstructions, histories):
+  from bort_jax import explain
+  figures = {
+      "accuracy": _accuracy_figure(histories),
+      "gram": explain.plot_gram(kernels),
+      "reconstructions": explain.plot_reconstructions(
+          probe[:8], reconstructions, max_images=8)}
+  for name, fig in figures.items():
+    with folder.atomic(f"{name}.png", "wb") as f:
+      explain.save_figure(fig, f)
+  return {name: f"{name}.png" for name in figures}
+
+
+def run(args) -> int:
+  """Runs the demo with parsed arguments; returns the exit status."""
+  from bort_jax.experiments import run_dir
+  start = time.perf_counter()
+  with run_dir.open_output(args.out, kind="demo", files=DEMO_FILES,
+                           overwrite=args.overwrite) as folder:
+    data_name, dataset, fallback = _load(args.data, args.offline)
+    pair = configs(data_name, args.quick, args.epochs, args.gamma, args.seed)
+    print(f"bort-jax demo: AdamW vs Bort-AdamW ({pair[1].mode}, amplitude "
+          f"{pair[1].amplitude}, gamma {pair[1].gamma}) on {data_name}, "
+          f"{pair[0].epochs} epoch(s) each -> {args.out}", flush=True)
+    probe = dataset.test.images[:256 if args.quick else 1000]
+    trained = _train_pair(folder, pair, dataset, probe, not args.no_progress)
+    if trained is None:
+      print(f"Stopped; the runs so far are in {args.out}", file=sys.stderr)
+      return 130
+    results, kernels, reconstructions, histories = trained
+    figures = _figures(folder, probe, kernels, reconstructions, histories)
+    total = time.perf_counter() - start
+    folder.write_json("results.json", {
+        "data": data_name, "requested_data": args.data,
+        "fallback_reason": fallback, "quick": args.quick, "runs": results,
+        "figures": figures,
+        "reconstruction": f"mean over the first {len(probe)} test images of "
+        "backtracking the first hidden layer's output to the input",
+        "total_time_s": total})
+  print(f"\nResults on {data_name}"
+        + (" (FALLBACK: MNIST unavailable)" if fallback else "")
+        + f", {pair[0].epochs} epoch(s), {pair[0].model}:")
+  print(table(results))
+  print("\nconstraint err: mean ‖WWᵀ − cI‖/‖cI‖ over the Bort kernels (c: "
+        "mean squared row norm); recon: backtracking the first hidden layer "
+        "to the input (lower MSE / higher PSNR is better).")
+  print(f"Figures and results.json in {args.out} ({total:.0f} s in all).")
+  return 0

@@ -1,0 +1,497 @@
+"""The training loop: restore or initialise, run epochs, measure, checkpoint.
+
+:func:`train` runs the experiments of the Bort paper (Zhang et al., "Bort:
+Towards Explainable Neural Networks with Bounded Orthogonal Constraint",
+ICLR 2023) on small data: :func:`bort_jax.experiments.steps.train_step` over
+``nnx.Optimizer(model, tx, wrt=nnx.Param)``, an evaluation and an
+orthogonality measurement per epoch, metrics as JSON and CSV, and orbax
+checkpoints that hold everything needed to continue bit for bit: the model,
+the optimizer state, the step, the epoch's running metrics and the data
+order (a permutation drawn from ``(seed, epoch)``, so the step alone places
+the iterator). Ctrl-C or SIGTERM stops after the current step and saves a
+checkpoint; ``train(..., resume=True)`` continues from the newest readable
+checkpoint, after checking that the config and the data are the saved run's.
+A non-finite training loss stops the run (:class:`DivergedError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bort_jax.experiments import checkpoints as checkpoints_lib
+from bort_jax.experiments import config as config_lib
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import errors
+from bort_jax.experiments import models as models_lib
+from bort_jax.experiments import optimizers as optimizers_lib
+from bort_jax.experiments import runs
+from bort_jax.experiments import steps as steps_lib
+from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.run_dir import strict_json
+
+
+class DataError(errors.ExperimentError):
+  """The data cannot be trained on (empty, or differ from the saved run's)."""
+
+
+class DivergedError(errors.ExperimentError):
+  """The training loss became non-finite; the run was stopped."""
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train` returns.
+
+  Attributes:
+    model: the trained model.
+    optimizer: its ``nnx.Optimizer``.
+    history: one dict of metrics per epoch (epoch 0: before training).
+    step: the number of steps done.
+    finished: whether every epoch ran (``False`` after an interruption or
+      ``max_steps``; resume to continue).
+    run_dir: where files were written (``None`` without a folder).
+    dataset: the data it trained on.
+  """
+
+  model: nnx.Module
+  optimizer: nnx.Optimizer
+  history: list[dict[str, Any]]
+  step: int
+  finished: bool
+  run_dir: str | None
+  dataset: data_lib.Dataset
+
+
+@dataclasses.dataclass
+class _Data:
+  """The arrays on the device and the shape of an epoch."""
+  train_images: jax.Array
+  train_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+  batch_size: int
+  steps_per_epoch: int
+  fingerprint: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _State:
+  """What changes during training (all of it is checkpointed)."""
+  model: Any
+  optimizer: Any
+  metrics: steps_lib.Metrics
+  step: int
+  history: list[dict[str, Any]]
+
+
+class _Static(NamedTuple):
+  """What does not change: the graphs and the schedule."""
+  model_def: Any
+  optimizer_def: Any
+  eval_def: Any
+  schedule: Callable[[int], Any]
+
+
+def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The shape, dtype and sha256 of the bytes of each array."""
+  out = {}
+  for name, array in arrays.items():
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
+    out[name] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                 "sha256": digest}
+  return out
+
+
+def _prepare_data(config: TrainConfig, dataset: data_lib.Dataset) -> _Data:
+  train, test = dataset.train, dataset.test
+  n_train = len(train.labels)
+  if config.train_limit is not None:
+    n_train = min(n_train, config.train_limit)
+  if n_train < config.batch_size:
+    raise DataError(
+        f"The training set of {config.data!r} has {n_train} examples, fewer "
+        f"than one batch of {config.batch_size}; lower --batch-size (or "
+        "raise --train-limit).")
+  if len(test.labels) == 0:
+    raise DataError(f"The test set of {config.data!r} is empty.")
+  arrays = {"train_images": np.asarray(train.images[:n_train], np.float32),
+            "train_labels": np.asarray(train.labels[:n_train], np.int32),
+            "test_images": np.asarray(test.images, np.float32),
+            "test_labels": np.asarray(test.labels, np.int32)}
+  fingerprint = data_fingerprint(arrays)
+  on_device = {k: jax.device_put(v) for k, v in arrays.items()}
+  return _Data(**on_device, batch_size=config.batch_size,
+               steps_per_epoch=n_train // config.batch_size,
+               fingerprint=fingerprint)
+
+
+def _init(config: TrainConfig, data: _Data, classes: int
+          ) -> tuple[_Static, _State]:
+  """The model and optimizer built from the seed alone."""
+  model = models_lib.make_model(
+      config.model, tuple(data.train_images.shape[1:]), classes,
+      width=config.width, rngs=nnx.Rngs(config.seed))
+  schedule = optimizers_lib.make_schedule(config, data.steps_per_epoch)
+  optimizer = nnx.Optimizer(
+      model, optimizers_lib.optimizer_from_config(config, schedule),
+      wrt=nnx.Param)
+  model_def, model_state = nnx.split(model)
+  optimizer_def, optimizer_state = nnx.split(optimizer)
+  static = _Static(model_def, optimizer_def, steps_lib.eval_graphdef(model),
+                   schedule)
+  return static, _State(model_state, optimizer_state,
+                        steps_lib.Metrics.zeros(), 0, [])
+
+
+def _arrays(state: _State) -> dict[str, Any]:
+  return {"model": state.model, "optimizer": state.optimizer,
+          "metrics": state.metrics._asdict()}
+
+
+def _meta(config: TrainConfig, data: _Data, state: _State) -> dict[str, Any]:
+  epoch, position = divmod(state.step, data.steps_per_epoch)
+  return {"step": state.step, "epoch": epoch, "position": position,
+          "steps_per_epoch": data.steps_per_epoch, "config": config.to_dict(),
+          "config_sha256": config_lib.fingerprint(config),
+          "data": data.fingerprint,
+          "history": strict_json(state.history)}
+
+
+def _check_saved_run(config: TrainConfig, data: _Data, meta: dict) -> None:
+  """Refuses a checkpoint of another config or other data, listing why."""
+  if "config" in meta:
+    diff = config_lib.differences(config_lib.TrainConfig.from_dict(
+        meta["config"]), config)
+    if diff:
+      raise config_lib.ConfigError(
+          "config.json differs from the checkpointed run (edited?); "
+          f"differences (checkpoint vs config.json): "
+          f"{config_lib.describe_differences(diff)}. Restore config.json, "
+          "or start over with --overwrite.")
+  saved = meta.get("data", {})
+  diff = [f"{name}: {s['shape']} {s['dtype']} sha256 {s['sha256'][:12]} "
+          f"then, {data.fingerprint[name]['shape']} "
+          f"{data.fingerprint[name]['dtype']} sha256 "
+          f"{data.fingerprint[name]['sha256'][:12]} now"
+          for name, s in saved.items()
+          if data.fingerprint.get(name) != s]
+  if diff or int(meta["steps_per_epoch"]) != data.steps_per_epoch:
+    raise DataError(
+        "The data differ from the checkpointed run's: " + ("; ".join(diff) or
+        f"{meta['steps_per_epoch']} steps per epoch then, "
+        f"{data.steps_per_epoch} now") + ". Resume with the same data, or "
+        "start over with --overwrite.")
+
+
+def _restore(ckpt, config, data, state, log) -> _State:
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          _arrays(state))
+  step, arrays, meta = ckpt.restore(abstract, log=log)
+  _check_saved_run(config, data, meta)
+  return _State(arrays["model"], arrays["optimizer"],
+                steps_lib.Metrics(**arrays["metrics"]), int(step),
+                list(meta["history"]))
+
+
+def _finite_loss(state: _State, data: _Data, config: TrainConfig) -> None:
+  loss = float(state.metrics.loss)
+  if not math.isfinite(loss):
+    epoch = state.step // data.steps_per_epoch + 1
+    raise DivergedError(
+        f"The training loss became {loss} by step {state.step} (epoch "
+        f"{epoch}): the run diverged and is stopped; earlier checkpoints are "
+        "kept. Lower --lr (or --gamma) and start over with --overwrite.")
+
+
+def _measure(static, state, data, config, record, elapsed) -> dict:
+  """One history row: the test metrics, orthogonality and times."""
+  test = steps_lib.evaluate_state(static.eval_def, state.model,
+                                  data.test_images, data.test_labels,
+                                  config.eval_batch_size)
+  params = nnx.merge(static.model_def, state.model)
+  mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param))
+  row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
+         "learning_rate": float(static.schedule(max(state.step - 1, 0))),
+         **record, "test_loss": test.mean_loss(),
+         "test_accuracy": test.accuracy()}
+  for field in ("constraint_error", "max_cosine", "norm_spread"):
+    row[field] = (None if mean_error is None
+                  else float(getattr(mean_error, field)))
+  row["wall_time_s"] = elapsed()
+  return row
+
+
+class _StopRequest:
+  """Turns the first SIGINT or SIGTERM into "stop after this step"."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The data order of an epoch: a function of (seed, epoch) alone."""
+  return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+def _progress(data, config, epoch, position, enabled):
+  if not enabled:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=data.steps_per_epoch, initial=position, file=sys.stderr,
+              desc=f"epoch {epoch + 1}/{config.epochs}", leave=True,
+              dynamic_ncols=True)
+
+
+def _postfix(metrics: steps_lib.Metrics) -> str:
+  return f"loss {metrics.mean_loss():.3f} acc {metrics.accuracy():.3f}"
+
+
+def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
+               on_step) -> tuple[_State, dict | None]:
+  """Steps to the end of the epoch (or ``stop_at``, or a stop request).
+
+  Returns the state and, when the epoch ended, its training numbers.
+  """
+  epoch, position = divmod(state.step, data.steps_per_epoch)
+  n_train = data.train_labels.shape[0]
+  order = _epoch_order(config.seed, epoch, n_train)
+  epoch_start, timed_start, timed_steps, shown = (
+      time.perf_counter(), None, 0, 0.0)
+  while position < data.steps_per_epoch and state.step < stop_at:
+    index = order[position * data.batch_size:(position + 1) * data.batch_size]
+    model, optimizer, metrics = steps_lib.train_step(
+        static.model_def, static.optimizer_def, state.model, state.optimizer,
+        state.metrics, data.train_images, data.train_labels, index)
+    state = dataclasses.replace(state, model=model, optimizer=optimizer,
+                                metrics=metrics, step=state.step + 1)
+    position += 1
+    if timed_start is None:  # the first step of a process compiles
+      jax.block_until_ready(metrics)
+      timed_start = time.perf_counter()
+    else:
+      timed_steps += 1
+    if bar is not None:
+      if time.perf_counter() - shown > 0.5:  # a sync: not every step
+        shown = time.perf_counter()
+        _finite_loss(state, data, config)
+        bar.set_postfix_str(_postfix(metrics))
+      bar.update(1)
+    if on_step is not None:
+      on_step(state.step)
+    if (position < data.steps_per_epoch and config.checkpoint_every
+        and state.step % config.checkpoint_every == 0):
+      save(state)
+    if stop.requested:
+      break
+  jax.block_until_ready(state.metrics)
+  _finite_loss(state, data, config)
+  if bar is not None:
+    bar.set_postfix_str(_postfix(state.metrics))
+    bar.close()
+  if position < data.steps_per_epoch:
+    return state, None
+  now = time.perf_counter()
+  return state, {
+      "train_loss": state.metrics.mean_loss(),
+      "train_accuracy": state.metrics.accuracy(),
+      "step_time_ms": (1000 * (now - timed_start) / timed_steps
+                       if timed_steps else None),
+      "epoch_time_s": now - epoch_start}
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | None = None,
+    *,
+    dataset: data_lib.Dataset | None = None,
+    download: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    max_steps: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+  """Trains a classifier; writes metrics and checkpoints; resumes exactly.
+
+  Resuming restores the model, optimizer state, step, the epoch's running
+  metrics and the data position, so ``k`` steps, an interruption and a
+  resume give the same parameters as an uninterrupted run (bitwise on one
+  machine). The run folder follows :func:`bort_jax.experiments.runs.open_run`
+  and is checked and locked before the data load.
+
+  Args:
+    config: what to train (:class:`TrainConfig`).
+    run_dir: where to write ``config.json``, metrics and ``checkpoints/``;
+      ``None`` to write nothing (no resume).
+    dataset: the data; default ``data.load_splits(config.data)``.
+    download: allow the data loader to download.
+    resume: continue the run in ``run_dir`` from its newest checkpoint.
+    overwrite: start over in a ``run_dir`` that holds a run.
+    progress: show a tqdm progress bar on stderr.
+    max_steps: stop (and checkpoint) once this many steps are done overall.
+    on_step: called with the step count after every step.
+    log: called with a one-line summary after every epoch, and with notes.
+
+  Returns:
+    A :class:`TrainResult`.
+
+  Raises:
+    RunDirectoryError: the run folder may not be used as asked.
+    ConfigError: ``config`` differs from the saved run's on resume.
+    DataError: the data are too small, or differ from the saved run's.
+    DivergedError: the training loss became non-finite.
+    CheckpointError: no checkpoint can be saved or restored.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.run_dir import strict_json
+    >>> from bort_jax.experiments.loop import train
+    >>> config = TrainConfig(data="digits", model="mlp", width=32, epochs=1,
+    ...                      batch_size=64, learning_rate=3e-3)
+    >>> result = train(config)
+    >>> [r["epoch"] for r in result.history], result.step
+    ([0, 1], 21)
+    >>> result.history[1]["test_accuracy"] > result.history[0]["test_accuracy"]
+    True
+  """
+  say = log or (lambda line: None)
+  if resume and run_dir is None:
+    raise runs.RunDirectoryError("resume needs a run folder.")
+  folder = restore = None
+  if run_dir is not None:
+    folder, restore = runs.open_run(run_dir, config, resume=resume,
+                                    overwrite=overwrite, log=say)
+  try:
+    return _train_in(config, folder, restore, dataset, download, progress,
+                     max_steps, on_step, say)
+  finally:
+    if folder is not None:
+      folder.close(remove_if_empty=True)
+
+
+def _train_in(config, folder, restore, dataset, download, progress, max_steps,
+              on_step, say) -> TrainResult:
+  if dataset is None:
+    dataset = data_lib.load_splits(config.data, download=download)
+  data = _prepare_data(config, dataset)
+  static, state = _init(config, data, models_lib.num_classes(dataset))
+  ckpt = None
+  if folder is not None:
+    ckpt = checkpoints_lib.Checkpoints(runs.checkpoint_dir(folder))
+    if restore:
+      state = _restore(ckpt, config, data, state, say)
+    else:
+      runs.write_config(folder, config)
+  try:
+    state, finished = _epochs(static, state, data, config, folder, ckpt,
+                              progress, max_steps, on_step, say)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  model = nnx.merge(static.model_def, state.model)
+  optimizer = nnx.merge(static.optimizer_def, state.optimizer)
+  return TrainResult(model, optimizer, state.history, state.step, finished,
+                     None if folder is None else str(folder.path), dataset)
+
+
+def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
+            on_step, say) -> tuple[_State, bool]:
+  """Runs the epochs; checkpoints and writes metrics as they end."""
+  wall_start = time.perf_counter()
+  wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
+  elapsed = lambda: wall_offset + time.perf_counter() - wall_start
+
+  def save(state):
+    if ckpt is not None:
+      _finite_loss(state, data, config)  # never checkpoint a diverged state
+      ckpt.save(state.step, _arrays(state), _meta(config, data, state))
+
+  def write(state, summary=None):
+    if folder is not None:
+      runs.write_metrics(folder, config, state.history, summary)
+
+  total = config.epochs * data.steps_per_epoch
+  if not state.history:
+    state.history.append(_measure(static, state, data, config, {
+        "train_loss": None, "train_accuracy": None, "step_time_ms": None,
+        "epoch_time_s": None}, elapsed))
+    say(_summary_line(state.history[-1], config.epochs))
+    save(state)
+    write(state)
+  stop_at = total if max_steps is None else min(max_steps, total)
+  with _StopRequest() as stop:
+    while state.step < stop_at and not stop.requested:
+      epoch, position = divmod(state.step, data.steps_per_epoch)
+      bar = _progress(data, config, epoch, position, progress)
+      try:
+        state, record = _run_epoch(static, state, data, config,
+                                   stop_at=stop_at, stop=stop, save=save,
+                                   bar=bar, on_step=on_step)
+      except DivergedError:
+        write(state)
+        raise
+      if record is None:
+        save(state)  # interrupted or max_steps: keep every finished step
+        continue
+      state.history.append(_measure(static, state, data, config, record,
+                                    elapsed))
+      state = dataclasses.replace(state, metrics=steps_lib.Metrics.zeros())
+      say(_summary_line(state.history[-1], config.epochs))
+      save(state)
+      write(state)
+    if stop.requested:
+      say(f"Stopped by {stop.requested} at step {state.step}; a checkpoint "
+          "is saved.")
+  finished = state.step >= total
+  if finished and folder is not None:
+    _, per_kernel = steps_lib.orthogonality(
+        nnx.state(nnx.merge(static.model_def, state.model), nnx.Param))
+    write(state, {"orthogonality": {
+        path: {f: float(v) for f, v in e._asdict().items()}
+        for path, e in per_kernel.items()}})
+  return state, finished
+
+
+def _summary_line(record: dict, epochs: int) -> str:
+  def number(v, fmt):
+    return "nan" if v is None else format(v, fmt)
+  parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}"]
+  if record.get("train_accuracy") is not None:
+    parts.append(f"train_acc {record['train_accuracy']:.4f}")
+  parts.append(f"test_acc {number(record['test_accuracy'], '.4f')}")
+  parts.append(f"test_loss {number(record['test_loss'], '.4f')}")
+  if record.get("constraint_error") is not None:
+    parts.append(f"constraint {record['constraint_error']:.4f}")
+  if record.get("step_time_ms") is not None:
+    parts.append(f"{record['step_time_ms']:.2f} ms/step")
+  return "  ".join(parts)

@@ -1,0 +1,378 @@
+"""The one guard for output folders: names, lock, overwrite rules, writes.
+
+Training runs, the demo and the examples write only through a
+:class:`RunFolder`:
+
+- :func:`check_path` refuses, before anything is written, a path orbax
+  cannot checkpoint into (it reads ``[``, ``]`` and ``\\`` as glob or escape
+  characters, so checkpoints would not restore or would land elsewhere) and
+  an output folder that cannot be written (read-only, full, not a folder).
+- :meth:`RunFolder.open` holds an exclusive ``fcntl.flock`` on a lock file
+  holding the owner's pid: a second process is refused, naming the pid; a
+  lock left by a killed process (``kill -9``) is noticed and taken over.
+- :meth:`RunFolder.clear` removes only the names it is given, and the
+  callers first check that the folder is theirs (a training run's
+  ``config.json`` parses as a training config; the demo and the examples
+  leave a marker file).
+- :meth:`RunFolder.write_text` and :meth:`RunFolder.atomic` write to a
+  temporary file with a unique name, opened with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW``, then ``os.replace`` it: a planted
+  symlink is never followed and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from bort_jax.experiments import errors
+
+#: The lock file each open folder holds (with the owner's pid).
+LOCK_NAME = ".bort-jax.lock"
+#: The marker that the demo and the examples leave in their folders.
+MARKER_NAME = ".bort-jax-output.json"
+#: Characters orbax's checkpoint paths cannot take (``[`` ``]`` ``\\``), and
+#: the other glob characters, refused in an output path.
+UNSAFE_CHARACTERS = "[]\\*?"
+
+_TEMP_SUFFIX = ".tmp"
+
+
+class RunDirectoryError(errors.ExperimentError):
+  """An output folder cannot be used as asked (name, lock, contents, disk)."""
+
+
+def _one_line(e: OSError) -> str:
+  return e.strerror or str(e).splitlines()[0]
+
+
+def check_path(path: str | os.PathLike[str]) -> Path:
+  """Checks an output path before anything is written; returns it absolute.
+
+  Args:
+    path: the output folder (it may not exist yet).
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    RunDirectoryError: the path holds a character orbax cannot take, is not a
+      folder, or its folder (or nearest existing parent) is not writable or
+      has no free space.
+
+  Examples:
+    >>> from bort_jax.experiments.run_dir import check_path
+    >>> check_path("runs/sweep[lr=0.003]")
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.run_dir.RunDirectoryError: The output path ...
+  """
+  text = os.fspath(path)
+  if not text:
+    raise RunDirectoryError("The output path is empty; pass a folder name.")
+  absolute = Path(os.path.abspath(text))
+  bad = sorted({c for c in str(absolute) if c in UNSAFE_CHARACTERS})
+  if bad:
+    raise RunDirectoryError(
+        f"The output path {str(absolute)!r} holds {' '.join(bad)}, which "
+        "orbax reads as glob or escape characters (checkpoints would not "
+        "restore, or would be written elsewhere); choose a name without "
+        f"{' '.join(UNSAFE_CHARACTERS)}, e.g. with _ or = instead.")
+  existing = absolute
+  while not existing.exists():
+    if existing.parent == existing:
+      break
+    existing = existing.parent
+  if existing == absolute and not absolute.is_dir():
+    raise RunDirectoryError(f"{text!r} exists and is not a folder.")
+  if not existing.is_dir():
+    raise RunDirectoryError(
+        f"Cannot create {text!r}: {str(existing)!r} is not a folder.")
+  probe = existing / f".bort-jax-probe-{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+  try:
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o600)
+    try:
+      os.write(fd, b"\0")
+    finally:
+      os.close(fd)
+      os.unlink(probe)
+    space = os.statvfs(existing)
+  except OSError as e:
+    raise RunDirectoryError(
+        f"Cannot write to {str(existing)!r}: {_one_line(e)}; choose a "
+        "writable --out.") from None
+  if space.f_bavail * space.f_frsize < 1 << 20:
+    raise RunDirectoryError(
+        f"Cannot write to {str(existing)!r}: no space left on the device; "
+        "free some, or choose another --out.")
+  return absolute
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class RunFolder:
+  """An output folder held under an exclusive lock until :meth:`close`.
+
+  Use :meth:`open`, as a context manager.
+
+  Attributes:
+    path: the folder's absolute path.
+    created: whether :meth:`open` created it.
+    notes: messages for the user (e.g. a stale lock was cleared).
+  """
+
+  def __init__(self, path: Path, lock_fd: int, created: bool,
+               notes: list[str]):
+    self.path, self._lock_fd, self.created, self.notes = (
+        path, lock_fd, created, notes)
+
+  @classmethod
+  def open(cls, path: str | os.PathLike[str]) -> "RunFolder":
+    """Checks the path (:func:`check_path`), creates the folder, locks it.
+
+    Args:
+      path: the output folder.
+
+    Returns:
+      The locked :class:`RunFolder`.
+
+    Raises:
+      RunDirectoryError: as :func:`check_path`, or another live process
+        holds the folder.
+
+    Examples:
+      >>> import os, tempfile
+      >>> from bort_jax.experiments.run_dir import RunFolder
+      >>> with RunFolder.open(os.path.join(tempfile.mkdtemp(), "run")) as f:
+      ...   f.write_text("notes.txt", "hello")
+      ...   sorted(f.entries())
+      ['notes.txt']
+    """
+    absolute = check_path(path)
+    created = not absolute.exists()
+    try:
+      absolute.mkdir(parents=True, exist_ok=True)
+      fd = os.open(absolute / LOCK_NAME,
+                   os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise RunDirectoryError(
+          f"Cannot use {str(absolute)!r}: {_one_line(e)}.") from None
+    notes = []
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        raise RunDirectoryError(
+            f"{str(absolute)!r} is in use by another bort-jax process (pid "
+            f"{owner or 'unknown'}); wait for it to finish, or choose another "
+            "--out.") from None
+      previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
+      if previous.isdigit() and int(previous) != os.getpid():
+        state = ("running without the lock" if _pid_alive(int(previous))
+                 else "no longer running")
+        notes.append(f"cleared a stale lock of pid {previous} ({state}) in "
+                     f"{str(absolute)!r}")
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+      os.close(fd)
+      raise
+    return cls(absolute, fd, created, notes)
+
+  def __enter__(self) -> "RunFolder":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self, *, remove_if_empty: bool = False) -> None:
+    """Releases the lock (and removes the folder if asked and empty)."""
+    if self._lock_fd is None:
+      return
+    with contextlib.suppress(OSError):
+      os.unlink(self.path / LOCK_NAME)
+    os.close(self._lock_fd)
+    self._lock_fd = None
+    if remove_if_empty and self.created:
+      with contextlib.suppress(OSError):
+        self.path.rmdir()
+
+  def entries(self) -> list[str]:
+    """The folder's names, without the lock file."""
+    return [n for n in os.listdir(self.path) if n != LOCK_NAME]
+
+  def exists(self, name: str) -> bool:
+    """Whether ``name`` is in the folder (a dangling link counts)."""
+    return os.path.lexists(self.path / name)
+
+  def read_text(self, name: str) -> str | None:
+    """A file's text (symlinks not followed), or ``None`` if absent."""
+    try:
+      fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+      return None
+    except OSError as e:
+      raise RunDirectoryError(
+          f"Cannot read {str(self.path / name)!r}: {_one_line(e)}.") from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+      return f.read()
+
+  def clear(self, names: Sequence[str]) -> None:
+    """Removes the given names (and our stale temp files), nothing else.
+
+    Symlinks are removed, never followed.
+    """
+    for name in self.entries():
+      stale_temp = name.startswith(".") and name.endswith(_TEMP_SUFFIX) and (
+          name[1:].split(".tmp-")[0] in names)
+      if name not in names and not stale_temp:
+        continue
+      path = self.path / name
+      try:
+        if path.is_dir() and not path.is_symlink():
+          shutil.rmtree(path)
+        else:
+          path.unlink()
+      except OSError as e:
+        raise RunDirectoryError(
+            f"Cannot remove {str(path)!r}: {_one_line(e)}.") from None
+
+  @contextlib.contextmanager
+  def atomic(self, name: str, mode: str = "w") -> Iterator[Any]:
+    """A new file object that replaces ``name`` when the block succeeds.
+
+    Args:
+      name: the file's name in the folder.
+      mode: ``"w"`` (text) or ``"wb"`` (bytes).
+
+    Yields:
+      The temporary file, opened ``O_CREAT | O_EXCL | O_NOFOLLOW``.
+
+    Raises:
+      RunDirectoryError: the file cannot be written (e.g. the disk is full).
+    """
+    temp = self.path / f".{name}.tmp-{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+             | os.O_CLOEXEC)
+    try:
+      fd = os.open(temp, flags, 0o644)
+    except OSError as e:
+      raise RunDirectoryError(
+          f"Cannot write {str(self.path / name)!r}: {_one_line(e)}.") from None
+    try:
+      kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+      with os.fdopen(fd, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(temp, self.path / name)
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        os.unlink(temp)
+      raise RunDirectoryError(
+          f"Cannot write {str(self.path / name)!r}: {_one_line(e)}.") from None
+    except BaseException:
+      with contextlib.suppress(OSError):
+        os.unlink(temp)
+      raise
+
+  def write_text(self, name: str, text: str) -> None:
+    """Writes ``name`` atomically (see :meth:`atomic`)."""
+    with self.atomic(name) as f:
+      f.write(text)
+
+  def write_json(self, name: str, obj: Any) -> None:
+    """Writes strict JSON (``NaN`` and infinities become ``null``)."""
+    self.write_text(name, json.dumps(strict_json(obj), indent=2,
+                                     allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+  """``obj`` with every non-finite float replaced by ``None``.
+
+  Examples:
+    >>> from bort_jax.experiments.run_dir import strict_json
+    >>> strict_json({"loss": float("nan"), "acc": [0.5, float("inf")]})
+    {'loss': None, 'acc': [0.5, None]}
+  """
+  if isinstance(obj, float):
+    return obj if obj == obj and abs(obj) != float("inf") else None
+  if isinstance(obj, dict):
+    return {k: strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(v) for v in obj]
+  return obj
+
+
+def open_output(path: str | os.PathLike[str], *, kind: str,
+                files: Sequence[str], overwrite: bool) -> RunFolder:
+  """Opens the output folder of the demo or an example.
+
+  An absent or empty folder is used as it is. A non-empty one is used only
+  with ``overwrite`` and only if it holds this ``kind``'s marker; then only
+  ``files`` (and the marker) are removed, every other file is kept.
+
+  Args:
+    path: the output folder.
+    kind: what writes it (``"demo"``, ``"accuracy_study"``, …).
+    files: the names it writes.
+    overwrite: replace the files of an earlier output of the same kind.
+
+  Returns:
+    The locked :class:`RunFolder`, marked as ``kind``'s.
+
+  Raises:
+    RunDirectoryError: the folder is refused (see above, and :meth:`open`).
+  """
+  folder = RunFolder.open(path)
+  try:
+    entries = folder.entries()
+    if entries:
+      marker = folder.read_text(MARKER_NAME)
+      try:
+        ours = json.loads(marker or "null") == {"kind": kind}
+      except ValueError:
+        ours = False
+      if not overwrite:
+        raise RunDirectoryError(
+            f"Output folder {str(folder.path)!r} already exists and is not "
+            "empty. Pass --overwrite to replace the files of an earlier "
+            f"{kind} in it (other files are kept), or choose another --out.")
+      if not ours:
+        raise RunDirectoryError(
+            f"--overwrite refused: {str(folder.path)!r} holds no earlier "
+            f"{kind} output (no {MARKER_NAME} of kind {kind!r}), so nothing "
+            "in it is deleted; choose another --out.")
+      folder.clear(list(files) + [MARKER_NAME])
+    folder.write_json(MARKER_NAME, {"kind": kind})
+  except BaseException:
+    folder.close(remove_if_empty=True)
+    raise
+  return folder
+
+
+def is_disk_error(e: BaseException) -> bool:
+  """Whether an exception (or its cause) is a full or read-only disk."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS,
+                                              errno.EDQUOT, errno.EACCES):
+      return True
+    e = e.__cause__ or e.__context__
+  return False

@@ -1,0 +1,186 @@
+"""A training run's folder: when it may be used, and the files it holds.
+
+A training run folder holds ``config.json``, ``metrics.json``,
+``metrics.csv`` and ``checkpoints/``; it is recognised by its
+``config.json``, which must parse as a
+:class:`~bort_jax.experiments.config.TrainConfig`. :func:`open_run` applies
+the rules below under the folder's lock (:class:`run_dir.RunFolder`):
+
+- a new run needs an absent or empty folder, or one that holds the same run
+  with no checkpoint yet (it was stopped before its first one);
+- ``resume`` needs the run's ``config.json``; without a checkpoint the run
+  starts from step 0;
+- ``overwrite`` removes the run's files, and only them, and only from a
+  folder whose ``config.json`` is a training config.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any, Callable
+
+from bort_jax.experiments import checkpoints as checkpoints_lib
+from bort_jax.experiments import config as config_lib
+from bort_jax.experiments import run_dir as run_dir_lib
+from bort_jax.experiments.run_dir import RunDirectoryError
+
+#: The files a run folder holds; ``overwrite`` removes only these.
+RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoints")
+
+_CSV_FIELDS = (
+    "epoch", "step", "learning_rate", "train_loss", "train_accuracy",
+    "test_loss", "test_accuracy", "constraint_error", "max_cosine",
+    "norm_spread", "step_time_ms", "epoch_time_s", "wall_time_s",
+)
+
+
+def _saved_config(folder: run_dir_lib.RunFolder
+                  ) -> tuple[config_lib.TrainConfig | None, str]:
+  """The folder's training config, or ``None`` and why not."""
+  text = folder.read_text("config.json")
+  if text is None:
+    return None, "it has no config.json"
+  try:
+    return config_lib.TrainConfig.from_json(text), ""
+  except (TypeError, ValueError) as e:
+    return None, f"its config.json is not a training config ({e})"
+
+
+def load_config(run_dir: str | os.PathLike[str]) -> config_lib.TrainConfig:
+  """The :class:`TrainConfig` saved in a run folder.
+
+  Args:
+    run_dir: the run folder.
+
+  Returns:
+    The configuration the run was started with.
+
+  Raises:
+    RunDirectoryError: the folder holds no (valid) ``config.json``.
+  """
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.lexists(path):
+    raise RunDirectoryError(
+        f"Nothing to resume in {os.fspath(run_dir)!r}: no config.json.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return config_lib.TrainConfig.from_json(f.read())
+  except (OSError, TypeError, ValueError) as e:
+    raise RunDirectoryError(
+        f"Cannot resume {os.fspath(run_dir)!r}: its config.json is not a "
+        f"training config ({e}).") from None
+
+
+def checkpoint_dir(folder: run_dir_lib.RunFolder) -> str:
+  """The run's checkpoints folder."""
+  return str(folder.path / "checkpoints")
+
+
+def open_run(
+    run_dir: str | os.PathLike[str],
+    config: config_lib.TrainConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    log: Callable[[str], None] = lambda line: None,
+) -> tuple[run_dir_lib.RunFolder, bool]:
+  """Opens and locks a run folder by the rules of the module docstring.
+
+  Args:
+    run_dir: the run folder.
+    config: the configuration to run.
+    resume: continue the run saved there.
+    overwrite: start over, replacing the run saved there.
+    log: told what is done (a stale lock cleared, a restart).
+
+  Returns:
+    ``(folder, restore)``: the locked folder, and whether a checkpoint is to
+    be restored.
+
+  Raises:
+    RunDirectoryError: the folder may not be used as asked.
+    ConfigError: ``resume`` with a config that differs from the saved one.
+  """
+  if resume and overwrite:
+    raise RunDirectoryError("Pass either --resume or --overwrite, not both.")
+  folder = run_dir_lib.RunFolder.open(run_dir)
+  try:
+    for note in folder.notes:
+      log(note)
+    restore = _apply_rules(folder, config, resume=resume, overwrite=overwrite,
+                           log=log)
+  except BaseException:
+    folder.close(remove_if_empty=True)
+    raise
+  return folder, restore
+
+
+def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
+  where = str(folder.path)
+  if not folder.entries():
+    if resume:
+      raise RunDirectoryError(
+          f"Nothing to resume in {where!r}: no config.json. Start the run "
+          "without --resume.")
+    return False
+  saved, why_not = _saved_config(folder)
+  if overwrite:
+    if saved is None:
+      raise RunDirectoryError(
+          f"--overwrite refused: {where!r} is not a bort-jax training run "
+          f"({why_not}), so nothing in it is deleted; choose another --out.")
+    folder.clear(RUN_FILES)
+    return False
+  has_checkpoint = checkpoints_lib.latest_step(checkpoint_dir(folder)) is not None
+  if resume:
+    if saved is None:
+      raise RunDirectoryError(f"Nothing to resume in {where!r}: {why_not}.")
+    diff = config_lib.differences(saved, config)
+    if diff:
+      raise config_lib.ConfigError(
+          "Cannot resume with a different configuration; differences "
+          f"(saved vs given): {config_lib.describe_differences(diff)}.")
+    if not has_checkpoint:
+      log(f"{where!r} has no checkpoint yet: starting the run from step 0.")
+    return has_checkpoint
+  if saved is not None and not has_checkpoint:
+    diff = config_lib.differences(saved, config)
+    if not diff:
+      log(f"{where!r} holds this run with no checkpoint yet: starting it "
+          "again from step 0.")
+      return False
+  raise RunDirectoryError(
+      f"Run folder {where!r} already exists and is not empty. Pass --resume "
+      "to continue that run, or --overwrite to start over (this deletes its "
+      "checkpoints and metrics, and nothing else).")
+
+
+def write_config(folder: run_dir_lib.RunFolder,
+                 config: config_lib.TrainConfig) -> None:
+  """Writes ``config.json`` atomically."""
+  folder.write_text("config.json", config.to_json())
+
+
+def write_metrics(folder: run_dir_lib.RunFolder, config: config_lib.TrainConfig,
+                  history: list[dict[str, Any]],
+                  summary: dict[str, Any] | None = None) -> None:
+  """Writes ``metrics.json`` (strict JSON) and ``metrics.csv`` atomically.
+
+  Args:
+    folder: the run folder.
+    config: the run's configuration.
+    history: one dict per epoch.
+    summary: optional final numbers (e.g. per-layer orthogonality errors).
+  """
+  folder.write_json("metrics.json", {
+      "config": config.to_dict(), "history": history,
+      "summary": summary or {}})
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+  writer.writeheader()
+  for record in run_dir_lib.strict_json(history):
+    writer.writerow({k: ("" if record.get(k) is None else record[k])
+                     for k in _CSV_FIELDS})
+  folder.write_text("metrics.csv", text.getvalue())

@@ -1,0 +1,228 @@
+"""The jitted training and evaluation steps, and the metrics they add up.
+
+As in Flax's MNIST example, the steps are module-level functions compiled by
+``jax.jit``, which is also their cache: the graph definitions are static
+arguments (hashable, equal for equal models), so every run of the same
+computation reuses one compilation. The state is the pure
+``nnx.split`` state of the model and of its ``nnx.Optimizer``, so that it can
+be donated, checkpointed by orbax and restored bit for bit.
+
+:class:`Metrics` is the one accumulator: a typed pytree of the loss sum, the
+correct count and the example count, which the training loop checkpoints
+mid-epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import bort_jax
+
+
+class Metrics(NamedTuple):
+  """Sums of a classifier's loss and correct predictions over examples.
+
+  Attributes:
+    loss: the sum of the per-example cross-entropies (float32).
+    correct: the number of correct predictions (int32).
+    count: the number of examples (int32).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from bort_jax.experiments.steps import Metrics
+    >>> m = Metrics.zeros().add(jnp.array([1.0, 3.0]), jnp.array([True, False]))
+    >>> m.mean_loss(), m.accuracy()
+    (2.0, 0.5)
+  """
+
+  loss: jax.Array
+  correct: jax.Array
+  count: jax.Array
+
+  @classmethod
+  def zeros(cls) -> "Metrics":
+    """No examples yet."""
+    return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
+               jnp.zeros((), jnp.int32))
+
+  def add(self, losses: jax.Array, correct: jax.Array,
+          mask: jax.Array | None = None) -> "Metrics":
+    """Adds per-example losses and correctness (where ``mask`` is true)."""
+    if mask is None:
+      mask = jnp.ones(losses.shape, bool)
+    return Metrics(
+        self.loss + jnp.sum(jnp.where(mask, losses, 0.0)),
+        self.correct + jnp.sum(correct & mask).astype(jnp.int32),
+        self.count + jnp.sum(mask).astype(jnp.int32))
+
+  def mean_loss(self) -> float | None:
+    """The mean loss (host float), ``None`` before any example."""
+    count = int(self.count)
+    return float(self.loss) / count if count else None
+
+  def accuracy(self) -> float | None:
+    """The accuracy (host float), ``None`` before any example."""
+    count = int(self.count)
+    return int(self.correct) / count if count else None
+
+
+def _losses_and_correct(model, images, labels):
+  logits = model(images)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return losses, jnp.argmax(logits, -1) == labels
+
+
+def _mean_loss(model, images, labels):
+  losses, correct = _losses_and_correct(model, images, labels)
+  return jnp.mean(losses), (losses, correct)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
+def train_step(model_def: Any, optimizer_def: Any, model_state: Any,
+               optimizer_state: Any, metrics: Metrics, images: jax.Array,
+               labels: jax.Array, index: jax.Array):
+  """One optimizer step on the batch ``images[index]``, ``labels[index]``.
+
+  The mean cross-entropy's gradient is applied by the ``nnx.Optimizer``
+  (``optimizer.update(model, grads)``); the batch's losses and correct
+  predictions are added to ``metrics``. The states and metrics are donated.
+
+  Args:
+    model_def: the model's graph definition (``nnx.split(model)[0]``).
+    optimizer_def: the optimizer's graph definition.
+    model_state: the model's state.
+    optimizer_state: the optimizer's state.
+    metrics: the running :class:`Metrics`.
+    images: the training images (kept on the device).
+    labels: the training labels.
+    index: the batch's indices into ``images`` (one shape for every step).
+
+  Returns:
+    ``(model_state, optimizer_state, metrics)`` after the step.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from bort_jax.models.mlp import MLP
+    >>> from bort_jax.experiments import steps
+    >>> model = MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    >>> (model_def, m), (opt_def, o) = nnx.split(model), nnx.split(optimizer)
+    >>> x, y = jnp.ones((6, 2, 2, 1)), jnp.zeros(6, jnp.int32)
+    >>> m, o, metrics = steps.train_step(model_def, opt_def, m, o,
+    ...     steps.Metrics.zeros(), x, y, jnp.arange(4))
+    >>> int(metrics.count)
+    4
+  """
+  model = nnx.merge(model_def, model_state)
+  optimizer = nnx.merge(optimizer_def, optimizer_state)
+  x, y = images[index], labels[index]
+  grad_fn = nnx.value_and_grad(_mean_loss, has_aux=True)
+  (_, (losses, correct)), grads = grad_fn(model, x, y)
+  optimizer.update(model, grads)
+  return nnx.state(model), nnx.state(optimizer), metrics.add(losses, correct)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_step(eval_def: Any, model_state: Any, metrics: Metrics,
+              images: jax.Array, labels: jax.Array,
+              mask: jax.Array) -> Metrics:
+  """Adds one evaluation batch (where ``mask`` is true) to ``metrics``.
+
+  Args:
+    eval_def: the model's graph definition in evaluation mode (see
+      :func:`eval_graphdef`).
+    model_state: the model's state.
+    metrics: the running :class:`Metrics`.
+    images: a batch of images.
+    labels: its labels.
+    mask: which rows are real (the last batch is padded to one shape).
+
+  Returns:
+    The updated :class:`Metrics`.
+  """
+  model = nnx.merge(eval_def, model_state)
+  losses, correct = _losses_and_correct(model, images, labels)
+  return metrics.add(losses, correct, mask)
+
+
+@jax.jit
+def orthogonality(params: Any):
+  """The per-kernel orthogonality errors and their mean (``None`` if none).
+
+  Args:
+    params: the model's ``nnx.Param`` state.
+
+  Returns:
+    ``(mean, errors)``: :func:`bort_jax.mean_orthogonality_error` (or
+    ``None`` without Bort kernels) and :func:`bort_jax.orthogonality_error`.
+  """
+  errors = bort_jax.orthogonality_error(params)
+  if not errors:
+    return None, {}
+  return bort_jax.mean_orthogonality_error(errors), errors
+
+
+def eval_graphdef(model: nnx.Module) -> Any:
+  """The model's graph with evaluation mode set, leaving ``model`` as it is."""
+  copy = nnx.clone(model)
+  copy.eval()
+  return nnx.split(copy)[0]
+
+
+def evaluate_state(eval_def: Any, model_state: Any, images: jax.Array,
+                   labels: jax.Array, batch_size: int) -> Metrics:
+  """:func:`eval_step` over a data set in batches of one shape."""
+  n = images.shape[0]
+  batch_size = min(batch_size, n)
+  metrics = Metrics.zeros()
+  for start in range(0, n, batch_size):
+    x, y = images[start:start + batch_size], labels[start:start + batch_size]
+    mask = jnp.ones(batch_size, bool)
+    if x.shape[0] < batch_size:  # pad: one compiled shape
+      pad = batch_size - x.shape[0]
+      x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+      mask = jnp.arange(batch_size) < batch_size - pad
+    metrics = eval_step(eval_def, model_state, metrics, x, y, mask)
+  return metrics
+
+
+def evaluate(model: nnx.Module, images: Any, labels: Any,
+             batch_size: int = 1000) -> tuple[float, float]:
+  """The mean cross-entropy and accuracy of a classifier on a data set.
+
+  The model is evaluated in evaluation mode (BatchNorm running averages) and
+  left as it was.
+
+  Args:
+    model: an ``nnx.Module`` returning logits.
+    images: ``(N, H, W, C)`` images.
+    labels: ``(N,)`` integer labels.
+    batch_size: the evaluation batch size.
+
+  Returns:
+    ``(loss, accuracy)``.
+
+  Examples:
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> from bort_jax.models.mlp import MLP
+    >>> from bort_jax.experiments.steps import evaluate
+    >>> model = MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+    >>> loss, acc = evaluate(model, np.zeros((5, 2, 2, 1)), np.zeros(5, int))
+    >>> 0.0 <= acc <= 1.0
+    True
+  """
+  metrics = evaluate_state(
+      eval_graphdef(model), nnx.state(model),
+      jnp.asarray(np.asarray(images), jnp.float32),
+      jnp.asarray(np.asarray(labels), jnp.int32), batch_size)
+  return metrics.mean_loss(), metrics.accuracy()

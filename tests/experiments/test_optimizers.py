@@ -1,0 +1,74 @@
+"""Optimizers by name, the schedule and the training config's checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bort_jax
+from bort_jax.experiments import optimizers as train_lib
+from bort_jax.experiments.config import TrainConfig
+
+
+def test_make_optimizer_names():
+  params = {"dense": {"kernel": jnp.ones((4, 3)) + jnp.eye(4, 3),
+                      "bias": jnp.ones(3)}}
+  grads = jax.tree.map(lambda p: 0.1 * p, params)
+
+  def update(tx):  # jitted: one compilation instead of many eager ones
+    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
+
+  for name in ("sgd", "adamw", "bort-sgd", "bort-adamw", "bort-lion",
+               "bort-lamb"):
+    updates = update(train_lib.make_optimizer(name, 1e-2))
+    assert updates["dense"]["kernel"].shape == (4, 3), name
+  # gamma = 0: each Bort optimizer is its base optimizer.
+  for bort, base in (("bort-adamw", optax.adamw(1e-2, weight_decay=1e-4)),
+                     ("bort-lion", optax.lion(1e-2))):
+    a = update(train_lib.make_optimizer(bort, 1e-2, gamma=0.0))
+    b = update(base)
+    jax.tree.map(np.testing.assert_allclose, a, b)
+  # bort-sgd, coupled: one step is -lr (g + γ Δ(W)) for the kernel.
+  got = update(train_lib.make_optimizer("bort-sgd", 0.5, gamma=0.2,
+                                        mode="l2-full", amplitude=1.0))
+  w = params["dense"]["kernel"]
+  delta = bort_jax.bort_correction(w.T, "l2-full", 1.0).T
+  np.testing.assert_allclose(got["dense"]["kernel"],
+                             -0.5 * (grads["dense"]["kernel"] + 0.2 * delta),
+                             rtol=1e-5)
+  np.testing.assert_allclose(got["dense"]["bias"], -0.5 * grads["dense"]["bias"])
+  with pytest.raises(ValueError, match="Unknown optimizer 'nope'"):
+    train_lib.make_optimizer("bort-nope", 1e-3)
+  with pytest.raises(ValueError, match="placement applies"):
+    train_lib.make_optimizer("bort-adamw", 1e-3, placement="coupled")
+  with pytest.raises(ValueError):
+    train_lib.make_optimizer("bort-adamw", 1e-3, gamma=-1.0)
+
+
+def test_schedule_and_config_checks():
+  schedule = train_lib.make_schedule(
+      TrainConfig(learning_rate=0.1, epochs=4, warmup=1.0), 10)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(0.1)
+  assert float(schedule(25)) == pytest.approx(0.05, rel=1e-5)  # cosine half
+  assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+  for bad in ({"gamma": -0.1}, {"mode": "l3"}, {"amplitude": "big"},
+              {"amplitude": 0.0}, {"epochs": 0}, {"optimizer": "bort-xyz"},
+              {"model": "alexnet"}, {"learning_rate": 0.0}):
+    with pytest.raises(ValueError):
+      TrainConfig(**bad)
+
+
+def test_dimension_numbers_are_forwarded_to_the_bort_alias():
+  params = {"w": jnp.ones((2, 3, 4)) + jnp.eye(3, 4)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  # Axis 0 a batch axis: two (3, 4) matrices, each corrected on its own.
+  numbers = {"w": bort_jax.BortDimensionNumbers(batch_axis=0)}
+  tx = train_lib.make_optimizer("bort-sgd", 1.0, gamma=1.0, mode="l2-full",
+                                amplitude=1.0, momentum=0.0,
+                                dimension_numbers=numbers)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = jnp.stack([bort_jax.bort_correction(m.T, "l2-full", 1.0).T
+                        for m in params["w"]])
+  np.testing.assert_allclose(updates["w"], -expected, rtol=1e-5)
