@@ -44,6 +44,7 @@ def test_usage_errors(capsys, tmp_path):
          "Nothing to resume")
 
 
+@pytest.mark.slow
 def test_train_resume_and_overwrite_refusal(capsys, tmp_path):
   out = str(tmp_path / "run")
   argv = ["train", "--data", "digits", "--model", "mlp", "--width", "16",
@@ -70,6 +71,7 @@ def test_train_resume_and_overwrite_refusal(capsys, tmp_path):
          "gamma 0.01 vs 0.5")
 
 
+@pytest.mark.slow
 def test_demo_quick_on_digits(capsys, tmp_path):
   out = str(tmp_path / "demo")
   assert cli.main(["demo", "--quick", "--data", "digits", "--epochs", "1",
