@@ -17,11 +17,8 @@ A non-finite training loss stops the run (:class:`DivergedError`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -35,14 +32,13 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import errors
 from bort_jax.experiments import models as models_lib
 from bort_jax.experiments import optimizers as optimizers_lib
+from bort_jax.experiments import run_data
 from bort_jax.experiments import runs
+from bort_jax.experiments import signals
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.run_data import DataError  # noqa: F401 (re-export)
 from bort_jax.experiments.run_dir import strict_json
-
-
-class DataError(errors.ExperimentError):
-  """The data cannot be trained on (empty, or differ from the saved run's)."""
 
 
 class DivergedError(errors.ExperimentError):
@@ -73,18 +69,6 @@ class TrainResult(NamedTuple):
 
 
 @dataclasses.dataclass
-class _Data:
-  """The arrays on the device and the shape of an epoch."""
-  train_images: jax.Array
-  train_labels: jax.Array
-  test_images: jax.Array
-  test_labels: jax.Array
-  batch_size: int
-  steps_per_epoch: int
-  fingerprint: dict[str, Any]
-
-
-@dataclasses.dataclass
 class _State:
   """What changes during training (all of it is checkpointed)."""
   model: Any
@@ -102,41 +86,7 @@ class _Static(NamedTuple):
   schedule: Callable[[int], Any]
 
 
-def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-  """The shape, dtype and sha256 of the bytes of each array."""
-  out = {}
-  for name, array in arrays.items():
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
-    out[name] = {"shape": list(array.shape), "dtype": str(array.dtype),
-                 "sha256": digest}
-  return out
-
-
-def _prepare_data(config: TrainConfig, dataset: data_lib.Dataset) -> _Data:
-  train, test = dataset.train, dataset.test
-  n_train = len(train.labels)
-  if config.train_limit is not None:
-    n_train = min(n_train, config.train_limit)
-  if n_train < config.batch_size:
-    raise DataError(
-        f"The training set of {config.data!r} has {n_train} examples, fewer "
-        f"than one batch of {config.batch_size}; lower --batch-size (or "
-        "raise --train-limit).")
-  if len(test.labels) == 0:
-    raise DataError(f"The test set of {config.data!r} is empty.")
-  arrays = {"train_images": np.asarray(train.images[:n_train], np.float32),
-            "train_labels": np.asarray(train.labels[:n_train], np.int32),
-            "test_images": np.asarray(test.images, np.float32),
-            "test_labels": np.asarray(test.labels, np.int32)}
-  fingerprint = data_fingerprint(arrays)
-  on_device = {k: jax.device_put(v) for k, v in arrays.items()}
-  return _Data(**on_device, batch_size=config.batch_size,
-               steps_per_epoch=n_train // config.batch_size,
-               fingerprint=fingerprint)
-
-
-def _init(config: TrainConfig, data: _Data, classes: int
+def _init(config: TrainConfig, data: run_data.RunData, classes: int
           ) -> tuple[_Static, _State]:
   """The model and optimizer built from the seed alone."""
   model = models_lib.make_model(
@@ -159,7 +109,7 @@ def _arrays(state: _State) -> dict[str, Any]:
           "metrics": state.metrics._asdict()}
 
 
-def _meta(config: TrainConfig, data: _Data, state: _State) -> dict[str, Any]:
+def _meta(config: TrainConfig, data: run_data.RunData, state: _State) -> dict[str, Any]:
   epoch, position = divmod(state.step, data.steps_per_epoch)
   return {"step": state.step, "epoch": epoch, "position": position,
           "steps_per_epoch": data.steps_per_epoch, "config": config.to_dict(),
@@ -168,43 +118,17 @@ def _meta(config: TrainConfig, data: _Data, state: _State) -> dict[str, Any]:
           "history": strict_json(state.history)}
 
 
-def _check_saved_run(config: TrainConfig, data: _Data, meta: dict) -> None:
-  """Refuses a checkpoint of another config or other data, listing why."""
-  if "config" in meta:
-    diff = config_lib.differences(config_lib.TrainConfig.from_dict(
-        meta["config"]), config)
-    if diff:
-      raise config_lib.ConfigError(
-          "config.json differs from the checkpointed run (edited?); "
-          f"differences (checkpoint vs config.json): "
-          f"{config_lib.describe_differences(diff)}. Restore config.json, "
-          "or start over with --overwrite.")
-  saved = meta.get("data", {})
-  diff = [f"{name}: {s['shape']} {s['dtype']} sha256 {s['sha256'][:12]} "
-          f"then, {data.fingerprint[name]['shape']} "
-          f"{data.fingerprint[name]['dtype']} sha256 "
-          f"{data.fingerprint[name]['sha256'][:12]} now"
-          for name, s in saved.items()
-          if data.fingerprint.get(name) != s]
-  if diff or int(meta["steps_per_epoch"]) != data.steps_per_epoch:
-    raise DataError(
-        "The data differ from the checkpointed run's: " + ("; ".join(diff) or
-        f"{meta['steps_per_epoch']} steps per epoch then, "
-        f"{data.steps_per_epoch} now") + ". Resume with the same data, or "
-        "start over with --overwrite.")
-
-
 def _restore(ckpt, config, data, state, log) -> _State:
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           _arrays(state))
   step, arrays, meta = ckpt.restore(abstract, log=log)
-  _check_saved_run(config, data, meta)
+  run_data.check_saved_run(config, data, meta)
   return _State(arrays["model"], arrays["optimizer"],
                 steps_lib.Metrics(**arrays["metrics"]), int(step),
                 list(meta["history"]))
 
 
-def _finite_loss(state: _State, data: _Data, config: TrainConfig) -> None:
+def _finite_loss(state: _State, data: run_data.RunData, config: TrainConfig) -> None:
   loss = float(state.metrics.loss)
   if not math.isfinite(loss):
     epoch = state.step // data.steps_per_epoch + 1
@@ -230,31 +154,6 @@ def _measure(static, state, data, config, record, elapsed) -> dict:
                   else float(getattr(mean_error, field)))
   row["wall_time_s"] = elapsed()
   return row
-
-
-class _StopRequest:
-  """Turns the first SIGINT or SIGTERM into "stop after this step"."""
-
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-  def __init__(self):
-    self.requested = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
-    self.requested = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -374,7 +273,6 @@ def train(
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig
-from bort_jax.experiments.run_dir import strict_json
     >>> from bort_jax.experiments.loop import train
     >>> config = TrainConfig(data="digits", model="mlp", width=32, epochs=1,
     ...                      batch_size=64, learning_rate=3e-3)
@@ -403,7 +301,7 @@ def _train_in(config, folder, restore, dataset, download, progress, max_steps,
               on_step, say) -> TrainResult:
   if dataset is None:
     dataset = data_lib.load_splits(config.data, download=download)
-  data = _prepare_data(config, dataset)
+  data = run_data.prepare(config, dataset)
   static, state = _init(config, data, models_lib.num_classes(dataset))
   ckpt = None
   if folder is not None:
@@ -449,7 +347,7 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
     save(state)
     write(state)
   stop_at = total if max_steps is None else min(max_steps, total)
-  with _StopRequest() as stop:
+  with signals.StopRequest() as stop:
     while state.step < stop_at and not stop.requested:
       epoch, position = divmod(state.step, data.steps_per_epoch)
       bar = _progress(data, config, epoch, position, progress)

@@ -1,0 +1,99 @@
+"""The run's data on the device: size checks and a fingerprint for resume.
+
+The fingerprint is the shape, dtype and sha256 of the bytes of each array a
+run trains and tests on; a checkpoint keeps it, and resuming refuses other
+data of the same size (and a config that differs from the checkpoint's),
+listing the differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from bort_jax.experiments import config as config_lib
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import errors
+from bort_jax.experiments.config import TrainConfig
+
+
+class DataError(errors.ExperimentError):
+  """The data cannot be trained on (empty, or differ from the saved run's)."""
+
+
+
+@dataclasses.dataclass
+class RunData:
+  """The arrays on the device and the shape of an epoch."""
+  train_images: jax.Array
+  train_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+  batch_size: int
+  steps_per_epoch: int
+  fingerprint: dict[str, Any]
+
+
+def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The shape, dtype and sha256 of the bytes of each array."""
+  out = {}
+  for name, array in arrays.items():
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
+    out[name] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                 "sha256": digest}
+  return out
+
+
+def prepare(config: TrainConfig, dataset: data_lib.Dataset) -> RunData:
+  """The arrays on the device; refuses data smaller than one batch."""
+  train, test = dataset.train, dataset.test
+  n_train = len(train.labels)
+  if config.train_limit is not None:
+    n_train = min(n_train, config.train_limit)
+  if n_train < config.batch_size:
+    raise DataError(
+        f"The training set of {config.data!r} has {n_train} examples, fewer "
+        f"than one batch of {config.batch_size}; lower --batch-size (or "
+        "raise --train-limit).")
+  if len(test.labels) == 0:
+    raise DataError(f"The test set of {config.data!r} is empty.")
+  arrays = {"train_images": np.asarray(train.images[:n_train], np.float32),
+            "train_labels": np.asarray(train.labels[:n_train], np.int32),
+            "test_images": np.asarray(test.images, np.float32),
+            "test_labels": np.asarray(test.labels, np.int32)}
+  fingerprint = data_fingerprint(arrays)
+  on_device = {k: jax.device_put(v) for k, v in arrays.items()}
+  return RunData(**on_device, batch_size=config.batch_size,
+               steps_per_epoch=n_train // config.batch_size,
+               fingerprint=fingerprint)
+
+
+def check_saved_run(config: TrainConfig, data: RunData, meta: dict) -> None:
+  """Refuses a checkpoint of another config or other data, listing why."""
+  if "config" in meta:
+    diff = config_lib.differences(config_lib.TrainConfig.from_dict(
+        meta["config"]), config)
+    if diff:
+      raise config_lib.ConfigError(
+          "config.json differs from the checkpointed run (edited?); "
+          f"differences (checkpoint vs config.json): "
+          f"{config_lib.describe_differences(diff)}. Restore config.json, "
+          "or start over with --overwrite.")
+  saved = meta.get("data", {})
+  diff = [f"{name}: {s['shape']} {s['dtype']} sha256 {s['sha256'][:12]} "
+          f"then, {data.fingerprint[name]['shape']} "
+          f"{data.fingerprint[name]['dtype']} sha256 "
+          f"{data.fingerprint[name]['sha256'][:12]} now"
+          for name, s in saved.items()
+          if data.fingerprint.get(name) != s]
+  if diff or int(meta["steps_per_epoch"]) != data.steps_per_epoch:
+    raise DataError(
+        "The data differ from the checkpointed run's: " + ("; ".join(diff) or
+        f"{meta['steps_per_epoch']} steps per epoch then, "
+        f"{data.steps_per_epoch} now") + ". Resume with the same data, or "
+        "start over with --overwrite.")
