@@ -1,4 +1,4 @@
-"""The npz cache, ``<cache>/<name>/<name>.npz``, whose hash is checked on every load.
+"""The npz cache ``<cache>/<name>/<name>.npz``, its hash checked on every load.
 
 Every npz this module writes holds, next to the four arrays, a JSON record
 (member ``bort_jax_record``) of each array's dtype and shape, the number of
@@ -63,8 +63,10 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     >>> import numpy as np
     >>> a = {k: np.zeros(2, np.uint8) for k in ARRAY_KEYS}
     >>> b = dict(a, y_test=np.array([0, 1], np.uint8))
-    >>> arrays_sha256(a) == arrays_sha256(dict(a)), arrays_sha256(a) == arrays_sha256(b)
-    (True, False)
+    >>> arrays_sha256(a) == arrays_sha256(dict(a))
+    True
+    >>> arrays_sha256(a) == arrays_sha256(b)
+    False
   """
   digest = hashlib.sha256()
   for key in ARRAY_KEYS:
@@ -88,7 +90,7 @@ def record(arrays: Mapping[str, np.ndarray]) -> dict:
 
 
 def npz_contents(arrays: Arrays) -> Callable[[BinaryIO], None]:
-  """A writer of the arrays and their hash record as one npz, for :func:`save`."""
+  """A writer of the arrays and their hash record as one npz, for save."""
   text = json.dumps(record(arrays), sort_keys=True)
 
   def write(f: BinaryIO) -> None:
@@ -130,7 +132,8 @@ def read(name: str, path: Path) -> Arrays:
     path: the npz file.
 
   Returns:
-    The checked arrays (see :func:`~bort_jax.experiments.data.arrays.check_arrays`).
+    The checked arrays (see
+    :func:`~bort_jax.experiments.data.arrays.check_arrays`).
 
   Raises:
     CacheDamagedError: the file cannot be read as an npz, or its arrays do

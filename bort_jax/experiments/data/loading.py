@@ -41,7 +41,7 @@ class Dataset(NamedTuple):
 def _sources(
     name: str, directory: Path, download: bool
 ) -> list[tuple[str, Callable[[], sources.Found]]]:
-  """The sources of ``name`` after the npz cache, in the order they are tried."""
+  """The sources of ``name`` after the npz cache, in the order tried."""
   if name == "cifar10":
     local = functools.partial(sources.from_cifar, directory)
   else:

@@ -82,7 +82,7 @@ def _array(data: Any, dtype: Any, shape: Any, fortran: bool) -> np.ndarray:
 
 
 class _NdarrayClass:
-  """Stand-in for the class ``numpy.ndarray``: only ``_reconstruct`` takes it."""
+  """Stand-in for ``numpy.ndarray``; only ``_reconstruct`` takes it."""
 
   def __call__(self, *args, **kwargs):
     raise UnsafePickleError("a direct call of numpy.ndarray")
@@ -115,7 +115,7 @@ def _frombuffer(data: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
 
 
 def _latin1(text: Any, encoding: Any = "utf-8") -> bytes:
-  """Stand-in for ``_codecs.encode(str, 'latin1')``: Python 3's protocol-2 bytes."""
+  """Stand-in for ``_codecs.encode(str, 'latin1')`` (protocol-2 bytes)."""
   if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
     raise UnsafePickleError(f"_codecs.encode with {encoding!r}")
   return text.encode("latin1")

@@ -145,7 +145,8 @@ def from_cifar(directory: Path) -> Found:
   for split, files in CIFAR_FILES.items():
     images, labels = [], []
     for file in files:
-      path = f"{where}/{file}" if where.endswith(CIFAR_DIR) else f"{where}:{file}"
+      in_tar = not where.endswith(CIFAR_DIR)
+      path = f"{where}:{file}" if in_tar else f"{where}/{file}"
       batch = pickles.load_cifar_pickle(contents[file], path)
       try:
         data, label = batch[b"data"], batch[b"labels"]
@@ -306,8 +307,9 @@ def load_digits() -> Found:
   Its images are already float32 in [0, 1]; they bypass the uint8 checks.
   """
   try:
-    from sklearn.datasets import load_digits as sk_load_digits  # pylint: disable=g-import-not-at-top
-    from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
   except ImportError:
     raise DatasetUnavailableError(
         "'digits' comes with scikit-learn: `pip install scikit-learn`"

@@ -1,4 +1,4 @@
-"""Every data test is hermetic: no tfds, no pip, no Debian files, no user cache."""
+"""Every data test is hermetic: no tfds, pip, Debian files or user cache."""
 
 import subprocess
 import sys

@@ -52,7 +52,8 @@ def test_cache_carries_the_hash_of_its_arrays(monkeypatch, tmp_path):
     stored = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
   np.testing.assert_array_equal(stored["x_train"][..., 0], arrays["x_train"])
   assert saved["examples"] == {"train": 12, "test": 5}
-  assert saved["arrays"]["x_train"] == {"dtype": "|u1", "shape": [12, 28, 28, 1]}
+  x_record = {"dtype": "|u1", "shape": [12, 28, 28, 1]}
+  assert saved["arrays"]["x_train"] == x_record
   assert saved["sha256"] == cache.arrays_sha256(stored)
   # The hash covers bytes, shapes and dtypes alike.
   for changed in (
@@ -127,7 +128,7 @@ def test_edited_cache_says_it_was_edited(monkeypatch, tmp_path):
   assert path.read_bytes() == before  # reported, not replaced
 
 
-def test_truncated_cache_without_source_is_one_line_error(monkeypatch, tmp_path):
+def test_truncated_cache_without_source_is_one_line(monkeypatch, tmp_path):
   _, path = _cached_mnist(monkeypatch, tmp_path, keep_sources=False)
   path.write_bytes(path.read_bytes()[:1000])
   with pytest.raises(data.CacheDamagedError) as info:

@@ -70,7 +70,8 @@ def test_read_idx_names_the_file(tmp_path):
 def test_read_idx_unreadable_path_is_a_data_file_error(tmp_path):
   # Before: a raw IsADirectoryError / FileNotFoundError traceback.
   for path in (tmp_path, tmp_path / "missing-idx3-ubyte"):
-    with pytest.raises(data.DataFileError, match=re.escape(f"{path}: cannot read")):
+    message = re.escape(f"{path}: cannot read")
+    with pytest.raises(data.DataFileError, match=message):
       data.read_idx(path)
 
 

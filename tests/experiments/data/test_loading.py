@@ -88,7 +88,8 @@ def test_corrupt_file_is_one_line_naming_it(monkeypatch, tmp_path, make):
 
 def test_empty_split_in_npz_is_a_clear_error(tmp_path):
   arrays, _ = fakes.fake_mnist()
-  arrays["x_test"], arrays["y_test"] = arrays["x_test"][:0], arrays["y_test"][:0]
+  arrays["x_test"] = arrays["x_test"][:0]
+  arrays["y_test"] = arrays["y_test"][:0]
   path = tmp_path / "mnist" / "mnist.npz"
   path.parent.mkdir()
   np.savez(path, **arrays)
