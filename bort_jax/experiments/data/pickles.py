@@ -84,6 +84,8 @@ def _array(data: Any, dtype: Any, shape: Any, fortran: bool) -> np.ndarray:
 class _NdarrayClass:
   """Stand-in for ``numpy.ndarray``; only ``_reconstruct`` takes it."""
 
+  __slots__ = ()  # no __dict__ that a pickle's BUILD could write into
+
   def __call__(self, *args, **kwargs):
     raise UnsafePickleError("a direct call of numpy.ndarray")
 

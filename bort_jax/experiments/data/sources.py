@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 import zipfile
 import zlib
 
@@ -59,7 +60,7 @@ class Found(NamedTuple):
 
   arrays: Arrays
   where: str
-  keep: dict[str, bytes] = {}
+  keep: Mapping[str, bytes] = MappingProxyType({})
   downloaded: bool = False
 
 
