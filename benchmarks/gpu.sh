@@ -16,8 +16,8 @@ $PY -c "import jax, optax, flax; print('jax', jax.__version__, 'optax', \
 optax.__version__, 'flax', flax.__version__, jax.devices())"
 
 echo "== 1. correctness on the GPU: corrections vs jax.grad, optax contract"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -x tests/test_penalty.py \
-  tests/test_transform.py -k "not property" 2>&1 | tail -3
+timeout 150 $PY -m pytest -q -p no:cacheprovider -x tests/core/test_penalty.py \
+  tests/core/test_transform.py -k "not property" 2>&1 | tail -3
 
 echo "== 2. one optimizer step: bort_adamw vs optax.adamw"
 timeout 300 $PY benchmarks/step_overhead.py --reduced --repeats 20 \

@@ -12,8 +12,10 @@ Fair and inside the budget: for each model, both optimizers are compiled and
 timed on their first steps; then one step count is chosen for both so that
 the model's share of ``--budget-seconds`` (compilation included) is spent;
 the learning rate follows a warmup-cosine schedule over that count. The
-learning rate enters each step as an argument (``optax.inject_hyperparams``),
-so choosing the count does not recompile.
+learning rate is a hyperparameter in the optimizer state
+(``optax.inject_hyperparams``), set before each step of the application's one
+train step (:func:`bort_jax.experiments.steps.train_step`), so choosing the
+count does not recompile.
 
 Usage:
   python benchmarks/gpu_train.py --budget-seconds 240      # on a GPU
@@ -36,7 +38,8 @@ from flax import nnx
 
 import bort_jax
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import train as train_lib
+from bort_jax.experiments import models as models_lib
+from bort_jax.experiments import steps as steps_lib
 
 OPTIMIZERS = ("adamw", "bort-adamw")
 GAMMA, MODE, AMPLITUDE = 0.1, "l1-fullrow", "ada"
@@ -93,53 +96,45 @@ class Run:
     self.name = f"{model_name} {optimizer_name}"
     self.batch_size = batch_size
     images = dataset.train.images
-    model = train_lib.make_model(
+    model = models_lib.make_model(
         model_name, images.shape[1:], 10, width=width,
-        rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
+        rngs=nnx.Rngs(seed))
     optimizer = nnx.Optimizer(model, _injectable(optimizer_name),
                               wrt=nnx.Param)
-    model_def, model_state = nnx.split(model)
-    optimizer_def, optimizer_state = nnx.split(optimizer)
-    self.state = (model_state, optimizer_state)
+    self._model_def, model_state = nnx.split(model)
+    self._optimizer_def, optimizer_state = nnx.split(optimizer)
+    self.state = (model_state, optimizer_state, steps_lib.Metrics.zeros())
     self.steps = 0
     self.step_times: list[float] = []
 
-    def train_step(state, lr, images, labels, index):
-      model = nnx.merge(model_def, state[0])
-      optimizer = nnx.merge(optimizer_def, state[1])
-      optimizer.opt_state.hyperparams["learning_rate"][...] = lr
-
-      def loss_fn(model):
-        logits = model(images[index])
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels[index]).mean()
-
-      loss, grads = nnx.value_and_grad(loss_fn)(model)
-      optimizer.update(model, grads)
-      return (nnx.state(model), nnx.state(optimizer)), loss
-
-    self._train_step = jax.jit(train_step, donate_argnums=0)
-    self._model_def = model_def
+  def _step(self, lr, images, labels, index):
+    model_state, optimizer_state, metrics = self.state
+    optimizer_state["opt_state"]["hyperparams"]["learning_rate"].value = (
+        jnp.float32(lr))
+    self.state = steps_lib.train_step(
+        self._model_def, self._optimizer_def, model_state, optimizer_state,
+        metrics, images, labels, index)
 
   def compile(self, images, labels) -> float:
+    """Compiles the step (timed) by running it once on a copy of the state."""
     start = time.perf_counter()
     index = jnp.zeros(self.batch_size, jnp.int32)
-    self._train_step = self._train_step.lower(
-        self.state, np.float32(0), images, labels, index).compile()
+    saved = jax.tree.map(jnp.copy, self.state)
+    self._step(0.0, images, labels, index)
+    jax.block_until_ready(self.state)
+    self.state = saved
     return time.perf_counter() - start
 
   def run(self, steps, schedule, images, labels, rng) -> None:
     """Runs ``steps`` steps, timing them (synchronised at the end)."""
     n = images.shape[0]
     start = time.perf_counter()
-    loss = None
     for _ in range(steps):
       index = rng.integers(0, n, self.batch_size).astype(np.int32)
-      self.state, loss = self._train_step(
-          self.state, np.float32(schedule(self.steps)), images, labels, index)
+      self._step(schedule(self.steps), images, labels, index)
       self.steps += 1
-    if loss is not None:
-      jax.block_until_ready(loss)
+    if steps:
+      jax.block_until_ready(self.state[2])
       self.step_times.append((time.perf_counter() - start) / steps)
 
   @property
@@ -199,7 +194,7 @@ def bench_model(model_name, dataset, device_data, args, budget, log):
   baseline_time = runs[0].step_time
   for opt, run in zip(OPTIMIZERS, runs):
     model = run.model()
-    _, accuracy = train_lib.evaluate(model, dataset.test.images,
+    _, accuracy = steps_lib.evaluate(model, dataset.test.images,
                                      dataset.test.labels, batch_size=1000)
     mean = jax.jit(lambda p: bort_jax.mean_orthogonality_error(
         bort_jax.orthogonality_error(p)))(nnx.state(model, nnx.Param))
