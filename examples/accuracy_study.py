@@ -1,7 +1,7 @@
 """Does Bort cost or buy accuracy, and how tight is its constraint?
 
 A small, CPU-sized study run through the library's training loop
-(:func:`bort_jax.experiments.train.train`, no subprocesses). Four parts, chosen with
+(:func:`bort_jax.experiments.loop.train`, no subprocesses). Four parts, chosen with
 ``--part``:
 
 ``main``
@@ -60,9 +60,12 @@ import numpy as np
 from flax import nnx
 
 import bort_jax
-from bort_jax.experiments import data as data_lib
+from bort_jax._src import validation
 from bort_jax.experiments import cli as cli_lib
-from bort_jax.experiments import train as train_lib
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import loop
+from bort_jax.experiments import run_dir
+from bort_jax.experiments.config import TrainConfig
 
 PARTS = ("main", "adherence", "gamma", "fashion")
 OUT_FILES = ("results.json", "tables.md")
@@ -77,6 +80,8 @@ AMPLITUDE = "ada"
 BATCH_SIZE = 128
 WARMUP_EPOCHS = 0.1
 PAIRS = (("sgd", "bort-sgd"), ("adamw", "bort-adamw"))
+_positive_int = cli_lib.argument_type(int, validation.check_positive_int,
+                                      "an integer")
 
 
 # ---------------------------------------------------------------------------
@@ -103,15 +108,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out (replaces only "
                  + " and ".join(OUT_FILES) + ")")
-  p.add_argument("--seeds", type=cli_lib.positive_int, default=3,
+  p.add_argument("--seeds", type=_positive_int, default=3,
                  help="seeds 0 .. N-1 per setting")
-  p.add_argument("--epochs", type=cli_lib.positive_int, default=3,
+  p.add_argument("--epochs", type=_positive_int, default=3,
                  help="epochs of every MLP run (full 60k training set)")
-  p.add_argument("--cnn-epochs", type=cli_lib.positive_int, default=2,
+  p.add_argument("--cnn-epochs", type=_positive_int, default=2,
                  help="epochs of every CNN run")
-  p.add_argument("--cnn-train-limit", type=cli_lib.positive_int, default=20000,
+  p.add_argument("--cnn-train-limit", type=_positive_int, default=20000,
                  help="CNN runs train on the first N training images")
-  p.add_argument("--train-limit", type=cli_lib.positive_int, default=None,
+  p.add_argument("--train-limit", type=_positive_int, default=None,
                  help="cap every run's training set (smoke tests)")
   p.add_argument("--gammas", type=_float_list, default=[0.0, 0.01, 0.1, 1.0],
                  help="γ values of the gamma part")
@@ -129,39 +134,23 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def check_out_dir(out: str, overwrite: bool) -> None:
-  """Refuses a non-empty output directory unless ``overwrite``."""
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise SystemExit(f"accuracy_study: {out!r} exists and is not a directory.")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise SystemExit(
-        f"accuracy_study: {out!r} is not empty; pass --overwrite to replace "
-        f"its {' and '.join(OUT_FILES)} (nothing else is touched), or choose "
-        "another --out.")
-  os.makedirs(out, exist_ok=True)
-  for name in OUT_FILES:
-    path = os.path.join(out, name)
-    if os.path.isfile(path):
-      os.remove(path)
-
-
 # ---------------------------------------------------------------------------
 # Settings.
 
 
 def config_for(args, *, data: str, model: str, optimizer: str, seed: int,
                gamma: float = MAIN_GAMMA, mode: str = MAIN_MODE
-               ) -> train_lib.TrainConfig:
+               ) -> TrainConfig:
   """The one place a run's configuration is made (so parts share runs)."""
   epochs = args.cnn_epochs if model == "cnn" else args.epochs
   limit = args.cnn_train_limit if model == "cnn" else None
   if args.train_limit is not None:
     limit = min(limit or args.train_limit, args.train_limit)
   bort = optimizer.startswith("bort-")
-  return train_lib.TrainConfig(
-      data=data, model=model, optimizer=optimizer,
-      mode=mode if bort else MAIN_MODE,
-      amplitude=AMPLITUDE, gamma=gamma if bort else 0.0,
+  # Bort's fields only for Bort optimizers (the config refuses them else).
+  bort_fields = dict(mode=mode, amplitude=AMPLITUDE, gamma=gamma) if bort else {}
+  return TrainConfig(
+      data=data, model=model, optimizer=optimizer, **bort_fields,
       learning_rate=LEARNING_RATE[optimizer], momentum=0.9,
       weight_decay=None,  # sgd/bort-sgd: 0; adamw/bort-adamw: 1e-4
       epochs=epochs, batch_size=BATCH_SIZE, warmup=WARMUP_EPOCHS,
@@ -213,10 +202,18 @@ def _finite(x) -> bool:
   return x is not None and math.isfinite(x)
 
 
-def run_one(config: train_lib.TrainConfig, dataset) -> dict:
+def run_one(config: TrainConfig, dataset) -> dict:
   """Trains one configuration; returns its final numbers and history."""
   start = time.perf_counter()
-  result = train_lib.train(config, dataset=dataset)
+  try:
+    result = loop.train(config, dataset=dataset)
+  except loop.DivergedError as e:
+    fields = ("test_accuracy", "test_loss", "train_accuracy", "train_loss",
+              "constraint_error", "max_cosine", "norm_spread",
+              "init_constraint_error", "step_time_ms", "steps")
+    return {"config": dataclasses.asdict(config), **dict.fromkeys(fields),
+            "wall_time_s": time.perf_counter() - start, "diverged": True,
+            "error": str(e), "per_layer": {}, "history": []}
   wall = time.perf_counter() - start
   first, last = result.history[0], result.history[-1]
   errors = bort_jax.orthogonality_error(nnx.state(result.model, nnx.Param))
@@ -242,7 +239,7 @@ def run_one(config: train_lib.TrainConfig, dataset) -> dict:
   }
 
 
-def _key(config: train_lib.TrainConfig) -> str:
+def _key(config: TrainConfig) -> str:
   return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
@@ -339,8 +336,8 @@ def render_layers(rows) -> str:
   for layer in layers:
     cells = [f"`{layer}`"]
     for _, recs in rows:
-      mean, _, n = _stats([rec["per_layer"][layer]["constraint_error"]
-                           for rec in recs])
+      mean, _, n = _stats([rec["per_layer"].get(layer, {}).get(
+          "constraint_error") for rec in recs])
       cells.append(_fmt(mean, 3) if n else "NaN")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -365,7 +362,16 @@ def environment() -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  check_out_dir(args.out, args.overwrite)
+  try:
+    folder = run_dir.open_output(args.out, kind="accuracy_study",
+                                 files=OUT_FILES, overwrite=args.overwrite)
+  except run_dir.RunDirectoryError as e:
+    raise SystemExit(f"accuracy_study: {e}") from None
+  with folder:
+    return _study(args, argv, folder)
+
+
+def _study(args, argv, folder) -> int:
   parts = PARTS if args.part == "all" else (args.part,)
   command = "python examples/accuracy_study.py " + " ".join(
       shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
@@ -375,8 +381,8 @@ def main(argv=None) -> int:
     for r in t["rows"]:
       for c in r["configs"]:
         configs.setdefault(_key(c), c)
-  # Runs grouped so that seeds of one setting follow each other: train()
-  # reuses its compiled step across seeds.
+  # Runs grouped so that seeds of one setting follow each other (one
+  # compilation of the jitted step serves them all).
   order = list(configs.values())
   print(f"accuracy_study: {len(order)} runs for parts {', '.join(parts)}",
         file=sys.stderr, flush=True)
@@ -384,7 +390,6 @@ def main(argv=None) -> int:
   datasets: dict[str, Any] = {}
   results: dict[str, dict] = {}
   env = environment()
-  out_json = os.path.join(args.out, "results.json")
   study_start = time.perf_counter()
 
   def dump(done: bool):
@@ -404,10 +409,7 @@ def main(argv=None) -> int:
                              for r in t["rows"]]} for t in tables],
         "runs": results,
     }
-    tmp = out_json + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(payload, f, indent=1)
-    os.replace(tmp, out_json)
+    folder.write_json("results.json", payload)
 
   for i, config in enumerate(order, 1):
     if config.data not in datasets:
@@ -419,8 +421,8 @@ def main(argv=None) -> int:
     print(f"[{i}/{len(order)} {elapsed / 60:5.1f} min] {config.data} "
           f"{config.model} {config.optimizer} {config.mode if config.gamma else ''}"
           f" γ={config.gamma:g} seed={config.seed}: "
-          f"acc {100 * rec['test_accuracy']:.2f}%  "
-          f"constraint {rec['constraint_error']:.3f}  "
+          f"acc {_pm([rec['test_accuracy']], 100, 2)}%  "
+          f"constraint {_pm([rec['constraint_error']], 1, 3)}  "
           f"({rec['wall_time_s']:.0f} s)", file=sys.stderr, flush=True)
     dump(False)
   dump(True)
@@ -431,8 +433,7 @@ def main(argv=None) -> int:
           ""]
   text += [render_table(t, results, command) for t in tables]
   markdown = "\n".join(text)
-  with open(os.path.join(args.out, "tables.md"), "w") as f:
-    f.write(markdown)
+  folder.write_text("tables.md", markdown)
   print(markdown)
   return 0
 

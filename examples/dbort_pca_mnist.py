@@ -30,8 +30,6 @@ nearly constant border pixels). MNIST comes from
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import sys
 import time
 
@@ -39,6 +37,11 @@ import numpy as np
 
 import bort_jax
 from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import run_dir
+
+#: What the example writes (``--overwrite`` replaces only these).
+OUT_FILES = ("metrics.json", "components.npz", "dbort_vs_pca.png",
+             "training.png")
 
 from bort_jax import fit_dbort_linear
 from bort_jax import principal_cosines
@@ -65,12 +68,13 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def prepare_out(path: str, overwrite: bool) -> pathlib.Path:
-  out = pathlib.Path(path)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-    sys.exit(f"error: --out {out} exists and is not empty (pass --overwrite).")
-  out.mkdir(parents=True, exist_ok=True)
-  return out
+def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
+  """The output folder, through the application's one guard (locked)."""
+  try:
+    return run_dir.open_output(path, kind="dbort_pca_mnist", files=OUT_FILES,
+                               overwrite=overwrite)
+  except run_dir.RunDirectoryError as e:
+    sys.exit(f"error: {e}")
 
 
 def pca(x: np.ndarray, k: int, chunk: int = 8192):
@@ -122,7 +126,7 @@ def summarise(name, fit, seconds, train, test, basis, pca_errors):
   }
 
 
-def plot_components(path, kernel, c, basis, cosines):
+def plot_components(file, kernel, c, basis, cosines):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -154,11 +158,11 @@ def plot_components(path, kernel, c, basis, cosines):
       ax.set_yticks([])
       ax.set_xlabel(f"{j + 1}", fontsize=8)
     axes[0].set_ylabel(label, fontsize=9)
-  fig.savefig(path, dpi=110)
+  fig.savefig(file, format="png", dpi=110)
   plt.close(fig)
 
 
-def plot_training(path, fits, top_mean):
+def plot_training(file, fits, top_mean):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -183,13 +187,17 @@ def plot_training(path, fits, top_mean):
     ax.set_xlabel("step")
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(file, format="png", dpi=110)
   plt.close(fig)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  out = prepare_out(args.out, args.overwrite)
+  with open_out(args.out, args.overwrite) as folder:
+    _run(args, argv, folder)
+
+
+def _run(args, argv, folder):
   dataset = data_lib.load_splits(
       "mnist", cache_dir=args.data_dir, download=not args.no_download
   )
@@ -253,12 +261,14 @@ def main(argv=None):
         " ".join(f"{c:.6f}" for c in results[0]["principal_cosines"]))
 
   cosines = np.asarray(results[0]["principal_cosines"])
-  plot_components(out / "dbort_vs_pca.png", fit.kernel, fit.amplitude, basis,
-                  cosines)
-  plot_training(out / "training.png", fits, eigenvalues[:args.k].mean())
-  np.savez(out / "components.npz", dbort_kernel=np.asarray(fit.kernel),
-           amplitude=fit.amplitude, pca_basis=basis, mean=mean)
-  (out / "metrics.json").write_text(json.dumps({
+  with folder.atomic("dbort_vs_pca.png", "wb") as f:
+    plot_components(f, fit.kernel, fit.amplitude, basis, cosines)
+  with folder.atomic("training.png", "wb") as f:
+    plot_training(f, fits, eigenvalues[:args.k].mean())
+  with folder.atomic("components.npz", "wb") as f:
+    np.savez(f, dbort_kernel=np.asarray(fit.kernel), amplitude=fit.amplitude,
+             pca_basis=basis, mean=mean)
+  folder.write_json("metrics.json", {
       "command": " ".join(["python", "examples/dbort_pca_mnist.py",
                            *(sys.argv[1:] if argv is None else argv)]),
       "k": args.k,
@@ -266,8 +276,8 @@ def main(argv=None):
       "pca": {"train_mse": pca_errors[0], "test_mse": pca_errors[1],
               "seconds": round(pca_seconds, 2)},
       "results": results,
-  }, indent=2))
-  print(f"wrote {out}/: dbort_vs_pca.png, training.png, metrics.json, "
+  })
+  print(f"wrote {folder.path}/: dbort_vs_pca.png, training.png, metrics.json, "
         "components.npz")
 
 

@@ -23,7 +23,6 @@ from PyPI); ``--data digits`` uses scikit-learn's bundled 8×8 digits.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -35,9 +34,15 @@ import optax
 from flax import nnx
 
 import bort_jax
-from bort_jax.experiments import data as data_lib
 from bort_jax import explain
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import run_dir
+from bort_jax.experiments import steps as steps_lib
 from bort_jax.models.invertible import InvertibleCNN
+
+#: What the example writes (``--overwrite`` replaces only these).
+OUT_FILES = ("results.json", "reconstructions.png", "saliency.png",
+             "gram.png", "adversarial_bort.png", "adversarial_adamw.png")
 
 
 def parse_args(argv=None):
@@ -76,41 +81,51 @@ def parse_args(argv=None):
   return args
 
 
+def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
+  """The output folder, through the application's one guard (locked)."""
+  try:
+    return run_dir.open_output(path, kind="explain_mnist", files=OUT_FILES,
+                               overwrite=overwrite)
+  except run_dir.RunDirectoryError as e:
+    sys.exit(f"error: {e}")
+
+
 def prepare_out(path: str, overwrite: bool) -> pathlib.Path:
-  out = pathlib.Path(path)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-    sys.exit(f"error: --out {out} exists and is not empty (pass --overwrite).")
-  out.mkdir(parents=True, exist_ok=True)
-  return out
+  """Checks and clears the output folder (as :func:`open_out`); its path."""
+  with open_out(path, overwrite) as folder:
+    return folder.path
 
 
 def train(model, tx, x_train, y_train, steps, batch_size, seed, label):
-  """``steps`` Adam steps over reshuffled epochs; the data order is seeded."""
+  """``steps`` steps over reshuffled epochs; the data order is seeded.
+
+  Each step is the application's one train step
+  (:func:`bort_jax.experiments.steps.train_step`).
+  """
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer, x, y):
-    def loss_fn(model):
-      logits = model(x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  done, epoch, start, losses = 0, 0, time.time(), []
+  (model_def, model_state), (opt_def, opt_state) = (nnx.split(model),
+                                                    nnx.split(optimizer))
+  images = jnp.asarray(x_train, jnp.float32)
+  labels = jnp.asarray(y_train, jnp.int32)
+  n, epoch, done, start = len(x_train), 0, 0, time.time()
+  metrics = steps_lib.Metrics.zeros()
   while done < steps:
-    for xb, yb in data_lib.batches(x_train, y_train, batch_size,
-                                   seed=seed + epoch, drop_remainder=True):
-      losses.append(step(model, optimizer, xb, yb))
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    for first in range(0, n - batch_size + 1, batch_size):
+      index = jnp.asarray(order[first:first + batch_size], jnp.int32)
+      model_state, opt_state, metrics = steps_lib.train_step(
+          model_def, opt_def, model_state, opt_state, metrics, images,
+          labels, index)
       done += 1
       if done % 200 == 0 or done == steps:
-        recent = float(jnp.mean(jnp.stack(losses[-200:])))
-        print(f"  [{label}] step {done}/{steps} loss {recent:.4f} "
-              f"({time.time() - start:.0f}s)", flush=True)
+        print(f"  [{label}] step {done}/{steps} loss "
+              f"{metrics.mean_loss():.4f} ({time.time() - start:.0f}s)",
+              flush=True)
+        metrics = steps_lib.Metrics.zeros()
       if done == steps:
         break
     epoch += 1
-  return model
+  return nnx.merge(model_def, model_state)
 
 
 def batched(fn, *arrays, size=500):
@@ -133,7 +148,16 @@ def orthogonality(model):
 
 def main(argv=None):
   args = parse_args(argv)
-  out = prepare_out(args.out, args.overwrite)
+  with open_out(args.out, args.overwrite) as folder:
+    return _run(args, folder)
+
+
+def _save(folder, name, fig):
+  with folder.atomic(name, "wb") as f:
+    explain.save_figure(fig, f)
+
+
+def _run(args, folder):
   t0 = time.time()
   ds = data_lib.load_splits(args.data)
   x_train, y_train = ds.train.images, ds.train.labels
@@ -269,35 +293,31 @@ def main(argv=None):
 
   # Figures.
   x_show = np.asarray(x_test[:10])
-  explain.save_figure(
-      explain.plot_reconstructions(x_show, reconstructions, 10),
-      out / "reconstructions.png")
-  explain.save_figure(
-      explain.plot_saliency(np.asarray(x_eval[:10]), maps, 10),
-      out / "saliency.png")
+  _save(folder, "reconstructions.png",
+        explain.plot_reconstructions(x_show, reconstructions, 10))
+  _save(folder, "saliency.png",
+        explain.plot_saliency(np.asarray(x_eval[:10]), maps, 10))
   kernels = {}
   for name, model in models.items():
     for i, layer in enumerate(model.layers):
       if hasattr(layer, "kernel") and i in (0, 2, len(model.layers) - 3):
         kernels[f"{name} layers[{i}]"] = np.asarray(layer.kernel[...])
-  explain.save_figure(explain.plot_gram(kernels), out / "gram.png")
+  _save(folder, "gram.png", explain.plot_gram(kernels))
   for name in models:
     chosen = {k.split(": ")[1]: v for k, v in adversarial_examples.items()
               if k.startswith(name)}
     if not chosen:
       continue
     clean, labels = next(iter(chosen.values()))[2:]
-    explain.save_figure(
-        explain.plot_adversarial(
-            clean, {k: v[0] for k, v in chosen.items()}, labels,
-            {k: v[1] for k, v in chosen.items()}),
-        out / f"adversarial_{name.lower()}.png")
+    _save(folder, f"adversarial_{name.lower()}.png",
+          explain.plot_adversarial(
+              clean, {k: v[0] for k, v in chosen.items()}, labels,
+              {k: v[1] for k, v in chosen.items()}))
 
   results["seconds"] = time.time() - t0
-  with open(out / "results.json", "w") as f:
-    json.dump(results, f, indent=2)
+  folder.write_json("results.json", results)
   print(markdown(results, recon_table, saliency_table, attack_table, eps_list))
-  print(f"wrote {out}/ in {results['seconds']:.0f}s")
+  print(f"wrote {folder.path}/ in {results['seconds']:.0f}s")
   return results
 
 

@@ -1,0 +1,66 @@
+"""The examples run through the application's guard and train step."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from bort_jax.experiments import data as data_lib
+
+EXAMPLES = pathlib.Path(__file__).parents[2] / "examples"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _fake_mnist(*args, **kwargs):
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    images = rng.random((n, 28, 28, 1), dtype=np.float32)
+    images[:, :4, :4] += labels[:, None, None, None] / 10
+    return data_lib.Split(np.clip(images, 0, 1), labels)
+
+  return data_lib.Dataset(split(512), split(128))
+
+
+@pytest.mark.slow
+def test_dbort_pca_writes_through_the_guard(tmp_path, monkeypatch, capsys):
+  example = _load("dbort_pca_mnist")
+  monkeypatch.setattr(example.data_lib, "load_splits", _fake_mnist)
+  out = tmp_path / "pca"
+  example.main(["--out", str(out), "--k", "2", "--steps", "20"])
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      example.OUT_FILES + (".bort-jax-output.json",))
+  assert json.loads((out / "metrics.json").read_text())["k"] == 2
+  (out / "mine.txt").write_text("keep")
+  with pytest.raises(SystemExit, match="--overwrite"):
+    example.main(["--out", str(out), "--k", "2", "--steps", "20"])
+
+
+@pytest.mark.slow
+def test_accuracy_study_runs_and_refuses_a_foreign_folder(tmp_path,
+                                                          monkeypatch):
+  example = _load("accuracy_study")
+  monkeypatch.setattr(example.data_lib, "load_splits", _fake_mnist)
+  out = tmp_path / "study"
+  argv = ["--part", "gamma", "--seeds", "1", "--epochs", "1",
+          "--train-limit", "256", "--gammas", "0.1",
+          "--gamma-optimizers", "bort-adamw", "--out", str(out)]
+  assert example.main(argv) == 0
+  results = json.loads((out / "results.json").read_text())
+  assert results["finished"] and len(results["runs"]) == 1
+  assert (out / "tables.md").read_text().startswith("Date:")
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "results.json").write_text("{}")
+  with pytest.raises(SystemExit, match="holds no earlier accuracy_study"):
+    example.main(argv[:-1] + [str(foreign), "--overwrite"])
+  assert (foreign / "results.json").read_text() == "{}"
