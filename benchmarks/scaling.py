@@ -79,7 +79,7 @@ def compile_case(mode: str, m: int, n: int, block_size, amplitude):
   options = bort_jax.KernelOptions(block_size=block_size)
 
   def bort_scaling_case(w):
-    return bort_jax.bort_correction(w, mode, amplitude, options=options)
+    return bort_jax.bort_correction(w, mode, amplitude, kernel_options=options)
 
   spec = jax.ShapeDtypeStruct((m, n), jnp.float32)
   return jax.jit(bort_scaling_case).lower(spec).compile()

@@ -14,24 +14,29 @@ from bort_jax._src.dbort import dbort_outputs
 from bort_jax._src.dbort import DBortLinearFit
 from bort_jax._src.dbort import fit_dbort_linear
 from bort_jax._src.dbort import principal_cosines
+from bort_jax._src.defaults import DEFAULT_AMPLITUDE
+from bort_jax._src.defaults import DEFAULT_GAMMA
+from bort_jax._src.defaults import DEFAULT_MODE
+from bort_jax._src.defaults import Mode
+from bort_jax._src.defaults import MODES
 from bort_jax._src.diagnostics import matrix_orthogonality_error
 from bort_jax._src.diagnostics import mean_orthogonality_error
 from bort_jax._src.diagnostics import orthogonality_error
 from bort_jax._src.diagnostics import OrthogonalityError
 from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import flax_dimension_numbers
+from bort_jax._src.flax_selection import FlaxDimensionNumbers
+from bort_jax._src.guards import skip_nonfinite_steps
+from bort_jax._src.guards import SkipNonfiniteState
 from bort_jax._src.penalty import ada_amplitude
 from bort_jax._src.penalty import bort_correction
 from bort_jax._src.penalty import bort_penalty
 from bort_jax._src.penalty import KernelOptions
-from bort_jax._src.penalty import MODES as _MODES
 from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.transform import BortState
 from bort_jax._src.transform import tree_correction
 
-MODES: tuple[str, ...] = tuple(_MODES)
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Submodules loaded on first access, so that ``import bort_jax`` stays light.
 _LAZY_SUBMODULES = ("dbort", "experiments", "explain", "models")
@@ -45,12 +50,18 @@ def __getattr__(name: str):
 
 
 __all__ = (
+    "DEFAULT_AMPLITUDE",
+    "DEFAULT_GAMMA",
+    "DEFAULT_MODE",
     "MODES",
     "BortDimensionNumbers",
     "BortState",
     "DBortLinearFit",
+    "FlaxDimensionNumbers",
     "KernelOptions",
+    "Mode",
     "OrthogonalityError",
+    "SkipNonfiniteState",
     "ada_amplitude",
     "add_bort_correction",
     "bort_adamw",
@@ -66,6 +77,7 @@ __all__ = (
     "mean_orthogonality_error",
     "orthogonality_error",
     "principal_cosines",
+    "skip_nonfinite_steps",
     "tree_correction",
     "with_bort",
 )

@@ -2,34 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import optax
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
+from bort_jax._src.defaults import DEFAULT_AMPLITUDE
+from bort_jax._src.defaults import DEFAULT_MODE
+from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
-from bort_jax._src.transform import hyperparameter_value
 from bort_jax._src.transform import add_bort_correction
+from bort_jax._src.transform import hyperparameter_value
+
+MaskOrFn = Any | Callable[[optax.Params], Any] | None
+
+
+def _check_decay(name: str, value: Any) -> None:
+  """A decay rate in [0, 1) (``b1``, ``b2``, ``momentum``), or traced."""
+  validation.check_scalar_or_schedule(name, value, low=0, high=1,
+                                      high_inclusive=False)
+  if callable(value):
+    raise validation.ArgumentTypeError(
+        f"{name} must be a number in [0, 1), got the callable {value!r}; "
+        "optax takes no schedule here.")
 
 
 def bort_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = None,
     nesterov: bool = False,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    *,
-    gamma: optax.ScalarOrSchedule,
-    mode: str = "l2-full",
-    amplitude: optax.ScalarOrSchedule | str = 1.0,
-    dimension_numbers: DimensionNumbersLike = None,
-    bort_mask: Any = None,
-    weight_decay_mask: Any = None,
     accumulator_dtype: Any | None = None,
+    *,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+    gamma: optax.ScalarOrSchedule,
+    mode: Mode = DEFAULT_MODE,
+    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
+    dimension_numbers: DimensionNumbersLike = None,
+    bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """SGD with the coupled Bort correction (the paper's Bort-SGD).
 
   The correction joins the gradient before weight decay and momentum, so it
@@ -38,25 +53,32 @@ def bort_sgd(
   .. math::
     g ← ∇L + γ Δ(W) + wd · W,  \\quad b ← μ b + g,  \\quad W ← W − lr · b
 
-  (``b = g`` on the first step; Nesterov uses ``g + μ b``). With ``gamma=0``
-  this is exactly :func:`optax.sgd` (plus ``optax.add_decayed_weights``).
+  (``b = g`` on the first step; Nesterov uses ``g + μ b``). The positional
+  arguments are :func:`optax.sgd`'s, everything else is keyword-only; with
+  ``gamma=0`` and ``weight_decay=0`` this is exactly :func:`optax.sgd`.
 
   Args:
-    learning_rate: a scalar or schedule.
-    momentum: the momentum ``μ``, or ``None`` for none (as in ``optax.sgd``).
+    learning_rate: a scalar ``>= 0`` or schedule.
+    momentum: the momentum ``μ ∈ [0, 1)``, or ``None`` for none (as in
+      ``optax.sgd``).
     nesterov: Nesterov momentum.
-    weight_decay: the coupled (L2) decay ``wd``.
+    accumulator_dtype: the momentum buffer's dtype.
+    weight_decay: the coupled (L2) decay ``wd >= 0``, a scalar or schedule.
+    weight_decay_mask: optional mask for weight decay (``optax.masked``).
     gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
-    bort_mask: optional mask for the Bort correction (``optax.masked``).
-    weight_decay_mask: optional mask for weight decay.
-    accumulator_dtype: the momentum buffer's dtype.
+    bort_mask: optional mask selecting the leaves Bort may act on
+      (``optax.masked``).
     kernel_options: how the full modes' products are computed.
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: for a bad learning rate, momentum, weight decay or Bort
+      argument (see :func:`add_bort_correction`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, bort_jax
@@ -74,13 +96,19 @@ def bort_sgd(
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
   """
+  validation.check_learning_rate(learning_rate)
+  if momentum is not None:
+    _check_decay("momentum", momentum)
+  validation.check_bool("nesterov", nesterov)
+  validation.check_dtype("accumulator_dtype", accumulator_dtype)
+  validation.check_strength(weight_decay, "weight_decay")
   parts = [
       add_bort_correction(
           gamma,
           mode,
           amplitude,
           dimension_numbers=dimension_numbers,
-          mask=bort_mask,
+          bort_mask=bort_mask,
           kernel_options=kernel_options,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
@@ -105,16 +133,16 @@ def bort_adamw(
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
     weight_decay: optax.ScalarOrSchedule = 1e-4,
-    mask: Any = None,
+    mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
     gamma: optax.ScalarOrSchedule,
-    mode: str = "l2-full",
-    amplitude: optax.ScalarOrSchedule | str = 1.0,
+    mode: Mode = DEFAULT_MODE,
+    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
     dimension_numbers: DimensionNumbersLike = None,
-    bort_mask: Any = None,
+    bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
   Adam's moments see only the data gradient; the correction is applied like
@@ -129,24 +157,29 @@ def bort_adamw(
   ``nesterov`` are :func:`optax.adamw`'s.
 
   Args:
-    learning_rate: a scalar or schedule.
-    b1: Adam's first-moment decay.
-    b2: Adam's second-moment decay.
-    eps: added to the denominator.
-    eps_root: added inside the square root.
+    learning_rate: a scalar ``>= 0`` or schedule.
+    b1: Adam's first-moment decay, in [0, 1).
+    b2: Adam's second-moment decay, in [0, 1).
+    eps: added to the denominator, ``>= 0``.
+    eps_root: added inside the square root, ``>= 0``.
     mu_dtype: the first moment's dtype.
-    weight_decay: the decoupled weight decay ``wd``.
+    weight_decay: the decoupled weight decay ``wd >= 0``.
     mask: the weight-decay mask, as in :func:`optax.adamw`.
     nesterov: Nesterov momentum in Adam.
     gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
-    bort_mask: optional mask for the Bort correction (``optax.masked``).
+    bort_mask: optional mask selecting the leaves Bort may act on
+      (``optax.masked``).
     kernel_options: how the full modes' products are computed.
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: for a bad learning rate, beta, eps, weight decay or Bort
+      argument (see :func:`add_bort_correction`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, bort_jax
@@ -159,6 +192,14 @@ def bort_adamw(
     >>> updates["kernel"].shape
     (4, 3)
   """
+  validation.check_learning_rate(learning_rate)
+  _check_decay("b1", b1)
+  _check_decay("b2", b2)
+  validation.check_scalar_or_schedule("eps", eps, low=0)
+  validation.check_scalar_or_schedule("eps_root", eps_root, low=0)
+  validation.check_dtype("mu_dtype", mu_dtype)
+  validation.check_strength(weight_decay, "weight_decay")
+  validation.check_bool("nesterov", nesterov)
   return optax.chain(
       optax.scale_by_adam(
           b1=b1,
@@ -174,7 +215,7 @@ def bort_adamw(
           mode,
           amplitude,
           dimension_numbers=dimension_numbers,
-          mask=bort_mask,
+          bort_mask=bort_mask,
           kernel_options=kernel_options,
       ),
       optax.scale_by_learning_rate(learning_rate),
@@ -185,14 +226,14 @@ def with_bort(
     optimizer: optax.GradientTransformation,
     *,
     gamma: optax.ScalarOrSchedule,
-    mode: str = "l2-full",
-    amplitude: optax.ScalarOrSchedule | str = 1.0,
+    mode: Mode = DEFAULT_MODE,
+    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
     placement: str = "coupled",
     learning_rate: optax.ScalarOrSchedule | None = None,
     dimension_numbers: DimensionNumbersLike = None,
-    mask: Any = None,
+    bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, coupled or decoupled.
 
   - ``placement="coupled"``: ``chain(add_bort_correction, optimizer)``: the
@@ -203,18 +244,26 @@ def with_bort(
     optimizer's ``learning_rate`` (scalar or the same schedule) must be given.
 
   Args:
-    optimizer: any :class:`optax.GradientTransformation`.
+    optimizer: any :class:`optax.GradientTransformation`, built
+      (``optax.lion(1e-4)``, not ``optax.lion``).
     gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     placement: ``"coupled"`` or ``"decoupled"``.
-    learning_rate: the optimizer's learning rate; required when decoupled.
+    learning_rate: the optimizer's learning rate: required when decoupled,
+      ``None`` when coupled (the optimizer applies its own).
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
-    mask: optional mask for the Bort correction (``optax.masked``).
+    bort_mask: optional mask selecting the leaves Bort may act on
+      (``optax.masked``).
     kernel_options: how the full modes' products are computed.
 
   Returns:
-    An :class:`optax.GradientTransformation`.
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: for an optimizer that is not a built transformation, a
+      missing (decoupled) or unused (coupled) learning rate, or a bad Bort
+      argument (see :func:`add_bort_correction`).
 
   Examples:
     >>> import jax.numpy as jnp, optax, bort_jax
@@ -226,11 +275,24 @@ def with_bort(
     >>> updates["kernel"].shape
     (3, 2)
   """
+  if not isinstance(optimizer, optax.GradientTransformation):
+    hint = ""
+    if callable(optimizer):
+      name = getattr(optimizer, "__qualname__", repr(optimizer))
+      hint = f"; call the factory first, e.g. with_bort({name}(...), ...)"
+    raise validation.ArgumentTypeError(
+        "with_bort needs an optax.GradientTransformation, got "
+        f"{type(optimizer).__name__} {optimizer!r}{hint}.")
   validation.check_placement(placement)
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options
   )
   if placement == "coupled":
+    if learning_rate is not None:
+      raise ValueError(
+          "with_bort(placement='coupled') does not use learning_rate (the "
+          "optimizer scales the corrected gradient by its own); drop "
+          "learning_rate=, or use placement='decoupled'.")
     strength = gamma
   elif learning_rate is None:
     raise ValueError(
@@ -238,7 +300,7 @@ def with_bort(
         " the correction is applied as W ← W − lr · γ Δ(W)."
     )
   else:
-    validation.check_strength(learning_rate, "learning_rate")
+    validation.check_learning_rate(learning_rate)
 
     # The optimizer's output is already a step (−lr · direction).
     def strength(count):
@@ -246,7 +308,7 @@ def with_bort(
       return -jnp.asarray(lr) * hyperparameter_value(gamma, count)
 
   bort = _correction_transform(
-      strength, mode, amplitude, dimension_numbers, kernel_options, mask
+      strength, mode, amplitude, dimension_numbers, kernel_options, bort_mask
   )
   if placement == "coupled":
     return optax.chain(bort, optimizer)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from bort_jax._src import penalty
+from bort_jax._src import validation
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
@@ -23,6 +25,11 @@ class OrthogonalityError(NamedTuple):
       side (0 when orthogonal); the maximum over batch axes.
     norm_spread: standard deviation / mean of that side's vector norms (0 when
       bounded).
+
+  A zero matrix (or a zero amplitude from ``"ada"`` or ``None``) has
+  ``constraint_error = 1``, the value ``‖0 − cI‖ / ‖cI‖`` for every ``c > 0``,
+  ``max_cosine = 0`` and ``norm_spread = 0``; zero vectors count as
+  orthogonal to all others. An empty matrix has all three 0.
   """
 
   constraint_error: jax.Array
@@ -37,9 +44,11 @@ def matrix_orthogonality_error(
 
   Args:
     w: matrices whose rows are output units; leading axes are batch axes.
-    amplitude: the target ``c``; ``None`` takes the mean squared norm of the
-      feasible side's vectors (``‖W‖²_F / min(m, n)``), so only equal norms
-      and orthogonality are measured.
+    amplitude: the target ``c > 0`` (checked as the Bort transform checks
+      it); ``"ada"`` for the transform's adaptive ``(mean_i ‖w_i‖)²`` over
+      output units; ``None`` for the mean squared norm of the feasible side's
+      vectors (``‖W‖²_F / min(m, n)``), so only equal norms and orthogonality
+      are measured.
 
   Returns:
     An :class:`OrthogonalityError` of scalars.
@@ -51,8 +60,23 @@ def matrix_orthogonality_error(
     (0.0, 0.0)
     >>> float(matrix_orthogonality_error(jnp.eye(2), 4.0).constraint_error)
     0.75
+    >>> float(matrix_orthogonality_error(jnp.zeros((2, 3))).constraint_error)
+    1.0
   """
+  if amplitude is not None:
+    if callable(amplitude):
+      raise validation.ArgumentTypeError(
+          f"amplitude must be a positive number, 'ada' or None here (a "
+          f"diagnostic has no step count for a schedule), got {amplitude!r}.")
+    validation.check_amplitude(amplitude)
   x = w.astype(penalty.compute_dtype(w.dtype))
+  zero = jnp.zeros((), x.dtype)
+  if x.size == 0:
+    return OrthogonalityError(zero, zero, zero)
+  if isinstance(amplitude, str):
+    c = penalty.ada_amplitude(x)
+  elif amplitude is not None:
+    c = jnp.broadcast_to(jnp.asarray(amplitude, x.dtype), x.shape[:-2])
   if x.shape[-2] > x.shape[-1]:
     x = jnp.swapaxes(x, -1, -2)
   k = x.shape[-2]
@@ -60,16 +84,19 @@ def matrix_orthogonality_error(
   norms_sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
   if amplitude is None:
     c = jnp.mean(norms_sq, axis=-1)
-  else:
-    c = jnp.broadcast_to(jnp.asarray(amplitude, x.dtype), x.shape[:-2])
   eye = jnp.eye(k, dtype=x.dtype)
   residual = gram - c[..., None, None] * eye
-  constraint = jnp.linalg.norm(residual, axis=(-2, -1)) / (c * jnp.sqrt(k))
+  positive = c > 0
+  scale = jnp.where(positive, c, 1.0) * jnp.sqrt(k)
+  constraint = jnp.where(
+      positive, jnp.linalg.norm(residual, axis=(-2, -1)) / scale, 1.0)
   norms = jnp.sqrt(norms_sq)
   safe = jnp.where(norms > 0, norms, 1.0)
   cosine = gram / (safe[..., :, None] * safe[..., None, :])
   max_cosine = jnp.max(jnp.abs(cosine * (1 - eye)), axis=(-2, -1))
-  spread = jnp.std(norms, axis=-1) / jnp.mean(norms, axis=-1)
+  mean_norm = jnp.mean(norms, axis=-1)
+  spread = jnp.where(mean_norm > 0, jnp.std(norms, axis=-1)
+                     / jnp.where(mean_norm > 0, mean_norm, 1.0), 0.0)
   return OrthogonalityError(
       jnp.mean(constraint), jnp.max(max_cosine), jnp.mean(spread)
   )
@@ -94,7 +121,8 @@ def orthogonality_error(
 
   Returns:
     A dict from each Bort parameter's path (``"layer/kernel"``) to its
-    :class:`OrthogonalityError`.
+    :class:`OrthogonalityError`; empty, with a warning, when nothing is
+    selected.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -103,7 +131,14 @@ def orthogonality_error(
     >>> list(errors), float(errors["dense/kernel"].constraint_error)
     (['dense/kernel'], 0.0)
   """
+  if amplitude is not None:
+    validation.check_amplitude(amplitude)
   views = resolve_views(dimension_numbers, params)
+  if all(view is None for view in views):
+    warnings.warn(
+        "orthogonality_error: no Bort parameter in this tree (by default, "
+        "leaves named 'kernel' with at least two axes); pass "
+        "dimension_numbers= to choose others.", stacklevel=2)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   return {
       path_string(path): matrix_orthogonality_error(

@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bort_jax._src import sharding
 
@@ -48,8 +49,23 @@ class BortDimensionNumbers(NamedTuple):
   batch_axis: Axes = ()
 
 
-def _as_tuple(axes: Axes) -> tuple[int, ...]:
-  return (axes,) if isinstance(axes, int) else tuple(axes)
+def _is_axis(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool,
+                                                                 np.bool_))
+
+
+def _field_axes(dims: "BortDimensionNumbers", field: str) -> tuple[int, ...]:
+  """One field's axes as ints; ``batch_axis=None`` means none."""
+  axes = getattr(dims, field)
+  if axes is None and field == "batch_axis":
+    return ()
+  if _is_axis(axes):
+    return (int(axes),)
+  if isinstance(axes, (tuple, list)) and all(_is_axis(a) for a in axes):
+    return tuple(int(a) for a in axes)
+  raise ValueError(
+      f"BortDimensionNumbers.{field} must be an int or a sequence of ints, "
+      f"got {axes!r}.")
 
 
 class MatrixView(NamedTuple):
@@ -142,36 +158,38 @@ def matrix_view(
   """
   shape = tuple(shape)
   ndim = len(shape)
+  where = f"Bort dimension numbers do not fit {name} of shape {shape}"
 
-  def normalize(axes: Axes, role: str) -> tuple[int, ...]:
+  def normalize(field: str) -> tuple[int, ...]:
+    axes = _field_axes(dims, field)
     out = []
-    for axis in _as_tuple(axes):
-      if not isinstance(axis, int) or not -ndim <= axis < ndim:
+    for axis in axes:
+      if not -ndim <= axis < ndim:
         raise ValueError(
-            f"Bort dimension numbers do not fit {name} of shape {shape}: "
-            f"{role} axis {axis!r} is out of range for {ndim} dimensions."
-        )
+            f"{where}: {field} {axis} is out of range for {ndim} dimensions; "
+            f"use an axis in [{-ndim}, {ndim}).")
       out.append(axis % ndim)
     return tuple(out)
 
-  output = normalize(dims.output_axis, "output")
-  batch = normalize(dims.batch_axis, "batch")
-  if dims.reduction_axis is None:
+  output = normalize("output_axis")
+  batch = normalize("batch_axis")
+  reduction = (None if dims.reduction_axis is None
+               else normalize("reduction_axis"))
+  named = output + batch + (reduction or ())
+  if len(set(named)) != len(named):
+    twice = sorted({a for a in named if named.count(a) > 1})
+    raise ValueError(
+        f"{where}: axis {twice[0]} is named twice in {dims}; name each axis "
+        "in one field at most.")
+  if reduction is None:
     reduction = tuple(a for a in range(ndim) if a not in output + batch)
   else:
-    reduction = normalize(dims.reduction_axis, "reduction")
     batch = tuple(sorted(set(range(ndim)) - set(output) - set(reduction)))
-  named = output + batch + reduction
-  if len(set(named)) != len(named):
-    raise ValueError(
-        f"Bort dimension numbers do not fit {name} of shape {shape}: an axis "
-        f"is named twice in {dims}."
-    )
   if not output or not reduction:
     raise ValueError(
-        f"Bort dimension numbers do not fit {name} of shape {shape}: a Bort "
-        f"parameter needs at least one output and one reduction axis, got "
-        f"output={output}, reduction={reduction} from {dims}."
+        f"{where}: a Bort parameter needs at least one output and one "
+        f"reduction axis, got output={output}, reduction={reduction} from "
+        f"{dims}."
     )
   return MatrixView(batch, output, reduction, shape, spec)
 
@@ -203,10 +221,25 @@ def path_string(path) -> str:
   return "/".join(str(n) for n in path_names(path))
 
 
-def flax_dimension_numbers(params: Any) -> Any:
+def flax_dimension_numbers(model_or_params: Any) -> Any:
   """The default Bort parameters of a Flax model and their matrix views.
 
-  Selects leaves named ``kernel`` with at least two axes (``nnx.Linear``,
+  Given an ``nnx.Module``, the selection reads the module types in its graph
+  and returns a callable over parameter trees (a
+  ``FlaxDimensionNumbers``), the form ``nnx.Optimizer`` needs since its
+  ``init`` and ``update`` see different trees. ``nnx.Linear`` and
+  ``nnx.Conv`` kernels with more axes than the layer declares (stacked by
+  ``nnx.vmap`` or ``nnx.scan``) get the leading axes as batch axes, so each
+  layer is its own matrix; ``nnx.LinearGeneral`` (and so
+  ``nnx.MultiHeadAttention``'s query, key, value and out) follows its own
+  ``in_features``, ``out_features`` and ``batch_axis``; ``nnx.Einsum`` is
+  skipped; another module's ``kernel`` param is treated as Flax's layout
+  (units last, fan-in before). Pass the model whenever it stacks layers:
+  from a parameter tree alone a stacked ``(L, in, out)`` kernel looks like a
+  1-D convolution's ``(k, in, out)``.
+
+  Given a parameter tree, it selects leaves named ``kernel`` with at least two
+  axes (``nnx.Linear``,
   ``nnx.Conv``, linen ``Dense``/``Conv``): output units on the last axis, fan-in
   on all others. Attention kernels of ``nnx.MultiHeadAttention`` are recognised
   by their module names: ``query``/``key``/``value`` kernels
@@ -216,18 +249,32 @@ def flax_dimension_numbers(params: Any) -> Any:
   map to ``None`` (not a Bort parameter).
 
   Args:
-    params: a pytree of parameters (arrays, ``ShapeDtypeStruct`` or NNX state).
+    model_or_params: an ``nnx.Module``, or a pytree of parameters (arrays,
+      ``ShapeDtypeStruct`` or NNX state).
 
   Returns:
-    A pytree of the same structure with a :class:`BortDimensionNumbers` or
-    ``None`` at each leaf.
+    For a module, a callable mapping a parameter tree to dimension numbers;
+    for a tree, a pytree of the same structure with a
+    :class:`BortDimensionNumbers` or ``None`` at each leaf.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> params = {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
     >>> flax_dimension_numbers(params)["dense"]
     {'bias': None, 'kernel': BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=())}
+    >>> from flax import nnx
+    >>> @nnx.vmap(in_axes=0, out_axes=0)
+    ... def stack(key):  # 3 Linear layers, kernel (3, 4, 4)
+    ...   return nnx.Linear(4, 4, rngs=nnx.Rngs(key))
+    >>> layers = stack(jax.random.split(jax.random.key(0), 3))
+    >>> dims = flax_dimension_numbers(layers)
+    >>> dims(nnx.state(layers, nnx.Param).to_pure_dict())["kernel"]
+    BortDimensionNumbers(reduction_axis=(1,), output_axis=2, batch_axis=(0,))
   """
+  from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
+  if flax_selection.is_nnx_module(model_or_params):
+    return flax_selection.module_dimension_numbers(model_or_params)
+  params = model_or_params
   paths = [path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(
       params)[0]]
   attention_blocks = {p[:-2] for p in paths
@@ -265,8 +312,9 @@ def resolve_views(
   Args:
     dimension_numbers: ``None`` for :func:`flax_dimension_numbers`; one
       :class:`BortDimensionNumbers` used for every leaf the default selects; a
-      pytree (a prefix of ``params``) of them with ``None`` to skip a leaf; or a
-      callable returning such a pytree given ``params``.
+      pytree (a prefix of ``params``) of them with ``None`` to skip a leaf; a
+      callable returning such a pytree given ``params``; or an ``nnx.Module``
+      (its :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
 
   Returns:
@@ -275,6 +323,10 @@ def resolve_views(
   Raises:
     ValueError: if dimension numbers do not fit a leaf, naming its path.
   """
+  from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
+  if flax_selection.is_nnx_module(dimension_numbers):
+    dimension_numbers = flax_selection.module_dimension_numbers(
+        dimension_numbers)
   if dimension_numbers is None:
     tree = flax_dimension_numbers(params)
   elif isinstance(dimension_numbers, BortDimensionNumbers):

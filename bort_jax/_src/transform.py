@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import numbers
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -18,7 +19,11 @@ import optax
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
+from bort_jax._src.defaults import DEFAULT_AMPLITUDE
+from bort_jax._src.defaults import DEFAULT_MODE
+from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
+from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
 
 NO_PARAMS_MSG = (
@@ -33,10 +38,48 @@ class BortState(NamedTuple):
   count: jax.Array  # shape=(), dtype=jnp.int32
 
 
+NO_BORT_PARAMS_MSG = (
+    "The Bort transform selects no parameter of this tree, so it does "
+    "nothing. By default it selects leaves named 'kernel' with at least two "
+    "axes (Flax Linear/Conv/attention); pass dimension_numbers= (e.g. "
+    "bort_jax.flax_dimension_numbers(model)) to choose others."
+)
+
+
+def check_bort_leaves(params: Any, views) -> None:
+  """Refuses selected leaves that are not real floating arrays; warns when
+  nothing is selected (at ``init``, so once per optimizer)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  selected = 0
+  for (path, leaf), view in zip(leaves, views):
+    if view is None:
+      continue
+    selected += 1
+    dtype = jnp.dtype(leaf.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(
+          f"Bort parameter {path_string(path)!r} has dtype {dtype}; Bort "
+          "corrects real floating weights only (complex, integer and bool "
+          "leaves have no real orthogonality penalty): skip it with "
+          "dimension_numbers (None at that leaf) or bort_mask.")
+  if leaves and not selected:  # (optax.tree_map_params inits on no leaves)
+    warnings.warn(NO_BORT_PARAMS_MSG, stacklevel=3)
+
+
+def _scalar(value: Any, name: str) -> jax.Array:
+  """A hyperparameter's value (possibly from a schedule), refused if not 0-d."""
+  value = jnp.asarray(value)
+  if value.ndim != 0:
+    raise ValueError(
+        f"{name} must be a scalar, but its value (or its schedule's) has "
+        f"shape {value.shape}; return one number per step.")
+  return value
+
+
 def tree_correction(
     params: Any,
-    mode: str = "l2-full",
-    amplitude: penalty.Amplitude = 1.0,
+    mode: Mode = DEFAULT_MODE,
+    amplitude: penalty.Amplitude = DEFAULT_AMPLITUDE,
     *,
     dimension_numbers: DimensionNumbersLike = None,
     kernel_options: penalty.KernelOptions = penalty.KernelOptions(),
@@ -108,13 +151,14 @@ def _correction_transform(
     amplitude: Any,
     dimension_numbers: DimensionNumbersLike,
     kernel_options: penalty.KernelOptions,
-    mask: Any = None,
-) -> optax.GradientTransformation:
+    bort_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength."""
   has_schedule = callable(strength) or callable(amplitude)
 
   def init_fn(params):
-    resolve_views(dimension_numbers, params)  # bad dimension numbers fail now
+    # Bad dimension numbers and dtypes fail now; an empty selection warns.
+    check_bort_leaves(params, resolve_views(dimension_numbers, params))
     if has_schedule:
       return BortState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
@@ -130,11 +174,14 @@ def _correction_transform(
     # A literal zero skips the work; a traced zero (inject_hyperparams) adds 0.
     if isinstance(strength, numbers.Real) and strength == 0:
       return updates, new_state
-    scale = hyperparameter_value(strength, count)
+    scale = _scalar(hyperparameter_value(strength, count), "gamma")
+    c = hyperparameter_value(amplitude, count)
+    if not isinstance(c, str):
+      c = _scalar(c, "amplitude")
     deltas = tree_correction(
         params,
         mode,
-        hyperparameter_value(amplitude, count),
+        c,
         dimension_numbers=dimension_numbers,
         kernel_options=kernel_options,
     )
@@ -147,18 +194,18 @@ def _correction_transform(
     return updates, new_state
 
   tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-  return optax.masked(tx, mask) if mask is not None else tx
+  return optax.masked(tx, bort_mask) if bort_mask is not None else tx
 
 
 def add_bort_correction(
     gamma: optax.ScalarOrSchedule,
-    mode: str = "l2-full",
-    amplitude: optax.ScalarOrSchedule | str = 1.0,
+    mode: Mode = DEFAULT_MODE,
+    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
     *,
     dimension_numbers: DimensionNumbersLike = None,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
+    bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adds the Bort correction ``gamma · Δ(param)`` to each Bort leaf's update.
 
   Bort keeps every layer bounded and orthogonal, ``W Wᵀ ≈ cI``, by adding to
@@ -182,7 +229,8 @@ def add_bort_correction(
       :class:`BortDimensionNumbers` for every default leaf, a pytree of them
       (``None`` skips a leaf), or a callable building such a pytree from the
       params (robust to ``nnx.Optimizer``'s state trees).
-    mask: a pytree or callable of booleans, handed to :func:`optax.masked`.
+    bort_mask: a pytree or callable of booleans selecting the leaves Bort may
+      act on, handed to :func:`optax.masked`.
     kernel_options: precision, reduced-precision Gram and block size of the
       full modes (:class:`KernelOptions`).
 
@@ -191,13 +239,25 @@ def add_bort_correction(
     ``update``, e.g. ``value=loss``, are accepted and ignored).
 
   Raises:
-    ValueError: for an unknown mode, a negative gamma, an amplitude that is not
-      a positive number, a schedule or ``"ada"``; at ``init`` for dimension
-      numbers that do not fit a leaf; at ``update`` without params.
+    ValueError: at construction for an unknown mode, a gamma that is not a
+      number ``>= 0`` finite in float32 or a schedule, an amplitude that is not
+      a positive number, a schedule or ``"ada"``, or bad kernel options; at
+      ``init`` for dimension numbers that do not fit a leaf or a selected leaf
+      that is not real floating; at ``update`` without params or when a
+      schedule returns a non-scalar.
+
+  Values a schedule returns, and values traced under
+  :func:`optax.inject_hyperparams`, are not checked: a negative γ pushes the
+  weights away from ``W Wᵀ = cI`` (anti-orthogonalises), a negative amplitude
+  targets an infeasible Gram. A tree in which nothing is selected gets a
+  warning at ``init``.
 
   Non-finite params give non-finite corrections for their leaf only; nothing
-  raises. Such a weight makes its gradient non-finite too, so wrapping the
-  optimizer in :func:`optax.apply_if_finite` skips those steps.
+  raises. The l2 corrections are cubic in the weights, so a large γ · lr can
+  also overflow from finite weights and finite gradients. Wrap the optimizer
+  in :func:`bort_jax.skip_nonfinite_steps`, which checks the updates it
+  produces; :func:`optax.apply_if_finite` checks only the incoming gradients
+  and misses both cases.
 
   Examples:
     >>> import jax.numpy as jnp, optax, bort_jax
@@ -218,5 +278,5 @@ def add_bort_correction(
       gamma, mode, amplitude, kernel_options
   )
   return _correction_transform(
-      gamma, mode, amplitude, dimension_numbers, kernel_options, mask
+      gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask
   )

@@ -1,4 +1,4 @@
-"""Float64 NumPy references written straight from SPEC §3–§4 (no JAX)."""
+"""Float64 NumPy references written straight from the paper's formulas (no JAX)."""
 
 import numpy as np
 

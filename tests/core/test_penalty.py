@@ -68,18 +68,18 @@ def test_blockwise_l1_equals_direct(mode, block_size):
   with jax.enable_x64(True):
     w = jnp.asarray(_random((2, 7, 5), seed=3))
     direct = bort_jax.bort_correction(
-        w, mode, "ada", options=KernelOptions(block_size=None))
+        w, mode, "ada", kernel_options=KernelOptions(block_size=None))
     blocked = bort_jax.bort_correction(
-        w, mode, "ada", options=KernelOptions(block_size=block_size))
+        w, mode, "ada", kernel_options=KernelOptions(block_size=block_size))
     np.testing.assert_allclose(blocked, direct, rtol=1e-12, atol=1e-12)
 
 
 def test_reduced_precision_gram_is_close():
   w = jnp.asarray(_random((64, 256), seed=4, dtype=np.float32)) / 8
   exact = bort_jax.bort_correction(w, "l2-full",
-                                   options=KernelOptions(precision="highest"))
+                                   kernel_options=KernelOptions(precision="highest"))
   low = bort_jax.bort_correction(
-      w, "l2-full", options=KernelOptions(gram_dtype=jnp.bfloat16))
+      w, "l2-full", kernel_options=KernelOptions(gram_dtype=jnp.bfloat16))
   assert low.dtype == jnp.float32
   error = jnp.linalg.norm(low - exact) / jnp.linalg.norm(exact)
   assert 0 < error < 2e-2  # bf16 inputs: visibly different, still close

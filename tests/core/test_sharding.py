@@ -121,3 +121,64 @@ def test_explicit_l2_full_all_reduces_only_the_small_gram():
   reduces = [line for line in hlo.splitlines() if "all-reduce(" in line]
   assert len(reduces) == 1 and "f32[32,32]" in reduces[0], reduces
   assert "all-gather(" not in hlo
+
+
+# ---- every path under Explicit sharding ------------------------------------
+
+def _dyadic(shape, seed):
+  """Weights in {−2, …, 2}/8: every Gram entry and product is exact in
+  float32, so a split reduction gives bit-identical signs. (The l1 modes take
+  the sign of Gram entries: with random reals, a different summation order
+  flips the sign of entries within rounding of zero.)"""
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.integers(-2, 3, size=shape) / 8, jnp.float32)
+
+
+def _one_update(tx, params):
+  grads = jax.tree.map(lambda p: jnp.cos(p), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  return updates
+
+
+def _check_explicit_equals_unsharded(make, params, specs):
+  expected = _one_update(make(), params)
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    sharded = jax.device_put(params, shardings)
+    got = _one_update(make(), sharded)
+  for value, want, sharding in zip(jax.tree.leaves(got),
+                                   jax.tree.leaves(expected),
+                                   jax.tree.leaves(shardings)):
+    np.testing.assert_allclose(value, want, atol=1e-5, rtol=1e-5)
+    assert value.sharding.is_equivalent_to(sharding, value.ndim), (
+        value.sharding, sharding)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, shape, specs", [
+    ("l1-fullrow", (64, 4096), [P(None, "x"), P("x", None)]),
+    ("l1-fullcol", (3, 3, 256, 32), [P(None, None, None, "x"),
+                                     P(None, None, "x", None)]),
+], ids=["l1-fullrow-4096-units", "l1-fullcol-3x3x256-conv"])
+@pytest.mark.parametrize("split", [0, 1], ids=["units", "fan_in"])
+def test_explicit_blocked_l1_equals_unsharded(mode, shape, specs, split):
+  """More vectors than block_size (2048): the blocked loop, split both ways."""
+  params = {"kernel": _dyadic(shape, seed=3)}
+  make = functools.partial(bort_jax.bort_adamw, 1e-2, gamma=0.5, mode=mode,
+                           amplitude=1.0)
+  _check_explicit_equals_unsharded(make, params, {"kernel": specs[split]})
+
+
+@pytest.mark.parametrize("batch_products", [False, True])
+@pytest.mark.parametrize("mode", bort_jax.MODES)
+def test_explicit_stacked_kernels_split_on_their_batch_axis(mode,
+                                                            batch_products):
+  """CPU default (a loop over matrices) and batched products alike."""
+  params = {"kernel": jnp.asarray(
+      np.random.default_rng(4).normal(size=(8, 12, 6)) * 0.3, jnp.float32)}
+  make = functools.partial(
+      bort_jax.bort_adamw, 1e-2, gamma=0.5, mode=mode, amplitude="ada",
+      dimension_numbers=bort_jax.BortDimensionNumbers(batch_axis=0),
+      kernel_options=bort_jax.KernelOptions(batch_products=batch_products))
+  _check_explicit_equals_unsharded(make, params, {"kernel": P("x", None, None)})

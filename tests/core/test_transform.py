@@ -21,7 +21,7 @@ def _apply(tx, params, grads=None):
 
 @pytest.mark.parametrize("mode", bort_jax.MODES)
 def test_flax_linear_and_conv_match_torch_layout(mode):
-  """The update equals the SPEC math on the PyTorch-layout matrix, mapped back."""
+  """The update equals the paper's math on the PyTorch-layout matrix."""
   rngs = nnx.Rngs(0)
   linear = nnx.Linear(7, 5, rngs=rngs)
   conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
@@ -113,7 +113,7 @@ def test_mask_and_dimension_numbers_select_leaves():
             "emb": {"embedding": jnp.ones((5, 3))}}
   grads = jax.tree.map(jnp.zeros_like, params)
   masked = _apply(bort_jax.add_bort_correction(
-      1.0, mask={"a": {"kernel": False}, "b": {"kernel": True},
+      1.0, bort_mask={"a": {"kernel": False}, "b": {"kernel": True},
                  "emb": {"embedding": False}}), params, grads)
   assert float(jnp.abs(masked["a"]["kernel"]).sum()) == 0
   assert float(jnp.abs(masked["b"]["kernel"]).sum()) > 0
@@ -155,7 +155,7 @@ def test_extra_args_are_accepted():
                   jax.tree.leaves(_run(tx, params))):
     np.testing.assert_array_equal(a, b)
   _run(chained, params, loss=jnp.float32(2.0))
-  masked = bort_jax.add_bort_correction(0.1, mask=lambda p: jax.tree.map(
+  masked = bort_jax.add_bort_correction(0.1, bort_mask=lambda p: jax.tree.map(
       lambda x: x.ndim > 1, p))
   _run(masked, params, value=jnp.float32(2.0))
 
@@ -306,8 +306,9 @@ def test_non_finite_params_do_not_crash():
   # Documented: the bad leaf's correction is non-finite, the others are not.
   assert not bool(jnp.isfinite(updates["dense"]["kernel"]).all())
   assert bool(jnp.isfinite(updates["dense"]["bias"]).all())
-  # A non-finite weight makes its gradient non-finite too (here: the
-  # gradient of ½‖p‖²); optax.apply_if_finite then skips the step.
+  # When the weight's gradient is non-finite too (here: the gradient of
+  # ½‖p‖²), even optax.apply_if_finite skips the step; with finite gradients
+  # only bort_jax.skip_nonfinite_steps does (tests/core/test_guards.py).
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
   updates, state = guarded.update(params, guarded.init(params), params)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))

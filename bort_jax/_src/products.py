@@ -1,0 +1,233 @@
+"""The matrix products behind the Bort corrections (pure JAX, no optax).
+
+Four kernels do all the work: the full l2 correction, the full l1 correction
+(blocked for many vectors), and the l2 and l1 norm scalings. Each is told
+which axis of ``x`` (``ROWS`` or ``COLS``) indexes its vectors, so that a Flax
+kernel is corrected in its own layout ``(fan_in, out)`` without a transpose,
+and each states its collectives: under Explicit sharding through
+``out_sharding``, inside ``shard_map`` through ``psum``/``all_gather``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ROWS, COLS = -2, -1  # the axis that indexes a kernel's vectors
+
+
+class KernelOptions(NamedTuple):
+  """How the matrix products of the full modes are computed.
+
+  Attributes:
+    precision: passed to ``lax.dot_general`` (``None``: JAX's default, TF32
+      on recent GPUs; ``"highest"`` for full float32).
+    gram_dtype: if set (e.g. ``jnp.bfloat16``), the products' inputs are cast
+      to it and accumulated in float32: a reduced-precision Gram.
+    block_size: the l1 full modes build their k×k sign matrix (k vectors) in
+      equal blocks of at most this many rows when k exceeds it: memory
+      O(block_size · k).
+    batch_products: whether a batch of matrices (and same-shape parameters)
+      goes through one batched product. ``None``: yes on accelerators, where
+      each product call costs a launch; no on CPU, where XLA's batched product
+      runs slower than a loop of plain ones.
+    axis_name: inside ``shard_map``, the mesh axis over which every Bort
+      matrix's fan-in axis is split. Products that contract over fan-in are
+      summed with one ``psum`` (of an m×m Gram, or of m norms); the l1-fullcol
+      Gram, whose vectors are split, all-gathers its matrix.
+  """
+
+  precision: Any = None
+  gram_dtype: Any = None
+  block_size: int | None = 2048
+  batch_products: bool | None = None
+  axis_name: Any = None
+
+  def batched(self) -> bool:
+    if self.batch_products is None:
+      return jax.default_backend() != "cpu"
+    return self.batch_products
+
+
+class Context(NamedTuple):
+  """What the kernels need besides the matrix: options and how it is split."""
+
+  options: KernelOptions
+  spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
+  manual_axis: int | None  # shard_map: the matrix axis split over axis_name
+
+  def out_sharding(self, *last_two) -> jax.sharding.PartitionSpec | None:
+    """A product's output spec (batch axes as x's), under Explicit sharding."""
+    if self.spec is None:
+      return None
+    return jax.sharding.PartitionSpec(*self.spec[:-2], *last_two)
+
+  def reduce(self, value: Array, contracted_axis: int) -> Array:
+    """Sums a shard_map partial result over the axis it contracted."""
+    if self.manual_axis == contracted_axis:
+      return jax.lax.psum(value, self.options.axis_name)
+    return value
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+  """Float32 for low-precision params, else the params' own float type."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def other(axis: int) -> int:
+  return COLS if axis == ROWS else ROWS
+
+
+def dot(a: Array, b: Array, a_axis: int, b_axis: int, ctx: Context,
+         out_sharding=None) -> Array:
+  """Contracts ``a``'s axis with ``b``'s over shared leading batch axes.
+
+  The result holds the batch axes, a's free axis, then b's free axis; the
+  transposes of a Gram are contracting dimensions here, never copies.
+  """
+  out_dtype = a.dtype
+  options = ctx.options
+  if options.gram_dtype is not None:
+    a, b = a.astype(options.gram_dtype), b.astype(options.gram_dtype)
+  batch = tuple(range(a.ndim - 2))
+  return jax.lax.dot_general(
+      a,
+      b,
+      (((a_axis % a.ndim,), (b_axis % b.ndim,)), (batch, batch)),
+      precision=options.precision,
+      preferred_element_type=out_dtype,
+      out_sharding=out_sharding,
+  )
+
+
+def norms_sq(x: Array, vectors: int, ctx: Context) -> Array:
+  """Squared norms of the rows (``vectors=ROWS``) or columns of x."""
+  return ctx.reduce(jnp.sum(jnp.square(x), axis=other(vectors)),
+                    other(vectors))
+
+
+def per_vector(values: Array, vectors: int) -> Array:
+  """Broadcasts one value per row (or column) against the matrix."""
+  return values[..., :, None] if vectors == ROWS else values[..., None, :]
+
+
+def gram_minus_c(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  """``x xᵀ − cI`` (rows) or ``xᵀ x − cI`` (columns), c of the batch shape.
+
+  Contracting over a split axis leaves a small replicated Gram: one
+  all-reduce (Explicit sharding states it, shard_map sums it with psum).
+  """
+  out = ctx.out_sharding(ctx.spec[vectors], None) if ctx.spec else None
+  contracted = other(vectors)
+  gram = ctx.reduce(dot(x, x, contracted, contracted, ctx, out), contracted)
+  return gram - c[..., None, None] * jnp.eye(gram.shape[-1], dtype=gram.dtype)
+
+
+def apply_on_vectors(s: Array, x: Array, vectors: int, ctx: Context) -> Array:
+  """``s x`` (row vectors) or ``x s`` (column vectors), laid out like x."""
+  out = ctx.out_sharding(*ctx.spec[-2:]) if ctx.spec else None
+  if vectors == ROWS:
+    return dot(s, x, COLS, ROWS, ctx, out)
+  return dot(x, s, COLS, ROWS, ctx, out)
+
+
+def l2_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  # (G − cI) x = x (H − cI): the smaller Gram, 2·min(m,n)·m·n per product.
+  # Sharded, it is also the cheaper exchange: an all-reduce of the small Gram
+  # when the long axis is split, else an all-gather of x (m·n < max(m,n)²).
+  # Inside shard_map only the split axis can be contracted locally and summed.
+  del vectors  # l2-full is the same penalty on either side
+  if ctx.manual_axis is not None:
+    side = other(ctx.manual_axis)
+  else:
+    side = ROWS if x.shape[-2] <= x.shape[-1] else COLS
+  return apply_on_vectors(gram_minus_c(x, c, side, ctx), x, side, ctx)
+
+
+def sign_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
+                     ctx: Context) -> Array:
+  """Vectors ``start:start+b`` of ``sign(G − cI) x`` (rows) or
+  ``x sign(H − cI)`` (columns), where ``part`` holds those b vectors of
+  ``full`` and G, H are ``full``'s Gram of that side."""
+  contracted = other(vectors)
+  k, b = full.shape[vectors], part.shape[vectors]
+  own = start + jnp.arange(b)
+  if vectors == ROWS:
+    gram = dot(part, full, COLS, COLS, ctx)  # (b, k)
+    on_diagonal = own[:, None] == jnp.arange(k)[None, :]
+  else:
+    gram = dot(full, part, ROWS, ROWS, ctx)  # (k, b)
+    on_diagonal = jnp.arange(k)[:, None] == own[None, :]
+  gram = ctx.reduce(gram, contracted)
+  signs = jnp.sign(gram - c[..., None, None] * on_diagonal)
+  if vectors == ROWS:
+    return dot(signs, full, COLS, ROWS, ctx)
+  return dot(full, signs, COLS, ROWS, ctx)
+
+
+def l1_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  """``sign(G − cI) x`` (row vectors) or ``x sign(H − cI)`` (column vectors).
+
+  With more than ``block_size`` vectors the sign matrix is built block by
+  block in a device loop (memory O(block · k)). Inside shard_map with the
+  vectors split, each device all-gathers x and computes its own vectors.
+  """
+  axis = x.ndim + vectors  # the vectors' axis, counted from the front
+  if ctx.manual_axis == vectors:
+    name = ctx.options.axis_name
+    full = jax.lax.all_gather(x, name, axis=axis, tiled=True)
+    start = jax.lax.axis_index(name) * x.shape[vectors]
+    return sign_gram_block(x, full, c, start, vectors,
+                            ctx._replace(manual_axis=None))
+  k, block = x.shape[vectors], ctx.options.block_size
+  if block is None or k <= block:
+    signs = jnp.sign(gram_minus_c(x, c, vectors, ctx))
+    return apply_on_vectors(signs, x, vectors, ctx)
+  if ctx.spec is not None:
+    # Under Explicit sharding the loop's dynamic slices of a split axis have
+    # no sharding one could state: XLA places them (Auto axes inside), and
+    # the result comes back in x's own sharding.
+    return jax.sharding.auto_axes(
+        lambda x, c: _l1_full_blocked(x, c, vectors, block,
+                                      ctx._replace(spec=None)),
+        out_sharding=jax.sharding.PartitionSpec(*ctx.spec))(x, c)
+  return _l1_full_blocked(x, c, vectors, block, ctx)
+
+
+def _l1_full_blocked(x: Array, c: Array, vectors: int, block: int,
+                     ctx: Context) -> Array:
+  """:func:`l1_full` block by block, for more than ``block`` vectors."""
+  axis = x.ndim + vectors
+  k = x.shape[vectors]
+  # Equal blocks of at most block_size (3072 vectors: 2 × 1536, not 2 × 2048).
+  # Zero vectors padded at the end add zero Gram entries and are themselves
+  # zero, so they change nothing; their own outputs are cut off.
+  blocks = -(-k // block)
+  block = -(-k // blocks)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, blocks * block - k)
+  padded = jnp.pad(x, pad)
+
+  def one_block(i, out):
+    start = i * block
+    part = jax.lax.dynamic_slice_in_dim(padded, start, block, axis)
+    delta = sign_gram_block(part, padded, c, start, vectors, ctx)
+    return jax.lax.dynamic_update_slice_in_dim(out, delta, start, axis)
+
+  out = jax.lax.fori_loop(0, blocks, one_block, jnp.zeros_like(padded))
+  return jax.lax.slice_in_dim(out, 0, k, axis=axis)
+
+
+def l2_norms(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  return per_vector(norms_sq(x, vectors, ctx) - c[..., None], vectors) * x
+
+
+def l1_norms(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  return per_vector(jnp.sign(norms_sq(x, vectors, ctx) - c[..., None]),
+                     vectors) * x
+
+

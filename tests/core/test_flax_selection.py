@@ -1,0 +1,162 @@
+"""flax_dimension_numbers(model): stacked and scanned layers, layer by layer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import bort_jax
+
+L = 3  # stacked layers
+
+
+def _stacked_linears():
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def create(key):
+    return nnx.Linear(6, 4, rngs=nnx.Rngs(key))
+  return create(jax.random.split(jax.random.key(0), L))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, rngs):
+    self.up = nnx.Linear(4, 8, rngs=rngs)
+    self.down = nnx.Linear(8, 4, rngs=rngs)
+
+  def __call__(self, x):
+    return self.down(jnp.tanh(self.up(x)))
+
+
+class ScannedBlocks(nnx.Module):
+
+  def __init__(self, rngs):
+    @nnx.split_rngs(splits=L)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return Block(rngs)
+    self.blocks = create(rngs)
+    self.head = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def step(x, block):
+      return block(x)
+    return self.head(step(x, self.blocks))
+
+
+def _layer(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def _update(tx, params, grads):
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates
+
+
+MODES = ["l2-full", "l1-fullrow", "l1-fullcol", "l2-col"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_stacked_linear_equals_the_layers_held_separately(mode):
+  layers = _stacked_linears()
+  params = nnx.state(layers, nnx.Param).to_pure_dict()
+  assert params["kernel"].shape == (L, 6, 4)
+  grads = jax.tree.map(jnp.cos, params)
+  make = lambda dims=None: bort_jax.bort_adamw(
+      1e-2, gamma=0.5, mode=mode, amplitude="ada", dimension_numbers=dims)
+  stacked = _update(make(bort_jax.flax_dimension_numbers(layers)), params,
+                    grads)
+  separate = {f"layer{i}": _layer(params, i) for i in range(L)}
+  want = _update(make(), separate,
+                 {f"layer{i}": _layer(grads, i) for i in range(L)})
+  for i in range(L):
+    np.testing.assert_array_equal(stacked["kernel"][i],
+                                  want[f"layer{i}"]["kernel"])
+    np.testing.assert_array_equal(stacked["bias"][i], want[f"layer{i}"]["bias"])
+  # The tree alone reads (L, 6, 4) as one matrix with fan-in L·6.
+  default = _update(make(), params, grads)
+  assert not np.allclose(default["kernel"], stacked["kernel"])
+
+
+@pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow"])
+def test_scanned_blocks_under_nnx_optimizer_equal_separate_layers(mode):
+  model = ScannedBlocks(nnx.Rngs(0))
+  before = nnx.state(model, nnx.Param).to_pure_dict()
+  tx = bort_jax.bort_sgd(0.1, 0.9, gamma=0.3, mode=mode,
+                         dimension_numbers=bort_jax.flax_dimension_numbers(
+                             model))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4)), jnp.float32)
+
+  def loss(model):
+    return jnp.mean(model(x) ** 2)
+
+  grads = nnx.grad(loss)(model)
+  optimizer.update(model, grads)
+  after = nnx.state(model, nnx.Param).to_pure_dict()
+  grads = grads.to_pure_dict()
+
+  # The same step on the same layers held separately, default selection.
+  flat = lambda tree: {
+      **{f"block{i}": _layer(tree["blocks"], i) for i in range(L)},
+      "head": tree["head"]}
+  separate_tx = bort_jax.bort_sgd(0.1, 0.9, gamma=0.3, mode=mode)
+  updates = _update(separate_tx, flat(before), flat(grads))
+  want = optax.apply_updates(flat(before), updates)
+  for i in range(L):
+    for name in ("up", "down"):
+      for leaf in ("kernel", "bias"):
+        np.testing.assert_allclose(
+            after["blocks"][name][leaf][i], want[f"block{i}"][name][leaf],
+            rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(after["head"]["kernel"], want["head"]["kernel"],
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_selection_reads_module_types_not_names():
+  class Model(nnx.Module):
+
+    def __init__(self, rngs):
+      self.proj = nnx.LinearGeneral(8, (2, 4), rngs=rngs)  # (8, 2, 4)
+      self.merge = nnx.LinearGeneral((2, 4), 8, axis=(-2, -1), rngs=rngs)
+      self.conv = nnx.Conv(3, 5, (3,), rngs=rngs)  # (3, 3, 5): 1-D conv
+      self.attention = nnx.MultiHeadAttention(
+          num_heads=2, in_features=8, qkv_features=8, decode=False,
+          rngs=rngs)
+      self.embed = nnx.Embed(10, 8, rngs=rngs)
+
+  model = Model(nnx.Rngs(0))
+  dims = bort_jax.flax_dimension_numbers(model)(
+      nnx.state(model, nnx.Param).to_pure_dict())
+  D = bort_jax.BortDimensionNumbers
+  assert dims["proj"]["kernel"] == D((0,), (1, 2), ())
+  assert dims["merge"]["kernel"] == D((0, 1), (2,), ())
+  assert dims["conv"]["kernel"] == D((0, 1), 2, ())  # not a stack
+  assert dims["attention"]["query"]["kernel"] == D((0,), (1, 2), ())
+  assert dims["attention"]["out"]["kernel"] == D((0, 1), (2,), ())
+  assert dims["embed"]["embedding"] is None
+  assert dims["proj"]["bias"] is None
+
+
+def test_stacked_conv_gets_a_batch_axis():
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def create(key):
+    return nnx.Conv(2, 5, (3, 3), rngs=nnx.Rngs(key))
+  convs = create(jax.random.split(jax.random.key(1), L))
+  params = nnx.state(convs, nnx.Param).to_pure_dict()
+  dims = bort_jax.flax_dimension_numbers(convs)(params)
+  assert dims["kernel"] == bort_jax.BortDimensionNumbers((1, 2, 3), 4, (0,))
+  errors = bort_jax.orthogonality_error(params, dimension_numbers=convs)
+  per_layer = [bort_jax.orthogonality_error({"kernel": params["kernel"][i]})
+               ["kernel"].constraint_error for i in range(L)]
+  np.testing.assert_allclose(errors["kernel"].constraint_error,
+                             np.mean(per_layer), rtol=1e-6)
+
+
+def test_a_tree_with_other_shapes_is_refused():
+  layers = _stacked_linears()
+  dims = bort_jax.flax_dimension_numbers(layers)
+  with pytest.raises(ValueError, match="build them from the same model"):
+    dims({"kernel": jnp.ones((6, 4))})

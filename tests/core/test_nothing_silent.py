@@ -1,0 +1,133 @@
+"""Inputs that used to give silent wrong answers now raise, warn or are right."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bort_jax
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32, jnp.bool_])
+def test_non_real_float_kernels_are_refused_at_init(dtype):
+  params = {"dense": {"kernel": jnp.ones((3, 2), dtype)}}
+  tx = bort_jax.bort_sgd(0.1, gamma=0.1)
+  with pytest.raises(ValueError, match="'dense/kernel' has dtype"):
+    tx.init(params)
+
+
+def test_an_empty_selection_warns_once_at_init():
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  tx = bort_jax.bort_adamw(1e-3, gamma=0.1)
+  with pytest.warns(UserWarning, match="selects no parameter.*'kernel'"):
+    state = tx.init(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx.update(params, state, params)  # no warning per step
+  with pytest.warns(UserWarning, match="no Bort parameter"):
+    assert bort_jax.orthogonality_error(params) == {}
+
+
+def test_a_vector_valued_gamma_schedule_is_refused():
+  params = {"kernel": jnp.ones((3, 2))}
+  tx = bort_jax.add_bort_correction(lambda count: jnp.ones(2))
+  with pytest.raises(ValueError, match="gamma must be a scalar"):
+    tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("dims, message", [
+    (bort_jax.BortDimensionNumbers(reduction_axis=(0,), output_axis=(2,),
+                                   batch_axis=(0,)), "axis 0 is named twice"),
+    (bort_jax.BortDimensionNumbers(output_axis=(1, 1)), "axis 1 is named twice"),
+    (bort_jax.BortDimensionNumbers(output_axis=1.0),
+     "output_axis must be an int or a sequence of ints"),
+    (bort_jax.BortDimensionNumbers(output_axis=None),
+     "output_axis must be an int or a sequence of ints"),
+    (bort_jax.BortDimensionNumbers(reduction_axis=(0.0,)),
+     "reduction_axis must be an int or a sequence of ints"),
+    (bort_jax.BortDimensionNumbers(batch_axis="0"),
+     "batch_axis must be an int or a sequence of ints"),
+    (bort_jax.BortDimensionNumbers(output_axis=-4), "output_axis -4 is out of"),
+])
+def test_bad_dimension_numbers_name_the_field(dims, message):
+  params = {"kernel": jnp.ones((2, 3, 4))}
+  with pytest.raises(ValueError, match=message):
+    bort_jax.add_bort_correction(0.1, dimension_numbers=dims).init(params)
+
+
+def test_numpy_integer_axes_and_none_batch_are_accepted():
+  params = {"kernel": jnp.asarray(
+      np.random.default_rng(0).normal(size=(2, 3, 4)), jnp.float32)}
+  plain = bort_jax.BortDimensionNumbers(reduction_axis=1, output_axis=2,
+                                        batch_axis=0)
+  numpy = bort_jax.BortDimensionNumbers(reduction_axis=np.int64(1),
+                                        output_axis=[np.int32(2)],
+                                        batch_axis=None)
+  want = bort_jax.tree_correction(params, dimension_numbers=plain)
+  got = bort_jax.tree_correction(params, dimension_numbers=numpy)
+  np.testing.assert_array_equal(got["kernel"], want["kernel"])
+
+
+@pytest.mark.parametrize("mode", bort_jax.MODES)
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (3, 3, 0), (0, 3, 4)])
+def test_empty_matrices_have_zero_correction(mode, shape):
+  params = {"kernel": jnp.ones(shape)}
+  deltas = bort_jax.tree_correction(params, mode, "ada")
+  assert deltas["kernel"].shape == shape
+  assert bool(jnp.all(deltas["kernel"] == 0))
+  tx = bort_jax.bort_sgd(0.1, gamma=0.1, mode=mode,
+                         kernel_options=bort_jax.KernelOptions(block_size=1))
+  updates, _ = tx.update(params, tx.init(params), params)
+  assert updates["kernel"].shape == shape
+
+
+# ---- the diagnostics -------------------------------------------------------
+
+@pytest.mark.parametrize("amplitude, error", [
+    (-1.0, ValueError), (0.0, ValueError), (float("nan"), ValueError),
+    ("adaptive", ValueError), (lambda count: 1.0, TypeError)])
+def test_orthogonality_error_checks_the_amplitude(amplitude, error):
+  params = {"kernel": jnp.eye(3)}
+  with pytest.raises(error, match="amplitude must be a positive number"):
+    bort_jax.orthogonality_error(params, amplitude)
+
+
+def test_orthogonality_error_accepts_ada():
+  w = jnp.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # rows: units
+  c = float(bort_jax.ada_amplitude(w))  # (mean of 3 and 1)² = 4
+  assert c == 4.0
+  ada = bort_jax.matrix_orthogonality_error(w, "ada")
+  fixed = bort_jax.matrix_orthogonality_error(w, 4.0)
+  np.testing.assert_allclose(ada.constraint_error, fixed.constraint_error)
+  # ‖diag(9, 1) − 4I‖ / ‖4I‖ = √(25 + 9) / (4√2)
+  np.testing.assert_allclose(ada.constraint_error, np.sqrt(34) / (4 * np.sqrt(2)),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("amplitude", [None, "ada", 2.0])
+def test_zero_and_empty_matrices_have_finite_documented_errors(amplitude):
+  zero = bort_jax.matrix_orthogonality_error(jnp.zeros((3, 4)), amplitude)
+  assert [float(v) for v in zero] == [1.0, 0.0, 0.0]
+  empty = bort_jax.matrix_orthogonality_error(jnp.zeros((0, 4)), amplitude)
+  assert [float(v) for v in empty] == [0.0, 0.0, 0.0]
+
+
+def test_max_cosine_is_the_maximum_over_batch_axes():
+  # Batch of three 2x2 matrices with off-diagonal cosines 0, 0.6 and 0.8.
+  def pair(cos):
+    return jnp.array([[1.0, 0.0], [cos, np.sqrt(1 - cos**2)]])
+  w = jnp.stack([pair(0.0), pair(0.6), pair(0.8)])
+  err = bort_jax.matrix_orthogonality_error(w)
+  np.testing.assert_allclose(err.max_cosine, 0.8, rtol=1e-6)
+  per = [bort_jax.matrix_orthogonality_error(m) for m in w]
+  np.testing.assert_allclose(err.constraint_error,
+                             np.mean([p.constraint_error for p in per]),
+                             rtol=1e-6)
+  # Through the parameter view: a stacked kernel (3, in, out) = wᵀ per layer.
+  params = {"kernel": jnp.swapaxes(w, -1, -2)}
+  errors = bort_jax.orthogonality_error(
+      params, dimension_numbers=bort_jax.BortDimensionNumbers(batch_axis=0))
+  np.testing.assert_allclose(errors["kernel"].max_cosine, 0.8, rtol=1e-6)
