@@ -23,7 +23,6 @@ Training runs, the demo and the examples write only through a
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -366,13 +365,3 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
     folder.close(remove_if_empty=True)
     raise
   return folder
-
-
-def is_disk_error(e: BaseException) -> bool:
-  """Whether an exception (or its cause) is a full or read-only disk."""
-  while e is not None:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS,
-                                              errno.EDQUOT, errno.EACCES):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
