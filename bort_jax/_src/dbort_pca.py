@@ -17,7 +17,6 @@ own full-batch loop; the loss itself lives in :mod:`bort_jax._src.dbort`.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 from flax import nnx
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bort_jax._src import validation
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.dbort import DBORT_POWER
 from bort_jax._src.dbort import dbort_loss
@@ -38,26 +38,10 @@ Array = jax.Array
 # The recipe: Bort-SGD balanced against DBort.
 
 
-def _check_positive(value: Any, name: str, at_most: float | None = None
-                    ) -> float:
-  """A finite number > 0 (and ≤ at_most), as a float; else ValueError."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{name} must be a number, got {value!r}.")
-  number = float(value)
-  if not (number > 0 and math.isfinite(number)) or (
-      at_most is not None and number > at_most
-  ):
-    bound = f" and <= {at_most}" if at_most is not None else ""
-    raise ValueError(f"{name} must be > 0{bound}, got {value!r}.")
-  return number
-
-
-def _check_steps(steps: Any) -> int:
-  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-    raise ValueError(f"steps must be a positive int, got {steps!r}.")
-  if steps < 1:
-    raise ValueError(f"steps must be a positive int, got {steps!r}.")
-  return int(steps)
+def _positive(name: str, value: Any, at_most: float | None = None) -> float:
+  """A finite number > 0 (and ≤ at_most), as a float."""
+  return validation.check_real(name, value, low=0, low_inclusive=False,
+                               high=at_most)
 
 
 def dbort_linear_optimizer(
@@ -135,17 +119,15 @@ def dbort_linear_optimizer(
            [0., 0., 0., 0., 0., 0.],
            [0., 0., 0., 0., 0., 0.]], dtype=float32)
   """
-  steps = _check_steps(steps)
-  learning_rate = _check_positive(learning_rate, "learning_rate")
-  if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or (
-      not 0 <= momentum < 1
-  ):
-    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
-  constraint_step = _check_positive(constraint_step, "constraint_step")
-  final_fraction = _check_positive(final_fraction, "final_fraction", 1.0)
-  amplitude = _check_positive(amplitude, "amplitude")
-  power = _check_positive(power, "power")
-  weight = 1.0 / power if weight is None else _check_positive(weight, "weight")
+  steps = validation.check_positive_int("steps", steps)
+  learning_rate = _positive("learning_rate", learning_rate)
+  momentum = validation.check_real("momentum", momentum, low=0, high=1,
+                                  high_inclusive=False)
+  constraint_step = _positive("constraint_step", constraint_step)
+  final_fraction = _positive("final_fraction", final_fraction, 1.0)
+  amplitude = _positive("amplitude", amplitude)
+  power = _positive("power", power)
+  weight = 1.0 / power if weight is None else _positive("weight", weight)
 
   peak = learning_rate * amplitude / (weight * power)
   learning_rate_schedule = optax.cosine_decay_schedule(
@@ -341,13 +323,12 @@ def fit_dbort_linear(
   n, d = data.shape
   if n < 1 or d < 1:
     raise ValueError(f"fit_dbort_linear needs non-empty data; got {data.shape}.")
-  if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (
-      1 <= k <= d
-  ):
-    raise ValueError(f"k must be an int in [1, d={d}], got {k!r}.")
+  k = validation.check_positive_int("k", k)
+  if k > d:
+    raise ValueError(f"k must be an integer in [1, d={d}], got {k}.")
   if not np.all(np.isfinite(data)):
     raise ValueError("fit_dbort_linear: the data contain NaN or inf.")
-  steps = _check_steps(steps)
+  steps = validation.check_positive_int("steps", steps)
   recipe = dbort_linear_optimizer(
       steps,
       learning_rate=learning_rate,

@@ -29,13 +29,13 @@ from bort_jax.explain.figures import plot_gram
 from bort_jax.explain.figures import plot_reconstructions
 from bort_jax.explain.figures import plot_saliency
 from bort_jax.explain.figures import save_figure
-from bort_jax.explain.invert import ConvGeometry
 from bort_jax.explain.invert import invert_avg_pool
 from bort_jax.explain.invert import invert_conv
 from bort_jax.explain.invert import invert_dense
 from bort_jax.explain.invert import invert_layer
 from bort_jax.explain.invert import invert_leaky_relu
 from bort_jax.explain.invert import invert_relu
+from bort_jax.explain.invert import layer_inverse
 from bort_jax.explain.invert import register_inverse
 from bort_jax.explain.invert import unit_scales
 from bort_jax.explain.metrics import cosine_gram
@@ -55,7 +55,6 @@ from bort_jax.explain.saliency import integrated_gradients_saliency
 from bort_jax.explain.saliency import normalize_map
 
 __all__ = (
-    "ConvGeometry",
     "PerturbationCurve",
     "attack_success_rate",
     "attribution_map",
@@ -80,6 +79,7 @@ __all__ = (
     "invert_leaky_relu",
     "invert_relu",
     "latent_edit_attack",
+    "layer_inverse",
     "model_layers",
     "normalize_map",
     "perturbation_norms",

@@ -14,15 +14,25 @@ are the approximate inverse the paper backtracks with.
 
 A convolution is a dense layer applied to every patch: each patch is inverted
 as above and the patch estimates are put back where they came from
-(transposed convolution, computed as the VJP of the forward convolution) and
-averaged over the patches covering each input pixel.
+(transposed convolution: the VJP of the ``nnx.Conv`` layer itself, so
+Flax's padding rules are never re-derived) and averaged over the patches
+covering each input pixel.
 
 Activations: LeakyReLU is inverted exactly; ReLU is passed through, or, when
 ``relu="guided"``, kept only where the forward pre-activation was positive.
+
+Each layer type's inverse is found by :func:`layer_inverse`, a
+:func:`functools.singledispatch` function; :func:`register_inverse` adds one.
+
+References:
+  Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
+  Bounded Orthogonal Constraint", ICLR 2023 (layer inversion and network
+  backtracking).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -30,20 +40,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bort_jax._src.dbort import DBort
 from bort_jax.models import invertible
 
 RELU_MODES = ("pass", "guided")
 
-# An inverse takes (layer, y, x) where x is the layer's forward input: an
-# array, or a jax.ShapeDtypeStruct when only its shape is known.
+# An inverse takes (layer, y, x, relu) where x is the layer's forward input:
+# an array, or a jax.ShapeDtypeStruct when only its shape is known.
 LayerInverse = Callable[..., jax.Array]
-_INVERSES: dict[type, LayerInverse] = {}
 
 _NOT_INVERTIBLE = (
     "Invertible models are built from nnx.Linear, nnx.Conv, LeakyReLU, ReLU, "
-    "AvgPool and Flatten (bort_jax.models.invertible); dropout, "
-    "normalisation and max pooling have no inverse. Register one with "
-    "bort_jax.explain.register_inverse if your layer is invertible."
+    "AvgPool, Flatten and DBort wrappers of these "
+    "(bort_jax.models.invertible); dropout, normalisation and max pooling "
+    "have no inverse. Register one with bort_jax.explain.register_inverse if "
+    "your layer is invertible."
 )
 
 
@@ -111,96 +122,89 @@ def invert_dense(
   return (y / unit_scales(kernel.T)) @ kernel.T
 
 
-def _as_tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
-  if value is None:
-    return (1,) * n
-  if isinstance(value, int):
-    return (value,) * n
-  value = tuple(value)
-  if len(value) != n:
-    raise ValueError(f"{name} must have {n} entries, got {value}.")
-  return value
+def _conv_layer(
+    kernel: jax.Array,
+    *,
+    strides: Any = 1,
+    padding: Any = "SAME",
+    input_dilation: Any = 1,
+    kernel_dilation: Any = 1,
+    feature_group_count: int = 1,
+) -> nnx.Conv:
+  """A bias-free ``nnx.Conv`` holding ``kernel``: Flax's own forward map.
 
-
-class ConvGeometry:
-  """How an ``nnx.Conv``-style convolution walks over its input.
-
-  Mirrors ``nnx.Conv``: inputs ``(N, *spatial, C)``, kernels
-  ``(*window, C/groups, out)``; string paddings ``SAME``, ``VALID``,
-  ``CIRCULAR``, ``REFLECT``, ``CAUSAL`` (1-D), an int, or ``(low, high)`` pairs.
-  :meth:`apply` is the bias-free convolution whose VJP :func:`invert_conv`
-  uses as the transposed convolution.
-
-  Args:
-    num_spatial: the number of spatial axes.
-    strides: an int or one per spatial axis.
-    padding: as in ``nnx.Conv``.
-    input_dilation: an int or one per spatial axis.
-    kernel_dilation: an int or one per spatial axis.
-    feature_group_count: the number of groups.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> geometry = ConvGeometry(2, strides=2, padding="SAME")
-    >>> geometry.apply(jnp.ones((1, 7, 7, 3)), jnp.ones((3, 3, 3, 4))).shape
-    (1, 4, 4, 4)
+  Its transpose (:func:`jax.linear_transpose`) is the transposed
+  convolution, so the padding, stride and dilation rules are Flax's, never
+  re-derived here.
   """
+  *window, group_features, out_features = kernel.shape
+  return nnx.Conv(
+      group_features * feature_group_count, out_features, tuple(window),
+      strides=strides, padding=padding, input_dilation=input_dilation,
+      kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
+      use_bias=False, kernel_init=lambda *_: kernel, rngs=nnx.Rngs(0),
+  )
 
-  def __init__(
-      self,
-      num_spatial: int,
-      strides: Any = 1,
-      padding: Any = "SAME",
-      input_dilation: Any = 1,
-      kernel_dilation: Any = 1,
-      feature_group_count: int = 1,
-  ):
-    n = num_spatial
-    self.num_spatial = n
-    self.strides = _as_tuple(strides, n, "strides")
-    self.input_dilation = _as_tuple(input_dilation, n, "input_dilation")
-    self.kernel_dilation = _as_tuple(kernel_dilation, n, "kernel_dilation")
-    self.feature_group_count = int(feature_group_count)
-    if isinstance(padding, str):
-      self.padding = padding.upper()
-      if self.padding not in (
-          "SAME", "VALID", "SAME_LOWER", "CIRCULAR", "REFLECT", "CAUSAL"):
-        raise ValueError(f"Unknown convolution padding {padding!r}.")
-    elif isinstance(padding, int):
-      self.padding = ((padding, padding),) * n
-    else:
-      pads = tuple(padding)
-      self.padding = tuple(
-          (p, p) if isinstance(p, int) else tuple(p) for p in pads)
-      if len(self.padding) != n:
-        raise ValueError(f"padding must have {n} entries, got {padding}.")
 
-  def apply(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The convolution without bias, ``(N, *spatial, C) → (N, *out, O)``."""
-    n = self.num_spatial
-    padding = self.padding
-    if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
-      window = [(k - 1) * d + 1
-                for k, d in zip(kernel.shape[:n], self.kernel_dilation)]
-      if padding == "CAUSAL":
-        pads = [(w - 1, 0) for w in window]
-      else:
-        pads = [((w - 1) // 2, w // 2) for w in window]
-      mode = {"CIRCULAR": "wrap", "REFLECT": "reflect", "CAUSAL": "constant"}
-      x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=mode[padding])
-      padding = "VALID"
-    numbers = jax.lax.ConvDimensionNumbers(
-        lhs_spec=(0, n + 1) + tuple(range(1, n + 1)),
-        rhs_spec=(n + 1, n) + tuple(range(n)),
-        out_spec=(0, n + 1) + tuple(range(1, n + 1)),
+def _output_shape(conv: Callable, x_shape: tuple[int, ...], dtype,
+                  padding: Any) -> tuple[int, ...]:
+  """The shape ``conv`` maps ``x_shape`` to; its own errors as ValueError."""
+  try:
+    return tuple(jax.eval_shape(
+        conv, jax.ShapeDtypeStruct(x_shape, dtype)).shape)
+  except (RuntimeError, TypeError, ValueError) as e:
+    if isinstance(padding, str) and "padding" in str(e).lower():
+      raise ValueError(
+          f"Unknown convolution padding {padding!r} (nnx.Conv: {e})."
+      ) from None
+    raise ValueError(
+        f"the convolution cannot run on inputs of shape {x_shape}: {e}"
+    ) from None
+
+
+def _invert_convolution(
+    conv: Callable[[jax.Array], jax.Array],
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    y: jax.Array,
+    input_shape: tuple[int, ...],
+    *,
+    feature_group_count: int,
+    geometry: dict[str, Any],
+) -> jax.Array:
+  """Per-unit division, the transpose of ``conv``, then patch averaging."""
+  n = kernel.ndim - 2
+  if len(input_shape) != n + 1 or y.ndim != n + 2:
+    raise ValueError(
+        f"invert_conv: a {n}-D convolution needs features (N, *spatial, C) "
+        f"and input_shape (*spatial, C); got features {y.shape} and "
+        f"input_shape {input_shape}."
     )
-    return jax.lax.conv_general_dilated(
-        x, kernel, self.strides, padding,
-        lhs_dilation=self.input_dilation,
-        rhs_dilation=self.kernel_dilation,
-        dimension_numbers=numbers,
-        feature_group_count=self.feature_group_count,
+  x_shape = (y.shape[0],) + input_shape
+  out_shape = _output_shape(conv, x_shape, y.dtype, geometry["padding"])
+  if tuple(y.shape) != out_shape:
+    raise ValueError(
+        f"invert_conv: features of shape {y.shape} do not match the "
+        f"convolution's output {out_shape} for inputs {x_shape}."
     )
+  groups = feature_group_count
+  out = kernel.shape[-1]
+  # Rows are output units; group g owns outputs [g·out/groups, (g+1)·out/groups).
+  w = kernel.reshape(-1, groups, out // groups).transpose(1, 2, 0)
+  scales = unit_scales(w).reshape(out)
+  if bias is not None:
+    y = y - bias
+  # The VJP of the (affine) layer is the transpose of its linear part.
+  _, transpose = jax.vjp(conv, jnp.zeros(x_shape, y.dtype))
+  (summed,) = transpose((y / scales).astype(y.dtype))
+  # How many patches cover each pixel: the transpose of an all-ones
+  # one-channel convolution with the same geometry, applied to ones.
+  counter = _conv_layer(jnp.ones(kernel.shape[:n] + (1, 1), y.dtype),
+                        **geometry)
+  count_transpose = jax.linear_transpose(
+      counter, jax.ShapeDtypeStruct((1,) + input_shape[:-1] + (1,), y.dtype))
+  (count,) = count_transpose(jnp.ones((1,) + y.shape[1:-1] + (1,), y.dtype))
+  return jnp.where(count > 0, summed / jnp.where(count > 0, count, 1.0), 0.0)
 
 
 def invert_conv(
@@ -219,9 +223,12 @@ def invert_conv(
 
   Each output channel ``o`` is divided by its unit scale (``‖w_o‖²``, see
   :func:`unit_scales`; per group), the result is spread back over the patches
-  by the transposed convolution (the VJP of the forward convolution), and
-  each input pixel is divided by the number of patches covering it (the VJP
-  of an all-ones kernel applied to ones). Pixels no patch covers are 0.
+  by the transposed convolution, and each input pixel is divided by the
+  number of patches covering it. Both transposes are
+  :func:`jax.linear_transpose`/:func:`jax.vjp` of an ``nnx.Conv`` with these
+  settings, so every padding ``nnx.Conv`` accepts (``SAME``, ``VALID``,
+  ``CIRCULAR``, ``REFLECT``, ``CAUSAL``, ints, ``(low, high)`` pairs) is
+  handled exactly as Flax pads. Pixels no patch covers are 0.
 
   Args:
     y: outputs ``(N, *out_spatial, out)``.
@@ -240,6 +247,10 @@ def invert_conv(
     exactly (square or wide bounded-orthogonal kernel); otherwise the average
     of the patches' orthogonal projections.
 
+  Raises:
+    ValueError: if ``y`` or ``input_shape`` do not fit the convolution, or
+      the padding is not one ``nnx.Conv`` knows.
+
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> kernel = 0.5 * jnp.eye(4).reshape(2, 2, 1, 4)  # square, orthogonal
@@ -252,42 +263,14 @@ def invert_conv(
     >>> bool(jnp.allclose(x_hat, x))
     True
   """
-  n = kernel.ndim - 2
-  input_shape = tuple(input_shape)
-  geometry = ConvGeometry(n, strides, padding, input_dilation,
-                          kernel_dilation, feature_group_count)
-  if len(input_shape) != n + 1 or y.ndim != n + 2:
-    raise ValueError(
-        f"invert_conv: a {n}-D convolution needs features (N, *spatial, C) "
-        f"and input_shape (*spatial, C); got features {y.shape} and "
-        f"input_shape {input_shape}."
-    )
-  x_shape = (y.shape[0],) + input_shape
-  out_shape = jax.eval_shape(
-      geometry.apply, jax.ShapeDtypeStruct(x_shape, y.dtype), kernel).shape
-  if tuple(y.shape) != tuple(out_shape):
-    raise ValueError(
-        f"invert_conv: features of shape {y.shape} do not match the "
-        f"convolution's output {out_shape} for inputs {x_shape}."
-    )
-  groups = geometry.feature_group_count
-  out = kernel.shape[-1]
-  # Rows are output units; group g owns outputs [g·out/groups, (g+1)·out/groups).
-  w = kernel.reshape(-1, groups, out // groups).transpose(1, 2, 0)
-  scales = unit_scales(w).reshape(out)
-  if bias is not None:
-    y = y - bias
-  _, transpose = jax.vjp(
-      lambda x: geometry.apply(x, kernel), jnp.zeros(x_shape, y.dtype))
-  (summed,) = transpose(y / scales)
-  count_geometry = ConvGeometry(n, strides, geometry.padding, input_dilation,
-                                kernel_dilation, 1)
-  ones = jnp.ones(kernel.shape[:n] + (1, 1), y.dtype)
-  _, count_transpose = jax.vjp(
-      lambda x: count_geometry.apply(x, ones),
-      jnp.zeros((1,) + input_shape[:-1] + (1,), y.dtype))
-  (count,) = count_transpose(jnp.ones((1,) + y.shape[1:-1] + (1,), y.dtype))
-  return jnp.where(count > 0, summed / jnp.where(count > 0, count, 1.0), 0.0)
+  geometry = dict(strides=strides, padding=padding,
+                  input_dilation=input_dilation,
+                  kernel_dilation=kernel_dilation)
+  conv = _conv_layer(kernel, feature_group_count=feature_group_count,
+                     **geometry)
+  return _invert_convolution(
+      conv, kernel, bias, y, tuple(input_shape),
+      feature_group_count=feature_group_count, geometry=geometry)
 
 
 def invert_leaky_relu(y: jax.Array, negative_slope: float) -> jax.Array:
@@ -358,8 +341,41 @@ def invert_avg_pool(
   )
 
 
-def register_inverse(layer_type: type, inverse: LayerInverse) -> None:
+@functools.singledispatch
+def layer_inverse(layer: Any, y: jax.Array, x: Any, relu: str) -> jax.Array:
+  """The inverse of one layer, dispatched on the layer's type.
+
+  A :func:`functools.singledispatch` function: :func:`register_inverse` (or
+  ``layer_inverse.register(MyLayer)``) adds a type, and subclasses inherit
+  their base class's inverse. This default raises: the layer's type has no
+  registered inverse.
+
+  Args:
+    layer: the layer.
+    y: its (possibly edited) output.
+    x: its forward input (an array, or a ``jax.ShapeDtypeStruct``).
+    relu: the ReLU mode, ``"pass"`` or ``"guided"``.
+
+  Returns:
+    ``x̂`` of ``x``'s shape.
+  """
+  del y, x, relu
+  raise _NotInvertible(type(layer).__name__)
+
+
+class _NotInvertible(ValueError):
+  """The layer's type has no registered inverse."""
+
+
+def register_inverse(
+    layer_type: type, inverse: LayerInverse | None = None
+) -> Any:
   """Registers how to invert a layer type (and its subclasses) when backtracking.
+
+  Adds ``layer_type`` to :func:`layer_inverse` (a
+  :func:`functools.singledispatch` function); a later registration of the
+  same type replaces the earlier one. Called with the type alone, it is a
+  decorator.
 
   Args:
     layer_type: a module class.
@@ -368,22 +384,42 @@ def register_inverse(layer_type: type, inverse: LayerInverse) -> None:
       ``jax.ShapeDtypeStruct`` when only its shape is known) and ``relu`` the
       ReLU mode (``"pass"`` or ``"guided"``).
 
+  Returns:
+    ``inverse`` (or, without it, a decorator that registers its function).
+
+  Raises:
+    TypeError: if ``layer_type`` is not a class or ``inverse`` not callable.
+
   Examples:
     >>> from flax import nnx
     >>> class Identity(nnx.Module):
     ...   def __call__(self, x):
     ...     return x
-    >>> register_inverse(Identity, lambda layer, y, x, relu: y)
+    >>> _ = register_inverse(Identity, lambda layer, y, x, relu: y)
+    >>> @register_inverse(Identity)
+    ... def _identity_inverse(layer, y, x, relu):
+    ...   return y
   """
-  _INVERSES[layer_type] = inverse
+  if not isinstance(layer_type, type):
+    raise TypeError(
+        f"register_inverse(layer_type, inverse) needs a class as layer_type, "
+        f"got {layer_type!r}."
+    )
+  if inverse is None:
+    return lambda fn: register_inverse(layer_type, fn)
+  if not callable(inverse):
+    raise TypeError(
+        f"register_inverse needs a callable inverse(layer, y, x, relu), got "
+        f"{inverse!r}."
+    )
+  layer_inverse.register(layer_type, inverse)
+  return inverse
 
 
 def find_inverse(layer: Any) -> LayerInverse | None:
-  """The registered inverse of a layer (by its class's MRO), or ``None``."""
-  for cls in type(layer).__mro__:
-    if cls in _INVERSES:
-      return _INVERSES[cls]
-  return None
+  """The inverse registered for the layer's type (or a base), or ``None``."""
+  found = layer_inverse.dispatch(type(layer))
+  return None if found is layer_inverse.dispatch(object) else found
 
 
 def check_relu_mode(relu: str) -> None:
@@ -418,11 +454,10 @@ def invert_layer(
   """
   check_relu_mode(relu)
   name = name or type(layer).__name__
-  inverse = find_inverse(layer)
-  if inverse is None:
-    raise ValueError(f"Cannot invert layer {name}. {_NOT_INVERTIBLE}")
   try:
-    return inverse(layer, y, x, relu)
+    return layer_inverse(layer, y, x, relu)
+  except _NotInvertible:
+    raise ValueError(f"Cannot invert layer {name}. {_NOT_INVERTIBLE}") from None
   except ValueError as e:
     raise ValueError(f"Cannot invert layer {name}: {e}") from e
 
@@ -439,18 +474,18 @@ def _linear_inverse(layer: nnx.Linear, y, x, relu):
 
 
 def _conv_inverse(layer: nnx.Conv, y, x, relu):
+  """The layer's own transpose (its VJP), so Flax's padding rules hold."""
   del relu
   kernel = layer.kernel[...]
   if layer.mask is not None:
     kernel = kernel * layer.mask
   bias = None if layer.bias is None else layer.bias[...]
-  return invert_conv(
-      y, kernel, bias, input_shape=tuple(x.shape[1:]),
-      strides=layer.strides, padding=layer.padding,
-      input_dilation=layer.input_dilation,
-      kernel_dilation=layer.kernel_dilation,
-      feature_group_count=layer.feature_group_count,
-  )
+  geometry = dict(strides=layer.strides, padding=layer.padding,
+                  input_dilation=layer.input_dilation,
+                  kernel_dilation=layer.kernel_dilation)
+  return _invert_convolution(
+      layer, kernel, bias, y, tuple(x.shape[1:]),
+      feature_group_count=layer.feature_group_count, geometry=geometry)
 
 
 def _leaky_relu_inverse(layer: invertible.LeakyReLU, y, x, relu):
@@ -482,6 +517,19 @@ def _flatten_inverse(layer: invertible.Flatten, y, x, relu):
   return y.reshape(shape)
 
 
+def _global_max_pool_inverse(layer: invertible.GlobalMaxPool, y, x, relu):
+  del layer, y, x, relu
+  raise ValueError(
+      "global max pooling keeps one value per channel and forgets where it "
+      "came from, so it has no inverse; backtrack from the layer below it "
+      "(e.g. SimpleCNN.pool_index - 1)."
+  )
+
+
+def _dbort_inverse(layer: DBort, y, x, relu):
+  return layer_inverse(layer.layer, y, x, relu)
+
+
 def _avg_pool_inverse(layer: invertible.AvgPool, y, x, relu):
   del relu
   return invert_avg_pool(
@@ -496,3 +544,5 @@ register_inverse(invertible.LeakyReLU, _leaky_relu_inverse)
 register_inverse(invertible.ReLU, _relu_inverse)
 register_inverse(invertible.Flatten, _flatten_inverse)
 register_inverse(invertible.AvgPool, _avg_pool_inverse)
+register_inverse(invertible.GlobalMaxPool, _global_max_pool_inverse)
+register_inverse(DBort, _dbort_inverse)

@@ -116,9 +116,7 @@ class PerturbationCurve(NamedTuple):
   @property
   def auc(self) -> jax.Array:
     """``(N,)`` areas under the curves (trapezoid rule over the fractions)."""
-    widths = jnp.diff(self.fractions)
-    heights = 0.5 * (self.scores[:, 1:] + self.scores[:, :-1])
-    return heights @ widths
+    return jnp.trapezoid(self.scores, self.fractions, axis=-1)
 
 
 def _pixel_ranks(saliency: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ without configuration.
 
 from bort_jax.models.invertible import AvgPool
 from bort_jax.models.invertible import Flatten
+from bort_jax.models.invertible import GlobalMaxPool
 from bort_jax.models.invertible import InvertibleCNN
 from bort_jax.models.invertible import InvertibleMLP
 from bort_jax.models.invertible import InvertibleSequential
@@ -16,12 +17,15 @@ from bort_jax.models.mlp import MLP
 from bort_jax.models.resnet import BasicBlock
 from bort_jax.models.resnet import ResNet
 from bort_jax.models.resnet import resnet18
+from bort_jax.models.simple_cnn import SimpleCNN
+from bort_jax.models.simple_cnn import simple_cnn_widths
 from bort_jax.models.vit import ViT
 
 __all__ = (
     "AvgPool",
     "BasicBlock",
     "Flatten",
+    "GlobalMaxPool",
     "InvertibleCNN",
     "InvertibleMLP",
     "InvertibleSequential",
@@ -29,6 +33,8 @@ __all__ = (
     "MLP",
     "ReLU",
     "ResNet",
+    "SimpleCNN",
     "ViT",
     "resnet18",
+    "simple_cnn_widths",
 )

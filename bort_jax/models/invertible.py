@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -112,6 +113,24 @@ class AvgPool(nnx.Module):
         x, self.window_shape, self.strides, self.padding,
         count_include_pad=True,
     )
+
+
+class GlobalMaxPool(nnx.Module):
+  """The maximum of each channel over the spatial axes: ``(N, *spatial, C) → (N, C)``.
+
+  It is **not invertible**: it keeps one value per channel and forgets where
+  it came from. Models that end with it (:class:`bort_jax.models.SimpleCNN`)
+  are backtracked from the layer below it; asking
+  :func:`bort_jax.explain.backtrack` to invert it raises an error naming it.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> GlobalMaxPool()(jnp.arange(8.0).reshape(1, 2, 2, 2))
+    Array([[6., 7.]], dtype=float32)
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
 
 
 class InvertibleSequential(nnx.Module):

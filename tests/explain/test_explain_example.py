@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "explain_mnist.py"
+EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "explain_mnist.py"
 
 
 def load_example():

@@ -1,4 +1,8 @@
-"""Layer inversion and network backtracking (bort_jax.explain, SPEC §6)."""
+"""Layer inversion and network backtracking (bort_jax.explain).
+
+The procedures of Zhang et al., "Bort", ICLR 2023: a bounded-orthogonal layer
+is inverted by its scaled transpose; a network is backtracked layer by layer.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +27,12 @@ def conv_kernel(w, window, cin):
 
 
 def conv(x, kernel, strides, padding):
-  return explain.ConvGeometry(2, strides, padding).apply(x, kernel)
+  """The forward convolution: Flax's own nnx.Conv holding ``kernel``."""
+  *window, cin, cout = kernel.shape
+  layer = nnx.Conv(cin, cout, tuple(window), strides=strides, padding=padding,
+                   use_bias=False, rngs=nnx.Rngs(0))
+  layer.kernel[...] = kernel
+  return layer(x)
 
 
 def conv_inverse_reference(x, w, window, stride, pads):
