@@ -395,7 +395,15 @@ def dbort_energies(
   forward = nnx.capture(
       lambda m, *a, **kw: getattr(m, method)(*a, **kw), DBortEnergy
   )
-  return forward(model, *args, **kwargs)
+  try:
+    return forward(model, *args, **kwargs)
+  except BaseException:
+    # nnx.capture removes its per-module context only when the call returns;
+    # without this, later plain calls would keep recording into it.
+    for _, module in nnx.iter_modules(model):
+      if _capturing(module):
+        delattr(module, "__captures__")
+    raise
 
 
 class DBortTerm(NamedTuple):

@@ -246,3 +246,25 @@ def test_public_module_and_the_old_import_path():
   assert bort_jax.dbort is dbort
   with pytest.raises(AttributeError, match="no_such_name"):
     dbort_src.no_such_name  # pylint: disable=pointless-statement
+
+
+def test_a_failing_forward_pass_leaves_no_capture_behind():
+  class Failing(nnx.Module):
+    def __init__(self, rngs):
+      self.head = DBort(nnx.Linear(3, 2, rngs=rngs))
+
+    def __call__(self, x, fail):
+      y = self.head(x)
+      if fail:
+        raise RuntimeError("boom")
+      return y
+
+  model = Failing(nnx.Rngs(0))
+  with pytest.raises(RuntimeError, match="boom"):
+    dbort_term(model, jnp.ones((1, 3)), fail=True)
+  for path, module in nnx.iter_modules(model):
+    assert not hasattr(module, "__captures__"), path
+  # A later plain call records nothing; a later capture records one call.
+  model(jnp.ones((1, 3)), fail=False)
+  term = dbort_term(model, jnp.ones((1, 3)), fail=False)
+  assert term.energies["head"].shape == (1,)
