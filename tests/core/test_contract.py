@@ -53,9 +53,9 @@ TRANSFORMATIONS = {
     "with_bort_lamb_decoupled": (functools.partial(_with_bort, optax.lamb,
                                                    "decoupled"), 0.02),
     "with_bort_lion_coupled": (functools.partial(_with_bort, optax.lion,
-                                                 "coupled"), 0.003),
+                                                 "coupled"), 0.005),
     "with_bort_lion_decoupled": (functools.partial(_with_bort, optax.lion,
-                                                   "decoupled"), 0.003),
+                                                   "decoupled"), 0.005),
     "skip_nonfinite_steps": (_guarded_sgd, 0.05),
 }
 NAMES = list(TRANSFORMATIONS)
@@ -111,8 +111,9 @@ def test_inject_hyperparams_gives_identical_results(name):
   assert set(state.hyperparams) >= {"learning_rate", "gamma"}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32,
-                                   jnp.float64])
+@pytest.mark.parametrize("dtype", [
+    pytest.param(jnp.float16, marks=pytest.mark.slow), jnp.bfloat16,
+    jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", NAMES)
 def test_dtype_and_state_types_are_stable_under_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
@@ -133,8 +134,13 @@ def test_dtype_and_state_types_are_stable_under_cond(name, dtype):
     assert (jax.tree.structure(new_state) == jax.tree.structure(state))
     for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
       assert a.dtype == b.dtype and a.shape == b.shape
-    assert all(bool(jnp.all(jnp.isfinite(u.astype(jnp.float32))))
-               for u in jax.tree.leaves(updates))
+    # Bort adds no non-finite values where the optax optimizer alone (γ = 0)
+    # has none (Adam's eps = 1e-8 underflows in float16, for example).
+    base = _make(name, gamma=0.0)
+    base_updates, _ = base.update(_grads(params), base.init(params), params)
+    finite = lambda u: np.isfinite(np.asarray(u, np.float32))
+    for u, b in zip(jax.tree.leaves(updates), jax.tree.leaves(base_updates)):
+      assert np.all(finite(u) >= finite(b))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -155,7 +155,6 @@ def _check_explicit_equals_unsharded(make, params, specs):
         value.sharding, sharding)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode, shape, specs", [
     ("l1-fullrow", (64, 4096), [P(None, "x"), P("x", None)]),
     ("l1-fullcol", (3, 3, 256, 32), [P(None, None, None, "x"),
