@@ -44,6 +44,7 @@ def bort_sgd(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
+    every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with the coupled Bort correction (the paper's Bort-SGD).
 
@@ -72,6 +73,8 @@ def bort_sgd(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
+    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -110,6 +113,7 @@ def bort_sgd(
           dimension_numbers=dimension_numbers,
           bort_mask=bort_mask,
           kernel_options=kernel_options,
+          every=every,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
@@ -142,6 +146,7 @@ def bort_adamw(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
+    every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
@@ -173,6 +178,8 @@ def bort_adamw(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
+    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -217,6 +224,7 @@ def bort_adamw(
           dimension_numbers=dimension_numbers,
           bort_mask=bort_mask,
           kernel_options=kernel_options,
+          every=every,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -233,6 +241,7 @@ def with_bort(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
+    every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, coupled or decoupled.
 
@@ -256,6 +265,8 @@ def with_bort(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
+    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -307,8 +318,10 @@ def with_bort(
       lr = hyperparameter_value(learning_rate, count)
       return -jnp.asarray(lr) * hyperparameter_value(gamma, count)
 
+  every = validation.check_positive_int("every", every)
   bort = _correction_transform(
-      strength, mode, amplitude, dimension_numbers, kernel_options, bort_mask
+      strength, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
+      every,
   )
   if placement == "coupled":
     return optax.chain(bort, optimizer)

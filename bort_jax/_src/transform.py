@@ -33,7 +33,8 @@ NO_PARAMS_MSG = (
 
 
 class BortState(NamedTuple):
-  """The step count, kept only when gamma or the amplitude is a schedule."""
+  """The step count, kept only when gamma or the amplitude is a schedule, or
+  the correction is amortised (``every > 1``)."""
 
   count: jax.Array  # shape=(), dtype=jnp.int32
 
@@ -152,9 +153,14 @@ def _correction_transform(
     dimension_numbers: DimensionNumbersLike,
     kernel_options: penalty.KernelOptions,
     bort_mask: Any = None,
+    every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
-  """Adds ``strength · Δ(params)`` to the updates; no checks on strength."""
-  has_schedule = callable(strength) or callable(amplitude)
+  """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
+
+  With ``every = k > 1``, adds ``k · strength · Δ`` on steps 0, k, 2k, … only
+  (``lax.cond``: the other steps compute no correction).
+  """
+  has_schedule = callable(strength) or callable(amplitude) or every > 1
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; an empty selection warns.
@@ -178,19 +184,26 @@ def _correction_transform(
     c = hyperparameter_value(amplitude, count)
     if not isinstance(c, str):
       c = _scalar(c, "amplitude")
-    deltas = tree_correction(
-        params,
-        mode,
-        c,
-        dimension_numbers=dimension_numbers,
-        kernel_options=kernel_options,
-    )
-    updates = jax.tree.map(
-        lambda u, d: u if d is None else (u + scale * d).astype(u.dtype),
-        updates,
-        deltas,
-        is_leaf=lambda x: x is None,
-    )
+
+    def corrected(updates):
+      deltas = tree_correction(
+          params,
+          mode,
+          c,
+          dimension_numbers=dimension_numbers,
+          kernel_options=kernel_options,
+      )
+      factor = scale if every == 1 else every * scale
+      return jax.tree.map(
+          lambda u, d: u if d is None else (u + factor * d).astype(u.dtype),
+          updates,
+          deltas,
+          is_leaf=lambda x: x is None,
+      )
+
+    if every == 1:
+      return corrected(updates), new_state
+    updates = jax.lax.cond(count % every == 0, corrected, lambda u: u, updates)
     return updates, new_state
 
   tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -205,6 +218,7 @@ def add_bort_correction(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
+    every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds the Bort correction ``gamma · Δ(param)`` to each Bort leaf's update.
 
@@ -233,6 +247,12 @@ def add_bort_correction(
       act on, handed to :func:`optax.masked`.
     kernel_options: precision, reduced-precision Gram and block size of the
       full modes (:class:`KernelOptions`).
+    every: amortise the correction: apply ``every · gamma · Δ`` on every
+      ``every``-th step (steps 0, k, 2k, …) and nothing on the others, through
+      ``lax.cond`` (no work on the skipped steps, no recompilation; schedules
+      are read at the step count). ``every`` multiplies the stability limit:
+      for the l2 modes, ``lr · every · γ · c`` must stay below about 1 (with
+      the coupled placement, ``lr`` is the optimizer's effective step).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (extra arguments to
@@ -277,6 +297,8 @@ def add_bort_correction(
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options
   )
+  every = validation.check_positive_int("every", every)
   return _correction_transform(
-      gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask
+      gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
+      every,
   )

@@ -57,6 +57,10 @@ TRANSFORMATIONS = {
     "with_bort_lion_decoupled": (functools.partial(_with_bort, optax.lion,
                                                    "decoupled"), 0.005),
     "skip_nonfinite_steps": (_guarded_sgd, 0.05),
+    "bort_adamw_every_3": (lambda learning_rate, gamma, mode="l2-full":
+                           bort_jax.bort_adamw(learning_rate, gamma=gamma,
+                                               mode=mode, weight_decay=0.0,
+                                               every=3), 0.05),
 }
 NAMES = list(TRANSFORMATIONS)
 
