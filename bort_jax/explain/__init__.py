@@ -10,7 +10,16 @@ layer to its input. This package builds the paper's tools on that:
 - explainable adversarial examples by latent editing (vs FGSM and PGD),
 - figures (matplotlib, optional).
 
-The models to backtrack live in :mod:`bort_jax.models.invertible`.
+The models to backtrack live in :mod:`bort_jax.models.invertible` and
+:mod:`bort_jax.models.simple_cnn` (the authors' SimpleCNN). Each layer type's
+inverse is found by :func:`layer_inverse`, a ``functools.singledispatch``
+function; :func:`register_inverse` adds one.
+
+References:
+  Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
+  Bounded Orthogonal Constraint", ICLR 2023; Zhang, Rao, Zhou, Lu,
+  "Alignment-Invertibility Regularization for Explainable Neural Networks",
+  IEEE TPAMI 2026.
 """
 
 from bort_jax.explain.adversarial import attack_success_rate

@@ -204,8 +204,10 @@ def reconstruct(
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from bort_jax.models.invertible import InvertibleCNN
-    >>> cnn = InvertibleCNN((8, 8, 1), (4,), (), 10, rngs=nnx.Rngs(0))
-    >>> reconstruct(cnn, jnp.ones((3, 8, 8, 1)), cnn.stage_ends[0]).shape
+    >>> cnn = nnx.eval_shape(lambda: InvertibleCNN(  # abstract: shapes only
+    ...     (8, 8, 1), (4,), (), 10, rngs=nnx.Rngs(0)))
+    >>> nnx.eval_shape(lambda m, x: reconstruct(m, x, m.stage_ends[0]),
+    ...                cnn, jnp.ones((3, 8, 8, 1))).shape
     (3, 8, 8, 1)
   """
   stop = layer_index(layer, len(model_layers(model)))

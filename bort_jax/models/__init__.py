@@ -2,7 +2,9 @@
 
 Every Linear/Conv weight is a leaf named ``kernel`` in Flax layout, so
 ``bort_jax.add_bort_correction`` and ``orthogonality_error`` find them
-without configuration.
+without configuration. The backtrackable ones (:mod:`bort_jax.explain`) are
+built from :mod:`bort_jax.models.invertible`: :class:`InvertibleMLP`,
+:class:`InvertibleCNN` and the authors' :class:`SimpleCNN`.
 """
 
 from bort_jax.models.invertible import AvgPool

@@ -275,12 +275,14 @@ class InvertibleCNN(InvertibleSequential):
     rngs: the NNX random streams.
 
   Examples:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
-    >>> cnn = InvertibleCNN((8, 8, 1), (4, 8), (16,), 10, rngs=nnx.Rngs(0))
-    >>> cnn(jnp.zeros((2, 8, 8, 1))).shape, cnn.stage_ends
+    >>> cnn = nnx.eval_shape(lambda: InvertibleCNN(  # abstract: shapes only
+    ...     (8, 8, 1), (4, 8), (16,), 10, rngs=nnx.Rngs(0)))
+    >>> x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    >>> nnx.eval_shape(lambda m, x: m(x), cnn, x).shape, cnn.stage_ends
     ((2, 10), (3, 7))
-    >>> cnn.forward(jnp.zeros((2, 8, 8, 1)))[4].shape  # after stage 1
+    >>> nnx.eval_shape(lambda m, x: m.forward(x)[4], cnn, x).shape  # stage 1
     (2, 4, 4, 16)
   """
 

@@ -127,7 +127,7 @@ def test_gradient_equals_jax_grad_of_the_written_formula():
     logits = h @ head["kernel"][...] + head["bias"][...]
     return _cross_entropy(logits, labels) - WEIGHT * jnp.mean(logits**2)**POWER
 
-  expected_value, expected = jax.value_and_grad(formula)(params)
+  expected_value, expected = jax.jit(jax.value_and_grad(formula))(params)
 
   @nnx.jit
   def step(model):
@@ -144,8 +144,8 @@ def test_gradient_equals_jax_grad_of_the_written_formula():
     np.testing.assert_allclose(a[...], b[...], rtol=1e-5, atol=1e-8,
                                err_msg=str(path))
   # The DBort part alone is not negligible here, so the test can fail.
-  ce_only = jax.grad(
-      lambda p: _cross_entropy(nnx.merge(graphdef, p)(x), labels))(params)
+  ce_only = jax.jit(jax.grad(
+      lambda p: _cross_entropy(nnx.merge(graphdef, p)(x), labels)))(params)
   dbort_part = jax.tree.map(lambda a, b: a - b, expected, ce_only)
   assert max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(dbort_part)
              ) > 1e-5
@@ -186,13 +186,23 @@ def test_energies_of_several_layers_and_calls_sum_in_the_loss():
   model = _TwoWrapped(nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 1)),
                   jnp.float32)
-  term = dbort_term(model, x, weight=0.5, power=0.5)
-  conv_out = model.conv.layer(x)
-  h = jnp.mean(nnx.relu(conv_out), axis=(1, 2))
-  first = model.blocks[0].layer(h)
-  second = model.blocks[0].layer(first)
-  energies = [np.mean(np.asarray(y, np.float64)**2)
-              for y in (conv_out, first, second)]
+
+  @nnx.jit
+  def run(model, x):
+    term = dbort_term(model, x, weight=0.5, power=0.5)
+    conv_out = model.conv.layer(x)
+    h = jnp.mean(nnx.relu(conv_out), axis=(1, 2))
+    first = model.blocks[0].layer(h)
+    second = model.blocks[0].layer(first)
+    _, captured = dbort_energies(model, x)
+    _, outputs = dbort_outputs(model, x,
+                               layers=["conv/layer", "blocks/0/layer"])
+    return (term, (conv_out, first, second),
+            dbort_loss(captured, weight=0.5, power=0.5),
+            dbort_loss(outputs, weight=0.5, power=0.5))
+
+  term, layer_outputs, captured_loss, outputs_loss = run(model, x)
+  energies = [np.mean(np.asarray(y, np.float64)**2) for y in layer_outputs]
   assert sorted(term.energies) == ["blocks/0", "conv"]
   np.testing.assert_allclose(term.energies["conv"], energies[:1], rtol=1e-6)
   np.testing.assert_allclose(term.energies["blocks/0"], energies[1:],
@@ -200,14 +210,10 @@ def test_energies_of_several_layers_and_calls_sum_in_the_loss():
   np.testing.assert_allclose(term.energy, np.mean(energies), rtol=1e-6)
   np.testing.assert_allclose(
       term.loss, -0.5 * sum(e**0.5 for e in energies), rtol=1e-6)
-  # dbort_loss on the captured state is the same number.
-  _, captured = dbort_energies(model, x)
-  np.testing.assert_allclose(dbort_loss(captured, weight=0.5, power=0.5),
-                             term.loss, rtol=1e-7)
+  # dbort_loss on the captured state is the same number ...
+  np.testing.assert_allclose(captured_loss, term.loss, rtol=1e-7)
   # ... and on the outputs collected by dbort_outputs (no wrapper needed).
-  _, outputs = dbort_outputs(model, x, layers=["conv/layer", "blocks/0/layer"])
-  np.testing.assert_allclose(dbort_loss(outputs, weight=0.5, power=0.5),
-                             term.loss, rtol=1e-6)
+  np.testing.assert_allclose(outputs_loss, term.loss, rtol=1e-6)
 
 
 def test_other_captures_do_not_collect_the_energy():

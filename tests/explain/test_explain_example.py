@@ -16,6 +16,7 @@ def load_example():
   return module
 
 
+@pytest.mark.slow
 def test_example_writes_results_and_figures(tmp_path, capsys):
   example = load_example()
   out = tmp_path / "run"

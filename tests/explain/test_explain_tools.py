@@ -49,6 +49,7 @@ def trained_cnn(digits):
 # Saliency.
 
 
+@pytest.mark.slow
 def test_backtrack_saliency_is_deterministic_shaped_and_in_range(trained_cnn):
   model, images, _ = trained_cnn
   x = jnp.asarray(images[:4])
@@ -79,6 +80,7 @@ def test_backtrack_saliency_weighs_masks_by_channel_maxima():
       explain.backtrack_saliency(model, edge, 0, border=0)[0], edge[0, ..., 0] / 2)
 
 
+@pytest.mark.slow
 def test_gradient_baselines_are_shaped_in_range_and_complete(trained_cnn):
   model, images, _ = trained_cnn
   x = jnp.asarray(images[:3])
@@ -102,6 +104,7 @@ def linear_model(weights):
   return lambda x: x.reshape(len(x), -1) @ w
 
 
+@pytest.mark.slow
 def test_deletion_and_insertion_rank_a_good_map_above_a_bad_one():
   rng = np.random.default_rng(0)
   weights = jnp.asarray(rng.normal(size=(6, 6)) + 0.2, jnp.float32)
@@ -129,6 +132,7 @@ def test_deletion_and_insertion_rank_a_good_map_above_a_bad_one():
                 > explain.insertion_auc(logits_fn, images, bad, 4, classes))
 
 
+@pytest.mark.slow
 def test_auc_on_the_trained_model_is_in_range(trained_cnn):
   model, images, _ = trained_cnn
   x = jnp.asarray(images[:4])
@@ -173,6 +177,7 @@ def test_contribution_map_rejects_biases_and_other_layers():
 # Adversarial examples.
 
 
+@pytest.mark.slow
 def test_latent_edit_flips_predictions_of_a_trained_model(trained_cnn):
   model, images, labels = trained_cnn
   x, y = jnp.asarray(images[:64]), jnp.asarray(labels[:64])
@@ -220,6 +225,7 @@ def test_runner_up_excludes_the_label():
 # Figures.
 
 
+@pytest.mark.slow
 def test_figures_write_pngs(tmp_path, trained_cnn):
   model, images, labels = trained_cnn
   x = np.asarray(images[:3])

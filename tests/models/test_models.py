@@ -126,6 +126,7 @@ def test_bort_adamw_step_mlp():
   assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_bort_adamw_step_resnet():
   images, labels = _digits_batch()
   # ResNet-18's blocks (stride-2 shortcut included), two stages for speed.
@@ -141,6 +142,7 @@ def test_bort_adamw_step_resnet():
   assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
 
 
+@pytest.mark.slow
 def test_bort_adamw_step_vit():
   images, labels = _digits_batch()
   model = ViT(8, 4, 1, 10, dim=16, depth=1, num_heads=2, rngs=_rngs())
