@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from bort_jax._src import defaults
 from bort_jax._src import sharding
+from bort_jax._src import validation
 from bort_jax._src.products import COLS
 from bort_jax._src.products import compute_dtype
 from bort_jax._src.products import Context
@@ -91,14 +92,12 @@ MODES: dict[str, _Mode] = {
     "l1-row": _Mode(l1_norms, _l1_norms_penalty, True, False),
     "l1-col": _Mode(l1_norms, _l1_norms_penalty, False, False),
 }
+assert tuple(MODES) == defaults.MODES, "every mode of defaults.Mode, in order"
 
 
 def check_mode(mode: str) -> _Mode:
   """Returns the mode's kernels, or raises a ValueError listing valid modes."""
-  if not isinstance(mode, str) or mode not in MODES:
-    raise ValueError(
-        f"Unknown Bort mode {mode!r}; valid modes are: {', '.join(MODES)}."
-    )
+  validation.check_mode(mode)
   return MODES[mode]
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bort_jax._src import defaults
-from bort_jax._src.penalty import KernelOptions
+from bort_jax._src.products import KernelOptions
 
 #: Bort's scalars must stay finite (and positive ones positive) in float32,
 #: the narrowest dtype the corrections are computed in.
