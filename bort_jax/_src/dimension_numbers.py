@@ -304,6 +304,29 @@ def _is_dims_leaf(x) -> bool:
   return x is None or isinstance(x, BortDimensionNumbers)
 
 
+def _match_by_path(tree: Any, leaves_with_path) -> list | None:
+  """Each leaf's dimension numbers from the entry at its path (or a prefix
+  of it) in ``tree``, compared by names; None if some leaf has none."""
+  entries = {
+      path_names(path): d
+      for path, d in jax.tree_util.tree_flatten_with_path(
+          tree, is_leaf=_is_dims_leaf)[0]}
+  leaf_names = [path_names(path) for path, _ in leaves_with_path]
+  if not all(any(names[:len(entry)] == entry for names in leaf_names)
+             for entry in entries):
+    return None  # an entry names no parameter
+  dims = []
+  for path, _ in leaves_with_path:
+    names = path_names(path)
+    for stop in range(len(names), -1, -1):
+      if names[:stop] in entries:
+        dims.append(entries[names[:stop]])
+        break
+    else:
+      return None
+  return dims
+
+
 def resolve_views(
     dimension_numbers: DimensionNumbersLike, params: Any
 ) -> list[MatrixView | None]:
@@ -349,11 +372,15 @@ def resolve_views(
         )
     )
   except (ValueError, TypeError) as e:
-    raise ValueError(
-        "Bort dimension_numbers must be a BortDimensionNumbers, a pytree of "
-        "them (a prefix of the params, None to skip a leaf) or a callable "
-        f"returning one; its structure does not match the params: {e}"
-    ) from e
+    # Containers of other types with the same names (a dict against
+    # nnx.State, as nnx.Optimizer hands init and update): match by path.
+    dims = _match_by_path(tree, leaves_with_path)
+    if dims is None:
+      raise ValueError(
+          "Bort dimension_numbers must be a BortDimensionNumbers, a pytree "
+          "of them (a prefix of the params, None to skip a leaf) or a "
+          "callable returning one; its structure does not match the params: "
+          f"{e}") from e
 
   views = []
   for (path, leaf), dims_i in zip(leaves_with_path, dims):

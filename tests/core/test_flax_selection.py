@@ -160,3 +160,34 @@ def test_a_tree_with_other_shapes_is_refused():
   dims = bort_jax.flax_dimension_numbers(layers)
   with pytest.raises(ValueError, match="build them from the same model"):
     dims({"kernel": jnp.ones((6, 4))})
+
+
+def test_a_plain_dict_of_dimension_numbers_works_under_nnx_optimizer():
+  """init sees nnx.State of Variables, update sees arrays: matched by path."""
+  class Two(nnx.Module):
+
+    def __init__(self, rngs):
+      self.a = nnx.Linear(3, 4, rngs=rngs)
+      self.b = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(self.a(x))
+
+  model = Two(nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  dims = {"a": {"kernel": bort_jax.BortDimensionNumbers(), "bias": None},
+          "b": None}
+  tx = bort_jax.bort_sgd(0.1, gamma=0.5, dimension_numbers=dims)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3)))))(model)
+  optimizer.update(model, grads)
+  updates, _ = tx.update(grads.to_pure_dict(), tx.init(params), params)
+  want = optax.apply_updates(params, updates)
+  got = nnx.state(model, nnx.Param).to_pure_dict()
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # Only a's kernel is corrected: b moves by its gradient alone.
+  np.testing.assert_allclose(
+      got["b"]["kernel"],
+      params["b"]["kernel"] - 0.1 * grads.to_pure_dict()["b"]["kernel"],
+      rtol=1e-6)
