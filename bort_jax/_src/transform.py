@@ -239,10 +239,13 @@ def add_bort_correction(
       for ``c = (mean_i ‖w_i‖)²`` per matrix and step (only equal norms and
       orthogonality are enforced, not the scale).
     dimension_numbers: which leaves are Bort parameters and how each is a
-      matrix: ``None`` (Flax kernels, see :func:`flax_dimension_numbers`), one
-      :class:`BortDimensionNumbers` for every default leaf, a pytree of them
-      (``None`` skips a leaf), or a callable building such a pytree from the
-      params (robust to ``nnx.Optimizer``'s state trees).
+      matrix: ``None`` (Flax kernels by name, see
+      :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
+      every default leaf; a pytree of them (``None`` skips a leaf; matched by
+      path when its containers differ from the params', as ``nnx.State``
+      under ``nnx.Optimizer``); a callable building such a pytree from the
+      params; or an ``nnx.Module``, whose layer types decide (needed for
+      layers stacked by ``nnx.vmap``/``nnx.scan``).
     bort_mask: a pytree or callable of booleans selecting the leaves Bort may
       act on, handed to :func:`optax.masked`.
     kernel_options: precision, reduced-precision Gram and block size of the
