@@ -191,3 +191,16 @@ def test_a_plain_dict_of_dimension_numbers_works_under_nnx_optimizer():
       got["b"]["kernel"],
       params["b"]["kernel"] - 0.1 * grads.to_pure_dict()["b"]["kernel"],
       rtol=1e-6)
+
+
+def test_the_module_itself_is_accepted_as_dimension_numbers():
+  layers = _stacked_linears()
+  params = nnx.state(layers, nnx.Param).to_pure_dict()
+  via_module = bort_jax.tree_correction(params, dimension_numbers=layers)
+  via_callable = bort_jax.tree_correction(
+      params, dimension_numbers=bort_jax.flax_dimension_numbers(layers))
+  np.testing.assert_array_equal(via_module["kernel"], via_callable["kernel"])
+  per_layer = [bort_jax.tree_correction({"kernel": params["kernel"][i]})
+               ["kernel"] for i in range(L)]
+  np.testing.assert_allclose(via_module["kernel"], jnp.stack(per_layer),
+                             rtol=1e-6, atol=1e-7)
