@@ -10,7 +10,7 @@ from, so that an application can show or reuse them.
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Mode = Literal[
     "l2-full", "l2-row", "l2-col", "l1-fullrow", "l1-fullcol", "l1-row",
@@ -36,3 +36,30 @@ DEFAULT_AMPLITUDE: float = 1.0
 #: ``gamma`` must be passed (a good γ depends on the learning rate, the mode
 #: and the placement).
 DEFAULT_GAMMA: dict[str, float | None] = {"coupled": None, "decoupled": None}
+
+
+class Recommended(NamedTuple):
+  """A placement's recommended Bort setting (see :data:`RECOMMENDED`).
+
+  Attributes:
+    mode: the Bort mode.
+    amplitude: the amplitude ``c`` (a number or ``"ada"``).
+    gamma: the strength ``γ``.
+    learning_rate: the learning rate it was chosen with.
+  """
+
+  mode: Mode
+  amplitude: float | str
+  gamma: float
+  learning_rate: float
+
+
+#: The recommended setting of each placement, chosen on a validation split
+#: (the last 10% of MNIST's training set) from the accuracy–constraint
+#: frontier of ``bort-jax frontier``; docs/RESULTS.md has the sweep. Coupled:
+#: Bort-SGD with momentum 0.9 (the per-step correction is about
+#: ``lr·γ/(1 − μ)``). Decoupled: Bort-AdamW (``lr·γ``).
+RECOMMENDED: dict[str, Recommended] = {
+    "coupled": Recommended("l1-fullrow", ADA, 0.003, 0.05),
+    "decoupled": Recommended("l1-fullrow", ADA, 1.0, 1e-3),
+}

@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
       description="Train a classifier with or without Bort; writes "
       "config.json, metrics.json/.csv and checkpoints/ to --out.")
   _add_config_flags(train)
+  from bort_jax.experiments import recipes
+  train.add_argument(
+      "--recipe", choices=tuple(recipes.RECIPES), default=None,
+      help="start from a named recipe (bort_jax.experiments.recipes); "
+      "flags override it")
   train.add_argument("--out", required=True,
                      help="run folder (config, metrics, checkpoints)")
   group = train.add_mutually_exclusive_group()
@@ -186,29 +191,44 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
           f"(saved vs given): {config_lib.describe_differences(differ)}. "
           "Drop them, or start a new run.")
     return saved
-  optimizer = explicit.get("optimizer", config_lib.TrainConfig.optimizer)
+  values = {}
+  if args.recipe is not None:
+    from bort_jax.experiments import recipes
+    values = recipes.recipe(args.recipe)
+  optimizer = explicit.get("optimizer", values.get(
+      "optimizer", config_lib.TrainConfig.optimizer))
   given = [f for f in config_lib.BORT_FIELDS if f in explicit]
   if given and not optimizers.is_bort(optimizer):
     flags = ", ".join("--" + f for f in given)
     raise config_lib.ConfigError(
         f"{flags} applies to Bort optimizers only, but --optimizer is "
         f"{optimizer!r}; drop {flags}, or use --optimizer bort-{optimizer}.")
-  return config_lib.TrainConfig(**explicit)
+  if not optimizers.is_bort(optimizer):
+    # A recipe's baseline: the same run without Bort (e.g. SGD with the
+    # recipe's learning rate and weight decay).
+    values = {k: v for k, v in values.items()
+              if k not in config_lib.BORT_FIELDS}
+  return config_lib.TrainConfig(**{**values, **explicit})
 
 
 def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import errors
   from bort_jax.experiments import loop
+  from bort_jax.experiments import optimizers
   try:
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:
     if args.debug:
       raise
     parser.error(str(e))  # exits with status 2
-  bort = (f" (mode {config.mode}, amplitude {config.amplitude}, gamma "
-          f"{config.gamma})" if config.optimizer.startswith("bort-") else "")
   print(f"{_PROG} train: {config.model} on {config.data} with "
-        f"{config.optimizer}{bort} -> {args.out}", flush=True)
+        f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",
+        flush=True)
+  if optimizers.is_bort(config.optimizer):
+    line, warnings = optimizers.strength_report(config)
+    print(line, flush=True)
+    for warning in warnings:
+      print(warning, file=sys.stderr, flush=True)
   result = loop.train(
       config, args.out, resume=args.resume, overwrite=args.overwrite,
       download=not args.offline, progress=not args.no_progress,

@@ -41,8 +41,13 @@ def _option(default: Any, help: str, *, flag: str | None = None,
       "help": help, "flag": flag, "parse": parse, "choices": choices})
 
 
-#: The fields that matter only with a Bort optimizer (``bort-…``).
-BORT_FIELDS = ("mode", "amplitude", "gamma", "placement")
+#: The fields that matter only with a Bort optimizer (``bort-…``); ``None``
+#: (the default) there means the placement's recommended value.
+BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup")
+
+#: What the DBort term regularises: the model's output, or the output of every
+#: layer Bort constrains.
+DBORT_OUTPUTS = ("logits", "layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +101,38 @@ class TrainConfig:
   optimizer: str = _option(
       "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax optimizer "
       "(lion, lamb, ...) or bort-<optax optimizer>")
-  mode: str = _option("l1-fullrow", "Bort mode", choices=defaults.MODES)
-  amplitude: float | str = _option("ada", "Bort amplitude c > 0 or 'ada'",
-                                   parse=parse_amplitude)
-  gamma: float = _option(0.1, "Bort strength >= 0", parse=float)
+  mode: str | None = _option(
+      None, "Bort mode (default: the placement's recommended one)",
+      choices=defaults.MODES)
+  amplitude: float | str | None = _option(
+      None, "Bort amplitude c > 0 or 'ada' (default: the placement's)",
+      parse=parse_amplitude)
+  gamma: float | None = _option(
+      None, "Bort strength >= 0 (default: the placement's)", parse=float)
   placement: str | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: decoupled)",
       choices=defaults.PLACEMENTS)
-  learning_rate: float = _option(1e-3, "peak learning rate", flag="--lr",
-                                 parse=float)
+  gamma_warmup: float | None = _option(
+      None, "ramp gamma linearly from 0 over this many epochs (default: 0)",
+      parse=float)
+  learning_rate: float | None = _option(
+      None, "peak learning rate (default: the optimizer's, see "
+      "optimizers.DEFAULT_LEARNING_RATES)", flag="--lr", parse=float)
+  schedule: str = _option(
+      "cosine", "learning-rate schedule: warmup then cosine decay to 0, or "
+      "constant after the warmup", choices=optimizers_lib.SCHEDULES)
   weight_decay: float | None = _option(
       None, "weight decay (default: the optimizer's)", parse=float)
   momentum: float = _option(0.9, "SGD momentum", parse=float)
+  label_smoothing: float = _option(
+      0.0, "label smoothing of the cross-entropy", parse=float)
+  dbort_weight: float = _option(
+      0.0, "DBort weight lambda: the loss is CE - lambda * sum "
+      "(mean y^2)^beta (0: off)", parse=float)
+  dbort_power: float = _option(0.1, "DBort power beta", parse=float)
+  dbort_outputs: str = _option(
+      "logits", "the outputs y of the DBort term: the logits (as the "
+      "authors do) or every Bort layer's", choices=DBORT_OUTPUTS)
   epochs: int = _option(5, "epochs", parse=int)
   batch_size: int = _option(128, "batch size", parse=int)
   warmup: float = _option(
@@ -124,6 +149,7 @@ class TrainConfig:
 
   def __post_init__(self):
     try:
+      _fill_defaults(self)
       check_config(self)
     except (TypeError, ValueError) as e:
       if isinstance(e, ConfigError):
@@ -166,6 +192,30 @@ def field_names() -> tuple[str, ...]:
   return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
+def _fill_defaults(config: "TrainConfig") -> None:
+  """Replaces ``None`` by the defaults, so ``config.json`` is explicit.
+
+  The learning rate defaults per optimizer; a Bort optimizer's mode,
+  amplitude and γ default to its placement's recommended values
+  (:data:`bort_jax.RECOMMENDED`), the same values the library's aliases use.
+  A non-Bort optimizer keeps ``None`` in the Bort fields.
+  """
+  def fill(name, value):
+    if getattr(config, name) is None:
+      object.__setattr__(config, name, value)
+
+  if not isinstance(config.optimizer, str):
+    return  # check_config names the problem
+  fill("learning_rate", optimizers_lib.default_learning_rate(config.optimizer))
+  if optimizers_lib.is_bort(config.optimizer):
+    recommended = defaults.RECOMMENDED[
+        optimizers_lib.placement_of(config.optimizer, config.placement)]
+    fill("mode", recommended.mode)
+    fill("amplitude", recommended.amplitude)
+    fill("gamma", recommended.gamma)
+    fill("gamma_warmup", 0.0)
+
+
 def _check_optional_positive_int(name: str, value: Any) -> None:
   if value is not None:
     validation.check_positive_int(name, value)
@@ -186,34 +236,43 @@ def check_config(config: TrainConfig) -> None:
   _check_optional_positive_int("train_limit", config.train_limit)
   validation.check_real("learning_rate", config.learning_rate, low=0,
                         low_inclusive=False)
-  validation.check_strength(config.gamma, "gamma")
   validation.check_real("warmup", config.warmup, low=0)
+  validation.check_real("label_smoothing", config.label_smoothing, low=0,
+                        high=1, high_inclusive=False)
+  validation.check_real("dbort_weight", config.dbort_weight, low=0)
+  validation.check_real("dbort_power", config.dbort_power, low=0,
+                        low_inclusive=False)
+  validation.check_choice("dbort_outputs", config.dbort_outputs, DBORT_OUTPUTS)
+  validation.check_choice("schedule", config.schedule,
+                          optimizers_lib.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)
   if config.weight_decay is not None:
     validation.check_real("weight_decay", config.weight_decay, low=0)
   validation.check_choice("model", config.model, models_lib.MODELS)
   validation.check_choice("data", config.data, data_lib.DATASETS)
-  validation.check_mode(config.mode)
-  amplitude = config.amplitude
-  if callable(amplitude) or isinstance(amplitude, bool):
-    amplitude = repr(amplitude)  # a schedule cannot be saved as JSON
-  try:
-    validation.check_amplitude(amplitude)
-  except (TypeError, ValueError):
-    raise ValueError(
-        f"amplitude must be a positive number or 'ada', got "
-        f"{config.amplitude!r}.") from None
-  if config.placement is not None:
-    validation.check_placement(config.placement)
   if not optimizers_lib.is_bort(config.optimizer):
-    default = TrainConfig.__dataclass_fields__
-    for name in BORT_FIELDS:
-      if getattr(config, name) != default[name].default:
-        raise ValueError(
-            f"{name} applies to Bort optimizers only, but optimizer is "
-            f"{config.optimizer!r}; drop {name}, or choose a Bort optimizer "
-            f"(bort-{config.optimizer}).")
+    given = [name for name in BORT_FIELDS if getattr(config, name) is not None]
+    if given:
+      raise ValueError(
+          f"{given[0]} applies to Bort optimizers only, but optimizer is "
+          f"{config.optimizer!r}; drop {given[0]}, or choose a Bort optimizer "
+          f"(bort-{config.optimizer}).")
+  else:
+    validation.check_mode(config.mode)
+    validation.check_strength(config.gamma, "gamma")
+    validation.check_real("gamma_warmup", config.gamma_warmup, low=0)
+    amplitude = config.amplitude
+    if callable(amplitude) or isinstance(amplitude, bool):
+      amplitude = repr(amplitude)  # a schedule cannot be saved as JSON
+    try:
+      validation.check_amplitude(amplitude)
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"amplitude must be a positive number or 'ada', got "
+          f"{config.amplitude!r}.") from None
+    if config.placement is not None:
+      validation.check_placement(config.placement)
   # Builds (and discards) the optimizer: unknown names fail here.
   optimizers_lib.optimizer_from_config(config, config.learning_rate)
 

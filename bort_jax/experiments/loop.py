@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import bort_jax
 from bort_jax.experiments import checkpoints as checkpoints_lib
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
@@ -79,11 +80,12 @@ class _State:
 
 
 class _Static(NamedTuple):
-  """What does not change: the graphs and the schedule."""
+  """What does not change: the graphs, the schedule and the loss."""
   model_def: Any
   optimizer_def: Any
   eval_def: Any
   schedule: Callable[[int], Any]
+  objective: steps_lib.Objective
 
 
 def _init(config: TrainConfig, data: run_data.RunData, classes: int
@@ -93,13 +95,14 @@ def _init(config: TrainConfig, data: run_data.RunData, classes: int
       config.model, tuple(data.train_images.shape[1:]), classes,
       width=config.width, rngs=nnx.Rngs(config.seed))
   schedule = optimizers_lib.make_schedule(config, data.steps_per_epoch)
-  optimizer = nnx.Optimizer(
-      model, optimizers_lib.optimizer_from_config(config, schedule),
-      wrt=nnx.Param)
+  tx = optimizers_lib.optimizer_from_config(
+      config, schedule, steps_per_epoch=data.steps_per_epoch,
+      dimension_numbers=bort_jax.flax_dimension_numbers(model))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   model_def, model_state = nnx.split(model)
   optimizer_def, optimizer_state = nnx.split(optimizer)
   static = _Static(model_def, optimizer_def, steps_lib.eval_graphdef(model),
-                   schedule)
+                   schedule, steps_lib.Objective.from_config(config))
   return static, _State(model_state, optimizer_state,
                         steps_lib.Metrics.zeros(), 0, [])
 
@@ -189,7 +192,8 @@ def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
     index = order[position * data.batch_size:(position + 1) * data.batch_size]
     model, optimizer, metrics = steps_lib.train_step(
         static.model_def, static.optimizer_def, state.model, state.optimizer,
-        state.metrics, data.train_images, data.train_labels, index)
+        state.metrics, data.train_images, data.train_labels, index,
+        static.objective)
     state = dataclasses.replace(state, model=model, optimizer=optimizer,
                                 metrics=metrics, step=state.step + 1)
     position += 1
@@ -222,6 +226,8 @@ def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
   return state, {
       "train_loss": state.metrics.mean_loss(),
       "train_accuracy": state.metrics.accuracy(),
+      "dbort_energy": (state.metrics.mean_energy() if config.dbort_weight
+                       else None),
       "step_time_ms": (1000 * (now - timed_start) / timed_steps
                        if timed_steps else None),
       "epoch_time_s": now - epoch_start}
@@ -341,7 +347,8 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
   total = config.epochs * data.steps_per_epoch
   if not state.history:
     state.history.append(_measure(static, state, data, config, {
-        "train_loss": None, "train_accuracy": None, "step_time_ms": None,
+        "train_loss": None, "train_accuracy": None, "dbort_energy": None,
+        "step_time_ms": None,
         "epoch_time_s": None}, elapsed))
     say(_summary_line(state.history[-1], config.epochs))
     save(state)

@@ -15,9 +15,73 @@ from typing import Any, Callable
 import optax
 
 import bort_jax
+from bort_jax._src import defaults
 
 #: The prefix that adds Bort to an optimizer's name.
 BORT_PREFIX = "bort-"
+
+#: The learning-rate schedules: warmup then cosine decay to 0, or warmup then
+#: constant (the authors' MNIST/CIFAR script uses no schedule).
+SCHEDULES = ("cosine", "constant")
+
+#: The default peak learning rate per base optimizer (SGD with momentum 0.9
+#: wants a far larger step than the adaptive methods); any other optax
+#: optimizer gets :data:`DEFAULT_LEARNING_RATE`.
+DEFAULT_LEARNING_RATES = {"sgd": 0.05, "adamw": 1e-3}
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def base_name(name: str) -> str:
+  """The optimizer without Bort: ``"bort-lion"`` → ``"lion"``."""
+  return name[len(BORT_PREFIX):] if is_bort(name) else name
+
+
+def default_learning_rate(name: str) -> float:
+  """The default peak learning rate of an optimizer, with or without Bort.
+
+  Examples:
+    >>> from bort_jax.experiments.optimizers import default_learning_rate
+    >>> default_learning_rate("bort-sgd"), default_learning_rate("lion")
+    (0.05, 0.001)
+  """
+  return DEFAULT_LEARNING_RATES.get(base_name(name), DEFAULT_LEARNING_RATE)
+
+
+def placement_of(name: str, placement: str | None = None) -> str:
+  """Where Bort enters an optimizer: ``bort-sgd`` is coupled, the rest
+  decoupled unless ``placement`` says otherwise.
+
+  Examples:
+    >>> from bort_jax.experiments.optimizers import placement_of
+    >>> placement_of("bort-sgd"), placement_of("bort-lion", "coupled")
+    ('coupled', 'coupled')
+  """
+  if base_name(name) == "sgd":
+    return "coupled"
+  return placement or "decoupled"
+
+
+def correction_strength(name: str, learning_rate: float, gamma: float,
+                        momentum: float = 0.9,
+                        placement: str | None = None) -> float:
+  """The per-step size of the Bort correction, relative to ``Δ(W)``.
+
+  Decoupled, the update holds ``lr·γ·Δ``. Coupled, ``γΔ`` enters the
+  gradient, and momentum ``μ`` sums it over steps: about ``lr·γ/(1 − μ)``
+  for a slowly changing ``Δ`` (for SGD; an adaptive base optimizer rescales
+  it further).
+
+  Examples:
+    >>> from bort_jax.experiments.optimizers import correction_strength
+    >>> round(correction_strength("bort-sgd", 0.05, 0.003), 6)
+    0.0015
+    >>> correction_strength("bort-adamw", 1e-3, 1.0)
+    0.001
+  """
+  strength = learning_rate * gamma
+  if placement_of(name, placement) == "coupled" and base_name(name) == "sgd":
+    strength /= 1.0 - momentum
+  return strength
 
 
 def is_bort(name: Any) -> bool:
@@ -29,6 +93,60 @@ def is_bort(name: Any) -> bool:
     (True, False)
   """
   return isinstance(name, str) and name.startswith(BORT_PREFIX)
+
+
+#: Per-step correction strengths outside which ``bort-jax`` warns, per
+#: penalty family: ``(weak, strong)``. From the MNIST frontier
+#: (docs/RESULTS.md): l1 "full" corrections do not shrink near the
+#: constraint (their size is about √m·‖w‖), so a strength of 5e-2 collapsed
+#: Bort-SGD to a constant prediction, while below about 5e-4 the constraint
+#: stays loose; the l2 corrections shrink as the constraint is met and
+#: tolerate larger steps (their stability limit is lr·γ·c ≲ 1).
+STRENGTH_LIMITS = {"l1": (5e-4, 1e-2), "l2": (1e-3, 0.1)}
+
+
+def strength_report(config: Any) -> tuple[str, list[str]]:
+  """One line on the effective Bort strength of a config, and warnings.
+
+  Args:
+    config: a :class:`~bort_jax.experiments.config.TrainConfig` with a Bort
+      optimizer.
+
+  Returns:
+    ``(line, warnings)``.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig
+    >>> from bort_jax.experiments.optimizers import strength_report
+    >>> line, warnings = strength_report(TrainConfig(optimizer="bort-sgd",
+    ...                                              gamma=0.1))
+    >>> print(line)
+    Bort coupled, l1-fullrow, amplitude ada, gamma 0.1: per-step correction ~ lr*gamma/(1-momentum) = 0.05
+    >>> print(warnings[0])  # doctest: +ELLIPSIS
+    warning: a per-step l1 correction of 0.05 is above 0.01, where ...
+  """
+  placement = placement_of(config.optimizer, config.placement)
+  strength = correction_strength(config.optimizer, config.learning_rate,
+                                 config.gamma, config.momentum, placement)
+  how = ("lr*gamma/(1-momentum)" if placement == "coupled"
+         and base_name(config.optimizer) == "sgd" else "lr*gamma")
+  line = (f"Bort {placement}, {config.mode}, amplitude {config.amplitude}, "
+          f"gamma {config.gamma:g}: per-step correction ~ {how} = "
+          f"{strength:.3g}")
+  family = config.mode.split("-")[0]
+  weak, strong = STRENGTH_LIMITS[family]
+  warnings = []
+  if strength > strong:
+    warnings.append(
+        f"warning: a per-step {family} correction of {strength:.3g} is above "
+        f"{strong:g}, where the MNIST frontier collapses or diverges; lower "
+        "--gamma (see docs/RESULTS.md).")
+  elif 0 < strength < weak:
+    warnings.append(
+        f"warning: a per-step {family} correction of {strength:.3g} is below "
+        f"{weak:g}, where the MNIST frontier leaves the constraint loose; "
+        "raise --gamma for an orthogonal network.")
+  return line, warnings
 
 
 def _optax_alias(name: str) -> Callable[..., optax.GradientTransformation]:
@@ -66,9 +184,9 @@ def make_optimizer(
     name: str,
     learning_rate: optax.ScalarOrSchedule,
     *,
-    gamma: float = 0.1,
-    mode: str = "l1-fullrow",
-    amplitude: float | str = "ada",
+    gamma: optax.ScalarOrSchedule | None = None,
+    mode: str | None = None,
+    amplitude: float | str | None = None,
     placement: str | None = None,
     weight_decay: float | None = None,
     momentum: float = 0.9,
@@ -79,7 +197,9 @@ def make_optimizer(
   Args:
     name: the optimizer's name (see the module docstring).
     learning_rate: a scalar or an optax schedule.
-    gamma: the Bort strength (Bort optimizers only).
+    gamma: the Bort strength, a number or a schedule (Bort optimizers only;
+      ``None``: the placement's recommended value, as are ``mode`` and
+      ``amplitude``).
     mode: the Bort mode.
     amplitude: the Bort amplitude (a number or ``"ada"``).
     placement: ``"coupled"`` or ``"decoupled"``, for ``bort-<name>`` only.
@@ -111,12 +231,16 @@ def make_optimizer(
   if not isinstance(name, str) or not name:
     raise ValueError(f"optimizer must be a name, got {name!r}.")
   bort = is_bort(name)
-  base = name[len(BORT_PREFIX):] if bort else name
+  base = base_name(name)
   if placement is not None and (not bort or base in ("sgd", "adamw")):
     raise ValueError(
         "placement applies to bort-<optax optimizer> only: bort-sgd is "
         "coupled and bort-adamw decoupled by definition.")
-  bort_kwargs = dict(gamma=gamma, mode=mode, amplitude=amplitude)
+  recommended = defaults.RECOMMENDED[placement_of(name, placement)]
+  bort_kwargs = dict(
+      gamma=recommended.gamma if gamma is None else gamma,
+      mode=recommended.mode if mode is None else mode,
+      amplitude=recommended.amplitude if amplitude is None else amplitude)
   if dimension_numbers is not None:
     bort_kwargs["dimension_numbers"] = dimension_numbers
   if bort and base == "sgd":
@@ -138,20 +262,29 @@ def make_optimizer(
 
 def optimizer_from_config(
     config: Any, learning_rate: optax.ScalarOrSchedule, *,
+    steps_per_epoch: int = 1,
     dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
   """:func:`make_optimizer` with a :class:`TrainConfig`'s arguments.
 
+  A ``gamma_warmup`` of ``e`` epochs ramps γ linearly from 0 over
+  ``e · steps_per_epoch`` steps.
+
   Args:
     config: a :class:`~bort_jax.experiments.config.TrainConfig`.
     learning_rate: a scalar or an optax schedule.
+    steps_per_epoch: optimizer steps per epoch (for the γ ramp).
     dimension_numbers: as in :func:`make_optimizer`.
 
   Returns:
     An :class:`optax.GradientTransformation`.
   """
+  gamma = config.gamma
+  if config.gamma_warmup:
+    ramp = max(1, int(round(config.gamma_warmup * steps_per_epoch)))
+    gamma = optax.linear_schedule(0.0, config.gamma, ramp)
   return make_optimizer(
-      config.optimizer, learning_rate, gamma=config.gamma, mode=config.mode,
+      config.optimizer, learning_rate, gamma=gamma, mode=config.mode,
       amplitude=config.amplitude, placement=config.placement,
       weight_decay=config.weight_decay, momentum=config.momentum,
       dimension_numbers=dimension_numbers)
@@ -166,8 +299,9 @@ def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
     steps_per_epoch: optimizer steps per epoch.
 
   Returns:
-    ``optax.warmup_cosine_decay_schedule`` from 0 to ``learning_rate`` over
-    the warmup, then down to 0 at the last step.
+    From 0 to ``learning_rate`` linearly over the warmup, then (``schedule``
+    ``"cosine"``) a cosine decay to 0 at the last step, or (``"constant"``)
+    ``learning_rate`` to the end.
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig
@@ -178,6 +312,10 @@ def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
   """
   total = config.epochs * steps_per_epoch
   warmup = min(int(round(config.warmup * steps_per_epoch)), total - 1)
+  if config.schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, warmup),
+         optax.constant_schedule(config.learning_rate)], [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
       warmup_steps=warmup, decay_steps=total, end_value=0.0)

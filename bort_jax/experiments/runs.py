@@ -31,6 +31,7 @@ RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoints")
 
 _CSV_FIELDS = (
     "epoch", "step", "learning_rate", "train_loss", "train_accuracy",
+    "dbort_energy",
     "test_loss", "test_accuracy", "constraint_error", "max_cosine",
     "norm_spread", "step_time_ms", "epoch_time_s", "wall_time_s",
 )

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 import bort_jax
+from bort_jax import dbort as dbort_lib
 
 
 class Metrics(NamedTuple):
@@ -33,6 +34,8 @@ class Metrics(NamedTuple):
     loss: the sum of the per-example cross-entropies (float32).
     correct: the number of correct predictions (int32).
     count: the number of examples (int32).
+    energy: the sum over examples of their batch's DBort energy
+      ``mean(y²)`` (float32; 0 when the term is off).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -45,22 +48,27 @@ class Metrics(NamedTuple):
   loss: jax.Array
   correct: jax.Array
   count: jax.Array
+  energy: jax.Array
 
   @classmethod
   def zeros(cls) -> "Metrics":
     """No examples yet."""
     return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
-               jnp.zeros((), jnp.int32))
+               jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
 
   def add(self, losses: jax.Array, correct: jax.Array,
-          mask: jax.Array | None = None) -> "Metrics":
+          mask: jax.Array | None = None,
+          energy: jax.Array | None = None) -> "Metrics":
     """Adds per-example losses and correctness (where ``mask`` is true)."""
     if mask is None:
       mask = jnp.ones(losses.shape, bool)
+    count = jnp.sum(mask).astype(jnp.int32)
+    energy = 0.0 if energy is None else energy
     return Metrics(
         self.loss + jnp.sum(jnp.where(mask, losses, 0.0)),
         self.correct + jnp.sum(correct & mask).astype(jnp.int32),
-        self.count + jnp.sum(mask).astype(jnp.int32))
+        self.count + count,
+        self.energy + energy * count.astype(jnp.float32))
 
   def mean_loss(self) -> float | None:
     """The mean loss (host float), ``None`` before any example."""
@@ -72,6 +80,51 @@ class Metrics(NamedTuple):
     count = int(self.count)
     return int(self.correct) / count if count else None
 
+  def mean_energy(self) -> float | None:
+    """The mean DBort energy (host float), ``None`` before any example."""
+    count = int(self.count)
+    return float(self.energy) / count if count else None
+
+
+class Objective(NamedTuple):
+  """The training loss: cross-entropy, label smoothing and the DBort term.
+
+  .. math::
+    L = \\operatorname{CE}_α(z, y) − λ \\sum_l (\\operatorname{mean} y_l^2)^β
+
+  with ``z`` the logits, ``α`` the label smoothing and ``y_l`` the logits
+  (``dbort_outputs="logits"``, as in the authors' script) or the output of
+  every layer Bort constrains (``"layers"``). A hashable static argument of
+  the jitted step: with ``dbort_weight=0`` the term is not traced at all, so
+  the loss and its gradients are exactly the plain cross-entropy's.
+
+  Attributes:
+    label_smoothing: ``α``.
+    dbort_weight: ``λ`` (0: no DBort term).
+    dbort_power: ``β``.
+    dbort_outputs: ``"logits"`` or ``"layers"``.
+  """
+
+  label_smoothing: float = 0.0
+  dbort_weight: float = 0.0
+  dbort_power: float = 0.1
+  dbort_outputs: str = "logits"
+
+  @classmethod
+  def from_config(cls, config: Any) -> "Objective":
+    """The objective of a :class:`~bort_jax.experiments.config.TrainConfig`."""
+    return cls(float(config.label_smoothing), float(config.dbort_weight),
+               float(config.dbort_power), config.dbort_outputs)
+
+
+def _cross_entropies(logits, labels, label_smoothing=0.0):
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+      label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
 
 def _losses_and_correct(model, images, labels):
   logits = model(images)
@@ -79,18 +132,64 @@ def _losses_and_correct(model, images, labels):
   return losses, jnp.argmax(logits, -1) == labels
 
 
-def _mean_loss(model, images, labels):
-  losses, correct = _losses_and_correct(model, images, labels)
-  return jnp.mean(losses), (losses, correct)
+def objective_loss(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                   objective: Objective = Objective()):
+  """The mean training loss of a batch, and what the metrics add up.
+
+  Args:
+    model: the classifier.
+    images: a batch of images.
+    labels: their integer labels.
+    objective: the :class:`Objective`.
+
+  Returns:
+    ``(loss, (losses, correct, energy))``: the scalar loss to differentiate,
+    the per-example cross-entropies, their correctness, and the DBort energy
+    (the mean of ``mean(y_l²)`` over the outputs; 0 without the term).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from bort_jax.models.mlp import MLP
+    >>> from bort_jax.experiments.steps import Objective, objective_loss
+    >>> model = MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+    >>> x, y = jnp.ones((5, 2, 2, 1)), jnp.zeros(5, jnp.int32)
+    >>> plain, _ = objective_loss(model, x, y)
+    >>> bool(plain == optax.softmax_cross_entropy_with_integer_labels(
+    ...     model(x), y).mean())
+    True
+    >>> loss, (_, _, energy) = objective_loss(
+    ...     model, x, y, Objective(dbort_weight=1e-3, dbort_power=0.1))
+    >>> bool(jnp.isclose(loss, plain - 1e-3 * jnp.mean(model(x) ** 2) ** 0.1))
+    True
+  """
+  if objective.dbort_weight and objective.dbort_outputs == "layers":
+    logits, outputs = dbort_lib.dbort_outputs(model, images)
+  else:
+    logits = model(images)
+    outputs = logits
+  losses = _cross_entropies(logits, labels, objective.label_smoothing)
+  correct = jnp.argmax(logits, -1) == labels
+  loss = jnp.mean(losses)
+  energy = jnp.zeros((), jnp.float32)
+  if objective.dbort_weight:
+    loss = loss + dbort_lib.dbort_loss(
+        outputs, weight=objective.dbort_weight, power=objective.dbort_power)
+    energies = [jnp.mean(jnp.square(y.astype(jnp.float32)))
+                for y in jax.tree.leaves(outputs)]
+    energy = jnp.mean(jnp.stack(energies))
+  return loss, (losses, correct, energy)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 8),
+                   donate_argnums=(2, 3, 4))
 def train_step(model_def: Any, optimizer_def: Any, model_state: Any,
                optimizer_state: Any, metrics: Metrics, images: jax.Array,
-               labels: jax.Array, index: jax.Array):
+               labels: jax.Array, index: jax.Array,
+               objective: Objective = Objective()):
   """One optimizer step on the batch ``images[index]``, ``labels[index]``.
 
-  The mean cross-entropy's gradient is applied by the ``nnx.Optimizer``
+  The gradient of :func:`objective_loss` is applied by the ``nnx.Optimizer``
   (``optimizer.update(model, grads)``); the batch's losses and correct
   predictions are added to ``metrics``. The states and metrics are donated.
 
@@ -103,6 +202,7 @@ def train_step(model_def: Any, optimizer_def: Any, model_state: Any,
     images: the training images (kept on the device).
     labels: the training labels.
     index: the batch's indices into ``images`` (one shape for every step).
+    objective: the training loss (:class:`Objective`; static).
 
   Returns:
     ``(model_state, optimizer_state, metrics)`` after the step.
@@ -124,10 +224,11 @@ def train_step(model_def: Any, optimizer_def: Any, model_state: Any,
   model = nnx.merge(model_def, model_state)
   optimizer = nnx.merge(optimizer_def, optimizer_state)
   x, y = images[index], labels[index]
-  grad_fn = nnx.value_and_grad(_mean_loss, has_aux=True)
-  (_, (losses, correct)), grads = grad_fn(model, x, y)
+  grad_fn = nnx.value_and_grad(objective_loss, has_aux=True)
+  (_, (losses, correct, energy)), grads = grad_fn(model, x, y, objective)
   optimizer.update(model, grads)
-  return nnx.state(model), nnx.state(optimizer), metrics.add(losses, correct)
+  return (nnx.state(model), nnx.state(optimizer),
+          metrics.add(losses, correct, energy=energy))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,0 +1,77 @@
+"""Named training recipes, as data: the authors' and the recommended ones.
+
+A recipe is a partial :class:`~bort_jax.experiments.config.TrainConfig`:
+``bort-jax train --recipe NAME`` starts from it, and every flag given on the
+command line overrides it. The recommended recipes take their Bort values
+from :data:`bort_jax.RECOMMENDED`, the same values the library's aliases
+default to, so there is one set of defaults.
+
+The authors' recipes transcribe the published training scripts of Bort
+(Zhang, Zheng, Zhou, Lu, ICLR 2023):
+
+- ``authors-mnist``: their MNIST/CIFAR script on their SimpleCNN: Bort-SGD,
+  lr 0.005, momentum 0.9, weight decay 0.005, γ 0.05, ``l1-fullrow``,
+  c = 1; DBort on the logits (λ 1e-3, β 0.1); batch 256, 40 epochs, no
+  schedule, seed 42. They report the best test accuracy over all epochs.
+- ``authors-imagenet-adamw``: the optimizer part of their ImageNet script:
+  Bort-AdamW, γ 1e-4, weight decay 2e-5, cosine schedule, 5 warm-up epochs
+  (of 300), label smoothing 0.1. Its learning rate is left to the
+  optimizer's default here.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from bort_jax._src import defaults
+
+
+def _recommended(placement: str, optimizer: str, **extra: Any
+                 ) -> dict[str, Any]:
+  r = defaults.RECOMMENDED[placement]
+  return {"optimizer": optimizer, "mode": r.mode, "amplitude": r.amplitude,
+          "gamma": r.gamma, "learning_rate": r.learning_rate, **extra}
+
+
+#: name -> config overrides (read-only).
+RECIPES: types.MappingProxyType = types.MappingProxyType({
+    "recommended-decoupled": _recommended("decoupled", "bort-adamw"),
+    "recommended-coupled": _recommended("coupled", "bort-sgd", momentum=0.9),
+    "authors-mnist": {
+        "data": "mnist", "model": "simple-cnn", "optimizer": "bort-sgd",
+        "learning_rate": 0.005, "momentum": 0.9, "weight_decay": 0.005,
+        "gamma": 0.05, "mode": "l1-fullrow", "amplitude": 1.0,
+        "dbort_weight": 1e-3, "dbort_power": 0.1, "dbort_outputs": "logits",
+        "batch_size": 256, "epochs": 40, "schedule": "constant",
+        "warmup": 0.0, "seed": 42,
+    },
+    "authors-imagenet-adamw": {
+        "optimizer": "bort-adamw", "gamma": 1e-4, "weight_decay": 2e-5,
+        "schedule": "cosine", "warmup": 5.0, "epochs": 300,
+        "label_smoothing": 0.1,
+    },
+})
+
+
+def recipe(name: str) -> dict[str, Any]:
+  """A copy of the recipe's overrides.
+
+  Args:
+    name: one of :data:`RECIPES`.
+
+  Returns:
+    A dict of :class:`~bort_jax.experiments.config.TrainConfig` fields.
+
+  Raises:
+    ValueError: for an unknown name.
+
+  Examples:
+    >>> from bort_jax.experiments.recipes import recipe
+    >>> recipe("authors-mnist")["gamma"]
+    0.05
+  """
+  if name not in RECIPES:
+    raise ValueError(
+        f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
+  return dict(RECIPES[name])
