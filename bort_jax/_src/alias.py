@@ -290,6 +290,8 @@ def with_bort(
     hint = ""
     if callable(optimizer):
       name = getattr(optimizer, "__qualname__", repr(optimizer))
+      if getattr(optimizer, "__module__", "").startswith("optax"):
+        name = f"optax.{name}"
       hint = f"; call the factory first, e.g. with_bort({name}(...), ...)"
     raise validation.ArgumentTypeError(
         "with_bort needs an optax.GradientTransformation, got "

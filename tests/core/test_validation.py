@@ -148,7 +148,7 @@ def test_aliases_check_their_optax_scalars(make, message):
 
 def test_with_bort_refuses_a_factory_and_names_the_fix():
   with pytest.raises(TypeError, match=r"call the factory first, e.g. "
-                     r"with_bort\(lion\(...\)"):
+                     r"with_bort\(optax.lion\(...\)"):
     bort_jax.with_bort(optax.lion, gamma=0.1)
   with pytest.raises(TypeError, match="needs an optax.GradientTransformation"):
     bort_jax.with_bort({"init": None}, gamma=0.1)
