@@ -120,6 +120,7 @@ def _train(model_cls, tx, steps=300, batch=128):
                          .constraint_error)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_cls", [MLP, CNN])
 def test_nnx_models_learn_digits_and_become_orthogonal(model_cls):
   """Bort-AdamW (l1-fullrow, "ada", γ = 1) vs AdamW, lr 3e-3, 300 steps."""

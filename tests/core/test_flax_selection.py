@@ -55,7 +55,8 @@ def _update(tx, params, grads):
   return updates
 
 
-MODES = ["l2-full", "l1-fullrow", "l1-fullcol", "l2-col"]
+MODES = ["l2-full", pytest.param("l1-fullrow", marks=pytest.mark.slow),
+         pytest.param("l1-fullcol", marks=pytest.mark.slow), "l2-col"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -80,7 +81,8 @@ def test_vmap_stacked_linear_equals_the_layers_held_separately(mode):
   assert not np.allclose(default["kernel"], stacked["kernel"])
 
 
-@pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow"])
+@pytest.mark.parametrize("mode", [
+    "l2-full", pytest.param("l1-fullrow", marks=pytest.mark.slow)])
 def test_scanned_blocks_under_nnx_optimizer_equal_separate_layers(mode):
   model = ScannedBlocks(nnx.Rngs(0))
   before = nnx.state(model, nnx.Param).to_pure_dict()
@@ -140,6 +142,7 @@ def test_selection_reads_module_types_not_names():
   assert dims["proj"]["bias"] is None
 
 
+@pytest.mark.slow
 def test_stacked_conv_gets_a_batch_axis():
   @nnx.vmap(in_axes=0, out_axes=0)
   def create(key):

@@ -85,6 +85,7 @@ def test_reduced_precision_gram_is_close():
   assert 0 < error < 2e-2  # bf16 inputs: visibly different, still close
 
 
+@pytest.mark.slow
 @hypothesis.settings(deadline=None, max_examples=25, derandomize=True)
 @hypothesis.given(
     m=st.integers(1, 7),
