@@ -94,7 +94,8 @@ def _flag(field) -> str:
   return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser,
+                      exclude: Sequence[str] = ()) -> None:
   """One flag per :class:`TrainConfig` field, from its metadata.
 
   Defaults are ``None``, so that an explicit value can be told from a
@@ -105,6 +106,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
   from bort_jax.experiments import config as config_lib
   for field in dataclasses.fields(config_lib.TrainConfig):
+    if field.name in exclude:
+      continue
     meta = field.metadata
     parse = meta.get("parse")
     what = {int: "an integer", config_lib.parse_amplitude:
@@ -140,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
       "compare models, and the paper's demo).")
   parser.add_argument("--version", action="version",
                       version=f"{_PROG} {bort_jax.__version__}")
-  sub = parser.add_subparsers(dest="command", metavar="{train,demo}")
+  sub = parser.add_subparsers(dest="command",
+                              metavar="{train,frontier,demo}")
   sub.required = True
   train = sub.add_parser(
       "train", help="train one model (metrics, checkpoints, resume)",
@@ -160,11 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
   group.add_argument("--overwrite", action="store_true",
                      help="start over in an existing run folder (deletes "
                      "its checkpoints and metrics only)")
+  from bort_jax.experiments import frontier
+  frontier_parser = sub.add_parser(
+      "frontier", help="sweep gamma x mode x placement x amplitude, select "
+      "on validation, write the accuracy-explainability frontier",
+      description=frontier.__doc__.splitlines()[0])
+  _add_config_flags(frontier_parser, exclude=frontier.GRID_FIELDS)
+  frontier.add_arguments(frontier_parser)
   demo_parser = sub.add_parser(
       "demo", help="AdamW vs Bort-AdamW on MNIST: table, figures, results",
       description=demo.DESCRIPTION)
   demo.add_arguments(demo_parser)
-  for p in (train, demo_parser):
+  for p in (train, frontier_parser, demo_parser):
     p.add_argument("--offline", action="store_true",
                    help="never download (MNIST is otherwise fetched)")
     p.add_argument("--no-progress", action="store_true",
@@ -280,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train":
       return _train_command(parser, args)
+    if args.command == "frontier":
+      from bort_jax.experiments import config as config_lib
+      from bort_jax.experiments import frontier
+      base = {k: v for k, v in vars(args).items()
+              if k in config_lib.field_names() and v is not None}
+      return frontier.command(args, base)
     from bort_jax.experiments import demo
     return demo.run(args)
   except KeyboardInterrupt:

@@ -69,37 +69,6 @@ def configs(data: str, quick: bool, epochs: int | None, gamma: float | None,
   return baseline, bort
 
 
-def _first_kernel(model) -> tuple[str, Any]:
-  """The path and value of the model's first Bort kernel."""
-  import jax
-  from flax import nnx
-
-  import bort_jax
-  params = nnx.state(model, nnx.Param)
-  selected = jax.eval_shape(bort_jax.orthogonality_error, params)  # no math
-  for path, variable in nnx.to_flat_state(params):
-    name = "/".join(str(p) for p in path)
-    if name in selected:
-      return name, variable[...]
-  raise ValueError("the model has no Bort kernel")
-
-
-def _reconstruction(model, images) -> dict[str, Any]:
-  """Backtracks the first hidden layer's output (after its activation)."""
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from bort_jax import explain
-  layers = explain.model_layers(model)
-  first = next(i for i, layer in enumerate(layers) if hasattr(layer, "kernel"))
-  layer = min(first + 1, len(layers) - 1)
-  x = jnp.asarray(images)
-  x_hat = nnx.jit(lambda m, x: explain.reconstruct(m, x, layer))(model, x)
-  return {"layer": layer,
-          "mse": float(jnp.mean(explain.reconstruction_mse(x, x_hat))),
-          "psnr": float(jnp.mean(explain.psnr(x, x_hat))), "images": x_hat}
-
-
 def _accuracy_figure(histories: dict[str, list[dict]]):
   from matplotlib.figure import Figure
   fig = Figure(figsize=(8, 3.2), layout="constrained")
@@ -158,6 +127,7 @@ def _load(name: str, offline: bool):
 
 def _train_pair(folder, configs_, dataset, probe, progress):
   from bort_jax.experiments import loop
+  from bort_jax.experiments import probes
   results, kernels, reconstructions, histories = [], {}, {}, {}
   for key, config in zip(("baseline", "bort"), configs_):
     name = _NAMES[key]
@@ -176,11 +146,11 @@ def _train_pair(folder, configs_, dataset, probe, progress):
                                    "norm_spread", "step_time_ms")},
            "train_time_s": time.perf_counter() - t0,
            "history": result.history}
-    rec = _reconstruction(result.model, probe)
-    row.update(reconstruction_mse=rec["mse"], reconstruction_psnr=rec["psnr"],
-               reconstruction_layer=rec["layer"])
-    reconstructions[name] = rec["images"]
-    path, kernel = _first_kernel(result.model)
+    rec = probes.first_stage_reconstruction(result.model, probe)
+    row.update(reconstruction_mse=rec.mse, reconstruction_psnr=rec.psnr,
+               reconstruction_layer=rec.layer)
+    reconstructions[name] = rec.images
+    path, kernel = probes.first_kernel(result.model)
     kernels[f"{name}: {path}"] = kernel
     histories[name] = result.history
     results.append(row)

@@ -1,0 +1,514 @@
+"""The accuracy–explainability frontier: what a Bort user actually chooses.
+
+For one model and dataset, :func:`run_frontier` trains every point of a grid
+(γ on a log grid × mode × placement × amplitude, optionally with a γ warm-up)
+for several seeds, each paired with the baseline of its placement (AdamW for
+the decoupled Bort-AdamW, SGD for the coupled Bort-SGD, at the same learning
+rate). Every setting is judged on a validation split carved from the end of
+the training set; the test set is evaluated once per run and reported, never
+used to choose.
+
+Per point it reports the validation and test accuracy, the mean constraint
+error, the largest ``|cos|`` between units, the PSNR of the stage-1
+reconstruction (the input backtracked from the first hidden layer, for models
+:mod:`bort_jax.explain` can invert) and the step time, as mean ± std over the
+seeds. It writes one JSON file per run (finished runs are skipped on a
+rerun), the aggregate ``frontier.json`` and the figure ``frontier.png``:
+accuracy against constraint error, coloured by PSNR, Pareto front marked.
+
+Selection (per placement, on validation means): among the points whose
+validation accuracy is at least the baseline's minus ``tolerance``, the one
+with the smallest constraint error; without one, the most accurate point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+#: The base optimizer of each placement: the frontier pairs every Bort point
+#: with its placement's baseline at the same learning rate.
+PLACEMENTS = {"decoupled": ("adamw", "bort-adamw"),
+              "coupled": ("sgd", "bort-sgd")}
+
+#: The figures a run reports.
+METRICS = ("val_accuracy", "test_accuracy", "constraint_error", "max_cosine",
+           "reconstruction_psnr", "step_time_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """The points of a frontier sweep.
+
+  Attributes:
+    gammas: the γ grid per placement (the same γ is a far stronger step in
+      the coupled placement, where momentum multiplies it by about
+      ``1/(1 − μ)``).
+    modes: the Bort modes.
+    placements: ``"decoupled"`` and/or ``"coupled"``.
+    amplitudes: ``1.0`` and/or ``"ada"``.
+    gamma_warmups: γ ramps, in epochs (0: constant γ).
+    seeds: the seeds of every point.
+  """
+
+  gammas: dict[str, tuple[float, ...]] = dataclasses.field(
+      default_factory=lambda: {"decoupled": (0.1, 0.3, 1.0, 3.0),
+                               "coupled": (0.003, 0.01, 0.03, 0.1)})
+  modes: tuple[str, ...] = ("l1-fullrow", "l2-full")
+  placements: tuple[str, ...] = ("decoupled", "coupled")
+  amplitudes: tuple[float | str, ...] = (1.0, "ada")
+  gamma_warmups: tuple[float, ...] = (0.0,)
+  seeds: tuple[int, ...] = (0, 1, 2)
+
+  def points(self) -> list[dict[str, Any]]:
+    """Every point, baselines first: dicts of config overrides."""
+    out = [{"placement": p, "optimizer": PLACEMENTS[p][0]}
+           for p in self.placements]
+    for p in self.placements:
+      for mode, amplitude, gamma, ramp in itertools.product(
+          self.modes, self.amplitudes, self.gammas[p], self.gamma_warmups):
+        out.append({"placement": p, "optimizer": PLACEMENTS[p][1],
+                    "mode": mode, "amplitude": amplitude, "gamma": gamma,
+                    "gamma_warmup": ramp})
+    return out
+
+
+def point_name(point: dict[str, Any]) -> str:
+  """A file-system-safe, unique name for a point."""
+  if "gamma" not in point:
+    return point["optimizer"]
+  amp = "ada" if point["amplitude"] == "ada" else f"c{point['amplitude']:g}"
+  name = f"{point['optimizer']}_{point['mode']}_{amp}_g{point['gamma']:g}"
+  if point.get("gamma_warmup"):
+    name += f"_ramp{point['gamma_warmup']:g}"
+  return name
+
+
+def pareto_front(errors: Sequence[float], accuracies: Sequence[float]
+                 ) -> list[int]:
+  """Indices of the points no other point beats on both axes.
+
+  A point is dominated when another has a constraint error no larger and an
+  accuracy no smaller, one of them strictly.
+
+  Args:
+    errors: constraint errors (smaller is better).
+    accuracies: accuracies (larger is better).
+
+  Returns:
+    The indices of the non-dominated points, by increasing error.
+
+  Examples:
+    >>> pareto_front([0.1, 0.2, 0.05, 0.3], [0.9, 0.95, 0.8, 0.94])
+    [2, 0, 1]
+  """
+  order = sorted(range(len(errors)), key=lambda i: (errors[i], -accuracies[i]))
+  front, best = [], -math.inf
+  for i in order:
+    if accuracies[i] > best:
+      front.append(i)
+      best = accuracies[i]
+  return front
+
+
+def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+  """Mean, std and count of every metric over a point's seeds."""
+  runs = list(runs)
+  out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+  for metric in METRICS:
+    values = [r[metric] for r in runs if r.get(metric) is not None]
+    if values:
+      out[metric] = {"mean": float(np.mean(values)),
+                     "std": float(np.std(values, ddof=1)) if len(values) > 1
+                     else 0.0, "n": len(values)}
+    else:
+      out[metric] = None
+  return out
+
+
+def select(points: list[dict[str, Any]], tolerance: float = 0.002
+           ) -> dict[str, dict[str, Any]]:
+  """The recommended point of each placement, chosen on validation only.
+
+  Args:
+    points: aggregated points (``point`` and ``summary`` keys).
+    tolerance: how much validation accuracy below the baseline's is free.
+
+  Returns:
+    ``{placement: point}``.
+  """
+  chosen = {}
+  for placement, (base, _) in PLACEMENTS.items():
+    mine = [p for p in points if p["point"]["placement"] == placement]
+    baseline = [p for p in mine if p["point"]["optimizer"] == base]
+    borts = [p for p in mine if "gamma" in p["point"]
+             and p["summary"]["val_accuracy"] is not None]
+    if not baseline or not borts:
+      continue
+    floor = baseline[0]["summary"]["val_accuracy"]["mean"] - tolerance
+    free = [p for p in borts
+            if p["summary"]["val_accuracy"]["mean"] >= floor
+            and p["summary"]["constraint_error"] is not None]
+    if free:
+      chosen[placement] = min(
+          free, key=lambda p: p["summary"]["constraint_error"]["mean"])
+    else:
+      chosen[placement] = max(
+          borts, key=lambda p: p["summary"]["val_accuracy"]["mean"])
+  return chosen
+
+
+# ---------------------------------------------------------------------------
+# Running the sweep.
+
+
+def validation_split(dataset: Any, fraction: float = 0.1) -> Any:
+  """The training set's last ``fraction`` as the test split of a new dataset.
+
+  Args:
+    dataset: a :class:`bort_jax.experiments.data.Dataset`.
+    fraction: the share of the training set held out, in (0, 1).
+
+  Returns:
+    ``Dataset(train=first part, test=held-out part)``.
+
+  Examples:
+    >>> import numpy as np
+    >>> from bort_jax.experiments import data
+    >>> from bort_jax.experiments.frontier import validation_split
+    >>> split = data.Split(np.zeros((10, 2, 2, 1), np.float32),
+    ...                    np.arange(10, dtype=np.int32))
+    >>> held = validation_split(data.Dataset(split, split), 0.2)
+    >>> held.train.labels.tolist(), held.test.labels.tolist()
+    ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
+  """
+  from bort_jax.experiments import data as data_lib
+  n = len(dataset.train.labels)
+  held = int(round(n * fraction))
+  if not 0 < held < n:
+    raise ValueError(
+        f"validation fraction {fraction} of {n} training examples leaves no "
+        "validation or no training data; choose a fraction in (0, 1).")
+  images, labels = dataset.train.images, dataset.train.labels
+  return data_lib.Dataset(
+      data_lib.Split(images[:n - held], labels[:n - held]),
+      data_lib.Split(images[n - held:], labels[n - held:]))
+
+
+def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
+              dataset: Any, *, validation: float = 0.1,
+              probe_images: int = 256, log: Callable[[str], None] | None = None
+              ) -> dict[str, Any]:
+  """Trains one point for one seed; measures it on validation and test.
+
+  Args:
+    base: the :class:`~bort_jax.experiments.config.TrainConfig` fields every
+      point shares (data, model, epochs, …).
+    point: the point's fields (:meth:`Grid.points`; ``placement`` picks the
+      optimizer and is not a config field).
+    seed: the seed.
+    dataset: the full dataset (the validation split is carved from its
+      training set; its test set is evaluated once, at the end).
+    validation: the held-out fraction of the training set.
+    probe_images: how many test images the reconstruction PSNR averages.
+    log: called with one line per epoch.
+
+  Returns:
+    The run's figures (:data:`METRICS`), its point, seed and history.
+  """
+  from bort_jax.experiments import config as config_lib
+  from bort_jax.experiments import loop
+  from bort_jax.experiments import probes
+  from bort_jax.experiments import steps
+  fields = {k: v for k, v in point.items() if k != "placement"}
+  config = config_lib.TrainConfig(**{**base, **fields, "seed": seed})
+  result = loop.train(config, dataset=validation_split(dataset, validation),
+                      log=log)
+  last = result.history[-1]
+  test = steps.evaluate(result.model, dataset.test.images,
+                        dataset.test.labels, config.eval_batch_size)
+  psnr = None
+  if probes.is_invertible(result.model):
+    psnr = probes.first_stage_reconstruction(
+        result.model, dataset.test.images[:probe_images]).psnr
+  return {"point": point, "seed": seed, "config": config.to_dict(),
+          "val_accuracy": last["test_accuracy"], "test_accuracy": test[1],
+          "constraint_error": last["constraint_error"],
+          "max_cosine": last["max_cosine"], "reconstruction_psnr": psnr,
+          "step_time_ms": last["step_time_ms"],
+          "history": [{k: r[k] for k in ("epoch", "test_accuracy",
+                                         "constraint_error")}
+                      for r in result.history]}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Groups runs by point (in first-seen order) and summarises the seeds."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for run in runs:
+    groups.setdefault(point_name(run["point"]), []).append(run)
+  return [{"name": name, "point": group[0]["point"],
+           "summary": summarize(group)} for name, group in groups.items()]
+
+
+#: The files a frontier folder holds.
+FRONTIER_FILES = ("settings.json", "runs.json", "frontier.json",
+                  "frontier.md", "frontier.png")
+
+
+def _open_folder(out: str, settings: dict[str, Any]):
+  """The locked output folder; a frontier's own folder is resumed."""
+  from bort_jax.experiments import run_dir
+  folder = run_dir.RunFolder.open(out)
+  try:
+    entries = [e for e in folder.entries() if e != run_dir.LOCK_NAME]
+    if entries:
+      marker = folder.read_text(run_dir.MARKER_NAME)
+      saved = folder.read_text("settings.json")
+      if marker is None or json.loads(marker) != {"kind": "frontier"} or (
+          saved is None):
+        raise run_dir.RunDirectoryError(
+            f"{out!r} is not empty and holds no frontier; choose another "
+            "--out (nothing in it is changed).")
+      saved = json.loads(saved)
+      if saved != settings:
+        diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
+                         for k in sorted(set(saved) | set(settings))
+                         if saved.get(k) != settings.get(k))
+        raise run_dir.RunDirectoryError(
+            f"{out!r} holds a frontier with other settings (saved vs given: "
+            f"{diff}); choose another --out to change them.")
+    folder.write_json(run_dir.MARKER_NAME, {"kind": "frontier"})
+    folder.write_json("settings.json", settings)
+  except BaseException:
+    folder.close(remove_if_empty=True)
+    raise
+  return folder
+
+
+def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
+                 validation: float = 0.1, tolerance: float = 0.002,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs (or resumes) a sweep; writes the table, JSON and figure to ``out``.
+
+  Every (point, seed) run is saved in ``runs.json`` as soon as it ends, so a
+  rerun with the same settings skips it; a grid may grow between reruns,
+  while the shared settings (``base``, ``validation``) may not change.
+
+  Args:
+    out: the output folder.
+    dataset: the full dataset.
+    base: the config fields every point shares.
+    grid: the :class:`Grid`.
+    validation: the held-out fraction of the training set.
+    tolerance: the free accuracy loss of the selection rule.
+    log: called with progress lines.
+
+  Returns:
+    The contents of ``frontier.json``.
+  """
+  settings = {"base": base, "validation": validation}
+  with _open_folder(out, settings) as folder:
+    runs = json.loads(folder.read_text("runs.json") or "[]")
+    done = {(point_name(r["point"]), r["seed"]) for r in runs}
+    todo = [(p, s) for p in grid.points() for s in grid.seeds
+            if (point_name(p), s) not in done]
+    log(f"frontier: {len(done)} runs done, {len(todo)} to go -> {out}")
+    for i, (point, seed) in enumerate(todo):
+      run = run_point(base, point, seed, dataset, validation=validation)
+      runs.append(run)
+      folder.write_json("runs.json", runs)
+      log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: val "
+          f"{run['val_accuracy']:.4f} test {run['test_accuracy']:.4f} "
+          f"constraint {_fmt(run['constraint_error'], '.2e')} psnr "
+          f"{_fmt(run['reconstruction_psnr'], '.1f')}")
+    points = aggregate(runs)
+    chosen = select(points, tolerance)
+    result = {"settings": settings, "tolerance": tolerance,
+              "points": points,
+              "selected": {k: v["name"] for k, v in chosen.items()}}
+    folder.write_json("frontier.json", result)
+    folder.write_text("frontier.md", table(points, chosen))
+    with folder.atomic("frontier.png", "wb") as f:
+      from bort_jax import explain
+      explain.save_figure(plot(points, chosen), f)
+  return result
+
+
+def _fmt(value: Any, spec: str) -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
+  if stat is None:
+    return "n/a"
+  return (f"{format(scale * stat['mean'], spec)} ± "
+          f"{format(scale * stat['std'], spec)}")
+
+
+def table(points: list[dict[str, Any]],
+          chosen: dict[str, dict[str, Any]] | None = None) -> str:
+  """A Markdown table of the points (mean ± std over seeds).
+
+  Examples:
+    >>> s = {"mean": 0.9, "std": 0.01, "n": 3}
+    >>> p = {"name": "adamw", "point": {"placement": "decoupled",
+    ...      "optimizer": "adamw"}, "summary": {m: s for m in METRICS}}
+    >>> print(table([p]).splitlines()[2][:40])
+    | adamw | decoupled | 90.00 ± 1.00 | 90.0
+  """
+  chosen_names = {v["name"] for v in (chosen or {}).values()}
+  lines = ["| point | placement | val acc % | test acc % | constraint err | "
+           "max abs cos | PSNR dB | ms/step | seeds |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for p in points:
+    s = p["summary"]
+    name = p["name"] + (" **(selected)**" if p["name"] in chosen_names else "")
+    lines.append(
+        f"| {name} | {p['point']['placement']} | "
+        f"{_cell(s['val_accuracy'], '.2f', 100)} | "
+        f"{_cell(s['test_accuracy'], '.2f', 100)} | "
+        f"{_cell(s['constraint_error'], '.2g')} | "
+        f"{_cell(s['max_cosine'], '.2g')} | "
+        f"{_cell(s['reconstruction_psnr'], '.1f')} | "
+        f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict[str, Any]],
+         chosen: dict[str, dict[str, Any]] | None = None):
+  """Validation accuracy against constraint error, coloured by PSNR.
+
+  One panel per placement; error bars are the std over seeds; the Pareto
+  front (no point both tighter and more accurate) is joined by a line, the
+  selected point ringed, and the baseline drawn as a dashed line.
+
+  Returns:
+    A ``matplotlib.figure.Figure``.
+  """
+  from matplotlib.figure import Figure
+  placements = [p for p in PLACEMENTS
+                if any(q["point"]["placement"] == p for q in points)]
+  fig = Figure(figsize=(5.2 * max(len(placements), 1), 4.2),
+               layout="constrained")
+  axes = fig.subplots(1, max(len(placements), 1), squeeze=False)[0]
+  psnrs = [q["summary"]["reconstruction_psnr"]["mean"] for q in points
+           if q["summary"]["reconstruction_psnr"]]
+  vmin, vmax = (min(psnrs), max(psnrs)) if psnrs else (0.0, 1.0)
+  scatter = None
+  for ax, placement in zip(axes, placements):
+    mine = [q for q in points if q["point"]["placement"] == placement]
+    borts = [q for q in mine if "gamma" in q["point"]
+             and q["summary"]["constraint_error"]]
+    for q in mine:
+      if "gamma" not in q["point"] and q["summary"]["val_accuracy"]:
+        ax.axhline(100 * q["summary"]["val_accuracy"]["mean"], ls="--",
+                   color="gray", label=f"{q['name']} (baseline)")
+    if borts:
+      err = [q["summary"]["constraint_error"]["mean"] for q in borts]
+      acc = [100 * q["summary"]["val_accuracy"]["mean"] for q in borts]
+      std = [100 * q["summary"]["val_accuracy"]["std"] for q in borts]
+      colour = [q["summary"]["reconstruction_psnr"]["mean"]
+                if q["summary"]["reconstruction_psnr"] else math.nan
+                for q in borts]
+      ax.errorbar(err, acc, yerr=std, fmt="none", ecolor="lightgray")
+      scatter = ax.scatter(err, acc, c=colour, cmap="viridis", vmin=vmin,
+                           vmax=vmax, zorder=3)
+      front = pareto_front(err, acc)
+      ax.plot([err[i] for i in front], [acc[i] for i in front], "k-",
+              lw=0.8, label="Pareto front")
+      if chosen and placement in chosen:
+        c = chosen[placement]["summary"]
+        ax.scatter([c["constraint_error"]["mean"]],
+                   [100 * c["val_accuracy"]["mean"]], s=160,
+                   facecolors="none", edgecolors="red", zorder=4,
+                   label=f"selected: {chosen[placement]['name']}")
+      ax.set_xscale("log")
+    ax.set_title(f"{placement} ({PLACEMENTS[placement][1]})")
+    ax.set_xlabel("constraint error (log)")
+    ax.set_ylabel("validation accuracy %")
+    ax.legend(fontsize=7, loc="lower right")
+  if scatter is not None:
+    fig.colorbar(scatter, ax=list(axes), label="stage-1 PSNR (dB)")
+  return fig
+
+
+# ---------------------------------------------------------------------------
+# The command line (``bort-jax frontier``; the shared config flags come from
+# the training config, see :mod:`bort_jax.experiments.cli`).
+
+#: The config fields the grid sets; every other field is shared by all points.
+GRID_FIELDS = ("optimizer", "mode", "amplitude", "gamma", "placement",
+               "gamma_warmup", "seed")
+
+
+def _list(convert):
+  def parse(text: str):
+    return tuple(convert(v) for v in text.split(",") if v.strip())
+  return parse
+
+
+def _amplitude(text: str) -> float | str:
+  return text if text == "ada" else float(text)
+
+
+def add_arguments(p: Any) -> None:
+  """The grid's and the selection's flags (comma-separated lists)."""
+  grid = Grid()
+  p.add_argument("--out", required=True, help="output folder (resumable)")
+  for placement in PLACEMENTS:
+    p.add_argument(f"--gammas-{placement}", type=_list(float),
+                   default=grid.gammas[placement],
+                   help=f"gamma grid of the {placement} placement "
+                   f"(default: {','.join(map(str, grid.gammas[placement]))})")
+  p.add_argument("--modes", type=_list(str), default=grid.modes,
+                 help="Bort modes (default: l1-fullrow,l2-full)")
+  p.add_argument("--placements", type=_list(str), default=grid.placements,
+                 help="decoupled (Bort-AdamW vs AdamW) and/or coupled "
+                 "(Bort-SGD vs SGD)")
+  p.add_argument("--amplitudes", type=_list(_amplitude),
+                 default=grid.amplitudes, help="amplitudes (default: 1,ada)")
+  p.add_argument("--gamma-warmups", type=_list(float),
+                 default=grid.gamma_warmups,
+                 help="gamma ramps in epochs (default: 0, constant gamma)")
+  p.add_argument("--seeds", type=_list(int), default=grid.seeds,
+                 help="seeds of every point (default: 0,1,2)")
+  p.add_argument("--validation", type=float, default=0.1,
+                 help="held-out share of the training set (default: 0.1)")
+  p.add_argument("--tolerance", type=float, default=0.002,
+                 help="validation accuracy below the baseline's that the "
+                 "selection accepts (default: 0.002, 0.2 pp)")
+
+
+def command(args: Any, base: dict[str, Any]) -> int:
+  """Runs ``bort-jax frontier`` with parsed arguments."""
+  from bort_jax.experiments import config as config_lib
+  from bort_jax.experiments import data as data_lib
+  for placement in args.placements:
+    if placement not in PLACEMENTS:
+      raise config_lib.ConfigError(
+          f"--placements takes decoupled and/or coupled, got {placement!r}.")
+  base = {"data": config_lib.TrainConfig.data,
+          "model": config_lib.TrainConfig.model, **base}
+  grid = Grid(gammas={p: getattr(args, f"gammas_{p}") for p in PLACEMENTS},
+              modes=args.modes, placements=args.placements,
+              amplitudes=args.amplitudes, gamma_warmups=args.gamma_warmups,
+              seeds=args.seeds)
+  for point in grid.points():  # every point's config is valid, before work
+    config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
+                                         if k != "placement"}})
+  dataset = data_lib.load_splits(base["data"], download=not args.offline)
+  result = run_frontier(args.out, dataset, base, grid,
+                        validation=args.validation, tolerance=args.tolerance,
+                        log=lambda line: print(line, flush=True))
+  points = result["points"]
+  chosen = select(points, args.tolerance)
+  print(table(points, chosen))
+  for placement, name in result["selected"].items():
+    print(f"selected ({placement}, on validation): {name}")
+  return 0
