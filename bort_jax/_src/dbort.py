@@ -25,8 +25,9 @@ Pieces:
 - :func:`dbort_term`: runs a model under ``nnx.capture`` and returns its
   output, the DBort loss of its :class:`DBort` layers and their energies:
   the one pure function a training step calls.
-- :func:`dbort_outputs`: runs an NNX model and collects the outputs of the
-  chosen layers with ``nnx.capture``, for models that cannot be wrapped.
+- :func:`dbort_outputs` (from :mod:`bort_jax._src.layer_outputs`): runs an
+  NNX model and collects the outputs of the chosen layers with
+  ``nnx.capture``, for models that cannot be wrapped.
 
 Every piece is pure in the model: it works under ``nnx.jit``, ``nnx.grad``
 and, through ``nnx.split``/``nnx.merge``, ``jax.jit`` and ``jax.grad``.
@@ -34,25 +35,21 @@ and, through ``nnx.split``/``nnx.merge``, ``jax.jit`` and ``jax.grad``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
 from bort_jax._src import penalty
+from bort_jax._src.layer_outputs import _path_string
+from bort_jax._src.layer_outputs import dbort_outputs
+from bort_jax._src.layer_outputs import LayerSpec
 
 Array = jax.Array
 
 DBORT_WEIGHT = 1e-4  # λ of the published experiments (they also use 1e-5)
 DBORT_POWER = 1e-4  # p of the published experiments
-
-LayerSpec = (
-    Sequence[nnx.Module | str | tuple[Any, ...]]
-    | Callable[[tuple[Any, ...], nnx.Module], bool]
-    | None
-)
-
 
 # ----------------------------------------------------------------------------
 # The loss.
@@ -161,137 +158,6 @@ def dbort_loss(
   for term in terms[1:]:
     total = total + term
   return -weight * total
-
-
-# ----------------------------------------------------------------------------
-# Collecting layer outputs from an NNX model.
-
-
-def _path_string(path: tuple[Any, ...]) -> str:
-  return "/".join(str(name) for name in path)
-
-
-def _has_bort_kernel(module: nnx.Module) -> bool:
-  kernel = getattr(module, "kernel", None)
-  return isinstance(kernel, nnx.Param) and jnp.ndim(kernel[...]) >= 2
-
-
-def _chosen_paths(model: nnx.Module, layers: LayerSpec) -> list[tuple]:
-  """The module paths selected by ``layers``, in the model's order."""
-  modules = list(nnx.iter_modules(model))
-  if layers is None:
-    return [path for path, m in modules if _has_bort_kernel(m)]
-  if callable(layers) and not isinstance(layers, nnx.Module):
-    return [path for path, m in modules if layers(path, m)]
-  if isinstance(layers, (str, nnx.Module)):
-    layers = [layers]
-  by_string = {_path_string(path): path for path, _ in modules}
-  chosen = []
-  for layer in layers:
-    if isinstance(layer, nnx.Module):
-      found = [path for path, m in modules if m is layer]
-    elif isinstance(layer, str):
-      found = [by_string[layer]] if layer in by_string else []
-    else:
-      found = [path for path, _ in modules if path == tuple(layer)]
-    if not found:
-      raise ValueError(
-          f"dbort_outputs: layer {layer!r} is not a submodule of the model "
-          "(inside nnx.jit/nnx.grad, name layers by path or take them from "
-          "the traced model). Submodule paths: "
-          + ", ".join(repr(s) for s in by_string)
-      )
-    chosen.append(found[0])
-  return chosen
-
-
-def dbort_outputs(
-    model: nnx.Module,
-    *args: Any,
-    layers: LayerSpec = None,
-    method: str = "__call__",
-    **kwargs: Any,
-) -> tuple[Any, dict[str, tuple[Array, ...]]]:
-  """Runs an NNX model and returns the outputs of the chosen layers.
-
-  The forward pass ``getattr(model, method)(*args, **kwargs)`` runs under
-  ``nnx.capture(..., nnx.Intermediate, method_outputs=nnx.Intermediate)``,
-  which records what every submodule's ``__call__`` returns; the outputs of
-  the chosen layers are kept. Nothing is stored on the model, so the function
-  is pure in ``model`` and composes with ``nnx.jit``, ``nnx.grad``,
-  ``nnx.value_and_grad`` and (through ``nnx.split``/``nnx.merge``) with
-  ``jax.jit`` and ``jax.grad``. Hand the outputs to :func:`dbort_loss`.
-
-  Args:
-    model: an ``nnx.Module``.
-    *args: positional arguments of the forward pass.
-    layers: which layers: ``None`` for every submodule holding a ``kernel``
-      parameter with two or more axes (the layers Bort constrains by default:
-      ``nnx.Linear``, ``nnx.Conv``, ``nnx.LinearGeneral``, …, the model itself
-      included); a sequence of submodules, path strings (``"blocks/0/mlp"``)
-      or path tuples (``("blocks", 0, "mlp")``); or a predicate
-      ``(path, module) -> bool``. Modules must be the ones the call sees: in a
-      transformed function, name layers by path.
-    method: the name of the model's method to run.
-    **kwargs: keyword arguments of the forward pass.
-
-  Returns:
-    ``(result, outputs)``: the method's result, and a dict from each chosen
-    layer's path (``"a/b"``; ``""`` for the model itself) to the tuple of its
-    outputs, one per call during the forward pass. A layer named explicitly
-    that was not called raises ``ValueError``; with ``layers=None`` or a
-    predicate, layers that were not called are left out.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> class Autoencoder(nnx.Module):
-    ...   def __init__(self, rngs):
-    ...     self.encoder = nnx.Linear(4, 2, rngs=rngs)
-    ...     self.decoder = nnx.Linear(2, 4, rngs=rngs)
-    ...   def __call__(self, x):
-    ...     return self.decoder(nnx.relu(self.encoder(x)))
-    >>> model = Autoencoder(nnx.Rngs(0))
-    >>> x = jnp.ones((8, 4))
-    >>> reconstruction, outputs = dbort_outputs(model, x, layers=["encoder"])
-    >>> {name: [y.shape for y in ys] for name, ys in outputs.items()}
-    {'encoder': [(8, 2)]}
-    >>> def loss_fn(model, x):
-    ...   prediction, outputs = dbort_outputs(model, x)  # both Linear layers
-    ...   return jnp.mean((prediction - x) ** 2) + dbort_loss(outputs)
-    >>> grads = nnx.jit(nnx.grad(loss_fn))(model, x)
-    >>> grads["encoder"]["kernel"].shape
-    (4, 2)
-  """
-  chosen = _chosen_paths(model, layers)
-  explicit = layers is not None and not (
-      callable(layers) and not isinstance(layers, nnx.Module)
-  )
-  forward = nnx.capture(
-      lambda m, *a, **kw: getattr(m, method)(*a, **kw),
-      nnx.Intermediate,
-      method_outputs=nnx.Intermediate,
-  )
-  result, intermediates = forward(model, *args, **kwargs)
-  outputs = {}
-  for path in chosen:
-    node = intermediates
-    try:
-      for name in path:
-        node = node[name]
-      values = node["__call__"]
-    except KeyError:
-      if explicit:
-        raise ValueError(
-            f"dbort_outputs: layer {_path_string(path)!r} was not called by "
-            f"the model's {method}."
-        ) from None
-      continue
-    value = values.get_value() if isinstance(values, nnx.Variable) else values
-    outputs[_path_string(path)] = tuple(value)
-  return result, outputs
-
-
 
 
 # ----------------------------------------------------------------------------

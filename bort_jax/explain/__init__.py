@@ -41,12 +41,12 @@ from bort_jax.explain.figures import save_figure
 from bort_jax.explain.invert import invert_avg_pool
 from bort_jax.explain.invert import invert_conv
 from bort_jax.explain.invert import invert_dense
-from bort_jax.explain.invert import invert_layer
 from bort_jax.explain.invert import invert_leaky_relu
 from bort_jax.explain.invert import invert_relu
-from bort_jax.explain.invert import layer_inverse
-from bort_jax.explain.invert import register_inverse
 from bort_jax.explain.invert import unit_scales
+from bort_jax.explain.inverses import invert_layer
+from bort_jax.explain.inverses import layer_inverse
+from bort_jax.explain.inverses import register_inverse
 from bort_jax.explain.metrics import cosine_gram
 from bort_jax.explain.metrics import deletion_auc
 from bort_jax.explain.metrics import deletion_curve

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from bort_jax.explain import invert
+from bort_jax.explain import inverses
 
 ForwardCache = Sequence[jax.Array]
 
@@ -165,7 +165,7 @@ def backtrack(
     >>> backtrack(mlp, cache[2], 1)  # undo the LeakyReLU, then the Linear
     Array([[ 0.5, -2. ]], dtype=float32)
   """
-  invert.check_relu_mode(relu)
+  inverses.check_relu_mode(relu)
   layers = model_layers(model)
   stop = layer_index(from_layer, len(layers))
   features = jnp.asarray(features)
@@ -180,7 +180,7 @@ def backtrack(
     )
   x = features
   for i in range(stop, -1, -1):
-    x = invert.invert_layer(
+    x = inverses.invert_layer(
         layers[i], x, inputs[i], relu=relu, name=_layer_name(layers, i))
   return x
 

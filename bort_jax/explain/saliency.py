@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bort_jax.explain import backtracking
-from bort_jax.explain import invert
+from bort_jax.explain import inverses
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -117,7 +117,7 @@ def backtrack_saliency(
     >>> maps.shape, bool(maps.min() >= 0), bool(maps.max() <= 1)
     ((2, 8, 8), True, True)
   """
-  invert.check_relu_mode(relu)
+  inverses.check_relu_mode(relu)
   layers = backtracking.model_layers(model)
   stop = backtracking.layer_index(layer, len(layers))
   cache = backtracking.forward_cache(model, images)[: stop + 2]

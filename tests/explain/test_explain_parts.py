@@ -8,7 +8,7 @@ from flax import nnx
 
 from bort_jax import explain
 from bort_jax.dbort import DBort
-from bort_jax.explain import invert
+from bort_jax.explain import inverses
 from bort_jax.models import invertible
 
 
@@ -37,8 +37,8 @@ def orthogonal_kernel(rng, window, cin, cout, scale=1.0):
 def test_layer_inverse_is_a_singledispatch_function():
   assert hasattr(explain.layer_inverse, "register")
   assert hasattr(explain.layer_inverse, "dispatch")
-  assert explain.layer_inverse.dispatch(nnx.Conv) is invert._conv_inverse
-  assert explain.layer_inverse.dispatch(nnx.Linear) is invert._linear_inverse
+  assert explain.layer_inverse.dispatch(nnx.Conv) is inverses._conv_inverse
+  assert explain.layer_inverse.dispatch(nnx.Linear) is inverses._linear_inverse
 
 
 def test_subclasses_inherit_and_registration_replaces_and_decorates():
@@ -65,8 +65,8 @@ def test_subclasses_inherit_and_registration_replaces_and_decorates():
   model = invertible.InvertibleSequential(
       [Scale(2.0), DoubleScale(4.0)], input_shape=(3,))
   np.testing.assert_array_equal(explain.reconstruct(model, x, 1), x)
-  assert invert.find_inverse(DoubleScale(1.0)) is _scale_inverse
-  assert invert.find_inverse(object()) is None
+  assert inverses.find_inverse(DoubleScale(1.0)) is _scale_inverse
+  assert inverses.find_inverse(object()) is None
 
 
 def test_register_inverse_rejects_bad_arguments():
