@@ -16,6 +16,8 @@ from bort_jax._src.dbort import fit_dbort_linear
 from bort_jax._src.dbort import principal_cosines
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_GAMMA
+from bort_jax._src.defaults import RECOMMENDED
+from bort_jax._src.defaults import Recommended
 from bort_jax._src.defaults import DEFAULT_MODE
 from bort_jax._src.defaults import Mode
 from bort_jax._src.defaults import MODES
@@ -52,6 +54,8 @@ def __getattr__(name: str):
 __all__ = (
     "DEFAULT_AMPLITUDE",
     "DEFAULT_GAMMA",
+    "RECOMMENDED",
+    "Recommended",
     "DEFAULT_MODE",
     "MODES",
     "BortDimensionNumbers",
