@@ -15,6 +15,7 @@ from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
 from bort_jax._src.transform import add_bort_correction
+from bort_jax._src.transform import check_every
 from bort_jax._src.transform import hyperparameter_value
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
@@ -44,7 +45,7 @@ def bort_sgd(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-    every: int = 1,
+    every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with the coupled Bort correction (the paper's Bort-SGD).
 
@@ -73,8 +74,8 @@ def bort_sgd(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
-    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
-      :func:`add_bort_correction`).
+    every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
+      only (see :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -146,7 +147,7 @@ def bort_adamw(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-    every: int = 1,
+    every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
@@ -178,8 +179,8 @@ def bort_adamw(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
-    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
-      :func:`add_bort_correction`).
+    every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
+      only (see :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -241,7 +242,7 @@ def with_bort(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
-    every: int = 1,
+    every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, coupled or decoupled.
 
@@ -265,8 +266,8 @@ def with_bort(
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
-    every: apply ``every · γ · Δ`` on every ``every``-th step only (see
-      :func:`add_bort_correction`).
+    every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
+      only (see :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -320,7 +321,7 @@ def with_bort(
       lr = hyperparameter_value(learning_rate, count)
       return -jnp.asarray(lr) * hyperparameter_value(gamma, count)
 
-  every = validation.check_positive_int("every", every)
+  every = check_every(every)
   bort = _correction_transform(
       strength, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
       every,

@@ -23,6 +23,7 @@ mode to them and checks shapes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -250,3 +251,71 @@ def bort_penalty(
   x = w.astype(compute_dtype(w.dtype))
   c = _amplitude_array(x, amplitude, ROWS, _EXACT)
   return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS)))
+
+
+# ----------------------------------------------------------------------------
+# Several fan-in axes contracted in place (no reshape to a matrix).
+
+_ND_MODES = ("l2-full", "l2-row", "l2-col", "l1-fullrow", "l1-row", "l1-col")
+
+
+def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
+                      options: KernelOptions) -> bool:
+  """Whether :func:`correction_over_axes` handles this parameter.
+
+  One unit axis and no batch axis; the Gram, if any, is the units' (for
+  ``l2-full`` when units are the smaller side; ``l1-fullrow`` when the units
+  fit one block). ``l1-fullcol``'s Gram is over fan-in vectors: it needs them
+  as one axis, so it keeps the matrix view.
+  """
+  if mode not in _ND_MODES or options.axis_name is not None:
+    return False
+  if len(output_axes) != 1 or len(reduction_axes) + 1 != len(shape):
+    return False
+  m = shape[output_axes[0]]
+  n = math.prod(shape[a] for a in reduction_axes)
+  if mode == "l2-full":
+    return m <= n
+  if mode == "l1-fullrow":
+    return options.block_size is None or m <= options.block_size
+  return True
+
+
+def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
+                         options: KernelOptions, reduction_axes,
+                         unit_axis: int) -> Array:
+  """Δ of one parameter whose fan-in spans several axes, in its own layout.
+
+  The units' Gram contracts every fan-in axis at once (``dot_general`` with
+  several contracting dimensions), so a fan-in axis split over devices under
+  Auto sharding costs an all-reduce of the m×m Gram, never a gather of the
+  kernel, whichever fan-in axis is split. Same values as :func:`correction`
+  on the matrix view.
+  """
+  x = x.astype(compute_dtype(x.dtype))
+  if x.size == 0:
+    return jnp.zeros_like(x)
+  reduction_axes = tuple(reduction_axes)
+  units_sq = jnp.sum(jnp.square(x), axis=reduction_axes, keepdims=True)
+  if isinstance(amplitude, str) and amplitude == ADA:
+    c = jnp.square(jnp.mean(jnp.sqrt(jax.lax.stop_gradient(units_sq))))
+  else:
+    c = jnp.asarray(amplitude, x.dtype).reshape(())
+  if mode in ("l2-row", "l1-row"):
+    scale = units_sq - c
+    return (scale if mode == "l2-row" else jnp.sign(scale)) * x
+  if mode in ("l2-col", "l1-col"):
+    scale = jnp.sum(jnp.square(x), axis=unit_axis, keepdims=True) - c
+    return (scale if mode == "l2-col" else jnp.sign(scale)) * x
+  a = x if options.gram_dtype is None else x.astype(options.gram_dtype)
+  gram = jax.lax.dot_general(
+      a, a, ((reduction_axes, reduction_axes), ((), ())),
+      precision=options.precision, preferred_element_type=x.dtype)
+  residual = gram - c * jnp.eye(gram.shape[0], dtype=gram.dtype)
+  s = residual if mode == "l2-full" else jnp.sign(residual)
+  if options.gram_dtype is not None:
+    s = s.astype(options.gram_dtype)
+  delta = jax.lax.dot_general(
+      a, s, (((unit_axis,), (0,)), ((), ())),
+      precision=options.precision, preferred_element_type=x.dtype)
+  return jnp.moveaxis(delta, -1, unit_axis)

@@ -67,6 +67,17 @@ def check_bort_leaves(params: Any, views) -> None:
     warnings.warn(NO_BORT_PARAMS_MSG, stacklevel=3)
 
 
+def check_every(every: Any) -> int:
+  """``every``: ``None`` (every step) or a positive Python int, never traced."""
+  if every is None:
+    return 1
+  if isinstance(every, jax.core.Tracer):
+    raise validation.ArgumentTypeError(
+        "every must be a positive integer known when tracing; under "
+        "optax.inject_hyperparams pass static_args=('every',).")
+  return validation.check_positive_int("every", every)
+
+
 def _scalar(value: Any, name: str) -> jax.Array:
   """A hyperparameter's value (possibly from a schedule), refused if not 0-d."""
   value = jnp.asarray(value)
@@ -117,14 +128,27 @@ def tree_correction(
   # On accelerators each product call costs a launch: same-shape matrices
   # share one batched product. Elementwise modes gain nothing from batching.
   batch = kernels.uses_gram and kernel_options.batched()
+  # A fan-in over several axes (a conv's kh, kw, in) is contracted in place
+  # unless batched with others: merging the axes by a reshape would gather
+  # the kernel when a minor one is split under Auto sharding.
+  in_place = not batch or _auto_sharded()
+  deltas = [None] * len(leaves)
   groups = collections.defaultdict(list)
   for i, (leaf, view) in enumerate(zip(leaves, views)):
-    if view is not None:
-      dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
-      key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
-      groups[key].append(i)
+    if view is None:
+      continue
+    if (in_place and view.spec is None and not view.batch_axes
+        and len(view.reduction_axes) > 1 and penalty.corrects_in_place(
+            mode, leaf.shape, view.reduction_axes, view.output_axes,
+            kernel_options)):
+      deltas[i] = penalty.correction_over_axes(
+          leaf, mode, amplitude, kernel_options, view.reduction_axes,
+          view.output_axes[0])
+      continue
+    dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
+    key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
+    groups[key].append(i)
 
-  deltas = [None] * len(leaves)
   for members in groups.values():
     # Flax layout (batch, fan_in, out): a reshape, no transpose, for kernels.
     dtype = penalty.compute_dtype(leaves[members[0]].dtype)
@@ -140,6 +164,14 @@ def tree_correction(
       deltas[i] = views[i].from_kernel_layout(delta[start:stop])
       start = stop
   return treedef.unflatten(deltas)
+
+
+def _auto_sharded() -> bool:
+  """Whether a mesh with Auto axes of more than one device is in context."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and any(
+      t == jax.sharding.AxisType.Auto and size > 1
+      for t, size in zip(mesh.axis_types, mesh.axis_sizes))
 
 
 def hyperparameter_value(hyperparameter, count):
@@ -218,7 +250,7 @@ def add_bort_correction(
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
-    every: int = 1,
+    every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds the Bort correction ``gamma · Δ(param)`` to each Bort leaf's update.
 
@@ -250,8 +282,8 @@ def add_bort_correction(
       act on, handed to :func:`optax.masked`.
     kernel_options: precision, reduced-precision Gram and block size of the
       full modes (:class:`KernelOptions`).
-    every: amortise the correction: apply ``every · gamma · Δ`` on every
-      ``every``-th step (steps 0, k, 2k, …) and nothing on the others, through
+    every: ``None`` (every step) or k: amortise the correction, applying
+      ``every · gamma · Δ`` on every ``every``-th step (steps 0, k, 2k, …) and nothing on the others, through
       ``lax.cond`` (no work on the skipped steps, no recompilation; schedules
       are read at the step count). ``every`` multiplies the stability limit:
       for the l2 modes, ``lr · every · γ · c`` must stay below about 1 (with
@@ -300,7 +332,7 @@ def add_bort_correction(
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options
   )
-  every = validation.check_positive_int("every", every)
+  every = check_every(every)
   return _correction_transform(
       gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
       every,

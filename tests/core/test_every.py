@@ -88,3 +88,23 @@ def test_every_must_be_a_positive_int(every):
     bort_jax.add_bort_correction(0.1, every=every)
   with pytest.raises(ValueError, match="every must be a positive integer"):
     bort_jax.bort_adamw(1e-3, gamma=0.1, every=every)
+
+
+def test_every_under_inject_hyperparams_is_static():
+  params = _params()
+  injected = optax.inject_hyperparams(bort_jax.bort_sgd, static_args="every")(
+      learning_rate=0.1, gamma=0.1, every=2)
+  plain = bort_jax.bort_sgd(jnp.float32(0.1), gamma=jnp.float32(0.1), every=2)
+  a, b = params, params
+  sa, sb = injected.init(params), plain.init(params)
+  step_a, step_b = jax.jit(injected.update), jax.jit(plain.update)
+  for t in range(3):
+    ua, sa = step_a(_grads(a, t), sa, a)
+    ub, sb = step_b(_grads(b, t), sb, b)
+    a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  traced = optax.inject_hyperparams(bort_jax.bort_sgd)(
+      learning_rate=0.1, gamma=0.1, every=2)
+  with pytest.raises(TypeError, match="static_args=\\('every',\\)"):
+    jax.jit(traced.update)(params, traced.init(params), params)

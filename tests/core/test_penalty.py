@@ -124,3 +124,32 @@ def test_unknown_mode_lists_valid_modes():
 def test_vector_is_not_a_matrix():
   with pytest.raises(ValueError, match=r"\(\.\.\., m, n\)"):
     bort_jax.bort_correction(jnp.ones(3))
+
+
+@pytest.mark.parametrize("mode", bort_jax.MODES)
+@pytest.mark.parametrize("amplitude", [0.7, "ada"])
+@pytest.mark.parametrize("shape", [(3, 3, 4, 5), (2, 7, 20)],
+                         ids=["conv-2d", "conv-1d"])
+def test_fan_in_contracted_in_place_equals_the_matrix_view(mode, amplitude,
+                                                           shape):
+  from bort_jax._src import penalty
+  with jax.enable_x64(True):
+    x = jnp.asarray(_random(shape, seed=7))
+    reduction = tuple(range(len(shape) - 1))
+    matrix = x.reshape(-1, shape[-1])  # Flax layout (fan_in, out)
+    want = penalty.correction(matrix[None], mode, amplitude,
+                              KernelOptions(), units=penalty.COLS)[0]
+    options = KernelOptions()
+    if penalty.corrects_in_place(mode, shape, reduction, (len(shape) - 1,),
+                                 options):
+      got = penalty.correction_over_axes(x, mode, amplitude, options,
+                                         reduction, len(shape) - 1)
+      np.testing.assert_allclose(got.reshape(matrix.shape), want,
+                                 rtol=1e-12, atol=1e-12)
+    else:
+      assert mode == "l1-fullcol" or (mode == "l2-full" and
+                                      shape[-1] > np.prod(shape[:-1]))
+    # Through the transform, whichever path it takes.
+    np.testing.assert_allclose(
+        bort_jax.tree_correction({"kernel": x}, mode, amplitude)[
+            "kernel"].reshape(matrix.shape), want, rtol=1e-12, atol=1e-12)

@@ -181,3 +181,25 @@ def test_explicit_stacked_kernels_split_on_their_batch_axis(mode,
       dimension_numbers=bort_jax.BortDimensionNumbers(batch_axis=0),
       kernel_options=bort_jax.KernelOptions(batch_products=batch_products))
   _check_explicit_equals_unsharded(make, params, {"kernel": P("x", None, None)})
+
+
+def test_auto_conv_split_on_in_all_reduces_the_gram_and_gathers_nothing():
+  """Several fan-in axes are contracted in place: no reshape forces a
+  gather of the (3, 3, 64, 32) kernel split on its `in` axis."""
+  mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
+  kernel = jnp.asarray(
+      np.random.default_rng(1).normal(size=(3, 3, 64, 32)) * 0.05,
+      jnp.float32)
+  with jax.set_mesh(mesh):
+    kernel = jax.device_put(kernel,
+                            NamedSharding(mesh, P(None, None, "model", None)))
+    correct = jax.jit(lambda k: bort_jax.tree_correction(
+        {"kernel": k}, "l2-full", 1.0)["kernel"])
+    hlo = correct.lower(kernel).compile().as_text()
+    got = correct(kernel)
+  reduces = [line for line in hlo.splitlines() if "all-reduce(" in line]
+  assert len(reduces) == 1 and "f32[32,32]" in reduces[0], reduces
+  assert "all-gather(" not in hlo
+  want = bort_jax.tree_correction({"kernel": np.asarray(kernel)}, "l2-full",
+                                  1.0)["kernel"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
