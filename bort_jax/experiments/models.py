@@ -49,18 +49,31 @@ def _vit(shape, num_classes, width, rngs):
              num_heads=heads, rngs=rngs)
 
 
+def _simple_cnn(shape, num_classes, width, rngs):
+  from bort_jax.models.simple_cnn import PRESETS, SimpleCNN
+  preset = "mnist" if shape[-1] == 1 else "cifar"
+  multiplier = 1.0 if width is None else width / PRESETS[preset][0]
+  return SimpleCNN(preset, num_classes, width_multiplier=multiplier,
+                   input_shape=shape, rngs=rngs)
+
+
 Builder = Callable[[tuple, int, "int | None", nnx.Rngs], nnx.Module]
 
 #: name -> builder ``(input_shape, num_classes, width, rngs) -> nnx.Module``.
 #: ``width`` is the MLPs' hidden units (default 256), the CNN's first-stage
 #: channels (8), ResNet's first-stage channels (64) or the ViT's token width
-#: (192); the ViT uses patch 4 and 6 blocks.
+#: (192); the ViT uses patch 4 and 6 blocks. ``simple-cnn`` is the authors'
+#: SimpleCNN (:class:`bort_jax.models.simple_cnn.SimpleCNN`, preset ``mnist``
+#: for one channel, ``cifar`` for three); its ``width`` is the first
+#: convolution's channels (8 or 24 at the authors' widths) and the other four
+#: scale with it.
 BUILDERS: dict[str, Builder] = {
     "mlp": _mlp,
     "invertible-mlp": _invertible_mlp,
     "cnn": _cnn,
     "resnet18": _resnet18,
     "vit": _vit,
+    "simple-cnn": _simple_cnn,
 }
 
 #: The model names, in the order the command line lists them.

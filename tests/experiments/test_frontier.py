@@ -1,0 +1,106 @@
+"""The frontier sweep: Pareto front, selection on validation, resume."""
+
+import json
+
+import pytest
+
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import frontier
+from bort_jax.experiments.cli import main
+from bort_jax.experiments.run_dir import RunDirectoryError
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+  errors = [0.5, 0.1, 0.1, 0.01, 0.3]
+  accuracies = [0.99, 0.95, 0.97, 0.90, 0.96]
+  front = frontier.pareto_front(errors, accuracies)
+  assert front == [3, 2, 0]
+  for i in range(len(errors)):
+    dominated = any(errors[j] <= errors[i] and accuracies[j] >= accuracies[i]
+                    and (errors[j], accuracies[j]) != (errors[i], accuracies[i])
+                    for j in range(len(errors)))
+    assert (i in front) == (not dominated)
+
+
+def _point(placement, optimizer, val, err, gamma=None):
+  point = {"placement": placement, "optimizer": optimizer}
+  if gamma is not None:
+    point.update(mode="l1-fullrow", amplitude="ada", gamma=gamma,
+                 gamma_warmup=0.0)
+  stat = lambda v: None if v is None else {"mean": v, "std": 0.0, "n": 3}
+  return {"name": frontier.point_name(point), "point": point,
+          "summary": {"val_accuracy": stat(val), "constraint_error": stat(err),
+                      "test_accuracy": stat(0.0)}}
+
+
+def test_selection_takes_the_tightest_free_point_and_never_the_test_set():
+  points = [_point("decoupled", "adamw", 0.980, 1.2),
+            _point("decoupled", "bort-adamw", 0.979, 0.30, 0.1),
+            _point("decoupled", "bort-adamw", 0.978, 0.01, 1.0),
+            _point("decoupled", "bort-adamw", 0.950, 1e-6, 3.0)]
+  points[2]["summary"]["test_accuracy"] = {"mean": 0.1, "std": 0, "n": 3}
+  chosen = frontier.select(points, tolerance=0.002)
+  assert chosen["decoupled"]["point"]["gamma"] == 1.0
+  # Nothing free: the most accurate Bort point.
+  chosen = frontier.select(points, tolerance=0.0)
+  assert chosen["decoupled"]["point"]["gamma"] == 0.1
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data_lib.load_splits("digits")
+
+
+BASE = {"data": "digits", "model": "invertible-mlp", "width": 16,
+        "epochs": 1, "batch_size": 64, "train_limit": 640}
+
+
+@pytest.mark.slow
+def test_frontier_runs_end_to_end_and_resumes(digits, tmp_path):
+  out = str(tmp_path / "frontier")
+  grid = frontier.Grid(gammas={"decoupled": (1.0,), "coupled": (0.003,)},
+                       modes=("l1-fullrow",), amplitudes=("ada",),
+                       seeds=(0, 1))
+  lines = []
+  result = frontier.run_frontier(out, digits, BASE, grid, log=lines.append)
+  assert "0 runs done, 8 to go" in lines[0]
+  names = {p["name"] for p in result["points"]}
+  assert names == {"adamw", "sgd", "bort-adamw_l1-fullrow_ada_g1",
+                   "bort-sgd_l1-fullrow_ada_g0.003"}
+  for p in result["points"]:
+    assert p["summary"]["val_accuracy"]["n"] == 2
+    assert p["summary"]["reconstruction_psnr"] is not None
+  assert set(result["selected"]) == {"decoupled", "coupled"}
+  for name in ("frontier.json", "frontier.md", "frontier.png", "runs.json"):
+    assert (tmp_path / "frontier" / name).stat().st_size > 0
+  runs = json.loads((tmp_path / "frontier" / "runs.json").read_text())
+  assert len(runs) == 8 and all(0 <= r["test_accuracy"] <= 1 for r in runs)
+
+  lines.clear()  # a rerun trains nothing; a grown grid only the new points
+  frontier.run_frontier(out, digits, BASE, grid, log=lines.append)
+  assert "8 runs done, 0 to go" in lines[0]
+  grown = frontier.Grid(gammas={"decoupled": (1.0, 3.0), "coupled": (0.003,)},
+                        modes=("l1-fullrow",), amplitudes=("ada",),
+                        seeds=(0, 1), placements=("decoupled", "coupled"))
+  lines.clear()
+  frontier.run_frontier(out, digits, BASE, grown, log=lines.append)
+  assert "8 runs done, 2 to go" in lines[0]
+
+  with pytest.raises(RunDirectoryError, match="other settings"):
+    frontier.run_frontier(out, digits, {**BASE, "epochs": 2}, grid)
+
+
+def test_frontier_refuses_a_folder_that_is_not_a_frontier(tmp_path, digits):
+  (tmp_path / "mine.txt").write_text("keep")
+  with pytest.raises(RunDirectoryError, match="holds no frontier"):
+    frontier.run_frontier(str(tmp_path), digits, BASE, frontier.Grid())
+  assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_frontier_cli_checks_every_point_before_any_work(tmp_path, capsys):
+  with pytest.raises(SystemExit) as info:
+    main(["frontier", "--data", "digits", "--out", str(tmp_path / "f"),
+          "--modes", "l9-nonsense"])
+  assert info.value.code == 2
+  assert "l9-nonsense" in capsys.readouterr().err
+  assert not (tmp_path / "f").exists()
