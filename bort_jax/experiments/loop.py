@@ -12,12 +12,20 @@ the iterator). Ctrl-C or SIGTERM stops after the current step and saves a
 checkpoint; ``train(..., resume=True)`` continues from the newest readable
 checkpoint, after checking that the config and the data are the saved run's.
 A non-finite training loss stops the run (:class:`DivergedError`).
+
+With a :class:`~bort_jax.experiments.distributed.DataParallel` layout (given,
+or the default whenever ``jax.distributed`` runs several processes), the same
+loop runs data-parallel on a global mesh: the state replicated, each global
+batch split over the devices, process 0 alone writing the run folder, every
+process checkpointing and restoring (see
+:mod:`bort_jax.experiments.distributed` for the launch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -30,6 +38,7 @@ import bort_jax
 from bort_jax.experiments import checkpoints as checkpoints_lib
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import distributed
 from bort_jax.experiments import errors
 from bort_jax.experiments import models as models_lib
 from bort_jax.experiments import optimizers as optimizers_lib
@@ -56,7 +65,8 @@ class TrainResult(NamedTuple):
     step: the number of steps done.
     finished: whether every epoch ran (``False`` after an interruption or
       ``max_steps``; resume to continue).
-    run_dir: where files were written (``None`` without a folder).
+    run_dir: the run folder (``None`` without one; process 0 alone writes
+      it).
     dataset: the data it trained on.
   """
 
@@ -88,9 +98,11 @@ class _Static(NamedTuple):
   objective: steps_lib.Objective
 
 
-def _init(config: TrainConfig, data: run_data.RunData, classes: int
+def _init(config: TrainConfig, data: run_data.RunData, classes: int,
+          parallel: distributed.DataParallel | None = None
           ) -> tuple[_Static, _State]:
-  """The model and optimizer built from the seed alone."""
+  """The model and optimizer built from the seed alone (replicated on
+  ``parallel``'s mesh if given)."""
   model = models_lib.make_model(
       config.model, tuple(data.train_images.shape[1:]), classes,
       width=config.width, rngs=nnx.Rngs(config.seed))
@@ -103,8 +115,13 @@ def _init(config: TrainConfig, data: run_data.RunData, classes: int
   optimizer_def, optimizer_state = nnx.split(optimizer)
   static = _Static(model_def, optimizer_def, steps_lib.eval_graphdef(model),
                    schedule, steps_lib.Objective.from_config(config))
-  return static, _State(model_state, optimizer_state,
-                        steps_lib.Metrics.zeros(), 0, [])
+  state = _State(model_state, optimizer_state, steps_lib.Metrics.zeros(), 0,
+                 [])
+  if parallel is not None:
+    state = dataclasses.replace(state, **parallel.replicate(
+        {"model": state.model, "optimizer": state.optimizer,
+         "metrics": state.metrics}))
+  return static, state
 
 
 def _arrays(state: _State) -> dict[str, Any]:
@@ -121,9 +138,12 @@ def _meta(config: TrainConfig, data: run_data.RunData, state: _State) -> dict[st
           "history": strict_json(state.history)}
 
 
-def _restore(ckpt, config, data, state, log) -> _State:
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          _arrays(state))
+def _restore(ckpt, config, data, state, log, parallel=None) -> _State:
+  if parallel is None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            _arrays(state))
+  else:
+    abstract = parallel.abstract(_arrays(state))
   step, arrays, meta = ckpt.restore(abstract, log=log)
   run_data.check_saved_run(config, data, meta)
   return _State(arrays["model"], arrays["optimizer"],
@@ -178,7 +198,7 @@ def _postfix(metrics: steps_lib.Metrics) -> str:
 
 
 def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
-               on_step) -> tuple[_State, dict | None]:
+               on_step, parallel=None) -> tuple[_State, dict | None]:
   """Steps to the end of the epoch (or ``stop_at``, or a stop request).
 
   Returns the state and, when the epoch ended, its training numbers.
@@ -190,6 +210,8 @@ def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
       time.perf_counter(), None, 0, 0.0)
   while position < data.steps_per_epoch and state.step < stop_at:
     index = order[position * data.batch_size:(position + 1) * data.batch_size]
+    if parallel is not None:
+      index = parallel.batch_index(index)
     model, optimizer, metrics = steps_lib.train_step(
         static.model_def, static.optimizer_def, state.model, state.optimizer,
         state.metrics, data.train_images, data.train_labels, index,
@@ -205,7 +227,8 @@ def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
     if bar is not None:
       if time.perf_counter() - shown > 0.5:  # a sync: not every step
         shown = time.perf_counter()
-        _finite_loss(state, data, config)
+        if parallel is None:  # processes stop together, at the epoch's end
+          _finite_loss(state, data, config)
         bar.set_postfix_str(_postfix(metrics))
       bar.update(1)
     if on_step is not None:
@@ -213,7 +236,7 @@ def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
     if (position < data.steps_per_epoch and config.checkpoint_every
         and state.step % config.checkpoint_every == 0):
       save(state)
-    if stop.requested:
+    if stop.should_stop(state.step):
       break
   jax.block_until_ready(state.metrics)
   _finite_loss(state, data, config)
@@ -245,6 +268,7 @@ def train(
     max_steps: int | None = None,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    parallel: distributed.DataParallel | None = None,
 ) -> TrainResult:
   """Trains a classifier; writes metrics and checkpoints; resumes exactly.
 
@@ -253,6 +277,12 @@ def train(
   resume give the same parameters as an uninterrupted run (bitwise on one
   machine). The run folder follows :func:`bort_jax.experiments.runs.open_run`
   and is checked and locked before the data load.
+
+  With ``parallel`` (by default whenever ``jax.distributed`` runs several
+  processes), the run is data-parallel over its mesh: every process calls
+  :func:`train` with the same arguments; process 0 alone opens, locks and
+  writes the run folder (and tells the others if it refused it), all of them
+  save and restore the checkpoints, and ``log`` is called on process 0.
 
   Args:
     config: what to train (:class:`TrainConfig`).
@@ -266,6 +296,9 @@ def train(
     max_steps: stop (and checkpoint) once this many steps are done overall.
     on_step: called with the step count after every step.
     log: called with a one-line summary after every epoch, and with notes.
+    parallel: a :class:`~bort_jax.experiments.distributed.DataParallel`
+      layout; ``None``: one device, or every device of every process when
+      ``jax.distributed`` runs several.
 
   Returns:
     A :class:`TrainResult`.
@@ -276,6 +309,8 @@ def train(
     DataError: the data are too small, or differ from the saved run's.
     DivergedError: the training loss became non-finite.
     CheckpointError: no checkpoint can be saved or restored.
+    DistributedError: the batch does not split over the devices, or (on
+      processes other than 0) process 0 refused the run.
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig
@@ -288,48 +323,68 @@ def train(
     >>> result.history[1]["test_accuracy"] > result.history[0]["test_accuracy"]
     True
   """
-  say = log or (lambda line: None)
+  if parallel is None and jax.process_count() > 1:
+    parallel = distributed.DataParallel()
+  if parallel is not None:
+    parallel.check_batch_size(config.batch_size)
+  primary = parallel is None or parallel.primary
+  say = (log if primary else None) or (lambda line: None)
   if resume and run_dir is None:
     raise runs.RunDirectoryError("resume needs a run folder.")
   folder = restore = None
   if run_dir is not None:
-    folder, restore = runs.open_run(run_dir, config, resume=resume,
-                                    overwrite=overwrite, log=say)
+    open_run = lambda: runs.open_run(run_dir, config, resume=resume,
+                                     overwrite=overwrite, log=say)
+    if parallel is None:
+      folder, restore = open_run()
+    else:  # process 0 decides; the others learn whether to restore
+      opened, restore = parallel.on_primary(open_run, lambda r: int(r[1]))
+      folder = None if opened is None else opened[0]
+      restore = bool(restore)
   try:
-    return _train_in(config, folder, restore, dataset, download, progress,
-                     max_steps, on_step, say)
+    return _train_in(config, run_dir, folder, restore, dataset, download,
+                     progress and primary, max_steps, on_step, say, parallel)
   finally:
     if folder is not None:
       folder.close(remove_if_empty=True)
 
 
-def _train_in(config, folder, restore, dataset, download, progress, max_steps,
-              on_step, say) -> TrainResult:
+def _train_in(config, run_dir, folder, restore, dataset, download, progress,
+              max_steps, on_step, say, parallel) -> TrainResult:
   if dataset is None:
     dataset = data_lib.load_splits(config.data, download=download)
-  data = run_data.prepare(config, dataset)
-  static, state = _init(config, data, models_lib.num_classes(dataset))
+  data = run_data.prepare(
+      config, dataset, put=None if parallel is None else parallel.replicate)
+  static, state = _init(config, data, models_lib.num_classes(dataset),
+                        parallel)
   ckpt = None
-  if folder is not None:
-    ckpt = checkpoints_lib.Checkpoints(runs.checkpoint_dir(folder))
+  if run_dir is not None:
+    path = (runs.checkpoint_dir(folder) if folder is not None
+            else runs.checkpoint_path(run_dir))
+    ckpt = checkpoints_lib.Checkpoints(path)
     if restore:
-      state = _restore(ckpt, config, data, state, say)
-    else:
+      state = _restore(ckpt, config, data, state, say, parallel)
+    elif folder is not None:
       runs.write_config(folder, config)
   try:
     state, finished = _epochs(static, state, data, config, folder, ckpt,
-                              progress, max_steps, on_step, say)
+                              progress, max_steps, on_step, say, parallel)
   finally:
     if ckpt is not None:
       ckpt.close()
   model = nnx.merge(static.model_def, state.model)
   optimizer = nnx.merge(static.optimizer_def, state.optimizer)
+  where = None
+  if folder is not None:
+    where = str(folder.path)
+  elif run_dir is not None:
+    where = os.path.abspath(os.fspath(run_dir))
   return TrainResult(model, optimizer, state.history, state.step, finished,
-                     None if folder is None else str(folder.path), dataset)
+                     where, dataset)
 
 
 def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
-            on_step, say) -> tuple[_State, bool]:
+            on_step, say, parallel=None) -> tuple[_State, bool]:
   """Runs the epochs; checkpoints and writes metrics as they end."""
   wall_start = time.perf_counter()
   wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
@@ -354,14 +409,17 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
     save(state)
     write(state)
   stop_at = total if max_steps is None else min(max_steps, total)
-  with signals.StopRequest() as stop:
-    while state.step < stop_at and not stop.requested:
+  agree = None if parallel is None or not parallel.multiprocess else (
+      parallel.any)
+  with signals.StopRequest(agree=agree) as stop:
+    while state.step < stop_at and not stop.stopping:
       epoch, position = divmod(state.step, data.steps_per_epoch)
       bar = _progress(data, config, epoch, position, progress)
       try:
         state, record = _run_epoch(static, state, data, config,
                                    stop_at=stop_at, stop=stop, save=save,
-                                   bar=bar, on_step=on_step)
+                                   bar=bar, on_step=on_step,
+                                   parallel=parallel)
       except DivergedError:
         write(state)
         raise
@@ -370,15 +428,18 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
         continue
       state.history.append(_measure(static, state, data, config, record,
                                     elapsed))
-      state = dataclasses.replace(state, metrics=steps_lib.Metrics.zeros())
+      zeros = steps_lib.Metrics.zeros()
+      if parallel is not None:
+        zeros = parallel.replicate(zeros)
+      state = dataclasses.replace(state, metrics=zeros)
       say(_summary_line(state.history[-1], config.epochs))
       save(state)
       write(state)
-    if stop.requested:
-      say(f"Stopped by {stop.requested} at step {state.step}; a checkpoint "
-          "is saved.")
+    if stop.stopping:
+      say(f"Stopped by {stop.requested or 'a signal to another process'} at "
+          f"step {state.step}; a checkpoint is saved.")
   finished = state.step >= total
-  if finished and folder is not None:
+  if finished and ckpt is not None:  # every process: the mesh computes it
     _, per_kernel = steps_lib.orthogonality(
         nnx.state(nnx.merge(static.model_def, state.model), nnx.Param))
     write(state, {"orthogonality": {

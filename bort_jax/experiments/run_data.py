@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -49,8 +49,23 @@ def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
   return out
 
 
-def prepare(config: TrainConfig, dataset: data_lib.Dataset) -> RunData:
-  """The arrays on the device; refuses data smaller than one batch."""
+def prepare(config: TrainConfig, dataset: data_lib.Dataset,
+            put: Callable[[Any], Any] | None = None) -> RunData:
+  """The arrays on the device; refuses data smaller than one batch.
+
+  Args:
+    config: the run's configuration.
+    dataset: its data.
+    put: places the dict of host arrays on the devices (default
+      ``jax.device_put``: the default device; a data-parallel run replicates
+      them on its mesh).
+
+  Returns:
+    The :class:`RunData`.
+
+  Raises:
+    DataError: fewer training examples than one batch, or no test example.
+  """
   train, test = dataset.train, dataset.test
   n_train = len(train.labels)
   if config.train_limit is not None:
@@ -67,7 +82,10 @@ def prepare(config: TrainConfig, dataset: data_lib.Dataset) -> RunData:
             "test_images": np.asarray(test.images, np.float32),
             "test_labels": np.asarray(test.labels, np.int32)}
   fingerprint = data_fingerprint(arrays)
-  on_device = {k: jax.device_put(v) for k, v in arrays.items()}
+  if put is None:
+    on_device = {k: jax.device_put(v) for k, v in arrays.items()}
+  else:
+    on_device = put(arrays)
   return RunData(**on_device, batch_size=config.batch_size,
                steps_per_epoch=n_train // config.batch_size,
                fingerprint=fingerprint)

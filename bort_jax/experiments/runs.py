@@ -79,6 +79,15 @@ def checkpoint_dir(folder: run_dir_lib.RunFolder) -> str:
   return str(folder.path / "checkpoints")
 
 
+def checkpoint_path(run_dir: str | os.PathLike[str]) -> str:
+  """The checkpoints folder of ``run_dir``, without opening the folder.
+
+  The processes of a multi-process run other than process 0 checkpoint there
+  while process 0 holds the folder.
+  """
+  return os.path.join(os.path.abspath(os.fspath(run_dir)), "checkpoints")
+
+
 def open_run(
     run_dir: str | os.PathLike[str],
     config: config_lib.TrainConfig,

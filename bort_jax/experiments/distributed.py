@@ -1,0 +1,288 @@
+"""Data-parallel training on several processes with ``jax.distributed``.
+
+:func:`bort_jax.experiments.loop.train` runs on JAX's multi-controller
+runtime: every process runs the same program, on a global mesh of all the
+processes' devices. A :class:`DataParallel` layout places the training state
+(the model, the optimizer state and the running metrics) replicated on every
+device, and splits each global batch along the mesh's ``"data"`` axis: the
+batch of step ``t`` is still rows ``t·B … (t+1)·B`` of the ``(seed, epoch)``
+permutation, so N processes see the same global batches as one process, and
+each process feeds only the rows of its own devices
+(``jax.make_array_from_process_local_data``). The gradient, the loss sums and
+the correct counts are reduced across processes by XLA inside the jitted
+step. Process 0 alone opens, locks and writes the run folder; every process
+takes part in orbax's checkpoint saves and restores, so resuming works with
+any number of processes that gives the same mesh size.
+
+The same code runs on one machine (CPU, with gloo collectives) and on a
+GPU/TPU cluster. Launch one process per host (or per GPU) with the
+coordinator's address, the process count and each process's id, as flags or
+in the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``); on SLURM, Open MPI and Cloud TPU, ``--distributed``
+alone lets JAX detect them. Two processes on localhost, four CPU devices
+each::
+
+  for i in 0 1; do
+    JAX_NUM_CPU_DEVICES=4 bort-jax train --out runs/dp \\
+      --coordinator 127.0.0.1:12355 --num-processes 2 --process-id $i &
+  done; wait
+
+``--data-parallel`` runs the same layout on the devices of one process (e.g.
+the GPUs of one machine) without ``jax.distributed``; without any of these
+flags, training stays on one device as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, TypeVar
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bort_jax.experiments import errors
+
+T = TypeVar("T")
+
+#: The environment variables read when the flags are not given.
+ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS",
+               "num_processes": "JAX_NUM_PROCESSES",
+               "process_id": "JAX_PROCESS_ID"}
+
+_MESSAGE_BYTES = 4096
+
+
+class DistributedError(errors.ExperimentError):
+  """A multi-process run cannot go on (bad layout, or process 0 failed)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """Adds the launch flags of a multi-process run to ``parser``.
+
+  Args:
+    parser: the ``bort-jax train`` parser.
+
+  Examples:
+    >>> import argparse
+    >>> from bort_jax.experiments import distributed
+    >>> parser = argparse.ArgumentParser()
+    >>> distributed.add_arguments(parser)
+    >>> args = parser.parse_args(["--coordinator", "127.0.0.1:1234",
+    ...                           "--num-processes", "2", "--process-id", "1"])
+    >>> args.coordinator, args.num_processes, args.process_id
+    ('127.0.0.1:1234', 2, 1)
+  """
+  group = parser.add_argument_group(
+      "multi-process training (jax.distributed)")
+  group.add_argument(
+      "--coordinator", metavar="HOST:PORT", default=None,
+      help="address of process 0's coordinator (default: "
+      f"${ENVIRONMENT['coordinator']})")
+  group.add_argument(
+      "--num-processes", type=int, metavar="N", default=None,
+      help=f"number of processes (default: ${ENVIRONMENT['num_processes']})")
+  group.add_argument(
+      "--process-id", type=int, metavar="I", default=None,
+      help=f"this process's id, 0..N-1 (default: "
+      f"${ENVIRONMENT['process_id']})")
+  group.add_argument(
+      "--distributed", action="store_true",
+      help="start jax.distributed with the cluster's own settings "
+      "(SLURM, Open MPI, Cloud TPU)")
+  group.add_argument(
+      "--data-parallel", action="store_true",
+      help="split each batch over this process's devices (one process)")
+
+
+def _from_env(value: Any, name: str, parse: Callable[[str], Any]) -> Any:
+  if value is not None:
+    return value
+  text = os.environ.get(ENVIRONMENT[name])
+  return None if text in (None, "") else parse(text)
+
+
+def initialize(args: argparse.Namespace) -> "DataParallel | None":
+  """Starts ``jax.distributed`` as the flags of :func:`add_arguments` ask.
+
+  Call it before anything touches a device.
+
+  Args:
+    args: the parsed flags.
+
+  Returns:
+    The :class:`DataParallel` layout to pass to ``train(parallel=...)``, or
+    ``None`` for a one-device run.
+  """
+  coordinator = _from_env(args.coordinator, "coordinator", str)
+  num_processes = _from_env(args.num_processes, "num_processes", int)
+  process_id = _from_env(args.process_id, "process_id", int)
+  if args.distributed or num_processes is not None:
+    start(coordinator, num_processes, process_id)
+    return DataParallel()
+  if args.data_parallel:
+    return DataParallel()
+  return None
+
+
+def start(coordinator_address: str | None = None,
+          num_processes: int | None = None,
+          process_id: int | None = None) -> None:
+  """``jax.distributed.initialize``, with gloo collectives for CPU devices.
+
+  Arguments left ``None`` are detected by JAX (SLURM, Open MPI, Cloud TPU).
+
+  Args:
+    coordinator_address: process 0's ``host:port``.
+    num_processes: the number of processes.
+    process_id: this process's id.
+
+  Raises:
+    DistributedError: the process id is outside ``0 … num_processes - 1``.
+  """
+  if num_processes is not None and process_id is not None and not (
+      0 <= process_id < num_processes):
+    raise DistributedError(
+        f"--process-id {process_id} is outside 0..{num_processes - 1} "
+        f"(--num-processes {num_processes}).")
+  # Only the CPU client reads it; without it CPU collectives across
+  # processes are not implemented.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+class DataParallel:
+  """A data-parallel layout over a 1-D mesh of devices (all, by default).
+
+  Args:
+    devices: the mesh's devices; default ``jax.devices()`` (every process's).
+    axis: the mesh axis the batch is split along.
+
+  Attributes:
+    mesh: the ``jax.sharding.Mesh``.
+    replicated: the sharding of the state and the data sets.
+    batch: the sharding of a global batch (split along ``axis``).
+
+  Examples:
+    >>> import numpy as np
+    >>> from bort_jax.experiments.distributed import DataParallel
+    >>> layout = DataParallel()
+    >>> index = layout.batch_index(np.arange(8 * layout.size))
+    >>> index.shape, index.sharding.spec
+    ((64,), PartitionSpec('data',))
+  """
+
+  def __init__(self, devices: Any = None, axis: str = "data"):
+    devices = jax.devices() if devices is None else list(devices)
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), (axis,))
+    self.replicated = NamedSharding(self.mesh, PartitionSpec())
+    self.batch = NamedSharding(self.mesh, PartitionSpec(axis))
+
+  @property
+  def size(self) -> int:
+    """The number of devices a batch is split over."""
+    return self.mesh.size
+
+  @property
+  def primary(self) -> bool:
+    """Whether this process writes the run folder (process 0)."""
+    return jax.process_index() == 0
+
+  @property
+  def multiprocess(self) -> bool:
+    """Whether the mesh spans several processes."""
+    return jax.process_count() > 1
+
+  def check_batch_size(self, batch_size: int) -> None:
+    """Refuses a batch that does not split evenly over the devices.
+
+    Raises:
+      DistributedError: ``batch_size`` is not a multiple of :attr:`size`.
+    """
+    if batch_size % self.size:
+      raise DistributedError(
+          f"--batch-size {batch_size} does not split over {self.size} "
+          f"devices; use a multiple of {self.size}.")
+
+  def local_rows(self, batch_size: int) -> slice:
+    """The rows of a global batch that this process's devices hold."""
+    spans = sorted(
+        (index[0].start or 0, index[0].stop or batch_size)
+        for index in self.batch.addressable_devices_indices_map(
+            (batch_size,)).values())
+    for (_, stop), (start, _) in zip(spans, spans[1:]):
+      if start != stop:  # the mesh interleaves processes: not one slice
+        raise DistributedError(
+            "This process's devices do not hold one contiguous part of the "
+            "batch; order the mesh's devices by process.")
+    return slice(spans[0][0], spans[-1][1])
+
+  def batch_index(self, index: np.ndarray) -> jax.Array:
+    """The global batch ``index`` split over the mesh, from this process's rows.
+
+    Every process passes the same global ``index`` (the epoch's permutation
+    makes it from the seed alone) and contributes only its own rows.
+    """
+    index = np.asarray(index)
+    local = index[self.local_rows(index.shape[0])]
+    return jax.make_array_from_process_local_data(self.batch, local,
+                                                  index.shape)
+
+  def replicate(self, tree: T) -> T:
+    """A pytree of arrays, equal on every process, replicated on the mesh."""
+    return jax.device_put(tree, self.replicated)
+
+  def abstract(self, tree: T) -> T:
+    """``tree``'s shapes, dtypes and (replicated) shardings, for a restore."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=self.replicated), tree)
+
+  def any(self, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (all processes must call)."""
+    if not self.multiprocess:
+      return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.any(flags))
+
+  def on_primary(self, fn: Callable[[], T], encode: Callable[[T], int]
+                 ) -> tuple[T | None, int]:
+    """Runs ``fn`` on process 0 alone and tells every process how it went.
+
+    Args:
+      fn: what process 0 does (e.g. open and lock the run folder).
+      encode: maps ``fn``'s result to the integer the other processes get.
+
+    Returns:
+      ``(result, code)``: ``fn``'s result on process 0 (``None`` elsewhere)
+      and the code every process agrees on.
+
+    Raises:
+      The error ``fn`` raised, on process 0; :class:`DistributedError`
+      with its message on the other processes.
+    """
+    result, error, code = None, None, 0
+    if self.primary:
+      try:
+        result = fn()
+        code = encode(result)
+      except Exception as e:  # told to the others, then raised here
+        error = e
+    if not self.multiprocess:
+      if error is not None:
+        raise error
+      return result, code
+    message = np.zeros(_MESSAGE_BYTES, np.uint8)
+    if error is not None:
+      text = f"{type(error).__name__}: {error}".encode()[:_MESSAGE_BYTES - 1]
+      message[:len(text)] = np.frombuffer(text, np.uint8)
+    failed, code, message = multihost_utils.broadcast_one_to_all(
+        (np.int32(error is not None), np.int32(code), message))
+    if error is not None:
+      raise error
+    if failed:
+      text = bytes(np.asarray(message)).rstrip(b"\0").decode(errors="replace")
+      raise DistributedError(f"Process 0 stopped the run: {text}")
+    return result, int(code)

@@ -1,0 +1,64 @@
+"""One process of a test's multi-process training run (see test_distributed).
+
+Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID
+
+``SPEC_JSON`` holds the coordinator's port, the process count, the CPU device
+count per process, the config, the run folder, ``max_steps``, ``resume`` and
+where to save the final state (``.npz``; process 0 also writes the history as
+JSON next to it).
+"""
+
+import json
+import sys
+
+import jax
+
+spec = json.loads(sys.argv[1])
+process_id = int(sys.argv[2])
+jax.config.update("jax_num_cpu_devices", spec["devices"])
+
+from bort_jax.experiments import distributed  # noqa: E402
+
+if spec["processes"] > 1:
+  distributed.start(f"127.0.0.1:{spec['port']}", spec["processes"],
+                    process_id)
+
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bort_jax.experiments import data as data_lib  # noqa: E402
+from bort_jax.experiments.config import TrainConfig  # noqa: E402
+from bort_jax.experiments.loop import train  # noqa: E402
+
+
+def state_arrays(result):
+  """The model's and the optimizer's leaves, by position, as host arrays."""
+  leaves = (jax.tree.leaves(nnx.state(result.model))
+            + jax.tree.leaves(nnx.state(result.optimizer)))
+  out = {}
+  for i, x in enumerate(leaves):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    # Replicated: this process's copy is the value.
+    out[f"leaf{i}"] = np.asarray(x.addressable_data(0))
+  return out
+
+
+def main():
+  config = TrainConfig.from_dict(spec["config"])
+  parallel = distributed.DataParallel() if spec["parallel"] else None
+  lines = []
+  result = train(config, spec["run_dir"], dataset=data_lib.load_splits(
+      config.data), resume=spec["resume"], max_steps=spec["max_steps"],
+                 parallel=parallel, log=lines.append)
+  out = spec["out"].format(process=process_id)
+  np.savez(out, **state_arrays(result))
+  with open(out + ".json", "w") as f:
+    json.dump({"step": result.step, "finished": result.finished,
+               "history": result.history, "log": lines,
+               "process_count": jax.process_count(),
+               "device_count": jax.device_count()}, f)
+
+
+if __name__ == "__main__":
+  main()

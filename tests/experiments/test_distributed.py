@@ -1,0 +1,228 @@
+"""Multi-process training: 2 processes × 4 CPU devices against 1 × 8.
+
+The two-process runs start real ``jax.distributed`` processes on localhost
+(gloo collectives, a free port on 127.0.0.1) with ``_distributed_worker.py``;
+the one-process reference runs here, on the 8 simulated devices of
+``tests/conftest.py``, with the same data-parallel layout and the same global
+batches.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import distributed
+from bort_jax.experiments import signals
+from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.loop import train
+
+WORKER = os.path.join(os.path.dirname(__file__), "_distributed_worker.py")
+
+# 1347 digits / 128 = 10 steps per epoch, 20 in all; 16 rows per device.
+CONFIG = TrainConfig(data="digits", model="mlp", width=32, epochs=2,
+                     batch_size=128, learning_rate=1e-2, warmup=0.5,
+                     optimizer="bort-adamw", mode="l1-fullrow",
+                     amplitude="ada", gamma=0.1)
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(tmp_path, run_dir, *, processes=2, devices=4, max_steps=None,
+            resume=False, parallel=True, timeout=600, check=True):
+  """Runs the worker on ``processes`` processes; returns each one's output.
+
+  With ``check=False``, returns the return codes and the outputs instead.
+  """
+  spec = {"port": _free_port(), "processes": processes, "devices": devices,
+          "config": CONFIG.to_dict(), "run_dir": str(run_dir),
+          "max_steps": max_steps, "resume": resume, "parallel": parallel,
+          "out": str(tmp_path / f"{run_dir.name}-{max_steps}-{resume}"
+                     "-{process}.npz")}
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  workers = [subprocess.Popen(
+      [sys.executable, WORKER, json.dumps(spec), str(i)], env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(processes)]
+  outputs = []
+  try:
+    for worker in workers:
+      outputs.append(worker.communicate(timeout=timeout)[0])
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+        worker.wait()
+  if not check:
+    return [(worker.returncode, text) for worker, text in zip(workers, outputs)]
+  for i, (worker, text) in enumerate(zip(workers, outputs)):
+    assert worker.returncode == 0, f"process {i} failed:\n{text[-4000:]}"
+  results = []
+  for i in range(processes):
+    path = spec["out"].format(process=i)
+    with np.load(path) as arrays:
+      leaves = [arrays[f"leaf{j}"] for j in range(len(arrays.files))]
+    with open(path + ".json") as f:
+      results.append((leaves, json.load(f)))
+  return results
+
+
+def _leaves(result):
+  leaves = (jax.tree.leaves(nnx.state(result.model))
+            + jax.tree.leaves(nnx.state(result.optimizer)))
+  return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x) for x in leaves]
+
+
+def _assert_close(leaves, reference):
+  assert len(leaves) == len(reference)
+  for x, y in zip(leaves, reference):
+    assert x.shape == y.shape and x.dtype == y.dtype
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def _without_times(history):
+  times = ("step_time_ms", "epoch_time_s", "wall_time_s")
+  return [{k: v for k, v in r.items() if k not in times} for r in history]
+
+
+def _assert_same_history(history, reference):
+  history, reference = _without_times(history), _without_times(reference)
+  assert [r["step"] for r in history] == [r["step"] for r in reference]
+  for r, s in zip(history, reference):
+    for key, value in s.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(r[key], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
+      else:
+        assert r[key] == value, key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One process, 8 devices, the data-parallel layout: the whole run."""
+  assert jax.device_count() == 8
+  run_dir = tmp_path_factory.mktemp("reference") / "run"
+  return train(CONFIG, str(run_dir), dataset=data_lib.load_splits("digits"),
+               parallel=distributed.DataParallel())
+
+
+def test_layout_on_one_process():
+  layout = distributed.DataParallel()
+  assert layout.size == 8 and layout.primary and not layout.multiprocess
+  assert layout.local_rows(128) == slice(0, 128)
+  order = np.random.default_rng(0).permutation(1000)[:128].astype(np.int32)
+  index = layout.batch_index(order)
+  np.testing.assert_array_equal(np.asarray(index), order)
+  assert index.sharding == layout.batch
+  assert [s.data.shape for s in index.addressable_shards] == [(16,)] * 8
+  with pytest.raises(distributed.DistributedError, match="multiple of 8"):
+    layout.check_batch_size(100)
+  with pytest.raises(ValueError, match="boom"):
+    layout.on_primary(lambda: (_ for _ in ()).throw(ValueError("boom")), int)
+  assert layout.on_primary(lambda: 3, lambda r: r + 1) == (3, 4)
+
+
+def test_flags_and_environment(monkeypatch):
+  parser = argparse.ArgumentParser()
+  distributed.add_arguments(parser)
+  for name in distributed.ENVIRONMENT.values():
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.initialize(parser.parse_args([])) is None
+  layout = distributed.initialize(parser.parse_args(["--data-parallel"]))
+  assert layout.size == jax.device_count()
+  started = []
+  monkeypatch.setattr(distributed, "start", lambda *a: started.append(a))
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  distributed.initialize(parser.parse_args([]))
+  distributed.initialize(parser.parse_args(["--process-id", "3"]))
+  assert started == [("10.0.0.1:1234", 4, 2), ("10.0.0.1:1234", 4, 3)]
+
+
+def test_start_refuses_a_process_id_out_of_range():
+  with pytest.raises(distributed.DistributedError, match="outside 0..1"):
+    distributed.start("127.0.0.1:1", 2, 2)
+
+
+def test_stop_requests_are_agreed_every_few_steps():
+  asked = []
+
+  def agree(flag):
+    asked.append(flag)
+    return True  # another process was signalled
+
+  stop = signals.StopRequest(agree=agree)
+  assert not stop.should_stop(signals.AGREE_EVERY - 1) and not asked
+  assert stop.should_stop(signals.AGREE_EVERY) and asked == [False]
+  assert stop.stopping and stop.requested is None
+  lone = signals.StopRequest()
+  assert not lone.should_stop(1)
+  lone.requested = "SIGTERM"
+  assert lone.should_stop(1) and lone.stopping
+
+
+def test_train_refuses_a_batch_that_does_not_split():
+  config = TrainConfig(data="digits", model="mlp", width=8, epochs=1,
+                       batch_size=100)
+  with pytest.raises(distributed.DistributedError, match="multiple of 8"):
+    train(config, parallel=distributed.DataParallel())
+
+
+@pytest.mark.slow
+def test_data_parallel_matches_one_device(reference):
+  """The layout changes where rows are computed, not the result."""
+  plain = train(CONFIG, dataset=data_lib.load_splits("digits"))
+  _assert_close(_leaves(plain), _leaves(reference))
+  _assert_same_history(plain.history, reference.history)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_eight_devices(
+    reference, tmp_path):
+  run_dir = tmp_path / "two"
+  results = _launch(tmp_path, run_dir)
+  for leaves, info in results:
+    assert info["process_count"] == 2 and info["device_count"] == 8
+    assert info["step"] == 20 and info["finished"]
+    _assert_close(leaves, _leaves(reference))
+    _assert_same_history(info["history"], reference.history)
+  assert results[0][1]["log"] and not results[1][1]["log"]  # process 0 logs
+  assert sorted(os.listdir(run_dir)) == [
+      "checkpoints", "config.json", "metrics.csv", "metrics.json"]
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["10", "20"]
+  with open(run_dir / "metrics.json") as f:
+    assert len(json.load(f)["history"]) == 3
+  # Process 0's refusal (a run is there; no --resume) stops the other one.
+  (code0, text0), (code1, text1) = _launch(tmp_path, run_dir, check=False)
+  assert code0 and "RunDirectoryError" in text0 and "--resume" in text0
+  assert code1 and "Process 0 stopped the run: RunDirectoryError" in text1
+
+
+@pytest.mark.slow
+def test_interrupted_two_process_run_resumes_to_the_same_result(
+    reference, tmp_path):
+  run_dir = tmp_path / "resumed"
+  first = _launch(tmp_path, run_dir, max_steps=7)
+  assert [info["step"] for _, info in first] == [7, 7]
+  assert not first[0][1]["finished"]
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["0", "7"]
+  second = _launch(tmp_path, run_dir, resume=True)
+  for leaves, info in second:
+    assert info["step"] == 20 and info["finished"]
+    _assert_close(leaves, _leaves(reference))
+    _assert_same_history(info["history"], reference.history)
