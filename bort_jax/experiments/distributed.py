@@ -170,8 +170,10 @@ class DataParallel:
     >>> from bort_jax.experiments.distributed import DataParallel
     >>> layout = DataParallel()
     >>> index = layout.batch_index(np.arange(8 * layout.size))
-    >>> index.shape, index.sharding.spec
-    ((64,), PartitionSpec('data',))
+    >>> index.shape == (8 * layout.size,), index.sharding == layout.batch
+    (True, True)
+    >>> {shard.data.shape for shard in index.addressable_shards}
+    {(8,)}
   """
 
   def __init__(self, devices: Any = None, axis: str = "data"):

@@ -1,6 +1,7 @@
 """One process of a test's multi-process training run (see test_distributed).
 
-Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID
+Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID (imports nothing
+until run, so that collecting it for doctests starts no backend)
 
 ``SPEC_JSON`` holds the coordinator's port, the process count, the CPU device
 count per process, the config, the run folder, ``max_steps``, ``resume`` and
@@ -11,28 +12,12 @@ JSON next to it).
 import json
 import sys
 
-import jax
-
-spec = json.loads(sys.argv[1])
-process_id = int(sys.argv[2])
-jax.config.update("jax_num_cpu_devices", spec["devices"])
-
-from bort_jax.experiments import distributed  # noqa: E402
-
-if spec["processes"] > 1:
-  distributed.start(f"127.0.0.1:{spec['port']}", spec["processes"],
-                    process_id)
-
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from bort_jax.experiments import data as data_lib  # noqa: E402
-from bort_jax.experiments.config import TrainConfig  # noqa: E402
-from bort_jax.experiments.loop import train  # noqa: E402
-
 
 def state_arrays(result):
   """The model's and the optimizer's leaves, by position, as host arrays."""
+  import jax
+  import numpy as np
+  from flax import nnx
   leaves = (jax.tree.leaves(nnx.state(result.model))
             + jax.tree.leaves(nnx.state(result.optimizer)))
   out = {}
@@ -45,6 +30,19 @@ def state_arrays(result):
 
 
 def main():
+  spec = json.loads(sys.argv[1])
+  process_id = int(sys.argv[2])
+  import jax
+  jax.config.update("jax_num_cpu_devices", spec["devices"])  # before devices
+  from bort_jax.experiments import distributed
+  if spec["processes"] > 1:
+    distributed.start(f"127.0.0.1:{spec['port']}", spec["processes"],
+                      process_id)
+  import numpy as np
+  from bort_jax.experiments import data as data_lib
+  from bort_jax.experiments.config import TrainConfig
+  from bort_jax.experiments.loop import train
+
   config = TrainConfig.from_dict(spec["config"])
   parallel = distributed.DataParallel() if spec["parallel"] else None
   lines = []
