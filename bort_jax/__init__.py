@@ -8,12 +8,17 @@ invert backwards (a layer is undone by its scaled transpose).
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import with_bort
-from bort_jax._src.dbort import dbort_linear_optimizer
+from bort_jax._src.dbort import DBort
+from bort_jax._src.dbort import DBortEnergy
+from bort_jax._src.dbort import DBortTerm
+from bort_jax._src.dbort import dbort_energies
 from bort_jax._src.dbort import dbort_loss
-from bort_jax._src.dbort import dbort_outputs
-from bort_jax._src.dbort import DBortLinearFit
-from bort_jax._src.dbort import fit_dbort_linear
-from bort_jax._src.dbort import principal_cosines
+from bort_jax._src.dbort import dbort_term
+from bort_jax._src.dbort_pca import dbort_linear_optimizer
+from bort_jax._src.dbort_pca import DBortLinearFit
+from bort_jax._src.dbort_pca import fit_dbort_linear
+from bort_jax._src.dbort_pca import principal_cosines
+from bort_jax._src.layer_outputs import dbort_outputs
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_GAMMA
 from bort_jax._src.defaults import RECOMMENDED
@@ -60,7 +65,10 @@ __all__ = (
     "MODES",
     "BortDimensionNumbers",
     "BortState",
+    "DBort",
+    "DBortEnergy",
     "DBortLinearFit",
+    "DBortTerm",
     "FlaxDimensionNumbers",
     "KernelOptions",
     "Mode",
@@ -72,9 +80,11 @@ __all__ = (
     "bort_correction",
     "bort_penalty",
     "bort_sgd",
+    "dbort_energies",
     "dbort_linear_optimizer",
     "dbort_loss",
     "dbort_outputs",
+    "dbort_term",
     "fit_dbort_linear",
     "flax_dimension_numbers",
     "matrix_orthogonality_error",
