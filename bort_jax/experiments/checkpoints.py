@@ -4,7 +4,10 @@ A checkpoint holds two items: ``state``, a pytree of arrays (the model, the
 optimizer state and the epoch's running metrics), and ``meta``, JSON (the
 step, the history, the config and data fingerprints). The manager keeps the
 two newest; :meth:`Checkpoints.restore` falls back to the older one when the
-newest cannot be read, and says so.
+newest cannot be read, and says so. In a multi-process run every process
+saves and restores together (orbax's multi-process protocol: process 0
+writes the shared files, the arrays are global ``jax.Array``\ s restored with
+the shardings the caller asks for).
 """
 
 from __future__ import annotations
