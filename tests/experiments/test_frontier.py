@@ -33,17 +33,20 @@ def _point(placement, optimizer, val, err, gamma=None):
                       "test_accuracy": stat(0.0)}}
 
 
-def test_selection_takes_the_tightest_free_point_and_never_the_test_set():
+def test_selection_takes_the_most_accurate_tight_point_on_validation():
   points = [_point("decoupled", "adamw", 0.980, 1.2),
             _point("decoupled", "bort-adamw", 0.979, 0.30, 0.1),
             _point("decoupled", "bort-adamw", 0.978, 0.01, 1.0),
             _point("decoupled", "bort-adamw", 0.950, 1e-6, 3.0)]
-  points[2]["summary"]["test_accuracy"] = {"mean": 0.1, "std": 0, "n": 3}
-  chosen = frontier.select(points, tolerance=0.002)
-  assert chosen["decoupled"]["point"]["gamma"] == 1.0
-  # Nothing free: the most accurate Bort point.
-  chosen = frontier.select(points, tolerance=0.0)
-  assert chosen["decoupled"]["point"]["gamma"] == 0.1
+  points[3]["summary"]["test_accuracy"] = {"mean": 0.999, "std": 0, "n": 3}
+  chosen = frontier.select(points, max_error=0.05, tolerance=0.002)["decoupled"]
+  assert chosen["point"]["gamma"] == 1.0  # the test accuracy plays no part
+  assert chosen["free"] and abs(chosen["cost"] - 0.002) < 1e-12
+  chosen = frontier.select(points, max_error=1e-5)["decoupled"]
+  assert chosen["point"]["gamma"] == 3.0 and not chosen["free"]
+  # Nothing tight enough: the tightest point.
+  chosen = frontier.select(points, max_error=1e-9)["decoupled"]
+  assert chosen["point"]["gamma"] == 3.0
 
 
 @pytest.fixture(scope="module")
