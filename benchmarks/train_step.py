@@ -202,21 +202,28 @@ def main(argv=None):
   print(f"device {timing.device_name()}  jax {jax.__version__}  batch "
         f"{args.batch}  {steps} step(s) per timed call, median of "
         f"{args.repeats}{', unrolled' if unroll else ''}")
-  rows = []
+  rows, skipped = [], []
+
+  def save():  # after every model: a timeout keeps what is done
+    if args.json:
+      args.json.write_text(json.dumps(dict(
+          device=timing.device_name(), jax=jax.__version__, steps=steps,
+          repeats=args.repeats, unroll=unroll, skipped=skipped, rows=rows),
+          indent=1))
+
   for model in models:
     if model not in models_lib.MODELS:
       print(f"(skipped {model}: not in bort_jax.experiments.models.MODELS)")
+      skipped.append(model)
       continue
     start = time.perf_counter()
     rows += measure(model, args.batch, steps, args.repeats,
                     widths.get(model), args.optimizers.split(","), configs,
                     unroll)
     print(f"({model}: {time.perf_counter() - start:.0f} s)", flush=True)
+    save()
   print_table(rows)
-  if args.json:
-    args.json.write_text(json.dumps(dict(
-        device=timing.device_name(), jax=jax.__version__, steps=steps,
-        repeats=args.repeats, unroll=unroll, rows=rows), indent=1))
+  save()
 
 
 if __name__ == "__main__":
