@@ -9,9 +9,8 @@ import optax
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
-from bort_jax._src.defaults import DEFAULT_AMPLITUDE
-from bort_jax._src.defaults import DEFAULT_MODE
 from bort_jax._src.defaults import Mode
+from bort_jax._src.defaults import recommended
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
 from bort_jax._src.transform import add_bort_correction
@@ -39,9 +38,9 @@ def bort_sgd(
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     weight_decay_mask: MaskOrFn = None,
-    gamma: optax.ScalarOrSchedule,
-    mode: Mode = DEFAULT_MODE,
-    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
+    gamma: optax.ScalarOrSchedule | None = None,
+    mode: Mode | None = None,
+    amplitude: optax.ScalarOrSchedule | str | None = None,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -67,7 +66,9 @@ def bort_sgd(
     accumulator_dtype: the momentum buffer's dtype.
     weight_decay: the coupled (L2) decay ``wd >= 0``, a scalar or schedule.
     weight_decay_mask: optional mask for weight decay (``optax.masked``).
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
+    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
+      (with ``mode`` and ``amplitude``): the recommended setting,
+      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED["coupled"]``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
@@ -87,7 +88,8 @@ def bort_sgd(
   Examples:
     >>> import jax, jax.numpy as jnp, optax, bort_jax
     >>> params = {"kernel": jnp.array([[1.0, 1.0], [0.0, 1.0]])}
-    >>> tx = bort_jax.bort_sgd(0.1, momentum=0.9, gamma=0.5)
+    >>> tx = bort_jax.bort_sgd(0.1, momentum=0.9, gamma=0.5, mode="l2-full",
+    ...                        amplitude=1.0)
     >>> @jax.jit
     ... def step(params, state):  # zero data loss: only Bort acts
     ...   grads = jax.tree.map(jnp.zeros_like, params)
@@ -100,6 +102,7 @@ def bort_sgd(
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
   """
+  gamma, mode, amplitude = recommended("coupled", gamma, mode, amplitude)
   validation.check_learning_rate(learning_rate)
   if momentum is not None:
     _check_decay("momentum", momentum)
@@ -141,9 +144,9 @@ def bort_adamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
-    gamma: optax.ScalarOrSchedule,
-    mode: Mode = DEFAULT_MODE,
-    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
+    gamma: optax.ScalarOrSchedule | None = None,
+    mode: Mode | None = None,
+    amplitude: optax.ScalarOrSchedule | str | None = None,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -172,7 +175,9 @@ def bort_adamw(
     weight_decay: the decoupled weight decay ``wd >= 0``.
     mask: the weight-decay mask, as in :func:`optax.adamw`.
     nesterov: Nesterov momentum in Adam.
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
+    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
+      (with ``mode`` and ``amplitude``): the recommended setting,
+      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED["decoupled"]``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
@@ -202,6 +207,7 @@ def bort_adamw(
   """
   validation.check_learning_rate(learning_rate)
   _check_decay("b1", b1)
+  gamma, mode, amplitude = recommended("decoupled", gamma, mode, amplitude)
   _check_decay("b2", b2)
   validation.check_scalar_or_schedule("eps", eps, low=0)
   validation.check_scalar_or_schedule("eps_root", eps_root, low=0)
@@ -234,9 +240,9 @@ def bort_adamw(
 def with_bort(
     optimizer: optax.GradientTransformation,
     *,
-    gamma: optax.ScalarOrSchedule,
-    mode: Mode = DEFAULT_MODE,
-    amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
+    gamma: optax.ScalarOrSchedule | None = None,
+    mode: Mode | None = None,
+    amplitude: optax.ScalarOrSchedule | str | None = None,
     placement: str = "coupled",
     learning_rate: optax.ScalarOrSchedule | None = None,
     dimension_numbers: DimensionNumbersLike = None,
@@ -256,7 +262,9 @@ def with_bort(
   Args:
     optimizer: any :class:`optax.GradientTransformation`, built
       (``optax.lion(1e-4)``, not ``optax.lion``).
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule.
+    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
+      (with ``mode`` and ``amplitude``): the recommended setting,
+      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED[placement]``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     placement: ``"coupled"`` or ``"decoupled"``.
@@ -298,6 +306,7 @@ def with_bort(
         "with_bort needs an optax.GradientTransformation, got "
         f"{type(optimizer).__name__} {optimizer!r}{hint}.")
   validation.check_placement(placement)
+  gamma, mode, amplitude = recommended(placement, gamma, mode, amplitude)
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options
   )

@@ -26,16 +26,12 @@ ADA = "ada"
 #: The placements of :func:`bort_jax.with_bort`.
 PLACEMENTS: tuple[str, ...] = ("coupled", "decoupled")
 
-#: The mode of every alias when none is given.
+#: The mode and amplitude ``c`` of :func:`bort_jax.add_bort_correction`
+#: when none is given: the building block's own defaults (the penalty
+#: ``¼‖WWᵀ − I‖²``, whose gradient is the textbook correction). The aliases
+#: default to :data:`RECOMMENDED` instead.
 DEFAULT_MODE: Mode = "l2-full"
-
-#: The amplitude ``c`` of every alias when none is given.
 DEFAULT_AMPLITUDE: float = 1.0
-
-#: The Bort strength per placement when none is given. ``None``: no default,
-#: ``gamma`` must be passed (a good γ depends on the learning rate, the mode
-#: and the placement).
-DEFAULT_GAMMA: dict[str, float | None] = {"coupled": None, "decoupled": None}
 
 
 class Recommended(NamedTuple):
@@ -63,3 +59,23 @@ RECOMMENDED: dict[str, Recommended] = {
     "coupled": Recommended("l1-fullrow", ADA, 0.003, 0.05),
     "decoupled": Recommended("l1-fullrow", ADA, 1.0, 1e-3),
 }
+
+
+#: The Bort strength per placement when none is given (from
+#: :data:`RECOMMENDED`).
+DEFAULT_GAMMA: dict[str, float] = {
+    placement: r.gamma for placement, r in RECOMMENDED.items()}
+
+
+def recommended(placement: str, gamma=None, mode=None, amplitude=None):
+  """``(gamma, mode, amplitude)`` with each ``None`` replaced by the
+  placement's :data:`RECOMMENDED` value.
+
+  Examples:
+    >>> recommended("coupled", mode="l2-full")
+    (0.003, 'l2-full', 'ada')
+  """
+  r = RECOMMENDED[placement]
+  return (r.gamma if gamma is None else gamma,
+          r.mode if mode is None else mode,
+          r.amplitude if amplitude is None else amplitude)

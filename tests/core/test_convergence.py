@@ -36,7 +36,7 @@ SHAPES = {"linear_2x6": (6, 2), "conv_3x3x2x4": (3, 3, 2, 4)}
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_l2_full_reaches_identity_gram(shape):
-  w, _ = _minimise_penalty_only(shape, bort_jax.bort_sgd(0.1, gamma=1.0), 300)
+  w, _ = _minimise_penalty_only(shape, bort_jax.bort_sgd(0.1, gamma=1.0, mode="l2-full", amplitude=1.0), 300)
   np.testing.assert_allclose(w @ w.T, np.eye(w.shape[0]), atol=1e-3)
 
 
@@ -44,7 +44,8 @@ def test_l2_full_reaches_identity_gram(shape):
 def test_ada_reaches_equal_norms_and_orthogonality(shape):
   """lr 0.05, γ = 1, 300 steps: W Wᵀ = cI for the c the weights chose."""
   w, params = _minimise_penalty_only(
-      shape, bort_jax.bort_sgd(0.05, gamma=1.0, amplitude="ada"), 300)
+      shape, bort_jax.bort_sgd(0.05, gamma=1.0, mode="l2-full", amplitude="ada"),
+      300)
   gram = np.asarray(w @ w.T)
   c = np.mean(np.diag(gram))
   np.testing.assert_allclose(gram / c, np.eye(w.shape[0]), atol=1e-3)
@@ -60,7 +61,8 @@ def test_l1_fullrow_reaches_identity_gram(shape):
   steps, γ = 1."""
   schedule = optax.exponential_decay(0.05, 100, 0.5)
   w, _ = _minimise_penalty_only(
-      shape, bort_jax.bort_sgd(schedule, gamma=1.0, mode="l1-fullrow"), 2000)
+      shape, bort_jax.bort_sgd(schedule, gamma=1.0, mode="l1-fullrow",
+                                amplitude=1.0), 2000)
   np.testing.assert_allclose(w @ w.T, np.eye(w.shape[0]), atol=1e-3)
 
 

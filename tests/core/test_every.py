@@ -31,7 +31,8 @@ def _add(updates, deltas, factor):
 @pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow"])
 def test_every_one_is_the_plain_correction_bit_for_bit(mode):
   params = _params()
-  tx = bort_jax.bort_sgd(0.1, 0.9, gamma=0.3, mode=mode, every=1)
+  tx = bort_jax.bort_sgd(0.1, 0.9, gamma=0.3, mode=mode, amplitude=1.0,
+                         every=1)
   sgd = optax.sgd(0.1, 0.9)
   p_tx, s_tx, p_ref, s_ref = params, tx.init(params), params, sgd.init(params)
   for step in range(4):
@@ -51,7 +52,8 @@ def test_every_k_applies_k_gamma_delta_on_every_kth_step(placement):
   k, lr = 3, 0.05
   gamma = lambda count: 0.1 * (count + 1)  # read at the step count
   tx = bort_jax.with_bort(
-      optax.sgd(lr), gamma=gamma, mode="l2-full", placement=placement,
+      optax.sgd(lr), gamma=gamma, mode="l2-full", amplitude=1.0,
+      placement=placement,
       learning_rate=lr if placement == "decoupled" else None, every=k)
   traces = []
 

@@ -176,11 +176,13 @@ def test_bort_mask_is_the_bort_selection_everywhere():
   params = {"a": {"kernel": 2 * jnp.eye(2)}, "b": {"kernel": 2 * jnp.eye(2)}}
   only_b = {"a": {"kernel": False}, "b": {"kernel": True}}
   zeros = jax.tree.map(jnp.zeros_like, params)
+  l2 = dict(mode="l2-full", amplitude=1.0)  # 2I is off the constraint
   for tx in [bort_jax.add_bort_correction(1.0, bort_mask=only_b),
-             bort_jax.with_bort(optax.sgd(1.0), gamma=1.0, bort_mask=only_b),
-             bort_jax.bort_sgd(1.0, gamma=1.0, bort_mask=only_b),
+             bort_jax.with_bort(optax.sgd(1.0), gamma=1.0, bort_mask=only_b,
+                                **l2),
+             bort_jax.bort_sgd(1.0, gamma=1.0, bort_mask=only_b, **l2),
              bort_jax.bort_adamw(1.0, gamma=1.0, weight_decay=0.0,
-                                 bort_mask=only_b)]:
+                                 bort_mask=only_b, **l2)]:
     updates, _ = tx.update(zeros, tx.init(params), params)
     assert bool(jnp.all(updates["a"]["kernel"] == 0))
     assert not bool(jnp.all(updates["b"]["kernel"] == 0))
