@@ -1,8 +1,10 @@
 """``bort-jax demo``: AdamW against Bort-AdamW, a table, figures, results.
 
-Trains an AdamW baseline and Bort-AdamW (the training config's default Bort
-setting) on MNIST, falling back to scikit-learn's bundled digits when MNIST
-cannot be had, prints a comparison table (accuracy, constraint error, the
+Trains an AdamW baseline and Bort-AdamW (the recommended decoupled setting,
+:data:`bort_jax.RECOMMENDED`) on MNIST with the invertible MLP, whose first
+layer is square (784 units for 784 pixels) so that an orthogonal layer is
+inverted exactly by its transpose, falling back to scikit-learn's bundled
+digits when MNIST cannot be had, prints a comparison table (accuracy, constraint error, the
 error of backtracking the first hidden layer to the input, time) and writes
 ``results.json`` and three figures. Everything is written through the one
 output-folder guard (:mod:`bort_jax.experiments.run_dir`).
@@ -31,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   """The demo's flags (the Bort defaults come from the training config)."""
   from bort_jax._src import validation
   from bort_jax.experiments import cli
-  from bort_jax.experiments.config import TrainConfig
   positive = cli.argument_type(int, validation.check_positive_int,
                                "an integer")
   p.add_argument("--out", default="bort-demo",
@@ -42,8 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  default="mnist", help="dataset (default: mnist)")
   p.add_argument("--epochs", type=positive, default=None,
                  help="epochs per run (default: 3; digits 30; quick 1)")
+  import bort_jax
   p.add_argument("--gamma", type=cli.argument_type(float), default=None,
-                 help=f"Bort strength (default: {TrainConfig.gamma})")
+                 help="Bort strength (default: the recommended "
+                 f"{bort_jax.RECOMMENDED['decoupled'].gamma})")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   p.add_argument("--overwrite", action="store_true",
                  help="replace the files of an earlier demo in --out")
@@ -53,12 +56,14 @@ def configs(data: str, quick: bool, epochs: int | None, gamma: float | None,
             seed: int):
   """The baseline's and Bort's :class:`TrainConfig` (Bort: its defaults)."""
   from bort_jax.experiments.config import TrainConfig
+  # The first layer is square (one unit per input pixel), so that it can be
+  # orthogonal and exactly inverted by its transpose; the learning rate is
+  # each optimizer's default.
   if data == "digits":
-    # 64 inputs: a hidden layer of at most 64 units can be row-orthogonal.
-    common = dict(width=48, batch_size=64, learning_rate=3e-3,
+    common = dict(width=64, batch_size=64,
                   epochs=epochs or (3 if quick else 30), warmup=1.0)
   else:
-    common = dict(width=256, batch_size=128, learning_rate=2e-3,
+    common = dict(width=784, batch_size=128,
                   epochs=epochs or (1 if quick else 3), warmup=0.2)
     if quick:
       common.update(width=64, train_limit=2048)
