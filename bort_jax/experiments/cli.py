@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Train a classifier with or without Bort; writes "
       "config.json, metrics.json/.csv and checkpoints/ to --out.")
   _add_config_flags(train)
+  from bort_jax.experiments import distributed
+  distributed.add_arguments(train)
   from bort_jax.experiments import recipes
   train.add_argument(
       "--recipe", choices=tuple(recipes.RECIPES), default=None,
@@ -224,24 +226,28 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
 
 def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import errors
+  from bort_jax.experiments import distributed
   from bort_jax.experiments import loop
   from bort_jax.experiments import optimizers
+  parallel = distributed.initialize(args)  # before anything touches a device
   try:
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:
     if args.debug:
       raise
     parser.error(str(e))  # exits with status 2
-  print(f"{_PROG} train: {config.model} on {config.data} with "
-        f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",
-        flush=True)
-  if optimizers.is_bort(config.optimizer):
-    line, warnings = optimizers.strength_report(config)
-    print(line, flush=True)
-    for warning in warnings:
-      print(warning, file=sys.stderr, flush=True)
+  if parallel is None or parallel.primary:
+    print(f"{_PROG} train: {config.model} on {config.data} with "
+          f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",
+          flush=True)
+    if optimizers.is_bort(config.optimizer):
+      line, warnings = optimizers.strength_report(config)
+      print(line, flush=True)
+      for warning in warnings:
+        print(warning, file=sys.stderr, flush=True)
   result = loop.train(
       config, args.out, resume=args.resume, overwrite=args.overwrite,
+      parallel=parallel,
       download=not args.offline, progress=not args.no_progress,
       log=lambda line: print(line, flush=True))
   if not result.finished:
