@@ -159,7 +159,7 @@ def test_with_bort_on_lamb_and_lion_orthogonalises(make, placement):
   """With zero data loss, Bort on any optimizer drives W Wᵀ towards I."""
   lr = 1e-2
   tx = bort_jax.with_bort(
-      make(lr), gamma=1.0, placement=placement,
+      make(lr), gamma=1.0, mode="l2-full", amplitude=1.0, placement=placement,
       learning_rate=lr if placement == "decoupled" else None)
   params = {"kernel": jnp.asarray(
       np.random.default_rng(5).normal(size=(8, 3)), jnp.float32)}
