@@ -1,4 +1,4 @@
-"""Checkpoints of a run with orbax's ``CheckpointManager``.
+r"""Checkpoints of a run with orbax's ``CheckpointManager``.
 
 A checkpoint holds two items: ``state``, a pytree of arrays (the model, the
 optimizer state and the epoch's running metrics), and ``meta``, JSON (the

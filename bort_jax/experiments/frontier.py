@@ -27,10 +27,11 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from bort_jax.experiments.run_data import validation_split  # noqa: F401
 
 #: The base optimizer of each placement: the frontier pairs every Bort point
 #: with its placement's baseline at the same learning rate.
@@ -173,39 +174,6 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
 # Running the sweep.
 
 
-def validation_split(dataset: Any, fraction: float = 0.1) -> Any:
-  """The training set's last ``fraction`` as the test split of a new dataset.
-
-  Args:
-    dataset: a :class:`bort_jax.experiments.data.Dataset`.
-    fraction: the share of the training set held out, in (0, 1).
-
-  Returns:
-    ``Dataset(train=first part, test=held-out part)``.
-
-  Examples:
-    >>> import numpy as np
-    >>> from bort_jax.experiments import data
-    >>> from bort_jax.experiments.frontier import validation_split
-    >>> split = data.Split(np.zeros((10, 2, 2, 1), np.float32),
-    ...                    np.arange(10, dtype=np.int32))
-    >>> held = validation_split(data.Dataset(split, split), 0.2)
-    >>> held.train.labels.tolist(), held.test.labels.tolist()
-    ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
-  """
-  from bort_jax.experiments import data as data_lib
-  n = len(dataset.train.labels)
-  held = int(round(n * fraction))
-  if not 0 < held < n:
-    raise ValueError(
-        f"validation fraction {fraction} of {n} training examples leaves no "
-        "validation or no training data; choose a fraction in (0, 1).")
-  images, labels = dataset.train.images, dataset.train.labels
-  return data_lib.Dataset(
-      data_lib.Split(images[:n - held], labels[:n - held]),
-      data_lib.Split(images[n - held:], labels[n - held:]))
-
-
 def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
               dataset: Any, *, validation: float = 0.1,
               probe_images: int = 256, log: Callable[[str], None] | None = None
@@ -342,109 +310,16 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
                                "cost_pp": 100 * v["cost"]}
                            for k, v in chosen.items()}}
     folder.write_json("frontier.json", result)
-    folder.write_text("frontier.md", table(points, chosen))
+    from bort_jax import explain
+    from bort_jax.experiments import frontier_report
+    folder.write_text("frontier.md", frontier_report.table(points, chosen))
     with folder.atomic("frontier.png", "wb") as f:
-      from bort_jax import explain
-      explain.save_figure(plot(points, chosen), f)
+      explain.save_figure(frontier_report.plot(points, chosen), f)
   return result
 
 
 def _fmt(value: Any, spec: str) -> str:
   return "n/a" if value is None else format(value, spec)
-
-
-def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
-  if stat is None:
-    return "n/a"
-  return (f"{format(scale * stat['mean'], spec)} ± "
-          f"{format(scale * stat['std'], spec)}")
-
-
-def table(points: list[dict[str, Any]],
-          chosen: dict[str, dict[str, Any]] | None = None) -> str:
-  """A Markdown table of the points (mean ± std over seeds).
-
-  Examples:
-    >>> s = {"mean": 0.9, "std": 0.01, "n": 3}
-    >>> p = {"name": "adamw", "point": {"placement": "decoupled",
-    ...      "optimizer": "adamw"}, "summary": {m: s for m in METRICS}}
-    >>> print(table([p]).splitlines()[2][:40])
-    | adamw | decoupled | 90.00 ± 1.00 | 90.0
-  """
-  chosen_names = {v["name"] for v in (chosen or {}).values()}
-  lines = ["| point | placement | val acc % | test acc % | constraint err | "
-           "max abs cos | PSNR dB | ms/step | seeds |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for p in points:
-    s = p["summary"]
-    name = p["name"] + (" **(selected)**" if p["name"] in chosen_names else "")
-    lines.append(
-        f"| {name} | {p['point']['placement']} | "
-        f"{_cell(s['val_accuracy'], '.2f', 100)} | "
-        f"{_cell(s['test_accuracy'], '.2f', 100)} | "
-        f"{_cell(s['constraint_error'], '.2g')} | "
-        f"{_cell(s['max_cosine'], '.2g')} | "
-        f"{_cell(s['reconstruction_psnr'], '.1f')} | "
-        f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])} |")
-  return "\n".join(lines) + "\n"
-
-
-def plot(points: list[dict[str, Any]],
-         chosen: dict[str, dict[str, Any]] | None = None):
-  """Validation accuracy against constraint error, coloured by PSNR.
-
-  One panel per placement; error bars are the std over seeds; the Pareto
-  front (no point both tighter and more accurate) is joined by a line, the
-  selected point ringed, and the baseline drawn as a dashed line.
-
-  Returns:
-    A ``matplotlib.figure.Figure``.
-  """
-  from matplotlib.figure import Figure
-  placements = [p for p in PLACEMENTS
-                if any(q["point"]["placement"] == p for q in points)]
-  fig = Figure(figsize=(5.2 * max(len(placements), 1), 4.2),
-               layout="constrained")
-  axes = fig.subplots(1, max(len(placements), 1), squeeze=False)[0]
-  psnrs = [q["summary"]["reconstruction_psnr"]["mean"] for q in points
-           if q["summary"]["reconstruction_psnr"]]
-  vmin, vmax = (min(psnrs), max(psnrs)) if psnrs else (0.0, 1.0)
-  scatter = None
-  for ax, placement in zip(axes, placements):
-    mine = [q for q in points if q["point"]["placement"] == placement]
-    borts = [q for q in mine if "gamma" in q["point"]
-             and q["summary"]["constraint_error"]]
-    for q in mine:
-      if "gamma" not in q["point"] and q["summary"]["val_accuracy"]:
-        ax.axhline(100 * q["summary"]["val_accuracy"]["mean"], ls="--",
-                   color="gray", label=f"{q['name']} (baseline)")
-    if borts:
-      err = [q["summary"]["constraint_error"]["mean"] for q in borts]
-      acc = [100 * q["summary"]["val_accuracy"]["mean"] for q in borts]
-      std = [100 * q["summary"]["val_accuracy"]["std"] for q in borts]
-      colour = [q["summary"]["reconstruction_psnr"]["mean"]
-                if q["summary"]["reconstruction_psnr"] else math.nan
-                for q in borts]
-      ax.errorbar(err, acc, yerr=std, fmt="none", ecolor="lightgray")
-      scatter = ax.scatter(err, acc, c=colour, cmap="viridis", vmin=vmin,
-                           vmax=vmax, zorder=3)
-      front = pareto_front(err, acc)
-      ax.plot([err[i] for i in front], [acc[i] for i in front], "k-",
-              lw=0.8, label="Pareto front")
-      if chosen and placement in chosen:
-        c = chosen[placement]["summary"]
-        ax.scatter([c["constraint_error"]["mean"]],
-                   [100 * c["val_accuracy"]["mean"]], s=160,
-                   facecolors="none", edgecolors="red", zorder=4,
-                   label=f"selected: {chosen[placement]['name']}")
-      ax.set_xscale("log")
-    ax.set_title(f"{placement} ({PLACEMENTS[placement][1]})")
-    ax.set_xlabel("constraint error (log)")
-    ax.set_ylabel("validation accuracy %")
-    ax.legend(fontsize=7, loc="lower right")
-  if scatter is not None:
-    fig.colorbar(scatter, ax=list(axes), label="stage-1 PSNR (dB)")
-  return fig
 
 
 # ---------------------------------------------------------------------------
@@ -519,8 +394,10 @@ def command(args: Any, base: dict[str, Any]) -> int:
                         validation=args.validation, max_error=args.max_error,
                         tolerance=args.tolerance,
                         log=lambda line: print(line, flush=True))
+  from bort_jax.experiments import frontier_report
   points = result["points"]
-  print(table(points, select(points, args.max_error, args.tolerance)))
+  print(frontier_report.table(points, select(points, args.max_error,
+                                             args.tolerance)))
   for placement, chosen in result["selected"].items():
     print(f"selected ({placement}, on validation): {chosen['name']}, "
           f"{chosen['cost_pp']:.2f} pp below its baseline"

@@ -115,3 +115,36 @@ def check_saved_run(config: TrainConfig, data: RunData, meta: dict) -> None:
         f"{meta['steps_per_epoch']} steps per epoch then, "
         f"{data.steps_per_epoch} now") + ". Resume with the same data, or "
         "start over with --overwrite.")
+
+
+def validation_split(dataset: Any, fraction: float = 0.1) -> Any:
+  """The training set's last ``fraction`` as the test split of a new dataset.
+
+  Args:
+    dataset: a :class:`bort_jax.experiments.data.Dataset`.
+    fraction: the share of the training set held out, in (0, 1).
+
+  Returns:
+    ``Dataset(train=first part, test=held-out part)``.
+
+  Examples:
+    >>> import numpy as np
+    >>> from bort_jax.experiments import data
+    >>> from bort_jax.experiments.run_data import validation_split
+    >>> split = data.Split(np.zeros((10, 2, 2, 1), np.float32),
+    ...                    np.arange(10, dtype=np.int32))
+    >>> held = validation_split(data.Dataset(split, split), 0.2)
+    >>> held.train.labels.tolist(), held.test.labels.tolist()
+    ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
+  """
+  from bort_jax.experiments import data as data_lib
+  n = len(dataset.train.labels)
+  held = int(round(n * fraction))
+  if not 0 < held < n:
+    raise ValueError(
+        f"validation fraction {fraction} of {n} training examples leaves no "
+        "validation or no training data; choose a fraction in (0, 1).")
+  images, labels = dataset.train.images, dataset.train.labels
+  return data_lib.Dataset(
+      data_lib.Split(images[:n - held], labels[:n - held]),
+      data_lib.Split(images[n - held:], labels[n - held:]))
