@@ -30,7 +30,7 @@ def table(points: list[dict[str, Any]],
     >>> p = {"name": "adamw", "point": {"placement": "decoupled",
     ...      "optimizer": "adamw"},
     ...      "summary": {**{m: s for m in METRICS}, "seeds": [0, 1, 2]}}
-    >>> print(table([p]).splitlines()[2][:52])
+    >>> print(table([p]).splitlines()[2][:51])
     | adamw | decoupled | 90.00 ± 1.00 | 90.00 ± 1.00 |
   """
   chosen_names = {v["name"] for v in (chosen or {}).values()}
