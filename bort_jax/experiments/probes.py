@@ -36,15 +36,19 @@ class Reconstruction(NamedTuple):
 
 
 def first_kernel(model: nnx.Module) -> tuple[str, jax.Array]:
-  """The path and value of the model's first Bort kernel.
+  """The path and value of the model's first Bort kernel, in state order.
+
+  For the sequential models of :mod:`bort_jax.models.invertible` (and the
+  SimpleCNN) the state order is the layer order, so this is the input layer.
 
   Examples:
     >>> from flax import nnx
-    >>> from bort_jax.models.mlp import MLP
+    >>> from bort_jax.models.invertible import InvertibleMLP
     >>> from bort_jax.experiments.probes import first_kernel
-    >>> path, kernel = first_kernel(MLP(4, (8,), 3, rngs=nnx.Rngs(0)))
-    >>> kernel.shape
-    (4, 8)
+    >>> model = InvertibleMLP((4,), (8,), 3, rngs=nnx.Rngs(0))
+    >>> path, kernel = first_kernel(model)
+    >>> path, kernel.shape
+    ('layers/0/kernel', (4, 8))
   """
   params = nnx.state(model, nnx.Param)
   selected = jax.eval_shape(bort_jax.orthogonality_error, params)  # no math
