@@ -119,6 +119,7 @@ def test_inject_hyperparams_gives_identical_results(name):
     pytest.param(jnp.float16, marks=pytest.mark.slow), jnp.bfloat16,
     jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_dtype_and_state_types_are_stable_under_cond(name, dtype):
   with jax.enable_x64(dtype == jnp.float64):
     params = _params(dtype)
@@ -148,6 +149,7 @@ def test_dtype_and_state_types_are_stable_under_cond(name, dtype):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_multisteps_applies_the_mean_gradient_every_k_steps(name):
   params = _params()
   tx = _make(name)
@@ -205,6 +207,7 @@ class _MLP(nnx.Module):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_nnx_optimizer_step_equals_the_optax_step(name):
   model = _MLP(nnx.Rngs(0))
   params = nnx.state(model, nnx.Param).to_pure_dict()

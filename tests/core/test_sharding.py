@@ -62,6 +62,7 @@ def _steps(tx, params, n=2):
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
 @pytest.mark.parametrize("layout", SPECS)
 @pytest.mark.parametrize("mode", bort_jax.MODES)
+@pytest.mark.slow
 def test_sharded_step_equals_unsharded(axis_type, layout, mode):
   # Both product strategies: batched under Explicit, looped under Auto.
   batch_products = axis_type == AxisType.Explicit

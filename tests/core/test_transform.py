@@ -56,6 +56,7 @@ def test_stacked_layers_are_corrected_one_by_one():
         atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_kernels_use_heads_as_units():
   attention = nnx.MultiHeadAttention(
       num_heads=2, in_features=6, qkv_features=8, out_features=6,

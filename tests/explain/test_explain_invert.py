@@ -94,6 +94,7 @@ def test_unit_scales_rows_and_wide_frobenius():
      (2, 8, (2, 2), 2, 6)],   # square 8×8, the 2×2 stride-2 downsampling
     ids=["square-3x3", "wide-3x3", "square-2x2-stride2"],
 )
+@pytest.mark.slow
 def test_conv_bounded_orthogonal_is_inverted_exactly(cin, cout, window, stride, size):
   rng = np.random.default_rng(2)
   w = orthogonal(rng, cout, window[0] * window[1] * cin, scale=0.7)
@@ -193,6 +194,7 @@ def two_layer_orthogonal_net(seed=6):
   return invertible.InvertibleSequential(layers, input_shape=(4, 4, 1))
 
 
+@pytest.mark.slow
 def test_backtracking_a_two_layer_orthogonal_network_recovers_the_input():
   model = two_layer_orthogonal_net()
   x = jnp.asarray(np.random.default_rng(7).uniform(size=(3, 4, 4, 1)), jnp.float32)

@@ -154,6 +154,7 @@ def test_curve_inputs_are_checked():
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+@pytest.mark.slow
 def test_contribution_map_identity_is_exact(activation, digits):
   images, _ = digits
   mlp = invertible.InvertibleMLP((8, 8, 1), (32, 16), 10, activation=activation,

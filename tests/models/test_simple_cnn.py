@@ -99,6 +99,7 @@ def _orthogonal_rows(rng, m, n):
   return q.T  # (m, n), orthonormal rows
 
 
+@pytest.mark.slow
 def test_backtracking_reconstructs_the_input_of_the_top_conv_stage():
   # A square top conv (16 · 3² = 144 outputs) with orthogonal rows inverts
   # exactly; backtracking the top stage (conv 3×3 → LeakyReLU) from below
