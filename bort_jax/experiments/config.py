@@ -65,14 +65,26 @@ class TrainConfig:
     model: one of :data:`bort_jax.experiments.models.MODELS`.
     optimizer: ``sgd``, ``adamw``, ``bort-sgd``, ``bort-adamw``, an optax
       optimizer's name, or ``bort-<optax optimizer>``.
-    mode: the Bort mode (one of :data:`bort_jax.MODES`).
+    mode: the Bort mode (one of :data:`bort_jax.MODES`); ``None``: the
+      placement's recommended one (:data:`bort_jax.RECOMMENDED`), as for
+      ``amplitude`` and ``gamma``. Non-Bort optimizers keep ``None``.
     amplitude: the Bort amplitude ``c > 0`` or ``"ada"``.
     gamma: the Bort strength ``γ ≥ 0``.
     placement: ``"coupled"`` or ``"decoupled"`` for ``bort-<optax>``
       (default decoupled); ``None`` otherwise.
-    learning_rate: the peak learning rate of the cosine schedule.
+    gamma_warmup: a linear ramp of γ from 0, in epochs (Bort only).
+    learning_rate: the peak learning rate; ``None``: the optimizer's default
+      (:data:`~bort_jax.experiments.optimizers.DEFAULT_LEARNING_RATES`).
+    schedule: ``"cosine"`` (warmup, then cosine decay to 0) or
+      ``"constant"`` (warmup, then constant).
     weight_decay: the weight decay, or ``None`` for the optimizer's default.
     momentum: SGD's momentum.
+    label_smoothing: the cross-entropy's label smoothing ``α``.
+    dbort_weight: DBort's ``λ`` (0: no DBort term); the loss is
+      ``CE − λ Σ (mean y²)^β``.
+    dbort_power: DBort's ``β``.
+    dbort_outputs: the outputs ``y``: ``"logits"`` or ``"layers"`` (every
+      Bort layer's).
     epochs: the number of epochs.
     batch_size: the training batch size (the last partial batch of an epoch
       is dropped, so every step has the same shape).
