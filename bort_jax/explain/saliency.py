@@ -125,6 +125,12 @@ def backtrack_saliency(
   k = min(int(top_k), channels)
   if k < 1:
     raise ValueError(f"top_k must be >= 1, got {top_k!r}.")
+  spatial = tuple(cache[stop + 1].shape[1:-1])
+  if any(size <= 2 * border for size in spatial):
+    raise ValueError(
+        f"backtrack_saliency: layer {stop}'s map is {spatial} pixels, which "
+        f"has no interior for border={border} (every peak would be skipped "
+        "and every map zero); pass a smaller border, e.g. border=0.")
 
   def one_image(single_cache):
     single_cache = tuple(a[None] for a in single_cache)

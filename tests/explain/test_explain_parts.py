@@ -187,3 +187,14 @@ def test_auc_is_the_trapezoid_rule_on_uneven_fractions():
   np.testing.assert_allclose(
       explain.deletion_auc(logits_fn, images, jnp.zeros((1, 2, 3)), 4)[0],
       (4 / 6) * (d[0] + d[1]) / 2 + (2 / 6) * (d[1] + d[2]) / 2, rtol=1e-6)
+
+
+def test_backtrack_saliency_refuses_a_border_that_leaves_no_interior():
+  from bort_jax.models.simple_cnn import SimpleCNN
+  model = SimpleCNN("mnist", width_multiplier=1 / 8, input_shape=(8, 8, 1),
+                    rngs=nnx.Rngs(0))
+  x = jnp.linspace(0, 1, 128).reshape(2, 8, 8, 1)
+  with pytest.raises(ValueError, match="no interior for border=1"):
+    explain.backtrack_saliency(model, x, model.feature_index)
+  maps = explain.backtrack_saliency(model, x, model.feature_index, border=0)
+  assert float(jnp.max(maps)) > 0
