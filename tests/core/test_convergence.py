@@ -1,7 +1,6 @@
 """Bort reaches its constraint, and trains real Flax models end to end."""
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -9,22 +8,14 @@ import pytest
 from sklearn import datasets
 
 import bort_jax
+from tests.core.zero_loss import run_zero_loss
 
 
 def _minimise_penalty_only(shape, tx, steps):
   """Runs ``tx`` with zero data gradients: only the Bort correction acts."""
   params = {"kernel": jnp.asarray(
       np.random.default_rng(0).normal(size=shape) * 0.5, jnp.float32)}
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(zeros, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(steps):
-    params, state = step(params, state)
+  params, _ = run_zero_loss(tx, params, steps)
   kernel = params["kernel"]
   w = kernel.reshape(-1, kernel.shape[-1]).T  # rows: output units
   return w, params

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import bort_jax
+from tests.core.zero_loss import run_zero_loss
 
 
 def _overflowing_case():
@@ -24,29 +25,15 @@ def _overflowing_case():
   return params, tx
 
 
-def _run(tx, params, steps):
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(zeros, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(steps):
-    params, state = step(params, state)
-  return params, state
-
-
 def _finite(tree):
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
 def test_the_red_team_case_overflows_unguarded_and_past_apply_if_finite():
   params, tx = _overflowing_case()
-  assert not _finite(_run(tx, params, 6)[0])
+  assert not _finite(run_zero_loss(tx, params, 6)[0])
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=10)
-  params_after, state = _run(guarded, params, 6)
+  params_after, state = run_zero_loss(guarded, params, 6)
   assert not _finite(params_after)  # gradients are finite: nothing skipped
   assert int(state.total_notfinite) == 0
 
@@ -54,13 +41,13 @@ def test_the_red_team_case_overflows_unguarded_and_past_apply_if_finite():
 def test_skip_nonfinite_steps_keeps_params_finite_and_counts():
   params, tx = _overflowing_case()
   guarded = bort_jax.skip_nonfinite_steps(tx, max_consecutive_errors=10)
-  after, state = _run(guarded, params, 6)
+  after, state = run_zero_loss(guarded, params, 6)
   assert _finite(after)
   assert int(state.notfinite_count) >= 1
   assert int(state.total_notfinite) == int(state.notfinite_count)
   assert not bool(state.last_finite)
   # The skipped steps changed nothing: running on keeps the params.
-  again, later = _run(guarded, after, 2)
+  again, later = run_zero_loss(guarded, after, 2)
   for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
   assert int(later.notfinite_count) == 2
