@@ -43,7 +43,8 @@ def _option(default: Any, help: str, *, flag: str | None = None,
 
 #: The fields that matter only with a Bort optimizer (``bort-…``); ``None``
 #: (the default) there means the placement's recommended value.
-BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup")
+BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
+               "bort_every")
 
 #: What the DBort term regularises: the model's output, or the output of every
 #: layer Bort constrains.
@@ -73,6 +74,9 @@ class TrainConfig:
     placement: ``"coupled"`` or ``"decoupled"`` for ``bort-<optax>``
       (default decoupled); ``None`` otherwise.
     gamma_warmup: a linear ramp of γ from 0, in epochs (Bort only).
+    bort_every: apply the correction, ``k·γ·Δ``, on every k-th step only
+      (Bort only; 1: every step). The stability limit multiplies by k: for
+      the l2 modes keep ``lr·k·γ·c`` below about 1.
     learning_rate: the peak learning rate; ``None``: the optimizer's default
       (:data:`~bort_jax.experiments.optimizers.DEFAULT_LEARNING_RATES`).
     schedule: ``"cosine"`` (warmup, then cosine decay to 0) or
@@ -127,6 +131,9 @@ class TrainConfig:
   gamma_warmup: float | None = _option(
       None, "ramp gamma linearly from 0 over this many epochs (default: 0)",
       parse=float)
+  bort_every: int | None = _option(
+      None, "apply k*gamma*Delta on every k-th step only, to amortise the "
+      "correction's cost (default: 1, every step)", parse=int)
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's, see "
       "optimizers.DEFAULT_LEARNING_RATES)", flag="--lr", parse=float)
@@ -226,6 +233,7 @@ def _fill_defaults(config: "TrainConfig") -> None:
     fill("amplitude", recommended.amplitude)
     fill("gamma", recommended.gamma)
     fill("gamma_warmup", 0.0)
+    fill("bort_every", 1)
 
 
 def _check_optional_positive_int(name: str, value: Any) -> None:
@@ -274,6 +282,7 @@ def check_config(config: TrainConfig) -> None:
     validation.check_mode(config.mode)
     validation.check_strength(config.gamma, "gamma")
     validation.check_real("gamma_warmup", config.gamma_warmup, low=0)
+    validation.check_positive_int("bort_every", config.bort_every)
     amplitude = config.amplitude
     if callable(amplitude) or isinstance(amplitude, bool):
       amplitude = repr(amplitude)  # a schedule cannot be saved as JSON

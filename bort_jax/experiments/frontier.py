@@ -1,7 +1,8 @@
 """The accuracy–explainability frontier: what a Bort user actually chooses.
 
 For one model and dataset, :func:`run_frontier` trains every point of a grid
-(γ on a log grid × mode × placement × amplitude, optionally with a γ warm-up)
+(γ on a log grid × mode × placement × amplitude, optionally with a γ warm-up
+and an amortised correction, ``bort_every``)
 for several seeds, each paired with the baseline of its placement (AdamW for
 the decoupled Bort-AdamW, SGD for the coupled Bort-SGD, at the same learning
 rate). Every setting is judged on a validation split carved from the end of
@@ -55,6 +56,8 @@ class Grid:
     placements: ``"decoupled"`` and/or ``"coupled"``.
     amplitudes: ``1.0`` and/or ``"ada"``.
     gamma_warmups: γ ramps, in epochs (0: constant γ).
+    bort_everys: how often the correction is applied (k: ``k·γ·Δ`` on every
+      k-th step; 1: every step).
     seeds: the seeds of every point.
   """
 
@@ -65,6 +68,7 @@ class Grid:
   placements: tuple[str, ...] = ("decoupled", "coupled")
   amplitudes: tuple[float | str, ...] = (1.0, "ada")
   gamma_warmups: tuple[float, ...] = (0.0,)
+  bort_everys: tuple[int, ...] = (1,)
   seeds: tuple[int, ...] = (0, 1, 2)
 
   def points(self) -> list[dict[str, Any]]:
@@ -72,11 +76,12 @@ class Grid:
     out = [{"placement": p, "optimizer": PLACEMENTS[p][0]}
            for p in self.placements]
     for p in self.placements:
-      for mode, amplitude, gamma, ramp in itertools.product(
-          self.modes, self.amplitudes, self.gammas[p], self.gamma_warmups):
+      for mode, amplitude, gamma, ramp, every in itertools.product(
+          self.modes, self.amplitudes, self.gammas[p], self.gamma_warmups,
+          self.bort_everys):
         out.append({"placement": p, "optimizer": PLACEMENTS[p][1],
                     "mode": mode, "amplitude": amplitude, "gamma": gamma,
-                    "gamma_warmup": ramp})
+                    "gamma_warmup": ramp, "bort_every": every})
     return out
 
 
@@ -88,6 +93,8 @@ def point_name(point: dict[str, Any]) -> str:
   name = f"{point['optimizer']}_{point['mode']}_{amp}_g{point['gamma']:g}"
   if point.get("gamma_warmup"):
     name += f"_ramp{point['gamma_warmup']:g}"
+  if point.get("bort_every", 1) != 1:
+    name += f"_every{point['bort_every']}"
   return name
 
 
@@ -328,7 +335,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 #: The config fields the grid sets; every other field is shared by all points.
 GRID_FIELDS = ("optimizer", "mode", "amplitude", "gamma", "placement",
-               "gamma_warmup", "seed")
+               "gamma_warmup", "bort_every", "seed")
 
 
 def _list(convert):
@@ -360,6 +367,9 @@ def add_arguments(p: Any) -> None:
   p.add_argument("--gamma-warmups", type=_list(float),
                  default=grid.gamma_warmups,
                  help="gamma ramps in epochs (default: 0, constant gamma)")
+  p.add_argument("--bort-everys", type=_list(int), default=grid.bort_everys,
+                 help="apply the correction every k steps, as k*gamma*Delta "
+                 "(default: 1, every step)")
   p.add_argument("--seeds", type=_list(int), default=grid.seeds,
                  help="seeds of every point (default: 0,1,2)")
   p.add_argument("--validation", type=float, default=0.1,
@@ -385,7 +395,7 @@ def command(args: Any, base: dict[str, Any]) -> int:
   grid = Grid(gammas={p: getattr(args, f"gammas_{p}") for p in PLACEMENTS},
               modes=args.modes, placements=args.placements,
               amplitudes=args.amplitudes, gamma_warmups=args.gamma_warmups,
-              seeds=args.seeds)
+              bort_everys=args.bort_everys, seeds=args.seeds)
   for point in grid.points():  # every point's config is valid, before work
     config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
                                          if k != "placement"}})

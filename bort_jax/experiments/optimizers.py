@@ -133,14 +133,19 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
   line = (f"Bort {placement}, {config.mode}, amplitude {config.amplitude}, "
           f"gamma {config.gamma:g}: per-step correction ~ {how} = "
           f"{strength:.3g}")
+  every = config.bort_every or 1
+  if every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times it
+    line += f", applied as {every} x {strength:.3g} every {every} steps"
   family = config.mode.split("-")[0]
   weak, strong = STRENGTH_LIMITS[family]
   warnings = []
-  if strength > strong:
+  applied = strength * every
+  if applied > strong:
     warnings.append(
-        f"warning: a per-step {family} correction of {strength:.3g} is above "
+        f"warning: a per-step {family} correction of {applied:.3g} is above "
         f"{strong:g}, where the MNIST frontier collapses or diverges; lower "
-        "--gamma (see docs/RESULTS.md).")
+        "--gamma" + (" or --bort-every" if every > 1 else "") +
+        " (see docs/RESULTS.md).")
   elif 0 < strength < weak:
     warnings.append(
         f"warning: a per-step {family} correction of {strength:.3g} is below "
@@ -191,6 +196,7 @@ def make_optimizer(
     weight_decay: float | None = None,
     momentum: float = 0.9,
     dimension_numbers: Any = None,
+    every: int | None = None,
 ) -> optax.GradientTransformation:
   """An optimizer by its command-line name, with or without Bort.
 
@@ -207,6 +213,8 @@ def make_optimizer(
     momentum: SGD's momentum (``sgd`` and ``bort-sgd``).
     dimension_numbers: handed to the Bort alias (e.g.
       ``bort_jax.flax_dimension_numbers(model)``); ``None`` for its default.
+    every: the Bort alias's ``every`` (``k·γ·Δ`` on every k-th step);
+      ``None`` or 1: every step.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -243,6 +251,8 @@ def make_optimizer(
       amplitude=recommended.amplitude if amplitude is None else amplitude)
   if dimension_numbers is not None:
     bort_kwargs["dimension_numbers"] = dimension_numbers
+  if every is not None:
+    bort_kwargs["every"] = every
   if bort and base == "sgd":
     return bort_jax.bort_sgd(
         learning_rate, momentum or None, weight_decay=weight_decay or 0.0,
@@ -287,7 +297,7 @@ def optimizer_from_config(
       config.optimizer, learning_rate, gamma=gamma, mode=config.mode,
       amplitude=config.amplitude, placement=config.placement,
       weight_decay=config.weight_decay, momentum=config.momentum,
-      dimension_numbers=dimension_numbers)
+      dimension_numbers=dimension_numbers, every=config.bort_every)
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

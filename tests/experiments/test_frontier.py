@@ -7,6 +7,7 @@ import pytest
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments.cli import main
+from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.run_dir import RunDirectoryError
 
 
@@ -107,3 +108,18 @@ def test_frontier_cli_checks_every_point_before_any_work(tmp_path, capsys):
   assert info.value.code == 2
   assert "l9-nonsense" in capsys.readouterr().err
   assert not (tmp_path / "f").exists()
+
+
+def test_an_every_grid_names_its_points_and_keeps_every_one_names():
+  grid = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+                       amplitudes=("ada",), placements=("decoupled",),
+                       bort_everys=(1, 4))
+  names = [frontier.point_name(p) for p in grid.points()]
+  # every=1 keeps the name of a run saved before bort_every existed, so an
+  # older frontier folder resumes without retraining it.
+  assert names == ["adamw", "bort-adamw_l1-fullrow_ada_g1",
+                   "bort-adamw_l1-fullrow_ada_g1_every4"]
+  assert [p.get("bort_every") for p in grid.points()] == [None, 1, 4]
+  for point in grid.points():  # each point is a valid config
+    TrainConfig(**BASE, **{k: v for k, v in point.items()
+                           if k != "placement"})

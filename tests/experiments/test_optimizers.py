@@ -72,3 +72,33 @@ def test_dimension_numbers_are_forwarded_to_the_bort_alias():
   expected = jnp.stack([bort_jax.bort_correction(m.T, "l2-full", 1.0).T
                         for m in params["w"]])
   np.testing.assert_allclose(updates["w"], -expected, rtol=1e-5)
+
+
+def test_bort_every_reaches_the_alias_and_is_checked():
+  params = {"dense": {"kernel": jnp.ones((4, 3)) + jnp.eye(4, 3)}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  common = dict(optimizer="bort-adamw", gamma=1.0, mode="l2-full",
+                amplitude=1.0, learning_rate=0.1, weight_decay=0.0)
+  config = TrainConfig(bort_every=2, **common)
+  assert TrainConfig(optimizer="bort-sgd").bort_every == 1
+  tx = train_lib.optimizer_from_config(config, 0.1)
+  state = tx.init(params)
+  kernel = []
+  for _ in range(4):  # the correction lands on steps 0 and 2 only
+    updates, state = tx.update(grads, state, params)
+    kernel.append(updates["dense"]["kernel"])
+  plain = train_lib.optimizer_from_config(TrainConfig(**common), 0.1)
+  step, _ = plain.update(grads, plain.init(params), params)
+  assert np.abs(step["dense"]["kernel"]).max() > 0
+  for i in (0, 2):
+    np.testing.assert_allclose(kernel[i], 2 * step["dense"]["kernel"],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(kernel[i + 1], 0 * kernel[i + 1])
+  line, warnings = train_lib.strength_report(
+      TrainConfig(optimizer="bort-adamw", bort_every=20))
+  assert "applied as 20 x 0.001 every 20 steps" in line
+  assert "--bort-every" in warnings[0]
+  with pytest.raises(ValueError, match="bort_every"):
+    TrainConfig(optimizer="bort-adamw", bort_every=0)
+  with pytest.raises(ValueError, match="bort_every applies to Bort"):
+    TrainConfig(optimizer="adamw", bort_every=2)
