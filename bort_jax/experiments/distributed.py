@@ -4,7 +4,10 @@
 runtime: every process runs the same program, on a global mesh of all the
 processes' devices. A :class:`DataParallel` layout places the training state
 (the model, the optimizer state and the running metrics) replicated on every
-device, and splits each global batch along the mesh's ``"data"`` axis: the
+device — or, with ``shard_params``, each parameter and its optimizer state
+split along one axis over the devices (FSDP-style: XLA gathers a weight where
+a step needs it whole) — and splits each global batch along the mesh's
+``"data"`` axis: the
 batch of step ``t`` is still rows ``t·B … (t+1)·B`` of the ``(seed, epoch)``
 permutation, so N processes see the same global batches as one process, and
 each process feeds only the rows of its own devices
@@ -28,8 +31,9 @@ each::
   done; wait
 
 ``--data-parallel`` runs the same layout on the devices of one process (e.g.
-the GPUs of one machine) without ``jax.distributed``; without any of these
-flags, training stays on one device as before.
+the GPUs of one machine) without ``jax.distributed``; ``--shard-params`` adds
+the sharded parameters to either (alone, it implies ``--data-parallel``);
+without any of these flags, training stays on one device as before.
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   group.add_argument(
       "--data-parallel", action="store_true",
       help="split each batch over this process's devices (one process)")
+  group.add_argument(
+      "--shard-params", action="store_true",
+      help="split each parameter and its optimizer state over the devices "
+      "along one axis, instead of a copy per device (FSDP-style; implies "
+      "--data-parallel)")
 
 
 def _from_env(value: Any, name: str, parse: Callable[[str], Any]) -> Any:
@@ -119,11 +128,12 @@ def initialize(args: argparse.Namespace) -> "DataParallel | None":
   coordinator = _from_env(args.coordinator, "coordinator", str)
   num_processes = _from_env(args.num_processes, "num_processes", int)
   process_id = _from_env(args.process_id, "process_id", int)
+  shard = getattr(args, "shard_params", False)
   if args.distributed or num_processes is not None:
     start(coordinator, num_processes, process_id)
-    return DataParallel()
-  if args.data_parallel:
-    return DataParallel()
+    return DataParallel(shard_params=shard)
+  if args.data_parallel or shard:
+    return DataParallel(shard_params=shard)
   return None
 
 
@@ -159,10 +169,16 @@ class DataParallel:
   Args:
     devices: the mesh's devices; default ``jax.devices()`` (every process's).
     axis: the mesh axis the batch is split along.
+    shard_params: split each array of the model and optimizer state along
+      one axis over the mesh (its largest axis that the device count
+      divides; arrays with none stay replicated), instead of replicating
+      it. The results are those of the replicated layout up to float
+      reassociation; each device holds about ``1/size`` of the state.
 
   Attributes:
     mesh: the ``jax.sharding.Mesh``.
-    replicated: the sharding of the state and the data sets.
+    replicated: the sharding of the data sets and the metrics (and of the
+      state unless ``shard_params``).
     batch: the sharding of a global batch (split along ``axis``).
 
   Examples:
@@ -174,10 +190,17 @@ class DataParallel:
     (True, True)
     >>> {shard.data.shape for shard in index.addressable_shards}
     {(8,)}
+    >>> sharded = DataParallel(shard_params=True)
+    >>> spec = sharded.state_sharding(np.zeros((3, 8 * layout.size))).spec
+    >>> spec == PartitionSpec(None, "data") or layout.size == 1
+    True
   """
 
-  def __init__(self, devices: Any = None, axis: str = "data"):
+  def __init__(self, devices: Any = None, axis: str = "data", *,
+               shard_params: bool = False):
     devices = jax.devices() if devices is None else list(devices)
+    self.axis = axis
+    self.shard_params = bool(shard_params)
     self.mesh = jax.sharding.Mesh(np.asarray(devices), (axis,))
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.batch = NamedSharding(self.mesh, PartitionSpec(axis))
@@ -236,11 +259,36 @@ class DataParallel:
     """A pytree of arrays, equal on every process, replicated on the mesh."""
     return jax.device_put(tree, self.replicated)
 
+  def state_sharding(self, x: Any) -> NamedSharding:
+    """Where one array of the training state lives.
+
+    Replicated, unless ``shard_params``: then split along the largest axis
+    whose length the device count divides (the last such axis on a tie),
+    replicated when there is none.
+    """
+    shape = np.shape(x)
+    if not self.shard_params or self.size == 1:
+      return self.replicated
+    axes = [i for i, n in enumerate(shape) if n and n % self.size == 0]
+    if not axes:
+      return self.replicated
+    split = max(axes, key=lambda i: (shape[i], i))
+    # No trailing Nones: XLA returns the spec in that form, and an equal
+    # spec spelt otherwise would compile the step a second time.
+    return NamedSharding(
+        self.mesh, PartitionSpec(*[None] * split, self.axis))
+
+  def place(self, tree: T) -> T:
+    """The training state (equal on every process) on the mesh, as
+    :meth:`state_sharding` lays out each array."""
+    return jax.device_put(tree, jax.tree.map(self.state_sharding, tree))
+
   def abstract(self, tree: T) -> T:
-    """``tree``'s shapes, dtypes and (replicated) shardings, for a restore."""
+    """``tree``'s shapes, dtypes and shardings (:meth:`state_sharding`),
+    for a restore."""
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=self.replicated), tree)
+                                       sharding=self.state_sharding(x)), tree)
 
   def any(self, flag: bool) -> bool:
     """Whether ``flag`` is true on any process (all processes must call)."""

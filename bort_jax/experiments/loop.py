@@ -15,9 +15,10 @@ A non-finite training loss stops the run (:class:`DivergedError`).
 
 With a :class:`~bort_jax.experiments.distributed.DataParallel` layout (given,
 or the default whenever ``jax.distributed`` runs several processes), the same
-loop runs data-parallel on a global mesh: the state replicated, each global
-batch split over the devices, process 0 alone writing the run folder, every
-process checkpointing and restoring (see
+loop runs data-parallel on a global mesh: the state replicated (or, with
+``shard_params``, each array split over the devices), each global batch split
+over the devices, process 0 alone writing the run folder, every process
+checkpointing and restoring (see
 :mod:`bort_jax.experiments.distributed` for the launch).
 """
 
@@ -101,8 +102,8 @@ class _Static(NamedTuple):
 def _init(config: TrainConfig, data: run_data.RunData, classes: int,
           parallel: distributed.DataParallel | None = None
           ) -> tuple[_Static, _State]:
-  """The model and optimizer built from the seed alone (replicated on
-  ``parallel``'s mesh if given)."""
+  """The model and optimizer built from the seed alone (on ``parallel``'s
+  mesh if given, as its :meth:`~DataParallel.place` lays them out)."""
   model = models_lib.make_model(
       config.model, tuple(data.train_images.shape[1:]), classes,
       width=config.width, rngs=nnx.Rngs(config.seed))
@@ -118,7 +119,7 @@ def _init(config: TrainConfig, data: run_data.RunData, classes: int,
   state = _State(model_state, optimizer_state, steps_lib.Metrics.zeros(), 0,
                  [])
   if parallel is not None:
-    state = dataclasses.replace(state, **parallel.replicate(
+    state = dataclasses.replace(state, **parallel.place(
         {"model": state.model, "optimizer": state.optimizer,
          "metrics": state.metrics}))
   return static, state

@@ -4,8 +4,9 @@ Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID (imports nothing
 until run, so that collecting it for doctests starts no backend)
 
 ``SPEC_JSON`` holds the coordinator's port, the process count, the CPU device
-count per process, the config, the run folder, ``max_steps``, ``resume`` and
-where to save the final state (``.npz``; process 0 also writes the history as
+count per process, the config, the run folder, ``max_steps``, ``resume``,
+whether to run data-parallel (``parallel``) and to shard the state
+(``shard_params``), and where to save the final state (``.npz``; process 0 also writes the history as
 JSON next to it).
 """
 
@@ -18,14 +19,18 @@ def state_arrays(result):
   import jax
   import numpy as np
   from flax import nnx
+  from jax.experimental import multihost_utils
   leaves = (jax.tree.leaves(nnx.state(result.model))
             + jax.tree.leaves(nnx.state(result.optimizer)))
   out = {}
   for i, x in enumerate(leaves):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)
-    # Replicated: this process's copy is the value.
-    out[f"leaf{i}"] = np.asarray(x.addressable_data(0))
+    if x.is_fully_replicated:  # this process's copy is the value
+      out[f"leaf{i}"] = np.asarray(x.addressable_data(0))
+    else:  # sharded over the processes: gather the whole array
+      out[f"leaf{i}"] = np.asarray(
+          multihost_utils.process_allgather(x, tiled=True))
   return out
 
 
@@ -39,12 +44,15 @@ def main():
     distributed.start(f"127.0.0.1:{spec['port']}", spec["processes"],
                       process_id)
   import numpy as np
+  from flax import nnx
   from bort_jax.experiments import data as data_lib
   from bort_jax.experiments.config import TrainConfig
   from bort_jax.experiments.loop import train
 
   config = TrainConfig.from_dict(spec["config"])
-  parallel = distributed.DataParallel() if spec["parallel"] else None
+  parallel = (distributed.DataParallel(
+      shard_params=spec.get("shard_params", False))
+      if spec["parallel"] else None)
   lines = []
   result = train(config, spec["run_dir"], dataset=data_lib.load_splits(
       config.data), resume=spec["resume"], max_steps=spec["max_steps"],
@@ -55,6 +63,10 @@ def main():
     json.dump({"step": result.step, "finished": result.finished,
                "history": result.history, "log": lines,
                "process_count": jax.process_count(),
+               "sharded_leaves": sum(
+                   not x.is_fully_replicated for x in jax.tree.leaves(
+                       (nnx.state(result.model),
+                        nnx.state(result.optimizer)))),
                "device_count": jax.device_count()}, f)
 
 

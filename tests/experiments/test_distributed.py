@@ -18,10 +18,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import distributed
 from bort_jax.experiments import signals
+from bort_jax.experiments import steps
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.loop import train
 
@@ -41,7 +43,8 @@ def _free_port() -> int:
 
 
 def _launch(tmp_path, run_dir, *, processes=2, devices=4, max_steps=None,
-            resume=False, parallel=True, timeout=600, check=True):
+            resume=False, parallel=True, shard_params=False, timeout=600,
+            check=True):
   """Runs the worker on ``processes`` processes; returns each one's output.
 
   With ``check=False``, returns the return codes and the outputs instead.
@@ -49,6 +52,7 @@ def _launch(tmp_path, run_dir, *, processes=2, devices=4, max_steps=None,
   spec = {"port": _free_port(), "processes": processes, "devices": devices,
           "config": CONFIG.to_dict(), "run_dir": str(run_dir),
           "max_steps": max_steps, "resume": resume, "parallel": parallel,
+          "shard_params": shard_params,
           "out": str(tmp_path / f"{run_dir.name}-{max_steps}-{resume}"
                      "-{process}.npz")}
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -150,8 +154,14 @@ def test_flags_and_environment(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "2")
   distributed.initialize(parser.parse_args([]))
-  distributed.initialize(parser.parse_args(["--process-id", "3"]))
+  sharded = distributed.initialize(parser.parse_args(
+      ["--process-id", "3", "--shard-params"]))
   assert started == [("10.0.0.1:1234", 4, 2), ("10.0.0.1:1234", 4, 3)]
+  assert sharded.shard_params
+  monkeypatch.delenv("JAX_NUM_PROCESSES")
+  alone = distributed.initialize(parser.parse_args(["--shard-params"]))
+  assert alone.shard_params and alone.size == jax.device_count()
+  assert len(started) == 2  # --shard-params alone starts no jax.distributed
 
 
 def test_start_refuses_a_process_id_out_of_range():
@@ -224,5 +234,45 @@ def test_interrupted_two_process_run_resumes_to_the_same_result(
   second = _launch(tmp_path, run_dir, resume=True)
   for leaves, info in second:
     assert info["step"] == 20 and info["finished"]
+    _assert_close(leaves, _leaves(reference))
+    _assert_same_history(info["history"], reference.history)
+
+
+def test_sharded_params_split_the_state_and_train_as_replicated():
+  layout = distributed.DataParallel(shard_params=True)
+  spec = lambda shape: layout.state_sharding(np.zeros(shape)).spec
+  assert spec((64, 32)) == P("data") and spec((3, 3, 4, 16)) == P(
+      None, None, None, "data")
+  assert spec((10,)) == P() and spec(()) == P()  # nothing 8 divides
+  config = TrainConfig(data="digits", model="mlp", width=32, epochs=1,
+                       batch_size=128, learning_rate=1e-2,
+                       optimizer="bort-adamw", gamma=0.1)
+  digits = data_lib.load_splits("digits")
+  plain = train(config, dataset=digits, max_steps=4,
+                parallel=distributed.DataParallel())
+  compiled = steps.train_step._cache_size()
+  sharded = train(config, dataset=digits, max_steps=4, parallel=layout)
+  # One compilation for the sharded layout: the step returns the state in
+  # the shardings it was given, so later steps reuse it.
+  assert steps.train_step._cache_size() == compiled + 1
+  _assert_close(_leaves(sharded), _leaves(plain))
+  for state in (nnx.state(sharded.model, nnx.Param),
+                nnx.state(sharded.optimizer)):
+    for x in jax.tree.leaves(state):
+      assert x.sharding == layout.state_sharding(x), x.shape
+  kernel = sharded.model.hidden[0].kernel[...]
+  assert {s.data.shape for s in kernel.addressable_shards} == {(8, 32)}
+
+
+@pytest.mark.slow
+def test_two_processes_with_sharded_params_resume_to_the_same_result(
+    reference, tmp_path):
+  run_dir = tmp_path / "sharded"
+  first = _launch(tmp_path, run_dir, max_steps=7, shard_params=True)
+  assert [info["step"] for _, info in first] == [7, 7]
+  second = _launch(tmp_path, run_dir, resume=True, shard_params=True)
+  for leaves, info in second:
+    assert info["step"] == 20 and info["finished"]
+    assert info["sharded_leaves"] >= 8  # kernels, biases and their moments
     _assert_close(leaves, _leaves(reference))
     _assert_same_history(info["history"], reference.history)
