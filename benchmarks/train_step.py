@@ -19,6 +19,12 @@ figure is the median over ``--repeats`` calls.
     python benchmarks/train_step.py                          # all models
     python benchmarks/train_step.py --models mlp,cnn --repeats 3 --steps 2
     python benchmarks/train_step.py --width resnet18=32 --json out.json
+    python benchmarks/train_step.py --models mlp --optimizers adamw \
+        --configs "l1-fullrow ada" --every 2,4,8 --steps 8   # amortised
+
+``--every k,…`` adds each chosen configuration with the correction applied
+as ``k·γ·Δ`` on every k-th step only (``every=k``); ``--steps`` must then be
+a multiple of every k, so that each timed call holds whole cycles.
 """
 
 from __future__ import annotations
@@ -186,6 +192,9 @@ def main(argv=None):
   parser.add_argument("--unroll", choices=("auto", "yes", "no"),
                       default="auto", help="unroll the device-side loop "
                       "(auto: on CPU, whose while loops slow convolutions)")
+  parser.add_argument("--every", default="",
+                      help="comma-separated k: also time each config with "
+                      "every=k (the correction on every k-th step only)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
@@ -196,8 +205,14 @@ def main(argv=None):
                      f"{', '.join(MODELS)}")
   widths = _widths(args.width)
   configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+  everys = [int(k) for k in args.every.split(",") if k.strip()]
+  configs.update({f"{name} every={k}": dict(config, every=k)
+                  for name, config in list(configs.items()) for k in everys})
   gpu = jax.default_backend() != "cpu"
   steps = args.steps or (20 if gpu else 3)
+  if any(steps % k for k in everys):
+    raise SystemExit(f"--steps {steps} must be a multiple of every --every "
+                     f"value ({args.every}), so each call holds whole cycles")
   unroll = args.unroll == "yes" or (args.unroll == "auto" and not gpu)
   print(f"device {timing.device_name()}  jax {jax.__version__}  batch "
         f"{args.batch}  {steps} step(s) per timed call, median of "
