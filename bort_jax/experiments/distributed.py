@@ -7,10 +7,10 @@ processes' devices. A :class:`DataParallel` layout places the training state
 device — or, with ``shard_params``, each parameter and its optimizer state
 split along one axis over the devices (FSDP-style: XLA gathers a weight where
 a step needs it whole) — and splits each global batch along the mesh's
-``"data"`` axis: the
-batch of step ``t`` is still rows ``t·B … (t+1)·B`` of the ``(seed, epoch)``
-permutation, so N processes see the same global batches as one process, and
-each process feeds only the rows of its own devices
+``"data"`` axis: the batch of step ``t`` is still rows ``t·B … (t+1)·B``
+of the ``(seed, epoch)`` permutation, so N processes see the same global
+batches as one process, and each process feeds only the rows of its own
+devices
 (``jax.make_array_from_process_local_data``). The gradient, the loss sums and
 the correct counts are reduced across processes by XLA inside the jitted
 step. Process 0 alone opens, locks and writes the run folder; every process
