@@ -8,6 +8,7 @@ import pytest
 
 import bort_jax
 from tests.core import reference
+from tests.core.zero_loss import run_zero_loss
 
 
 def _params(seed=0):
@@ -164,16 +165,7 @@ def test_with_bort_on_lamb_and_lion_orthogonalises(make, placement):
   params = {"kernel": jnp.asarray(
       np.random.default_rng(5).normal(size=(8, 3)), jnp.float32)}
   before = bort_jax.orthogonality_error(params, 1.0)["kernel"].constraint_error
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(zeros, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(200):
-    params, state = step(params, state)
+  params, _ = run_zero_loss(tx, params, 200)
   after = bort_jax.orthogonality_error(params, 1.0)["kernel"].constraint_error
   assert after < 0.25 * before
 
