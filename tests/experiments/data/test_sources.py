@@ -148,6 +148,7 @@ def test_tfds_builder_failure_is_skipped(monkeypatch, tmp_path):
 
 
 def test_tfds_prepared_dataset_is_loaded_and_cached(monkeypatch, tmp_path):
+  fakes.expect_sizes(monkeypatch, "cifar10", 7, 3)
   rng = np.random.default_rng(1)
   examples = {
       split: [
@@ -271,7 +272,8 @@ def test_debian_path_is_the_packaged_one():
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dir", "tar.gz"])
-def test_cifar10_from_cache(tmp_path, packed):
+def test_cifar10_from_cache(monkeypatch, tmp_path, packed):
+  fakes.expect_sizes(monkeypatch, "cifar10", 15, 4)
   batches = fakes.cifar_batches(np.random.default_rng(2))
   root = tmp_path / "cifar10"
   folder = fakes.write_cifar_dir(root, batches)
