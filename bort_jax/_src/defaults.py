@@ -9,12 +9,13 @@ from, so that an application can show or reuse them.
 
 from __future__ import annotations
 
+import types
 import typing
-from typing import Literal, NamedTuple
+from typing import Literal, Mapping, NamedTuple
 
 Mode = Literal[
     "l2-full", "l2-row", "l2-col", "l1-fullrow", "l1-fullcol", "l1-row",
-    "l1-col",
+    "l1-col", "huber-fullrow", "huber-fullcol",
 ]
 
 #: Every Bort mode, derived from :data:`Mode`.
@@ -55,16 +56,19 @@ class Recommended(NamedTuple):
 #: frontier of ``bort-jax frontier``; docs/RESULTS.md has the sweep. Coupled:
 #: Bort-SGD with momentum 0.9 (the per-step correction is about
 #: ``lr·γ/(1 − μ)``). Decoupled: Bort-AdamW (``lr·γ``).
-RECOMMENDED: dict[str, Recommended] = {
+#: Read-only (a ``MappingProxyType`` of NamedTuples): every alias, the
+#: training config and :data:`DEFAULT_GAMMA` read it, so an edit would split
+#: them; build your own setting with ``RECOMMENDED["coupled"]._replace(...)``.
+RECOMMENDED: Mapping[str, Recommended] = types.MappingProxyType({
     "coupled": Recommended("l1-fullrow", ADA, 0.003, 0.05),
     "decoupled": Recommended("l1-fullrow", ADA, 1.0, 1e-3),
-}
+})
 
 
 #: The Bort strength per placement when none is given (from
-#: :data:`RECOMMENDED`).
-DEFAULT_GAMMA: dict[str, float] = {
-    placement: r.gamma for placement, r in RECOMMENDED.items()}
+#: :data:`RECOMMENDED`; read-only too).
+DEFAULT_GAMMA: Mapping[str, float] = types.MappingProxyType({
+    placement: r.gamma for placement, r in RECOMMENDED.items()})
 
 
 def recommended(placement: str, gamma=None, mode=None, amplitude=None):
@@ -74,6 +78,10 @@ def recommended(placement: str, gamma=None, mode=None, amplitude=None):
   Examples:
     >>> recommended("coupled", mode="l2-full")
     (0.003, 'l2-full', 'ada')
+    >>> RECOMMENDED["coupled"] = None
+    Traceback (most recent call last):
+    ...
+    TypeError: 'mappingproxy' object does not support item assignment
   """
   r = RECOMMENDED[placement]
   return (r.gamma if gamma is None else gamma,

@@ -2,19 +2,28 @@
 
 The public functions act on matrices ``w`` of shape ``(..., m, n)`` whose rows
 are output units (leading axes are batch axes). Notation: ``G = w wᵀ`` (m×m),
-``H = wᵀ w`` (n×n), ``c`` the amplitude, ``sign(0) = 0``.
+``H = wᵀ w`` (n×n), ``c`` the amplitude, ``sign(0) = 0``, ``τ = tau · c``
+the Huber width and ``ψ_τ(r) = clip(r/τ, −1, 1)`` the slope of the Huber
+function ``h_τ(r) = r²/(2τ)`` for ``|r| ≤ τ``, ``|r| − τ/2`` beyond.
 
-=============  =============================  ===============================
-mode           correction Δ(w)                gradient of
-=============  =============================  ===============================
-``l2-full``    ``(G − cI) w = w (H − cI)``    ``¼‖G − cI‖²_F``
-``l2-row``     ``(diag G − c) ∘ w``           ``¼ Σ_i (‖w_i‖² − c)²``
-``l2-col``     ``w ∘ (diag H − c)``           ``¼ Σ_j (‖w^j‖² − c)²``
-``l1-fullrow`` ``sign(G − cI) w``             ``½ ‖G − cI‖₁``
-``l1-fullcol`` ``w sign(H − cI)``             ``½ ‖H − cI‖₁``
-``l1-row``     ``sign(diag G − c) ∘ w``       ``½ Σ_i |‖w_i‖² − c|``
-``l1-col``     ``w ∘ sign(diag H − c)``       ``½ Σ_j |‖w^j‖² − c|``
-=============  =============================  ===============================
+=================  =============================  =============================
+mode               correction Δ(w)                gradient of
+=================  =============================  =============================
+``l2-full``        ``(G − cI) w = w (H − cI)``    ``¼‖G − cI‖²_F``
+``l2-row``         ``(diag G − c) ∘ w``           ``¼ Σ_i (‖w_i‖² − c)²``
+``l2-col``         ``w ∘ (diag H − c)``           ``¼ Σ_j (‖w^j‖² − c)²``
+``l1-fullrow``     ``sign(G − cI) w``             ``½ ‖G − cI‖₁``
+``l1-fullcol``     ``w sign(H − cI)``             ``½ ‖H − cI‖₁``
+``l1-row``         ``sign(diag G − c) ∘ w``       ``½ Σ_i |‖w_i‖² − c|``
+``l1-col``         ``w ∘ sign(diag H − c)``       ``½ Σ_j |‖w^j‖² − c|``
+``huber-fullrow``  ``ψ_τ(G − cI) w``              ``½ Σ_ij h_τ((G − cI)_ij)``
+``huber-fullcol``  ``w ψ_τ(H − cI)``              ``½ Σ_ij h_τ((H − cI)_ij)``
+=================  =============================  =============================
+
+The Huber modes are the smooth l1 modes: ``l1-full*`` as ``tau → 0``, and
+``l2-full / τ`` where every ``|(G − cI)_ij| ≤ τ``. The sign of the l1 modes
+never shrinks, so at the constraint they jitter; the Huber correction
+vanishes there, like l2, while far from it its entries are bounded, like l1.
 
 "row" modes act on the output units' weight vectors, "col" modes on the fan-in
 vectors. The products themselves live in :mod:`products`; this module maps a
@@ -36,6 +45,8 @@ from bort_jax._src.products import COLS
 from bort_jax._src.products import compute_dtype
 from bort_jax._src.products import Context
 from bort_jax._src.products import gram_minus_c
+from bort_jax._src.products import huber_full
+from bort_jax._src.products import huber_slope
 from bort_jax._src.products import KernelOptions
 from bort_jax._src.products import l1_full
 from bort_jax._src.products import l1_norms
@@ -44,42 +55,58 @@ from bort_jax._src.products import l2_norms
 from bort_jax._src.products import norms_sq
 from bort_jax._src.products import other
 from bort_jax._src.products import ROWS
+from bort_jax._src.products import sign_slope
 
 Array = jax.Array
 Amplitude = Any  # float, array broadcastable to the batch shape, or "ada"
+Tau = Any  # a positive float (or a traced scalar)
 ADA = defaults.ADA
 
 __all__ = ("ADA", "COLS", "KernelOptions", "MODES", "ROWS", "ada_amplitude",
-           "bort_correction", "bort_penalty", "check_mode", "compute_dtype",
-           "correction")
+           "bort_correction", "bort_penalty", "check_mode", "check_tau",
+           "check_weights", "compute_dtype", "correction")
 
 _EXACT = Context(KernelOptions(precision=jax.lax.Precision.HIGHEST), None,
                   None)
 
 
-def _l2_full_penalty(x, c, vectors):
-  residual = gram_minus_c(x, c, vectors, _EXACT)
+def _l2_full_penalty(x, c, vectors, ctx):
+  residual = gram_minus_c(x, c, vectors, ctx)
   return 0.25 * jnp.sum(jnp.square(residual), axis=(-2, -1))
 
 
-def _l1_full_penalty(x, c, vectors):
-  residual = gram_minus_c(x, c, vectors, _EXACT)
+def _l1_full_penalty(x, c, vectors, ctx):
+  residual = gram_minus_c(x, c, vectors, ctx)
   return 0.5 * jnp.sum(jnp.abs(residual), axis=(-2, -1))
 
 
-def _l2_norms_penalty(x, c, vectors):
-  residual = norms_sq(x, vectors, _EXACT) - c[..., None]
+def _huber_full_penalty(x, c, vectors, ctx):
+  # ½ Σ h_τ(R_ij): R is symmetric, so its gradient ½ (ψ + ψᵀ) x is ψ x, the
+  # correction (as ½‖R‖₁ gives sign(R) x).
+  residual = gram_minus_c(x, c, vectors, ctx)
+  width = ctx.tau * c[..., None, None]
+  size = jnp.abs(residual)
+  # τ = 0 (a zero matrix under "ada") is the l1 limit; no 0/0 in either branch.
+  safe = jnp.where(width > 0, width, 1)
+  inside = size <= width
+  huber = jnp.where(inside, jnp.square(residual) / (2 * safe),
+                    size - width / 2)
+  return 0.5 * jnp.sum(huber, axis=(-2, -1))
+
+
+def _l2_norms_penalty(x, c, vectors, ctx):
+  residual = norms_sq(x, vectors, ctx) - c[..., None]
   return 0.25 * jnp.sum(jnp.square(residual), -1)
 
 
-def _l1_norms_penalty(x, c, vectors):
-  residual = norms_sq(x, vectors, _EXACT) - c[..., None]
+def _l1_norms_penalty(x, c, vectors, ctx):
+  residual = norms_sq(x, vectors, ctx) - c[..., None]
   return 0.5 * jnp.sum(jnp.abs(residual), -1)
 
 
 class _Mode(NamedTuple):
   correction: Callable[..., Array]  # (x, c, vectors, context) -> Δ
-  penalty: Callable[..., Array]  # (x, c, vectors) -> penalty per matrix
+  penalty: Callable[..., Array]  # (x, c, vectors, context) -> per matrix
   on_units: bool  # True: vectors are output units; False: fan-in vectors
   uses_gram: bool  # matrix products (worth batching same-shape matrices)
 
@@ -92,6 +119,8 @@ MODES: dict[str, _Mode] = {
     "l1-fullcol": _Mode(l1_full, _l1_full_penalty, False, True),
     "l1-row": _Mode(l1_norms, _l1_norms_penalty, True, False),
     "l1-col": _Mode(l1_norms, _l1_norms_penalty, False, False),
+    "huber-fullrow": _Mode(huber_full, _huber_full_penalty, True, True),
+    "huber-fullcol": _Mode(huber_full, _huber_full_penalty, False, True),
 }
 assert tuple(MODES) == defaults.MODES, "every mode of defaults.Mode, in order"
 
@@ -100,6 +129,35 @@ def check_mode(mode: str) -> _Mode:
   """Returns the mode's kernels, or raises a ValueError listing valid modes."""
   validation.check_mode(mode)
   return MODES[mode]
+
+
+def check_tau(tau: Tau) -> Tau:
+  """The Huber width ``tau`` (relative to c): finite and > 0 in float32.
+
+  A traced value (under ``jit``) is used as it comes.
+  """
+  if isinstance(tau, jax.core.Tracer):
+    return tau
+  return validation.check_real("tau", tau, low=0, low_inclusive=False,
+                               dtype=validation.COMPUTE_DTYPE)
+
+
+def check_weights(w: Any, name: str) -> Array:
+  """``w`` as an array of real floating matrices ``(..., m, n)``, or raises.
+
+  Integer weights would be truncated, bool ones come back bool and complex
+  ones would need ``wᴴ``, not ``wᵀ``: each is refused, not guessed at.
+  """
+  w = jnp.asarray(w)
+  if not jnp.issubdtype(w.dtype, jnp.floating):
+    raise validation.ArgumentTypeError(
+        f"{name} takes real floating weights w, got dtype {w.dtype}; cast "
+        "them first, e.g. w.astype(jnp.float32).")
+  if w.ndim < 2:
+    raise ValueError(
+        f"{name} expects matrices of shape (..., m, n); got shape {w.shape}."
+    )
+  return w
 
 
 def _vectors(kernels: _Mode, units: int) -> int:
@@ -140,26 +198,22 @@ def _amplitude_array(x: Array, amplitude: Amplitude, units: int,
   return jnp.broadcast_to(c, x.shape[:-2])
 
 
-def _check_matrix(w: Array, name: str) -> None:
-  if w.ndim < 2:
-    raise ValueError(
-        f"{name} expects matrices of shape (..., m, n); got shape {w.shape}."
-    )
-
-
 def correction(
     x: Array,
     mode: str,
     amplitude: Amplitude,
     options: KernelOptions,
     units: int = ROWS,
+    tau: Tau = 0.01,
 ) -> Array:
   """Δ in the compute dtype, for matrices whose units lie along ``units``.
 
   The sharding of ``x`` (Explicit mode) or ``options.axis_name`` (shard_map,
-  fan-in split) decides where the products' collectives go.
+  fan-in split) decides where the products' collectives go. ``tau`` is the
+  Huber modes' width relative to c.
   """
   kernels = check_mode(mode)
+  tau = check_tau(tau)
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
@@ -169,7 +223,7 @@ def correction(
   vectors = _vectors(kernels, units)
 
   def run(x, c):
-    ctx = Context(options, sharding.explicit_spec(x), manual_axis)
+    ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau)
     return kernels.correction(x, c, vectors, ctx)
 
   # lax.map slices its batch axis, which must then be unsplit: a batch split
@@ -190,25 +244,32 @@ def bort_correction(
     mode: str = "l2-full",
     amplitude: Amplitude = 1.0,
     *,
+    tau: Tau = 0.01,
     kernel_options: KernelOptions = KernelOptions(),
 ) -> Array:
   """The Bort correction Δ(w), the (sub)gradient of :func:`bort_penalty`.
 
-  For ``l2-full``, ``Δ = (w wᵀ − cI) w``; the smaller Gram side is used. See
-  the module docstring for all seven modes.
+  For ``l2-full``, ``Δ = (w wᵀ − cI) w``; the smaller Gram side is used. For
+  ``huber-fullrow``, ``Δ = clip((w wᵀ − cI)/τ, −1, 1) w`` with ``τ = tau·c``.
+  See the module docstring for all nine modes.
 
   Args:
-    w: matrices of shape ``(..., m, n)``; row ``i`` holds every weight of
-      output unit ``i`` and leading axes are batch axes.
+    w: real floating matrices of shape ``(..., m, n)``; row ``i`` holds every
+      weight of output unit ``i`` and leading axes are batch axes.
     mode: one of ``l2-full, l2-row, l2-col, l1-fullrow, l1-fullcol, l1-row,
-      l1-col``.
+      l1-col, huber-fullrow, huber-fullcol``.
     amplitude: the target squared norm ``c``: a number, an array broadcastable
       to ``w.shape[:-2]``, or ``"ada"`` for ``c = (mean_i ‖w_i‖)²``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``
+      (finite, > 0; the other modes ignore it).
     kernel_options: how the full modes' products are computed
       (:class:`KernelOptions`).
 
   Returns:
     Δ(w), same shape and dtype as ``w`` (computed in at least float32).
+
+  Raises:
+    TypeError: ``w`` is not real floating (integer, bool or complex).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -216,26 +277,39 @@ def bort_correction(
     >>> bort_correction(w, "l2-full")  # rows with norm² 4 and 1, target 1
     Array([[6., 0.],
            [0., 0.]], dtype=float32)
+    >>> # G − I = diag(3, 0): slope clip(3/0.5) = 1 on row 0, 0 on row 1.
+    >>> bort_correction(w, "huber-fullrow", tau=0.5)
+    Array([[2., 0.],
+           [0., 0.]], dtype=float32)
   """
-  _check_matrix(w, "bort_correction")
-  return correction(w, mode, amplitude, kernel_options).astype(w.dtype)
+  w = check_weights(w, "bort_correction")
+  return correction(w, mode, amplitude, kernel_options,
+                    tau=tau).astype(w.dtype)
 
 
 def bort_penalty(
-    w: Array, mode: str = "l2-full", amplitude: Amplitude = 1.0
+    w: Array,
+    mode: str = "l2-full",
+    amplitude: Amplitude = 1.0,
+    *,
+    tau: Tau = 0.01,
 ) -> Array:
   """The scalar Bort penalty whose gradient :func:`bort_correction` returns.
 
   Summed over batch axes. With ``amplitude="ada"`` the amplitude is a constant
-  (no gradient flows through it), as in the correction.
+  (no gradient flows through it), as in the correction, and so is ``τ``.
 
   Args:
-    w: matrices of shape ``(..., m, n)``, rows are output units.
-    mode: one of the seven modes (see :func:`bort_correction`).
+    w: real floating matrices of shape ``(..., m, n)``, rows are output units.
+    mode: one of the nine modes (see :func:`bort_correction`).
     amplitude: a number, an array of the batch shape, or ``"ada"``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
 
   Returns:
     A scalar.
+
+  Raises:
+    TypeError: ``w`` is not real floating (integer, bool or complex).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -246,17 +320,19 @@ def bort_penalty(
     Array([[6., 0.],
            [0., 0.]], dtype=float32)
   """
-  _check_matrix(w, "bort_penalty")
+  w = check_weights(w, "bort_penalty")
   kernels = check_mode(mode)
+  ctx = _EXACT._replace(tau=check_tau(tau))
   x = w.astype(compute_dtype(w.dtype))
   c = _amplitude_array(x, amplitude, ROWS, _EXACT)
-  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS)))
+  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS), ctx))
 
 
 # ----------------------------------------------------------------------------
 # Several fan-in axes contracted in place (no reshape to a matrix).
 
-_ND_MODES = ("l2-full", "l2-row", "l2-col", "l1-fullrow", "l1-row", "l1-col")
+_ND_MODES = ("l2-full", "l2-row", "l2-col", "l1-fullrow", "l1-row", "l1-col",
+             "huber-fullrow")
 
 
 def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
@@ -264,9 +340,10 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
   """Whether :func:`correction_over_axes` handles this parameter.
 
   One unit axis and no batch axis; the Gram, if any, is the units' (for
-  ``l2-full`` when units are the smaller side; ``l1-fullrow`` when the units
-  fit one block). ``l1-fullcol``'s Gram is over fan-in vectors: it needs them
-  as one axis, so it keeps the matrix view.
+  ``l2-full`` when units are the smaller side; ``l1-fullrow`` and
+  ``huber-fullrow`` when the units fit one block). ``l1-fullcol``'s and
+  ``huber-fullcol``'s Gram is over fan-in vectors: they need them as one
+  axis, so they keep the matrix view.
   """
   if mode not in _ND_MODES or options.axis_name is not None:
     return False
@@ -276,14 +353,14 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
   n = math.prod(shape[a] for a in reduction_axes)
   if mode == "l2-full":
     return m <= n
-  if mode == "l1-fullrow":
+  if mode in ("l1-fullrow", "huber-fullrow"):
     return options.block_size is None or m <= options.block_size
   return True
 
 
 def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
                          options: KernelOptions, reduction_axes,
-                         unit_axis: int) -> Array:
+                         unit_axis: int, tau: Tau = 0.01) -> Array:
   """Δ of one parameter whose fan-in spans several axes, in its own layout.
 
   The units' Gram contracts every fan-in axis at once (``dot_general`` with
@@ -292,6 +369,7 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   kernel, whichever fan-in axis is split. Same values as :func:`correction`
   on the matrix view.
   """
+  tau = check_tau(tau)
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:
     return jnp.zeros_like(x)
@@ -312,7 +390,11 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
       a, a, ((reduction_axes, reduction_axes), ((), ())),
       precision=options.precision, preferred_element_type=x.dtype)
   residual = gram - c * jnp.eye(gram.shape[0], dtype=gram.dtype)
-  s = residual if mode == "l2-full" else jnp.sign(residual)
+  if mode == "l2-full":
+    s = residual
+  else:
+    slope = huber_slope if mode == "huber-fullrow" else sign_slope
+    s = slope(residual, c, Context(options, None, None, tau))
   if options.gram_dtype is not None:
     s = s.astype(options.gram_dtype)
   delta = jax.lax.dot_general(

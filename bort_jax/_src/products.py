@@ -1,7 +1,9 @@
 """The matrix products behind the Bort corrections (pure JAX, no optax).
 
-Four kernels do all the work: the full l2 correction, the full l1 correction
-(blocked for many vectors), and the l2 and l1 norm scalings. Each is told
+Four kernels do all the work: the full l2 correction, the full l1 and Huber
+corrections (one kernel, blocked for many vectors, that differ only in the
+slope applied to the Gram's residual), and the l2 and l1 norm scalings. Each
+is told
 which axis of ``x`` (``ROWS`` or ``COLS``) indexes its vectors, so that a Flax
 kernel is corrected in its own layout ``(fan_in, out)`` without a transpose,
 and each states its collectives: under Explicit sharding through
@@ -54,11 +56,13 @@ class KernelOptions(NamedTuple):
 
 
 class Context(NamedTuple):
-  """What the kernels need besides the matrix: options and how it is split."""
+  """What the kernels need besides the matrix: options, how it is split, and
+  the Huber modes' relative width."""
 
   options: KernelOptions
   spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
   manual_axis: int | None  # shard_map: the matrix axis split over axis_name
+  tau: Any = None  # Huber width relative to c (τ = tau·c); None: no Huber
 
   def out_sharding(self, *last_two) -> jax.sharding.PartitionSpec | None:
     """A product's output spec (batch axes as x's), under Explicit sharding."""
@@ -148,10 +152,28 @@ def l2_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
   return apply_on_vectors(gram_minus_c(x, c, side, ctx), x, side, ctx)
 
 
-def sign_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
-                     ctx: Context) -> Array:
-  """Vectors ``start:start+b`` of ``sign(G − cI) x`` (rows) or
-  ``x sign(H − cI)`` (columns), where ``part`` holds those b vectors of
+def sign_slope(residual: Array, c: Array, ctx: Context) -> Array:
+  """The l1 modes' slope of the residual ``R``: ``sign(R)``."""
+  del c, ctx
+  return jnp.sign(residual)
+
+
+def huber_slope(residual: Array, c: Array, ctx: Context) -> Array:
+  """The Huber modes' slope ``clip(R / τ, −1, 1)``, with ``τ = tau · c``.
+
+  Where ``τ = 0`` (an all-zero matrix under ``"ada"``) it is the limit
+  ``sign(R)``, not ``0/0``.
+  """
+  width = ctx.tau * c[..., None, None]
+  positive = width > 0
+  scaled = residual / jnp.where(positive, width, 1)
+  return jnp.where(positive, jnp.clip(scaled, -1, 1), jnp.sign(residual))
+
+
+def slope_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
+                     ctx: Context, slope=sign_slope) -> Array:
+  """Vectors ``start:start+b`` of ``slope(G − cI) x`` (rows) or
+  ``x slope(H − cI)`` (columns), where ``part`` holds those b vectors of
   ``full`` and G, H are ``full``'s Gram of that side."""
   contracted = other(vectors)
   k, b = full.shape[vectors], part.shape[vectors]
@@ -163,10 +185,10 @@ def sign_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
     gram = dot(full, part, ROWS, ROWS, ctx)  # (k, b)
     on_diagonal = jnp.arange(k)[:, None] == own[None, :]
   gram = ctx.reduce(gram, contracted)
-  signs = jnp.sign(gram - c[..., None, None] * on_diagonal)
+  slopes = slope(gram - c[..., None, None] * on_diagonal, c, ctx)
   if vectors == ROWS:
-    return dot(signs, full, COLS, ROWS, ctx)
-  return dot(full, signs, COLS, ROWS, ctx)
+    return dot(slopes, full, COLS, ROWS, ctx)
+  return dot(full, slopes, COLS, ROWS, ctx)
 
 
 def l1_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
@@ -176,31 +198,46 @@ def l1_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
   block in a device loop (memory O(block · k)). Inside shard_map with the
   vectors split, each device all-gathers x and computes its own vectors.
   """
+  return _slope_full(x, c, vectors, ctx, sign_slope)
+
+
+def huber_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
+  """``clip((G − cI)/τ, −1, 1) x`` (rows) or ``x clip((H − cI)/τ, −1, 1)``.
+
+  ``τ = ctx.tau · c``. The l1 kernel with a bounded linear slope in place of
+  the sign: the same blocks, collectives and memory.
+  """
+  return _slope_full(x, c, vectors, ctx, huber_slope)
+
+
+def _slope_full(x: Array, c: Array, vectors: int, ctx: Context,
+                slope) -> Array:
+  """``slope(G − cI) x`` or ``x slope(H − cI)``, blocked when large."""
   axis = x.ndim + vectors  # the vectors' axis, counted from the front
   if ctx.manual_axis == vectors:
     name = ctx.options.axis_name
     full = jax.lax.all_gather(x, name, axis=axis, tiled=True)
     start = jax.lax.axis_index(name) * x.shape[vectors]
-    return sign_gram_block(x, full, c, start, vectors,
-                            ctx._replace(manual_axis=None))
+    return slope_gram_block(x, full, c, start, vectors,
+                            ctx._replace(manual_axis=None), slope)
   k, block = x.shape[vectors], ctx.options.block_size
   if block is None or k <= block:
-    signs = jnp.sign(gram_minus_c(x, c, vectors, ctx))
-    return apply_on_vectors(signs, x, vectors, ctx)
+    slopes = slope(gram_minus_c(x, c, vectors, ctx), c, ctx)
+    return apply_on_vectors(slopes, x, vectors, ctx)
   if ctx.spec is not None:
     # Under Explicit sharding the loop's dynamic slices of a split axis have
     # no sharding one could state: XLA places them (Auto axes inside), and
     # the result comes back in x's own sharding.
     return jax.sharding.auto_axes(
-        lambda x, c: _l1_full_blocked(x, c, vectors, block,
-                                      ctx._replace(spec=None)),
+        lambda x, c: _slope_full_blocked(x, c, vectors, block,
+                                         ctx._replace(spec=None), slope),
         out_sharding=jax.sharding.PartitionSpec(*ctx.spec))(x, c)
-  return _l1_full_blocked(x, c, vectors, block, ctx)
+  return _slope_full_blocked(x, c, vectors, block, ctx, slope)
 
 
-def _l1_full_blocked(x: Array, c: Array, vectors: int, block: int,
-                     ctx: Context) -> Array:
-  """:func:`l1_full` block by block, for more than ``block`` vectors."""
+def _slope_full_blocked(x: Array, c: Array, vectors: int, block: int,
+                        ctx: Context, slope) -> Array:
+  """:func:`_slope_full` block by block, for more than ``block`` vectors."""
   axis = x.ndim + vectors
   k = x.shape[vectors]
   # Equal blocks of at most block_size (3072 vectors: 2 × 1536, not 2 × 2048).
@@ -215,7 +252,7 @@ def _l1_full_blocked(x: Array, c: Array, vectors: int, block: int,
   def one_block(i, out):
     start = i * block
     part = jax.lax.dynamic_slice_in_dim(padded, start, block, axis)
-    delta = sign_gram_block(part, padded, c, start, vectors, ctx)
+    delta = slope_gram_block(part, padded, c, start, vectors, ctx, slope)
     return jax.lax.dynamic_update_slice_in_dim(out, delta, start, axis)
 
   out = jax.lax.fori_loop(0, blocks, one_block, jnp.zeros_like(padded))

@@ -24,6 +24,18 @@ def _random(shape, seed=0, dtype=np.float64):
   return np.random.default_rng(seed).normal(size=shape).astype(dtype) * 0.6
 
 
+def _reference(w, mode, c, tau=0.01):
+  """reference.correction, plus the Huber modes from their formula."""
+  if not mode.startswith("huber-"):
+    return reference.correction(w, mode, c)
+  w = np.asarray(w, np.float64)
+  if mode == "huber-fullrow":
+    residual = w @ w.T - c * np.eye(w.shape[0])
+    return np.clip(residual / (tau * c), -1, 1) @ w
+  residual = w.T @ w - c * np.eye(w.shape[1])
+  return w @ np.clip(residual / (tau * c), -1, 1)
+
+
 @pytest.mark.parametrize("mode", bort_jax.MODES)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("amplitude", [1.0, 0.3, "ada"])
@@ -41,7 +53,7 @@ def test_correction_is_gradient_of_penalty(mode, shape, amplitude):
 def test_correction_matches_numpy_reference(mode, shape):
   w = _random(shape, seed=1)
   matrices = w.reshape(-1, *shape[-2:])
-  expected = np.stack([reference.correction(x, mode, 0.7) for x in matrices])
+  expected = np.stack([_reference(x, mode, 0.7) for x in matrices])
   with jax.enable_x64(True):
     delta = bort_jax.bort_correction(jnp.asarray(w), mode, 0.7)
   np.testing.assert_allclose(delta, expected.reshape(shape), rtol=1e-10,
@@ -147,9 +159,44 @@ def test_fan_in_contracted_in_place_equals_the_matrix_view(mode, amplitude,
       np.testing.assert_allclose(got.reshape(matrix.shape), want,
                                  rtol=1e-12, atol=1e-12)
     else:
-      assert mode == "l1-fullcol" or (mode == "l2-full" and
-                                      shape[-1] > np.prod(shape[:-1]))
+      assert mode in ("l1-fullcol", "huber-fullcol") or (
+          mode == "l2-full" and shape[-1] > np.prod(shape[:-1]))
     # Through the transform, whichever path it takes.
     np.testing.assert_allclose(
         bort_jax.tree_correction({"kernel": x}, mode, amplitude)[
             "kernel"].reshape(matrix.shape), want, rtol=1e-12, atol=1e-12)
+
+
+# ---- N10: only real floating weights ---------------------------------------
+
+_NOT_REAL_FLOATING = {
+    "int32": jnp.array([[2, 0], [0, 1]], jnp.int32),
+    "bool": jnp.array([[True, False], [False, True]]),
+    "complex64": jnp.array([[2.0, 1j], [0.0, 1.0]], jnp.complex64),
+}
+
+
+def _cast_fix(dtype):
+  return rf"got dtype {dtype}; cast .* w\.astype\(jnp\.float32\)"
+
+
+@pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow", "huber-fullrow"])
+@pytest.mark.parametrize("dtype", _NOT_REAL_FLOATING)
+def test_n10_bort_correction_refuses_int_bool_complex(dtype, mode):
+  with pytest.raises(TypeError, match=_cast_fix(dtype)):
+    bort_jax.bort_correction(_NOT_REAL_FLOATING[dtype], mode)
+
+
+@pytest.mark.parametrize("dtype", _NOT_REAL_FLOATING)
+def test_n10_bort_penalty_refuses_int_bool_complex(dtype):
+  with pytest.raises(TypeError, match=_cast_fix(dtype)):
+    bort_jax.bort_penalty(_NOT_REAL_FLOATING[dtype])
+
+
+def test_n10_low_precision_floats_are_still_accepted():
+  w = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+  for dtype in (jnp.bfloat16, jnp.float16):
+    delta = bort_jax.bort_correction(w.astype(dtype))
+    assert delta.dtype == dtype
+    np.testing.assert_array_equal(delta.astype(jnp.float32),
+                                  [[6.0, 0.0], [0.0, 0.0]])
