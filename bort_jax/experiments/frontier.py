@@ -13,9 +13,18 @@ Per point it reports the validation and test accuracy, the mean constraint
 error, the largest ``|cos|`` between units, the PSNR of the stage-1
 reconstruction (the input backtracked from the first hidden layer, for models
 :mod:`bort_jax.explain` can invert) and the step time, as mean ± std over the
-seeds. It writes one JSON file per run (finished runs are skipped on a
-rerun), the aggregate ``frontier.json`` and the figure ``frontier.png``:
-accuracy against constraint error, coloured by PSNR, Pareto front marked.
+seeds. Each run trains in its own folder under ``points/`` (config,
+metrics, checkpoints) and is recorded in ``runs.json`` once it has finished;
+a rerun skips the recorded runs and resumes an interrupted one from its
+checkpoint. SIGINT or SIGTERM stops the sweep after the current step
+(:class:`~bort_jax.experiments.signals.Interrupted`; ``bort-jax frontier``
+exits with 130 or 143). The sweep writes the aggregate ``frontier.json`` and
+the figure ``frontier.png``: accuracy against constraint error, coloured by
+PSNR, Pareto front marked.
+
+A grid takes each value once, and a point's name (:func:`point_name`) tells
+any two points apart; a bad grid, ``validation``, ``max_error`` or
+``tolerance`` is refused (:func:`check_settings`) before anything is written.
 
 Selection (per placement, on validation means, :func:`select`): the most
 accurate point whose constraint error is at most ``max_error`` (0.05), and
@@ -28,10 +37,14 @@ import dataclasses
 import itertools
 import json
 import math
+import numbers
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from bort_jax.experiments import signals
+from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.run_data import validation_split  # noqa: F401
 
 #: The base optimizer of each placement: the frontier pairs every Bort point
@@ -71,6 +84,31 @@ class Grid:
   bort_everys: tuple[int, ...] = (1,)
   seeds: tuple[int, ...] = (0, 1, 2)
 
+  def __post_init__(self):
+    # A repeat would train the same run twice and count it as two seeds.
+    for placement in self.placements:
+      if placement not in PLACEMENTS:
+        raise ConfigError(
+            f"--placements takes decoupled and/or coupled, got "
+            f"{placement!r}.")
+      if placement not in self.gammas:
+        raise ConfigError(
+            f"The grid has no gammas for the {placement} placement; pass "
+            f"--gammas-{placement}.")
+    lists = {"--placements": self.placements, "--modes": self.modes,
+             "--amplitudes": self.amplitudes,
+             "--gamma-warmups": self.gamma_warmups,
+             "--bort-everys": self.bort_everys, "--seeds": self.seeds,
+             **{f"--gammas-{p}": self.gammas[p] for p in self.placements}}
+    for flag, values in lists.items():
+      if not values:
+        raise ConfigError(f"{flag} is empty; give at least one value.")
+      for i, value in enumerate(values):
+        if value in values[:i]:
+          raise ConfigError(
+              f"{flag} repeats {value!r}; give each value once (a repeat "
+              "trains the same run twice).")
+
   def points(self) -> list[dict[str, Any]]:
     """Every point, baselines first: dicts of config overrides."""
     out = [{"placement": p, "optimizer": PLACEMENTS[p][0]}
@@ -85,14 +123,38 @@ class Grid:
     return out
 
 
+def _number(value: float) -> str:
+  """The shortest text that reads back as exactly ``value``.
+
+  ``:g`` where it is exact (the names of older frontiers: ``1``, ``0.003``),
+  else ``repr`` (``0.1000001``, which ``:g`` would round to ``0.1``).
+  """
+  text = format(value, "g")
+  return text if float(text) == value else repr(float(value))
+
+
 def point_name(point: dict[str, Any]) -> str:
-  """A file-system-safe, unique name for a point."""
+  """A file-system-safe name for a point; two different points never share one.
+
+  Every number reads back as exactly its value, so a near-duplicate
+  (``0.1000001`` beside ``0.1``) gets its own name, and the names of older
+  frontiers, whose numbers ``:g`` wrote exactly, are unchanged.
+
+  Examples:
+    >>> from bort_jax.experiments.frontier import point_name
+    >>> point = {"optimizer": "bort-adamw", "mode": "l1-fullrow",
+    ...          "amplitude": "ada", "gamma": 0.1}
+    >>> point_name(point), point_name({**point, "gamma": 0.1000001})
+    ('bort-adamw_l1-fullrow_ada_g0.1', 'bort-adamw_l1-fullrow_ada_g0.1000001')
+  """
   if "gamma" not in point:
     return point["optimizer"]
-  amp = "ada" if point["amplitude"] == "ada" else f"c{point['amplitude']:g}"
-  name = f"{point['optimizer']}_{point['mode']}_{amp}_g{point['gamma']:g}"
+  amp = ("ada" if point["amplitude"] == "ada"
+         else f"c{_number(point['amplitude'])}")
+  name = (f"{point['optimizer']}_{point['mode']}_{amp}_"
+          f"g{_number(point['gamma'])}")
   if point.get("gamma_warmup"):
-    name += f"_ramp{point['gamma_warmup']:g}"
+    name += f"_ramp{_number(point['gamma_warmup'])}"
   if point.get("bort_every", 1) != 1:
     name += f"_every{point['bort_every']}"
   return name
@@ -181,10 +243,60 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
 # Running the sweep.
 
 
+def check_settings(base: dict[str, Any], grid: Grid, *,
+                   validation: float = 0.1, max_error: float = 0.05,
+                   tolerance: float = 0.002, n_train: int | None = None
+                   ) -> None:
+  """Refuses a bad sweep before anything is written or trained.
+
+  Args:
+    base: the config fields every point shares.
+    grid: the :class:`Grid` (it refused repeats when it was made).
+    validation: the held-out fraction: a finite number in (0, 1).
+    max_error: the constraint error the selection counts as tight (finite,
+      at least 0).
+    tolerance: the accuracy loss the selection counts as free (finite, at
+      least 0).
+    n_train: the size of the training set, to check that ``validation``
+      leaves at least one training and one validation example.
+
+  Raises:
+    ConfigError: a value is refused; the message names its flag.
+
+  Examples:
+    >>> from bort_jax.experiments.frontier import Grid, check_settings
+    >>> check_settings({}, Grid(), validation=1.0)
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.config.ConfigError: --validation must be ...
+  """
+  from bort_jax.experiments import config as config_lib
+  finite = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                      and math.isfinite(v))
+  if not (finite(validation) and 0 < validation < 1):
+    raise ConfigError(
+        "--validation must be a finite number strictly between 0 and 1 (the "
+        f"held-out share of the training set, e.g. 0.1), got {validation!r}.")
+  for flag, value in (("--max-error", max_error), ("--tolerance", tolerance)):
+    if not (finite(value) and value >= 0):
+      raise ConfigError(f"{flag} must be a finite number at least 0, got "
+                        f"{value!r}.")
+  if n_train is not None:
+    held = int(round(n_train * validation))
+    if not 0 < held < n_train:
+      raise ConfigError(
+          f"--validation {validation!r} of the {n_train} training examples "
+          f"holds out {held}, leaving {n_train - held} to train on; choose a "
+          "fraction that leaves at least one example on each side.")
+  for point in grid.points():  # every point's config is valid, before work
+    config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
+                                         if k != "placement"}})
+
+
 def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
               dataset: Any, *, validation: float = 0.1,
-              probe_images: int = 256, log: Callable[[str], None] | None = None
-              ) -> dict[str, Any]:
+              probe_images: int = 256, run_dir: str | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Trains one point for one seed; measures it on validation and test.
 
   Args:
@@ -197,10 +309,17 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
       training set; its test set is evaluated once, at the end).
     validation: the held-out fraction of the training set.
     probe_images: how many test images the reconstruction PSNR averages.
+    run_dir: the run's folder (config, metrics, checkpoints); a run started
+      there before is resumed from its checkpoint. ``None``: nothing is
+      written and an interrupted run starts over.
     log: called with one line per epoch.
 
   Returns:
     The run's figures (:data:`METRICS`), its point, seed and history.
+
+  Raises:
+    Interrupted: SIGINT or SIGTERM stopped the run before its end (its
+      checkpoint is saved in ``run_dir``).
   """
   from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import loop
@@ -208,8 +327,17 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
   from bort_jax.experiments import steps
   fields = {k: v for k, v in point.items() if k != "placement"}
   config = config_lib.TrainConfig(**{**base, **fields, "seed": seed})
-  result = loop.train(config, dataset=validation_split(dataset, validation),
-                      log=log)
+  resume = run_dir is not None and os.path.lexists(
+      os.path.join(run_dir, "config.json"))
+  result = loop.train(config, run_dir, dataset=validation_split(
+      dataset, validation), resume=resume, log=log)
+  if not result.finished:  # a truncated run must never count as a result
+    saved = (f"its checkpoint is saved in {run_dir!r}" if run_dir
+             else "nothing of it is saved")
+    raise signals.Interrupted(
+        f"{point_name(point)} seed {seed} was interrupted by "
+        f"{result.stopped_by} at step {result.step}; {saved} and it is not "
+        "recorded as finished", result.stopped_by)
   last = result.history[-1]
   test = steps.evaluate(result.model, dataset.test.images,
                         dataset.test.labels, config.eval_batch_size)
@@ -228,47 +356,115 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Groups runs by point (in first-seen order) and summarises the seeds."""
+  """Groups runs by point (in first-seen order) and summarises the seeds.
+
+  A (point, seed) recorded twice (by a sweep before grids refused repeats)
+  counts once: the same run is not two seeds.
+  """
   groups: dict[str, list[dict[str, Any]]] = {}
   for run in runs:
-    groups.setdefault(point_name(run["point"]), []).append(run)
+    group = groups.setdefault(point_name(run["point"]), [])
+    if all(r["seed"] != run["seed"] for r in group):
+      group.append(run)
   return [{"name": name, "point": group[0]["point"],
            "summary": summarize(group)} for name, group in groups.items()]
 
 
-#: The files a frontier folder holds.
+#: The files a frontier folder holds (``points/``: one run folder per point
+#: and seed).
 FRONTIER_FILES = ("settings.json", "runs.json", "frontier.json",
-                  "frontier.md", "frontier.png")
+                  "frontier.md", "frontier.png", "points")
 
 
-def _open_folder(out: str, settings: dict[str, Any]):
-  """The locked output folder; a frontier's own folder is resumed."""
+def _run_dir(folder: Any, point: dict[str, Any], seed: int) -> str:
+  return str(folder.path / "points" / f"{point_name(point)}_seed{seed}")
+
+
+#: What to do about a damaged file of a frontier folder.
+_REPAIRS = {
+    "runs.json": "Move it aside (e.g. rename it to runs.json.damaged) and "
+                 "rerun: its runs are measured again from their checkpoints.",
+    "settings.json": "Restore it, or choose another --out.",
+}
+
+
+def _damaged(folder: Any, name: str, why: str):
+  from bort_jax.experiments import run_dir
+  return run_dir.RunDirectoryError(
+      f"{str(folder.path / name)!r} is damaged ({why}); nothing was changed. "
+      + _REPAIRS[name])
+
+
+def _read_json(folder: Any, name: str, kind: type, what: str) -> Any:
+  """A JSON file of the folder (``None`` if absent); one line if damaged."""
+  text = folder.read_text(name)
+  if text is None:
+    return None
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise _damaged(folder, name, f"not JSON: {e}") from None
+  if not isinstance(value, kind):
+    raise _damaged(folder, name, f"a JSON {type(value).__name__}, not "
+                   f"{what}")
+  return value
+
+
+def _read_runs(folder: Any) -> list[dict[str, Any]]:
+  """The recorded runs; a damaged ``runs.json`` is refused, not replaced."""
+  runs = _read_json(folder, "runs.json", list, "a list of runs") or []
+  for i, run in enumerate(runs):
+    try:
+      if not isinstance(run["seed"], int):
+        raise TypeError(run["seed"])
+      point_name(run["point"])
+    except (KeyError, TypeError, ValueError, IndexError):
+      raise _damaged(folder, "runs.json", f"entry {i} is not a run with a "
+                     "point and a seed") from None
+  return runs
+
+
+def _open_folder(out: str, settings: dict[str, Any],
+                 log: Callable[[str], None]):
+  """The locked output folder and its recorded runs; a frontier's own
+  folder is resumed, and one that recorded nothing may change settings."""
   from bort_jax.experiments import run_dir
   folder = run_dir.RunFolder.open(out)
   try:
-    entries = [e for e in folder.entries() if e != run_dir.LOCK_NAME]
-    if entries:
-      marker = folder.read_text(run_dir.MARKER_NAME)
-      saved = folder.read_text("settings.json")
-      if marker is None or json.loads(marker) != {"kind": "frontier"} or (
-          saved is None):
+    for note in folder.notes:
+      log(note)
+    runs = []
+    if folder.entries():
+      try:
+        ours = json.loads(folder.read_text(run_dir.MARKER_NAME) or "null") == (
+            {"kind": "frontier"})
+      except ValueError:
+        ours = False
+      if not ours:
         raise run_dir.RunDirectoryError(
             f"{out!r} is not empty and holds no frontier; choose another "
             "--out (nothing in it is changed).")
-      saved = json.loads(saved)
-      if saved != settings:
+      runs = _read_runs(folder)
+      saved = _read_json(folder, "settings.json", dict, "a frontier's "
+                         "settings")
+      started = runs or (folder.exists("points") and os.listdir(
+          folder.path / "points"))
+      if saved != settings and started:
+        saved = saved or {}
         diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
                          for k in sorted(set(saved) | set(settings))
                          if saved.get(k) != settings.get(k))
         raise run_dir.RunDirectoryError(
             f"{out!r} holds a frontier with other settings (saved vs given: "
             f"{diff}); choose another --out to change them.")
+      if saved != settings:  # no run was trained under the old settings
+        log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
     folder.write_json(run_dir.MARKER_NAME, {"kind": "frontier"})
     folder.write_json("settings.json", settings)
   except BaseException:
     folder.close(remove_if_empty=True)
     raise
-  return folder
+  return folder, runs
 
 
 def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
@@ -277,9 +473,17 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) a sweep; writes the table, JSON and figure to ``out``.
 
-  Every (point, seed) run is saved in ``runs.json`` as soon as it ends, so a
-  rerun with the same settings skips it; a grid may grow between reruns,
-  while the shared settings (``base``, ``validation``) may not change.
+  Every (point, seed) run trains in ``out/points/<name>_seed<seed>`` and is
+  recorded in ``runs.json`` once it has finished, so a rerun with the same
+  settings skips it; a grid may grow between reruns, while the shared
+  settings (``base``, ``validation``) may not change once a run has started.
+  The settings are checked (:func:`check_settings`) before anything is
+  written.
+
+  SIGINT or SIGTERM stops the sweep after the current step: the run's
+  checkpoint is saved, nothing unfinished is recorded, and
+  :class:`~bort_jax.experiments.signals.Interrupted` is raised; the same call
+  again resumes that run from its checkpoint.
 
   Args:
     out: the output folder.
@@ -293,22 +497,41 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
 
   Returns:
     The contents of ``frontier.json``.
+
+  Raises:
+    ConfigError: a bad grid or setting (nothing is written).
+    RunDirectoryError: ``out`` is not this frontier's folder, or its
+      ``runs.json`` or ``settings.json`` is damaged (nothing is changed).
+    Interrupted: a signal stopped the sweep.
   """
+  check_settings(base, grid, validation=validation, max_error=max_error,
+                 tolerance=tolerance, n_train=len(dataset.train.labels))
   settings = {"base": base, "validation": validation}
-  with _open_folder(out, settings) as folder:
-    runs = json.loads(folder.read_text("runs.json") or "[]")
+  folder, runs = _open_folder(out, settings, log)
+  with folder, signals.StopRequest() as stop:
     done = {(point_name(r["point"]), r["seed"]) for r in runs}
     todo = [(p, s) for p in grid.points() for s in grid.seeds
             if (point_name(p), s) not in done]
     log(f"frontier: {len(done)} runs done, {len(todo)} to go -> {out}")
+    again = f"Run the same frontier again (same --out {out}) to continue."
     for i, (point, seed) in enumerate(todo):
-      run = run_point(base, point, seed, dataset, validation=validation)
+      try:
+        run = run_point(base, point, seed, dataset, validation=validation,
+                        run_dir=_run_dir(folder, point, seed))
+      except signals.Interrupted as e:
+        raise signals.Interrupted(
+            f"frontier: {e}. {again}", e.stopped_by) from None
       runs.append(run)
       folder.write_json("runs.json", runs)
       log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: val "
           f"{run['val_accuracy']:.4f} test {run['test_accuracy']:.4f} "
           f"constraint {_fmt(run['constraint_error'], '.2e')} psnr "
           f"{_fmt(run['reconstruction_psnr'], '.1f')}")
+      if stop.requested is not None:  # came between two runs' training
+        raise signals.Interrupted(
+            f"frontier: stopped by {stop.requested} after "
+            f"{point_name(point)} seed {seed}, which is recorded. {again}",
+            stop.requested)
     points = aggregate(runs)
     chosen = select(points, max_error, tolerance)
     result = {"settings": settings, "max_error": max_error,
@@ -383,27 +606,34 @@ def add_arguments(p: Any) -> None:
 
 
 def command(args: Any, base: dict[str, Any]) -> int:
-  """Runs ``bort-jax frontier`` with parsed arguments."""
+  """Runs ``bort-jax frontier`` with parsed arguments.
+
+  Returns:
+    0 once the sweep is done; 130 (SIGINT) or 143 (SIGTERM) when a signal
+    stopped it, after one line on stderr saying how to continue.
+  """
+  import sys
+
   from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import data as data_lib
-  for placement in args.placements:
-    if placement not in PLACEMENTS:
-      raise config_lib.ConfigError(
-          f"--placements takes decoupled and/or coupled, got {placement!r}.")
   base = {"data": config_lib.TrainConfig.data,
           "model": config_lib.TrainConfig.model, **base}
   grid = Grid(gammas={p: getattr(args, f"gammas_{p}") for p in PLACEMENTS},
               modes=args.modes, placements=args.placements,
               amplitudes=args.amplitudes, gamma_warmups=args.gamma_warmups,
               bort_everys=args.bort_everys, seeds=args.seeds)
-  for point in grid.points():  # every point's config is valid, before work
-    config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
-                                         if k != "placement"}})
+  # Before the data load (which may download); the sizes once it is loaded.
+  check_settings(base, grid, validation=args.validation,
+                 max_error=args.max_error, tolerance=args.tolerance)
   dataset = data_lib.load_splits(base["data"], download=not args.offline)
-  result = run_frontier(args.out, dataset, base, grid,
-                        validation=args.validation, max_error=args.max_error,
-                        tolerance=args.tolerance,
-                        log=lambda line: print(line, flush=True))
+  try:
+    result = run_frontier(args.out, dataset, base, grid,
+                          validation=args.validation,
+                          max_error=args.max_error, tolerance=args.tolerance,
+                          log=lambda line: print(line, flush=True))
+  except signals.Interrupted as e:
+    print(e, file=sys.stderr, flush=True)
+    return e.exit_status
   from bort_jax.experiments import frontier_report
   points = result["points"]
   print(frontier_report.table(points, select(points, args.max_error,

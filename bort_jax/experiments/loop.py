@@ -9,7 +9,8 @@ checkpoints that hold everything needed to continue bit for bit: the model,
 the optimizer state, the step, the epoch's running metrics and the data
 order (a permutation drawn from ``(seed, epoch)``, so the step alone places
 the iterator). Ctrl-C or SIGTERM stops after the current step and saves a
-checkpoint; ``train(..., resume=True)`` continues from the newest readable
+checkpoint (the result is not ``finished`` and names the signal in
+``stopped_by``); ``train(..., resume=True)`` continues from the newest readable
 checkpoint, after checking that the config and the data are the saved run's.
 A non-finite training loss stops the run (:class:`DivergedError`).
 
@@ -69,6 +70,10 @@ class TrainResult(NamedTuple):
     run_dir: the run folder (``None`` without one; process 0 alone writes
       it).
     dataset: the data it trained on.
+    stopped_by: the signal that stopped the run before its end
+      (``"SIGINT"``, ``"SIGTERM"``, or ``"peer"`` when another process of a
+      multi-process run got it), else ``None``; a command maps it to its
+      exit status with :func:`bort_jax.experiments.signals.exit_status`.
   """
 
   model: nnx.Module
@@ -78,6 +83,7 @@ class TrainResult(NamedTuple):
   finished: bool
   run_dir: str | None
   dataset: data_lib.Dataset
+  stopped_by: str | None = None
 
 
 @dataclasses.dataclass
@@ -368,8 +374,9 @@ def _train_in(config, run_dir, folder, restore, dataset, download, progress,
     elif folder is not None:
       runs.write_config(folder, config)
   try:
-    state, finished = _epochs(static, state, data, config, folder, ckpt,
-                              progress, max_steps, on_step, say, parallel)
+    state, finished, stopped_by = _epochs(
+        static, state, data, config, folder, ckpt, progress, max_steps,
+        on_step, say, parallel)
   finally:
     if ckpt is not None:
       ckpt.close()
@@ -381,12 +388,16 @@ def _train_in(config, run_dir, folder, restore, dataset, download, progress,
   elif run_dir is not None:
     where = os.path.abspath(os.fspath(run_dir))
   return TrainResult(model, optimizer, state.history, state.step, finished,
-                     where, dataset)
+                     where, dataset, stopped_by)
 
 
 def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
-            on_step, say, parallel=None) -> tuple[_State, bool]:
-  """Runs the epochs; checkpoints and writes metrics as they end."""
+            on_step, say, parallel=None) -> tuple[_State, bool, str | None]:
+  """Runs the epochs; checkpoints and writes metrics as they end.
+
+  Returns the state, whether every epoch ran, and the signal that stopped
+  the run before its end (or ``None``).
+  """
   wall_start = time.perf_counter()
   wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
   elapsed = lambda: wall_offset + time.perf_counter() - wall_start
@@ -440,13 +451,14 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
       say(f"Stopped by {stop.requested or 'a signal to another process'} at "
           f"step {state.step}; a checkpoint is saved.")
   finished = state.step >= total
+  stopped_by = None if finished else stop.stopped_by
   if finished and ckpt is not None:  # every process: the mesh computes it
     _, per_kernel = steps_lib.orthogonality(
         nnx.state(nnx.merge(static.model_def, state.model), nnx.Param))
     write(state, {"orthogonality": {
         path: {f: float(v) for f, v in e._asdict().items()}
         for path, e in per_kernel.items()}})
-  return state, finished
+  return state, finished, stopped_by
 
 
 def _summary_line(record: dict, epochs: int) -> str:

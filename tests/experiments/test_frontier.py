@@ -79,6 +79,9 @@ def test_frontier_runs_end_to_end_and_resumes(digits, tmp_path):
     assert (tmp_path / "frontier" / name).stat().st_size > 0
   runs = json.loads((tmp_path / "frontier" / "runs.json").read_text())
   assert len(runs) == 8 and all(0 <= r["test_accuracy"] <= 1 for r in runs)
+  # Each run trained in its own folder, which a rerun resumes.
+  assert (tmp_path / "frontier" / "points" / "sgd_seed1" / "checkpoints"
+          ).is_dir()
 
   lines.clear()  # a rerun trains nothing; a grown grid only the new points
   frontier.run_frontier(out, digits, BASE, grid, log=lines.append)
