@@ -251,9 +251,11 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
       download=not args.offline, progress=not args.no_progress,
       log=lambda line: print(line, flush=True))
   if not result.finished:
-    print(f"Stopped at step {result.step}; a checkpoint is saved. Continue "
-          f"with: {_PROG} train --out {args.out} --resume", file=sys.stderr)
-    return 130
+    from bort_jax.experiments import signals
+    print(f"Stopped by {result.stopped_by} at step {result.step}; a "
+          f"checkpoint is saved. Continue with: {_PROG} train --out "
+          f"{args.out} --resume", file=sys.stderr)
+    return signals.exit_status(result.stopped_by)  # 130 SIGINT, 143 SIGTERM
   last = result.history[-1]
   print(f"Done: test accuracy {last['test_accuracy']:.4f}; metrics in "
         f"{os.path.join(args.out, 'metrics.json')}")
