@@ -39,6 +39,7 @@ from bort_jax._src.penalty import ada_amplitude
 from bort_jax._src.penalty import bort_correction
 from bort_jax._src.penalty import bort_penalty
 from bort_jax._src.penalty import KernelOptions
+from bort_jax._src.projection import project_to_constraint
 from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.transform import BortState
 from bort_jax._src.transform import tree_correction
@@ -91,6 +92,7 @@ __all__ = (
     "mean_orthogonality_error",
     "orthogonality_error",
     "principal_cosines",
+    "project_to_constraint",
     "skip_nonfinite_steps",
     "tree_correction",
     "with_bort",
