@@ -515,9 +515,12 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
     log(f"frontier: {len(done)} runs done, {len(todo)} to go -> {out}")
     again = f"Run the same frontier again (same --out {out}) to continue."
     for i, (point, seed) in enumerate(todo):
+      where = _run_dir(folder, point, seed)
+      if os.path.lexists(os.path.join(where, "config.json")):
+        log(f"{point_name(point)} seed {seed}: resuming it from {where}")
       try:
         run = run_point(base, point, seed, dataset, validation=validation,
-                        run_dir=_run_dir(folder, point, seed))
+                        run_dir=where)
       except signals.Interrupted as e:
         raise signals.Interrupted(
             f"frontier: {e}. {again}", e.stopped_by) from None

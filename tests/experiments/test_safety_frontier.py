@@ -99,6 +99,7 @@ def test_n1_sigint_during_frontier_point_is_not_recorded_as_finished(
   lines = []  # the rerun resumes the interrupted run, then does the rest
   result = frontier.run_frontier(out, digits, BASE, GRID, log=lines.append)
   assert "0 runs done, 2 to go" in lines[0]
+  assert "adamw seed 0: resuming it from" in lines[1]
   assert calls == [False, True, False]
   runs = _recorded(out)
   assert [(r["point"]["optimizer"], len(r["history"])) for r in runs] == [
