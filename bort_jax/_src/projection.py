@@ -24,12 +24,27 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def _check_amplitude(amplitude: Any) -> Any:
   """A positive number finite in float32 or ``"ada"``; no schedule, since a
-  projection made once has no step count to read it at."""
+  projection made once has no step count to read it at. A value traced
+  under jit passes unchecked."""
+  fix = "amplitude must be a positive number or 'ada'"
+  if isinstance(amplitude, str):
+    if amplitude != ADA:
+      raise ValueError(f"{fix}, got {amplitude!r}.")
+    return amplitude
+  if isinstance(amplitude, jax.core.Tracer):
+    return amplitude
   if callable(amplitude):
     raise validation.ArgumentTypeError(
-        "amplitude must be a positive number or 'ada' here (a projection "
-        f"made once has no step count for a schedule), got {amplitude!r}.")
-  return validation.check_amplitude(amplitude)
+        f"{fix} here (a projection made once has no step count for a "
+        f"schedule), got {amplitude!r}.")
+  try:
+    validation.check_real("amplitude", amplitude, low=0, low_inclusive=False,
+                          dtype=validation.COMPUTE_DTYPE)
+  except TypeError as e:
+    raise validation.ArgumentTypeError(f"{fix}, got {amplitude!r}.") from e
+  except ValueError as e:
+    raise ValueError(f"{fix}, got {amplitude!r} ({e})") from e
+  return amplitude
 
 
 @functools.partial(jax.jit, static_argnames=("view",))

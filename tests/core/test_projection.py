@@ -277,11 +277,13 @@ def test_sharded_params_are_projected_under_jit(axis_type):
 
 
 @pytest.mark.parametrize("amplitude", [0, -1.0, float("nan"), float("inf"),
-                                       1e300, "max", True])
+                                       1e300, "max", True, [1.0, 2.0]])
 def test_bad_amplitude_is_refused_in_one_line(amplitude):
   with pytest.raises(ValueError, match="amplitude must be a positive") as e:
     bort_jax.project_to_constraint({"kernel": jnp.eye(2)}, amplitude)
   assert "\n" not in str(e.value)
+  # The fix it offers is one this function takes (no schedule).
+  assert "schedule" not in str(e.value)
 
 
 def test_schedule_amplitude_is_refused():
