@@ -9,9 +9,10 @@ Bort, and writes metrics and resumable checkpoints (see
 
 Only the standard library is imported here: :func:`main` first checks that
 the ``app`` extra is installed, and says which one to install if not, before
-it imports JAX or touches a file. Expected errors (a refused folder, bad
-data, a diverged run, a bad value) print one line and exit with status 2,
-Ctrl-C with 130; ``--debug`` shows the traceback instead.
+it imports JAX or touches a file. Expected errors (a bad flag or value, a
+refused folder, bad data, a diverged run) print one line and exit with
+status 2, before anything is written where they can be; Ctrl-C exits with
+130; ``--debug`` shows the traceback instead.
 
 Examples:
   bort-jax train --data mnist --model cnn --optimizer bort-adamw \\
@@ -90,6 +91,25 @@ def argument_type(convert: Callable[[str], Any],
   return parse
 
 
+class _Parser(argparse.ArgumentParser):
+  """An argument parser whose errors are one line (no usage block)."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Once(argparse.Action):
+  """Stores a flag's value, and refuses the flag given a second time."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    previous = getattr(namespace, self.dest, None)
+    if previous is not None:
+      parser.error(f"{option_string} given twice ({previous} and {values}); "
+                   f"give one {option_string}, and override its fields with "
+                   "flags")
+    setattr(namespace, self.dest, values)
+
+
 def _flag(field) -> str:
   return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
@@ -137,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
   import bort_jax
   from bort_jax.experiments import demo
 
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog=_PROG,
       description="Bort: bounded orthogonal optimizers for JAX (train and "
       "compare models, and the paper's demo).")
@@ -155,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
   distributed.add_arguments(train)
   from bort_jax.experiments import recipes
   train.add_argument(
-      "--recipe", choices=tuple(recipes.RECIPES), default=None,
+      "--recipe", choices=tuple(recipes.RECIPES), default=None, action=_Once,
       help="start from a named recipe (bort_jax.experiments.recipes); "
-      "flags override it")
+      "flags override it (with --optimizer, give --lr too)")
   train.add_argument("--out", required=True,
                      help="run folder (config, metrics, checkpoints)")
   group = train.add_mutually_exclusive_group()
@@ -208,6 +228,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
   if args.recipe is not None:
     from bort_jax.experiments import recipes
     values = recipes.recipe(args.recipe)
+    recipes.check_override(args.recipe, explicit)
   optimizer = explicit.get("optimizer", values.get(
       "optimizer", config_lib.TrainConfig.optimizer))
   given = [f for f in config_lib.BORT_FIELDS if f in explicit]
@@ -229,13 +250,13 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import distributed
   from bort_jax.experiments import loop
   from bort_jax.experiments import optimizers
-  parallel = distributed.initialize(args)  # before anything touches a device
-  try:
+  try:  # every check before the wait for the other processes
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:
     if args.debug:
       raise
-    parser.error(str(e))  # exits with status 2
+    _fail(str(e), 2)
+  parallel = distributed.initialize(args)  # before anything touches a device
   if parallel is None or parallel.primary:
     print(f"{_PROG} train: {config.model} on {config.data} with "
           f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",

@@ -14,12 +14,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 from typing import Any, Callable
+
+import numpy as np
 
 from bort_jax._src import defaults
 from bort_jax._src import validation
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import errors
+from bort_jax.experiments.data import arrays as data_arrays
 from bort_jax.experiments import models as models_lib
 from bort_jax.experiments import optimizers as optimizers_lib
 
@@ -46,6 +50,17 @@ def _option(default: Any, help: str, *, flag: str | None = None,
 BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
                "bort_every")
 
+#: The seeds numpy's generators take (``np.random.default_rng`` orders the
+#: data from the seed): 0 … 2**32 − 1.
+MAX_SEED = 2**32 - 1
+
+#: The largest ``bort_every``: the step counter it divides is an int32.
+MAX_BORT_EVERY = 2**31 - 1
+
+#: The smallest positive float32 normal (~1.18e-38): a positive value below
+#: it is 0 (or a denormal, flushed to 0) in the float32 arithmetic of a run.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
 #: What the DBort term regularises: the model's output, or the output of every
 #: layer Bort constrains.
 DBORT_OUTPUTS = ("logits", "layers")
@@ -70,13 +85,16 @@ class TrainConfig:
       placement's recommended one (:data:`bort_jax.RECOMMENDED`), as for
       ``amplitude`` and ``gamma``. Non-Bort optimizers keep ``None``.
     amplitude: the Bort amplitude ``c > 0`` or ``"ada"``.
-    gamma: the Bort strength ``γ ≥ 0``.
+    gamma: the Bort strength ``γ ≥ 0`` (a positive γ of at least float32's
+      smallest normal, :data:`FLOAT32_TINY`, as for the learning rate, the
+      weight decay and the DBort weight: a smaller one is 0 in the run).
     placement: ``"coupled"`` or ``"decoupled"`` for ``bort-<optax>``
       (default decoupled); ``None`` otherwise.
     gamma_warmup: a linear ramp of γ from 0, in epochs (Bort only).
     bort_every: apply the correction, ``k·γ·Δ``, on every k-th step only
-      (Bort only; 1: every step). The stability limit multiplies by k: for
-      the l2 modes keep ``lr·k·γ·c`` below about 1.
+      (Bort only; 1: every step, at most :data:`MAX_BORT_EVERY`). The
+      stability limit multiplies by k: for the l2 modes keep ``lr·k·γ·c``
+      below about 1.
     learning_rate: the peak learning rate; ``None``: the optimizer's default
       (:data:`~bort_jax.experiments.optimizers.DEFAULT_LEARNING_RATES`).
     schedule: ``"cosine"`` (warmup, then cosine decay to 0) or
@@ -92,14 +110,16 @@ class TrainConfig:
     epochs: the number of epochs.
     batch_size: the training batch size (the last partial batch of an epoch
       is dropped, so every step has the same shape).
-    warmup: the linear warmup's length in epochs (may be fractional).
-    seed: seeds the initialisation and the data order.
+    warmup: the linear warmup's length in epochs (may be fractional; at
+      most ``epochs``).
+    seed: seeds the initialisation and the data order (0 …
+      :data:`MAX_SEED`).
     width: the model's width; ``None`` for the model's default.
     eval_batch_size: the evaluation batch size.
     checkpoint_every: also checkpoint every this many steps (0: only at the
       end of each epoch and on interruption).
-    train_limit: train on the first ``train_limit`` examples only; ``None``
-      for all.
+    train_limit: train on the first ``train_limit`` examples only (at most
+      the dataset's training set); ``None`` for all.
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig
@@ -241,6 +261,30 @@ def _check_optional_positive_int(name: str, value: Any) -> None:
     validation.check_positive_int(name, value)
 
 
+def _check_train_limit(config: TrainConfig) -> None:
+  """Refuses a ``train_limit`` above the named dataset's training set."""
+  size = data_arrays.SIZES.get(config.data)
+  if config.train_limit is None or size is None:
+    return  # an unknown dataset is named by check_choice
+  if config.train_limit > size.train:
+    # Silently clipped, it would make the run look like another one.
+    raise ValueError(
+        f"train_limit {config.train_limit} is above the {size.train} "
+        f"training examples of {config.data!r}; use at most {size.train}, "
+        "or drop it to train on all of them.")
+
+
+def _check_float32_nonzero(name: str, value: Any) -> None:
+  """Refuses a positive value that float32 arithmetic turns into 0."""
+  if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+      and 0 < value < FLOAT32_TINY):
+    off = "" if name == "learning_rate" else "0 to turn it off, or "
+    raise ValueError(
+        f"{name} {value:g} is 0 in float32 (below its smallest normal, "
+        f"{FLOAT32_TINY:.3g}), the precision the run computes in; use "
+        f"{off}a value of at least {FLOAT32_TINY:.3g}.")
+
+
 def check_config(config: TrainConfig) -> None:
   """Raises ``TypeError``/``ValueError`` naming the first bad field.
 
@@ -252,11 +296,22 @@ def check_config(config: TrainConfig) -> None:
   validation.check_nonnegative_int("checkpoint_every", config.checkpoint_every)
   if isinstance(config.seed, bool) or not isinstance(config.seed, int):
     raise TypeError(f"seed must be an integer, got {config.seed!r}.")
+  if not 0 <= config.seed <= MAX_SEED:
+    raise ValueError(
+        f"seed must be in 0..{MAX_SEED} (2**32 - 1, the range numpy seeds "
+        f"take), got {config.seed}.")
   _check_optional_positive_int("width", config.width)
   _check_optional_positive_int("train_limit", config.train_limit)
+  _check_train_limit(config)
   validation.check_real("learning_rate", config.learning_rate, low=0,
                         low_inclusive=False)
   validation.check_real("warmup", config.warmup, low=0)
+  if config.warmup > config.epochs:
+    # make_schedule would clip it to the run, a schedule nobody asked for.
+    raise ValueError(
+        f"warmup of {config.warmup:g} epochs is longer than the run "
+        f"({config.epochs} epochs); use at most {config.epochs}, or raise "
+        "epochs.")
   validation.check_real("label_smoothing", config.label_smoothing, low=0,
                         high=1, high_inclusive=False)
   validation.check_real("dbort_weight", config.dbort_weight, low=0)
@@ -283,6 +338,10 @@ def check_config(config: TrainConfig) -> None:
     validation.check_strength(config.gamma, "gamma")
     validation.check_real("gamma_warmup", config.gamma_warmup, low=0)
     validation.check_positive_int("bort_every", config.bort_every)
+    if config.bort_every > MAX_BORT_EVERY:
+      raise ValueError(
+          f"bort_every must be at most {MAX_BORT_EVERY} (2**31 - 1, the "
+          f"int32 step counter's range), got {config.bort_every}.")
     amplitude = config.amplitude
     if callable(amplitude) or isinstance(amplitude, bool):
       amplitude = repr(amplitude)  # a schedule cannot be saved as JSON
@@ -294,6 +353,8 @@ def check_config(config: TrainConfig) -> None:
           f"{config.amplitude!r}.") from None
     if config.placement is not None:
       validation.check_placement(config.placement)
+  for name in ("learning_rate", "gamma", "weight_decay", "dbort_weight"):
+    _check_float32_nonzero(name, getattr(config, name))
   # Builds (and discards) the optimizer: unknown names fail here.
   optimizers_lib.optimizer_from_config(config, config.learning_rate)
 

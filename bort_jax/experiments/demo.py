@@ -184,6 +184,9 @@ def run(args) -> int:
   """Runs the demo with parsed arguments; returns the exit status."""
   from bort_jax.experiments import run_dir
   start = time.perf_counter()
+  # The settings are checked before the folder is made; the pair is built
+  # again once the data are loaded (MNIST may fall back to digits).
+  configs(args.data, args.quick, args.epochs, args.gamma, args.seed)
   with run_dir.open_output(args.out, kind="demo", files=DEMO_FILES,
                            overwrite=args.overwrite) as folder:
     data_name, dataset, fallback = _load(args.data, args.offline)

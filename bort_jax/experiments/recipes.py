@@ -25,6 +25,7 @@ import types
 from typing import Any
 
 from bort_jax._src import defaults
+from bort_jax.experiments import optimizers
 
 
 def _recommended(placement: str, optimizer: str, **extra: Any
@@ -75,3 +76,43 @@ def recipe(name: str) -> dict[str, Any]:
     raise ValueError(
         f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
   return dict(RECIPES[name])
+
+
+def check_override(name: str, given: dict[str, Any]) -> None:
+  """Refuses a new optimizer that would keep the recipe's learning rate.
+
+  A recipe's learning rate is tuned for its optimizer (SGD with momentum
+  takes a step fifty times AdamW's); another base optimizer with that rate
+  is a run nobody tuned. Dropping Bort (``bort-sgd`` → ``sgd``, the recipe's
+  baseline) keeps the base optimizer, and is allowed.
+
+  Args:
+    name: one of :data:`RECIPES`.
+    given: the fields given on the command line.
+
+  Raises:
+    ValueError: ``given`` changes the optimizer's base but not the
+      learning rate of a recipe that sets one.
+
+  Examples:
+    >>> from bort_jax.experiments.recipes import check_override
+    >>> check_override("recommended-coupled", {"optimizer": "sgd"})
+    >>> check_override("recommended-coupled", {"optimizer": "adamw",
+    ...                                        "learning_rate": 1e-3})
+    >>> check_override("recommended-coupled", {"optimizer": "adamw"})
+    Traceback (most recent call last):
+    ...
+    ValueError: --recipe recommended-coupled tunes lr 0.05 for bort-sgd; ...
+  """
+  values = recipe(name)
+  optimizer = given.get("optimizer")
+  if (optimizer is None or "learning_rate" in given
+      or "learning_rate" not in values):
+    return
+  if optimizers.base_name(optimizer) != optimizers.base_name(
+      values["optimizer"]):
+    raise ValueError(
+        f"--recipe {name} tunes lr {values['learning_rate']:g} for "
+        f"{values['optimizer']}; --optimizer {optimizer} would keep it. Give "
+        f"--lr too (e.g. {optimizers.default_learning_rate(optimizer):g}, "
+        f"{optimizer}'s default), or drop --optimizer.")
