@@ -109,6 +109,8 @@ def bort_sgd(
   validation.check_bool("nesterov", nesterov)
   validation.check_dtype("accumulator_dtype", accumulator_dtype)
   validation.check_strength(weight_decay, "weight_decay")
+  weight_decay_mask = validation.check_mask("weight_decay_mask",
+                                            weight_decay_mask)
   parts = [
       add_bort_correction(
           gamma,
@@ -214,6 +216,7 @@ def bort_adamw(
   validation.check_dtype("mu_dtype", mu_dtype)
   validation.check_strength(weight_decay, "weight_decay")
   validation.check_bool("nesterov", nesterov)
+  mask = validation.check_mask("mask", mask)
   return optax.chain(
       optax.scale_by_adam(
           b1=b1,

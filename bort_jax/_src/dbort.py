@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from bort_jax._src import penalty
+from bort_jax._src import validation
 from bort_jax._src.layer_outputs import _path_string
 from bort_jax._src.layer_outputs import dbort_outputs
 from bort_jax._src.layer_outputs import LayerSpec
@@ -74,6 +75,33 @@ def _mean_square(y: Any) -> Array:
     energy = total / sum(leaf.size for leaf in leaves)
   tiny = jnp.finfo(energy.dtype).tiny
   return jnp.where(energy > tiny, energy, tiny)
+
+
+def _check_scalar(name: str, value: Any, *, positive: bool) -> None:
+  """``weight >= 0`` or ``power > 0``: a real scalar, finite in float32.
+
+  A traced value (under ``jit``, or a schedule's) is checked by shape and
+  dtype only, so that changing it does not recompile; a Python or NumPy
+  value is checked fully.
+  """
+  kind = "a number > 0" if positive else "a number >= 0"
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    if value.ndim != 0:
+      raise ValueError(
+          f"{name} must be a scalar, got an array of shape {value.shape}; "
+          "pass one number for all layers.")
+    if not (jnp.issubdtype(value.dtype, jnp.floating)
+            or jnp.issubdtype(value.dtype, jnp.integer)):
+      raise validation.ArgumentTypeError(
+          f"{name} must be a real number, got an array of dtype "
+          f"{value.dtype}.")
+    return
+  if isinstance(value, (str, bytes)):
+    raise validation.ArgumentTypeError(
+        f"{name} must be {kind}, got the string {value!r}; pass "
+        f"{name}=float(...).")
+  validation.check_real(name, value, low=0, low_inclusive=not positive,
+                        dtype=validation.COMPUTE_DTYPE)
 
 
 class DBortEnergy(nnx.Intermediate):
@@ -121,6 +149,12 @@ def dbort_loss(
   Returns:
     A scalar (float32, or the outputs' wider float type).
 
+  Raises:
+    ValueError: for a ``weight`` below 0, a ``power`` not above 0, a value
+      that is not finite in float32 or not a scalar (a traced value is
+      checked by shape and dtype only); TypeError (also a ValueError) for
+      one that is not a real number, such as a string.
+
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> y = jnp.array([[1.0, -1.0], [3.0, 3.0]])  # mean(y²) = 5
@@ -140,6 +174,8 @@ def dbort_loss(
     Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks with
     Bounded Orthogonal Constraint", ICLR 2023 (DBort).
   """
+  _check_scalar("weight", weight, positive=False)
+  _check_scalar("power", power, positive=True)
   energies = []
   for leaf in jax.tree.leaves(
       outputs, is_leaf=lambda x: isinstance(x, DBortEnergy)

@@ -37,6 +37,19 @@ class OrthogonalityError(NamedTuple):
   norm_spread: jax.Array
 
 
+def _check_real_floating(x: Any, name: str, fix: str) -> None:
+  """Refuses complex, integer and bool arrays, whose Gram is no real
+  constraint error (a complex one would be returned, an integer one would
+  overflow or truncate)."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    what = f"dtype {jnp.dtype(dtype)}" if dtype is not None else (
+        f"type {type(x).__name__}")
+    raise validation.ArgumentTypeError(
+        f"orthogonality error: {name} has {what}, and the error is defined "
+        f"for real floating values only; {fix}.")
+
+
 def matrix_orthogonality_error(
     w: jax.Array, amplitude: Any = None
 ) -> OrthogonalityError:
@@ -63,6 +76,8 @@ def matrix_orthogonality_error(
     >>> float(matrix_orthogonality_error(jnp.zeros((2, 3))).constraint_error)
     1.0
   """
+  _check_real_floating(w, "w", "pass real floating matrices, e.g. "
+                       "w.astype(jnp.float32) for integer ones")
   if amplitude is not None:
     if callable(amplitude):
       raise validation.ArgumentTypeError(
@@ -124,6 +139,10 @@ def orthogonality_error(
     :class:`OrthogonalityError`; empty, with a warning, when nothing is
     selected.
 
+  Raises:
+    TypeError: (also a ValueError) for a selected leaf that is not real
+      floating (complex, integer, bool), naming its path.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> params = {"dense": {"kernel": jnp.eye(3), "bias": jnp.zeros(3)}}
@@ -140,6 +159,12 @@ def orthogonality_error(
         "leaves named 'kernel' with at least two axes); pass "
         "dimension_numbers= to choose others.", stacklevel=2)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, leaf), view in zip(leaves, views):
+    if view is not None:
+      _check_real_floating(
+          leaf, repr(path_string(path)),
+          "skip it with dimension_numbers (None at that leaf), as for the "
+          "Bort transform")
   return {
       path_string(path): matrix_orthogonality_error(
           view.to_matrices(leaf), amplitude
@@ -154,9 +179,22 @@ def mean_orthogonality_error(
 ) -> OrthogonalityError:
   """Averages :func:`orthogonality_error`'s per-parameter errors (max cosine:
   the maximum), for a one-line log."""
+  if not isinstance(errors, dict):
+    raise validation.ArgumentTypeError(
+        "mean_orthogonality_error takes the dict orthogonality_error "
+        f"returns, got {type(errors).__name__} {errors!r}.")
   values = list(errors.values())
   if not values:
     raise ValueError("No Bort parameters to average.")
+  for path, value in errors.items():
+    if not isinstance(value, OrthogonalityError):
+      raise validation.ArgumentTypeError(
+          f"mean_orthogonality_error: {path!r} maps to "
+          f"{type(value).__name__}, not an OrthogonalityError; pass the dict "
+          "orthogonality_error returns.")
+    for field in OrthogonalityError._fields:
+      _check_real_floating(getattr(value, field), f"{path!r}.{field}",
+                           "pass the dict orthogonality_error returns")
   stack = lambda field: jnp.stack([getattr(v, field) for v in values])
   return OrthogonalityError(
       jnp.mean(stack("constraint_error")),

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bort_jax._src import sharding
+from bort_jax._src import validation
 
 Axes = Sequence[int] | int
 
@@ -229,8 +230,11 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
   ``FlaxDimensionNumbers``), the form ``nnx.Optimizer`` needs since its
   ``init`` and ``update`` see different trees. ``nnx.Linear`` and
   ``nnx.Conv`` kernels with more axes than the layer declares (stacked by
-  ``nnx.vmap`` or ``nnx.scan``) get the leading axes as batch axes, so each
-  layer is its own matrix; ``nnx.LinearGeneral`` (and so
+  ``nnx.vmap`` or ``nnx.scan``) get the added axes as batch axes, wherever
+  ``out_axes`` put them (found from the shapes the layer declares for its
+  kernel and bias), so each layer is its own matrix; when the shapes leave
+  more than one choice (``nnx.Linear(4, 4)`` stacked 4 times) it raises
+  rather than guess. ``nnx.LinearGeneral`` (and so
   ``nnx.MultiHeadAttention``'s query, key, value and out) follows its own
   ``in_features``, ``out_features`` and ``batch_axis``; ``nnx.Einsum`` is
   skipped; another module's ``kernel`` param is treated as Flax's layout
@@ -257,6 +261,11 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
     for a tree, a pytree of the same structure with a
     :class:`BortDimensionNumbers` or ``None`` at each leaf.
 
+  Raises:
+    ValueError: for a module whose stacked axes the shapes cannot tell, or
+      whose kernel does not fit the shape its layer declares.
+    TypeError: for anything that is neither a module nor a tree of arrays.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> params = {"dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
@@ -274,7 +283,24 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
   from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
   if flax_selection.is_nnx_module(model_or_params):
     return flax_selection.module_dimension_numbers(model_or_params)
-  params = model_or_params
+  _check_params_tree(model_or_params)
+  return _selection_by_name(model_or_params)
+
+
+def _check_params_tree(params: Any) -> None:
+  """Refuses what is neither a module nor a tree of arrays (e.g. ``5``)."""
+  bad = next((x for x in jax.tree.leaves(params) if not hasattr(x, "shape")),
+             None)
+  if bad is not None or params is None:
+    got = params if bad is None else bad
+    raise validation.ArgumentTypeError(
+        "flax_dimension_numbers takes an nnx.Module or a pytree of "
+        "parameters (arrays, ShapeDtypeStruct or nnx.State), got "
+        f"{type(got).__name__} {got!r}.")
+
+
+def _selection_by_name(params: Any) -> Any:
+  """The default selection of a parameter tree, by leaf names and shapes."""
   paths = [path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(
       params)[0]]
   attention_blocks = {p[:-2] for p in paths
@@ -351,11 +377,11 @@ def resolve_views(
     dimension_numbers = flax_selection.module_dimension_numbers(
         dimension_numbers)
   if dimension_numbers is None:
-    tree = flax_dimension_numbers(params)
+    tree = _selection_by_name(params)
   elif isinstance(dimension_numbers, BortDimensionNumbers):
     tree = jax.tree.map(
         lambda d: None if d is None else dimension_numbers,
-        flax_dimension_numbers(params),
+        _selection_by_name(params),
         is_leaf=_is_dims_leaf,
     )
   elif callable(dimension_numbers):

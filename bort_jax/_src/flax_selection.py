@@ -3,12 +3,15 @@
 A parameter tree alone cannot tell a stack of ``L`` Linear kernels
 ``(L, in, out)`` (from ``nnx.vmap`` or ``nnx.scan``) from a 1-D convolution's
 ``(k, in, out)``. The model can: each ``nnx.Linear``, ``nnx.Conv`` or
-``nnx.LinearGeneral`` declares how many axes its kernel has, and any axes in
-front of those are stacked layers, i.e. batch axes of independent matrices.
+``nnx.LinearGeneral`` declares its kernel's shape, and the axes beyond it are
+stacked layers, i.e. batch axes of independent matrices, wherever the
+transform's ``out_axes`` put them. Where the shapes cannot say which axes
+those are, the selection refuses rather than guess.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
@@ -28,37 +31,112 @@ def _as_tuple(x) -> tuple:
   return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _module_dims(module, kernel_ndim: int) -> BortDimensionNumbers | None:
+def _declared(module) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...],
+                                tuple[int, ...], tuple[int, ...]] | None:
+  """What a Flax layer declares for its own, unstacked parameters.
+
+  Returns ``(shapes, batch, reduction, output)``: each parameter's declared
+  shape by name, and the kernel's batch, fan-in and unit axes in that shape;
+  ``None`` for a module whose kernel layout is not declared.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(module, nnx.LinearGeneral):
+    batch_shape = tuple(dict(module.batch_axis).values())
+    fan_in = tuple(_as_tuple(module.in_features))
+    units = tuple(_as_tuple(module.out_features))
+    kernel = batch_shape + fan_in + units
+    shapes = {"kernel": kernel, "bias": batch_shape + units}
+    nb, ni = len(batch_shape), len(fan_in)
+    return (shapes, tuple(range(nb)), tuple(range(nb, nb + ni)),
+            tuple(range(nb + ni, len(kernel))))
+  if isinstance(module, (nnx.Conv, nnx.ConvTranspose)):
+    kernel = tuple(module.kernel_shape)
+    units = (module.out_features,)
+  elif isinstance(module, nnx.Linear):
+    kernel = (module.in_features, module.out_features)
+    units = (module.out_features,)
+  else:
+    return None
+  n = len(kernel)
+  return ({"kernel": kernel, "bias": units}, (), tuple(range(n - 1)),
+          (n - 1,))
+
+
+def _fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> set:
+  """The sets of axes of ``shape`` whose removal leaves ``declared``."""
+  lead = len(shape) - len(declared)
+  if lead < 0:
+    return set()
+  return {axes for axes in itertools.combinations(range(len(shape)), lead)
+          if tuple(d for a, d in enumerate(shape) if a not in axes)
+          == declared}
+
+
+def _stacked_axes(module, name: str, declared) -> tuple[int, ...]:
+  """The axes ``nnx.vmap``/``nnx.scan`` added to a layer's parameters.
+
+  Flax records no stacking axis on a Variable (only in a sharding spec, when
+  there is one), so it is read from the shapes: ``out_axes`` inserts the
+  stacking axes at the same positions in every parameter of a layer, hence
+  the kernel and the bias together must fit the shapes the layer declares.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  kernel = tuple(module.kernel.shape)
+  candidates = _fits(kernel, declared["kernel"])
+  for other, shape in declared.items():
+    param = getattr(module, other, None)
+    if other != "kernel" and isinstance(param, nnx.Param):
+      candidates &= _fits(tuple(param.shape), shape)
+  if len(candidates) == 1:
+    return candidates.pop()
+  layer = (f"{type(module).__name__} at {name!r} (declared kernel "
+           f"{declared['kernel']}, kernel here {kernel})")
+  fix = ("pass dimension_numbers= a dict of BortDimensionNumbers by path, "
+         "naming the stacked axes as batch_axis")
+  if not candidates:
+    raise ValueError(
+        f"flax_dimension_numbers: the {layer} does not fit the shape its "
+        f"layer declares, so its matrices are unknown; {fix}.")
+  options = " or ".join(str(c) for c in sorted(candidates))
+  raise ValueError(
+      f"flax_dimension_numbers: the stacked layers of the {layer} could be "
+      f"on axes {options} (the shapes cannot tell nnx.vmap/nnx.scan's "
+      f"out_axes apart); {fix}.")
+
+
+def _module_dims(module, kernel_ndim: int,
+                 name: str = "kernel") -> BortDimensionNumbers | None:
   """The dimension numbers of one module's kernel, or None if not a Bort
-  layer. Axes are counted from the front; stacked layers lead."""
+  layer. Stacked axes (from ``nnx.vmap``/``nnx.scan``) are batch axes,
+  wherever their ``out_axes`` put them."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   if isinstance(module, nnx.Einsum):
     return None  # an einsum's kernel axes have no fixed meaning
-  if isinstance(module, nnx.LinearGeneral):
-    batch_sizes = dict(module.batch_axis)
-    n_in = len(_as_tuple(module.in_features))
-    n_out = len(_as_tuple(module.out_features))
-    declared = len(batch_sizes) + n_in + n_out
-    lead = kernel_ndim - declared
-    batch = tuple(range(lead + len(batch_sizes)))
-    reduction = tuple(range(len(batch), len(batch) + n_in))
-    output = tuple(range(len(batch) + n_in, kernel_ndim))
-    return BortDimensionNumbers(reduction, output, batch)
-  if isinstance(module, (nnx.Conv, nnx.ConvTranspose)):
-    declared = len(_as_tuple(module.kernel_size)) + 2
-  elif isinstance(module, nnx.Linear):
-    declared = 2
-  else:
-    declared = 2  # another module's `kernel`: Flax's layout, units last
-  lead = kernel_ndim - declared
-  if lead < 0 or kernel_ndim < 2:
-    return None
-  return BortDimensionNumbers(
-      reduction_axis=tuple(range(lead, kernel_ndim - 1)),
-      output_axis=kernel_ndim - 1,
-      batch_axis=tuple(range(lead)),
+  declared = _declared(module)
+  if declared is None:
+    # Another module's `kernel`: Flax's layout, units last, and its own
+    # layout is unknown, so axes beyond a matrix's two lead as a stack.
+    if kernel_ndim < 2:
+      return None
+    return BortDimensionNumbers(
+        reduction_axis=(kernel_ndim - 2,),
+        output_axis=kernel_ndim - 1,
+        batch_axis=tuple(range(kernel_ndim - 2)),
+    )
+  shapes, batch, reduction, output = declared
+  stacked = _stacked_axes(module, name, shapes)
+  own = [a for a in range(kernel_ndim) if a not in stacked]
+  dims = BortDimensionNumbers(
+      reduction_axis=tuple(own[a] for a in reduction),
+      output_axis=tuple(own[a] for a in output),
+      batch_axis=tuple(sorted(stacked + tuple(own[a] for a in batch))),
   )
+  if not isinstance(module, nnx.LinearGeneral):
+    dims = dims._replace(output_axis=dims.output_axis[0])  # one unit axis
+  return dims
 
 
 class FlaxDimensionNumbers:
@@ -112,7 +190,8 @@ def module_dimension_numbers(model: Any) -> FlaxDimensionNumbers:
     if not isinstance(kernel, nnx.Param):
       continue
     ndim = len(kernel.shape)
-    dims = _module_dims(node, ndim)
+    name = "/".join(map(str, tuple(path) + ("kernel",)))
+    dims = _module_dims(node, ndim, name)
     if dims is not None:
       table[tuple(path) + ("kernel",)] = (ndim, dims)
   return FlaxDimensionNumbers(table)

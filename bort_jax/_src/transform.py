@@ -22,9 +22,13 @@ from bort_jax._src import validation
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_MODE
 from bort_jax._src.defaults import Mode
+from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
+from bort_jax._src.dimension_numbers import path_names
 from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
+from bort_jax._src.flax_selection import FlaxDimensionNumbers
+from bort_jax._src.flax_selection import is_nnx_module
 
 NO_PARAMS_MSG = (
     "The Bort correction depends on the parameters: call "
@@ -47,13 +51,51 @@ NO_BORT_PARAMS_MSG = (
 )
 
 
-def check_bort_leaves(params: Any, views) -> None:
-  """Refuses selected leaves that are not real floating arrays; warns when
-  nothing is selected (at ``init``, so once per optimizer)."""
+#: The most unreached parameters one warning names.
+MAX_NAMED = 5
+
+#: Names of the leaves the default selection leaves out on purpose: biases,
+#: norm scales and embeddings (lookup tables and position codes, not maps).
+_NOT_MATRICES = ("bias", "scale", "embed", "norm")
+
+
+def _is_default_selection(dimension_numbers: Any) -> bool:
+  """Whether leaves are chosen by rules (by name, by module type) rather
+  than by the user's own tree or callable, whose ``None`` are deliberate."""
+  return (dimension_numbers is None
+          or isinstance(dimension_numbers, BortDimensionNumbers)
+          or isinstance(dimension_numbers, FlaxDimensionNumbers)
+          or is_nnx_module(dimension_numbers))
+
+
+def _looks_like_a_matrix(path, leaf) -> bool:
+  """A floating leaf with two axes of size > 1 and no bias/norm/embed name."""
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is None or not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    return False
+  if sum(d > 1 for d in getattr(leaf, "shape", ())) < 2:
+    return False  # a vector, maybe with unit axes (a ViT's class token)
+  names = path_names(path)
+  last = str(names[-1]).lower() if names else ""
+  return not any(word in last for word in _NOT_MATRICES)
+
+
+def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
+                      ) -> None:
+  """Refuses selected leaves that are not real floating arrays; warns, once,
+  when nothing is selected or when a weight matrix is left out.
+
+  Called at ``init`` (so once per optimizer). Leaves that ``bort_mask``
+  excludes never reach it; a ``None`` in the user's own dimension numbers is
+  deliberate and not reported.
+  """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   selected = 0
+  unreached = []
   for (path, leaf), view in zip(leaves, views):
     if view is None:
+      if _looks_like_a_matrix(path, leaf):
+        unreached.append(path_string(path))
       continue
     selected += 1
     dtype = jnp.dtype(leaf.dtype)
@@ -65,17 +107,37 @@ def check_bort_leaves(params: Any, views) -> None:
           "dimension_numbers (None at that leaf) or bort_mask.")
   if leaves and not selected:  # (optax.tree_map_params inits on no leaves)
     warnings.warn(NO_BORT_PARAMS_MSG, stacklevel=3)
+  elif unreached and _is_default_selection(dimension_numbers):
+    named = ", ".join(repr(p) for p in unreached[:MAX_NAMED])
+    more = len(unreached) - MAX_NAMED
+    if more > 0:
+      named += f" and {more} more"
+    warnings.warn(
+        f"The Bort transform does not reach {named}: weights with two or "
+        "more axes that the default selection (Flax kernels) does not "
+        "select get no Bort correction. Pass dimension_numbers= to include "
+        "them, or exclude them on purpose with bort_mask= (or None at their "
+        "leaf in a dimension_numbers tree).", stacklevel=3)
+
+
+#: The step counter is int32: a larger period would overflow it.
+MAX_EVERY = 2**31 - 1
 
 
 def check_every(every: Any) -> int:
-  """``every``: ``None`` (every step) or a positive Python int, never traced."""
+  """``every``: ``None`` (every step) or an int in [1, 2**31 - 1], not traced."""
   if every is None:
     return 1
   if isinstance(every, jax.core.Tracer):
     raise validation.ArgumentTypeError(
         "every must be a positive integer known when tracing; under "
         "optax.inject_hyperparams pass static_args=('every',).")
-  return validation.check_positive_int("every", every)
+  every = validation.check_positive_int("every", every)
+  if every > MAX_EVERY:
+    raise ValueError(
+        f"every must be at most 2**31 - 1 = {MAX_EVERY} (the step counter is "
+        f"int32), got {every}; pass a smaller period.")
+  return every
 
 
 def _scalar(value: Any, name: str) -> jax.Array:
@@ -192,11 +254,13 @@ def _correction_transform(
   With ``every = k > 1``, adds ``k · strength · Δ`` on steps 0, k, 2k, … only
   (``lax.cond``: the other steps compute no correction).
   """
+  bort_mask = validation.check_mask("bort_mask", bort_mask)
   has_schedule = callable(strength) or callable(amplitude) or every > 1
 
   def init_fn(params):
-    # Bad dimension numbers and dtypes fail now; an empty selection warns.
-    check_bort_leaves(params, resolve_views(dimension_numbers, params))
+    # Bad dimension numbers and dtypes fail now; a weight left out warns.
+    check_bort_leaves(params, resolve_views(dimension_numbers, params),
+                      dimension_numbers)
     if has_schedule:
       return BortState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
@@ -278,8 +342,9 @@ def add_bort_correction(
       under ``nnx.Optimizer``); a callable building such a pytree from the
       params; or an ``nnx.Module``, whose layer types decide (needed for
       layers stacked by ``nnx.vmap``/``nnx.scan``).
-    bort_mask: a pytree or callable of booleans selecting the leaves Bort may
-      act on, handed to :func:`optax.masked`.
+    bort_mask: a pytree of booleans matching the params, or a callable of
+      the params returning one, selecting the leaves Bort may act on, handed
+      to :func:`optax.masked` (anything else raises).
     kernel_options: precision, reduced-precision Gram and block size of the
       full modes (:class:`KernelOptions`).
     every: ``None`` (every step) or k: amortise the correction, applying
@@ -296,7 +361,9 @@ def add_bort_correction(
   Raises:
     ValueError: at construction for an unknown mode, a gamma that is not a
       number ``>= 0`` finite in float32 or a schedule, an amplitude that is not
-      a positive number, a schedule or ``"ada"``, or bad kernel options; at
+      a positive number, a schedule or ``"ada"``, bad kernel options, an
+      ``every`` outside [1, 2**31 - 1] or a ``bort_mask`` that is not a tree
+      of bools or a callable; at
       ``init`` for dimension numbers that do not fit a leaf or a selected leaf
       that is not real floating; at ``update`` without params or when a
       schedule returns a non-scalar.
@@ -304,8 +371,9 @@ def add_bort_correction(
   Values a schedule returns, and values traced under
   :func:`optax.inject_hyperparams`, are not checked: a negative γ pushes the
   weights away from ``W Wᵀ = cI`` (anti-orthogonalises), a negative amplitude
-  targets an infeasible Gram. A tree in which nothing is selected gets a
-  warning at ``init``.
+  targets an infeasible Gram. A tree in which nothing is selected, or in
+  which the default selection leaves a weight matrix out, gets one warning
+  at ``init``.
 
   Non-finite params give non-finite corrections for their leaf only; nothing
   raises. The l2 corrections are cubic in the weights, so a large γ · lr can

@@ -14,7 +14,7 @@ Stable names, for the library, the application and DBort alike:
   ``check_real(name, value, *, low=None, high=None, low_inclusive=True,
   high_inclusive=True, dtype=None)``, ``check_choice(name, value, choices)``,
   ``check_bool(name, value)``, ``check_dtype(name, value, *, kind="floating",
-  allow_none=True)``;
+  allow_none=True)``, ``check_mask(name, value)``;
 - scalars or schedules (a callable of the step count is accepted unchecked,
   as is a value traced under ``optax.inject_hyperparams``):
   ``check_scalar_or_schedule(name, value, *, low=None, high=None,
@@ -185,6 +185,46 @@ def check_bool(name: str, value: Any) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise ArgumentTypeError(f"{name} must be True or False, got {value!r}.")
   return bool(value)
+
+
+def _is_bool_leaf(x: Any) -> bool:
+  if isinstance(x, (bool, np.bool_)):
+    return True
+  return (isinstance(x, (np.ndarray, jax.Array)) and x.ndim == 0
+          and x.dtype == np.bool_ and not _is_traced(x))
+
+
+def _check_mask_tree(name: str, tree: Any, what: str) -> Any:
+  leaves = jax.tree.leaves(tree)
+  bad = next((x for x in leaves if not _is_bool_leaf(x)), None)
+  if not leaves or bad is not None:
+    got = tree if bad is None else bad
+    raise ArgumentTypeError(
+        f"{name} must be a pytree of True/False matching the params or a "
+        f"callable returning one, {what} {type(got).__name__} {got!r}.")
+  return tree
+
+
+def check_mask(name: str, value: Any) -> Any:
+  """A mask for :func:`optax.masked`: ``None``, a pytree of bools, or a
+  callable of the params returning one (checked when it is called).
+
+  Examples:
+    >>> check_mask("bort_mask", {"kernel": True, "bias": False})
+    {'kernel': True, 'bias': False}
+    >>> try:
+    ...   check_mask("bort_mask", "x")
+    ... except TypeError as e:
+    ...   print(e)
+    bort_mask must be a pytree of True/False matching the params or a callable returning one, got str 'x'.
+  """
+  if value is None:
+    return None
+  if callable(value):
+    def checked(params):
+      return _check_mask_tree(name, value(params), "but it returned")
+    return checked
+  return _check_mask_tree(name, value, "got")
 
 
 def check_dtype(name: str, value: Any, *, kind: str = "floating",
