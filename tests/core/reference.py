@@ -3,8 +3,12 @@
 import numpy as np
 
 
-def correction(w: np.ndarray, mode: str, c: float = 1.0) -> np.ndarray:
-  """Δ(W) for one matrix ``w`` (m, n) whose rows are output units."""
+def correction(w: np.ndarray, mode: str, c: float = 1.0,
+               tau: float = 0.01) -> np.ndarray:
+  """Δ(W) for one matrix ``w`` (m, n) whose rows are output units.
+
+  ``tau`` is the Huber modes' width relative to ``c``.
+  """
   w = np.asarray(w, np.float64)
   gram, hgram = w @ w.T, w.T @ w
   row_sq, col_sq = np.sum(w * w, axis=1), np.sum(w * w, axis=0)
@@ -17,6 +21,8 @@ def correction(w: np.ndarray, mode: str, c: float = 1.0) -> np.ndarray:
       "l1-fullcol": w @ np.sign(hgram - c * np.eye(n)),
       "l1-row": np.sign(row_sq - c)[:, None] * w,
       "l1-col": w * np.sign(col_sq - c)[None, :],
+      "huber-fullrow": np.clip((gram - c * np.eye(m)) / (tau * c), -1, 1) @ w,
+      "huber-fullcol": w @ np.clip((hgram - c * np.eye(n)) / (tau * c), -1, 1),
   }[mode]
 
 

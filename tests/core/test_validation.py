@@ -169,7 +169,7 @@ def test_with_bort_refuses_a_learning_rate_its_placement_ignores():
 
 def test_mode_literal_and_modes_agree():
   assert bort_jax.MODES == typing.get_args(bort_jax.Mode)
-  assert len(bort_jax.MODES) == 7
+  assert len(bort_jax.MODES) == 9  # the seven published ones and two Huber
 
 
 def test_bort_mask_is_the_bort_selection_everywhere():
