@@ -170,7 +170,8 @@ def project_to_constraint(
 
   def init_fn(selected):
     # Bad dimension numbers and dtypes fail here; an empty selection warns.
-    check_bort_leaves(selected, resolve_views(dimension_numbers, selected))
+    check_bort_leaves(selected, resolve_views(dimension_numbers, selected),
+                      dimension_numbers)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
@@ -185,6 +186,7 @@ def project_to_constraint(
   # The transform's own selection: optax.masked, then the dimension numbers
   # of the masked tree, so a leaf is projected iff Bort would correct it.
   select = optax.GradientTransformation(init_fn, update_fn)
+  bort_mask = validation.check_mask("bort_mask", bort_mask)
   if bort_mask is not None:
     select = optax.masked(select, bort_mask)
   state = select.init(params)
