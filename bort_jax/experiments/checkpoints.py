@@ -4,7 +4,10 @@ A checkpoint holds two items: ``state``, a pytree of arrays (the model, the
 optimizer state and the epoch's running metrics), and ``meta``, JSON (the
 step, the history, the config and data fingerprints). The manager keeps the
 two newest; :meth:`Checkpoints.restore` falls back to the older one when the
-newest cannot be read, and says so. In a multi-process run every process
+newest cannot be read, moves the damaged one aside (``<step>.damaged-<n>``,
+so that the run can save that step again) and says so.
+:func:`remove_all` removes a run's checkpoints and nothing else of the
+folder. In a multi-process run every process
 saves and restores together (orbax's multi-process protocol: process 0
 writes the shared files, the arrays are global ``jax.Array``\ s restored with
 the shardings the caller asks for).
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -25,13 +30,20 @@ from bort_jax.experiments import errors
 MAX_TO_KEEP = 2
 
 
+#: What a checkpoints folder holds of ours: a step orbax wrote or was writing
+#: (``7``, ``7.orbax-checkpoint-tmp…``) and a damaged one moved aside.
+_OURS = re.compile(r"\d+(\.orbax-checkpoint-tmp.*|\.damaged-\d+)?")
+
+
 class CheckpointError(errors.ExperimentError):
   """No checkpoint of the run can be saved or restored."""
 
 
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0] if text else ''}"
+  # tensorstore appends a dump of its spec to the first line.
+  line = (text[0] if text else "").split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {line}"
 
 
 class Checkpoints:
@@ -69,6 +81,10 @@ class Checkpoints:
         max_to_keep=MAX_TO_KEEP, create=create,
         enable_async_checkpointing=False, **extra)
     self.directory = os.path.abspath(os.fspath(directory))
+    # Who renames a damaged step (orbax's primary host), and whether the
+    # other processes must wait for it.
+    self._primary = this_process_only or jax.process_index() == 0
+    self._together = not this_process_only and jax.process_count() > 1
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
@@ -111,17 +127,23 @@ class Checkpoints:
               ) -> tuple[int, Any, dict[str, Any]]:
     """The newest checkpoint that can be read: ``(step, state, meta)``.
 
+    A damaged checkpoint newer than the one restored is renamed
+    ``<step>.damaged-<n>`` (orbax no longer sees it, so the run can save that
+    step again), and ``log`` is told in one line. When none can be read,
+    nothing is moved.
+
     Args:
       abstract_state: the state's structure, shapes and dtypes.
-      log: told about each damaged checkpoint that is skipped.
+      log: told about each damaged checkpoint that is moved aside.
 
     Returns:
       The step, the restored state and the meta.
 
     Raises:
-      CheckpointError: no kept checkpoint can be read.
+      CheckpointError: no kept checkpoint can be read, or a damaged one
+        cannot be moved aside.
     """
-    failures = []
+    damaged = []
     for step in reversed(self.steps()):
       try:
         restored = _quietly(lambda: self._manager.restore(
@@ -132,18 +154,47 @@ class Checkpoints:
         if not isinstance(meta, dict) or meta.get("step") != step:
           raise ValueError(f"its meta is not the meta of step {step}")
       except Exception as e:  # tensorstore, orbax and JSON errors alike
-        failures.append(f"step {step} ({_first_line(e)})")
-        if log is not None:
-          log(f"Checkpoint {step} in {self.directory!r} is damaged "
-              f"({_first_line(e)}); trying the previous one.")
+        damaged.append((step, _first_line(e)))
         continue
-      if failures and log is not None:
-        log(f"Resuming from checkpoint {step} instead.")
+      self._move_aside(damaged, step, log)
       return step, restored.state, meta
     raise CheckpointError(
         f"No checkpoint in {self.directory!r} can be read: "
-        + ("; ".join(failures) or "there is none")
+        + ("; ".join(f"step {s} ({why})" for s, why in damaged)
+           or "there is none")
         + ". Start over with --overwrite.")
+
+  def _move_aside(self, damaged: list[tuple[int, str]], restored: int,
+                  log: Callable[[str], None] | None) -> None:
+    """Renames the damaged steps, so that saving them again succeeds."""
+    if not damaged:
+      return
+    moved = {}
+    if self._primary:
+      for step, why in damaged:
+        source = os.path.join(self.directory, str(step))
+        n = 1
+        while os.path.lexists(f"{source}.damaged-{n}"):
+          n += 1
+        try:
+          os.rename(source, f"{source}.damaged-{n}")
+        except OSError as e:
+          raise CheckpointError(
+              f"Checkpoint {step} in {self.directory!r} is damaged ({why}) "
+              f"and cannot be moved aside ({e.strerror or e}); move "
+              f"{source!r} out of the folder, or start over with "
+              "--overwrite.") from None
+        moved[step] = f"{source}.damaged-{n}"
+    if self._together:  # the others list the steps once process 0 renamed
+      ocp.multihost.sync_global_processes("bort_jax_damaged_moved_aside")
+    self._manager.reload()
+    if log is not None:
+      for step, why in damaged:
+        last = step == damaged[-1][0]
+        log(f"Checkpoint {step} in {self.directory!r} is damaged ({why}); "
+            f"moved it aside to {moved.get(step, str(step) + '.damaged-*')!r}."
+            + (f" Resuming from checkpoint {restored} instead." if last
+               else ""))
 
 
 def _quietly(fn):
@@ -163,3 +214,50 @@ def latest_step(directory: str | os.PathLike[str]) -> int | None:
     return None
   with Checkpoints(directory, create=False, this_process_only=True) as ckpt:
     return ckpt.latest_step()
+
+
+def remove_all(directory: str | os.PathLike[str]) -> None:
+  """Removes a run's checkpoints from ``directory``, and nothing else.
+
+  Only the steps orbax wrote (or was writing) and the damaged ones moved
+  aside go; any other file or folder in ``directory`` is kept, and
+  ``directory`` itself is removed only if that leaves it empty. A symlink is
+  removed, never followed.
+
+  Args:
+    directory: a run's checkpoints folder (it may be absent).
+
+  Raises:
+    CheckpointError: a checkpoint cannot be removed.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from bort_jax.experiments.checkpoints import remove_all
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoints")
+    >>> os.makedirs(os.path.join(path, "5", "state"))
+    >>> open(os.path.join(path, "notes.txt"), "w").close()
+    >>> remove_all(path)
+    >>> os.listdir(path)
+    ['notes.txt']
+  """
+  path = os.fspath(directory)
+  try:
+    if os.path.islink(path):
+      os.unlink(path)
+      return
+    if not os.path.isdir(path):
+      return
+    for name in os.listdir(path):
+      if not _OURS.fullmatch(name):
+        continue
+      entry = os.path.join(path, name)
+      if os.path.isdir(entry) and not os.path.islink(entry):
+        shutil.rmtree(entry)
+      else:
+        os.unlink(entry)
+    if not os.listdir(path):
+      os.rmdir(path)
+  except OSError as e:
+    raise CheckpointError(
+        f"Cannot remove checkpoint {e.filename or path!r}: "
+        f"{e.strerror or e}.") from None

@@ -5,11 +5,15 @@ Training runs, the demo and the examples write only through a
 
 - :func:`check_path` refuses, before anything is written, a path orbax
   cannot checkpoint into (it reads ``[``, ``]`` and ``\\`` as glob or escape
-  characters, so checkpoints would not restore or would land elsewhere) and
+  characters, so checkpoints would not restore or would land elsewhere, and
+  a component such as ``gs:`` as a cloud URL's scheme) and
   an output folder that cannot be written (read-only, full, not a folder).
 - :meth:`RunFolder.open` holds an exclusive ``fcntl.flock`` on a lock file
   holding the owner's pid: a second process is refused, naming the pid; a
-  lock left by a killed process (``kill -9``) is noticed and taken over.
+  lock left by a killed process (``kill -9``) is noticed and taken over. The
+  owner removes the lock file before releasing it, and a lock counts only on
+  the file still at the lock path, so the lock stays exclusive while
+  processes come and go; a lock path that is not a regular file is refused.
 - :meth:`RunFolder.clear` removes only the names it is given, and the
   callers first check that the folder is theirs (a training run's
   ``config.json`` parses as a training config; the demo and the examples
@@ -26,8 +30,10 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -42,6 +48,10 @@ MARKER_NAME = ".bort-jax-output.json"
 UNSAFE_CHARACTERS = "[]\\*?"
 
 _TEMP_SUFFIX = ".tmp"
+#: A path component that looks like a URL scheme (``gs:``, ``s3:``): after
+#: ``os.path.abspath`` folds ``gs://b`` into ``gs:/b``, orbax (etils,
+#: tensorstore) turns it back into ``gs://b`` and writes to a bucket.
+_SCHEME_COMPONENT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class RunDirectoryError(errors.ExperimentError):
@@ -62,9 +72,10 @@ def check_path(path: str | os.PathLike[str]) -> Path:
     The absolute path.
 
   Raises:
-    RunDirectoryError: the path holds a character orbax cannot take, is not a
-      folder, or its folder (or nearest existing parent) is not writable or
-      has no free space.
+    RunDirectoryError: the path holds a character orbax cannot take or a
+      folder named like a URL scheme (``gs:``), is not a folder, or its
+      folder (or nearest existing parent) is not writable or has no free
+      space.
 
   Examples:
     >>> from bort_jax.experiments.run_dir import check_path
@@ -84,6 +95,12 @@ def check_path(path: str | os.PathLike[str]) -> Path:
         "orbax reads as glob or escape characters (checkpoints would not "
         "restore, or would be written elsewhere); choose a name without "
         f"{' '.join(UNSAFE_CHARACTERS)}, e.g. with _ or = instead.")
+  schemes = [p for p in absolute.parts if _SCHEME_COMPONENT.fullmatch(p)]
+  if schemes:
+    raise RunDirectoryError(
+        f"The output path {str(absolute)!r} has a folder named "
+        f"{schemes[0]!r}, which orbax reads as a URL scheme (it would write "
+        f"to {schemes[0]}//...); choose a name without the trailing ':'.")
   existing = absolute
   while not existing.exists():
     if existing.parent == existing:
@@ -123,6 +140,66 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:
     return True
   return True
+
+
+def _check_lock_file(lock: Path, mode: int) -> None:
+  """Refuses a lock file that is not a regular file (a FIFO, a link, …)."""
+  if stat.S_ISREG(mode):
+    return
+  kind = ("a symbolic link" if stat.S_ISLNK(mode) else
+          "a folder" if stat.S_ISDIR(mode) else
+          "a FIFO" if stat.S_ISFIFO(mode) else
+          "a socket" if stat.S_ISSOCK(mode) else "a device")
+  raise RunDirectoryError(
+      f"The lock file {str(lock)!r} is {kind}, not a regular file; remove it, "
+      "or choose another --out.")
+
+
+def _lock(folder: Path) -> int:
+  """Takes the folder's lock; returns the locked lock file's descriptor.
+
+  The holder unlinks the lock file before it releases it (so a finished run
+  leaves no lock file). A process that opened the file before that locks an
+  unlinked inode once it is released, and a newcomer creates and locks a new
+  file: both would hold the folder. So a lock counts only if the file is
+  still the one at the lock path; otherwise it is taken again.
+  """
+  lock = folder / LOCK_NAME
+  while True:
+    try:
+      _check_lock_file(lock, os.lstat(lock).st_mode)
+    except FileNotFoundError:
+      pass
+    try:
+      # O_NONBLOCK: opening a FIFO planted there must not wait for a writer.
+      fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                   | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+      raise RunDirectoryError(
+          f"Cannot use {str(folder)!r}: cannot open its lock file "
+          f"{str(lock)!r} ({_one_line(e)}); remove it, or choose another "
+          "--out.") from None
+    try:
+      held = os.fstat(fd)
+      _check_lock_file(lock, held.st_mode)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        raise RunDirectoryError(
+            f"{str(folder)!r} is in use by another bort-jax process (pid "
+            f"{owner or 'unknown'}); wait for it to finish, or choose another "
+            "--out.") from None
+      try:
+        current = os.lstat(lock)
+      except FileNotFoundError:
+        current = None
+      if current is not None and os.path.samestat(current, held):
+        return fd
+    except BaseException:
+      os.close(fd)
+      raise
+    os.close(fd)  # the previous holder unlinked it: take the new one
 
 
 class RunFolder:
@@ -167,21 +244,12 @@ class RunFolder:
     created = not absolute.exists()
     try:
       absolute.mkdir(parents=True, exist_ok=True)
-      fd = os.open(absolute / LOCK_NAME,
-                   os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as e:
       raise RunDirectoryError(
           f"Cannot use {str(absolute)!r}: {_one_line(e)}.") from None
+    fd = _lock(absolute)
     notes = []
     try:
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        raise RunDirectoryError(
-            f"{str(absolute)!r} is in use by another bort-jax process (pid "
-            f"{owner or 'unknown'}); wait for it to finish, or choose another "
-            "--out.") from None
       previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
       if previous.isdigit() and int(previous) != os.getpid():
         state = ("running without the lock" if _pid_alive(int(previous))
@@ -190,6 +258,10 @@ class RunFolder:
                      f"{str(absolute)!r}")
       os.ftruncate(fd, 0)
       os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+      os.close(fd)
+      raise RunDirectoryError(
+          f"Cannot use {str(absolute)!r}: {_one_line(e)}.") from None
     except BaseException:
       os.close(fd)
       raise
@@ -205,10 +277,15 @@ class RunFolder:
     """Releases the lock (and removes the folder if asked and empty)."""
     if self._lock_fd is None:
       return
-    with contextlib.suppress(OSError):
-      os.unlink(self.path / LOCK_NAME)
-    os.close(self._lock_fd)
-    self._lock_fd = None
+    fd, self._lock_fd = self._lock_fd, None
+    try:
+      # Unlinked while still held: a process waiting on this file then sees
+      # that it is gone (see _lock) instead of taking a lock nobody else sees.
+      with contextlib.suppress(OSError):
+        if os.path.samestat(os.lstat(self.path / LOCK_NAME), os.fstat(fd)):
+          os.unlink(self.path / LOCK_NAME)
+    finally:
+      os.close(fd)
     if remove_if_empty and self.created:
       with contextlib.suppress(OSError):
         self.path.rmdir()

@@ -10,8 +10,9 @@ the rules below under the folder's lock (:class:`run_dir.RunFolder`):
   with no checkpoint yet (it was stopped before its first one);
 - ``resume`` needs the run's ``config.json``; without a checkpoint the run
   starts from step 0;
-- ``overwrite`` removes the run's files, and only them, and only from a
-  folder whose ``config.json`` is a training config.
+- ``overwrite`` removes the run's files, and only them (in
+  ``checkpoints/``, only the steps saved there), and only from a folder
+  whose ``config.json`` is a training config.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import run_dir as run_dir_lib
 from bort_jax.experiments.run_dir import RunDirectoryError
 
-#: The files a run folder holds; ``overwrite`` removes only these.
+#: The files a run folder holds; ``overwrite`` removes only these (and of
+#: ``checkpoints/``, only the checkpoints, see ``checkpoints.remove_all``).
 RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoints")
 
 _CSV_FIELDS = (
@@ -141,7 +143,8 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
       raise RunDirectoryError(
           f"--overwrite refused: {where!r} is not a bort-jax training run "
           f"({why_not}), so nothing in it is deleted; choose another --out.")
-    folder.clear(RUN_FILES)
+    checkpoints_lib.remove_all(checkpoint_dir(folder))
+    folder.clear([name for name in RUN_FILES if name != "checkpoints"])
     return False
   has_checkpoint = checkpoints_lib.latest_step(checkpoint_dir(folder)) is not None
   if resume:
