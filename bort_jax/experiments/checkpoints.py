@@ -112,15 +112,27 @@ class Checkpoints:
     Raises:
       CheckpointError: the checkpoint cannot be written (e.g. a full disk).
     """
-    try:
+    def write():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
           force=True)
       self._manager.wait_until_finished()
+
+    try:
+      # orbax's writer threads log each failure with a traceback before it
+      # reaches us; the one line below says it all.
+      _quietly(write)
     except Exception as e:  # orbax wraps OSError in its own errors
+      reason = _first_line(e)
+      if "No space left on device" in reason or "os_error_code='28'" in reason:
+        before = [s for s in self.steps() if s < step]
+        kept = (f"checkpoint {before[-1]} is intact, so continue with "
+                "--resume" if before else "nothing was saved yet")
+        reason = (f"no space left on the device; free some space ({kept}) "
+                  "or choose another --out")
       raise CheckpointError(
           f"Cannot save checkpoint {step} in {self.directory!r}: "
-          f"{_first_line(e)}") from e
+          f"{reason}.") from e
 
   def restore(self, abstract_state: Any,
               log: Callable[[str], None] | None = None
