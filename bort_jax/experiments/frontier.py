@@ -1,26 +1,35 @@
 """The accuracy–explainability frontier: what a Bort user actually chooses.
 
 For one model and dataset, :func:`run_frontier` trains every point of a grid
-(γ on a log grid × mode × placement × amplitude, optionally with a γ warm-up
-and an amortised correction, ``bort_every``)
-for several seeds, each paired with the baseline of its placement (AdamW for
-the decoupled Bort-AdamW, SGD for the coupled Bort-SGD, at the same learning
-rate). Every setting is judged on a validation split carved from the end of
-the training set; the test set is evaluated once per run and reported, never
-used to choose.
+(:data:`AXES`: learning rate per placement × mode × amplitude × γ on a log
+grid per placement, optionally with a γ warm-up and an amortised correction,
+``bort_every``) for several seeds, with the baseline of each placement
+(AdamW for the decoupled Bort-AdamW, SGD for the coupled Bort-SGD) at every
+learning rate of that placement. Every setting is judged on a validation
+split carved from the end of the training set; the test set is evaluated
+once per run and reported, never used to choose.
 
-Per point it reports the validation and test accuracy, the mean constraint
-error, the largest ``|cos|`` between units, the PSNR of the stage-1
-reconstruction (the input backtracked from the first hidden layer, for models
-:mod:`bort_jax.explain` can invert) and the step time, as mean ± std over the
-seeds. Each run trains in its own folder under ``points/`` (config,
-metrics, checkpoints) and is recorded in ``runs.json`` once it has finished;
-a rerun skips the recorded runs and resumes an interrupted one from its
-checkpoint. SIGINT or SIGTERM stops the sweep after the current step
+Each Bort point is paired with its placement's baseline chosen on validation
+(:func:`choose_baseline`: the learning rate with the highest validation
+mean, at the same value of every other non-Bort axis), seed by seed (the
+same seed: the same initialisation and batches): per point, the paired
+differences on validation and on test with their mean, sample std and 95 %
+t-interval (:func:`pair`). Per point it also reports the validation and test
+accuracy, their gap, the mean constraint error, the largest ``|cos|``
+between units and the step time (mean ± std over the seeds), and, for
+models :mod:`bort_jax.explain` can invert, the PSNR of the stage-1
+reconstruction (the input backtracked from the first hidden layer) as the
+seeds passing 25 dB and the median, beside the same reconstruction with the
+first layer inverted by its pseudo-inverse (what an exact inverse recovers).
+
+Each run trains in its own folder under ``points/`` (config, metrics,
+checkpoints) and is recorded in ``runs.json`` once it has finished; a rerun
+skips the recorded runs and resumes an interrupted one from its checkpoint.
+SIGINT or SIGTERM stops the sweep after the current step
 (:class:`~bort_jax.experiments.signals.Interrupted`; ``bort-jax frontier``
-exits with 130 or 143). The sweep writes the aggregate ``frontier.json`` and
-the figure ``frontier.png``: accuracy against constraint error, coloured by
-PSNR, Pareto front marked.
+exits with 130 or 143). The sweep writes ``frontier.json``, the table
+``frontier.md`` and the figure ``frontier.png``: accuracy against
+constraint error, coloured by PSNR where there is one, Pareto front marked.
 
 A grid takes each value once, and a point's name (:func:`point_name`) tells
 any two points apart; a bad grid, ``validation``, ``max_error`` or
@@ -28,7 +37,9 @@ any two points apart; a bad grid, ``validation``, ``max_error`` or
 
 Selection (per placement, on validation means, :func:`select`): the most
 accurate point whose constraint error is at most ``max_error`` (0.05), and
-whether it is also free (within ``tolerance``, 0.2 pp, of the baseline).
+whether it is also free (at most ``tolerance``, the margin, 0.2 pp, below
+its baseline). When no point is that tight, the tightest is reported as
+such, not as a pick.
 """
 
 from __future__ import annotations
@@ -48,13 +59,89 @@ from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.run_data import validation_split  # noqa: F401
 
 #: The base optimizer of each placement: the frontier pairs every Bort point
-#: with its placement's baseline at the same learning rate.
+#: with its placement's baseline (:func:`choose_baseline`).
 PLACEMENTS = {"decoupled": ("adamw", "bort-adamw"),
               "coupled": ("sgd", "bort-sgd")}
 
-#: The figures a run reports.
+#: The figures a run reports (``pinv_psnr``: the stage-1 reconstruction with
+#: the first layer inverted by its pseudo-inverse, the reference of
+#: ``reconstruction_psnr``).
 METRICS = ("val_accuracy", "test_accuracy", "constraint_error", "max_cosine",
-           "reconstruction_psnr", "step_time_ms")
+           "reconstruction_psnr", "pinv_psnr", "step_time_ms")
+
+#: The PSNR (dB) a run's stage-1 reconstruction must reach to pass.
+PSNR_PASS_DB = 25.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """One axis of the grid: a :class:`Grid` attribute, its flag, its field.
+
+  Attributes:
+    attribute: the :class:`Grid` attribute holding the values (a tuple, or
+      a dict of tuples by placement when ``per_placement``).
+    field: the :class:`~bort_jax.experiments.config.TrainConfig` field the
+      values set.
+    flag: the command-line flag (``{placement}`` is filled in per
+      placement).
+    parse: turns one comma-separated item into a value.
+    help: the flag's help (without its default).
+    bort_only: the axis applies to Bort points only; otherwise baselines
+      run at every value too, and a Bort point is paired with a baseline at
+      its own value (except for ``learning_rate``, which the baseline's
+      validation chooses).
+    per_placement: the values differ by placement.
+    tag: the prefix of the value in a point's name (``None``: the value is
+      part of the fixed name ``<optimizer>_<mode>_<amp>_g<gamma>``).
+    silent: the value left out of the name (older frontiers' names), and,
+      when ``None``, out of the point: the field keeps its shared value.
+    missing: for a per-placement axis, the values of a placement the dict
+      leaves out (``None``: it must be given).
+  """
+
+  attribute: str
+  field: str
+  flag: str
+  parse: Callable[[str], Any]
+  help: str
+  bort_only: bool = True
+  per_placement: bool = False
+  tag: str | None = None
+  silent: Any = None
+  missing: tuple | None = None
+
+
+def _amplitude(text: str) -> float | str:
+  return text if text == "ada" else float(text)
+
+
+#: The grid's axes, in the order a point's name lists them. A new axis is a
+#: :class:`Grid` attribute and one entry here (its flag, parsing and naming
+#: follow); the learning rate comes first so that the points of a grid
+#: without ``--lrs-*`` are those, and in the order, older frontiers ran.
+AXES = (
+    Axis("lrs", "learning_rate", "--lrs-{placement}", float,
+         "learning rates of the {placement} placement, baselines and Bort "
+         "points alike", bort_only=False, per_placement=True, tag="lr",
+         missing=(None,)),
+    Axis("modes", "mode", "--modes", str, "Bort modes"),
+    Axis("amplitudes", "amplitude", "--amplitudes", _amplitude,
+         "amplitudes (1 and/or ada)"),
+    Axis("gammas", "gamma", "--gammas-{placement}", float,
+         "gamma grid of the {placement} placement", per_placement=True),
+    Axis("gamma_warmups", "gamma_warmup", "--gamma-warmups", float,
+         "gamma ramps in epochs (0: constant gamma)", tag="ramp", silent=0),
+    Axis("bort_everys", "bort_every", "--bort-everys", int,
+         "apply the correction every k steps, as k*gamma*Delta (1: every "
+         "step)", tag="every", silent=1),
+)
+
+
+AXIS = {axis.attribute: axis for axis in AXES}
+
+
+def _flag(axis: Axis, placement: str) -> str:
+  return axis.flag.format(placement=placement)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +158,10 @@ class Grid:
     gamma_warmups: γ ramps, in epochs (0: constant γ).
     bort_everys: how often the correction is applied (k: ``k·γ·Δ`` on every
       k-th step; 1: every step).
+    lrs: the learning rates per placement; the baseline and every Bort
+      point of a placement run at each. ``(None,)`` (the default, also for
+      a placement left out): the shared ``--lr``, else the optimizer's
+      default, and the names of older frontiers.
     seeds: the seeds of every point.
   """
 
@@ -82,10 +173,11 @@ class Grid:
   amplitudes: tuple[float | str, ...] = (1.0, "ada")
   gamma_warmups: tuple[float, ...] = (0.0,)
   bort_everys: tuple[int, ...] = (1,)
+  lrs: dict[str, tuple[float | None, ...]] = dataclasses.field(
+      default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
   seeds: tuple[int, ...] = (0, 1, 2)
 
   def __post_init__(self):
-    # A repeat would train the same run twice and count it as two seeds.
     for placement in self.placements:
       if placement not in PLACEMENTS:
         raise ConfigError(
@@ -95,31 +187,47 @@ class Grid:
         raise ConfigError(
             f"The grid has no gammas for the {placement} placement; pass "
             f"--gammas-{placement}.")
-    lists = {"--placements": self.placements, "--modes": self.modes,
-             "--amplitudes": self.amplitudes,
-             "--gamma-warmups": self.gamma_warmups,
-             "--bort-everys": self.bort_everys, "--seeds": self.seeds,
-             **{f"--gammas-{p}": self.gammas[p] for p in self.placements}}
+    lists = {"--placements": self.placements, "--seeds": self.seeds}
+    for axis in AXES:
+      for placement in (self.placements if axis.per_placement else (None,)):
+        lists[_flag(axis, placement or "")] = self.values(axis, placement)
     for flag, values in lists.items():
       if not values:
         raise ConfigError(f"{flag} is empty; give at least one value.")
       for i, value in enumerate(values):
+        # A repeat would train the same run twice and count it as two seeds.
         if value in values[:i]:
           raise ConfigError(
               f"{flag} repeats {value!r}; give each value once (a repeat "
               "trains the same run twice).")
+    for placement in self.placements:
+      for lr in self.values(AXIS["lrs"], placement):
+        if lr is not None and not (isinstance(lr, numbers.Real)
+                                   and math.isfinite(lr) and lr > 0):
+          raise ConfigError(
+              f"--lrs-{placement} takes positive finite learning rates, got "
+              f"{lr!r}.")
+
+  def values(self, axis: Axis, placement: str | None = None) -> tuple:
+    """The values of ``axis`` (for ``placement`` when it is per placement)."""
+    values = getattr(self, axis.attribute)
+    if not axis.per_placement:
+      return tuple(values)
+    if placement not in values and axis.missing is not None:
+      return axis.missing
+    return tuple(values[placement])
 
   def points(self) -> list[dict[str, Any]]:
     """Every point, baselines first: dicts of config overrides."""
-    out = [{"placement": p, "optimizer": PLACEMENTS[p][0]}
-           for p in self.placements]
-    for p in self.placements:
-      for mode, amplitude, gamma, ramp, every in itertools.product(
-          self.modes, self.amplitudes, self.gammas[p], self.gamma_warmups,
-          self.bort_everys):
-        out.append({"placement": p, "optimizer": PLACEMENTS[p][1],
-                    "mode": mode, "amplitude": amplitude, "gamma": gamma,
-                    "gamma_warmup": ramp, "bort_every": every})
+    out = []
+    for bort in (False, True):
+      axes = [a for a in AXES if bort or not a.bort_only]
+      for p in self.placements:
+        for combo in itertools.product(*(self.values(a, p) for a in axes)):
+          point = {"placement": p, "optimizer": PLACEMENTS[p][bort]}
+          point.update({a.field: v for a, v in zip(axes, combo)
+                        if v is not None})
+          out.append(point)
     return out
 
 
@@ -129,6 +237,8 @@ def _number(value: float) -> str:
   ``:g`` where it is exact (the names of older frontiers: ``1``, ``0.003``),
   else ``repr`` (``0.1000001``, which ``:g`` would round to ``0.1``).
   """
+  if isinstance(value, str):
+    return value
   text = format(value, "g")
   return text if float(text) == value else repr(float(value))
 
@@ -138,7 +248,9 @@ def point_name(point: dict[str, Any]) -> str:
 
   Every number reads back as exactly its value, so a near-duplicate
   (``0.1000001`` beside ``0.1``) gets its own name, and the names of older
-  frontiers, whose numbers ``:g`` wrote exactly, are unchanged.
+  frontiers, whose numbers ``:g`` wrote exactly, are unchanged. An axis at
+  its silent value (:data:`AXES`: no ramp, every step, the shared learning
+  rate) adds nothing to the name.
 
   Examples:
     >>> from bort_jax.experiments.frontier import point_name
@@ -146,17 +258,20 @@ def point_name(point: dict[str, Any]) -> str:
     ...          "amplitude": "ada", "gamma": 0.1}
     >>> point_name(point), point_name({**point, "gamma": 0.1000001})
     ('bort-adamw_l1-fullrow_ada_g0.1', 'bort-adamw_l1-fullrow_ada_g0.1000001')
+    >>> point_name({"optimizer": "adamw", "learning_rate": 0.003})
+    'adamw_lr0.003'
   """
   if "gamma" not in point:
-    return point["optimizer"]
-  amp = ("ada" if point["amplitude"] == "ada"
-         else f"c{_number(point['amplitude'])}")
-  name = (f"{point['optimizer']}_{point['mode']}_{amp}_"
-          f"g{_number(point['gamma'])}")
-  if point.get("gamma_warmup"):
-    name += f"_ramp{_number(point['gamma_warmup'])}"
-  if point.get("bort_every", 1) != 1:
-    name += f"_every{point['bort_every']}"
+    name = point["optimizer"]
+  else:
+    amp = ("ada" if point["amplitude"] == "ada"
+           else f"c{_number(point['amplitude'])}")
+    name = (f"{point['optimizer']}_{point['mode']}_{amp}_"
+            f"g{_number(point['gamma'])}")
+  for axis in AXES:
+    value = point.get(axis.field, axis.silent)
+    if axis.tag is not None and value != axis.silent:
+      name += f"_{axis.tag}{_number(value)}"
   return name
 
 
@@ -188,17 +303,136 @@ def pareto_front(errors: Sequence[float], accuracies: Sequence[float]
 
 
 def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-  """Mean, std and count of every metric over a point's seeds."""
+  """Mean, std, count and per-seed values of every metric over a point's seeds.
+
+  Each metric's ``values`` lists the runs' values in the order of
+  ``seeds`` (``None`` where a run has none). A PSNR also gets ``passed``
+  (the runs at or above :data:`PSNR_PASS_DB`) and ``median``: a mean of dB
+  values is dominated by its best run. ``val_test_gap`` is the mean over
+  seeds of validation minus test accuracy.
+  """
   runs = list(runs)
   out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
-  for metric in METRICS:
-    values = [r[metric] for r in runs if r.get(metric) is not None]
-    if values:
-      out[metric] = {"mean": float(np.mean(values)),
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1
-                     else 0.0, "n": len(values)}
-    else:
+  columns = {m: [r.get(m) for r in runs] for m in METRICS}
+  columns["val_test_gap"] = [
+      None if r.get("val_accuracy") is None or r.get("test_accuracy") is None
+      else r["val_accuracy"] - r["test_accuracy"] for r in runs]
+  for metric, column in columns.items():
+    values = [v for v in column if v is not None]
+    if not values:
       out[metric] = None
+      continue
+    out[metric] = {"mean": float(np.mean(values)),
+                   "std": float(np.std(values, ddof=1)) if len(values) > 1
+                   else 0.0, "n": len(values), "values": column}
+    if metric.endswith("psnr"):
+      out[metric].update(median=float(np.median(values)), passed=sum(
+          v >= PSNR_PASS_DB for v in values))
+  return out
+
+
+def paired_statistics(differences: Sequence[float],
+                      confidence: float = 0.95) -> dict[str, Any]:
+  """Mean, sample std and t-interval of paired differences (in pp).
+
+  .. math::
+    \\bar d ± t_{(1+q)/2,\\,n-1} \\, s / \\sqrt{n}
+
+  Args:
+    differences: one difference per seed, in accuracy units (0.01 = 1 pp).
+    confidence: the interval's coverage ``q``.
+
+  Returns:
+    ``{"d_pp", "n", "mean_pp", "std_pp", "ci_pp"}``; with one seed the std
+    and the interval are ``None`` (one difference says nothing about its
+    spread).
+
+  Examples:
+    >>> from bort_jax.experiments.frontier import paired_statistics
+    >>> stats = paired_statistics([0.01, 0.02, 0.03])
+    >>> stats["mean_pp"], stats["std_pp"]
+    (2.0, 1.0)
+    >>> [round(v, 3) for v in stats["ci_pp"]]  # 2 ± 4.303 / √3
+    [-0.484, 4.484]
+  """
+  from scipy import stats as scipy_stats  # comes with scikit-learn (app)
+  d = [100 * float(v) for v in differences]
+  n = len(d)
+  if n == 0:
+    return {"d_pp": [], "n": 0, "mean_pp": None, "std_pp": None,
+            "ci_pp": None}
+  mean = float(np.mean(d))
+  if n < 2:
+    return {"d_pp": d, "n": 1, "mean_pp": mean, "std_pp": None,
+            "ci_pp": None}
+  std = float(np.std(d, ddof=1))
+  half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1)) * std / (
+      math.sqrt(n))
+  return {"d_pp": d, "n": n, "mean_pp": mean, "std_pp": std,
+          "ci_pp": [mean - half, mean + half]}
+
+
+# The point fields a Bort point and its baseline share; the learning rate is
+# not among them: the baseline's own validation chooses it.
+def _shared(point: dict[str, Any]) -> dict[str, Any]:
+  fields = {a.field for a in AXES if not a.bort_only} - {"learning_rate"}
+  return {k: point.get(k) for k in ("placement", *sorted(fields))}
+
+
+def choose_baseline(point: dict[str, Any], points: list[dict[str, Any]]
+                    ) -> dict[str, Any] | None:
+  """The baseline a Bort point is compared with, chosen on validation.
+
+  Among the baselines of the point's placement at the same value of every
+  other non-Bort axis, the one (learning rate) with the highest validation
+  mean; the first such on a tie. ``None`` when there is none.
+  """
+  base = PLACEMENTS[point["point"]["placement"]][0]
+  mine = [p for p in points if p["point"]["optimizer"] == base
+          and _shared(p["point"]) == _shared(point["point"])
+          and p["summary"].get("val_accuracy") is not None]
+  if not mine:
+    return None
+  return max(mine, key=lambda p: p["summary"]["val_accuracy"]["mean"])
+
+
+def _per_seed(summary: dict[str, Any], metric: str) -> dict[int, float]:
+  stat = summary.get(metric)
+  if stat is None or "values" not in stat:
+    return {}
+  return {seed: v for seed, v in zip(summary["seeds"], stat["values"])
+          if v is not None}
+
+
+def pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Adds ``paired`` to every Bort point: its differences from its baseline.
+
+  The baseline is :func:`choose_baseline`'s; the differences are taken seed
+  by seed (the same seed: the same initialisation and batches) on the seeds
+  both have, on validation and on test accuracy
+  (:func:`paired_statistics`). A point without a baseline gets
+  ``paired: None``.
+
+  Returns:
+    The points, each Bort point with ``paired: {"baseline": name, "val":
+    {...}, "test": {...}}``.
+  """
+  out = []
+  for p in points:
+    if "gamma" not in p["point"]:
+      out.append(p)
+      continue
+    baseline = choose_baseline(p, points)
+    paired = None
+    if baseline is not None:
+      paired = {"baseline": baseline["name"]}
+      for split in ("val", "test"):
+        mine = _per_seed(p["summary"], f"{split}_accuracy")
+        theirs = _per_seed(baseline["summary"], f"{split}_accuracy")
+        seeds = [s for s in mine if s in theirs]
+        paired[split] = {"seeds": seeds, **paired_statistics(
+            [mine[s] - theirs[s] for s in seeds])}
+    out.append({**p, "paired": paired})
   return out
 
 
@@ -209,34 +443,55 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
   The most accurate point (validation mean) among those whose constraint
   error is at most ``max_error``: Bort is for an orthogonal network, so the
   constraint comes first and its price is reported, not hidden. Without
-  such a point, the tightest one. Each choice carries ``free``: whether its
-  validation accuracy is within ``tolerance`` of the baseline's.
+  such a point, the tightest one, with ``meets_max_error`` false. Each
+  choice carries ``free``: whether its validation accuracy is at most
+  ``tolerance`` (the margin) below that of its baseline
+  (:func:`choose_baseline`).
 
   Args:
     points: aggregated points (``point`` and ``summary`` keys).
     max_error: the largest constraint error that counts as tight.
-    tolerance: how much validation accuracy below the baseline's is free.
+    tolerance: the margin: how much validation accuracy below the
+      baseline's is free.
 
   Returns:
-    ``{placement: point}``, each point with ``free`` and ``cost`` (the
-    validation accuracy below the baseline's) added.
+    ``{placement: point}``, each point with ``baseline`` (its name),
+    ``cost`` (the validation accuracy below the baseline's), ``free`` and
+    ``meets_max_error`` added.
   """
   chosen = {}
-  for placement, (base, _) in PLACEMENTS.items():
-    mine = [p for p in points if p["point"]["placement"] == placement]
-    baseline = [p for p in mine if p["point"]["optimizer"] == base]
-    borts = [p for p in mine if "gamma" in p["point"]
+  for placement in PLACEMENTS:
+    borts = [p for p in points if p["point"]["placement"] == placement
+             and "gamma" in p["point"]
              and p["summary"]["val_accuracy"] is not None
-             and p["summary"]["constraint_error"] is not None]
-    if not baseline or not borts:
+             and p["summary"]["constraint_error"] is not None
+             and choose_baseline(p, points) is not None]
+    if not borts:
       continue
     error = lambda p: p["summary"]["constraint_error"]["mean"]
     accuracy = lambda p: p["summary"]["val_accuracy"]["mean"]
     tight = [p for p in borts if error(p) <= max_error]
     best = max(tight, key=accuracy) if tight else min(borts, key=error)
-    cost = baseline[0]["summary"]["val_accuracy"]["mean"] - accuracy(best)
-    chosen[placement] = {**best, "cost": cost, "free": cost <= tolerance}
+    baseline = choose_baseline(best, points)
+    cost = baseline["summary"]["val_accuracy"]["mean"] - accuracy(best)
+    chosen[placement] = {**best, "baseline": baseline["name"], "cost": cost,
+                         "free": cost <= tolerance,
+                         "meets_max_error": bool(tight)}
   return chosen
+
+
+def selection_record(chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """The selection as ``frontier.json`` keeps it (per placement)."""
+  out = {}
+  for placement, p in chosen.items():
+    paired = p.get("paired") or {}
+    out[placement] = {
+        "name": p["name"], "baseline": p["baseline"],
+        "meets_max_error": p["meets_max_error"],
+        "constraint_error": p["summary"]["constraint_error"]["mean"],
+        "free": p["free"], "cost_pp": 100 * p["cost"],
+        "paired_test": paired.get("test")}
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +543,13 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
           f"--validation {validation!r} of the {n_train} training examples "
           f"holds out {held}, leaving {n_train - held} to train on; choose a "
           "fraction that leaves at least one example on each side.")
+  if base.get("learning_rate") is not None:
+    for placement in grid.placements:
+      if grid.values(AXIS["lrs"], placement) != (None,):
+        raise ConfigError(
+            f"--lr and --lrs-{placement} both set the {placement} learning "
+            f"rate; give one of them (--lr is the default of a placement "
+            "without --lrs-*).")
   for point in grid.points():  # every point's config is valid, before work
     config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
                                          if k != "placement"}})
@@ -308,7 +570,9 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
     dataset: the full dataset (the validation split is carved from its
       training set; its test set is evaluated once, at the end).
     validation: the held-out fraction of the training set.
-    probe_images: how many test images the reconstruction PSNR averages.
+    probe_images: how many test images the reconstruction PSNRs average
+      (``reconstruction_psnr``: the first layer undone by its scaled
+      transpose; ``pinv_psnr``: by its pseudo-inverse, the reference).
     run_dir: the run's folder (config, metrics, checkpoints); a run started
       there before is resumed from its checkpoint. ``None``: nothing is
       written and an interrupted run starts over.
@@ -341,14 +605,17 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
   last = result.history[-1]
   test = steps.evaluate(result.model, dataset.test.images,
                         dataset.test.labels, config.eval_batch_size)
-  psnr = None
+  psnr = pinv_psnr = None
   if probes.is_invertible(result.model):
-    psnr = probes.first_stage_reconstruction(
-        result.model, dataset.test.images[:probe_images]).psnr
+    images = dataset.test.images[:probe_images]
+    psnr = probes.first_stage_reconstruction(result.model, images).psnr
+    pinv_psnr = probes.first_stage_reconstruction(
+        result.model, images, first_layer="pinv").psnr
   return {"point": point, "seed": seed, "config": config.to_dict(),
           "val_accuracy": last["test_accuracy"], "test_accuracy": test[1],
           "constraint_error": last["constraint_error"],
           "max_cosine": last["max_cosine"], "reconstruction_psnr": psnr,
+          "pinv_psnr": pinv_psnr,
           "step_time_ms": last["step_time_ms"],
           "history": [{k: r[k] for k in ("epoch", "test_accuracy",
                                          "constraint_error")}
@@ -356,18 +623,20 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Groups runs by point (in first-seen order) and summarises the seeds.
+  """Groups runs by point (in first-seen order), summarises and pairs them.
 
   A (point, seed) recorded twice (by a sweep before grids refused repeats)
-  counts once: the same run is not two seeds.
+  counts once: the same run is not two seeds. Every Bort point is paired
+  with its baseline (:func:`pair`).
   """
   groups: dict[str, list[dict[str, Any]]] = {}
   for run in runs:
     group = groups.setdefault(point_name(run["point"]), [])
     if all(r["seed"] != run["seed"] for r in group):
       group.append(run)
-  return [{"name": name, "point": group[0]["point"],
-           "summary": summarize(group)} for name, group in groups.items()]
+  return pair([{"name": name, "point": group[0]["point"],
+                "summary": summarize(group)}
+               for name, group in groups.items()])
 
 
 #: The files a frontier folder holds (``points/``: one run folder per point
@@ -538,14 +807,13 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
     points = aggregate(runs)
     chosen = select(points, max_error, tolerance)
     result = {"settings": settings, "max_error": max_error,
-              "tolerance": tolerance, "points": points,
-              "selected": {k: {"name": v["name"], "free": v["free"],
-                               "cost_pp": 100 * v["cost"]}
-                           for k, v in chosen.items()}}
+              "tolerance": tolerance, "psnr_pass_db": PSNR_PASS_DB,
+              "points": points, "selected": selection_record(chosen)}
     folder.write_json("frontier.json", result)
     from bort_jax import explain
     from bort_jax.experiments import frontier_report
-    folder.write_text("frontier.md", frontier_report.table(points, chosen))
+    folder.write_text("frontier.md", frontier_report.document(
+        points, result["selected"], max_error, tolerance))
     with folder.atomic("frontier.png", "wb") as f:
       explain.save_figure(frontier_report.plot(points, chosen), f)
   return result
@@ -559,9 +827,11 @@ def _fmt(value: Any, spec: str) -> str:
 # The command line (``bort-jax frontier``; the shared config flags come from
 # the training config, see :mod:`bort_jax.experiments.cli`).
 
-#: The config fields the grid sets; every other field is shared by all points.
-GRID_FIELDS = ("optimizer", "mode", "amplitude", "gamma", "placement",
-               "gamma_warmup", "bort_every", "seed")
+#: The config fields the grid sets, whose training flags the frontier does not
+#: take; every other field is shared by all points. An axis whose default is
+#: the shared value (the learning rate: ``--lr``) keeps its shared flag.
+GRID_FIELDS = ("optimizer", "placement", "seed",
+               *(a.field for a in AXES if a.missing != (None,)))
 
 
 def _list(convert):
@@ -570,32 +840,26 @@ def _list(convert):
   return parse
 
 
-def _amplitude(text: str) -> float | str:
-  return text if text == "ada" else float(text)
+def _shown(values: Sequence[Any]) -> str:
+  return ",".join("the shared --lr, else the optimizer's default"
+                  if v is None else str(v) for v in values)
 
 
 def add_arguments(p: Any) -> None:
-  """The grid's and the selection's flags (comma-separated lists)."""
+  """The grid's (:data:`AXES`) and the selection's flags (comma-separated)."""
   grid = Grid()
   p.add_argument("--out", required=True, help="output folder (resumable)")
-  for placement in PLACEMENTS:
-    p.add_argument(f"--gammas-{placement}", type=_list(float),
-                   default=grid.gammas[placement],
-                   help=f"gamma grid of the {placement} placement "
-                   f"(default: {','.join(map(str, grid.gammas[placement]))})")
-  p.add_argument("--modes", type=_list(str), default=grid.modes,
-                 help="Bort modes (default: l1-fullrow,l2-full)")
   p.add_argument("--placements", type=_list(str), default=grid.placements,
                  help="decoupled (Bort-AdamW vs AdamW) and/or coupled "
                  "(Bort-SGD vs SGD)")
-  p.add_argument("--amplitudes", type=_list(_amplitude),
-                 default=grid.amplitudes, help="amplitudes (default: 1,ada)")
-  p.add_argument("--gamma-warmups", type=_list(float),
-                 default=grid.gamma_warmups,
-                 help="gamma ramps in epochs (default: 0, constant gamma)")
-  p.add_argument("--bort-everys", type=_list(int), default=grid.bort_everys,
-                 help="apply the correction every k steps, as k*gamma*Delta "
-                 "(default: 1, every step)")
+  for axis in AXES:
+    for placement in (PLACEMENTS if axis.per_placement else (None,)):
+      flag = _flag(axis, placement or "")
+      values = grid.values(axis, placement)
+      p.add_argument(flag, dest=flag[2:].replace("-", "_"),
+                     type=_list(axis.parse), default=values,
+                     help=f"{axis.help.format(placement=placement)} "
+                     f"(default: {_shown(values)})")
   p.add_argument("--seeds", type=_list(int), default=grid.seeds,
                  help="seeds of every point (default: 0,1,2)")
   p.add_argument("--validation", type=float, default=0.1,
@@ -604,8 +868,19 @@ def add_arguments(p: Any) -> None:
                  help="the constraint error the selection counts as tight "
                  "(default: 0.05)")
   p.add_argument("--tolerance", type=float, default=0.002,
-                 help="validation accuracy below the baseline's that counts "
-                 "as free (default: 0.002, 0.2 pp)")
+                 help="the margin: validation accuracy below the baseline's "
+                 "that counts as free (default: 0.002, 0.2 pp)")
+
+
+def grid_from_args(args: Any) -> Grid:
+  """The :class:`Grid` of parsed ``bort-jax frontier`` arguments."""
+  fields = {}
+  for axis in AXES:
+    dest = lambda placement: _flag(axis, placement)[2:].replace("-", "_")
+    fields[axis.attribute] = (
+        {p: getattr(args, dest(p)) for p in PLACEMENTS} if axis.per_placement
+        else getattr(args, dest("")))
+  return Grid(placements=args.placements, seeds=args.seeds, **fields)
 
 
 def command(args: Any, base: dict[str, Any]) -> int:
@@ -621,10 +896,7 @@ def command(args: Any, base: dict[str, Any]) -> int:
   from bort_jax.experiments import data as data_lib
   base = {"data": config_lib.TrainConfig.data,
           "model": config_lib.TrainConfig.model, **base}
-  grid = Grid(gammas={p: getattr(args, f"gammas_{p}") for p in PLACEMENTS},
-              modes=args.modes, placements=args.placements,
-              amplitudes=args.amplitudes, gamma_warmups=args.gamma_warmups,
-              bort_everys=args.bort_everys, seeds=args.seeds)
+  grid = grid_from_args(args)
   # Before the data load (which may download); the sizes once it is loaded.
   check_settings(base, grid, validation=args.validation,
                  max_error=args.max_error, tolerance=args.tolerance)
@@ -638,11 +910,8 @@ def command(args: Any, base: dict[str, Any]) -> int:
     print(e, file=sys.stderr, flush=True)
     return e.exit_status
   from bort_jax.experiments import frontier_report
-  points = result["points"]
-  print(frontier_report.table(points, select(points, args.max_error,
-                                             args.tolerance)))
-  for placement, chosen in result["selected"].items():
-    print(f"selected ({placement}, on validation): {chosen['name']}, "
-          f"{chosen['cost_pp']:.2f} pp below its baseline"
-          + (" (free)" if chosen["free"] else ""))
+  print(frontier_report.table(result["points"], result["selected"]))
+  for line in frontier_report.selection_lines(
+      result["selected"], args.max_error, args.tolerance):
+    print(line)
   return 0

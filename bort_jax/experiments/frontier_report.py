@@ -10,6 +10,7 @@ from typing import Any
 
 from bort_jax.experiments.frontier import METRICS
 from bort_jax.experiments.frontier import PLACEMENTS
+from bort_jax.experiments.frontier import PSNR_PASS_DB
 from bort_jax.experiments.frontier import pareto_front
 
 
@@ -20,35 +21,194 @@ def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
           f"{format(scale * stat['std'], spec)}")
 
 
+def _interval(stats: dict[str, Any] | None) -> str:
+  """``+0.30 [−1.20, +1.80]`` (pp); one seed has no interval."""
+  if not stats or stats.get("mean_pp") is None:
+    return "n/a"
+  pp = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
+  if stats["ci_pp"] is None:
+    return f"{pp(stats['mean_pp'])} [1 seed: no CI]"
+  low, high = stats["ci_pp"]
+  return f"{pp(stats['mean_pp'])} [{pp(low)}, {pp(high)}]"
+
+
+def _passes(stat: dict[str, Any] | None) -> str:
+  if stat is None:
+    return "n/a"
+  return f"{stat['passed']}/{stat['n']}"
+
+
+def _median(stat: dict[str, Any] | None) -> str:
+  return "n/a" if stat is None else f"{stat['median']:.1f}"
+
+
 def table(points: list[dict[str, Any]],
           chosen: dict[str, dict[str, Any]] | None = None) -> str:
   """A Markdown table of the points (mean ± std over seeds).
 
+  Δval and Δtest are the paired differences from the point's baseline
+  (``paired``, :func:`bort_jax.experiments.frontier.pair`): mean over seeds
+  and 95 % t-interval, in percentage points. PSNR is the number of seeds at
+  or above :data:`~bort_jax.experiments.frontier.PSNR_PASS_DB` and the
+  median; the pinv reference inverts the first layer by its pseudo-inverse.
+
   Examples:
     >>> from bort_jax.experiments.frontier_report import METRICS, table
-    >>> s = {"mean": 0.9, "std": 0.01, "n": 3}
+    >>> s = {"mean": 0.9, "std": 0.01, "n": 3, "median": 30.0, "passed": 3}
     >>> p = {"name": "adamw", "point": {"placement": "decoupled",
     ...      "optimizer": "adamw"},
-    ...      "summary": {**{m: s for m in METRICS}, "seeds": [0, 1, 2]}}
-    >>> print(table([p]).splitlines()[2][:51])
-    | adamw | decoupled | 90.00 ± 1.00 | 90.00 ± 1.00 |
+    ...      "summary": {**{m: s for m in METRICS}, "seeds": [0, 1, 2],
+    ...                  "val_test_gap": {"mean": 0.004}}}
+    >>> print(table([p]).splitlines()[2][:67])
+    | adamw | decoupled | 90.00 ± 1.00 | 90.00 ± 1.00 | — | — | +0.40 |
   """
   chosen_names = {v["name"] for v in (chosen or {}).values()}
-  lines = ["| point | placement | val acc % | test acc % | constraint err | "
-           "max abs cos | PSNR dB | ms/step | seeds |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| point | placement | val acc % | test acc % | Δval pp [95% CI] | "
+           "Δtest pp [95% CI] | val−test pp | constraint err | max abs cos | "
+           f"PSNR ≥{PSNR_PASS_DB:g} dB | PSNR median dB | "
+           "pinv PSNR median dB | ms/step | seeds |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for p in points:
     s = p["summary"]
     name = p["name"] + (" **(selected)**" if p["name"] in chosen_names else "")
+    paired = p.get("paired")
+    if "gamma" not in p["point"]:
+      delta = ("—", "—")  # a baseline is the reference
+    elif paired is None:
+      delta = ("no baseline", "no baseline")
+    else:
+      delta = (_interval(paired["val"]), _interval(paired["test"]))
+    gap = s.get("val_test_gap")
     lines.append(
         f"| {name} | {p['point']['placement']} | "
         f"{_cell(s['val_accuracy'], '.2f', 100)} | "
-        f"{_cell(s['test_accuracy'], '.2f', 100)} | "
+        f"{_cell(s['test_accuracy'], '.2f', 100)} | {delta[0]} | "
+        f"{delta[1]} | "
+        f"{'n/a' if gap is None else format(100 * gap['mean'], '+.2f')} | "
         f"{_cell(s['constraint_error'], '.2g')} | "
         f"{_cell(s['max_cosine'], '.2g')} | "
-        f"{_cell(s['reconstruction_psnr'], '.1f')} | "
+        f"{_passes(s.get('reconstruction_psnr'))} | "
+        f"{_median(s.get('reconstruction_psnr'))} | "
+        f"{_median(s.get('pinv_psnr'))} | "
         f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])} |")
   return "\n".join(lines) + "\n"
+
+
+def _difference(pp: float) -> str:
+  return f"{abs(pp):.2f} pp {'below' if pp >= 0 else 'above'}"
+
+
+def selection_lines(selected: dict[str, dict[str, Any]], max_error: float,
+                    tolerance: float) -> list[str]:
+  """One line per placement: the pick, the rule, the margin, the test verdict.
+
+  Args:
+    selected: ``frontier.json``'s ``selected``
+      (:func:`~bort_jax.experiments.frontier.selection_record`).
+    max_error: the constraint error the selection counted as tight.
+    tolerance: the margin (accuracy units).
+
+  Returns:
+    The lines, without newlines.
+
+  Examples:
+    >>> from bort_jax.experiments.frontier_report import selection_lines
+    >>> pick = {"name": "bort-sgd_g1", "baseline": "sgd",
+    ...         "meets_max_error": False, "constraint_error": 0.2,
+    ...         "free": False, "cost_pp": 1.5, "paired_test": None}
+    >>> for part in selection_lines({"coupled": pick}, 0.05, 0.002)[0].split(
+    ...     "; "):
+    ...   print(part)
+    no point meets --max-error 0.05 (coupled)
+    the tightest is bort-sgd_g1 (constraint error 0.2), 1.50 pp below its baseline sgd on validation
+    no paired test difference (no common seed)
+  """
+  lines = []
+  margin = f"the {100 * tolerance:.2f} pp margin"
+  for placement, c in selected.items():
+    test = c.get("paired_test")
+    verdict = ("no paired test difference (no common seed)"
+               if not test or test.get("mean_pp") is None else
+               f"paired test difference {_interval(test)} pp over "
+               f"{test['n']} seed{'s' if test['n'] != 1 else ''}")
+    versus = (f"{_difference(c['cost_pp'])} its baseline {c['baseline']} on "
+              "validation")
+    if c["meets_max_error"]:
+      lines.append(
+          f"selected ({placement}, on validation): {c['name']}, the most "
+          "accurate point on validation with constraint error <= "
+          f"{max_error:g}; {versus}, "
+          + (f"within {margin} (free)" if c["free"] else
+             f"beyond {margin} (not free)") + f"; {verdict}")
+    else:
+      lines.append(
+          f"no point meets --max-error {max_error:g} ({placement}); the "
+          f"tightest is {c['name']} (constraint error "
+          f"{c['constraint_error']:.2g}), {versus}; {verdict}")
+  return lines
+
+
+def _gap_note(points: list[dict[str, Any]]) -> str:
+  counts = []
+  for placement in PLACEMENTS:
+    mine = [p for p in points if p["point"]["placement"] == placement]
+    if mine:
+      borts = sum("gamma" in p["point"] for p in mine)
+      counts.append(f"{borts} Bort point{'s' if borts != 1 else ''} and "
+                    f"{len(mine) - borts} baseline"
+                    f"{'s' if len(mine) - borts != 1 else ''} ({placement})")
+  return (
+      "The val−test column is the mean over seeds of validation minus test "
+      "accuracy. Validation scores carry noise (the split, the seed), and "
+      "every choice here is made on them: the selected point of a "
+      "placement and the learning rate of its baseline are the candidates "
+      "with the highest validation mean, so their validation scores are, "
+      "on average, luckier than their true accuracy, and the test set, "
+      "never used to choose, does not share that luck: the winner's curse. "
+      "The more candidates a choice is made from, the larger the expected "
+      "excess, and this grid has " + "; ".join(counts) + ", so the "
+      "selected Bort point is chosen from more draws than its baseline and "
+      "can show a larger gap even when the two are equally good. The "
+      "validation split is also the end of the training set, not the test "
+      "set, so it can differ from the test distribution, and a tighter "
+      "constraint can fit it differently; the gap can then differ between "
+      "arms for that reason too. Compare the arms on Δtest (paired by seed, "
+      "with its interval), not on validation accuracy.")
+
+
+def document(points: list[dict[str, Any]], selected: dict[str, Any],
+             max_error: float, tolerance: float) -> str:
+  """``frontier.md``: the table, the note on the val−test gap, the pick."""
+  rule = (f"Selection, per placement, on validation only: the most accurate "
+          f"point with constraint error <= {max_error:g}, free when its "
+          f"validation accuracy is at most {100 * tolerance:.2f} pp (the "
+          "margin) below its baseline's; each Bort point's baseline is its "
+          "placement's baseline learning rate with the highest validation "
+          "mean. Δ columns: Bort − baseline, seed by seed, mean [95% "
+          "t-interval] in pp.")
+  picks = "\n".join(f"- {line}" for line in selection_lines(
+      selected, max_error, tolerance))
+  return (f"{table(points, selected)}\n{_gap_note(points)}\n\n{rule}\n\n"
+          f"{picks}\n")
+
+
+def _log_ticks(ax, values: list[float]) -> None:
+  """Decade ticks only, labelled once, so that no two labels overlap.
+
+  Matplotlib labels minor ticks when the data span less than a decade, and
+  their labels then run into each other; the axis is widened to whole
+  decades instead, and at most six of them are labelled.
+  """
+  from matplotlib import ticker
+  positive = [v for v in values if v > 0]
+  if positive:
+    low = 10.0 ** math.floor(math.log10(min(positive)))
+    high = 10.0 ** math.ceil(math.log10(max(positive)))
+    ax.set_xlim(low / 1.5, (high if high > low else 10 * low) * 1.5)
+  ax.xaxis.set_major_locator(ticker.LogLocator(base=10, numticks=6))
+  ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs="auto",
+                                               numticks=12))
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def plot(points: list[dict[str, Any]],
@@ -57,7 +217,9 @@ def plot(points: list[dict[str, Any]],
 
   One panel per placement; error bars are the std over seeds; the Pareto
   front (no point both tighter and more accurate) is joined by a line, the
-  selected point ringed, and the baseline drawn as a dashed line.
+  selected point ringed, and the baseline drawn as a dashed line. Points are
+  coloured by their median stage-1 PSNR where they have one (a model
+  without a reconstruction draws them in one colour, with no colour bar).
 
   Returns:
     A ``matplotlib.figure.Figure``.
@@ -68,14 +230,16 @@ def plot(points: list[dict[str, Any]],
   fig = Figure(figsize=(5.2 * max(len(placements), 1), 4.2),
                layout="constrained")
   axes = fig.subplots(1, max(len(placements), 1), squeeze=False)[0]
-  psnrs = [q["summary"]["reconstruction_psnr"]["mean"] for q in points
-           if q["summary"]["reconstruction_psnr"]]
+  psnr = lambda q: (q["summary"].get("reconstruction_psnr") or {}).get(
+      "median")
+  psnrs = [psnr(q) for q in points if psnr(q) is not None]
   vmin, vmax = (min(psnrs), max(psnrs)) if psnrs else (0.0, 1.0)
   scatter = None
   for ax, placement in zip(axes, placements):
     mine = [q for q in points if q["point"]["placement"] == placement]
     borts = [q for q in mine if "gamma" in q["point"]
-             and q["summary"]["constraint_error"]]
+             and q["summary"]["constraint_error"]
+             and q["summary"]["val_accuracy"]]
     for q in mine:
       if "gamma" not in q["point"] and q["summary"]["val_accuracy"]:
         ax.axhline(100 * q["summary"]["val_accuracy"]["mean"], ls="--",
@@ -84,26 +248,35 @@ def plot(points: list[dict[str, Any]],
       err = [q["summary"]["constraint_error"]["mean"] for q in borts]
       acc = [100 * q["summary"]["val_accuracy"]["mean"] for q in borts]
       std = [100 * q["summary"]["val_accuracy"]["std"] for q in borts]
-      colour = [q["summary"]["reconstruction_psnr"]["mean"]
-                if q["summary"]["reconstruction_psnr"] else math.nan
-                for q in borts]
       ax.errorbar(err, acc, yerr=std, fmt="none", ecolor="lightgray")
-      scatter = ax.scatter(err, acc, c=colour, cmap="viridis", vmin=vmin,
-                           vmax=vmax, zorder=3)
+      coloured = [i for i, q in enumerate(borts) if psnr(q) is not None]
+      plain = [i for i in range(len(borts)) if i not in coloured]
+      if coloured:
+        scatter = ax.scatter([err[i] for i in coloured],
+                             [acc[i] for i in coloured],
+                             c=[psnr(borts[i]) for i in coloured],
+                             cmap="viridis", vmin=vmin, vmax=vmax, zorder=3)
+      if plain:  # NaN colours would be drawn transparent: draw them plainly
+        ax.scatter([err[i] for i in plain], [acc[i] for i in plain],
+                   color="tab:blue", zorder=3,
+                   label="Bort points" + (" (no PSNR)" if coloured else ""))
       front = pareto_front(err, acc)
       ax.plot([err[i] for i in front], [acc[i] for i in front], "k-",
               lw=0.8, label="Pareto front")
       if chosen and placement in chosen:
-        c = chosen[placement]["summary"]
-        ax.scatter([c["constraint_error"]["mean"]],
-                   [100 * c["val_accuracy"]["mean"]], s=160,
-                   facecolors="none", edgecolors="red", zorder=4,
-                   label=f"selected: {chosen[placement]['name']}")
+        pick = next((q for q in borts if q["name"] == chosen[placement][
+            "name"]), None)
+        if pick is not None:
+          ax.scatter([pick["summary"]["constraint_error"]["mean"]],
+                     [100 * pick["summary"]["val_accuracy"]["mean"]], s=160,
+                     facecolors="none", edgecolors="red", zorder=4,
+                     label=f"selected: {pick['name']}")
       ax.set_xscale("log")
+      _log_ticks(ax, err)
     ax.set_title(f"{placement} ({PLACEMENTS[placement][1]})")
     ax.set_xlabel("constraint error (log)")
     ax.set_ylabel("validation accuracy %")
     ax.legend(fontsize=7, loc="lower right")
   if scatter is not None:
-    fig.colorbar(scatter, ax=list(axes), label="stage-1 PSNR (dB)")
+    fig.colorbar(scatter, ax=list(axes), label="stage-1 PSNR, median (dB)")
   return fig
