@@ -62,7 +62,10 @@ def table(points: list[dict[str, Any]],
     >>> print(table([p]).splitlines()[2][:67])
     | adamw | decoupled | 90.00 ± 1.00 | 90.00 ± 1.00 | — | — | +0.40 |
   """
-  chosen_names = {v["name"] for v in (chosen or {}).values()}
+  # A placement where no point meets --max-error has no pick, only a tightest.
+  marks = {v["name"]: " **(selected)**" if v.get("meets_max_error", True)
+           else " **(tightest; none meets --max-error)**"
+           for v in (chosen or {}).values()}
   lines = ["| point | placement | val acc % | test acc % | Δval pp [95% CI] | "
            "Δtest pp [95% CI] | val−test pp | constraint err | max abs cos | "
            f"PSNR ≥{PSNR_PASS_DB:g} dB | PSNR median dB | "
@@ -70,7 +73,7 @@ def table(points: list[dict[str, Any]],
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for p in points:
     s = p["summary"]
-    name = p["name"] + (" **(selected)**" if p["name"] in chosen_names else "")
+    name = p["name"] + marks.get(p["name"], "")
     paired = p.get("paired")
     if "gamma" not in p["point"]:
       delta = ("—", "—")  # a baseline is the reference
@@ -270,7 +273,9 @@ def plot(points: list[dict[str, Any]],
           ax.scatter([pick["summary"]["constraint_error"]["mean"]],
                      [100 * pick["summary"]["val_accuracy"]["mean"]], s=160,
                      facecolors="none", edgecolors="red", zorder=4,
-                     label=f"selected: {pick['name']}")
+                     label=("selected" if chosen[placement].get(
+                         "meets_max_error", True) else "tightest (none "
+                         "meets --max-error)") + f": {pick['name']}")
       ax.set_xscale("log")
       _log_ticks(ax, err)
     ax.set_title(f"{placement} ({PLACEMENTS[placement][1]})")

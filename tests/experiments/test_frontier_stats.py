@@ -230,6 +230,8 @@ def test_no_point_meets_max_error_is_said_plainly():
       "no point meets --max-error 1e-09 (decoupled); the tightest is "
       "bort-adamw_l1-fullrow_ada_g1_lr0.001 (constraint error 0.01)"), lines
   assert not any(line.startswith("selected") for line in lines)
+  table = frontier_report.table(points, frontier.selection_record(chosen))
+  assert "(selected)" not in table and "(tightest; none meets" in table
   lines = frontier_report.selection_lines(
       frontier.selection_record(frontier.select(points, 0.05, 0.002)), 0.05,
       0.002)
