@@ -550,9 +550,10 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
             f"--lr and --lrs-{placement} both set the {placement} learning "
             f"rate; give one of them (--lr is the default of a placement "
             "without --lrs-*).")
-  for point in grid.points():  # every point's config is valid, before work
-    config_lib.TrainConfig(**{**base, **{k: v for k, v in point.items()
-                                         if k != "placement"}})
+  for point in grid.points():  # every run's config is valid, before work
+    fields = {k: v for k, v in point.items() if k != "placement"}
+    for seed in grid.seeds:
+      config_lib.TrainConfig(**{**base, **fields, "seed": seed})
 
 
 def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,

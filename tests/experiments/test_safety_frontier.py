@@ -275,3 +275,15 @@ def test_m1_a_damaged_runs_json_is_one_line_and_kept(
   assert (out / "runs.json").read_text() == text
   assert sorted(os.listdir(out)) == sorted(
       [run_dir_lib.MARKER_NAME, "settings.json", "runs.json"])
+
+
+def test_n8_frontier_refuses_a_bad_seed_before_anything_is_written(
+    tmp_path, capsys, monkeypatch):
+  def never(*args, **kwargs):
+    raise AssertionError("the sweep ran")
+
+  monkeypatch.setattr(frontier, "run_frontier", never)
+  out = tmp_path / "f"
+  _one_line_error(capsys, ["frontier", *FLAGS, "--out", str(out),
+                           "--seeds", "0,-1"], "seed must be in 0..4294967295")
+  assert not out.exists()
