@@ -24,6 +24,9 @@ from bort_jax._src.defaults import DEFAULT_GAMMA
 from bort_jax._src.defaults import RECOMMENDED
 from bort_jax._src.defaults import Recommended
 from bort_jax._src.defaults import DEFAULT_MODE
+from bort_jax._src.defaults import DEFAULT_STRENGTH
+from bort_jax._src.defaults import DEFAULT_TAU
+from bort_jax._src.defaults import MAX_STEP_STRENGTH
 from bort_jax._src.defaults import Mode
 from bort_jax._src.defaults import MODES
 from bort_jax._src.diagnostics import matrix_orthogonality_error
@@ -63,6 +66,9 @@ __all__ = (
     "RECOMMENDED",
     "Recommended",
     "DEFAULT_MODE",
+    "DEFAULT_STRENGTH",
+    "DEFAULT_TAU",
+    "MAX_STEP_STRENGTH",
     "MODES",
     "BortDimensionNumbers",
     "BortState",

@@ -9,8 +9,8 @@ import optax
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
+from bort_jax._src import defaults
 from bort_jax._src.defaults import Mode
-from bort_jax._src.defaults import recommended
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
 from bort_jax._src.transform import add_bort_correction
@@ -38,9 +38,10 @@ def bort_sgd(
     *,
     weight_decay: optax.ScalarOrSchedule = 0.0,
     weight_decay_mask: MaskOrFn = None,
-    gamma: optax.ScalarOrSchedule | None = None,
-    mode: Mode | None = None,
-    amplitude: optax.ScalarOrSchedule | str | None = None,
+    gamma: optax.ScalarOrSchedule = 0.003,
+    mode: Mode = "l1-fullrow",
+    amplitude: optax.ScalarOrSchedule | str = "ada",
+    tau: float = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -66,11 +67,17 @@ def bort_sgd(
     accumulator_dtype: the momentum buffer's dtype.
     weight_decay: the coupled (L2) decay ``wd >= 0``, a scalar or schedule.
     weight_decay_mask: optional mask for weight decay (``optax.masked``).
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
-      (with ``mode`` and ``amplitude``): the recommended setting,
-      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED["coupled"]``.
+    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule. The default
+      and ``mode``'s and ``amplitude``'s are the recommended coupled setting,
+      :data:`bort_jax.RECOMMENDED` ``["coupled"]`` (chosen at lr 0.05,
+      momentum 0.9). The paper's parametrisation is kept (γ joins the
+      gradient, so the per-step correction is about ``lr · γ / (1 − μ)``):
+      a concrete setting whose per-step strength exceeds
+      :data:`bort_jax.MAX_STEP_STRENGTH` warns at construction, naming a γ
+      that works.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
@@ -102,10 +109,17 @@ def bort_sgd(
     Array([[1., 0.],
            [0., 1.]], dtype=float32)
   """
-  gamma, mode, amplitude = recommended("coupled", gamma, mode, amplitude)
   validation.check_learning_rate(learning_rate)
   if momentum is not None:
     _check_decay("momentum", momentum)
+  kernel_options = validation.check_bort_arguments(
+      gamma, mode, amplitude, kernel_options, tau)
+  # Momentum sums the correction over about 1 / (1 − μ) steps.
+  steps = 1.0 / (1.0 - (validation.concrete_number(momentum) or 0.0))
+  lr = validation.concrete_number(learning_rate)
+  validation.warn_if_step_strength_collapses(
+      "bort_sgd", "gamma", gamma, lambda g: lr * g * steps, mode,
+      lambda g: defaults.DEFAULT_STRENGTH / (lr * steps))
   validation.check_bool("nesterov", nesterov)
   validation.check_dtype("accumulator_dtype", accumulator_dtype)
   validation.check_strength(weight_decay, "weight_decay")
@@ -116,6 +130,7 @@ def bort_sgd(
           gamma,
           mode,
           amplitude,
+          tau=tau,
           dimension_numbers=dimension_numbers,
           bort_mask=bort_mask,
           kernel_options=kernel_options,
@@ -146,9 +161,10 @@ def bort_adamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
-    gamma: optax.ScalarOrSchedule | None = None,
-    mode: Mode | None = None,
-    amplitude: optax.ScalarOrSchedule | str | None = None,
+    gamma: optax.ScalarOrSchedule = 1.0,
+    mode: Mode = "l1-fullrow",
+    amplitude: optax.ScalarOrSchedule | str = "ada",
+    tau: float = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -177,11 +193,18 @@ def bort_adamw(
     weight_decay: the decoupled weight decay ``wd >= 0``.
     mask: the weight-decay mask, as in :func:`optax.adamw`.
     nesterov: Nesterov momentum in Adam.
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
-      (with ``mode`` and ``amplitude``): the recommended setting,
-      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED["decoupled"]``.
+    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule. The default
+      and ``mode``'s and ``amplitude``'s are the recommended decoupled
+      setting, :data:`bort_jax.RECOMMENDED` ``["decoupled"]`` (chosen at lr
+      1e-3). The paper's parametrisation is kept (γ is multiplied by the
+      learning rate, so the per-step correction is ``lr · γ``): a concrete
+      setting whose per-step strength exceeds
+      :data:`bort_jax.MAX_STEP_STRENGTH` warns at construction, naming a γ
+      that works. For a per-step strength that does not follow the learning
+      rate, use ``with_bort(optax.adamw(lr))``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
@@ -209,7 +232,6 @@ def bort_adamw(
   """
   validation.check_learning_rate(learning_rate)
   _check_decay("b1", b1)
-  gamma, mode, amplitude = recommended("decoupled", gamma, mode, amplitude)
   _check_decay("b2", b2)
   validation.check_scalar_or_schedule("eps", eps, low=0)
   validation.check_scalar_or_schedule("eps_root", eps_root, low=0)
@@ -217,6 +239,12 @@ def bort_adamw(
   validation.check_strength(weight_decay, "weight_decay")
   validation.check_bool("nesterov", nesterov)
   mask = validation.check_mask("mask", mask)
+  kernel_options = validation.check_bort_arguments(
+      gamma, mode, amplitude, kernel_options, tau)
+  lr = validation.concrete_number(learning_rate)
+  validation.warn_if_step_strength_collapses(
+      "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
+      lambda g: defaults.DEFAULT_STRENGTH / lr)
   return optax.chain(
       optax.scale_by_adam(
           b1=b1,
@@ -231,6 +259,7 @@ def bort_adamw(
           gamma,
           mode,
           amplitude,
+          tau=tau,
           dimension_numbers=dimension_numbers,
           bort_mask=bort_mask,
           kernel_options=kernel_options,
@@ -243,58 +272,69 @@ def bort_adamw(
 def with_bort(
     optimizer: optax.GradientTransformation,
     *,
-    gamma: optax.ScalarOrSchedule | None = None,
-    mode: Mode | None = None,
-    amplitude: optax.ScalarOrSchedule | str | None = None,
-    placement: str = "coupled",
-    learning_rate: optax.ScalarOrSchedule | None = None,
+    strength: optax.ScalarOrSchedule = 1e-3,
+    mode: Mode = "l1-fullrow",
+    amplitude: optax.ScalarOrSchedule | str = "ada",
+    placement: str = "decoupled",
+    tau: float = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Adds Bort to any optax optimizer, coupled or decoupled.
+  """Adds Bort to any optax optimizer, at a per-step strength of its own.
 
-  - ``placement="coupled"``: ``chain(add_bort_correction, optimizer)``: the
-    optimizer sees ``∇L + γ Δ(W)`` as its gradient (momentum, adaptive scaling
-    and trust ratios all act on the correction).
-  - ``placement="decoupled"``: the optimizer sees only ``∇L`` and its update
-    is followed by ``W ← W − lr · γ Δ(W)``, AdamW's decoupled decay rule. The
-    optimizer's ``learning_rate`` (scalar or the same schedule) must be given.
+  - ``placement="decoupled"`` (the default): the optimizer sees only ``∇L``
+    and its update is followed by the correction,
+    ``W ← W + update − s · Δ(W)``. ``s`` is the per-step strength itself,
+    not a factor of the optimizer's learning rate, so the same ``s`` is safe
+    whatever the optimizer and its learning rate (Muon at 0.02, Lion at
+    1e-4, SGD at 0.5): the paper's ``lr · γ`` rule gives ``γ = 1`` a per-step
+    0.02 at Muon's lr, where the l1 correction diverges. The default
+    ``s = 1e-3`` is the recommended decoupled setting's ``lr · γ``
+    (:data:`bort_jax.DEFAULT_STRENGTH`).
+  - ``placement="coupled"``: ``chain(add_bort_correction(s), optimizer)``:
+    the optimizer sees ``∇L + s Δ(W)`` as its gradient (momentum, adaptive
+    scaling and trust ratios all act on the correction), so the per-step
+    strength depends on the optimizer (``lr · s / (1 − μ)`` for SGD with
+    momentum ``μ``); :func:`bort_sgd` is this placement over SGD.
+
+  A concrete decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH`
+  (where the l1 and Huber corrections stop constraining or diverge) warns.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation`, built
       (``optax.lion(1e-4)``, not ``optax.lion``).
-    gamma: the Bort strength ``γ ≥ 0``, a scalar or schedule; ``None``
-      (with ``mode`` and ``amplitude``): the recommended setting,
-      :data:`bort_jax.RECOMMENDED` ``RECOMMENDED[placement]``.
-    mode: the Bort mode (see :func:`add_bort_correction`).
+    strength: ``s ≥ 0``, a scalar or a schedule of the step count: the
+      per-step strength (decoupled) or the coefficient added to the gradient
+      (coupled).
+    mode: the Bort mode (see :func:`add_bort_correction`); the default and
+      ``amplitude``'s are :data:`bort_jax.RECOMMENDED`'s.
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
-    placement: ``"coupled"`` or ``"decoupled"``.
-    learning_rate: the optimizer's learning rate: required when decoupled,
-      ``None`` when coupled (the optimizer applies its own).
+    placement: ``"decoupled"`` (the default, as the command line's
+      ``bort-<optax>``) or ``"coupled"``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
     kernel_options: how the full modes' products are computed.
-    every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
+    every: ``None`` (every step) or k: apply ``k · s · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
 
   Raises:
-    ValueError: for an optimizer that is not a built transformation, a
-      missing (decoupled) or unused (coupled) learning rate, or a bad Bort
-      argument (see :func:`add_bort_correction`).
+    ValueError: for an optimizer that is not a built transformation, a bad
+      placement or a bad Bort argument (see :func:`add_bort_correction`).
 
   Examples:
     >>> import jax.numpy as jnp, optax, bort_jax
-    >>> lion = bort_jax.with_bort(optax.lion(1e-4), gamma=0.1)  # coupled
-    >>> lamb = bort_jax.with_bort(optax.lamb(1e-3), gamma=0.1,
-    ...                           placement="decoupled", learning_rate=1e-3)
+    >>> muon = bort_jax.with_bort(optax.contrib.muon(0.02))  # decoupled, 1e-3
+    >>> lion = bort_jax.with_bort(optax.lion(1e-4), strength=0.1,
+    ...                           placement="coupled")
     >>> params = {"kernel": jnp.ones((3, 2))}
-    >>> updates, _ = lamb.update(params, lamb.init(params), params)
+    >>> updates, _ = lion.update(params, lion.init(params), params)
     >>> updates["kernel"].shape
     (3, 2)
   """
@@ -309,34 +349,25 @@ def with_bort(
         "with_bort needs an optax.GradientTransformation, got "
         f"{type(optimizer).__name__} {optimizer!r}{hint}.")
   validation.check_placement(placement)
-  gamma, mode, amplitude = recommended(placement, gamma, mode, amplitude)
   kernel_options = validation.check_bort_arguments(
-      gamma, mode, amplitude, kernel_options
-  )
-  if placement == "coupled":
-    if learning_rate is not None:
-      raise ValueError(
-          "with_bort(placement='coupled') does not use learning_rate (the "
-          "optimizer scales the corrected gradient by its own); drop "
-          "learning_rate=, or use placement='decoupled'.")
-    strength = gamma
-  elif learning_rate is None:
-    raise ValueError(
-        "with_bort(placement='decoupled') needs the optimizer's learning_rate:"
-        " the correction is applied as W ← W − lr · γ Δ(W)."
-    )
+      strength, mode, amplitude, kernel_options, tau, gamma_name="strength")
+  if placement == "decoupled":
+    validation.warn_if_step_strength_collapses(
+        "with_bort", "strength", strength, lambda s: s, mode,
+        lambda s: defaults.DEFAULT_STRENGTH)
+
+    # The optimizer's output is already a step: the correction is subtracted.
+    def signed(count):
+      return -jnp.asarray(hyperparameter_value(strength, count))
+
+    # A number (or traced value) stays one, so a literal 0 skips the work.
+    applied = signed if callable(strength) else -strength
   else:
-    validation.check_learning_rate(learning_rate)
-
-    # The optimizer's output is already a step (−lr · direction).
-    def strength(count):
-      lr = hyperparameter_value(learning_rate, count)
-      return -jnp.asarray(lr) * hyperparameter_value(gamma, count)
-
+    applied = strength
   every = check_every(every)
   bort = _correction_transform(
-      strength, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every,
+      applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
+      every, tau,
   )
   if placement == "coupled":
     return optax.chain(bort, optimizer)

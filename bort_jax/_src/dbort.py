@@ -11,7 +11,7 @@ features alike). With ``p`` tiny the term is nearly scale-free: since
 ``E^p = e^{p \\log E}``, its gradient is ``λ p E^p ∇\\log E ≈ λ p ∇ \\log E``;
 it chooses directions while Bort (:func:`bort_jax.add_bort_correction`) holds
 ``W Wᵀ = cI``. The authors' MNIST/CIFAR script applies it to the logits,
-``CE − λ (mean logits²)^β`` with ``λ = 10⁻³``, ``β = 0.1``. For one linear
+``CE − λ (mean logits²)^p`` with ``λ = 10⁻³``, ``p = 0.1``. For one linear
 layer the maximiser is PCA (:mod:`bort_jax._src.dbort_pca`).
 
 Pieces:
@@ -313,7 +313,7 @@ class DBortTerm(NamedTuple):
 
   Attributes:
     output: the result of the model's method (e.g. the logits).
-    loss: ``−λ Σ_l E_l^β``, to add to the task loss.
+    loss: ``−λ Σ_l E_l^p``, to add to the task loss.
     energy: the mean of the recorded energies ``E_l`` (a scalar to log).
     energies: each called :class:`DBort` layer's path (``"a/b"``; ``""``
       for the model itself) to its energies, one per call, as an array
@@ -337,14 +337,14 @@ def dbort_term(
   """Runs a model once: its output, the DBort loss of its layers, the energies.
 
   .. math::
-    L_{DBort} = −λ \\sum_{l} E_l^{\\,β}, \\qquad
+    L_{DBort} = −λ \\sum_{l} E_l^{\\,p}, \\qquad
     E_l = \\operatorname{mean}(y_l^2)
 
   over the outputs ``y_l`` of every :class:`DBort` layer the forward pass
   calls (:func:`dbort_energies`, then :func:`dbort_loss`). A training step
   adds ``loss`` to its task loss: with ``DBort`` around the classifier head
-  and ``λ = 10⁻³``, ``β = 0.1`` this is the authors' MNIST/CIFAR objective
-  ``CE − λ (mean logits²)^β``. With ``weight=0`` the term is ``−0.0``, so the
+  and ``λ = 10⁻³``, ``p = 0.1`` this is the authors' MNIST/CIFAR objective
+  ``CE − λ (mean logits²)^p``. With ``weight=0`` the term is ``−0.0``, so the
   total loss and its gradients are bit for bit those of the task loss.
   ``weight`` and ``power`` may be traced (no recompilation when they change).
 
@@ -352,7 +352,7 @@ def dbort_term(
     model: an ``nnx.Module`` holding :class:`DBort` layers (or one itself).
     *args: positional arguments of the forward pass.
     weight: ``λ``.
-    power: ``β``.
+    power: ``p`` (the one name and default of :func:`dbort_loss`).
     method: the name of the model's method to run.
     **kwargs: keyword arguments of the forward pass.
 

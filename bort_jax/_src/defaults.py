@@ -27,12 +27,19 @@ ADA = "ada"
 #: The placements of :func:`bort_jax.with_bort`.
 PLACEMENTS: tuple[str, ...] = ("coupled", "decoupled")
 
-#: The mode and amplitude ``c`` of :func:`bort_jax.add_bort_correction`
-#: when none is given: the building block's own defaults (the penalty
-#: ``¼‖WWᵀ − I‖²``, whose gradient is the textbook correction). The aliases
-#: default to :data:`RECOMMENDED` instead.
+#: The mode and amplitude ``c`` of :func:`bort_jax.add_bort_correction`'s
+#: signature. They differ from the aliases' (:data:`RECOMMENDED`) on purpose,
+#: as optax's building blocks keep plain literal defaults while its aliases
+#: carry tuned ones: the building block's penalty ``¼‖WWᵀ − I‖²`` has the
+#: textbook gradient and is what the float64 references and the paper's
+#: formulas are written for; the aliases' l1-fullrow ``"ada"`` is the setting
+#: chosen on the accuracy–constraint frontier.
 DEFAULT_MODE: Mode = "l2-full"
 DEFAULT_AMPLITUDE: float = 1.0
+
+#: The Huber modes' width relative to the amplitude, ``τ = tau · c``: the
+#: literal default of every function that takes ``tau``.
+DEFAULT_TAU: float = 0.01
 
 
 class Recommended(NamedTuple):
@@ -65,25 +72,26 @@ RECOMMENDED: Mapping[str, Recommended] = types.MappingProxyType({
 })
 
 
-#: The Bort strength per placement when none is given (from
-#: :data:`RECOMMENDED`; read-only too).
+#: The Bort strength ``γ`` of each placement's alias (from
+#: :data:`RECOMMENDED`; read-only too): ``bort_sgd``'s ``gamma=0.003`` and
+#: ``bort_adamw``'s ``gamma=1.0``.
 DEFAULT_GAMMA: Mapping[str, float] = types.MappingProxyType({
     placement: r.gamma for placement, r in RECOMMENDED.items()})
 
 
-def recommended(placement: str, gamma=None, mode=None, amplitude=None):
-  """``(gamma, mode, amplitude)`` with each ``None`` replaced by the
-  placement's :data:`RECOMMENDED` value.
+#: :func:`bort_jax.with_bort`'s per-step correction strength ``s``: its
+#: decoupled step is ``W ← W + update − s · Δ(W)``, whatever the optimizer
+#: and its learning rate. It is the recommended decoupled setting's per-step
+#: strength, ``lr · γ = 1e-3 · 1.0`` (the coupled one, ``lr·γ/(1 − μ) =
+#: 0.05 · 0.003 / 0.1 = 1.5e-3``, is of the same size).
+DEFAULT_STRENGTH: float = 1e-3
 
-  Examples:
-    >>> recommended("coupled", mode="l2-full")
-    (0.003, 'l2-full', 'ada')
-    >>> RECOMMENDED["coupled"] = None
-    Traceback (most recent call last):
-    ...
-    TypeError: 'mappingproxy' object does not support item assignment
-  """
-  r = RECOMMENDED[placement]
-  return (r.gamma if gamma is None else gamma,
-          r.mode if mode is None else mode,
-          r.amplitude if amplitude is None else amplitude)
+#: The per-step strength above which the sign-like corrections (the l1 and
+#: Huber modes) stop constraining or diverge, in either placement. Measured on
+#: sklearn digits (an MLP 64-64-64-10, 300 steps of batch 128, seeds 0 and 1,
+#: l1-fullrow ``"ada"``): decoupled after AdamW(1e-3) and coupled in
+#: Bort-SGD (lr 0.05, momentum 0.9), per-step strengths 1e-4 … 1e-2 train
+#: and constrain, 2e-2 loses the accuracy (30 % and 80 % instead of 97 %)
+#: and 5e-2 diverges (NaN) or loses the constraint. The aliases warn at
+#: construction when a concrete setting's per-step strength exceeds it.
+MAX_STEP_STRENGTH: float = 1e-2

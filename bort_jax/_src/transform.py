@@ -157,6 +157,7 @@ def tree_correction(
     *,
     dimension_numbers: DimensionNumbersLike = None,
     kernel_options: penalty.KernelOptions = penalty.KernelOptions(),
+    tau: float = 0.01,
 ) -> Any:
   """Δ(param) for every Bort parameter of a pytree, ``None`` elsewhere.
 
@@ -168,10 +169,12 @@ def tree_correction(
 
   Args:
     params: a pytree of parameters.
-    mode: one of the seven Bort modes.
+    mode: one of the nine Bort modes (:data:`bort_jax.MODES`).
     amplitude: a number, a scalar array or ``"ada"`` (per matrix).
     dimension_numbers: see :func:`resolve_views`; ``None`` selects Flax kernels.
     kernel_options: how the full modes' products are computed.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``
+      (``> 0``; the other modes ignore it).
 
   Returns:
     A pytree of params' structure: Δ in float32 (or the params' wider dtype) at
@@ -185,6 +188,7 @@ def tree_correction(
            [0., 6.]], dtype=float32)
   """
   kernels = penalty.check_mode(mode)
+  tau = penalty.check_tau(tau)
   leaves, treedef = jax.tree.flatten(params)
   views = resolve_views(dimension_numbers, params)
   # On accelerators each product call costs a launch: same-shape matrices
@@ -205,7 +209,7 @@ def tree_correction(
             kernel_options)):
       deltas[i] = penalty.correction_over_axes(
           leaf, mode, amplitude, kernel_options, view.reduction_axes,
-          view.output_axes[0])
+          view.output_axes[0], tau=tau)
       continue
     dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
     key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
@@ -218,8 +222,8 @@ def tree_correction(
                 for i in members]
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
     delta = penalty.correction(
-        stacked, mode, amplitude, kernel_options, units=penalty.COLS
-    )
+        stacked, mode, amplitude, kernel_options, units=penalty.COLS,
+        tau=tau)
     start = 0
     for i, matrix in zip(members, matrices):
       stop = start + matrix.shape[0]
@@ -248,6 +252,7 @@ def _correction_transform(
     kernel_options: penalty.KernelOptions,
     bort_mask: Any = None,
     every: int = 1,
+    tau: float = 0.01,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
 
@@ -288,6 +293,7 @@ def _correction_transform(
           c,
           dimension_numbers=dimension_numbers,
           kernel_options=kernel_options,
+          tau=tau,
       )
       factor = scale if every == 1 else every * scale
       return jax.tree.map(
@@ -311,6 +317,7 @@ def add_bort_correction(
     mode: Mode = DEFAULT_MODE,
     amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
     *,
+    tau: float = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -328,12 +335,21 @@ def add_bort_correction(
   and :func:`with_bort`.
 
   Args:
-    gamma: the strength ``γ ≥ 0``, a scalar or a schedule of the step count.
+    gamma: the strength ``γ ≥ 0``, a scalar or a schedule of the step count
+      (no default: a building block does not know the learning rate that
+      will scale it).
     mode: ``l2-full`` (default), ``l2-row``, ``l2-col``, ``l1-fullrow``,
-      ``l1-fullcol``, ``l1-row`` or ``l1-col``.
+      ``l1-fullcol``, ``l1-row``, ``l1-col``, ``huber-fullrow`` or
+      ``huber-fullcol``. The default (with ``amplitude=1.0``) differs from
+      the aliases' l1-fullrow ``"ada"`` (:data:`bort_jax.RECOMMENDED`) on
+      purpose, as optax's building blocks keep literal defaults while its
+      aliases carry tuned ones: ``¼‖WWᵀ − I‖²`` has the textbook gradient
+      the paper's formulas and the float64 references are written for.
     amplitude: the target squared row norm ``c > 0``, a schedule, or ``"ada"``
       for ``c = (mean_i ‖w_i‖)²`` per matrix and step (only equal norms and
       orthogonality are enforced, not the scale).
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``,
+      ``> 0`` (the other modes ignore it).
     dimension_numbers: which leaves are Bort parameters and how each is a
       matrix: ``None`` (Flax kernels by name, see
       :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
@@ -361,7 +377,8 @@ def add_bort_correction(
   Raises:
     ValueError: at construction for an unknown mode, a gamma that is not a
       number ``>= 0`` finite in float32 or a schedule, an amplitude that is not
-      a positive number, a schedule or ``"ada"``, bad kernel options, an
+      a positive number, a schedule or ``"ada"``, a tau not ``> 0``, bad
+      kernel options, an
       ``every`` outside [1, 2**31 - 1] or a ``bort_mask`` that is not a tree
       of bools or a callable; at
       ``init`` for dimension numbers that do not fit a leaf or a selected leaf
@@ -398,10 +415,10 @@ def add_bort_correction(
     Bounded Orthogonal Constraint", ICLR 2023.
   """
   kernel_options = validation.check_bort_arguments(
-      gamma, mode, amplitude, kernel_options
+      gamma, mode, amplitude, kernel_options, tau
   )
   every = check_every(every)
   return _correction_transform(
       gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every,
+      every, tau,
   )

@@ -25,7 +25,9 @@ Stable names, for the library, the application and DBort alike:
   ``check_amplitude(value, name="amplitude")``,
   ``check_kernel_options(options, name="kernel_options")`` (returns the
   options, defaults filled in), ``check_placement(value, name="placement")``,
-  ``check_bort_arguments(gamma, mode, amplitude, kernel_options)``.
+  ``check_bort_arguments(gamma, mode, amplitude, kernel_options, tau=0.01)``,
+  ``warn_if_step_strength_collapses(where, name, value, per_step, mode,
+  works)`` (a warning, not an error: the bound is measured, not a law).
 
 Values produced by a schedule, or traced under ``optax.inject_hyperparams``,
 cannot be checked here: they are used as they come (a negative γ then pushes
@@ -35,7 +37,8 @@ the weights away from orthogonality, a negative learning rate ascends).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable
+import warnings
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -368,11 +371,66 @@ def check_placement(value: Any, name: str = "placement") -> str:
   return check_choice(name, value, defaults.PLACEMENTS)
 
 
+def check_tau(value: Any, name: str = "tau") -> Any:
+  """The Huber width ``tau`` (relative to ``c``): ``> 0``, finite and non-zero
+  in float32, or traced."""
+  if _is_traced(value):
+    return value
+  return check_real(name, value, low=0, low_inclusive=False,
+                    dtype=COMPUTE_DTYPE)
+
+
 def check_bort_arguments(
-    gamma: Any, mode: Any, amplitude: Any, kernel_options: Any
+    gamma: Any, mode: Any, amplitude: Any, kernel_options: Any,
+    tau: Any = defaults.DEFAULT_TAU, *, gamma_name: str = "gamma",
 ) -> KernelOptions:
   """Checks every Bort argument; returns the kernel options (defaults filled)."""
   check_mode(mode)
-  check_strength(gamma, "gamma")
+  check_strength(gamma, gamma_name)
   check_amplitude(amplitude)
+  check_tau(tau)
   return check_kernel_options(kernel_options)
+
+
+def concrete_number(value: Any) -> float | None:
+  """A Python float for a plain number, ``None`` for a schedule or tracer."""
+  if callable(value) or _is_traced(value) or isinstance(value, (bool, str)):
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def warn_if_step_strength_collapses(
+    where: str, name: str, value: Any, per_step: Callable[[float], float],
+    mode: str, works: Callable[[float], float]) -> None:
+  """Warns, once per construction, when a concrete setting's per-step Bort
+  strength exceeds :data:`bort_jax.MAX_STEP_STRENGTH` for a sign-like mode.
+
+  Args:
+    where: the function, e.g. ``"bort_adamw"``.
+    name: the argument, e.g. ``"gamma"``.
+    value: its value; a schedule or a traced value is not checked.
+    per_step: the per-step strength of a value (e.g. ``lr · γ``).
+    mode: the Bort mode; the l2 modes have their own limit
+      (``lr · γ · c < 1``, see :func:`bort_jax.add_bort_correction`) and are
+      not checked.
+    works: the value whose per-step strength is
+      :data:`bort_jax.DEFAULT_STRENGTH`.
+  """
+  number = concrete_number(value)
+  if number is None or not str(mode).startswith(("l1", "huber")):
+    return
+  try:
+    strength = per_step(number)
+  except TypeError:  # a schedule or a traced learning rate: no concrete step
+    return
+  # A relative margin, so that 0.1 · 0.1 (0.010000000000000002) is at it.
+  if strength > defaults.MAX_STEP_STRENGTH * (1 + 1e-9):
+    warnings.warn(
+        f"{where}: {name}={number:g} is a per-step Bort correction of "
+        f"{strength:.3g}, above {defaults.MAX_STEP_STRENGTH:g}, where the "
+        f"{mode} correction stops constraining or diverges; pass e.g. "
+        f"{name}={works(number):.3g} (a per-step {defaults.DEFAULT_STRENGTH:g}"
+        ").", UserWarning, stacklevel=3)

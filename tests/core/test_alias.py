@@ -135,9 +135,10 @@ def test_with_bort_decoupled_adamw_equals_bort_adamw():
   params = _params(3)
   schedule = optax.cosine_decay_schedule(1e-2, 10)
   ours = bort_jax.bort_adamw(schedule, weight_decay=0.01, gamma=0.5)
+  # with_bort's strength is per step: the paper's lr · γ, written out.
   composed = bort_jax.with_bort(
-      optax.adamw(schedule, weight_decay=0.01), gamma=0.5,
-      placement="decoupled", learning_rate=schedule)
+      optax.adamw(schedule, weight_decay=0.01),
+      strength=lambda count: schedule(count) * 0.5)
   for a, b in zip(jax.tree.leaves(_trajectory(ours, params)),
                   jax.tree.leaves(_trajectory(composed, params))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -147,9 +148,12 @@ def test_with_bort_coupled_sgd_equals_bort_sgd():
   params = _params(4)
   for a, b in zip(
       jax.tree.leaves(_trajectory(
-          bort_jax.bort_sgd(0.1, 0.9, gamma=0.2, mode="l2-row"), params)),
+          bort_jax.bort_sgd(0.1, 0.9, gamma=0.2, mode="l2-row",
+                            amplitude=1.0), params)),
       jax.tree.leaves(_trajectory(
-          bort_jax.with_bort(optax.sgd(0.1, 0.9), gamma=0.2, mode="l2-row"),
+          bort_jax.with_bort(optax.sgd(0.1, 0.9), strength=0.2,
+                             mode="l2-row", amplitude=1.0,
+                             placement="coupled"),
           params))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -160,8 +164,8 @@ def test_with_bort_on_lamb_and_lion_orthogonalises(make, placement):
   """With zero data loss, Bort on any optimizer drives W Wᵀ towards I."""
   lr = 1e-2
   tx = bort_jax.with_bort(
-      make(lr), gamma=1.0, mode="l2-full", amplitude=1.0, placement=placement,
-      learning_rate=lr if placement == "decoupled" else None)
+      make(lr), strength=lr if placement == "decoupled" else 1.0,
+      mode="l2-full", amplitude=1.0, placement=placement)
   params = {"kernel": jnp.asarray(
       np.random.default_rng(5).normal(size=(8, 3)), jnp.float32)}
   before = bort_jax.orthogonality_error(params, 1.0)["kernel"].constraint_error
@@ -170,10 +174,63 @@ def test_with_bort_on_lamb_and_lion_orthogonalises(make, placement):
   assert after < 0.25 * before
 
 
-def test_with_bort_rejects_bad_placement_and_missing_learning_rate():
+def test_with_bort_rejects_bad_placement_and_strength():
   with pytest.raises(ValueError, match="placement must be"):
-    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="after")
-  with pytest.raises(ValueError, match="needs the optimizer's learning_rate"):
-    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="decoupled")
-  with pytest.raises(ValueError, match="gamma must be >= 0"):
-    bort_jax.with_bort(optax.sgd(0.1), gamma=-1.0)
+    bort_jax.with_bort(optax.sgd(0.1), strength=0.1, placement="after")
+  with pytest.raises(ValueError, match="strength must be >= 0"):
+    bort_jax.with_bort(optax.sgd(0.1), strength=-1.0)
+  # The per-step strength needs no learning rate: the old argument is gone.
+  with pytest.raises(TypeError, match="learning_rate"):
+    bort_jax.with_bort(optax.sgd(0.1), learning_rate=0.1)
+
+
+# ---- the Huber width reaches the kernels -----------------------------------
+
+def _huber_step(kernel, tau):
+  """``clip((W Wᵀ − I)/τ, −1, 1) W`` for the rows ``W = kernelᵀ``, in float64."""
+  w = np.asarray(kernel, np.float64).T
+  gram = w @ w.T - np.eye(w.shape[0])
+  return (np.clip(gram / tau, -1, 1) @ w).T
+
+
+@pytest.mark.parametrize("build", [
+    lambda tau: bort_jax.add_bort_correction(1.0, "huber-fullrow", 1.0,
+                                             tau=tau),
+    lambda tau: bort_jax.bort_sgd(1.0, gamma=1.0, mode="huber-fullrow",
+                                  amplitude=1.0, tau=tau),
+    lambda tau: bort_jax.bort_adamw(1.0, gamma=1.0, weight_decay=0.0,
+                                    mode="huber-fullrow", amplitude=1.0,
+                                    tau=tau),
+    lambda tau: bort_jax.with_bort(optax.sgd(1.0), strength=1.0,
+                                   mode="huber-fullrow", amplitude=1.0,
+                                   tau=tau),
+], ids=["add_bort_correction", "bort_sgd", "bort_adamw", "with_bort"])
+def test_tau_reaches_the_huber_kernels(build):
+  """With zero data gradients the step is ∓Δ: tau 0.5 and 0.01 differ as the
+  formula says (0.5 scales the residual, 0.01 clips most of it to signs)."""
+  kernel = jnp.array([[1.0, 0.3], [0.0, 1.02]])
+  params = {"kernel": kernel}
+  zeros = {"kernel": jnp.zeros((2, 2))}
+  steps = {}
+  for tau in (0.5, 0.01):
+    tx = build(tau)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    steps[tau] = np.abs(np.asarray(updates["kernel"], np.float64))
+    np.testing.assert_allclose(steps[tau], np.abs(_huber_step(kernel, tau)),
+                               rtol=1e-6, atol=1e-7)
+  assert not np.allclose(steps[0.5], steps[0.01])
+  np.testing.assert_allclose(
+      np.asarray(bort_jax.tree_correction(params, "huber-fullrow", 1.0,
+                                          tau=0.5)["kernel"]),
+      _huber_step(kernel, 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: bort_jax.add_bort_correction(1.0, "huber-fullrow", tau=0.0),
+    lambda: bort_jax.bort_sgd(0.1, tau=-1.0),
+    lambda: bort_jax.bort_adamw(1e-3, tau=float("inf")),
+    lambda: bort_jax.with_bort(optax.sgd(0.1), tau="wide"),
+])
+def test_tau_is_checked_at_construction(build):
+  with pytest.raises(ValueError, match="tau must be"):
+    build()

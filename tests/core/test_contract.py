@@ -34,9 +34,11 @@ def _bort_then_sgd(learning_rate, gamma, mode="l2-full"):
 
 
 def _with_bort(base, placement, learning_rate, gamma, mode="l2-full"):
+  # Decoupled, with_bort's strength is per step: lr · γ, as in bort_adamw.
+  strength = learning_rate * gamma if placement == "decoupled" else gamma
   return bort_jax.with_bort(
-      base(learning_rate), gamma=gamma, mode=mode, placement=placement,
-      learning_rate=learning_rate if placement == "decoupled" else None)
+      base(learning_rate), strength=strength, mode=mode, amplitude=1.0,
+      placement=placement)
 
 
 # name -> (factory of (learning_rate, gamma, mode), learning rate that

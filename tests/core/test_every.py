@@ -51,10 +51,12 @@ def test_every_one_is_the_plain_correction_bit_for_bit(mode):
 def test_every_k_applies_k_gamma_delta_on_every_kth_step(placement):
   k, lr = 3, 0.05
   gamma = lambda count: 0.1 * (count + 1)  # read at the step count
+  # Decoupled, the strength is per step: lr · γ(count).
+  strength = ((lambda count: lr * gamma(count)) if placement == "decoupled"
+              else gamma)
   tx = bort_jax.with_bort(
-      optax.sgd(lr), gamma=gamma, mode="l2-full", amplitude=1.0,
-      placement=placement,
-      learning_rate=lr if placement == "decoupled" else None, every=k)
+      optax.sgd(lr), strength=strength, mode="l2-full", amplitude=1.0,
+      placement=placement, every=k)
   traces = []
 
   @jax.jit

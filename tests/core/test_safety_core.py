@@ -70,10 +70,9 @@ def test_n4_a_stack_axis_the_shapes_cannot_tell_is_refused(n_in, layers,
     lambda every: bort_jax.add_bort_correction(0.1, every=every),
     lambda every: bort_jax.bort_sgd(0.1, every=every),
     lambda every: bort_jax.bort_adamw(1e-3, every=every),
-    lambda every: bort_jax.with_bort(optax.sgd(0.1), every=every),
-    lambda every: bort_jax.with_bort(optax.adam(1e-3), every=every,
-                                     placement="decoupled",
-                                     learning_rate=1e-3),
+    lambda every: bort_jax.with_bort(optax.sgd(0.1), every=every,
+                                     placement="coupled"),
+    lambda every: bort_jax.with_bort(optax.adam(1e-3), every=every),
 ], ids=["add_bort_correction", "bort_sgd", "bort_adamw", "coupled",
         "decoupled"])
 def test_n9_every_beyond_the_int32_step_counter_is_refused_at_construction(
@@ -140,12 +139,11 @@ def test_n11_recommended_is_read_only_and_agrees_with_everything_reading_it():
       (bort_jax.bort_sgd(0.05, 0.9), bort_jax.bort_sgd(0.05, 0.9,
                                                        **explicit(c))),
       (bort_jax.bort_adamw(1e-3), bort_jax.bort_adamw(1e-3, **explicit(d))),
-      (bort_jax.with_bort(optax.sgd(0.05)),
-       bort_jax.with_bort(optax.sgd(0.05), **explicit(c))),
-      (bort_jax.with_bort(optax.adam(1e-3), placement="decoupled",
-                          learning_rate=1e-3),
-       bort_jax.with_bort(optax.adam(1e-3), placement="decoupled",
-                          learning_rate=1e-3, **explicit(d))),
+      # with_bort's default strength is the decoupled setting's lr · γ.
+      (bort_jax.with_bort(optax.adam(1e-3)),
+       bort_jax.with_bort(optax.adam(1e-3), strength=d.learning_rate * d.gamma,
+                          mode=d.mode, amplitude=d.amplitude,
+                          placement="decoupled")),
   ]
   for default, chosen in pairs:
     np.testing.assert_array_equal(step(default), step(chosen))

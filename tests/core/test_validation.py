@@ -64,7 +64,9 @@ def test_bort_scalars_are_checked_in_the_compute_dtype(kwargs, message):
     bort_jax.add_bort_correction(**kwargs)
   with pytest.raises(ValueError, match=message):
     bort_jax.bort_sgd(0.1, **kwargs)
-  with pytest.raises(ValueError, match=message):
+  # with_bort calls its strength `strength` (per step), the others `gamma`.
+  kwargs = {("strength" if k == "gamma" else k): v for k, v in kwargs.items()}
+  with pytest.raises(ValueError, match=message.replace("gamma", "strength")):
     bort_jax.with_bort(optax.sgd(0.1), **kwargs)
 
 
@@ -149,20 +151,16 @@ def test_aliases_check_their_optax_scalars(make, message):
 def test_with_bort_refuses_a_factory_and_names_the_fix():
   with pytest.raises(TypeError, match=r"call the factory first, e.g. "
                      r"with_bort\(optax.lion\(...\)"):
-    bort_jax.with_bort(optax.lion, gamma=0.1)
+    bort_jax.with_bort(optax.lion, strength=0.1)
   with pytest.raises(TypeError, match="needs an optax.GradientTransformation"):
-    bort_jax.with_bort({"init": None}, gamma=0.1)
+    bort_jax.with_bort({"init": None}, strength=0.1)
 
 
-def test_with_bort_refuses_a_learning_rate_its_placement_ignores():
-  with pytest.raises(ValueError, match="does not use learning_rate"):
-    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, learning_rate=-5)
-  with pytest.raises(ValueError, match="learning_rate must be >= 0"):
-    bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="decoupled",
-                       learning_rate=-5)
-  # The coupled placement with learning_rate=None is the documented form.
-  bort_jax.with_bort(optax.sgd(0.1), gamma=0.1, placement="coupled",
-                     learning_rate=None)
+def test_with_bort_takes_no_learning_rate_in_either_placement():
+  for placement in ("coupled", "decoupled"):
+    with pytest.raises(TypeError, match="learning_rate"):
+      bort_jax.with_bort(optax.sgd(0.1), strength=0.1, placement=placement,
+                         learning_rate=0.1)
 
 
 # ---- one meaning per name --------------------------------------------------
@@ -178,7 +176,7 @@ def test_bort_mask_is_the_bort_selection_everywhere():
   zeros = jax.tree.map(jnp.zeros_like, params)
   l2 = dict(mode="l2-full", amplitude=1.0)  # 2I is off the constraint
   for tx in [bort_jax.add_bort_correction(1.0, bort_mask=only_b),
-             bort_jax.with_bort(optax.sgd(1.0), gamma=1.0, bort_mask=only_b,
+             bort_jax.with_bort(optax.sgd(1.0), strength=1.0, bort_mask=only_b,
                                 **l2),
              bort_jax.bort_sgd(1.0, gamma=1.0, bort_mask=only_b, **l2),
              bort_jax.bort_adamw(1.0, gamma=1.0, weight_decay=0.0,
@@ -187,7 +185,7 @@ def test_bort_mask_is_the_bort_selection_everywhere():
     assert bool(jnp.all(updates["a"]["kernel"] == 0))
     assert not bool(jnp.all(updates["b"]["kernel"] == 0))
   with pytest.raises(TypeError):
-    bort_jax.with_bort(optax.sgd(1.0), gamma=1.0, mask=only_b)
+    bort_jax.with_bort(optax.sgd(1.0), strength=1.0, mask=only_b)
   with pytest.raises(TypeError):
     bort_jax.add_bort_correction(1.0, mask=only_b)
 
