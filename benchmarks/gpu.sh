@@ -5,7 +5,10 @@
 # 460, under 8 minutes on one H100/H200):
 #   1. the correctness pass: a focused subset of tests/core on the GPU;
 #   2. benchmarks/step_overhead.py: the optimizer step, device-side loop;
-#   3. benchmarks/train_step.py: the whole training step, device-side loop;
+#   3. benchmarks/train_step.py --recommended: the whole training step,
+#      device-side loop, at the aliases' default setting and the amortised
+#      candidates (l2-full, huber-fullrow "ada"; every step and every=4)
+#      against AdamW, beside each one's arithmetic floor;
 #   4. benchmarks/gpu_train.py, if present: models trained within a budget
 #      (the full-width SimpleCNN at the authors' recipe, ResNet-18, ViT;
 #      alone, `python benchmarks/gpu_train.py --budget-seconds 540` gives
@@ -65,15 +68,18 @@ if [ "$QUICK" = 1 ]; then
          -k "ada_amplitude or unknown_mode or vector_is_not")
   STEP_ARGS=(--sets deit_s --configs "l2-full c=1" --repeats 1
              --matmul-size 512)
-  TRAIN_ARGS=(--models mlp --optimizers sgd --configs "l2-full c=1"
-              --repeats 1 --steps 1)
+  TRAIN_ARGS=(--models mlp --width mlp=16 --optimizers adamw
+              --configs "recommended,huber-fullrow ada" --every 2
+              --repeats 1 --steps 2)
   GPU_TRAIN_ARGS=(--quick --models simple-cnn,resnet18 --budget-seconds 40)
 else
-  CAPS=(80 110 120 160)
+  CAPS=(80 100 170 150)
   TESTS=(tests/core/test_penalty.py tests/core/test_transform.py
          tests/core/test_every.py -k "not property")
   STEP_ARGS=(--reduced --repeats 10)
-  TRAIN_ARGS=(--models resnet18,vit,mlp,cnn,simple-cnn --repeats 5 --steps 20)
+  TRAIN_ARGS=(--recommended --optimizers adamw
+              --models resnet18,vit,mlp,mlp-784,cnn,simple-cnn
+              --repeats 5 --steps 20)
   GPU_TRAIN_ARGS=(--budget-seconds 150)
 fi
 
@@ -85,7 +91,7 @@ stage "2. the optimizer step: bort_adamw vs optax.adamw (device-side loop)" \
   "${CAPS[1]}" step_overhead.md $PY benchmarks/step_overhead.py "${STEP_ARGS[@]}" \
   --json "$OUT/step_overhead.json"
 
-stage "3. the whole training step: Bort vs AdamW and SGD (device-side loop)" \
+stage "3. the whole training step: the default and amortised Bort vs AdamW" \
   "${CAPS[2]}" train_step.md $PY benchmarks/train_step.py "${TRAIN_ARGS[@]}" \
   --json "$OUT/train_step.json"
 

@@ -5,6 +5,14 @@ several Bort configurations, prints in one run: the step times and their ratio,
 the correction's own time, its arithmetic (GFLOP), its achieved rate and that
 rate as a fraction of a large matmul measured on the same machine.
 
+Every function of a parameter set (``optax.adamw``, a second, separately
+jitted ``optax.adamw``, ``optax.identity``, and each configuration's step
+and correction alone) is timed in turn, repeat by repeat, and each ratio is
+the median of the per-repeat ratios: on a shared machine, load that drifts
+between repeats falls on both sides of a ratio alike. The second
+``optax.adamw`` ("A/A") is the noise floor: it runs the very same program,
+so its ratio is 1 up to the machine's noise.
+
     python benchmarks/step_overhead.py                  # CPU defaults
     python benchmarks/step_overhead.py --reduced        # + bf16 Gram configs
 """
@@ -13,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -67,29 +77,60 @@ def corrections_fn(config: dict, steps: int):
   return jax.jit(run)
 
 
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
+  """``name -> [seconds per call]``, the calls taken in turn, repeat by
+  repeat. ``fns`` maps a name to ``(fn, args)``."""
+  for fn, args in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, (fn, args) in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+  """The median over repeats of ``times[r] / reference[r]``."""
+  return statistics.median(t / r for t, r in zip(times, reference))
+
+
 def measure(set_name: str, configs: dict, repeats: int, matmul_rate: float,
             steps: int):
   params = param_sets.materialise(param_sets.PARAM_SETS[set_name]())
   grads = param_sets.materialise(param_sets.PARAM_SETS[set_name](), seed=1)
-  base = optax.adamw(1e-3, weight_decay=1e-4)
-  base_time = timing.seconds(steps_fn(base, steps), params, base.init(params),
-                             grads, repeats=repeats) / steps
-  rows = []
+  fns = {}
+  for name in ("adamw", "adamw A/A"):
+    base = optax.adamw(1e-3, weight_decay=1e-4)
+    fns[name] = (steps_fn(base, steps), (params, base.init(params), grads))
+  identity = optax.identity()
+  fns["identity"] = (steps_fn(identity, steps),
+                     (params, identity.init(params), grads))
   for name, config in configs.items():
     tx = bort_jax.bort_adamw(1e-3, weight_decay=1e-4, gamma=0.1, **config)
-    bort_time = timing.seconds(steps_fn(tx, steps), params, tx.init(params),
-                               grads, repeats=repeats) / steps
-    correction_time = timing.seconds(corrections_fn(config, steps), params,
-                                     repeats=repeats) / steps
+    fns[name] = (steps_fn(tx, steps), (params, tx.init(params), grads))
+    fns[name, "correction"] = (corrections_fn(config, steps), (params,))
+  times = interleaved(fns, repeats)
+  per_step = {name: statistics.median(t) / steps for name, t in times.items()}
+  base_time, base_times = per_step["adamw"], times["adamw"]
+  rows = []
+  for name, config in configs.items():
+    bort_time = per_step[name]
+    correction_time = per_step[name, "correction"]
     flop = param_sets.correction_flop(params, config["mode"])
+    ratio = paired_ratio(times[name], base_times)
     rows.append(dict(
         set=set_name, config=name, adamw_ms=1e3 * base_time,
-        bort_ms=1e3 * bort_time, ratio=bort_time / base_time,
+        bort_ms=1e3 * bort_time, ratio=ratio,
+        aa_ratio=paired_ratio(times["adamw A/A"], base_times),
         correction_ms=1e3 * correction_time,
-        added_ms=1e3 * (bort_time - base_time), gflop=flop / 1e9,
+        identity_ms=1e3 * per_step["identity"],
+        added_ms=1e3 * (ratio - 1) * base_time, gflop=flop / 1e9,
         gflops=flop / correction_time / 1e9,
         of_matmul=flop / correction_time / matmul_rate,
-        added_vs_floor=(bort_time - base_time) / (flop / matmul_rate)))
+        added_vs_floor=(ratio - 1) * base_time / (flop / matmul_rate)))
   return rows
 
 
@@ -120,16 +161,21 @@ def main(argv=None):
   print(f"device {timing.device_name()}  jax {jax.__version__}  "
         f"f32 matmul {size}^3 at default precision: {rate / 1e9:.1f} GFLOP/s; "
         f"{steps} step(s) per timed call")
+  print("(ratio and A/A: medians of per-repeat ratios to optax.adamw, the "
+        "calls interleaved; A/A times optax.adamw again: its distance from 1 "
+        "is the noise)")
   rows = []
   for set_name in args.sets.split(","):
     rows += measure(set_name, configs, args.repeats, rate, steps)
-  header = ("| set | config | adamw ms | bort ms | ratio | correction ms | "
-            "GFLOP | GFLOP/s | of matmul | added/floor |")
+  header = ("| set | config | adamw ms | bort ms | ratio | A/A | "
+            "correction ms | identity ms | GFLOP | GFLOP/s | of matmul | "
+            "added/floor |")
   print(header)
   print("|---" * (header.count("|") - 1) + "|")
   for r in rows:
     print(f"| {r['set']} | {r['config']} | {r['adamw_ms']:.2f} | "
-          f"{r['bort_ms']:.2f} | {r['ratio']:.2f} | {r['correction_ms']:.2f} | "
+          f"{r['bort_ms']:.2f} | {r['ratio']:.2f} | {r['aa_ratio']:.2f} | "
+          f"{r['correction_ms']:.2f} | {r['identity_ms']:.2f} | "
           f"{r['gflop']:.1f} | {r['gflops']:.1f} | {r['of_matmul']:.0%} | "
           f"{r['added_vs_floor']:.2f} |")
   if args.json:
