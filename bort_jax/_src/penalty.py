@@ -132,14 +132,8 @@ def check_mode(mode: str) -> _Mode:
 
 
 def check_tau(tau: Tau) -> Tau:
-  """The Huber width ``tau`` (relative to c): finite and > 0 in float32.
-
-  A traced value (under ``jit``) is used as it comes.
-  """
-  if isinstance(tau, jax.core.Tracer):
-    return tau
-  return validation.check_real("tau", tau, low=0, low_inclusive=False,
-                               dtype=validation.COMPUTE_DTYPE)
+  """The Huber width ``tau`` (relative to c): :func:`validation.check_tau`."""
+  return validation.check_tau(tau)
 
 
 def check_weights(w: Any, name: str) -> Array:
