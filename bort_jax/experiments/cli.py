@@ -129,15 +129,20 @@ def _add_config_flags(p: argparse.ArgumentParser,
     if field.name in exclude:
       continue
     meta = field.metadata
+    default = "the default" if field.default is None else field.default
+    help = f"{meta['help']} (default: {default})"
+    if isinstance(field.default, bool):  # --name / --no-name
+      p.add_argument(_flag(field), dest=field.name, default=None,
+                     action=argparse.BooleanOptionalAction, help=help)
+      continue
     parse = meta.get("parse")
     what = {int: "an integer", config_lib.parse_amplitude:
             "a positive number or 'ada'"}.get(parse, "a number")
     kwargs = {"type": argument_type(parse, what=what)} if parse else {}
     if meta.get("choices"):
       kwargs["choices"] = meta["choices"]
-    default = "the default" if field.default is None else field.default
-    p.add_argument(_flag(field), dest=field.name, default=None,
-                   help=f"{meta['help']} (default: {default})", **kwargs)
+    p.add_argument(_flag(field), dest=field.name, default=None, help=help,
+                   **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,9 +236,12 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
     recipes.check_override(args.recipe, explicit)
   optimizer = explicit.get("optimizer", values.get(
       "optimizer", config_lib.TrainConfig.optimizer))
-  given = [f for f in config_lib.BORT_FIELDS if f in explicit]
+  given = [f for f in config_lib.BORT_FIELDS if f in explicit and not (
+      f == "bort_head"
+      and {**values, **explicit}.get("init") == "orthogonal")]
   if given and not optimizers.is_bort(optimizer):
-    flags = ", ".join("--" + f for f in given)
+    flags = ", ".join(_flag(config_lib.TrainConfig.__dataclass_fields__[f])
+                      for f in given)
     raise config_lib.ConfigError(
         f"{flags} applies to Bort optimizers only, but --optimizer is "
         f"{optimizer!r}; drop {flags}, or use --optimizer bort-{optimizer}.")

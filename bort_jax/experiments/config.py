@@ -45,10 +45,19 @@ def _option(default: Any, help: str, *, flag: str | None = None,
       "help": help, "flag": flag, "parse": parse, "choices": choices})
 
 
-#: The fields that matter only with a Bort optimizer (``bort-…``); ``None``
-#: (the default) there means the placement's recommended value.
+#: The fields that matter only with a Bort optimizer (``bort-…``): a
+#: non-Bort run keeps their defaults (``None`` for the first six, which a
+#: Bort run fills with the placement's recommended value). One exception:
+#: ``bort_head=False`` also tells ``init="orthogonal"`` to leave the head
+#: alone, so a baseline may set it with that init (the same start as its
+#: Bort run).
 BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
-               "bort_every")
+               "bort_every", "bort_lr_scale", "gamma_schedule", "gamma_switch",
+               "gamma_late_factor", "bort_head")
+
+#: The initialisations: the model's own, or its Bort kernels put on the
+#: constraint (:func:`bort_jax.project_to_constraint`) right after it.
+INITS = ("default", "orthogonal")
 
 #: The seeds numpy's generators take (``np.random.default_rng`` orders the
 #: data from the seed): 0 … 2**32 − 1.
@@ -95,6 +104,22 @@ class TrainConfig:
       (Bort only; 1: every step, at most :data:`MAX_BORT_EVERY`). The
       stability limit multiplies by k: for the l2 modes keep ``lr·k·γ·c``
       below about 1.
+    bort_lr_scale: multiplies the whole update of the Bort kernels (the
+      learning rate of those leaves only; > 0, Bort only).
+    gamma_schedule: γ over the run (Bort only): ``"constant"``; ``"late"``,
+      ``γ·gamma_late_factor`` before the switch and γ from it on (late
+      tightening); ``"anneal"``, γ before the switch, then linear to 0 at
+      the end of the run (as SRIP anneals its penalty: the constraint is
+      not held tight at the end). ``gamma_warmup``'s ramp multiplies it.
+    gamma_switch: where ``"late"`` and ``"anneal"`` switch, as a fraction
+      of the run's steps, in (0, 1] (the step ``round(gamma_switch ·
+      epochs · steps_per_epoch)``).
+    gamma_late_factor: ``"late"``'s factor on γ before the switch, in
+      [0, 1].
+    bort_head: whether Bort constrains the classifier head (the model's
+      last linear layer, :func:`bort_jax.experiments.models.head_path`);
+      ``False`` leaves it to the base optimizer alone, out of the
+      orthogonality metrics and of the orthogonal init.
     learning_rate: the peak learning rate; ``None``: the optimizer's default
       (:data:`~bort_jax.experiments.optimizers.DEFAULT_LEARNING_RATES`).
     schedule: ``"cosine"`` (warmup, then cosine decay to 0) or
@@ -115,6 +140,13 @@ class TrainConfig:
     seed: seeds the initialisation and the data order (0 …
       :data:`MAX_SEED`).
     width: the model's width; ``None`` for the model's default.
+    init: ``"default"`` (the model's initialisation) or ``"orthogonal"``:
+      the kernels Bort would correct (its default selection, without the
+      head when ``bort_head`` is false) are then put on the constraint
+      right after initialisation, with the run's amplitude when it is a
+      number, else ``"ada"`` (also for non-Bort optimizers, so a baseline
+      and an ``"ada"`` Bort run of the same seed start from the same
+      weights).
     eval_batch_size: the evaluation batch size.
     checkpoint_every: also checkpoint every this many steps (0: only at the
       end of each epoch and on interruption).
@@ -154,6 +186,23 @@ class TrainConfig:
   bort_every: int | None = _option(
       None, "apply k*gamma*Delta on every k-th step only, to amortise the "
       "correction's cost (default: 1, every step)", parse=int)
+  bort_lr_scale: float = _option(
+      1.0, "multiply the learning rate (the whole update) of the Bort "
+      "kernels by this factor > 0", parse=float)
+  gamma_schedule: str = _option(
+      "constant", "gamma over the run: constant; late (gamma * "
+      "gamma_late_factor until the switch, then gamma); anneal (gamma until "
+      "the switch, then linear to 0 at the end, not tight at the end)",
+      choices=optimizers_lib.GAMMA_SCHEDULES)
+  gamma_switch: float = _option(
+      0.8, "where the late and anneal gamma schedules switch, as a fraction "
+      "of the run's steps in (0, 1]", parse=float)
+  gamma_late_factor: float = _option(
+      0.1, "the late gamma schedule's factor on gamma before the switch, in "
+      "[0, 1]", parse=float)
+  bort_head: bool = _option(
+      True, "let Bort constrain the classifier head (the last linear "
+      "layer); --no-bort-head leaves it to the base optimizer")
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's, see "
       "optimizers.DEFAULT_LEARNING_RATES)", flag="--lr", parse=float)
@@ -180,6 +229,10 @@ class TrainConfig:
   width: int | None = _option(
       None, "model width (MLP units, CNN/ResNet channels, ViT dimension; "
       "default: the model's)", parse=int)
+  init: str = _option(
+      "default", "initialisation: the model's, or orthogonal (Bort's "
+      "kernels put on the constraint W W^T = cI after it, c the amplitude "
+      "or 'ada'; for any optimizer)", choices=INITS)
   eval_batch_size: int = _option(1000, "evaluation batch size", parse=int)
   checkpoint_every: int = _option(
       0, "also checkpoint every N steps (0: each epoch)", parse=int)
@@ -285,6 +338,51 @@ def _check_float32_nonzero(name: str, value: Any) -> None:
         f"{off}a value of at least {FLOAT32_TINY:.3g}.")
 
 
+def bort_only_fields(values: dict[str, Any]) -> list[str]:
+  """The fields of ``values`` that only a Bort optimizer may set.
+
+  Those of :data:`BORT_FIELDS` that are present and not at their default,
+  except ``bort_head`` when ``values`` asks for ``init="orthogonal"`` (the
+  init honours it for every optimizer).
+
+  Examples:
+    >>> from bort_jax.experiments.config import bort_only_fields
+    >>> bort_only_fields({"gamma": 0.1, "bort_lr_scale": 1.0})
+    ['gamma']
+    >>> bort_only_fields({"bort_head": False, "init": "orthogonal"})
+    []
+  """
+  field_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+  return [name for name in BORT_FIELDS
+          if name in values and values[name] != field_defaults[name]
+          and not (name == "bort_head" and values.get("init") == "orthogonal")]
+
+
+def _check_levers(config: TrainConfig) -> None:
+  """The Bort learning-rate scale, the γ schedule and the head switch."""
+  validation.check_real("bort_lr_scale", config.bort_lr_scale, low=0,
+                        low_inclusive=False)
+  validation.check_choice("gamma_schedule", config.gamma_schedule,
+                          optimizers_lib.GAMMA_SCHEDULES)
+  validation.check_real("gamma_switch", config.gamma_switch, low=0, high=1,
+                        low_inclusive=False)
+  validation.check_real("gamma_late_factor", config.gamma_late_factor, low=0,
+                        high=1)
+  if not isinstance(config.bort_head, bool):
+    raise TypeError(
+        f"bort_head must be true or false, got {config.bort_head!r}.")
+  # A setting the schedule does not read would be silently ignored.
+  uses = {"gamma_switch": ("late", "anneal"), "gamma_late_factor": ("late",)}
+  for name, schedules in uses.items():
+    default = TrainConfig.__dataclass_fields__[name].default
+    if (getattr(config, name) != default
+        and config.gamma_schedule not in schedules):
+      raise ValueError(
+          f"{name} applies to gamma_schedule {' or '.join(schedules)} only, "
+          f"but gamma_schedule is {config.gamma_schedule!r}; drop {name}, or "
+          f"set gamma_schedule to {schedules[0]!r}.")
+
+
 def check_config(config: TrainConfig) -> None:
   """Raises ``TypeError``/``ValueError`` naming the first bad field.
 
@@ -326,8 +424,10 @@ def check_config(config: TrainConfig) -> None:
     validation.check_real("weight_decay", config.weight_decay, low=0)
   validation.check_choice("model", config.model, models_lib.MODELS)
   validation.check_choice("data", config.data, data_lib.DATASETS)
+  validation.check_choice("init", config.init, INITS)
+  _check_levers(config)
   if not optimizers_lib.is_bort(config.optimizer):
-    given = [name for name in BORT_FIELDS if getattr(config, name) is not None]
+    given = bort_only_fields(config.to_dict())
     if given:
       raise ValueError(
           f"{given[0]} applies to Bort optimizers only, but optimizer is "
@@ -353,7 +453,8 @@ def check_config(config: TrainConfig) -> None:
           f"{config.amplitude!r}.") from None
     if config.placement is not None:
       validation.check_placement(config.placement)
-  for name in ("learning_rate", "gamma", "weight_decay", "dbort_weight"):
+  for name in ("learning_rate", "gamma", "weight_decay", "dbort_weight",
+               "bort_lr_scale"):
     _check_float32_nonzero(name, getattr(config, name))
   # Builds (and discards) the optimizer: unknown names fail here.
   optimizers_lib.optimizer_from_config(config, config.learning_rate)

@@ -1,5 +1,10 @@
 """The training loop: restore or initialise, run epochs, measure, checkpoint.
 
+The initialisation is the model's, then (``init="orthogonal"``) its Bort
+kernels projected on the constraint; the Bort selection leaves the head out
+when ``bort_head`` is false, in the optimizer, the init and the
+orthogonality metrics alike.
+
 :func:`train` runs the experiments of the Bort paper (Zhang et al., "Bort:
 Towards Explainable Neural Networks with Bounded Orthogonal Constraint",
 ICLR 2023) on small data: :func:`bort_jax.experiments.steps.train_step` over
@@ -103,6 +108,7 @@ class _Static(NamedTuple):
   eval_def: Any
   schedule: Callable[[int], Any]
   objective: steps_lib.Objective
+  unconstrained: tuple[str, ...] = ()  # kept out of the orthogonality metrics
 
 
 def _init(config: TrainConfig, data: run_data.RunData, classes: int,
@@ -113,15 +119,22 @@ def _init(config: TrainConfig, data: run_data.RunData, classes: int,
   model = models_lib.make_model(
       config.model, tuple(data.train_images.shape[1:]), classes,
       width=config.width, rngs=nnx.Rngs(config.seed))
+  dimension_numbers = bort_jax.flax_dimension_numbers(model)
+  mask = models_lib.bort_mask(config.model, model, head=config.bort_head)
+  if config.init == "orthogonal":
+    _orthogonal_init(config, model, dimension_numbers, mask)
   schedule = optimizers_lib.make_schedule(config, data.steps_per_epoch)
   tx = optimizers_lib.optimizer_from_config(
       config, schedule, steps_per_epoch=data.steps_per_epoch,
-      dimension_numbers=bort_jax.flax_dimension_numbers(model))
+      dimension_numbers=dimension_numbers, bort_mask=mask)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   model_def, model_state = nnx.split(model)
   optimizer_def, optimizer_state = nnx.split(optimizer)
+  unconstrained = (() if config.bort_head
+                   else (models_lib.head_prefix(config.model, model),))
   static = _Static(model_def, optimizer_def, steps_lib.eval_graphdef(model),
-                   schedule, steps_lib.Objective.from_config(config))
+                   schedule, steps_lib.Objective.from_config(config),
+                   unconstrained)
   state = _State(model_state, optimizer_state, steps_lib.Metrics.zeros(), 0,
                  [])
   if parallel is not None:
@@ -129,6 +142,24 @@ def _init(config: TrainConfig, data: run_data.RunData, classes: int,
         {"model": state.model, "optimizer": state.optimizer,
          "metrics": state.metrics}))
   return static, state
+
+
+def _orthogonal_init(config: TrainConfig, model: nnx.Module,
+                     dimension_numbers: Any, mask: Any) -> None:
+  """Puts the kernels Bort would correct on ``W Wᵀ = cI``, in place.
+
+  ``c`` is the run's amplitude when it is a number, else ``"ada"`` (the
+  init's own scale), which is also what a non-Bort run uses: a baseline and
+  an ``"ada"`` Bort run of one seed then start from the same weights. It
+  runs before the first checkpoint, so a resumed run restores these weights.
+  """
+  amplitude = config.amplitude
+  if not isinstance(amplitude, (int, float)) or isinstance(amplitude, bool):
+    amplitude = "ada"
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, bort_jax.project_to_constraint(
+      params, amplitude, dimension_numbers=dimension_numbers,
+      bort_mask=mask))
 
 
 def _arrays(state: _State) -> dict[str, Any]:
@@ -174,7 +205,8 @@ def _measure(static, state, data, config, record, elapsed) -> dict:
                                   data.test_images, data.test_labels,
                                   config.eval_batch_size)
   params = nnx.merge(static.model_def, state.model)
-  mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param))
+  mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param),
+                                          static.unconstrained)
   row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
          "learning_rate": float(static.schedule(max(state.step - 1, 0))),
          **record, "test_loss": test.mean_loss(),
@@ -454,7 +486,8 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
   stopped_by = None if finished else stop.stopped_by
   if finished and ckpt is not None:  # every process: the mesh computes it
     _, per_kernel = steps_lib.orthogonality(
-        nnx.state(nnx.merge(static.model_def, state.model), nnx.Param))
+        nnx.state(nnx.merge(static.model_def, state.model), nnx.Param),
+        static.unconstrained)
     write(state, {"orthogonality": {
         path: {f: float(v) for f, v in e._asdict().items()}
         for path, e in per_kernel.items()}})

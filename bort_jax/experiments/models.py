@@ -1,14 +1,18 @@
-"""Models by their command-line names: one table of builders.
+"""Models by their command-line names: a table of builders, one of heads.
 
 The models themselves live in :mod:`bort_jax.models`; each builder here maps
 an image shape, a class count and an optional width to one of them, and
-imports it only when asked for.
+imports it only when asked for. :data:`HEADS` says where each keeps its
+classifier head, which ``bort_head=False`` leaves out of Bort
+(:func:`bort_mask`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import types
+from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -78,6 +82,124 @@ BUILDERS: dict[str, Builder] = {
 
 #: The model names, in the order the command line lists them.
 MODELS: tuple[str, ...] = tuple(BUILDERS)
+
+
+def _head_attribute(model: nnx.Module) -> tuple[str | int, ...]:
+  return ("head",)
+
+
+def _last_layer(model: nnx.Module) -> tuple[str | int, ...]:
+  return ("layers", len(model.layers) - 1)
+
+
+#: name -> where the model keeps its classifier head (its last linear layer,
+#: the logits): ``model.head`` (``mlp``, ``resnet18``, ``vit``) or the last
+#: of ``model.layers`` (the invertible sequential models: ``invertible-mlp``,
+#: ``cnn``, ``simple-cnn``).
+HEADS: types.MappingProxyType = types.MappingProxyType({
+    "mlp": _head_attribute,
+    "invertible-mlp": _last_layer,
+    "cnn": _last_layer,
+    "resnet18": _head_attribute,
+    "vit": _head_attribute,
+    "simple-cnn": _last_layer,
+})
+
+
+def head_path(name: str, model: nnx.Module) -> tuple[str | int, ...]:
+  """The path of a model's classifier head, its last ``nnx.Linear``.
+
+  Args:
+    name: the model's name (one of :data:`MODELS`).
+    model: the model :func:`make_model` built under that name.
+
+  Returns:
+    The attribute path, e.g. ``("head",)`` or ``("layers", 5)``; the head's
+    kernel is ``path + ("kernel",)`` in ``nnx.state(model, nnx.Param)``.
+
+  Raises:
+    ValueError: for an unknown name, or a model whose head is not an
+      ``nnx.Linear`` (not the model that name builds).
+
+  Examples:
+    >>> from flax import nnx
+    >>> from bort_jax.experiments.models import head_path, make_model
+    >>> model = make_model("invertible-mlp", (8, 8, 1), 10, width=16,
+    ...                    rngs=nnx.Rngs(0))
+    >>> head_path("invertible-mlp", model)
+    ('layers', 5)
+  """
+  find = HEADS.get(name)
+  if find is None:
+    raise ValueError(
+        f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+  path = find(model)
+  node = model
+  for key in path:
+    node = node[key] if isinstance(key, int) else getattr(node, key)
+  if not isinstance(node, nnx.Linear):
+    raise ValueError(
+        f"the head of {name!r} at {'/'.join(map(str, path))} is a "
+        f"{type(node).__name__}, not an nnx.Linear; pass the model "
+        f"make_model({name!r}, ...) builds.")
+  return path
+
+
+def _names(path) -> tuple[str, ...]:
+  """A pytree path as names, without the ``value`` of NNX variables (the
+  trees ``nnx.Optimizer`` hands ``init`` and ``update`` then name a leaf
+  alike)."""
+  names = []
+  for key in path:
+    for attribute in ("key", "idx", "name"):
+      if hasattr(key, attribute):
+        names.append(str(getattr(key, attribute)))
+        break
+    else:
+      names.append(str(key))
+  while names and names[-1] in ("value", "raw_value"):
+    names.pop()
+  return tuple(names)
+
+
+def bort_mask(name: str, model: nnx.Module, *, head: bool = True
+              ) -> Callable[[Any], Any] | None:
+  """The ``bort_mask`` of a run: ``None``, or one leaving the head out.
+
+  Args:
+    name: the model's name.
+    model: the model.
+    head: whether Bort may act on the classifier head (:func:`head_path`).
+
+  Returns:
+    ``None`` when ``head`` (the default selection stands), else a callable
+    ``params -> tree of bool``, false at the head's parameters, for
+    :func:`bort_jax.add_bort_correction`'s and
+    :func:`bort_jax.project_to_constraint`'s ``bort_mask``.
+
+  Examples:
+    >>> from flax import nnx
+    >>> from bort_jax.experiments.models import bort_mask, make_model
+    >>> model = make_model("mlp", (8, 8, 1), 10, width=16, rngs=nnx.Rngs(0))
+    >>> mask = bort_mask("mlp", model, head=False)
+    >>> mask(nnx.to_pure_dict(nnx.state(model, nnx.Param)))["head"]
+    {'bias': False, 'kernel': False}
+  """
+  if head:
+    return None
+  prefix = tuple(str(key) for key in head_path(name, model))
+
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _names(path)[:len(prefix)] != prefix, params)
+
+  return mask
+
+
+def head_prefix(name: str, model: nnx.Module) -> str:
+  """The head's path as the prefix of its keys in
+  :func:`bort_jax.orthogonality_error` (``"head"``, ``"layers/5"``)."""
+  return "/".join(str(key) for key in head_path(name, model))
 
 
 def make_model(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+import jax
 import optax
 
 import bort_jax
@@ -23,6 +24,11 @@ BORT_PREFIX = "bort-"
 #: The learning-rate schedules: warmup then cosine decay to 0, or warmup then
 #: constant (the authors' MNIST/CIFAR script uses no schedule).
 SCHEDULES = ("cosine", "constant")
+
+#: How γ runs over the training (see :func:`make_gamma_schedule`): constant,
+#: weak until a switch then γ (late tightening), or γ until a switch then
+#: linear to 0 at the end (annealed, as SRIP does).
+GAMMA_SCHEDULES = ("constant", "late", "anneal")
 
 #: The default peak learning rate per base optimizer (SGD with momentum 0.9
 #: wants a far larger step than the adaptive methods); any other optax
@@ -130,12 +136,17 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
                                  config.gamma, config.momentum, placement)
   how = ("lr*gamma/(1-momentum)" if placement == "coupled"
          and base_name(config.optimizer) == "sgd" else "lr*gamma")
+  scale = getattr(config, "bort_lr_scale", 1.0)
+  if scale != 1.0:  # the Bort kernels' whole update, correction included
+    strength *= scale
+    how += "*bort_lr_scale"
   line = (f"Bort {placement}, {config.mode}, amplitude {config.amplitude}, "
           f"gamma {config.gamma:g}: per-step correction ~ {how} = "
           f"{strength:.3g}")
   every = config.bort_every or 1
   if every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times it
     line += f", applied as {every} x {strength:.3g} every {every} steps"
+  line += _levers_note(config)
   family = config.mode.split("-")[0]
   weak, strong = STRENGTH_LIMITS[family]
   warnings = []
@@ -152,6 +163,136 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
         f"{weak:g}, where the MNIST frontier leaves the constraint loose; "
         "raise --gamma for an orthogonal network.")
   return line, warnings
+
+
+def _levers_note(config: Any) -> str:
+  """The non-default γ schedule, Bort learning-rate scale and head switch."""
+  note = ""
+  schedule = getattr(config, "gamma_schedule", "constant")
+  switch = f"{getattr(config, 'gamma_switch', 1.0):.0%} of the steps"
+  if schedule == "late":
+    note += (f"; gamma late: {config.gamma * config.gamma_late_factor:g} "
+             f"until {switch}, then {config.gamma:g}")
+  elif schedule == "anneal":
+    note += (f"; gamma anneal: {config.gamma:g} until {switch}, then linear "
+             "to 0 at the end (not tight at the end)")
+  scale = getattr(config, "bort_lr_scale", 1.0)
+  if scale != 1.0:
+    note += f"; Bort kernels' learning rate x{scale:g}"
+  if not getattr(config, "bort_head", True):
+    note += "; classifier head not constrained"
+  return note
+
+
+def make_gamma_schedule(config: Any, steps_per_epoch: int
+                        ) -> optax.ScalarOrSchedule:
+  """The γ of a Bort run, step by step: its schedule times its warm-up.
+
+  With ``T = epochs · steps_per_epoch`` steps and the switch step
+  ``s = round(gamma_switch · T)``:
+
+  - ``"constant"``: γ;
+  - ``"late"``: ``γ · gamma_late_factor`` for steps ``t < s``, then γ;
+  - ``"anneal"``: γ for ``t < s``, then ``γ · (1 − (t − s)/(T − s))``, which
+    reaches 0 at ``T``: the last steps barely correct, so the constraint is
+    not tight at the end of the run.
+
+  A ``gamma_warmup`` of ``e`` epochs multiplies this by a ramp from 0 to 1
+  over ``w = max(1, round(e · steps_per_epoch))`` steps (``min(t/w, 1)``).
+  Built from optax schedules, so it is traced by the step counter, with no
+  Python branch on its value.
+
+  Args:
+    config: a :class:`~bort_jax.experiments.config.TrainConfig` with a Bort
+      optimizer.
+    steps_per_epoch: optimizer steps per epoch.
+
+  Returns:
+    γ as a number (constant, no warm-up) or an optax schedule.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig
+    >>> from bort_jax.experiments.optimizers import make_gamma_schedule
+    >>> config = TrainConfig(gamma=0.5, gamma_schedule="late", epochs=1,
+    ...                      gamma_switch=0.5, gamma_late_factor=0.1)
+    >>> gamma = make_gamma_schedule(config, 10)
+    >>> [round(float(gamma(t)), 6) for t in (0, 4, 5, 9)]
+    [0.05, 0.05, 0.5, 0.5]
+  """
+  gamma = config.gamma
+  ramp = 0
+  if config.gamma_warmup:
+    ramp = max(1, int(round(config.gamma_warmup * steps_per_epoch)))
+  if config.gamma_schedule == "constant":
+    # The warm-up alone keeps its one schedule (runs made before the
+    # schedules existed resume bit for bit).
+    return optax.linear_schedule(0.0, gamma, ramp) if ramp else gamma
+  total = config.epochs * steps_per_epoch
+  switch = int(round(config.gamma_switch * total))
+  if config.gamma_schedule == "late":
+    pieces = [optax.constant_schedule(gamma * config.gamma_late_factor),
+              optax.constant_schedule(gamma)]
+  else:  # "anneal"
+    pieces = [optax.constant_schedule(gamma),
+              optax.linear_schedule(gamma, 0.0, max(1, total - switch))]
+  schedule = optax.join_schedules(pieces, [switch])
+  if not ramp:
+    return schedule
+  warm = optax.linear_schedule(0.0, 1.0, ramp)
+  return lambda count: warm(count) * schedule(count)
+
+
+def bort_leaves(dimension_numbers: Any = None, bort_mask: Any = None
+                ) -> Callable[[Any], Any]:
+  """A callable mask: true at the leaves Bort corrects, false elsewhere.
+
+  A leaf is a Bort leaf when the dimension numbers select it (``None``: the
+  default selection, :func:`bort_jax.flax_dimension_numbers` of the tree)
+  and ``bort_mask`` (a tree or callable of booleans, or ``None``) keeps it,
+  the selection of :func:`bort_jax.add_bort_correction`. A callable, so that
+  it fits both trees ``nnx.Optimizer`` hands a transformation.
+
+  Args:
+    dimension_numbers: as in :func:`make_optimizer`.
+    bort_mask: as in :func:`make_optimizer`.
+
+  Returns:
+    ``params -> tree of bool`` of ``params``' structure.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from bort_jax.experiments.optimizers import bort_leaves
+    >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    >>> bort_leaves()(params)
+    {'bias': False, 'kernel': True}
+  """
+  def is_view(x):
+    return x is None or isinstance(x, bort_jax.BortDimensionNumbers)
+
+  def mask(params):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    numbers = dimension_numbers
+    if numbers is None:
+      numbers = bort_jax.flax_dimension_numbers(params)
+    elif callable(numbers):
+      numbers = numbers(params)
+    if isinstance(numbers, bort_jax.BortDimensionNumbers):
+      views = [numbers] * len(leaves)
+    else:
+      views = jax.tree_util.tree_leaves(numbers, is_leaf=is_view)
+    keep = [True] * len(leaves)
+    if bort_mask is not None:
+      keep = jax.tree_util.tree_leaves(
+          bort_mask(params) if callable(bort_mask) else bort_mask)
+    if not len(views) == len(keep) == len(leaves):
+      raise ValueError(
+          "bort_leaves: the dimension numbers or bort_mask do not match the "
+          f"parameter tree ({len(views)} and {len(keep)} leaves for "
+          f"{len(leaves)}); build them from the same model.")
+    return treedef.unflatten([view is not None and bool(k)
+                              for view, k in zip(views, keep)])
+
+  return mask
 
 
 def _optax_alias(name: str) -> Callable[..., optax.GradientTransformation]:
@@ -197,6 +338,8 @@ def make_optimizer(
     momentum: float = 0.9,
     dimension_numbers: Any = None,
     every: int | None = None,
+    bort_mask: Any = None,
+    bort_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
   """An optimizer by its command-line name, with or without Bort.
 
@@ -215,6 +358,12 @@ def make_optimizer(
       ``bort_jax.flax_dimension_numbers(model)``); ``None`` for its default.
     every: the Bort alias's ``every`` (``k·γ·Δ`` on every k-th step);
       ``None`` or 1: every step.
+    bort_mask: the Bort alias's ``bort_mask`` (a tree or callable of
+      booleans; ``None``: every selected leaf), e.g. to leave the classifier
+      head out.
+    bort_lr_scale: multiplies the whole update of the Bort leaves
+      (:func:`bort_leaves`) by this factor, last in the chain (Bort
+      optimizers only; 1: unchanged).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -253,51 +402,69 @@ def make_optimizer(
     bort_kwargs["dimension_numbers"] = dimension_numbers
   if every is not None:
     bort_kwargs["every"] = every
+  if bort_mask is not None:
+    bort_kwargs["bort_mask"] = bort_mask
+  if not bort and (bort_mask is not None or bort_lr_scale != 1.0):
+    raise ValueError(
+        "bort_mask and bort_lr_scale apply to Bort optimizers only; drop "
+        f"them, or use bort-{name}.")
   if bort and base == "sgd":
-    return bort_jax.bort_sgd(
+    tx = bort_jax.bort_sgd(
         learning_rate, momentum or None, weight_decay=weight_decay or 0.0,
         **bort_kwargs)
-  if bort and base == "adamw":
+  elif bort and base == "adamw":
     wd = {} if weight_decay is None else {"weight_decay": weight_decay}
-    return bort_jax.bort_adamw(learning_rate, **wd, **bort_kwargs)
-  optimizer = _optax_optimizer(base, learning_rate, weight_decay, momentum)
-  if not bort:
-    return optimizer
-  placement = placement or "decoupled"
-  return bort_jax.with_bort(
-      optimizer, placement=placement,
-      learning_rate=learning_rate if placement == "decoupled" else None,
-      **bort_kwargs)
+    tx = bort_jax.bort_adamw(learning_rate, **wd, **bort_kwargs)
+  else:
+    optimizer = _optax_optimizer(base, learning_rate, weight_decay, momentum)
+    if not bort:
+      return optimizer
+    placement = placement or "decoupled"
+    tx = bort_jax.with_bort(
+        optimizer, placement=placement,
+        learning_rate=learning_rate if placement == "decoupled" else None,
+        **bort_kwargs)
+  if bort_lr_scale == 1.0:
+    return tx
+  # Last in the chain: the Bort leaves' whole step (gradient part, decay and
+  # correction) scales, as a per-group learning rate would.
+  return optax.chain(tx, optax.masked(
+      optax.scale(bort_lr_scale), bort_leaves(dimension_numbers, bort_mask)))
 
 
 def optimizer_from_config(
     config: Any, learning_rate: optax.ScalarOrSchedule, *,
     steps_per_epoch: int = 1,
     dimension_numbers: Any = None,
+    bort_mask: Any = None,
 ) -> optax.GradientTransformation:
   """:func:`make_optimizer` with a :class:`TrainConfig`'s arguments.
 
-  A ``gamma_warmup`` of ``e`` epochs ramps γ linearly from 0 over
-  ``e · steps_per_epoch`` steps.
+  γ follows :func:`make_gamma_schedule` (its schedule, with the
+  ``gamma_warmup`` ramp); ``bort_lr_scale`` scales the Bort leaves' update.
 
   Args:
     config: a :class:`~bort_jax.experiments.config.TrainConfig`.
     learning_rate: a scalar or an optax schedule.
-    steps_per_epoch: optimizer steps per epoch (for the γ ramp).
+    steps_per_epoch: optimizer steps per epoch (for the γ schedule).
     dimension_numbers: as in :func:`make_optimizer`.
+    bort_mask: as in :func:`make_optimizer` (the training loop passes
+      :func:`bort_jax.experiments.models.bort_mask`'s, which leaves the head
+      out when ``bort_head`` is false).
 
   Returns:
     An :class:`optax.GradientTransformation`.
   """
   gamma = config.gamma
-  if config.gamma_warmup:
-    ramp = max(1, int(round(config.gamma_warmup * steps_per_epoch)))
-    gamma = optax.linear_schedule(0.0, config.gamma, ramp)
+  bort = {}
+  if is_bort(config.optimizer):
+    gamma = make_gamma_schedule(config, steps_per_epoch)
+    bort = dict(bort_mask=bort_mask, bort_lr_scale=config.bort_lr_scale)
   return make_optimizer(
       config.optimizer, learning_rate, gamma=gamma, mode=config.mode,
       amplitude=config.amplitude, placement=config.placement,
       weight_decay=config.weight_decay, momentum=config.momentum,
-      dimension_numbers=dimension_numbers, every=config.bort_every)
+      dimension_numbers=dimension_numbers, every=config.bort_every, **bort)
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

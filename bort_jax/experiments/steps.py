@@ -254,18 +254,37 @@ def eval_step(eval_def: Any, model_state: Any, metrics: Metrics,
   return metrics.add(losses, correct, mask)
 
 
-@jax.jit
-def orthogonality(params: Any):
+@functools.partial(jax.jit, static_argnames="exclude")
+def orthogonality(params: Any, exclude: tuple[str, ...] = ()):
   """The per-kernel orthogonality errors and their mean (``None`` if none).
+
+  The errors cover the Bort kernels of the run only: the default selection
+  (:func:`bort_jax.orthogonality_error`) less the parameters under the
+  ``exclude`` prefixes (the classifier head of a ``bort_head=False`` run,
+  which Bort does not correct).
 
   Args:
     params: the model's ``nnx.Param`` state.
+    exclude: path prefixes (``"head"``, ``"layers/5"``) whose parameters
+      are left out (static).
 
   Returns:
     ``(mean, errors)``: :func:`bort_jax.mean_orthogonality_error` (or
     ``None`` without Bort kernels) and :func:`bort_jax.orthogonality_error`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from bort_jax.experiments.steps import orthogonality
+    >>> params = {"head": {"kernel": jnp.ones((3, 2))},
+    ...           "dense": {"kernel": jnp.eye(3)}}
+    >>> mean, errors = orthogonality(params, exclude=("head",))
+    >>> list(errors), float(mean.constraint_error)
+    (['dense/kernel'], 0.0)
   """
-  errors = bort_jax.orthogonality_error(params)
+  errors = {path: error
+            for path, error in bort_jax.orthogonality_error(params).items()
+            if not any(path == p or path.startswith(p + "/")
+                       for p in exclude)}
   if not errors:
     return None, {}
   return bort_jax.mean_orthogonality_error(errors), errors
