@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
@@ -15,8 +16,18 @@ from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
 
 
-class OrthogonalityError(NamedTuple):
+class _Errors(NamedTuple):
+  constraint_error: jax.Array
+  max_cosine: jax.Array
+  norm_spread: jax.Array
+
+
+class OrthogonalityError(_Errors):
   """Constraint errors of one Bort parameter (averaged over its batch axes).
+
+  A tuple of three numbers (iterate it, ``_asdict()`` it or pass it through
+  ``jit`` as before), plus ``overcomplete``, a Python bool known from the
+  shape alone and carried as static pytree data.
 
   Attributes:
     constraint_error: ``‖S − cI‖_F / ‖cI‖_F`` with ``S`` the Gram of the
@@ -25,16 +36,75 @@ class OrthogonalityError(NamedTuple):
       side (0 when orthogonal); the maximum over batch axes.
     norm_spread: standard deviation / mean of that side's vector norms (0 when
       bounded).
+    overcomplete: whether the matrix has more output units than fan-in
+      (m > n, e.g. a first 3×3 conv from 1 channel to 16: 9 < 16), so that
+      ``W Wᵀ = cI`` is infeasible (its rank is at most n). The three errors
+      are then those of ``Wᵀ W = cI`` (orthogonal fan-in columns of equal
+      norm), the constraint ``l2-full`` reaches there: its correction
+      ``(W Wᵀ − cI) W = W (Wᵀ W − cI)`` vanishes exactly when ``Wᵀ W = cI``.
+      For :func:`mean_orthogonality_error`, whether any parameter is.
 
   A zero matrix (or a zero amplitude from ``"ada"`` or ``None``) has
   ``constraint_error = 1``, the value ``‖0 − cI‖ / ‖cI‖`` for every ``c > 0``,
   ``max_cosine = 0`` and ``norm_spread = 0``; zero vectors count as
   orthogonal to all others. An empty matrix has all three 0.
+
+  Concrete values print as numbers, so a dict of them reads as a table.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> OrthogonalityError(jnp.float32(0.0123), jnp.float32(0.41),
+    ...                    jnp.float32(0.02))
+    OrthogonalityError(constraint_error=0.0123, max_cosine=0.41, norm_spread=0.02)
+    >>> matrix_orthogonality_error(jnp.ones((16, 9)))  # 16 units, fan-in 9
+    OrthogonalityError(constraint_error=2.828, max_cosine=1, norm_spread=0, overcomplete=True)
   """
 
-  constraint_error: jax.Array
-  max_cosine: jax.Array
-  norm_spread: jax.Array
+  def __new__(cls, constraint_error, max_cosine, norm_spread,
+              overcomplete: bool = False):
+    self = super().__new__(cls, constraint_error, max_cosine, norm_spread)
+    # A tuple subclass keeps a __dict__: the flag lives there, not among
+    # the three values that callers iterate.
+    self.__dict__["overcomplete"] = bool(overcomplete)
+    return self
+
+  @property
+  def overcomplete(self) -> bool:
+    return self.__dict__.get("overcomplete", False)
+
+  def _replace(self, **values) -> "OrthogonalityError":
+    overcomplete = values.pop("overcomplete", self.overcomplete)
+    return OrthogonalityError(*super()._replace(**values), overcomplete)
+
+  def __getnewargs__(self):
+    return (*self, self.overcomplete)
+
+  def __repr__(self) -> str:
+    parts = [f"{f}={_number(v)}" for f, v in zip(self._fields, self)]
+    if self.overcomplete:
+      parts.append("overcomplete=True")
+    return f"OrthogonalityError({', '.join(parts)})"
+
+  __str__ = __repr__
+
+
+def _number(value: Any) -> str:
+  """A concrete scalar as a short number; anything else as its own repr
+  (a tracer under jit, a ShapeDtypeStruct under eval_shape, an array)."""
+  if (isinstance(value, (jax.core.Tracer, jax.ShapeDtypeStruct))
+      or np.ndim(value) != 0):
+    return repr(value)
+  try:
+    return f"{float(value):.4g}"
+  except (TypeError, ValueError):
+    return repr(value)
+
+
+jax.tree_util.register_pytree_node(
+    OrthogonalityError,
+    lambda e: (tuple(e), e.overcomplete),
+    lambda overcomplete, values: OrthogonalityError(*values, overcomplete),
+)
 
 
 def _check_real_floating(x: Any, name: str, fix: str) -> None:
@@ -64,7 +134,7 @@ def matrix_orthogonality_error(
       are measured.
 
   Returns:
-    An :class:`OrthogonalityError` of scalars.
+    An :class:`OrthogonalityError` of scalars, ``overcomplete`` when m > n.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -86,13 +156,14 @@ def matrix_orthogonality_error(
     validation.check_amplitude(amplitude)
   x = w.astype(penalty.compute_dtype(w.dtype))
   zero = jnp.zeros((), x.dtype)
+  overcomplete = x.shape[-2] > x.shape[-1]
   if x.size == 0:
-    return OrthogonalityError(zero, zero, zero)
+    return OrthogonalityError(zero, zero, zero, overcomplete)
   if isinstance(amplitude, str):
     c = penalty.ada_amplitude(x)
   elif amplitude is not None:
     c = jnp.broadcast_to(jnp.asarray(amplitude, x.dtype), x.shape[:-2])
-  if x.shape[-2] > x.shape[-1]:
+  if overcomplete:  # W Wᵀ = cI is infeasible: measure Wᵀ W = cI
     x = jnp.swapaxes(x, -1, -2)
   k = x.shape[-2]
   gram = jnp.matmul(x, jnp.swapaxes(x, -1, -2))
@@ -113,8 +184,8 @@ def matrix_orthogonality_error(
   spread = jnp.where(mean_norm > 0, jnp.std(norms, axis=-1)
                      / jnp.where(mean_norm > 0, mean_norm, 1.0), 0.0)
   return OrthogonalityError(
-      jnp.mean(constraint), jnp.max(max_cosine), jnp.mean(spread)
-  )
+      jnp.mean(constraint), jnp.max(max_cosine), jnp.mean(spread),
+      overcomplete)
 
 
 def orthogonality_error(
@@ -137,7 +208,10 @@ def orthogonality_error(
   Returns:
     A dict from each Bort parameter's path (``"layer/kernel"``) to its
     :class:`OrthogonalityError`; empty, with a warning, when nothing is
-    selected.
+    selected. A parameter with more output units than fan-in (m > n) cannot
+    have ``W Wᵀ = cI``: its ``overcomplete`` is ``True`` and its errors are
+    those of ``Wᵀ W = cI``. :func:`mean_orthogonality_error` makes one
+    number of the dict.
 
   Raises:
     TypeError: (also a ValueError) for a selected leaf that is not real
@@ -149,6 +223,8 @@ def orthogonality_error(
     >>> errors = orthogonality_error(params)
     >>> list(errors), float(errors["dense/kernel"].constraint_error)
     (['dense/kernel'], 0.0)
+    >>> errors
+    {'dense/kernel': OrthogonalityError(constraint_error=0, max_cosine=0, norm_spread=0)}
   """
   if amplitude is not None:
     validation.check_amplitude(amplitude)
@@ -177,8 +253,26 @@ def orthogonality_error(
 def mean_orthogonality_error(
     errors: dict[str, OrthogonalityError],
 ) -> OrthogonalityError:
-  """Averages :func:`orthogonality_error`'s per-parameter errors (max cosine:
-  the maximum), for a one-line log."""
+  """Averages :func:`orthogonality_error`'s per-parameter errors, for a
+  one-line log.
+
+  Args:
+    errors: the dict :func:`orthogonality_error` returns.
+
+  Returns:
+    An :class:`OrthogonalityError`: the mean constraint error and norm
+    spread, the largest max cosine, and ``overcomplete`` if any parameter is.
+
+  Raises:
+    ValueError: for an empty dict; TypeError for anything else than that
+      dict.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"a": {"kernel": jnp.eye(3)}, "b": {"kernel": jnp.ones((3, 3))}}
+    >>> mean_orthogonality_error(orthogonality_error(params))
+    OrthogonalityError(constraint_error=0.7071, max_cosine=1, norm_spread=0)
+  """
   if not isinstance(errors, dict):
     raise validation.ArgumentTypeError(
         "mean_orthogonality_error takes the dict orthogonality_error "
@@ -200,4 +294,5 @@ def mean_orthogonality_error(
       jnp.mean(stack("constraint_error")),
       jnp.max(stack("max_cosine")),
       jnp.mean(stack("norm_spread")),
+      any(v.overcomplete for v in values),
   )

@@ -5,7 +5,8 @@ of output unit ``i``. Flax puts output units on the last axis (Linear
 ``(in, out)``, Conv ``(kh, kw, in/groups, out)``), PyTorch on the first; getting
 this wrong silently orthogonalises the wrong side. This module (no math) maps a
 parameter to a batch of such matrices ``(B, m, n)`` and back, and chooses the
-default Bort parameters of a Flax model.
+default Bort parameters of a Flax model, or the leaves one
+:class:`BortDimensionNumbers` applies to in any other library's tree.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from bort_jax._src import sharding
 from bort_jax._src import validation
@@ -39,6 +43,8 @@ class BortDimensionNumbers(NamedTuple):
   Examples:
     >>> BortDimensionNumbers()  # nnx.Linear (in, out) and nnx.Conv kernels
     BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=())
+    >>> BortDimensionNumbers.out_in()  # eqx.nn.Linear, PyTorch (out, in, ...)
+    BortDimensionNumbers(reduction_axis=None, output_axis=0, batch_axis=())
     >>> # A scanned stack of Linear layers, kernel (layers, in, out):
     >>> stacked = BortDimensionNumbers(batch_axis=0)
     >>> # An attention query kernel (in, heads, head_dim):
@@ -48,6 +54,21 @@ class BortDimensionNumbers(NamedTuple):
   reduction_axis: Axes | None = None
   output_axis: Axes = -1
   batch_axis: Axes = ()
+
+  @classmethod
+  def out_in(cls) -> "BortDimensionNumbers":
+    """PyTorch's and Equinox's layout: output units on the first axis.
+
+    Fan-in is every other axis: Linear ``(out, in)`` and Conv
+    ``(out, in, kh, kw)`` of PyTorch, Equinox and Haiku-ported weights. Given
+    as ``dimension_numbers=BortDimensionNumbers.out_in()``, one value applies
+    to every weight matrix of the tree (see :func:`resolve_views`), so an
+    ``eqx.nn.MLP`` needs nothing else.
+
+    Returns:
+      ``BortDimensionNumbers(output_axis=0)``.
+    """
+    return cls(output_axis=0)
 
 
 def _is_axis(x) -> bool:
@@ -284,7 +305,9 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
   if flax_selection.is_nnx_module(model_or_params):
     return flax_selection.module_dimension_numbers(model_or_params)
   _check_params_tree(model_or_params)
-  return _selection_by_name(model_or_params)
+  tree = _selection_by_name(model_or_params)
+  warn_possibly_stacked(model_or_params, tree)
+  return tree
 
 
 def _check_params_tree(params: Any) -> None:
@@ -319,6 +342,118 @@ def _selection_by_name(params: Any) -> Any:
     return BortDimensionNumbers()
 
   return jax.tree_util.tree_map_with_path(choose, params)
+
+
+#: Names of leaves that are not linear maps: biases, norm scales, embeddings
+#: (lookup tables and position codes). One BortDimensionNumbers given for the
+#: whole tree leaves them out unless a bort_mask selects them.
+NOT_MATRIX_NAMES = ("bias", "scale", "embed", "norm")
+
+
+def _is_masked(params: Any) -> bool:
+  """Whether ``optax.masked`` (a ``bort_mask``) has left leaves out here."""
+  return any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(
+      params, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+
+
+def _is_weight_matrix(path, leaf, masked: bool) -> bool:
+  """Whether one explicitly given BortDimensionNumbers is meant for a leaf.
+
+  A floating leaf with at least two axes. Without a ``bort_mask``, also
+  neither a bias, norm scale nor embedding by name, nor a vector with unit
+  axes (a ViT's ``(1, 1, d)`` class token), unless it is a ``kernel``.
+  """
+  dtype = getattr(leaf, "dtype", None)
+  shape = tuple(getattr(leaf, "shape", ()))
+  if (dtype is None or len(shape) < 2
+      or not jnp.issubdtype(jnp.dtype(dtype), jnp.floating)):
+    return False
+  if masked:
+    return True  # the user's bort_mask chose this leaf
+  names = path_names(path)
+  last = str(names[-1]).lower() if names else ""
+  if last == "kernel":
+    return True
+  return (sum(d > 1 for d in shape) >= 2
+          and not any(word in last for word in NOT_MATRIX_NAMES))
+
+
+def _selection_for(dims: BortDimensionNumbers, params: Any) -> Any:
+  """One explicitly given BortDimensionNumbers at every weight matrix.
+
+  Whatever the library names its weights (``kernel``, Equinox's and
+  PyTorch's ``weight``, Haiku's ``w``), a leaf of :func:`_is_weight_matrix`
+  that the numbers fit is selected. Leaves they do not fit are skipped (and
+  reported by the transform's unreached-weight warning); when they fit none,
+  the first misfit raises, since that is a typo rather than a choice.
+  """
+  masked = _is_masked(params)
+  first_misfit = None
+
+  def choose(path, leaf):
+    nonlocal first_misfit
+    if not _is_weight_matrix(path, leaf, masked):
+      return None
+    try:
+      matrix_view(leaf.shape, dims, repr(path_string(path)))
+    except ValueError as e:
+      first_misfit = first_misfit or e
+      return None
+    return dims
+
+  tree = jax.tree_util.tree_map_with_path(choose, params)
+  if first_misfit is not None and all(
+      d is None for d in jax.tree.leaves(tree, is_leaf=_is_dims_leaf)):
+    raise first_misfit
+  return tree
+
+
+# Ambiguous kernels already reported, by path and shape: the warning is said
+# once, at init, not again when each update is traced.
+_AMBIGUOUS_WARNED: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def _possibly_stacked(params: Any, tree: Any) -> list[tuple[str, tuple]]:
+  """Kernels the by-name rule takes as one matrix that may be a stack.
+
+  A parameter tree cannot tell ``L`` stacked Linear kernels ``(L, in, out)``
+  from a 1-D convolution's ``(k, in, out)``. The kernel's own ``bias`` can:
+  a layer's bias has one axis (its units), a stack's has the stacked axes
+  too. So a kernel with three or more axes is reported when its sibling
+  ``bias`` has more than one axis, and a 3-axis kernel when it has no bias
+  (a bias-free 1-D convolution and a bias-free stack look the same).
+  4-axis and larger kernels without a bias are taken as 2-D and 3-D
+  convolutions, Flax's ``(kh, kw, in, out)`` and ``(kd, kh, kw, in, out)``.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  shapes = {path_names(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+  dims = jax.tree.leaves(tree, is_leaf=_is_dims_leaf)
+  found = []
+  for (path, leaf), d in zip(leaves, dims):
+    shape = tuple(getattr(leaf, "shape", ()))
+    if d != BortDimensionNumbers() or len(shape) < 3 or 0 in shape:
+      continue  # attention kernels have their own rule; empty ones no Δ
+    bias = shapes.get(path_names(path)[:-1] + ("bias",))
+    if (bias is None and len(shape) == 3) or (bias and len(bias) > 1):
+      found.append((path_string(path), shape))
+  return found
+
+
+def warn_possibly_stacked(params: Any, tree: Any, stacklevel: int = 3
+                          ) -> None:
+  """Warns once per kernel of :func:`_possibly_stacked`, naming the fix."""
+  for path, shape in _possibly_stacked(params, tree):
+    if (path, shape) in _AMBIGUOUS_WARNED:
+      continue
+    _AMBIGUOUS_WARNED.add((path, shape))
+    warnings.warn(
+        f"Bort treats {path!r} of shape {shape} as one matrix (units on the "
+        f"last axis, fan-in on the others), but it may be {shape[0]} stacked "
+        "layers (nnx.vmap, nnx.scan, linen nn.scan), which a parameter tree "
+        "cannot tell; pass the model itself (dimension_numbers=model), or "
+        "dimension_numbers= a tree with BortDimensionNumbers(batch_axis=0) "
+        "at that leaf for a stack (BortDimensionNumbers() for a 1-D "
+        "convolution).", stacklevel=stacklevel)
 
 
 DimensionNumbersLike = (
@@ -359,18 +494,34 @@ def resolve_views(
   """The matrix view of every leaf of ``params`` (flattened order), or None.
 
   Args:
-    dimension_numbers: ``None`` for :func:`flax_dimension_numbers`; one
-      :class:`BortDimensionNumbers` used for every leaf the default selects; a
-      pytree (a prefix of ``params``) of them with ``None`` to skip a leaf; a
-      callable returning such a pytree given ``params``; or an ``nnx.Module``
-      (its :func:`flax_dimension_numbers`).
+    dimension_numbers: ``None`` for :func:`flax_dimension_numbers` (Flax
+      kernels by name; a kernel that may be stacked layers warns once); one
+      :class:`BortDimensionNumbers` for every weight matrix, whatever its
+      name (see below); a pytree (a prefix of ``params``) of them with
+      ``None`` to skip a leaf; a callable returning such a pytree given
+      ``params``; or an ``nnx.Module`` (its :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
+
+  One :class:`BortDimensionNumbers` applies to every floating leaf with at
+  least two axes that it fits. Under a ``bort_mask`` that leaves some leaves
+  out, that is every such leaf the mask selects; without one, biases, norm
+  scales and embeddings (a name containing ``bias``, ``scale``, ``norm`` or
+  ``embed``) and vectors with unit axes are left out, as are leaves the
+  numbers do not fit (if they fit none, that misfit raises).
 
   Returns:
     A list aligned with ``jax.tree.leaves(params)``.
 
   Raises:
     ValueError: if dimension numbers do not fit a leaf, naming its path.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {"linear": {"weight": jnp.zeros((3, 4)),  # PyTorch (out, in)
+    ...                      "bias": jnp.zeros(3)}}
+    >>> views = resolve_views(BortDimensionNumbers.out_in(), params)
+    >>> [None if v is None else v.matrix_shape for v in views]
+    [None, (1, 3, 4)]
   """
   from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
   if flax_selection.is_nnx_module(dimension_numbers):
@@ -378,12 +529,9 @@ def resolve_views(
         dimension_numbers)
   if dimension_numbers is None:
     tree = _selection_by_name(params)
+    warn_possibly_stacked(params, tree)
   elif isinstance(dimension_numbers, BortDimensionNumbers):
-    tree = jax.tree.map(
-        lambda d: None if d is None else dimension_numbers,
-        _selection_by_name(params),
-        is_leaf=_is_dims_leaf,
-    )
+    tree = _selection_for(dimension_numbers, params)
   elif callable(dimension_numbers):
     tree = dimension_numbers(params)
   else:

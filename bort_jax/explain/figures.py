@@ -7,6 +7,7 @@ it with the Agg backend. matplotlib is imported only when a figure is made.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Mapping, Sequence
 
@@ -14,9 +15,25 @@ import numpy as np
 
 from bort_jax.explain import metrics
 
+#: What to install when matplotlib is missing, as ``bort-jax`` says it.
+MATPLOTLIB_HINT = ('bort_jax.explain figures need matplotlib, which is not '
+                   'installed: pip install "bort_jax[app]" (or pip install '
+                   'matplotlib).')
+
+
+def _matplotlib(module: str):
+  """Imports a matplotlib module, or raises an ImportError saying what to
+  install (a bare ModuleNotFoundError names no fix)."""
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] != "matplotlib":
+      raise  # matplotlib is there but broken: its own error says why
+    raise ImportError(MATPLOTLIB_HINT, name=e.name) from None
+
 
 def _figure(rows: int, cols: int, cell: float = 1.3):
-  from matplotlib.figure import Figure  # an optional dependency
+  Figure = _matplotlib("matplotlib.figure").Figure  # an optional dependency
 
   fig = Figure(figsize=(cell * cols + 1.2, cell * rows + 0.3),
                layout="constrained")
@@ -190,7 +207,8 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     >>> os.path.getsize(path) > 0
     True
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  FigureCanvasAgg = _matplotlib(
+      "matplotlib.backends.backend_agg").FigureCanvasAgg
 
   FigureCanvasAgg(fig)
   fig.savefig(path, dpi=dpi)

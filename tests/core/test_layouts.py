@@ -1,0 +1,227 @@
+"""Every JAX layout: one BortDimensionNumbers for non-Flax weights, stacked
+kernels that a parameter tree cannot tell apart, overcomplete matrices, and a
+readable orthogonality error (issue 19, items 2 and 9)."""
+
+import warnings
+
+import equinox as eqx
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bort_jax
+from bort_jax._src import dimension_numbers as dimension_numbers_lib
+from bort_jax._src.dimension_numbers import resolve_views
+
+OUT_IN = bort_jax.BortDimensionNumbers(reduction_axis=1, output_axis=0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_ambiguity_warnings():
+  """The stacked-kernel warning is said once per kernel and process."""
+  dimension_numbers_lib._AMBIGUOUS_WARNED.clear()
+  yield
+  dimension_numbers_lib._AMBIGUOUS_WARNED.clear()
+
+
+def _selected(dims, params):
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return sorted(dimension_numbers_lib.path_string(p)
+                for (p, _), v in zip(leaves, resolve_views(dims, params))
+                if v is not None)
+
+
+def _mlp():
+  return eqx.nn.MLP(in_size=16, out_size=4, width_size=16, depth=1,
+                    key=jax.random.key(0))
+
+
+def test_i19_out_in_is_the_pytorch_layout():
+  assert bort_jax.BortDimensionNumbers.out_in() == (
+      bort_jax.BortDimensionNumbers(output_axis=0))
+  view = dimension_numbers_lib.matrix_view(
+      (16, 3, 3, 3), bort_jax.BortDimensionNumbers.out_in())  # torch conv
+  assert view.matrix_shape == (1, 16, 27)
+
+
+@pytest.mark.parametrize("spelling", ["explicit", "out_in"])
+def test_i19_one_dimension_numbers_reach_equinox_weights(spelling):
+  dims = (OUT_IN if spelling == "explicit"
+          else bort_jax.BortDimensionNumbers.out_in())
+  params = eqx.filter(_mlp(), eqx.is_array)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no "selects nothing", no "unreached"
+    tx = bort_jax.add_bort_correction(1.0, dimension_numbers=dims)
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, state, params)
+  for layer, update in zip(params.layers, updates.layers):
+    w = np.asarray(layer.weight, np.float64)  # (out, in): rows are units
+    c = 1.0
+    np.testing.assert_allclose(  # l2-full: (W Wᵀ − cI) W, rows as units
+        update.weight, (w @ w.T - c * np.eye(w.shape[0])) @ w, rtol=2e-4,
+        atol=1e-6)
+    np.testing.assert_array_equal(update.bias, 0.0)
+  errors = bort_jax.orthogonality_error(params, dimension_numbers=dims)
+  assert sorted(errors) == ["layers/0/weight", "layers/1/weight"]
+
+
+def test_i19_one_dimension_numbers_reach_any_weight_name_but_not_biases():
+  params = {"linear": {"weight": jnp.ones((3, 4)), "bias": jnp.ones(3)},
+            "haiku": {"w": jnp.ones((4, 5)), "b": jnp.ones(4)},
+            "dense": {"kernel": jnp.ones((5, 6))},
+            "embed": {"embedding": jnp.ones((10, 4))},
+            "norm": {"scale": jnp.ones((1, 4))},
+            "cls_token": jnp.ones((1, 1, 4)),
+            "steps": jnp.ones((3, 3), jnp.int32)}
+  assert _selected(OUT_IN, params) == [
+      "dense/kernel", "haiku/w", "linear/weight"]
+
+
+def test_i19_under_a_bort_mask_every_matrix_it_selects_is_reached():
+  params = {"linear": {"weight": jnp.ones((3, 4)), "bias": jnp.ones(3)},
+            "embed": {"embedding": 0.5 * jnp.eye(4)}}
+  mask = lambda p: jax.tree.map(lambda x: x.ndim == 2, p)
+  tx = bort_jax.add_bort_correction(1.0, dimension_numbers=OUT_IN,
+                                    bort_mask=mask)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  # The embedding was chosen by the mask: (0.25 − 1) · 0.5 on its diagonal.
+  np.testing.assert_allclose(updates["embed"]["embedding"],
+                             -0.375 * np.eye(4), rtol=1e-6)
+  assert float(jnp.abs(updates["linear"]["weight"]).max()) > 0
+  np.testing.assert_array_equal(updates["linear"]["bias"], 0.0)
+
+
+def test_i19_one_dimension_numbers_that_fit_no_leaf_raise():
+  params = {"weight": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match="out of range"):
+    resolve_views(bort_jax.BortDimensionNumbers(output_axis=2), params)
+
+
+def _train(tx, steps=100):
+  model = _mlp()
+  x = jax.random.normal(jax.random.key(1), (128, 16))
+  y = jnp.argmax(x[:, :4], axis=-1)
+  state = tx.init(eqx.filter(model, eqx.is_array))
+
+  @eqx.filter_jit
+  def step(model, state):
+    def loss_fn(model):
+      logits = jax.vmap(model)(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    grads = eqx.filter_grad(loss_fn)(model)
+    updates, state = tx.update(grads, state, eqx.filter(model, eqx.is_array))
+    return eqx.apply_updates(model, updates), state
+
+  for _ in range(steps):
+    model, state = step(model, state)
+  errors = bort_jax.orthogonality_error(eqx.filter(model, eqx.is_array),
+                                        dimension_numbers=OUT_IN)
+  return {path: float(e.constraint_error) for path, e in errors.items()}
+
+
+@pytest.mark.slow  # two 100-step trainings, about 6 s on a shared CPU
+def test_i19_equinox_mlp_trains_under_bort_adamw_with_out_in_numbers():
+  bort = _train(bort_jax.bort_adamw(1e-3, dimension_numbers=OUT_IN))
+  adamw = _train(optax.adamw(1e-3))
+  assert sorted(bort) == ["layers/0/weight", "layers/1/weight"]
+  for path in bort:
+    assert bort[path] < 0.8 * adamw[path], (bort, adamw)
+  assert np.mean(list(bort.values())) < 0.7 * np.mean(list(adamw.values()))
+
+
+def _stacked_linear_state():
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def stack(key):
+    return nnx.Linear(6, 4, rngs=nnx.Rngs(key))
+  model = stack(jax.random.split(jax.random.key(0), 3))  # kernel (3, 6, 4)
+  return model, nnx.state(model, nnx.Param)
+
+
+def test_i19_a_stacked_kernel_as_a_raw_tree_warns_once_at_init():
+  params = {"blocks": {"kernel": jnp.ones((3, 6, 4)), "bias": jnp.ones((3, 4))}}
+  tx = bort_jax.bort_adamw(1e-3)
+  with pytest.warns(UserWarning, match="blocks/kernel") as caught:
+    state = tx.init(params)
+  message = str(caught[0].message)
+  assert "(3, 6, 4)" in message and "stacked layers" in message
+  assert "dimension_numbers=model" in message and "batch_axis=0" in message
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # not again at each update
+    jax.jit(tx.update)(params, state, params)
+
+
+def test_i19_nnx_state_of_a_stacked_model_warns_but_the_model_does_not():
+  model, state = _stacked_linear_state()
+  with pytest.warns(UserWarning, match="stacked layers"):
+    bort_jax.add_bort_correction(0.1).init(state)
+  dimension_numbers_lib._AMBIGUOUS_WARNED.clear()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    bort_jax.add_bort_correction(0.1, dimension_numbers=model).init(state)
+    nnx.Optimizer(model, bort_jax.bort_adamw(1e-3, dimension_numbers=model),
+                  wrt=nnx.Param)
+
+
+def test_i19_a_bias_free_3_axis_kernel_warns():
+  with pytest.warns(UserWarning, match="stacked layers"):
+    bort_jax.flax_dimension_numbers({"kernel": jnp.ones((3, 6, 4))})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nnx.Conv(6, 4, (3,), rngs=nnx.Rngs(0)),  # (3, 6, 4), bias (4,)
+    lambda: nnx.Conv(6, 4, (3, 3), rngs=nnx.Rngs(0)),
+    lambda: nnx.Conv(6, 4, (3, 3), use_bias=False, rngs=nnx.Rngs(0)),
+    lambda: nnx.Conv(2, 4, (3, 3, 3), use_bias=False, rngs=nnx.Rngs(0)),
+])
+def test_i19_conv_kernels_do_not_warn(make):
+  state = nnx.state(make(), nnx.Param)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    bort_jax.add_bort_correction(0.1).init(state)
+    bort_jax.orthogonality_error(state)
+
+
+def test_i19_an_overcomplete_first_conv_is_reported():
+  conv = nnx.Conv(1, 16, (3, 3), rngs=nnx.Rngs(0))  # 16 units, fan-in 9
+  dense = nnx.Linear(16, 8, rngs=nnx.Rngs(1))
+  params = {"conv": nnx.state(conv, nnx.Param),
+            "dense": nnx.state(dense, nnx.Param)}
+  errors = bort_jax.orthogonality_error(params)
+  assert errors["conv/kernel"].overcomplete is True
+  assert errors["dense/kernel"].overcomplete is False
+  assert bort_jax.mean_orthogonality_error(errors).overcomplete is True
+  assert "overcomplete=True" in repr(errors["conv/kernel"])
+  # Measured on the feasible side, Wᵀ W = cI (9 × 9), as l2-full reaches it.
+  w = np.asarray(conv.kernel[...], np.float64).reshape(9, 16).T  # (16, 9)
+  h = w.T @ w
+  c = np.mean(np.diag(h))
+  expected = np.linalg.norm(h - c * np.eye(9)) / (c * 3.0)
+  np.testing.assert_allclose(errors["conv/kernel"].constraint_error, expected,
+                             rtol=1e-4)
+  # It survives jit and eval_shape: the flag is static pytree data.
+  jitted = jax.jit(bort_jax.orthogonality_error)(params)
+  assert jitted["conv/kernel"].overcomplete is True
+  shapes = jax.eval_shape(bort_jax.orthogonality_error, params)
+  assert shapes["conv/kernel"].overcomplete is True
+
+
+def test_i19_orthogonality_error_prints_as_numbers():
+  params = {"a": {"kernel": jnp.eye(3)}, "b": {"kernel": jnp.ones((3, 3))}}
+  errors = bort_jax.orthogonality_error(params)
+  assert str(errors) == (
+      "{'a/kernel': OrthogonalityError(constraint_error=0, max_cosine=0, "
+      "norm_spread=0), 'b/kernel': OrthogonalityError(constraint_error=1.414, "
+      "max_cosine=1, norm_spread=0)}")
+  assert str(bort_jax.mean_orthogonality_error(errors)) == (
+      "OrthogonalityError(constraint_error=0.7071, max_cosine=1, "
+      "norm_spread=0)")
+  # Still a tuple of three arrays for code that unpacks or logs it.
+  constraint, max_cosine, spread = errors["b/kernel"]
+  assert float(constraint) == pytest.approx(np.sqrt(2), rel=1e-6)
+  assert list(errors["b/kernel"]._asdict()) == [
+      "constraint_error", "max_cosine", "norm_spread"]
