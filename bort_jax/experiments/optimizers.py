@@ -326,6 +326,14 @@ def _optax_optimizer(name, learning_rate, weight_decay, momentum):
   return fn(learning_rate, weight_decay=weight_decay)
 
 
+def _product(a: Any, b: Any) -> Any:
+  """``a · b`` for numbers or schedules (a schedule if either is one)."""
+  if not callable(a) and not callable(b):
+    return a * b
+  value = lambda x, count: x(count) if callable(x) else x
+  return lambda count: value(a, count) * value(b, count)
+
+
 def make_optimizer(
     name: str,
     learning_rate: optax.ScalarOrSchedule,
@@ -420,10 +428,15 @@ def make_optimizer(
     if not bort:
       return optimizer
     placement = placement or "decoupled"
-    tx = bort_jax.with_bort(
-        optimizer, placement=placement,
-        learning_rate=learning_rate if placement == "decoupled" else None,
-        **bort_kwargs)
+    # The command line keeps bort-adamw's parametrisation for every
+    # bort-<optax>: decoupled, the per-step strength is lr·γ (it follows the
+    # learning-rate schedule, as AdamW's decay does); coupled, it is γ.
+    gamma = bort_kwargs.pop("gamma")
+    strength = gamma
+    if placement == "decoupled":
+      strength = _product(learning_rate, gamma)
+    tx = bort_jax.with_bort(optimizer, placement=placement, strength=strength,
+                            **bort_kwargs)
   if bort_lr_scale == 1.0:
     return tx
   # Last in the chain: the Bort leaves' whole step (gradient part, decay and
