@@ -232,8 +232,10 @@ def orthogonality_error(
   if all(view is None for view in views):
     warnings.warn(
         "orthogonality_error: no Bort parameter in this tree (by default, "
-        "leaves named 'kernel' with at least two axes); pass "
-        "dimension_numbers= to choose others.", stacklevel=2)
+        "Flax's leaves named 'kernel' with at least two axes); pass "
+        "dimension_numbers= to choose others, e.g. "
+        "bort_jax.BortDimensionNumbers.out_in() for every (out, in) weight "
+        "(Equinox, PyTorch layout).", stacklevel=2)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   for (path, leaf), view in zip(leaves, views):
     if view is not None:
