@@ -96,7 +96,9 @@ class Axis:
     silent: the value left out of the name (older frontiers' names), and,
       when ``None``, out of the point: the field keeps its shared value.
     missing: for a per-placement axis, the values of a placement the dict
-      leaves out (``None``: it must be given).
+      leaves out (``None``: it must be given); ``(None,)`` also keeps the
+      field's shared training flag (``--lr``, ``--init``, …) on the
+      frontier's command line.
   """
 
   attribute: str
@@ -113,6 +115,12 @@ class Axis:
 
 def _amplitude(text: str) -> float | str:
   return text if text == "ada" else float(text)
+
+
+def _boolean(text: str) -> bool:
+  if text.lower() not in ("true", "false"):
+    raise ValueError(f"expected true or false, got {text!r}")
+  return text.lower() == "true"
 
 
 #: The grid's axes, in the order a point's name lists them. A new axis is a
@@ -134,6 +142,20 @@ AXES = (
     Axis("bort_everys", "bort_every", "--bort-everys", int,
          "apply the correction every k steps, as k*gamma*Delta (1: every "
          "step)", tag="every", silent=1),
+    # The levers of a tight-and-free search: each keeps its shared training
+    # flag (--init, ...) when the grid does not vary it.
+    Axis("inits", "init", "--inits", str,
+         "initialisations (default and/or orthogonal), baselines and Bort "
+         "points alike", bort_only=False, tag="init", missing=(None,)),
+    Axis("gamma_schedules", "gamma_schedule", "--gamma-schedules", str,
+         "gamma schedules (constant, late, anneal)", tag="sched",
+         missing=(None,)),
+    Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
+         "whether Bort constrains the classifier head (true and/or false)",
+         tag="head", missing=(None,)),
+    Axis("bort_lr_scales", "bort_lr_scale", "--bort-lr-scales", float,
+         "learning-rate multipliers of the Bort kernels", tag="lrscale",
+         missing=(None,)),
 )
 
 
@@ -162,6 +184,11 @@ class Grid:
       point of a placement run at each. ``(None,)`` (the default, also for
       a placement left out): the shared ``--lr``, else the optimizer's
       default, and the names of older frontiers.
+    inits, gamma_schedules, bort_heads, bort_lr_scales: the levers
+      (``init``, ``gamma_schedule``, ``bort_head``, ``bort_lr_scale`` of the
+      training config); ``(None,)``: the shared value, and the names of
+      older frontiers. ``inits`` applies to the baselines too, so a Bort
+      point is paired with a baseline that started from the same weights.
     seeds: the seeds of every point.
   """
 
@@ -175,6 +202,10 @@ class Grid:
   bort_everys: tuple[int, ...] = (1,)
   lrs: dict[str, tuple[float | None, ...]] = dataclasses.field(
       default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
+  inits: tuple[str | None, ...] = (None,)
+  gamma_schedules: tuple[str | None, ...] = (None,)
+  bort_heads: tuple[bool | None, ...] = (None,)
+  bort_lr_scales: tuple[float | None, ...] = (None,)
   seeds: tuple[int, ...] = (0, 1, 2)
 
   def __post_init__(self):
@@ -237,6 +268,8 @@ def _number(value: float) -> str:
   ``:g`` where it is exact (the names of older frontiers: ``1``, ``0.003``),
   else ``repr`` (``0.1000001``, which ``:g`` would round to ``0.1``).
   """
+  if isinstance(value, bool):
+    return "yes" if value else "no"
   if isinstance(value, str):
     return value
   text = format(value, "g")

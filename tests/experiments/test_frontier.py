@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import cli
 from bort_jax.experiments import frontier
 from bort_jax.experiments.cli import main
 from bort_jax.experiments.config import TrainConfig
@@ -126,3 +127,41 @@ def test_an_every_grid_names_its_points_and_keeps_every_one_names():
   for point in grid.points():  # each point is a valid config
     TrainConfig(**BASE, **{k: v for k, v in point.items()
                            if k != "placement"})
+
+
+def test_lever_axes_vary_their_fields_and_name_their_points():
+  grid = frontier.Grid(
+      gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+      placements=("decoupled",), amplitudes=("ada",),
+      inits=("default", "orthogonal"), gamma_schedules=("constant", "late"),
+      bort_heads=(True, False), bort_lr_scales=(1.0, 2.0), seeds=(0,))
+  points = grid.points()
+  baselines = [p for p in points if "gamma" not in p]
+  borts = [p for p in points if "gamma" in p]
+  # The init applies to the baselines too; the Bort-only levers do not.
+  assert [p["init"] for p in baselines] == ["default", "orthogonal"]
+  assert all("gamma_schedule" not in p for p in baselines)
+  assert len(borts) == 16
+  names = {frontier.point_name(p) for p in borts}
+  assert len(names) == 16
+  assert ("bort-adamw_l1-fullrow_ada_g1_initorthogonal_schedlate_headno"
+          "_lrscale2") in names
+  # Left alone, an axis adds nothing: the field keeps its shared value.
+  plain = frontier.Grid(gammas={"decoupled": (1.0,)}, placements=("decoupled",),
+                        modes=("l1-fullrow",), amplitudes=("ada",), seeds=(0,))
+  assert [frontier.point_name(p) for p in plain.points()] == [
+      "adamw", "bort-adamw_l1-fullrow_ada_g1"]
+  assert all("init" not in p for p in plain.points())
+
+
+def test_lever_flags_are_parsed_and_the_shared_flags_stay():
+  parser = cli.build_parser()
+  args = parser.parse_args(
+      ["frontier", "--out", "x", "--init", "orthogonal", "--bort-heads",
+       "true,false", "--gamma-schedules", "constant,anneal"])
+  grid = frontier.grid_from_args(args)
+  assert grid.bort_heads == (True, False)
+  assert grid.gamma_schedules == ("constant", "anneal")
+  assert grid.inits == (None,) and args.init == "orthogonal"
+  with pytest.raises(SystemExit):
+    parser.parse_args(["frontier", "--out", "x", "--bort-heads", "maybe"])
