@@ -47,7 +47,9 @@ NO_BORT_PARAMS_MSG = (
     "The Bort transform selects no parameter of this tree, so it does "
     "nothing. By default it selects leaves named 'kernel' with at least two "
     "axes (Flax Linear/Conv/attention); pass dimension_numbers= (e.g. "
-    "bort_jax.flax_dimension_numbers(model)) to choose others."
+    "bort_jax.flax_dimension_numbers(model)) to choose others, or one "
+    "bort_jax.BortDimensionNumbers.out_in() for every (out, in) weight "
+    "(Equinox, Haiku, the PyTorch layout)."
 )
 
 
@@ -116,8 +118,10 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
         f"The Bort transform does not reach {named}: weights with two or "
         "more axes that the default selection (Flax kernels) does not "
         "select get no Bort correction. Pass dimension_numbers= to include "
-        "them, or exclude them on purpose with bort_mask= (or None at their "
-        "leaf in a dimension_numbers tree).", stacklevel=3)
+        "them (one bort_jax.BortDimensionNumbers.out_in() reaches every "
+        "(out, in) weight, whatever its name), or exclude them on purpose "
+        "with bort_mask= (or None at their leaf in a dimension_numbers "
+        "tree).", stacklevel=3)
 
 
 #: The step counter is int32: a larger period would overflow it.

@@ -223,6 +223,14 @@ def check_mask(name: str, value: Any) -> Any:
   """
   if value is None:
     return None
+  leaves = jax.tree.leaves(value)
+  if callable(value) and leaves and leaves != [value]:
+    # A callable pytree (an Equinox module of bools): optax.masked would call
+    # it on the params instead of reading it.
+    raise ArgumentTypeError(
+        f"{name} is a callable pytree ({type(value).__name__}), which "
+        "optax.masked would call instead of read; pass a function returning "
+        f"the mask, e.g. {name}=lambda params: <your mask tree>.")
   if callable(value):
     def checked(params):
       return _check_mask_tree(name, value(params), "but it returned")

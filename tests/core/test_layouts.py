@@ -225,3 +225,11 @@ def test_i19_orthogonality_error_prints_as_numbers():
   assert float(constraint) == pytest.approx(np.sqrt(2), rel=1e-6)
   assert list(errors["b/kernel"]._asdict()) == [
       "constraint_error", "max_cosine", "norm_spread"]
+
+
+def test_i19_an_equinox_module_as_a_mask_tree_is_refused_in_one_line():
+  import equinox as eqx
+  model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+  mask = jax.tree.map(lambda x: x.ndim == 2, eqx.filter(model, eqx.is_array))
+  with pytest.raises(TypeError, match="callable pytree.*pass a function"):
+    bort_jax.bort_adamw(1e-3, bort_mask=mask)
