@@ -7,9 +7,13 @@ norm scales and biases are 1-D leaves that Bort leaves alone.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import bort_jax
 
 
 def resnet50() -> dict:
@@ -79,14 +83,49 @@ def materialise(shapes: dict, seed: int = 0, dtype=jnp.float32) -> dict:
   return jax.tree.unflatten(treedef, arrays)
 
 
+def _axes(axes, ndim: int) -> tuple[int, ...]:
+  axes = () if axes is None else (axes,) if isinstance(axes, int) else axes
+  return tuple(a % ndim for a in axes)
+
+
+def matrix_shape(shape: tuple[int, ...],
+                 dims: bort_jax.BortDimensionNumbers) -> tuple[int, int, int]:
+  """``(batch, m, n)``: the matrices Bort sees in a leaf, from its numbers.
+
+  As :class:`bort_jax.BortDimensionNumbers` documents them: with
+  ``reduction_axis=None`` every unnamed axis is fan-in, otherwise every
+  unnamed axis is a batch axis.
+
+  Examples:
+    >>> matrix_shape((3, 3, 16, 32), bort_jax.BortDimensionNumbers())
+    (1, 32, 144)
+    >>> matrix_shape((768, 12, 64), bort_jax.BortDimensionNumbers(
+    ...     reduction_axis=0, output_axis=(1, 2)))
+    (1, 768, 768)
+  """
+  ndim = len(shape)
+  output = _axes(dims.output_axis, ndim)
+  if dims.reduction_axis is None:
+    batch = _axes(dims.batch_axis, ndim)
+    reduction = tuple(a for a in range(ndim) if a not in output + batch)
+  else:
+    reduction = _axes(dims.reduction_axis, ndim)
+    batch = tuple(a for a in range(ndim) if a not in output + reduction)
+  size = lambda axes: math.prod(shape[a] for a in axes)
+  return size(batch), size(output), size(reduction)
+
+
 def correction_flop(params: dict, mode: str) -> float:
   """The correction's floating-point operations (2 per multiply-add)."""
-  from bort_jax._src.dimension_numbers import resolve_views
   total = 0.0
-  for view in resolve_views(None, params):
-    if view is None:
+  # The leaves Bort's default selection takes, as a user reads them.
+  selection = bort_jax.flax_dimension_numbers(params)
+  is_dims = lambda d: d is None or isinstance(d, bort_jax.BortDimensionNumbers)
+  for leaf, dims in zip(jax.tree.leaves(params),
+                        jax.tree.leaves(selection, is_leaf=is_dims)):
+    if dims is None:
       continue
-    batch, m, n = view.matrix_shape
+    batch, m, n = matrix_shape(tuple(leaf.shape), dims)
     if mode == "l2-full":
       total += batch * 4.0 * min(m, n) * m * n
     elif mode == "l1-fullrow":

@@ -3,22 +3,20 @@
 Optimizers that keep every layer's weights bounded and orthogonal
 (``W Wᵀ ≈ cI``), so that networks read forwards (aligned activations) and
 invert backwards (a layer is undone by its scaled transpose).
+
+The top level is the optax-only core: importing it, and building and running
+any optimizer in it, imports neither Flax nor anything that needs it, so
+Equinox, Haiku and plain-pytree users need only JAX and Optax. The Flax-aware
+parts are submodules loaded on first access: :mod:`bort_jax.dbort` (the DBort
+loss and module), :mod:`bort_jax.explain` and :mod:`bort_jax.models`.
 """
+
+import importlib
+import warnings
 
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import with_bort
-from bort_jax._src.dbort import DBort
-from bort_jax._src.dbort import DBortEnergy
-from bort_jax._src.dbort import DBortTerm
-from bort_jax._src.dbort import dbort_energies
-from bort_jax._src.dbort import dbort_loss
-from bort_jax._src.dbort import dbort_term
-from bort_jax._src.dbort_pca import dbort_linear_optimizer
-from bort_jax._src.dbort_pca import DBortLinearFit
-from bort_jax._src.dbort_pca import fit_dbort_linear
-from bort_jax._src.dbort_pca import principal_cosines
-from bort_jax._src.layer_outputs import dbort_outputs
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_GAMMA
 from bort_jax._src.defaults import RECOMMENDED
@@ -49,14 +47,36 @@ from bort_jax._src.transform import tree_correction
 
 __version__ = "0.2.0"
 
-#: Submodules loaded on first access, so that ``import bort_jax`` stays light.
+#: Submodules loaded on first access, so that ``import bort_jax`` stays light
+#: (and free of Flax, which ``dbort``, ``explain`` and ``models`` import).
 _LAZY_SUBMODULES = ("dbort", "experiments", "explain", "models")
+
+#: DBort's names, once also exported here; they live in ``bort_jax.dbort``.
+#: Old code keeps working for one release, with a DeprecationWarning.
+_MOVED_TO_DBORT = (
+    "DBort",
+    "DBortEnergy",
+    "DBortLinearFit",
+    "DBortTerm",
+    "dbort_energies",
+    "dbort_linear_optimizer",
+    "dbort_loss",
+    "dbort_outputs",
+    "dbort_term",
+    "fit_dbort_linear",
+    "principal_cosines",
+)
 
 
 def __getattr__(name: str):
   if name in _LAZY_SUBMODULES:
-    import importlib
     return importlib.import_module(f"bort_jax.{name}")
+  if name in _MOVED_TO_DBORT:
+    warnings.warn(
+        f"bort_jax.{name} moved to bort_jax.dbort.{name} (DBort needs Flax; "
+        f"the top level does not); use `from bort_jax import dbort` and "
+        f"dbort.{name}.", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module("bort_jax.dbort"), name)
   raise AttributeError(f"module 'bort_jax' has no attribute {name!r}")
 
 
@@ -72,10 +92,6 @@ __all__ = (
     "MODES",
     "BortDimensionNumbers",
     "BortState",
-    "DBort",
-    "DBortEnergy",
-    "DBortLinearFit",
-    "DBortTerm",
     "FlaxDimensionNumbers",
     "KernelOptions",
     "Mode",
@@ -87,17 +103,10 @@ __all__ = (
     "bort_correction",
     "bort_penalty",
     "bort_sgd",
-    "dbort_energies",
-    "dbort_linear_optimizer",
-    "dbort_loss",
-    "dbort_outputs",
-    "dbort_term",
-    "fit_dbort_linear",
     "flax_dimension_numbers",
     "matrix_orthogonality_error",
     "mean_orthogonality_error",
     "orthogonality_error",
-    "principal_cosines",
     "project_to_constraint",
     "skip_nonfinite_steps",
     "tree_correction",

@@ -60,7 +60,7 @@ import numpy as np
 from flax import nnx
 
 import bort_jax
-from bort_jax._src import validation
+from bort_jax import validation
 from bort_jax.experiments import cli as cli_lib
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop

@@ -1,7 +1,7 @@
 """DBort finds PCA: a linear layer trained with Bort + DBort on MNIST.
 
 Trains a bias-free linear layer with ``k`` outputs (784 → 10 by default) on
-the centred MNIST training images with :func:`bort_jax.fit_dbort_linear`
+the centred MNIST training images with :func:`bort_jax.dbort.fit_dbort_linear`
 (Bort-SGD holding ``W Wᵀ = cI`` + the DBort output-energy loss), then
 compares it with PCA computed by an eigendecomposition:
 
@@ -43,8 +43,8 @@ from bort_jax.experiments import run_dir
 OUT_FILES = ("metrics.json", "components.npz", "dbort_vs_pca.png",
              "training.png")
 
-from bort_jax import fit_dbort_linear
-from bort_jax import principal_cosines
+from bort_jax.dbort import fit_dbort_linear
+from bort_jax.dbort import principal_cosines
 
 
 def parse_args(argv=None):
@@ -127,7 +127,8 @@ def summarise(name, fit, seconds, train, test, basis, pca_errors):
 
 
 def plot_components(file, kernel, c, basis, cosines):
-  import matplotlib
+  # matplotlib only when a figure is drawn: the numbers need none.
+  import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -163,7 +164,8 @@ def plot_components(file, kernel, c, basis, cosines):
 
 
 def plot_training(file, fits, top_mean):
-  import matplotlib
+  # matplotlib only when a figure is drawn: the numbers need none.
+  import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -326,7 +326,8 @@ def make_attacks(model, pgd_steps):
 
 def plot_success(summary, attack_names, eps_list):
   """Success rate against the L2 norm, one panel per model."""
-  import matplotlib.pyplot as plt
+  # matplotlib only when the figure is drawn: the study itself needs none.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
   for ax, name in zip(axes, ("Bort", "SGD")):
     for attack in attack_names:

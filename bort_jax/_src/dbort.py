@@ -20,8 +20,8 @@ Pieces:
   the :class:`DBortEnergy` intermediates captured from a model.
 - :class:`DBort`: a wrapper module, in the spirit of ``nnx.SpectralNorm``,
   that records the energy of its layer's output as a :class:`DBortEnergy`
-  (a subclass of ``nnx.Intermediate``) whenever it runs under
-  ``nnx.capture``; outside a capture it is the layer itself.
+  (a subclass of ``nnx.Intermediate``) whenever :func:`dbort_energies` runs
+  it (under ``nnx.capture``); anywhere else it is the layer itself.
 - :func:`dbort_term`: runs a model under ``nnx.capture`` and returns its
   output, the DBort loss of its :class:`DBort` layers and their energies:
   the one pure function a training step calls.
@@ -35,7 +35,9 @@ and, through ``nnx.split``/``nnx.merge``, ``jax.jit`` and ``jax.grad``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, NamedTuple
 
 from flax import nnx
 import jax
@@ -45,7 +47,6 @@ from bort_jax._src import penalty
 from bort_jax._src import validation
 from bort_jax._src.layer_outputs import _path_string
 from bort_jax._src.layer_outputs import dbort_outputs
-from bort_jax._src.layer_outputs import LayerSpec
 
 Array = jax.Array
 
@@ -200,15 +201,23 @@ def dbort_loss(
 # The wrapper module and the term a training step adds.
 
 
-def _capturing(module: nnx.Module) -> bool:
-  """Whether ``module`` runs under ``nnx.capture`` (Flax ≥ 0.12.6).
+# Whether DBort layers record their energy now: True only while
+# dbort_energies runs a model under nnx.capture(..., DBortEnergy). Flax has no
+# public way to ask a module whether a capture is open, and Module.sow outside
+# one stores a Variable on the module (deprecated, and a leaked tracer under
+# jit), so DBort asks this flag, which only bort_jax sets, rather than Flax's
+# private per-module capture attribute.
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "bort_jax_dbort_recording", default=False)
 
-  ``nnx.capture`` gives every submodule a ``__captures__`` tuple for the
-  duration of the call. Outside a capture, ``Module.sow`` would instead store
-  a Variable on the module (deprecated, and a leaked tracer under ``jit``),
-  so :class:`DBort` records nothing there.
-  """
-  return hasattr(module, "__captures__")
+
+@contextlib.contextmanager
+def _recording() -> Iterator[None]:
+  token = _RECORDING.set(True)
+  try:
+    yield
+  finally:
+    _RECORDING.reset(token)
 
 
 class DBort(nnx.Module):
@@ -216,15 +225,16 @@ class DBort(nnx.Module):
 
   In the spirit of ``nnx.SpectralNorm``: the wrapper holds the layer
   (``self.layer``) and returns exactly its output; when the call runs under
-  ``nnx.capture(fn, DBortEnergy)`` (as :func:`dbort_term` and
-  :func:`dbort_energies` do) it also sows
+  :func:`dbort_energies` (which :func:`dbort_term` calls; it runs the model
+  under ``nnx.capture(fn, DBortEnergy)``) it also sows
 
   .. math::
     E = \\frac{1}{|y|} \\sum_j y_j^2
 
   (over batch and features alike, in at least float32, floored at the
   smallest normal number) as a :class:`DBortEnergy` named ``"energy"``, one
-  entry per call. Outside a capture it records nothing and leaves no state.
+  entry per call. Anywhere else, a plain ``nnx.capture`` included, it
+  records nothing and leaves no state.
   The layer's parameters keep their names under ``layer/`` (e.g.
   ``layer/kernel``), so Bort's default selection still finds them.
 
@@ -242,7 +252,7 @@ class DBort(nnx.Module):
     >>> x = jnp.ones((4, 3))
     >>> bool(jnp.all(head(x) == head.layer(x)))  # the layer, unchanged
     True
-    >>> _, energies = nnx.capture(head, DBortEnergy)(x)
+    >>> _, energies = dbort_energies(head, x)
     >>> bool(jnp.allclose(energies["energy"][0], jnp.mean(head(x) ** 2)))
     True
   """
@@ -257,7 +267,7 @@ class DBort(nnx.Module):
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     y = self.layer(*args, **kwargs)
-    if _capturing(self):
+    if _RECORDING.get():
       self.sow(DBortEnergy, "energy", _mean_square(y))
     return y
 
@@ -298,13 +308,13 @@ def dbort_energies(
       lambda m, *a, **kw: getattr(m, method)(*a, **kw), DBortEnergy
   )
   try:
-    return forward(model, *args, **kwargs)
+    with _recording():
+      return forward(model, *args, **kwargs)
   except BaseException:
-    # nnx.capture removes its per-module context only when the call returns;
-    # without this, later plain calls would keep recording into it.
-    for _, module in nnx.iter_modules(model):
-      if _capturing(module):
-        delattr(module, "__captures__")
+    # nnx.capture closes its context (and takes its record off the model's
+    # state) only when the call returns. A second, empty capture that does
+    # return closes it, through Flax's public API alone.
+    nnx.capture(lambda m: None)(model)
     raise
 
 
@@ -399,21 +409,3 @@ def dbort_term(
   loss = dbort_loss(captured, weight=weight, power=power)
   energy = jnp.mean(jnp.concatenate(list(energies.values())))
   return DBortTerm(output, loss, energy, energies)
-
-
-# ----------------------------------------------------------------------------
-# The linear-case PCA recipe moved to dbort_pca; its names stay importable.
-
-_PCA_NAMES = (
-    "DBortLinearFit",
-    "dbort_linear_optimizer",
-    "fit_dbort_linear",
-    "principal_cosines",
-)
-
-
-def __getattr__(name: str) -> Any:
-  if name in _PCA_NAMES:
-    from bort_jax._src import dbort_pca
-    return getattr(dbort_pca, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

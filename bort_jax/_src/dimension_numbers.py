@@ -21,73 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bort_jax._src import flax_selection
 from bort_jax._src import sharding
 from bort_jax._src import validation
-
-Axes = Sequence[int] | int
-
-
-class BortDimensionNumbers(NamedTuple):
-  """Which axes of a parameter are output units, fan-in, and batch.
-
-  Every axis that is neither an output axis nor a batch axis is a reduction
-  (fan-in) axis when ``reduction_axis`` is ``None``; when ``reduction_axis`` is
-  given, every unnamed axis is a batch axis (each batch index is its own
-  matrix, as for scanned or stacked layers).
-
-  Attributes:
-    reduction_axis: the fan-in axes, or ``None`` for "all the others".
-    output_axis: the output-unit axes (default: the last, Flax's layout).
-    batch_axis: axes holding independent matrices (stacked layers).
-
-  Examples:
-    >>> BortDimensionNumbers()  # nnx.Linear (in, out) and nnx.Conv kernels
-    BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=())
-    >>> BortDimensionNumbers.out_in()  # eqx.nn.Linear, PyTorch (out, in, ...)
-    BortDimensionNumbers(reduction_axis=None, output_axis=0, batch_axis=())
-    >>> # A scanned stack of Linear layers, kernel (layers, in, out):
-    >>> stacked = BortDimensionNumbers(batch_axis=0)
-    >>> # An attention query kernel (in, heads, head_dim):
-    >>> query = BortDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
-  """
-
-  reduction_axis: Axes | None = None
-  output_axis: Axes = -1
-  batch_axis: Axes = ()
-
-  @classmethod
-  def out_in(cls) -> "BortDimensionNumbers":
-    """PyTorch's and Equinox's layout: output units on the first axis.
-
-    Fan-in is every other axis: Linear ``(out, in)`` and Conv
-    ``(out, in, kh, kw)`` of PyTorch, Equinox and Haiku-ported weights. Given
-    as ``dimension_numbers=BortDimensionNumbers.out_in()``, one value applies
-    to every weight matrix of the tree (see :func:`resolve_views`), so an
-    ``eqx.nn.MLP`` needs nothing else.
-
-    Returns:
-      ``BortDimensionNumbers(output_axis=0)``.
-    """
-    return cls(output_axis=0)
-
-
-def _is_axis(x) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool,
-                                                                 np.bool_))
-
-
-def _field_axes(dims: "BortDimensionNumbers", field: str) -> tuple[int, ...]:
-  """One field's axes as ints; ``batch_axis=None`` means none."""
-  axes = getattr(dims, field)
-  if axes is None and field == "batch_axis":
-    return ()
-  if _is_axis(axes):
-    return (int(axes),)
-  if isinstance(axes, (tuple, list)) and all(_is_axis(a) for a in axes):
-    return tuple(int(a) for a in axes)
-  raise ValueError(
-      f"BortDimensionNumbers.{field} must be an int or a sequence of ints, "
-      f"got {axes!r}.")
+from bort_jax._src.bort_dimension_numbers import Axes
+from bort_jax._src.bort_dimension_numbers import BortDimensionNumbers
+from bort_jax._src.bort_dimension_numbers import field_axes
+from bort_jax._src.bort_dimension_numbers import path_names
+from bort_jax._src.bort_dimension_numbers import path_string
 
 
 class MatrixView(NamedTuple):
@@ -183,7 +124,7 @@ def matrix_view(
   where = f"Bort dimension numbers do not fit {name} of shape {shape}"
 
   def normalize(field: str) -> tuple[int, ...]:
-    axes = _field_axes(dims, field)
+    axes = field_axes(dims, field)
     out = []
     for axis in axes:
       if not -ndim <= axis < ndim:
@@ -217,30 +158,6 @@ def matrix_view(
 
 
 _ATTENTION_INPUTS = ("query", "key", "value")
-
-
-def _key_name(key) -> Any:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return getattr(key, attr)
-  return str(key)
-
-
-def path_names(path) -> tuple[Any, ...]:
-  """The names along a pytree path, without the ``.value`` of NNX variables.
-
-  ``nnx.Optimizer`` hands ``init`` a tree of ``nnx.Variable`` (paths end in
-  ``.value``) and ``update`` a tree of arrays: both name a leaf the same here.
-  """
-  names = tuple(_key_name(k) for k in path)
-  while names and names[-1] in ("value", "raw_value"):
-    names = names[:-1]
-  return names
-
-
-def path_string(path) -> str:
-  """A leaf's path as ``"a/b/kernel"``."""
-  return "/".join(str(n) for n in path_names(path))
 
 
 def flax_dimension_numbers(model_or_params: Any) -> Any:
@@ -301,7 +218,6 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
     >>> dims(nnx.state(layers, nnx.Param).to_pure_dict())["kernel"]
     BortDimensionNumbers(reduction_axis=(1,), output_axis=2, batch_axis=(0,))
   """
-  from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
   if flax_selection.is_nnx_module(model_or_params):
     return flax_selection.module_dimension_numbers(model_or_params)
   _check_params_tree(model_or_params)
@@ -523,7 +439,6 @@ def resolve_views(
     >>> [None if v is None else v.matrix_shape for v in views]
     [None, (1, 3, 4)]
   """
-  from bort_jax._src import flax_selection  # pylint: disable=g-import-not-at-top
   if flax_selection.is_nnx_module(dimension_numbers):
     dimension_numbers = flax_selection.module_dimension_numbers(
         dimension_numbers)

@@ -7,6 +7,12 @@ A parameter tree alone cannot tell a stack of ``L`` Linear kernels
 stacked layers, i.e. batch axes of independent matrices, wherever the
 transform's ``out_axes`` put them. Where the shapes cannot say which axes
 those are, the selection refuses rather than guess.
+
+This is the one module of the optimizer core that uses Flax, and it imports
+Flax only inside the functions that are handed a Flax module: the core is
+imported by ``import bort_jax``, which an optax-only user (Equinox, Haiku,
+plain pytrees) runs without Flax installed. A caller that holds an
+``nnx.Module`` has imported Flax already, so those imports cost nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from typing import Any
 
 import jax
 
-from bort_jax._src.dimension_numbers import BortDimensionNumbers
-from bort_jax._src.dimension_numbers import path_names
+from bort_jax._src.bort_dimension_numbers import BortDimensionNumbers
+from bort_jax._src.bort_dimension_numbers import path_names
 
 
 def is_nnx_module(x: Any) -> bool:
@@ -39,6 +45,7 @@ def _declared(module) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...],
   shape by name, and the kernel's batch, fan-in and unit axes in that shape;
   ``None`` for a module whose kernel layout is not declared.
   """
+  # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   if isinstance(module, nnx.LinearGeneral):
@@ -81,6 +88,7 @@ def _stacked_axes(module, name: str, declared) -> tuple[int, ...]:
   stacking axes at the same positions in every parameter of a layer, hence
   the kernel and the bias together must fit the shapes the layer declares.
   """
+  # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   kernel = tuple(module.kernel.shape)
@@ -111,6 +119,7 @@ def _module_dims(module, kernel_ndim: int,
   """The dimension numbers of one module's kernel, or None if not a Bort
   layer. Stacked axes (from ``nnx.vmap``/``nnx.scan``) are batch axes,
   wherever their ``out_axes`` put them."""
+  # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   if isinstance(module, nnx.Einsum):
@@ -180,6 +189,7 @@ class FlaxDimensionNumbers:
 
 def module_dimension_numbers(model: Any) -> FlaxDimensionNumbers:
   """The Bort kernels of an ``nnx.Module``, selected by module type."""
+  # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   table = {}

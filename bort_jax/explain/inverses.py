@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from bort_jax._src.dbort import DBort
+from bort_jax.dbort import DBort
 from bort_jax.explain import invert
 from bort_jax.models import invertible
 

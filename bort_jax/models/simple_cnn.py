@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from flax import nnx
 
-from bort_jax._src import validation
+from bort_jax import validation
 from bort_jax.models.invertible import GlobalMaxPool
 from bort_jax.models.invertible import InvertibleSequential
 from bort_jax.models.invertible import LeakyReLU
