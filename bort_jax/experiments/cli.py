@@ -5,20 +5,26 @@ Bort, and writes metrics and resumable checkpoints (see
 :mod:`bort_jax.experiments.loop`); its flags are generated from the fields of
 :class:`~bort_jax.experiments.config.TrainConfig`, one per field.
 ``bort-jax demo`` trains an AdamW baseline and Bort-AdamW (see
-:mod:`bort_jax.experiments.demo`).
+:mod:`bort_jax.experiments.demo`); ``bort-jax recipes`` lists the named
+recipes of ``train --recipe``.
 
-Only the standard library is imported here: :func:`main` first checks that
-the ``app`` extra is installed, and says which one to install if not, before
-it imports JAX or touches a file. Expected errors (a bad flag or value, a
-refused folder, bad data, a diverged run) print one line and exit with
-status 2, before anything is written where they can be; Ctrl-C exits with
-130; ``--debug`` shows the traceback instead.
+Only the standard library is imported here, and the parser is built without
+JAX (from the config's fields and the jax-free
+:mod:`bort_jax.experiments.choices`), so that ``--help`` answers at once:
+:func:`main` first checks that the ``app`` extra is installed, and says which
+one to install if not, before it imports JAX or touches a file. Expected
+errors (a bad flag or value, a refused folder, bad data, a diverged run)
+print one line naming the subcommand (``bort-jax train: error: ...``) and
+exit with status 2, before anything is written where they can be; a run
+stopped by a signal saves a checkpoint and exits with 130 (SIGINT, Ctrl-C)
+or 143 (SIGTERM); ``--debug`` shows the traceback instead.
 
 Examples:
   bort-jax train --data mnist --model cnn --optimizer bort-adamw \\
       --mode l1-fullrow --amplitude ada --gamma 0.1 --lr 1e-3 --epochs 5 \\
       --batch-size 128 --warmup 0.5 --seed 0 --out runs/cnn-bort
   bort-jax train --out runs/cnn-bort --resume
+  bort-jax recipes
   bort-jax demo --out bort-demo
 """
 
@@ -34,7 +40,8 @@ from typing import Any, Callable, Sequence
 #: The ``app`` extra: (module, package) pairs that ``bort-jax`` needs.
 APP_REQUIREMENTS = (("orbax.checkpoint", "orbax-checkpoint"),
                     ("tqdm", "tqdm"), ("sklearn", "scikit-learn"),
-                    ("matplotlib", "matplotlib"))
+                    ("matplotlib", "matplotlib"),
+                    ("tensorboardX", "tensorboardX"))
 
 _PROG = "bort-jax"
 
@@ -91,11 +98,41 @@ def argument_type(convert: Callable[[str], Any],
   return parse
 
 
+def check_positive_int(name: str, value: Any) -> None:
+  """Refuses anything but an integer >= 1 (for flags, without JAX).
+
+  ``bort_jax._src.validation`` has the same check but imports JAX, which
+  building the parser must not.
+
+  Examples:
+    >>> from bort_jax.experiments.cli import check_positive_int
+    >>> check_positive_int("epochs", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs must be a positive integer, got 0.
+  """
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 class _Parser(argparse.ArgumentParser):
   """An argument parser whose errors are one line (no usage block)."""
 
   def error(self, message: str):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+  """``--version``: imports the package (and JAX) only when asked."""
+
+  def __init__(self, option_strings, dest=argparse.SUPPRESS,
+               default=argparse.SUPPRESS, help=None):
+    super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                     help=help)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    import bort_jax
+    parser.exit(message=f"{_PROG} {bort_jax.__version__}\n")
 
 
 class _Once(argparse.Action):
@@ -120,7 +157,8 @@ def _add_config_flags(p: argparse.ArgumentParser,
 
   Defaults are ``None``, so that an explicit value can be told from a
   default (a resumed run takes its saved configuration, and explicit values
-  must agree with it).
+  must agree with it). A field whose default is ``None`` (decided by the
+  optimizer or the placement) states in its help what decides it.
   """
   import dataclasses
 
@@ -129,8 +167,12 @@ def _add_config_flags(p: argparse.ArgumentParser,
     if field.name in exclude:
       continue
     meta = field.metadata
-    default = "the default" if field.default is None else field.default
-    help = f"{meta['help']} (default: {default})"
+    help = meta["help"]
+    if field.default is not None:
+      default = field.default
+      if isinstance(default, bool):
+        default = _flag(field) if default else "--no-" + _flag(field)[2:]
+      help = f"{help} (default: {default})"
     if isinstance(field.default, bool):  # --name / --no-name
       p.add_argument(_flag(field), dest=field.name, default=None,
                      action=argparse.BooleanOptionalAction, help=help)
@@ -159,17 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.optimizer, args.gamma
     ('train', 'bort-lion', 0.1)
   """
-  import bort_jax
   from bort_jax.experiments import demo
+  from bort_jax.experiments import recipes
 
   parser = _Parser(
       prog=_PROG,
       description="Bort: bounded orthogonal optimizers for JAX (train and "
       "compare models, and the paper's demo).")
-  parser.add_argument("--version", action="version",
-                      version=f"{_PROG} {bort_jax.__version__}")
+  parser.add_argument("--version", action=_Version,
+                      help="show the version and exit")
   sub = parser.add_subparsers(dest="command",
-                              metavar="{train,frontier,demo}")
+                              metavar="{train,frontier,demo,recipes}")
   sub.required = True
   train = sub.add_parser(
       "train", help="train one model (metrics, checkpoints, resume)",
@@ -178,11 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_flags(train)
   from bort_jax.experiments import distributed
   distributed.add_arguments(train)
-  from bort_jax.experiments import recipes
   train.add_argument(
       "--recipe", choices=tuple(recipes.RECIPES), default=None, action=_Once,
-      help="start from a named recipe (bort_jax.experiments.recipes); "
-      "flags override it (with --optimizer, give --lr too)")
+      help=f"start from a named recipe ({_PROG} recipes lists them); flags "
+      "override it (with --optimizer, give --lr too)")
   train.add_argument("--out", required=True,
                      help="run folder (config, metrics, checkpoints)")
   group = train.add_mutually_exclusive_group()
@@ -202,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
       "demo", help="AdamW vs Bort-AdamW on MNIST: table, figures, results",
       description=demo.DESCRIPTION)
   demo.add_arguments(demo_parser)
+  sub.add_parser(
+      "recipes", help="list the named recipes of train --recipe",
+      description="One line per recipe of train --recipe: its name and what "
+      "it is.")
   for p in (train, frontier_parser, demo_parser):
     p.add_argument("--offline", action="store_true",
                    help="never download (MNIST is otherwise fetched)")
@@ -263,9 +308,14 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   except (ValueError, TypeError, errors.ExperimentError) as e:
     if args.debug:
       raise
-    _fail(str(e), 2)
+    _fail(str(e), 2, f"{_PROG} train")
   parallel = distributed.initialize(args)  # before anything touches a device
-  if parallel is None or parallel.primary:
+
+  def header():
+    # Called by the loop once the folder, the data and a resumed run's
+    # checkpoint are accepted: a refused run prints its error line alone.
+    if parallel is not None and not parallel.primary:
+      return
     print(f"{_PROG} train: {config.model} on {config.data} with "
           f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",
           flush=True)
@@ -274,11 +324,12 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
       print(line, flush=True)
       for warning in warnings:
         print(warning, file=sys.stderr, flush=True)
+
   result = loop.train(
       config, args.out, resume=args.resume, overwrite=args.overwrite,
       parallel=parallel,
       download=not args.offline, progress=not args.no_progress,
-      log=lambda line: print(line, flush=True))
+      log=lambda line: print(line, flush=True), on_start=header)
   if not result.finished:
     from bort_jax.experiments import signals
     print(f"Stopped by {result.stopped_by} at step {result.step}; a "
@@ -291,15 +342,21 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   return 0
 
 
+def _recipes_command() -> int:
+  from bort_jax.experiments import recipes
+  print(recipes.describe())
+  return 0
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
   from bort_jax.experiments import data as data_lib
   from bort_jax.experiments import errors
   return (errors.ExperimentError, data_lib.DatasetUnavailableError, OSError)
 
 
-def _fail(message: str, status: int):
+def _fail(message: str, status: int, prog: str = _PROG):
   first = (message.strip().splitlines() or [""])[0]
-  print(f"{_PROG}: error: {first}", file=sys.stderr)
+  print(f"{prog}: error: {first}", file=sys.stderr)
   raise SystemExit(status)
 
 
@@ -310,15 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv: the arguments, without the program name.
 
   Returns:
-    0 on success, 130 when a run was stopped by a signal (its checkpoint is
-    saved).
+    0 on success; when a run was stopped by a signal (its checkpoint is
+    saved), 130 for SIGINT (Ctrl-C) and 143 for SIGTERM.
 
   Raises:
-    SystemExit: status 2 after one line for a missing extra, a bad argument
-      or an expected error; 130 for Ctrl-C.
+    SystemExit: status 2 after one line (``bort-jax <command>: error: ...``)
+      for a missing extra, a bad argument or an expected error; 130 for a
+      Ctrl-C outside a run's steps.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = "--debug" in argv
+  prog = _PROG
   missing = missing_requirements()
   if missing:
     _fail(f"the application needs the app extra ({', '.join(missing)} "
@@ -326,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = f"{_PROG} {args.command}"
+    if args.command == "recipes":
+      return _recipes_command()
     if args.command == "train":
       return _train_command(parser, args)
     if args.command == "frontier":
@@ -339,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     if debug:
       raise
-    _fail("interrupted (Ctrl-C)", 130)
+    _fail("interrupted (Ctrl-C)", 130, prog)
   except SystemExit:
     raise
   except BaseException as e:
@@ -347,8 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise
     if isinstance(e, OSError):
       _fail(f"{e.strerror or e}"
-            + (f": {e.filename}" if getattr(e, "filename", None) else ""), 2)
-    _fail(str(e), 2)
+            + (f": {e.filename}" if getattr(e, "filename", None) else ""), 2,
+            prog)
+    _fail(str(e), 2, prog)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ field carries its command-line flag and help in its metadata, so that
 :mod:`bort_jax.experiments.cli`). Building a config checks every value with
 :mod:`bort_jax._src.validation`, the library's one place for input checks;
 nothing here touches a file.
+
+The module itself imports no JAX (its choices come from
+:mod:`bort_jax.experiments.choices`), so that the parser, built from the
+fields, answers ``--help`` at once; the checks that build an optimizer import
+it when a config is built.
 """
 
 from __future__ import annotations
@@ -20,12 +25,10 @@ from typing import Any, Callable
 import numpy as np
 
 from bort_jax._src import defaults
-from bort_jax._src import validation
+from bort_jax.experiments import choices
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import errors
 from bort_jax.experiments.data import arrays as data_arrays
-from bort_jax.experiments import models as models_lib
-from bort_jax.experiments import optimizers as optimizers_lib
 
 
 class ConfigError(errors.ExperimentError, ValueError):
@@ -47,7 +50,9 @@ def _option(default: Any, help: str, *, flag: str | None = None,
 
 #: The fields that matter only with a Bort optimizer (``bort-…``): a
 #: non-Bort run keeps their defaults (``None`` for the first six, which a
-#: Bort run fills with the placement's recommended value). One exception:
+#: Bort run fills with the values it uses: the placement's recommended mode,
+#: amplitude and γ, the placement of a ``bort-<optax>`` optimizer, no γ
+#: warm-up and a correction every step). One exception:
 #: ``bort_head=False`` also tells ``init="orthogonal"`` to leave the head
 #: alone, so a baseline may set it with that init (the same start as its
 #: Bort run).
@@ -73,6 +78,17 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 #: What the DBort term regularises: the model's output, or the output of every
 #: layer Bort constrains.
 DBORT_OUTPUTS = ("logits", "layers")
+
+
+_RECOMMENDED = defaults.RECOMMENDED
+
+
+def _recommended(field: str) -> str:
+  """The placements' recommended values of ``field``, in words."""
+  values = {p: getattr(r, field) for p, r in _RECOMMENDED.items()}
+  if len(set(values.values())) == 1:
+    return f"{next(iter(values.values()))} for either placement"
+  return ", ".join(f"{v} {p}" for p, v in values.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,24 +181,27 @@ class TrainConfig:
   """
 
   data: str = _option("digits", "dataset", choices=data_lib.DATASETS)
-  model: str = _option("mlp", "model", choices=models_lib.MODELS)
+  model: str = _option("mlp", "model", choices=choices.MODELS)
   optimizer: str = _option(
       "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax optimizer "
       "(lion, lamb, ...) or bort-<optax optimizer>")
   mode: str | None = _option(
-      None, "Bort mode (default: the placement's recommended one)",
-      choices=defaults.MODES)
+      None, "Bort mode (default: the placement's recommended one, "
+      f"{_recommended('mode')})", choices=defaults.MODES)
   amplitude: float | str | None = _option(
-      None, "Bort amplitude c > 0 or 'ada' (default: the placement's)",
+      None, "Bort amplitude c > 0 or 'ada' (default: the placement's "
+      f"recommended one, {_recommended('amplitude')})",
       parse=parse_amplitude)
   gamma: float | None = _option(
-      None, "Bort strength >= 0 (default: the placement's)", parse=float)
+      None, "Bort strength >= 0 (default: the placement's recommended one, "
+      f"{_recommended('gamma')})", parse=float)
   placement: str | None = _option(
-      None, "where Bort enters a bort-<optax optimizer> (default: decoupled)",
+      None, "where Bort enters a bort-<optax optimizer> (default: "
+      "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
       choices=defaults.PLACEMENTS)
   gamma_warmup: float | None = _option(
-      None, "ramp gamma linearly from 0 over this many epochs (default: 0)",
-      parse=float)
+      None, "ramp gamma linearly from 0 over this many epochs (default: 0, "
+      "no ramp)", parse=float)
   bort_every: int | None = _option(
       None, "apply k*gamma*Delta on every k-th step only, to amortise the "
       "correction's cost (default: 1, every step)", parse=int)
@@ -193,7 +212,7 @@ class TrainConfig:
       "constant", "gamma over the run: constant; late (gamma * "
       "gamma_late_factor until the switch, then gamma); anneal (gamma until "
       "the switch, then linear to 0 at the end, not tight at the end)",
-      choices=optimizers_lib.GAMMA_SCHEDULES)
+      choices=choices.GAMMA_SCHEDULES)
   gamma_switch: float = _option(
       0.8, "where the late and anneal gamma schedules switch, as a fraction "
       "of the run's steps in (0, 1]", parse=float)
@@ -204,13 +223,16 @@ class TrainConfig:
       True, "let Bort constrain the classifier head (the last linear "
       "layer); --no-bort-head leaves it to the base optimizer")
   learning_rate: float | None = _option(
-      None, "peak learning rate (default: the optimizer's, see "
-      "optimizers.DEFAULT_LEARNING_RATES)", flag="--lr", parse=float)
+      None, "peak learning rate (default: the optimizer's: "
+      f"{choices.describe_learning_rates()})", flag="--lr", parse=float)
   schedule: str = _option(
       "cosine", "learning-rate schedule: warmup then cosine decay to 0, or "
-      "constant after the warmup", choices=optimizers_lib.SCHEDULES)
+      "constant after the warmup", choices=choices.SCHEDULES)
   weight_decay: float | None = _option(
-      None, "weight decay (default: the optimizer's)", parse=float)
+      None, "weight decay (default: the optimizer's own: 0 for sgd and "
+      "bort-sgd, 1e-4 for adamw and bort-adamw, the optax signature's "
+      "default for another optimizer, none if it takes no weight decay)",
+      parse=float)
   momentum: float = _option(0.9, "SGD momentum", parse=float)
   label_smoothing: float = _option(
       0.0, "label smoothing of the cross-entropy", parse=float)
@@ -228,7 +250,7 @@ class TrainConfig:
   seed: int = _option(0, "random seed", parse=int)
   width: int | None = _option(
       None, "model width (MLP units, CNN/ResNet channels, ViT dimension; "
-      "default: the model's)", parse=int)
+      "default: the model's own)", parse=int)
   init: str = _option(
       "default", "initialisation: the model's, or orthogonal (Bort's "
       "kernels put on the constraint W W^T = cI after it, c the amplitude "
@@ -237,7 +259,8 @@ class TrainConfig:
   checkpoint_every: int = _option(
       0, "also checkpoint every N steps (0: each epoch)", parse=int)
   train_limit: int | None = _option(
-      None, "train on the first N examples only", parse=int)
+      None, "train on the first N examples only (default: all of them)",
+      parse=int)
 
   def __post_init__(self):
     try:
@@ -285,13 +308,24 @@ def field_names() -> tuple[str, ...]:
 
 
 def _fill_defaults(config: "TrainConfig") -> None:
-  """Replaces ``None`` by the defaults, so ``config.json`` is explicit.
+  """Replaces ``None`` by the values the run uses, so ``config.json`` is
+  explicit.
 
-  The learning rate defaults per optimizer; a Bort optimizer's mode,
-  amplitude and γ default to its placement's recommended values
-  (:data:`bort_jax.RECOMMENDED`), the same values the library's aliases use.
-  A non-Bort optimizer keeps ``None`` in the Bort fields.
+  The learning rate and the weight decay default per optimizer
+  (:func:`default_weight_decay`); a Bort optimizer's mode, amplitude and γ
+  default to its placement's recommended values
+  (:data:`bort_jax.RECOMMENDED`), the same values the library's aliases
+  use, and a ``bort-<optax>`` optimizer's placement to ``"decoupled"``
+  (``bort-sgd`` and ``bort-adamw`` keep ``None``: their placement is fixed,
+  coupled and decoupled, and ``make_optimizer`` takes none). A non-Bort
+  optimizer keeps ``None`` in the Bort fields, which it does not use. A
+  ``config.json`` written with ``None`` in these fields means the same
+  values, so an older run folder still resumes.
   """
+  # Imported when a config is built, not with the module: the command
+  # line's parser reads the fields and must not load JAX.
+  from bort_jax.experiments import optimizers as optimizers_lib
+
   def fill(name, value):
     if getattr(config, name) is None:
       object.__setattr__(config, name, value)
@@ -299,9 +333,15 @@ def _fill_defaults(config: "TrainConfig") -> None:
   if not isinstance(config.optimizer, str):
     return  # check_config names the problem
   fill("learning_rate", optimizers_lib.default_learning_rate(config.optimizer))
+  fill("weight_decay", default_weight_decay(config.optimizer))
   if optimizers_lib.is_bort(config.optimizer):
-    recommended = defaults.RECOMMENDED[
-        optimizers_lib.placement_of(config.optimizer, config.placement)]
+    if config.placement not in (None, *defaults.PLACEMENTS):
+      return  # check_config names the problem
+    placement = optimizers_lib.placement_of(config.optimizer,
+                                            config.placement)
+    if optimizers_lib.base_name(config.optimizer) not in ("sgd", "adamw"):
+      fill("placement", placement)
+    recommended = defaults.RECOMMENDED[placement]
     fill("mode", recommended.mode)
     fill("amplitude", recommended.amplitude)
     fill("gamma", recommended.gamma)
@@ -309,7 +349,50 @@ def _fill_defaults(config: "TrainConfig") -> None:
     fill("bort_every", 1)
 
 
+def default_weight_decay(optimizer: str) -> float | None:
+  """The weight decay an optimizer uses when none is given.
+
+  SGD (and Bort-SGD) take none (0); AdamW and Bort-AdamW the default of
+  their signatures (``optax.adamw``, :func:`bort_jax.bort_adamw`: 1e-4);
+  another optax optimizer (or ``bort-<optax>``) its signature's default, or
+  ``None`` when it takes no weight decay.
+
+  Args:
+    optimizer: the optimizer's name.
+
+  Returns:
+    The weight decay, or ``None`` (no weight decay parameter, or an
+    unknown name, which the config's check then names).
+
+  Examples:
+    >>> from bort_jax.experiments.config import default_weight_decay
+    >>> [default_weight_decay(name) for name in ("sgd", "bort-adamw", "adam")]
+    [0.0, 0.0001, None]
+  """
+  # Imported when a config is built (see _fill_defaults).
+  import inspect
+
+  import optax
+
+  import bort_jax
+  from bort_jax.experiments import optimizers as optimizers_lib
+  base = optimizers_lib.base_name(optimizer)
+  if base == "sgd":
+    return 0.0  # make_optimizer: ``weight_decay or 0.0``
+  function = (bort_jax.bort_adamw if optimizer == "bort-adamw"
+              else getattr(optax, base, None))
+  try:
+    parameter = inspect.signature(function).parameters.get("weight_decay")
+  except (TypeError, ValueError):
+    return None
+  default = None if parameter is None else parameter.default
+  if isinstance(default, bool) or not isinstance(default, numbers.Real):
+    return None
+  return float(default)
+
+
 def _check_optional_positive_int(name: str, value: Any) -> None:
+  from bort_jax._src import validation  # see _fill_defaults
   if value is not None:
     validation.check_positive_int(name, value)
 
@@ -360,10 +443,11 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
 
 def _check_levers(config: TrainConfig) -> None:
   """The Bort learning-rate scale, the γ schedule and the head switch."""
+  from bort_jax._src import validation  # see _fill_defaults
   validation.check_real("bort_lr_scale", config.bort_lr_scale, low=0,
                         low_inclusive=False)
   validation.check_choice("gamma_schedule", config.gamma_schedule,
-                          optimizers_lib.GAMMA_SCHEDULES)
+                          choices.GAMMA_SCHEDULES)
   validation.check_real("gamma_switch", config.gamma_switch, low=0, high=1,
                         low_inclusive=False)
   validation.check_real("gamma_late_factor", config.gamma_late_factor, low=0,
@@ -389,6 +473,9 @@ def check_config(config: TrainConfig) -> None:
   Args:
     config: the configuration.
   """
+  # Imported when a config is built (see _fill_defaults).
+  from bort_jax._src import validation
+  from bort_jax.experiments import optimizers as optimizers_lib
   for name in ("epochs", "batch_size", "eval_batch_size"):
     validation.check_positive_int(name, getattr(config, name))
   validation.check_nonnegative_int("checkpoint_every", config.checkpoint_every)
@@ -416,13 +503,12 @@ def check_config(config: TrainConfig) -> None:
   validation.check_real("dbort_power", config.dbort_power, low=0,
                         low_inclusive=False)
   validation.check_choice("dbort_outputs", config.dbort_outputs, DBORT_OUTPUTS)
-  validation.check_choice("schedule", config.schedule,
-                          optimizers_lib.SCHEDULES)
+  validation.check_choice("schedule", config.schedule, choices.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)
   if config.weight_decay is not None:
     validation.check_real("weight_decay", config.weight_decay, low=0)
-  validation.check_choice("model", config.model, models_lib.MODELS)
+  validation.check_choice("model", config.model, choices.MODELS)
   validation.check_choice("data", config.data, data_lib.DATASETS)
   validation.check_choice("init", config.init, INITS)
   _check_levers(config)

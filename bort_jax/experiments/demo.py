@@ -4,10 +4,16 @@ Trains an AdamW baseline and Bort-AdamW (the recommended decoupled setting,
 :data:`bort_jax.RECOMMENDED`) on MNIST with the invertible MLP, whose first
 layer is square (784 units for 784 pixels) so that an orthogonal layer is
 inverted exactly by its transpose, falling back to scikit-learn's bundled
-digits when MNIST cannot be had, prints a comparison table (accuracy, constraint error, the
-error of backtracking the first hidden layer to the input, time) and writes
-``results.json`` and three figures. Everything is written through the one
-output-folder guard (:mod:`bort_jax.experiments.run_dir`).
+digits when MNIST cannot be had. Both runs start from the same orthogonal
+weights (``init="orthogonal"``: the kernels put on ``W Wᵀ = cI`` by
+:func:`bort_jax.project_to_constraint`), so that Bort is constrained from the
+first step and the comparison shows what each optimizer does to that start.
+It prints a comparison table (accuracy, the constraint error at step 0 and
+at the end, the error of backtracking the first hidden layer to the input,
+time) and writes ``results.json`` and three figures. Everything is written
+through the one output-folder guard (:mod:`bort_jax.experiments.run_dir`).
+A run stopped by a signal exits with 130 (SIGINT) or 143 (SIGTERM), as
+``bort-jax train`` does.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from typing import Any
 
 DESCRIPTION = (
     "Train an AdamW baseline and Bort-AdamW on MNIST (or scikit-learn's "
-    "digits when MNIST is unavailable), print a comparison table and write "
-    "figures and results.json.")
+    "digits when MNIST is unavailable) from the same orthogonal start, print "
+    "a comparison table and write figures and results.json.")
 
 #: What the demo writes in its folder (``--overwrite`` replaces only these).
 DEMO_FILES = ("baseline", "bort", "results.json", "gram.png", "accuracy.png",
@@ -32,14 +38,34 @@ _NAMES = {"baseline": "AdamW", "bort": "Bort-AdamW"}
 #: below AdamW, at 10 within 1 pp (docs/RESULTS.md), and both runs still
 #: take under 3 minutes on a 2-core CPU.
 DEMO_EPOCHS = 10
+#: Epochs per digits run (1347 images: a few steps per epoch).
+DIGITS_EPOCHS = 30
+#: Epochs per ``--quick`` run: MNIST/Fashion-MNIST (on 2048 images), digits.
+QUICK_EPOCHS = 1
+QUICK_DIGITS_EPOCHS = 3
+#: Both runs' initialisation: the same orthogonal start (see the module
+#: docstring).
+DEMO_INIT = "orthogonal"
+
+
+def default_epochs(data: str, quick: bool) -> int:
+  """The epochs per run when ``--epochs`` is not given.
+
+  Examples:
+    >>> from bort_jax.experiments.demo import default_epochs
+    >>> default_epochs("mnist", False), default_epochs("digits", True)
+    (10, 3)
+  """
+  if data == "digits":
+    return QUICK_DIGITS_EPOCHS if quick else DIGITS_EPOCHS
+  return QUICK_EPOCHS if quick else DEMO_EPOCHS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   """The demo's flags (the Bort defaults come from the training config)."""
-  from bort_jax._src import validation
+  from bort_jax._src import defaults
   from bort_jax.experiments import cli
-  positive = cli.argument_type(int, validation.check_positive_int,
-                               "an integer")
+  positive = cli.argument_type(int, cli.check_positive_int, "an integer")
   p.add_argument("--out", default="bort-demo",
                  help="output folder (default: bort-demo)")
   p.add_argument("--quick", action="store_true",
@@ -47,11 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", choices=("mnist", "fashion_mnist", "digits"),
                  default="mnist", help="dataset (default: mnist)")
   p.add_argument("--epochs", type=positive, default=None,
-                 help="epochs per run (default: 10; digits 30; quick 1)")
-  import bort_jax
+                 help=f"epochs per run (default: {DEMO_EPOCHS}; digits "
+                 f"{DIGITS_EPOCHS}; with --quick {QUICK_EPOCHS}, digits "
+                 f"{QUICK_DIGITS_EPOCHS})")
   p.add_argument("--gamma", type=cli.argument_type(float), default=None,
                  help="Bort strength (default: the recommended "
-                 f"{bort_jax.RECOMMENDED['decoupled'].gamma})")
+                 f"{defaults.RECOMMENDED['decoupled'].gamma})")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   p.add_argument("--overwrite", action="store_true",
                  help="replace the files of an earlier demo in --out")
@@ -64,15 +91,16 @@ def configs(data: str, quick: bool, epochs: int | None, gamma: float | None,
   # The first layer is square (one unit per input pixel), so that it can be
   # orthogonal and exactly inverted by its transpose; the learning rate is
   # each optimizer's default.
+  epochs = epochs or default_epochs(data, quick)
   if data == "digits":
-    common = dict(width=64, batch_size=64,
-                  epochs=epochs or (3 if quick else 30), warmup=1.0)
+    common = dict(width=64, batch_size=64, epochs=epochs, warmup=1.0)
   else:
-    common = dict(width=784, batch_size=128,
-                  epochs=epochs or (1 if quick else DEMO_EPOCHS), warmup=0.2)
+    common = dict(width=784, batch_size=128, epochs=epochs, warmup=0.2)
     if quick:
       common.update(width=64, train_limit=2048)
-  common.update(data=data, model="invertible-mlp", seed=seed)
+  # The same seed and orthogonal init: both runs start from one set of
+  # weights ("ada", the init's own scale, as Bort's default amplitude).
+  common.update(data=data, model="invertible-mlp", seed=seed, init=DEMO_INIT)
   baseline = TrainConfig(optimizer="adamw", **common)
   bort = TrainConfig(optimizer="bort-adamw", **common,
                      **({} if gamma is None else {"gamma": gamma}))
@@ -104,10 +132,11 @@ def _accuracy_figure(histories: dict[str, list[dict]]):
 
 def table(rows: list[dict[str, Any]]) -> str:
   """The comparison table printed at the end."""
-  header = ("run", "test acc", "constraint err", "max |cos|", "recon MSE",
-            "PSNR dB", "ms/step", "train s")
+  header = ("run", "test acc", "constraint err step 0", "constraint err end",
+            "max |cos|", "recon MSE", "PSNR dB", "ms/step", "train s")
   fmt = lambda v, f: "n/a" if v is None else format(v, f)
   lines = [(r["name"], fmt(100 * r["test_accuracy"], ".2f") + "%",
+            fmt(r.get("constraint_error_start"), ".4f"),
             fmt(r["constraint_error"], ".4f"), fmt(r["max_cosine"], ".4f"),
             fmt(r.get("reconstruction_mse"), ".4f"),
             fmt(r.get("reconstruction_psnr"), ".2f"),
@@ -147,10 +176,11 @@ def _train_pair(folder, configs_, dataset, probe, progress):
                         progress=progress,
                         log=lambda line: print("  " + line, flush=True))
     if not result.finished:
-      return None
+      return result.stopped_by
     last = result.history[-1]
     row = {"name": name, "optimizer": config.optimizer,
            "config": dataclasses.asdict(config),
+           "constraint_error_start": result.history[0]["constraint_error"],
            **{k: last[k] for k in ("test_accuracy", "test_loss",
                                    "constraint_error", "max_cosine",
                                    "norm_spread", "step_time_ms")},
@@ -181,8 +211,17 @@ def _figures(folder, probe, kernels, reconstructions, histories):
 
 
 def run(args) -> int:
-  """Runs the demo with parsed arguments; returns the exit status."""
+  """Runs the demo with parsed arguments; returns the exit status.
+
+  Args:
+    args: the parsed ``bort-jax demo`` arguments.
+
+  Returns:
+    0, or :func:`bort_jax.experiments.signals.exit_status` of the signal
+    that stopped a run (130 SIGINT, 143 SIGTERM).
+  """
   from bort_jax.experiments import run_dir
+  from bort_jax.experiments import signals
   start = time.perf_counter()
   # The settings are checked before the folder is made; the pair is built
   # again once the data are loaded (MNIST may fall back to digits).
@@ -193,12 +232,14 @@ def run(args) -> int:
     pair = configs(data_name, args.quick, args.epochs, args.gamma, args.seed)
     print(f"bort-jax demo: AdamW vs Bort-AdamW ({pair[1].mode}, amplitude "
           f"{pair[1].amplitude}, gamma {pair[1].gamma}) on {data_name}, "
-          f"{pair[0].epochs} epoch(s) each -> {args.out}", flush=True)
+          f"{pair[0].epochs} epoch(s) each, both from the same orthogonal "
+          f"start -> {args.out}", flush=True)
     probe = dataset.test.images[:256 if args.quick else 1000]
     trained = _train_pair(folder, pair, dataset, probe, not args.no_progress)
-    if trained is None:
-      print(f"Stopped; the runs so far are in {args.out}", file=sys.stderr)
-      return 130
+    if not isinstance(trained, tuple):  # the signal that stopped a run
+      print(f"Stopped by {trained}; the runs so far are in {args.out}",
+            file=sys.stderr)
+      return signals.exit_status(trained)
     results, kernels, reconstructions, histories = trained
     figures = _figures(folder, probe, kernels, reconstructions, histories)
     total = time.perf_counter() - start
@@ -214,7 +255,8 @@ def run(args) -> int:
         + f", {pair[0].epochs} epoch(s), {pair[0].model}:")
   print(table(results))
   print("\nconstraint err: mean ‖WWᵀ − cI‖/‖cI‖ over the Bort kernels (c: "
-        "mean squared row norm); recon: backtracking the first hidden layer "
-        "to the input (lower MSE / higher PSNR is better).")
+        "mean squared row norm), at step 0 (the shared orthogonal start) and "
+        "at the end; recon: backtracking the first hidden layer to the input "
+        "(lower MSE / higher PSNR is better).")
   print(f"Figures and results.json in {args.out} ({total:.0f} s in all).")
   return 0

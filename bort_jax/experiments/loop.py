@@ -9,7 +9,10 @@ orthogonality metrics alike.
 Towards Explainable Neural Networks with Bounded Orthogonal Constraint",
 ICLR 2023) on small data: :func:`bort_jax.experiments.steps.train_step` over
 ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, an evaluation and an
-orthogonality measurement per epoch, metrics as JSON and CSV, and orbax
+orthogonality measurement per epoch, metrics as JSON and CSV and as
+TensorBoard scalars (``tensorboard/``, one event file per start of the run,
+written by tensorboardX; a resumed run hides the events after its
+checkpoint's last epoch and writes that epoch again), and orbax
 checkpoints that hold everything needed to continue bit for bit: the model,
 the optimizer state, the step, the epoch's running metrics and the data
 order (a permutation drawn from ``(seed, epoch)``, so the step alone places
@@ -33,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import secrets
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -40,6 +44,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
+import tensorboardX
 
 import bort_jax
 from bort_jax.experiments import checkpoints as checkpoints_lib
@@ -60,6 +65,79 @@ from bort_jax.experiments.run_dir import strict_json
 
 class DivergedError(errors.ExperimentError):
   """The training loss became non-finite; the run was stopped."""
+
+
+#: The run folder's TensorBoard folder (``tensorboard --logdir <out>``).
+TENSORBOARD_DIR = "tensorboard"
+#: How TensorBoard event files are named (what ``--overwrite`` removes).
+EVENT_FILE_PREFIX = "events.out.tfevents."
+#: The history's numbers written as TensorBoard scalars, one per epoch.
+SCALARS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss",
+           "constraint_error", "max_cosine", "norm_spread", "dbort_energy",
+           "learning_rate", "step_time_ms")
+
+
+def _tensorboard_path(run_dir: str | os.PathLike[str]) -> str:
+  """``<run>/tensorboard``, refused when it is not a plain folder."""
+  path = os.path.join(os.path.abspath(os.fspath(run_dir)), TENSORBOARD_DIR)
+  if os.path.islink(path) or (os.path.lexists(path)
+                              and not os.path.isdir(path)):
+    raise runs.RunDirectoryError(
+        f"{path!r} is not a folder (a link or a file), so no TensorBoard "
+        "events are written there; move it away and run again.")
+  return path
+
+
+def _remove_event_files(path: str) -> None:
+  """Removes our event files from ``path`` (and it, if then empty).
+
+  ``--overwrite`` removes only what a run wrote: other files stay.
+  """
+  if not os.path.isdir(path):
+    return
+  for name in os.listdir(path):
+    entry = os.path.join(path, name)
+    if (name.startswith(EVENT_FILE_PREFIX) and os.path.isfile(entry)
+        and not os.path.islink(entry)):
+      os.unlink(entry)
+  if not os.listdir(path):
+    os.rmdir(path)
+
+
+class _Scalars:
+  """The history as TensorBoard scalars, step = epoch (process 0 only).
+
+  The event file is opened at the first row, not before: a run refused
+  before its first epoch leaves its folder as it was. ``purge_epoch`` hides
+  the events from that epoch on that an earlier start wrote after its last
+  checkpoint (TensorBoard's ``purge_step``).
+  """
+
+  def __init__(self, path: str, purge_epoch: int | None = None):
+    self._path = path
+    self._purge_epoch = purge_epoch
+    self._writer = None
+    self._last_epoch = None
+
+  def write(self, row: dict[str, Any]) -> None:
+    if row["epoch"] == self._last_epoch:
+      return  # metrics.json rewritten (a divergence): no second point
+    self._last_epoch = row["epoch"]
+    if self._writer is None:
+      # A suffix of our own: tensorboardX names files by the second and
+      # opens them with "wb", so two starts in one second would collide.
+      self._writer = tensorboardX.SummaryWriter(
+          self._path, purge_step=self._purge_epoch,
+          filename_suffix=f".{os.getpid()}.{secrets.token_hex(4)}")
+    for name in SCALARS:
+      value = row.get(name)
+      if value is not None and math.isfinite(value):
+        self._writer.add_scalar(name, value, global_step=row["epoch"])
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
 
 
 class TrainResult(NamedTuple):
@@ -308,6 +386,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     parallel: distributed.DataParallel | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
   """Trains a classifier; writes metrics and checkpoints; resumes exactly.
 
@@ -338,6 +417,9 @@ def train(
     parallel: a :class:`~bort_jax.experiments.distributed.DataParallel`
       layout; ``None``: one device, or every device of every process when
       ``jax.distributed`` runs several.
+    on_start: called (on process 0) once every check that can refuse the
+      run has passed (the folder, the data, a resumed checkpoint), right
+      before the first step or measurement.
 
   Returns:
     A :class:`TrainResult`.
@@ -372,8 +454,18 @@ def train(
     raise runs.RunDirectoryError("resume needs a run folder.")
   folder = restore = None
   if run_dir is not None:
-    open_run = lambda: runs.open_run(run_dir, config, resume=resume,
-                                     overwrite=overwrite, log=say)
+    def open_run():
+      _tensorboard_path(run_dir)  # before --overwrite deletes anything
+      folder, restore = runs.open_run(run_dir, config, resume=resume,
+                                      overwrite=overwrite, log=say)
+      try:
+        tensorboard = _tensorboard_path(folder.path)  # now under the lock
+        if overwrite:
+          _remove_event_files(tensorboard)
+      except BaseException:
+        folder.close(remove_if_empty=True)
+        raise
+      return folder, restore
     if parallel is None:
       folder, restore = open_run()
     else:  # process 0 decides; the others learn whether to restore
@@ -382,14 +474,15 @@ def train(
       restore = bool(restore)
   try:
     return _train_in(config, run_dir, folder, restore, dataset, download,
-                     progress and primary, max_steps, on_step, say, parallel)
+                     progress and primary, max_steps, on_step, say, parallel,
+                     (on_start if primary else None) or (lambda: None))
   finally:
     if folder is not None:
       folder.close(remove_if_empty=True)
 
 
 def _train_in(config, run_dir, folder, restore, dataset, download, progress,
-              max_steps, on_step, say, parallel) -> TrainResult:
+              max_steps, on_step, say, parallel, on_start) -> TrainResult:
   if dataset is None:
     dataset = data_lib.load_splits(config.data, download=download)
   data = run_data.prepare(
@@ -403,15 +496,22 @@ def _train_in(config, run_dir, folder, restore, dataset, download, progress,
     ckpt = checkpoints_lib.Checkpoints(path)
     if restore:
       state = _restore(ckpt, config, data, state, say, parallel)
-    elif folder is not None:
-      runs.write_config(folder, config)
+  scalars = None
+  if folder is not None:
+    purge = state.history[-1]["epoch"] if state.history else None
+    scalars = _Scalars(_tensorboard_path(folder.path), purge)
   try:
+    on_start()
+    if folder is not None and not restore:
+      runs.write_config(folder, config)
     state, finished, stopped_by = _epochs(
         static, state, data, config, folder, ckpt, progress, max_steps,
-        on_step, say, parallel)
+        on_step, say, parallel, scalars)
   finally:
     if ckpt is not None:
       ckpt.close()
+    if scalars is not None:
+      scalars.close()
   model = nnx.merge(static.model_def, state.model)
   optimizer = nnx.merge(static.optimizer_def, state.optimizer)
   where = None
@@ -424,7 +524,8 @@ def _train_in(config, run_dir, folder, restore, dataset, download, progress,
 
 
 def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
-            on_step, say, parallel=None) -> tuple[_State, bool, str | None]:
+            on_step, say, parallel=None, scalars=None
+            ) -> tuple[_State, bool, str | None]:
   """Runs the epochs; checkpoints and writes metrics as they end.
 
   Returns the state, whether every epoch ran, and the signal that stopped
@@ -442,8 +543,14 @@ def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
   def write(state, summary=None):
     if folder is not None:
       runs.write_metrics(folder, config, state.history, summary)
+    if scalars is not None and summary is None:
+      scalars.write(state.history[-1])
 
   total = config.epochs * data.steps_per_epoch
+  if state.history and state.step < total and scalars is not None:
+    # Resumed: the last epoch again, after the events an earlier start may
+    # have written past its checkpoint (hidden by the purge).
+    scalars.write(state.history[-1])
   if not state.history:
     state.history.append(_measure(static, state, data, config, {
         "train_loss": None, "train_accuracy": None, "dbort_energy": None,

@@ -25,7 +25,6 @@ import types
 from typing import Any
 
 from bort_jax._src import defaults
-from bort_jax.experiments import optimizers
 
 
 def _recommended(placement: str, optimizer: str, **extra: Any
@@ -53,6 +52,46 @@ RECIPES: types.MappingProxyType = types.MappingProxyType({
         "label_smoothing": 0.1,
     },
 })
+
+
+def _setting(placement: str) -> str:
+  r = defaults.RECOMMENDED[placement]
+  return (f"{r.mode}, amplitude {r.amplitude}, gamma {r.gamma:g}, lr "
+          f"{r.learning_rate:g}")
+
+
+#: name -> what the recipe is, in one line (``bort-jax recipes`` lists them).
+DESCRIPTIONS: types.MappingProxyType = types.MappingProxyType({
+    "recommended-decoupled": "Bort-AdamW at the recommended decoupled "
+        f"setting ({_setting('decoupled')}), the library's bort_adamw "
+        "defaults",
+    "recommended-coupled": "Bort-SGD at the recommended coupled setting "
+        f"({_setting('coupled')}, momentum 0.9), the library's bort_sgd "
+        "defaults",
+    "authors-mnist":
+        "the authors' MNIST script: SimpleCNN, Bort-SGD lr 0.005, gamma 0.05, "
+        "l1-fullrow c=1, DBort on the logits, batch 256, 40 epochs, seed 42",
+    "authors-imagenet-adamw":
+        "the optimizer of the authors' ImageNet script: Bort-AdamW gamma "
+        "1e-4, weight decay 2e-5, cosine, 5 warm-up epochs of 300, label "
+        "smoothing 0.1",
+})
+
+
+def describe() -> str:
+  """One line per recipe: its name and what it is.
+
+  Returns:
+    The lines, the names padded to one width.
+
+  Examples:
+    >>> from bort_jax.experiments.recipes import describe
+    >>> print(describe().splitlines()[2])
+    authors-mnist           the authors' MNIST script: SimpleCNN, ...
+  """
+  width = max(map(len, RECIPES))
+  return "\n".join(f"{name.ljust(width)}  {DESCRIPTIONS[name]}"
+                   for name in RECIPES)
 
 
 def recipe(name: str) -> dict[str, Any]:
@@ -104,6 +143,9 @@ def check_override(name: str, given: dict[str, Any]) -> None:
     ...
     ValueError: --recipe recommended-coupled tunes lr 0.05 for bort-sgd; ...
   """
+  # Imported at the call, not with the module: the command line's parser
+  # lists the recipes without loading JAX.
+  from bort_jax.experiments import optimizers
   values = recipe(name)
   optimizer = given.get("optimizer")
   if (optimizer is None or "learning_rate" in given

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from bort_jax.experiments import config as config_lib
@@ -64,12 +63,20 @@ def prepare(config: TrainConfig, dataset: data_lib.Dataset,
     The :class:`RunData`.
 
   Raises:
+    ConfigError: ``config.train_limit`` is above the training examples of
+      ``dataset`` (e.g. of the frontier's 90 % split).
     DataError: fewer training examples than one batch, or no test example.
   """
   train, test = dataset.train, dataset.test
   n_train = len(train.labels)
   if config.train_limit is not None:
-    n_train = min(n_train, config.train_limit)
+    if config.train_limit > n_train:
+      # Clipped, the run would look like one on train_limit examples.
+      raise config_lib.ConfigError(
+          f"train_limit {config.train_limit} is above the {n_train} training "
+          f"examples of the data given; use at most {n_train}, or drop it to "
+          "train on all of them.")
+    n_train = config.train_limit
   if n_train < config.batch_size:
     raise DataError(
         f"The training set of {config.data!r} has {n_train} examples, fewer "
@@ -83,6 +90,9 @@ def prepare(config: TrainConfig, dataset: data_lib.Dataset,
             "test_labels": np.asarray(test.labels, np.int32)}
   fingerprint = data_fingerprint(arrays)
   if put is None:
+    # Imported here: frontier.py, which the command line's parser imports,
+    # takes validation_split from this module, and the parser loads no JAX.
+    import jax
     on_device = {k: jax.device_put(v) for k, v in arrays.items()}
   else:
     on_device = put(arrays)

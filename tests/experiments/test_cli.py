@@ -86,6 +86,10 @@ def test_demo_quick_on_digits(capsys, tmp_path):
   for run in results["runs"]:
     assert 0 <= run["test_accuracy"] <= 1
     assert run["constraint_error"] >= 0
+    # Both runs start from the same orthogonal weights.
+    assert run["config"]["init"] == "orthogonal"
+    assert run["constraint_error_start"] < 1e-4
+  assert "constraint err step 0" in printed
     assert run["reconstruction_mse"] >= 0
   for name in results["figures"].values():
     assert os.path.getsize(os.path.join(out, name)) > 0

@@ -1,0 +1,50 @@
+"""The names the application accepts, without JAX: models, schedules, rates.
+
+The command line's parser is built from :class:`~bort_jax.experiments.config.
+TrainConfig`'s fields, and their choices and stated defaults come from here,
+so that ``bort-jax --help`` answers without importing JAX, Flax or optax.
+:mod:`bort_jax.experiments.models` and :mod:`bort_jax.experiments.optimizers`
+hold the code behind these names; tests/experiments/test_cli_help.py checks
+that the two agree.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Mapping
+
+#: The models ``bort-jax`` builds by name (see
+#: :data:`bort_jax.experiments.models.BUILDERS`).
+MODELS: tuple[str, ...] = ("mlp", "invertible-mlp", "cnn", "resnet18", "vit",
+                           "simple-cnn")
+
+#: The learning-rate schedules: warmup then cosine decay to 0, or warmup then
+#: constant (the authors' MNIST/CIFAR script uses no schedule).
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+#: How γ runs over the training: constant, weak until a switch then γ (late
+#: tightening), or γ until a switch then linear to 0 at the end (annealed).
+GAMMA_SCHEDULES: tuple[str, ...] = ("constant", "late", "anneal")
+
+#: The prefix that adds Bort to an optimizer's name.
+BORT_PREFIX = "bort-"
+
+#: The default peak learning rate per base optimizer (SGD with momentum 0.9
+#: wants a far larger step than the adaptive methods); any other optax
+#: optimizer gets :data:`DEFAULT_LEARNING_RATE`.
+DEFAULT_LEARNING_RATES: Mapping[str, float] = types.MappingProxyType(
+    {"sgd": 0.05, "adamw": 1e-3})
+DEFAULT_LEARNING_RATE = 1e-3
+
+
+def describe_learning_rates() -> str:
+  """The default learning rates in words, for help texts.
+
+  Examples:
+    >>> from bort_jax.experiments.choices import describe_learning_rates
+    >>> describe_learning_rates()
+    'sgd and bort-sgd 0.05, adamw and bort-adamw 0.001, any other 0.001'
+  """
+  parts = [f"{name} and {BORT_PREFIX}{name} {rate:g}"
+           for name, rate in DEFAULT_LEARNING_RATES.items()]
+  return ", ".join(parts + [f"any other {DEFAULT_LEARNING_RATE:g}"])
