@@ -89,8 +89,8 @@ def test_demo_quick_on_digits(capsys, tmp_path):
     # Both runs start from the same orthogonal weights.
     assert run["config"]["init"] == "orthogonal"
     assert run["constraint_error_start"] < 1e-4
-  assert "constraint err step 0" in printed
     assert run["reconstruction_mse"] >= 0
+  assert "constraint err step 0" in printed
   for name in results["figures"].values():
     assert os.path.getsize(os.path.join(out, name)) > 0
   assert {"accuracy", "gram", "reconstructions"} <= set(results["figures"])
