@@ -62,8 +62,7 @@ import bort_jax  # noqa: E402
 from bort_jax.experiments import models as models_lib  # noqa: E402
 from bort_jax.experiments import optimizers as optimizers_lib  # noqa: E402
 from bort_jax.experiments import steps as steps_lib  # noqa: E402
-from bort_jax._src.dimension_numbers import path_names  # noqa: E402
-from bort_jax._src.dimension_numbers import resolve_views  # noqa: E402
+import param_sets  # noqa: E402
 
 #: model -> (input shape, default width): MNIST shapes for the MNIST models
 #: of the README, CIFAR shapes for ResNet-18 and the ViT; ``simple-cnn`` is
@@ -203,7 +202,13 @@ def _recording_outputs(calls: list, owner_paths: dict):
 
 
 def _path_key(path) -> tuple[str, ...]:
-  return tuple(str(name) for name in path)
+  """A tree path (jax keys or plain names) as a tuple of strings; an NNX
+  Variable's trailing ``.value`` is not part of the parameter's name."""
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+      path[-1].name == "value"):
+    path = path[:-1]
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+               for k in path)
 
 
 def layer_costs(model: nnx.Module, input_shape) -> list[dict]:
@@ -222,14 +227,15 @@ def layer_costs(model: nnx.Module, input_shape) -> list[dict]:
   """
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
-  views = resolve_views(bort_jax.flax_dimension_numbers(model), params)
+  dims = bort_jax.flax_dimension_numbers(model)(params)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  chosen = jax.tree_util.tree_structure(params).flatten_up_to(dims)
   kernels = {}
-  for (path, leaf), view in zip(
-      jax.tree_util.tree_flatten_with_path(params)[0], views):
-    names = _path_key(path_names(path))
+  for (path, leaf), dims_i in zip(leaves, chosen):
+    names = _path_key(path)
     if not names or names[-1] != "kernel":
       continue
-    kernels[names[:-1]] = (leaf.shape, view)
+    kernels[names[:-1]] = (leaf.shape, dims_i)
   calls = []
 
   def forward(state, x):
@@ -242,15 +248,15 @@ def layer_costs(model: nnx.Module, input_shape) -> list[dict]:
   jax.eval_shape(forward, state,
                  jax.ShapeDtypeStruct((1, *input_shape), jax.numpy.float32))
   rows = []
-  for owner, (shape, view) in kernels.items():
-    if view is not None:
-      matrices, m, n = view.matrix_shape
+  for owner, (shape, dims_i) in kernels.items():
+    if dims_i is not None:
+      matrices, m, n = param_sets.matrix_shape(shape, dims_i)
     else:  # not Bort: a plain kernel, output features last
       matrices, m, n = 1, shape[-1], math.prod(shape[:-1])
     outputs = sum(math.prod(out) for path, out in calls if path == owner)
     rows.append(dict(path="/".join(owner), m=m, n=n, matrices=matrices,
                      positions=outputs // max(matrices * m, 1),
-                     bort=view is not None))
+                     bort=dims_i is not None))
   return rows
 
 
