@@ -44,7 +44,7 @@ def test_signature_literals_are_the_recommended_settings():
 
 def test_dbort_power_has_one_name_and_one_default():
   from bort_jax._src import dbort
-  for function in (bort_jax.dbort_loss, bort_jax.dbort_term):
+  for function in (bort_jax.dbort.dbort_loss, bort_jax.dbort.dbort_term):
     assert _default(function, "power") == dbort.DBORT_POWER
     assert "beta" not in inspect.signature(function).parameters
 

@@ -174,17 +174,17 @@ def test_n11_recommended_is_read_only_and_agrees_with_everything_reading_it():
 def test_n12_dbort_loss_refuses_bad_weight_and_power(kwargs, error, message):
   y = jnp.ones((4, 3))
   with pytest.raises(error, match=message):
-    bort_jax.dbort_loss(y, **kwargs)
+    bort_jax.dbort.dbort_loss(y, **kwargs)
 
 
 def test_n12_traced_weight_and_power_are_still_allowed():
   y = jnp.array([[1.0, -1.0], [3.0, 3.0]])  # mean(y²) = 5
-  loss = jax.jit(lambda w, p: bort_jax.dbort_loss(y, weight=w, power=p))
+  loss = jax.jit(lambda w, p: bort_jax.dbort.dbort_loss(y, weight=w, power=p))
   np.testing.assert_allclose(loss(2.0, 0.5), -2.0 * np.sqrt(5.0), rtol=1e-6)
   np.testing.assert_allclose(
-      bort_jax.dbort_loss(y, weight=np.float32(2.0), power=jnp.array(0.5)),
+      bort_jax.dbort.dbort_loss(y, weight=np.float32(2.0), power=jnp.array(0.5)),
       -2.0 * np.sqrt(5.0), rtol=1e-6)
-  assert float(bort_jax.dbort_loss(y, weight=0, power=1)) == 0.0
+  assert float(bort_jax.dbort.dbort_loss(y, weight=0, power=1)) == 0.0
 
 
 # M9 -------------------------------------------------------------------------

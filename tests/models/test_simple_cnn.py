@@ -83,7 +83,8 @@ def test_bort_selects_every_kernel_and_one_authors_step_runs():
     def loss_fn(model):
       logits = model(x)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return ce.mean() + bort_jax.dbort_loss(logits, weight=1e-3, power=0.1)
+      return ce.mean() + bort_jax.dbort.dbort_loss(logits, weight=1e-3,
+                                                   power=0.1)
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
     return loss
