@@ -41,3 +41,30 @@ def test_gpu_train_runs_the_authors_recipe_and_the_defaults(tmp_path, capsys):
     assert (by_name[model, bort]["constraint_error"]
             < by_name[model, base]["constraint_error"])
   assert "bort-sgd+dbort" in capsys.readouterr().out
+
+
+def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
+  import compare_points  # pylint: disable=g-import-not-at-top
+  ref = {"optimizer": "bort-adamw", "mode": "l1-fullrow", "amplitude": "ada",
+         "gamma": 1.0, "placement": "decoupled"}
+  other = {**ref, "mode": "huber-fullrow", "bort_every": 8}
+  runs = []
+  for seed, (va, vb, ea, eb) in enumerate([(0.96, 0.95, 0.02, 0.01),
+                                           (0.97, 0.95, 0.04, 0.02),
+                                           (0.98, 0.95, 0.06, 0.03)]):
+    runs.append({"point": ref, "seed": seed, "val_accuracy": va,
+                 "test_accuracy": va, "constraint_error": ea})
+    runs.append({"point": other, "seed": seed, "val_accuracy": vb,
+                 "test_accuracy": vb, "constraint_error": eb})
+  [row] = compare_points.compare(runs, "bort-adamw_l1-fullrow_ada_g1")
+  assert row["name"] == "bort-adamw_huber-fullrow_ada_g1_every8"
+  # Differences −1, −2, −3 pp: mean −2, std 1, interval −2 ± 4.303/√3.
+  assert row["val"]["mean_pp"] == pytest.approx(-2.0)
+  assert row["val"]["ci_pp"] == pytest.approx([-2 - 2.4843, -2 + 2.4843],
+                                              abs=1e-3)
+  assert row["constraint"]["mean_pp"] == pytest.approx(-0.02)
+  assert row["constraint_ratio"] == pytest.approx(0.5)
+  path = tmp_path / "runs.json"
+  path.write_text(json.dumps(runs))
+  assert compare_points.main([str(path), "--reference", "nope"]) == 2
+  assert "is not a point" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Paired comparison of frontier points against one reference point.
+
+A frontier pairs every Bort point with its baseline; a study of Bort settings
+(an amortised correction against the every-step one, say) needs Bort against
+Bort. This reads a frontier's ``runs.json`` and prints, for every point, the
+per-seed difference from ``--reference`` (same seed: same initial weights
+and batches) of validation and test accuracy (pp) and constraint error, with
+a 95 % t-interval, and the ratio of the mean constraint errors.
+
+    python benchmarks/compare_points.py runs/amortised_mlp256/runs.json \\
+        --reference bort-adamw_l1-fullrow_ada_g1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from bort_jax.experiments import frontier
+
+
+def compare(runs: list[dict], reference: str) -> list[dict]:
+  """One row per point other than ``reference``: paired differences.
+
+  Args:
+    runs: the entries of a frontier's ``runs.json``.
+    reference: the name (:func:`frontier.point_name`) to compare against.
+
+  Returns:
+    Dicts with ``name``, ``val`` and ``test`` (:func:`frontier.
+    paired_statistics` of the accuracy differences, in pp), ``constraint``
+    (the same statistics of the constraint-error differences, in error units)
+    and ``constraint_ratio`` (mean error over the reference's, on the shared
+    seeds).
+
+  Raises:
+    ValueError: ``reference`` is not a point of ``runs``.
+  """
+  by_point: dict[str, dict[int, dict]] = {}
+  for run in runs:
+    by_point.setdefault(frontier.point_name(run["point"]), {})[
+        run["seed"]] = run
+  if reference not in by_point:
+    raise ValueError(f"--reference {reference!r} is not a point of these runs;"
+                     f" they hold {', '.join(sorted(by_point))}.")
+  ref = by_point[reference]
+  rows = []
+  for name, seeds in by_point.items():
+    shared = sorted(set(seeds) & set(ref))
+    if name == reference or not shared:
+      continue
+    diff = lambda key: [seeds[s][key] - ref[s][key] for s in shared]
+    constraint = frontier.paired_statistics(diff("constraint_error"))
+    # paired_statistics works in pp (×100); constraint errors are not %.
+    constraint = {k: (None if v is None else
+                      [x / 100 for x in v] if isinstance(v, list) else
+                      v / 100 if k.endswith("_pp") else v)
+                  for k, v in constraint.items()}
+    rows.append({
+        "name": name, "seeds": shared,
+        "val": frontier.paired_statistics(diff("val_accuracy")),
+        "test": frontier.paired_statistics(diff("test_accuracy")),
+        "constraint": constraint,
+        "constraint_ratio": float(
+            np.mean([seeds[s]["constraint_error"] for s in shared])
+            / np.mean([ref[s]["constraint_error"] for s in shared]))})
+  return rows
+
+
+def _interval(stats: dict, digits: int) -> str:
+  if stats["ci_pp"] is None:
+    return f"{stats['mean_pp']:+.{digits}f}"
+  low, high = stats["ci_pp"]
+  return f"{stats['mean_pp']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("runs", help="a frontier's runs.json")
+  parser.add_argument("--reference", required=True,
+                      help="the point every other is compared with")
+  args = parser.parse_args(argv)
+  try:
+    with open(args.runs) as f:
+      rows = compare(json.load(f), args.reference)
+  except (OSError, ValueError) as e:
+    print(f"compare_points: error: {e}", file=sys.stderr)
+    return 2
+  print(f"Against {args.reference} (paired by seed, 95 % t-interval):\n")
+  print("| point | seeds | Δval pp | Δtest pp | Δconstraint | constraint ratio |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
+          f"{_interval(r['test'], 2)} | {_interval(r['constraint'], 4)} | "
+          f"{r['constraint_ratio']:.2f} |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
