@@ -274,7 +274,7 @@ def _wait_for_coordinator(host: str, port: int, deadline: float,
 def _exit_on_timeout(message: str) -> None:
   """The watchdog's end: one line, exit status 2, no XLA abort dump."""
   sys.stdout.flush()
-  sys.stderr.write(f"bort-jax: error: {message}\n")
+  sys.stderr.write(f"bort-jax train: error: {message}\n")
   sys.stderr.flush()
   os._exit(2)  # the main thread is inside jax.distributed and cannot raise
 

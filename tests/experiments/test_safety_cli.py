@@ -107,7 +107,8 @@ def test_n6_coordinator_left_alone_exits_in_one_line_not_an_abort(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.splitlines() == [
-      f"bort-jax: error: the processes did not all meet at 127.0.0.1:{port} "
+      f"bort-jax train: error: the processes did not all meet at "
+      f"127.0.0.1:{port} "
       "within 2 s (process 0 of 2); start all of them with the same "
       "--coordinator and --num-processes, or raise --coordinator-timeout."]
   assert done.stdout.startswith(
@@ -221,5 +222,6 @@ def test_library_construction_error_is_one_line_before_writing(
   monkeypatch.setattr(bort_jax, "bort_adamw", refuse)
   out = tmp_path / "run"
   _refused(capsys, _train(out, "--optimizer", "bort-adamw"),
-           "bort-jax: error: bort_adamw: a refused argument; pass another.",
+           "bort-jax train: error: bort_adamw: a refused argument; pass "
+           "another.",
            out)
