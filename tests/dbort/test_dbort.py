@@ -227,3 +227,13 @@ def test_outputs_under_jax_jit_and_jax_grad_via_split_merge():
   got = jax.jit(jax.grad(loss_fn))(params, x)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_i19_the_whole_dbort_outputs_result_is_refused():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bort_jax import dbort  # pylint: disable=g-import-not-at-top
+  y = jnp.ones((4, 3))
+  with pytest.raises(TypeError, match="pass its second element"):
+    dbort.dbort_loss((y, {"encoder": (y,)}))
+  # A tuple of two layer outputs is still two layers.
+  assert float(dbort.dbort_loss((y, y), weight=1.0, power=1.0)) == -2.0
