@@ -172,12 +172,17 @@ def test_n5_a_grid_with_repeats_is_refused_naming_the_flag(
     frontier.Grid(gammas={"decoupled": (0.1, 0.1), "coupled": (0.01,)})
 
 
-def test_n5_the_cli_refuses_repeats_before_anything_is_written(
-    tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def no_sweep(monkeypatch):
+  """Fails the test if the command gets as far as running the sweep."""
   def never(*args, **kwargs):
     raise AssertionError("the sweep ran")
 
   monkeypatch.setattr(frontier, "run_frontier", never)
+
+
+def test_n5_the_cli_refuses_repeats_before_anything_is_written(
+    tmp_path, capsys, no_sweep):
   out = tmp_path / "f"
   _one_line_error(capsys, ["frontier", *FLAGS, "--out", str(out),
                            "--gammas-decoupled", "0.1,0.1"],
@@ -278,11 +283,7 @@ def test_m1_a_damaged_runs_json_is_one_line_and_kept(
 
 
 def test_n8_frontier_refuses_a_bad_seed_before_anything_is_written(
-    tmp_path, capsys, monkeypatch):
-  def never(*args, **kwargs):
-    raise AssertionError("the sweep ran")
-
-  monkeypatch.setattr(frontier, "run_frontier", never)
+    tmp_path, capsys, no_sweep):
   out = tmp_path / "f"
   _one_line_error(capsys, ["frontier", *FLAGS, "--out", str(out),
                            "--seeds", "0,-1"], "seed must be in 0..4294967295")
