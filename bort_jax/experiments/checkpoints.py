@@ -118,6 +118,23 @@ class Checkpoints:
           force=True)
       self._manager.wait_until_finished()
 
+    def no_space(detail: str = "") -> CheckpointError:
+      before = [s for s in self.steps() if s < step]
+      kept = (f"checkpoint {before[-1]} is intact, so continue with "
+              "--resume" if before else "nothing was saved yet")
+      return CheckpointError(
+          f"Cannot save checkpoint {step} in {self.directory!r}: no space "
+          f"left on the device{detail}; free some space ({kept}) or choose "
+          "another --out.")
+
+    # A write that fills the disk fails inside orbax's writer threads, whose
+    # late callbacks then print tracebacks nothing can catch: refuse first.
+    needed = _SPACE_MARGIN + sum(
+        int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    free = _free_bytes(self.directory)
+    if free is not None and free < needed:
+      raise no_space(f" (it needs about {needed / 2**20:.1f} MiB, "
+                     f"{free / 2**20:.1f} MiB are free)")
     try:
       # orbax's writer threads log each failure with a traceback before it
       # reaches us; the one line below says it all.
@@ -125,11 +142,7 @@ class Checkpoints:
     except Exception as e:  # orbax wraps OSError in its own errors
       reason = _first_line(e)
       if "No space left on device" in reason or "os_error_code='28'" in reason:
-        before = [s for s in self.steps() if s < step]
-        kept = (f"checkpoint {before[-1]} is intact, so continue with "
-                "--resume" if before else "nothing was saved yet")
-        reason = (f"no space left on the device; free some space ({kept}) "
-                  "or choose another --out")
+        raise no_space() from e
       raise CheckpointError(
           f"Cannot save checkpoint {step} in {self.directory!r}: "
           f"{reason}.") from e
@@ -207,6 +220,22 @@ class Checkpoints:
             f"moved it aside to {moved.get(step, str(step) + '.damaged-*')!r}."
             + (f" Resuming from checkpoint {restored} instead." if last
                else ""))
+
+
+#: Room a checkpoint needs beyond its arrays' bytes (metadata, OCDBT index).
+_SPACE_MARGIN = 1 << 20
+
+
+def _free_bytes(directory: str) -> int | None:
+  """Bytes free to us where ``directory`` (or its nearest parent) lives."""
+  path = directory
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    space = os.statvfs(path or ".")
+  except OSError:
+    return None
+  return space.f_bavail * space.f_frsize
 
 
 def _quietly(fn):

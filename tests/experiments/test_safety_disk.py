@@ -76,3 +76,19 @@ def test_m3_a_full_disk_names_the_intact_checkpoint(tmp_path):
       f"Cannot save checkpoint 20 in {str(tmp_path)!r}: no space left on the "
       "device; free some space (checkpoint 10 is intact, so continue with "
       "--resume) or choose another --out.")
+
+
+def test_m3_a_checkpoint_larger_than_the_free_space_is_refused_before_writing(
+    tmp_path, monkeypatch):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(checkpoints, "_free_bytes", lambda directory: 2 << 20)
+  ckpt = checkpoints.Checkpoints.__new__(checkpoints.Checkpoints)
+  ckpt.directory = str(tmp_path)
+  ckpt._manager = _FullDisk([0, 10])  # its save would raise: never reached
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    ckpt.save(20, {"w": np.zeros(1 << 20, np.float32)}, {})
+  assert str(info.value) == (
+      f"Cannot save checkpoint 20 in {str(tmp_path)!r}: no space left on the "
+      "device (it needs about 5.0 MiB, 2.0 MiB are free); free some space "
+      "(checkpoint 10 is intact, so continue with --resume) or choose "
+      "another --out.")
