@@ -213,7 +213,10 @@ def test_two_processes_match_one_process_with_eight_devices(
     _assert_same_history(info["history"], reference.history)
   assert results[0][1]["log"] and not results[1][1]["log"]  # process 0 logs
   assert sorted(os.listdir(run_dir)) == [
-      "checkpoints", "config.json", "metrics.csv", "metrics.json"]
+      "checkpoints", "config.json", "metrics.csv", "metrics.json",
+      "tensorboard"]
+  # Only process 0 writes the event files.
+  assert len(os.listdir(run_dir / "tensorboard")) == 1
   assert sorted(os.listdir(run_dir / "checkpoints")) == ["10", "20"]
   with open(run_dir / "metrics.json") as f:
     assert len(json.load(f)["history"]) == 3
