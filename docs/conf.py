@@ -32,7 +32,8 @@ extensions = [
 # No intersphinx: the build must not reach the network.
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+# results/ holds frontier data (runs, tables) that the result pages cite.
+exclude_patterns = ["_build", "results"]
 root_doc = "index"
 
 # The API pages are generated from each public module's __all__ before the
