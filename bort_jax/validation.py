@@ -6,7 +6,9 @@ refused the same way everywhere: a ``ValueError`` (``ArgumentTypeError``,
 also a ``TypeError``, for a value of the wrong type) whose one line names the
 argument and the fix. This is a documented home for code that builds on
 bort_jax, not part of the optimizer API (the optimizers check their own
-arguments); it imports neither Flax nor anything that does.
+arguments); it imports neither Flax nor anything that does. ``ADA`` (the
+adaptive amplitude's name) and ``PLACEMENTS`` are the values
+``check_amplitude`` and ``check_placement`` accept besides numbers.
 
 Examples:
   >>> from bort_jax import validation
@@ -21,6 +23,8 @@ Examples:
   lr must be a real number, got '0.1'.
 """
 
+from bort_jax._src.defaults import ADA
+from bort_jax._src.defaults import PLACEMENTS
 from bort_jax._src.validation import ArgumentTypeError
 from bort_jax._src.validation import check_amplitude
 from bort_jax._src.validation import check_bool
@@ -33,6 +37,8 @@ from bort_jax._src.validation import check_real
 from bort_jax._src.validation import check_strength
 
 __all__ = (
+    "ADA",
+    "PLACEMENTS",
     "ArgumentTypeError",
     "check_amplitude",
     "check_bool",

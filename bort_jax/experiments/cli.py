@@ -66,14 +66,14 @@ def argument_type(convert: Callable[[str], Any],
 
   Args:
     convert: text to value (e.g. ``int``, ``float``).
-    check: a checker of :mod:`bort_jax._src.validation`, or ``None``.
+    check: a checker of :mod:`bort_jax.validation`, or ``None``.
     what: what is expected, for the message when ``convert`` fails.
 
   Returns:
     A function argparse calls with the flag's text.
 
   Examples:
-    >>> from bort_jax._src import validation
+    >>> from bort_jax import validation
     >>> from bort_jax.experiments.cli import argument_type
     >>> argument_type(int, validation.check_positive_int, "an integer")("3")
     3
@@ -101,7 +101,7 @@ def argument_type(convert: Callable[[str], Any],
 def check_positive_int(name: str, value: Any) -> None:
   """Refuses anything but an integer >= 1 (for flags, without JAX).
 
-  ``bort_jax._src.validation`` has the same check but imports JAX, which
+  ``bort_jax.validation`` has the same check but imports JAX, which
   building the parser must not.
 
   Examples:

@@ -5,7 +5,7 @@ examples and ``config.json`` read a run's settings and defaults from. Each
 field carries its command-line flag and help in its metadata, so that
 ``bort-jax train`` generates one flag per field (see
 :mod:`bort_jax.experiments.cli`). Building a config checks every value with
-:mod:`bort_jax._src.validation`, the library's one place for input checks;
+:mod:`bort_jax.validation`, the library's one place for input checks;
 nothing here touches a file.
 
 The module itself imports no JAX (its choices come from
@@ -392,7 +392,7 @@ def default_weight_decay(optimizer: str) -> float | None:
 
 
 def _check_optional_positive_int(name: str, value: Any) -> None:
-  from bort_jax._src import validation  # see _fill_defaults
+  from bort_jax import validation  # see _fill_defaults
   if value is not None:
     validation.check_positive_int(name, value)
 
@@ -443,7 +443,7 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
 
 def _check_levers(config: TrainConfig) -> None:
   """The Bort learning-rate scale, the γ schedule and the head switch."""
-  from bort_jax._src import validation  # see _fill_defaults
+  from bort_jax import validation  # see _fill_defaults
   validation.check_real("bort_lr_scale", config.bort_lr_scale, low=0,
                         low_inclusive=False)
   validation.check_choice("gamma_schedule", config.gamma_schedule,
@@ -474,7 +474,7 @@ def check_config(config: TrainConfig) -> None:
     config: the configuration.
   """
   # Imported when a config is built (see _fill_defaults).
-  from bort_jax._src import validation
+  from bort_jax import validation  # see _fill_defaults
   from bort_jax.experiments import optimizers as optimizers_lib
   for name in ("epochs", "batch_size", "eval_batch_size"):
     validation.check_positive_int(name, getattr(config, name))

@@ -63,7 +63,7 @@ def default_epochs(data: str, quick: bool) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   """The demo's flags (the Bort defaults come from the training config)."""
-  from bort_jax._src import defaults
+  import bort_jax  # pylint: disable=g-import-not-at-top
   from bort_jax.experiments import cli
   positive = cli.argument_type(int, cli.check_positive_int, "an integer")
   p.add_argument("--out", default="bort-demo",
@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  f"{QUICK_DIGITS_EPOCHS})")
   p.add_argument("--gamma", type=cli.argument_type(float), default=None,
                  help="Bort strength (default: the recommended "
-                 f"{defaults.RECOMMENDED['decoupled'].gamma})")
+                 f"{bort_jax.RECOMMENDED['decoupled'].gamma})")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   p.add_argument("--overwrite", action="store_true",
                  help="replace the files of an earlier demo in --out")

@@ -16,7 +16,6 @@ import jax
 import optax
 
 import bort_jax
-from bort_jax._src import defaults
 
 #: The prefix that adds Bort to an optimizer's name.
 BORT_PREFIX = "bort-"
@@ -401,7 +400,7 @@ def make_optimizer(
     raise ValueError(
         "placement applies to bort-<optax optimizer> only: bort-sgd is "
         "coupled and bort-adamw decoupled by definition.")
-  recommended = defaults.RECOMMENDED[placement_of(name, placement)]
+  recommended = bort_jax.RECOMMENDED[placement_of(name, placement)]
   bort_kwargs = dict(
       gamma=recommended.gamma if gamma is None else gamma,
       mode=recommended.mode if mode is None else mode,
