@@ -161,6 +161,8 @@ def describe(setting: dict) -> str:
     text += f" γ={setting['gamma']:g}"
   if setting.get("every", 1) != 1:
     text += f" every={setting['every']}"
+    if setting.get("lagged"):
+      text += " lagged"
   if "tau" in setting and str(setting.get("mode", "")).startswith("huber"):
     text += f" tau={setting['tau']:g}"
   return text
@@ -171,8 +173,9 @@ def resolve(config_name: str, configs: dict, base: str) -> dict:
   config = configs[config_name]
   if config is None or config.get(RECOMMENDED):
     setting = recommended_setting(base)
-    if config is not None and "every" in config:
-      setting["every"] = config["every"]
+    for field in ("every", "lagged"):
+      if config is not None and field in config:
+        setting[field] = config[field]
     return setting
   return dict(config)
 
@@ -463,6 +466,9 @@ def main(argv=None):
   parser.add_argument("--every", default=None,
                       help="comma-separated k: also time each config with "
                       "every=k (the correction on every k-th step only)")
+  parser.add_argument("--lagged", action="store_true",
+                      help="time each every=k config lagged as well (Delta "
+                      "every k steps, gamma*Delta every step)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
@@ -496,9 +502,11 @@ def main(argv=None):
   if any(k < 1 for k in everys):
     raise SystemExit(f"--every takes positive integers k,…; got "
                      f"{every_text!r}")
-  configs.update({f"{name} every={k}": dict(config or {RECOMMENDED: True},
-                                            every=k)
-                  for name, config in list(configs.items()) for k in everys})
+  styles = {"": {}, " lagged": {"lagged": True}} if args.lagged else {"": {}}
+  configs.update({f"{name} every={k}{style}": dict(
+      config or {RECOMMENDED: True}, every=k, **extra)
+                  for name, config in list(configs.items()) for k in everys
+                  for style, extra in styles.items()})
   gpu = jax.default_backend() != "cpu"
   steps = args.steps or (20 if gpu else math.lcm(3, *everys))
   # A recommended every=k of its own must fit whole cycles too.

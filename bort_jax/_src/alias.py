@@ -46,6 +46,7 @@ def bort_sgd(
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
+    lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with the coupled Bort correction (the paper's Bort-SGD).
 
@@ -84,6 +85,9 @@ def bort_sgd(
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
+    lagged: with ``every = k``, compute Δ every k-th step only and apply
+      ``γ · Δ`` of the last one on every step (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -135,6 +139,7 @@ def bort_sgd(
           bort_mask=bort_mask,
           kernel_options=kernel_options,
           every=every,
+          lagged=lagged,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
@@ -169,6 +174,7 @@ def bort_adamw(
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
+    lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
@@ -211,6 +217,9 @@ def bort_adamw(
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
+    lagged: with ``every = k``, compute Δ every k-th step only and apply
+      ``γ · Δ`` of the last one on every step (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -264,6 +273,7 @@ def bort_adamw(
           bort_mask=bort_mask,
           kernel_options=kernel_options,
           every=every,
+          lagged=lagged,
       ),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -281,6 +291,7 @@ def with_bort(
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
+    lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, at a per-step strength of its own.
 
@@ -320,6 +331,9 @@ def with_bort(
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · s · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
+    lagged: with ``every = k``, compute Δ every k-th step only and apply
+      ``s · Δ`` of the last one on every step (see
+      :func:`add_bort_correction`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -365,9 +379,10 @@ def with_bort(
   else:
     applied = strength
   every = check_every(every)
+  lagged = validation.check_bool("lagged", lagged)
   bort = _correction_transform(
       applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every, tau,
+      every, tau, lagged,
   )
   if placement == "coupled":
     return optax.chain(bort, optimizer)

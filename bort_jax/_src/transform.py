@@ -43,6 +43,15 @@ class BortState(NamedTuple):
   count: jax.Array  # shape=(), dtype=jnp.int32
 
 
+class BortLaggedState(NamedTuple):
+  """The step count and the held correction of a lagged amortisation
+  (``every > 1, lagged=True``): Δ of the last scheduled step, per leaf
+  (``None`` at the leaves Bort does not correct)."""
+
+  count: jax.Array  # shape=(), dtype=jnp.int32
+  deltas: Any
+
+
 NO_BORT_PARAMS_MSG = (
     "The Bort transform selects no parameter of this tree, so it does "
     "nothing. By default it selects leaves named 'kernel' with at least two "
@@ -257,59 +266,76 @@ def _correction_transform(
     bort_mask: Any = None,
     every: int = 1,
     tau: float = 0.01,
+    lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
 
   With ``every = k > 1``, adds ``k · strength · Δ`` on steps 0, k, 2k, … only
-  (``lax.cond``: the other steps compute no correction).
+  (``lax.cond``: the other steps compute no correction); with ``lagged``
+  too, computes Δ on those steps only and adds ``strength · Δ`` of the last
+  of them on every step.
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
+  lagged = lagged and every > 1  # every step, a held Δ is the fresh one
   has_schedule = callable(strength) or callable(amplitude) or every > 1
+
+  def deltas_of(params, count):
+    c = hyperparameter_value(amplitude, count)
+    if not isinstance(c, str):
+      c = _scalar(c, "amplitude")
+    return tree_correction(
+        params, mode, c, dimension_numbers=dimension_numbers,
+        kernel_options=kernel_options, tau=tau)
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.
     check_bort_leaves(params, resolve_views(dimension_numbers, params),
                       dimension_numbers)
+    count = jnp.zeros([], jnp.int32)
+    if lagged:  # zeros of Δ's shape and dtype, laid out like the params
+      shapes = jax.eval_shape(deltas_of, params, count)
+      held = jax.tree.map(
+          lambda d, p: None if d is None else jnp.zeros_like(p, d.dtype),
+          shapes, params, is_leaf=lambda x: x is None)
+      return BortLaggedState(count=count, deltas=held)
     if has_schedule:
-      return BortState(count=jnp.zeros([], jnp.int32))
+      return BortState(count=count)
     return optax.EmptyState()
+
+  def add(updates, deltas, factor):
+    return jax.tree.map(
+        lambda u, d: u if d is None else (u + factor * d).astype(u.dtype),
+        updates, deltas, is_leaf=lambda x: x is None)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     count = state.count if has_schedule else None
-    new_state = (
-        BortState(optax.safe_increment(count)) if has_schedule else state
-    )
     # A literal zero skips the work; a traced zero (inject_hyperparams) adds 0.
     if isinstance(strength, numbers.Real) and strength == 0:
-      return updates, new_state
+      if has_schedule:
+        state = state._replace(count=optax.safe_increment(count))
+      return updates, state
+    if lagged:
+      # Δ is refreshed on steps 0, k, 2k, … and held in between.
+      deltas = jax.lax.cond(count % every == 0,
+                            lambda: deltas_of(params, count),
+                            lambda: state.deltas)
+      new_state = BortLaggedState(optax.safe_increment(count), deltas)
+    else:
+      new_state = (
+          BortState(optax.safe_increment(count)) if has_schedule else state
+      )
     scale = _scalar(hyperparameter_value(strength, count), "gamma")
-    c = hyperparameter_value(amplitude, count)
-    if not isinstance(c, str):
-      c = _scalar(c, "amplitude")
-
-    def corrected(updates):
-      deltas = tree_correction(
-          params,
-          mode,
-          c,
-          dimension_numbers=dimension_numbers,
-          kernel_options=kernel_options,
-          tau=tau,
-      )
-      factor = scale if every == 1 else every * scale
-      return jax.tree.map(
-          lambda u, d: u if d is None else (u + factor * d).astype(u.dtype),
-          updates,
-          deltas,
-          is_leaf=lambda x: x is None,
-      )
-
+    if lagged:
+      return add(updates, deltas, scale), new_state
     if every == 1:
-      return corrected(updates), new_state
-    updates = jax.lax.cond(count % every == 0, corrected, lambda u: u, updates)
+      return add(updates, deltas_of(params, count), scale), new_state
+    updates = jax.lax.cond(
+        count % every == 0,
+        lambda u: add(u, deltas_of(params, count), every * scale),
+        lambda u: u, updates)
     return updates, new_state
 
   tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -326,6 +352,7 @@ def add_bort_correction(
     bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
+    lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds the Bort correction ``gamma · Δ(param)`` to each Bort leaf's update.
 
@@ -373,6 +400,11 @@ def add_bort_correction(
       are read at the step count). ``every`` multiplies the stability limit:
       for the l2 modes, ``lr · every · γ · c`` must stay below about 1 (with
       the coupled placement, ``lr`` is the optimizer's effective step).
+    lagged: with ``every = k``, compute Δ on steps 0, k, 2k, … only, hold it
+      in the state, and add ``gamma · Δ_held`` on *every* step: the
+      per-step strength and stability limit are those of ``every=None``,
+      at the products' cost of ``every=k`` and one held Δ per Bort leaf of
+      memory. ``False`` (default): the burst form above.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (extra arguments to
@@ -422,7 +454,8 @@ def add_bort_correction(
       gamma, mode, amplitude, kernel_options, tau
   )
   every = check_every(every)
+  lagged = validation.check_bool("lagged", lagged)
   return _correction_transform(
       gamma, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every, tau,
+      every, tau, lagged,
   )

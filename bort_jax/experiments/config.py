@@ -57,7 +57,7 @@ def _option(default: Any, help: str, *, flag: str | None = None,
 #: alone, so a baseline may set it with that init (the same start as its
 #: Bort run).
 BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
-               "bort_every", "bort_lr_scale", "gamma_schedule", "gamma_switch",
+               "bort_every", "bort_lagged", "bort_lr_scale", "gamma_schedule", "gamma_switch",
                "gamma_late_factor", "bort_head")
 
 #: The initialisations: the model's own, or its Bort kernels put on the
@@ -120,6 +120,9 @@ class TrainConfig:
       (Bort only; 1: every step, at most :data:`MAX_BORT_EVERY`). The
       stability limit multiplies by k: for the l2 modes keep ``lr·k·γ·c``
       below about 1.
+    bort_lagged: with ``bort_every`` k > 1, compute Δ on every k-th step
+      only and apply ``γ·Δ`` of the last one on every step, so the per-step
+      strength and stability limit are those of every step (Bort only).
     bort_lr_scale: multiplies the whole update of the Bort kernels (the
       learning rate of those leaves only; > 0, Bort only).
     gamma_schedule: γ over the run (Bort only): ``"constant"``; ``"late"``,
@@ -205,6 +208,10 @@ class TrainConfig:
   bort_every: int | None = _option(
       None, "apply k*gamma*Delta on every k-th step only, to amortise the "
       "correction's cost (default: 1, every step)", parse=int)
+  bort_lagged: bool = _option(
+      False, "with --bort-every k: compute Delta on every k-th step only and "
+      "apply gamma*Delta of the last one on every step (the per-step "
+      "strength of every step, at the cost of every k-th)")
   bort_lr_scale: float = _option(
       1.0, "multiply the learning rate (the whole update) of the Bort "
       "kernels by this factor > 0", parse=float)
@@ -452,9 +459,10 @@ def _check_levers(config: TrainConfig) -> None:
                         low_inclusive=False)
   validation.check_real("gamma_late_factor", config.gamma_late_factor, low=0,
                         high=1)
-  if not isinstance(config.bort_head, bool):
-    raise TypeError(
-        f"bort_head must be true or false, got {config.bort_head!r}.")
+  for name in ("bort_head", "bort_lagged"):
+    if not isinstance(getattr(config, name), bool):
+      raise TypeError(
+          f"{name} must be true or false, got {getattr(config, name)!r}.")
   # A setting the schedule does not read would be silently ignored.
   uses = {"gamma_switch": ("late", "anneal"), "gamma_late_factor": ("late",)}
   for name, schedules in uses.items():

@@ -142,6 +142,10 @@ AXES = (
     Axis("bort_everys", "bort_every", "--bort-everys", int,
          "apply the correction every k steps, as k*gamma*Delta (1: every "
          "step)", tag="every", silent=1),
+    Axis("bort_laggeds", "bort_lagged", "--bort-laggeds", _boolean,
+         "whether an amortised correction is lagged (Delta every k steps, "
+         "gamma*Delta every step; true and/or false)", tag="lagged",
+         missing=(None,)),
     # The levers of a tight-and-free search: each keeps its shared training
     # flag (--init, ...) when the grid does not vary it.
     Axis("inits", "init", "--inits", str,
@@ -180,6 +184,9 @@ class Grid:
     gamma_warmups: γ ramps, in epochs (0: constant γ).
     bort_everys: how often the correction is applied (k: ``k·γ·Δ`` on every
       k-th step; 1: every step).
+    bort_laggeds: whether an amortised correction is lagged (``bort_lagged``:
+      Δ every k-th step, ``γ·Δ`` of the last one on every step); ``(None,)``:
+      the shared value, and the names of older frontiers.
     lrs: the learning rates per placement; the baseline and every Bort
       point of a placement run at each. ``(None,)`` (the default, also for
       a placement left out): the shared ``--lr``, else the optimizer's
@@ -200,6 +207,7 @@ class Grid:
   amplitudes: tuple[float | str, ...] = (1.0, "ada")
   gamma_warmups: tuple[float, ...] = (0.0,)
   bort_everys: tuple[int, ...] = (1,)
+  bort_laggeds: tuple[bool | None, ...] = (None,)
   lrs: dict[str, tuple[float | None, ...]] = dataclasses.field(
       default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
   inits: tuple[str | None, ...] = (None,)

@@ -143,7 +143,10 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
           f"gamma {config.gamma:g}: per-step correction ~ {how} = "
           f"{strength:.3g}")
   every = config.bort_every or 1
-  if every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times it
+  if every > 1 and getattr(config, "bort_lagged", False):
+    line += f", with Delta computed every {every} steps"
+    every = 1  # the held Δ is applied every step at the per-step strength
+  elif every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times
     line += f", applied as {every} x {strength:.3g} every {every} steps"
   line += _levers_note(config)
   family = config.mode.split("-")[0]
@@ -345,6 +348,7 @@ def make_optimizer(
     momentum: float = 0.9,
     dimension_numbers: Any = None,
     every: int | None = None,
+    lagged: bool = False,
     bort_mask: Any = None,
     bort_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
@@ -365,6 +369,8 @@ def make_optimizer(
       ``bort_jax.flax_dimension_numbers(model)``); ``None`` for its default.
     every: the Bort alias's ``every`` (``k·γ·Δ`` on every k-th step);
       ``None`` or 1: every step.
+    lagged: the Bort alias's ``lagged`` (with ``every`` k: Δ every k-th
+      step, ``γ·Δ`` of the last one on every step).
     bort_mask: the Bort alias's ``bort_mask`` (a tree or callable of
       booleans; ``None``: every selected leaf), e.g. to leave the classifier
       head out.
@@ -409,6 +415,8 @@ def make_optimizer(
     bort_kwargs["dimension_numbers"] = dimension_numbers
   if every is not None:
     bort_kwargs["every"] = every
+  if lagged:
+    bort_kwargs["lagged"] = lagged
   if bort_mask is not None:
     bort_kwargs["bort_mask"] = bort_mask
   if not bort and (bort_mask is not None or bort_lr_scale != 1.0):
@@ -476,7 +484,8 @@ def optimizer_from_config(
       config.optimizer, learning_rate, gamma=gamma, mode=config.mode,
       amplitude=config.amplitude, placement=config.placement,
       weight_decay=config.weight_decay, momentum=config.momentum,
-      dimension_numbers=dimension_numbers, every=config.bort_every, **bort)
+      dimension_numbers=dimension_numbers, every=config.bort_every,
+      lagged=getattr(config, "bort_lagged", False), **bort)
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

@@ -112,3 +112,117 @@ def test_every_under_inject_hyperparams_is_static():
       learning_rate=0.1, gamma=0.1, every=2)
   with pytest.raises(TypeError, match="static_args=\\('every',\\)"):
     jax.jit(traced.update)(params, traced.init(params), params)
+
+
+def _subjaxprs(value):
+  if hasattr(value, "jaxpr") and hasattr(value, "consts"):  # ClosedJaxpr
+    yield value.jaxpr
+  elif hasattr(value, "eqns"):
+    yield value
+  elif isinstance(value, (tuple, list)):
+    for item in value:
+      yield from _subjaxprs(item)
+
+
+def _dot_generals(jaxpr) -> int:
+  """The products of a jaxpr, nested calls included, outside any ``cond``."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "dot_general"
+    if eqn.primitive.name != "cond":
+      for value in eqn.params.values():
+        count += sum(_dot_generals(sub) for sub in _subjaxprs(value))
+  return count
+
+
+@pytest.mark.parametrize("placement", ["coupled", "decoupled"])
+@pytest.mark.parametrize("mode", ["l2-full", "huber-fullrow"])
+def test_lagged_holds_delta_and_applies_gamma_delta_on_every_step(
+    placement, mode):
+  k, lr = 3, 0.05
+  gamma = lambda count: 0.1 * (count + 1)
+  strength = ((lambda count: lr * gamma(count)) if placement == "decoupled"
+              else gamma)
+  tx = bort_jax.with_bort(
+      optax.sgd(lr), strength=strength, mode=mode, amplitude=1.0,
+      placement=placement, every=k, lagged=True)
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(None)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zeros, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = _params()
+  state = tx.init(params)
+  want, held = params, None
+  for t in range(8):
+    params, state = step(params, state)
+    if t % k == 0:  # the reference: Δ of the scheduled step, held
+      held = bort_jax.tree_correction(want, mode)
+    want = _add(want, held, -lr * gamma(t))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert len(traces) == 1
+
+
+def test_lagged_computes_the_products_only_on_scheduled_steps():
+  params = _params()
+  tx = bort_jax.add_bort_correction(0.1, "l1-fullrow", every=4, lagged=True)
+  jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params).jaxpr
+  conds = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
+  assert _dot_generals(jaxpr) == 0 and len(conds) == 1
+  # One branch computes Δ (Gram and product per matrix), the other none.
+  counts = sorted(_dot_generals(b.jaxpr) for b in conds[0].params["branches"])
+  assert counts[0] == 0 and counts[1] >= 4
+  plain = bort_jax.add_bort_correction(0.1, "l1-fullrow")
+  assert _dot_generals(jax.make_jaxpr(plain.update)(
+      params, plain.init(params), params).jaxpr) == counts[1]
+
+
+def test_lagged_state_holds_one_delta_per_bort_leaf():
+  params = _params()
+  state = bort_jax.bort_adamw(1e-3, every=4, lagged=True).init(params)
+  held = [s for s in jax.tree.leaves(
+      state, is_leaf=lambda x: hasattr(x, "deltas")) if hasattr(s, "deltas")]
+  assert len(held) == 1
+  deltas = held[0].deltas
+  assert deltas["dense"]["bias"] is None
+  for path in (("dense", "kernel"), ("conv", "kernel")):
+    leaf = deltas[path[0]][path[1]]
+    assert leaf.shape == params[path[0]][path[1]].shape
+    assert not jnp.any(leaf)
+
+
+def test_lagged_every_step_is_the_plain_correction_bit_for_bit():
+  params = _params()
+  lagged = bort_jax.bort_adamw(1e-3, lagged=True)
+  plain = bort_jax.bort_adamw(1e-3)
+  a, b, sa, sb = params, params, lagged.init(params), plain.init(params)
+  for t in range(3):
+    ua, sa = lagged.update(_grads(a, t), sa, a)
+    ub, sb = plain.update(_grads(b, t), sb, b)
+    a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_lagged_under_a_bort_mask_holds_only_the_selected_leaves():
+  params = _params()
+  mask = {"dense": {"kernel": True, "bias": False}, "conv": {"kernel": False}}
+  tx = bort_jax.add_bort_correction(0.1, every=2, lagged=True, bort_mask=mask)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(
+      jax.tree.map(jnp.zeros_like, params), state, params)
+  assert not jnp.any(updates["conv"]["kernel"])
+  assert jnp.any(updates["dense"]["kernel"])
+
+
+@pytest.mark.parametrize("lagged", [1, "yes", None])
+def test_lagged_must_be_a_bool(lagged):
+  with pytest.raises(TypeError, match="lagged must be True or False"):
+    bort_jax.add_bort_correction(0.1, every=2, lagged=lagged)
+  with pytest.raises(TypeError, match="lagged must be True or False"):
+    bort_jax.with_bort(optax.sgd(0.1), every=2, lagged=lagged)

@@ -154,6 +154,23 @@ def test_lever_axes_vary_their_fields_and_name_their_points():
   assert all("init" not in p for p in plain.points())
 
 
+def test_the_lagged_axis_names_its_points_and_reaches_the_config():
+  args = cli.build_parser().parse_args(
+      ["frontier", "--out", "x", "--placements", "decoupled",
+       "--modes", "huber-fullrow", "--amplitudes", "ada",
+       "--gammas-decoupled", "1", "--bort-everys", "4",
+       "--bort-laggeds", "false,true", "--seeds", "0"])
+  grid = frontier.grid_from_args(args)
+  assert grid.bort_laggeds == (False, True)
+  borts = [p for p in grid.points() if "gamma" in p]
+  assert [frontier.point_name(p) for p in borts] == [
+      "bort-adamw_huber-fullrow_ada_g1_every4_laggedno",
+      "bort-adamw_huber-fullrow_ada_g1_every4_laggedyes"]
+  assert [TrainConfig(**BASE, **{k: v for k, v in p.items()
+                                 if k != "placement"}).bort_lagged
+          for p in borts] == [False, True]
+
+
 def test_lever_flags_are_parsed_and_the_shared_flags_stay():
   parser = cli.build_parser()
   args = parser.parse_args(

@@ -336,6 +336,9 @@ def test_levers_round_trip_through_config_json():
      "gamma_schedule applies to Bort optimizers only"),
     (dict(optimizer="adamw", bort_head=False),
      "bort_head applies to Bort optimizers only"),
+    (dict(bort_lagged="yes"), "bort_lagged must be true or false"),
+    (dict(optimizer="adamw", bort_lagged=True),
+     "bort_lagged applies to Bort optimizers only"),
 ])
 def test_levers_refuse_bad_values_naming_the_field(values, message):
   with pytest.raises(ConfigError, match=message):
@@ -346,6 +349,25 @@ def test_a_baseline_takes_init_and_with_it_bort_head():
   assert TrainConfig(optimizer="adamw", init="orthogonal").init == "orthogonal"
   assert not TrainConfig(optimizer="sgd", init="orthogonal",
                          bort_head=False).bort_head
+
+
+def test_bort_lagged_reaches_the_optimizer_and_its_report():
+  config = TrainConfig(optimizer="bort-adamw", bort_every=4, bort_lagged=True,
+                       learning_rate=1e-3, gamma=1.0)
+  params = {"kernel": jnp.eye(3) * 2.0}
+  tx = optimizers.make_optimizer(
+      config.optimizer, 1e-3, gamma=1.0, every=config.bort_every,
+      lagged=config.bort_lagged)
+  held = [s for s in jax.tree.leaves(
+      tx.init(params), is_leaf=lambda x: hasattr(x, "deltas"))
+      if hasattr(s, "deltas")]
+  assert len(held) == 1 and held[0].deltas["kernel"].shape == (3, 3)
+  line, warnings = optimizers.strength_report(config)
+  assert "with Delta computed every 4 steps" in line and not warnings
+  burst, _ = optimizers.strength_report(
+      dataclasses.replace(config, bort_lagged=False))
+  assert "applied as 4 x 0.001 every 4 steps" in burst
+  assert TrainConfig.from_json(config.to_json()).bort_lagged
 
 
 def test_strength_report_names_the_levers():
@@ -391,6 +413,7 @@ def test_cli_trains_with_the_lever_flags(digits, tmp_path, capsys):
     (["--gamma-schedule", "anneal"],
      "--gamma-schedule applies to Bort optimizers"),
     (["--no-bort-head"], "--bort-head applies to Bort optimizers"),
+    (["--bort-lagged"], "--bort-lagged applies to Bort optimizers"),
 ])
 def test_cli_refuses_bort_lever_flags_for_a_baseline(tmp_path, capsys, flags,
                                                      message):
