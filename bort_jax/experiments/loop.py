@@ -289,6 +289,13 @@ def _measure(static, state, data, config, record, elapsed) -> dict:
          "learning_rate": float(static.schedule(max(state.step - 1, 0))),
          **record, "test_loss": test.mean_loss(),
          "test_accuracy": test.accuracy()}
+  if data.holdout_images is not None:
+    holdout = steps_lib.evaluate_state(static.eval_def, state.model,
+                                       data.holdout_images,
+                                       data.holdout_labels,
+                                       config.eval_batch_size)
+    row["holdout_loss"] = holdout.mean_loss()
+    row["holdout_accuracy"] = holdout.accuracy()
   for field in ("constraint_error", "max_cosine", "norm_spread"):
     row[field] = (None if mean_error is None
                   else float(getattr(mean_error, field)))
@@ -387,6 +394,7 @@ def train(
     log: Callable[[str], None] | None = None,
     parallel: distributed.DataParallel | None = None,
     on_start: Callable[[], None] | None = None,
+    holdout: data_lib.Split | None = None,
 ) -> TrainResult:
   """Trains a classifier; writes metrics and checkpoints; resumes exactly.
 
@@ -420,6 +428,10 @@ def train(
     on_start: called (on process 0) once every check that can refuse the
       run has passed (the folder, the data, a resumed checkpoint), right
       before the first step or measurement.
+    holdout: a further split measured after every epoch besides the test
+      split, as ``holdout_accuracy`` and ``holdout_loss`` in the history
+      (the frontier's test set, where the run's own test split is its
+      validation split); it changes no step of the run.
 
   Returns:
     A :class:`TrainResult`.
@@ -475,18 +487,21 @@ def train(
   try:
     return _train_in(config, run_dir, folder, restore, dataset, download,
                      progress and primary, max_steps, on_step, say, parallel,
-                     (on_start if primary else None) or (lambda: None))
+                     (on_start if primary else None) or (lambda: None),
+                     holdout)
   finally:
     if folder is not None:
       folder.close(remove_if_empty=True)
 
 
 def _train_in(config, run_dir, folder, restore, dataset, download, progress,
-              max_steps, on_step, say, parallel, on_start) -> TrainResult:
+              max_steps, on_step, say, parallel, on_start,
+              holdout=None) -> TrainResult:
   if dataset is None:
     dataset = data_lib.load_splits(config.data, download=download)
   data = run_data.prepare(
-      config, dataset, put=None if parallel is None else parallel.replicate)
+      config, dataset, put=None if parallel is None else parallel.replicate,
+      holdout=holdout)
   static, state = _init(config, data, models_lib.num_classes(dataset),
                         parallel)
   ckpt = None

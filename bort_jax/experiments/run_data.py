@@ -35,6 +35,8 @@ class RunData:
   batch_size: int
   steps_per_epoch: int
   fingerprint: dict[str, Any]
+  holdout_images: jax.Array | None = None
+  holdout_labels: jax.Array | None = None
 
 
 def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -49,7 +51,8 @@ def data_fingerprint(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def prepare(config: TrainConfig, dataset: data_lib.Dataset,
-            put: Callable[[Any], Any] | None = None) -> RunData:
+            put: Callable[[Any], Any] | None = None,
+            holdout: data_lib.Split | None = None) -> RunData:
   """The arrays on the device; refuses data smaller than one batch.
 
   Args:
@@ -58,6 +61,8 @@ def prepare(config: TrainConfig, dataset: data_lib.Dataset,
     put: places the dict of host arrays on the devices (default
       ``jax.device_put``: the default device; a data-parallel run replicates
       them on its mesh).
+    holdout: a further split measured after every epoch; it is not part of
+      the fingerprint (it changes no step of the run).
 
   Returns:
     The :class:`RunData`.
@@ -89,6 +94,12 @@ def prepare(config: TrainConfig, dataset: data_lib.Dataset,
             "test_images": np.asarray(test.images, np.float32),
             "test_labels": np.asarray(test.labels, np.int32)}
   fingerprint = data_fingerprint(arrays)
+  if holdout is not None:
+    if len(holdout.labels) == 0:
+      raise DataError(f"The holdout split given for {config.data!r} is "
+                      "empty.")
+    arrays["holdout_images"] = np.asarray(holdout.images, np.float32)
+    arrays["holdout_labels"] = np.asarray(holdout.labels, np.int32)
   if put is None:
     # Imported here: frontier.py, which the command line's parser imports,
     # takes validation_split from this module, and the parser loads no JAX.

@@ -130,6 +130,27 @@ def test_the_val_test_gap_is_the_mean_of_val_minus_test():
   assert "1 Bort point and 1 baseline (coupled)" in text
 
 
+def test_the_best_test_epoch_is_paired_and_shown_only_where_measured():
+  runs = []
+  for seed, (base, bort) in enumerate([(0.90, 0.93), (0.91, 0.91),
+                                       (0.92, 0.94)]):
+    runs += [{**_run(ADAMW, seed, 0.9, 0.9), "best_test_accuracy": base},
+             {**_run(BORT, seed, 0.9, 0.9), "best_test_accuracy": bort}]
+  points = frontier.aggregate(runs)
+  paired = _by_name(points)["bort-adamw_l1-fullrow_ada_g1_lr0.001"]["paired"]
+  np.testing.assert_allclose(paired["best_test"]["d_pp"], [3.0, 0.0, 2.0],
+                             atol=1e-9)
+  assert paired["test"]["mean_pp"] == 0.0  # the clean protocol: no change
+  header = frontier_report.table(points).splitlines()[0]
+  assert "Δ best-epoch test pp [95% CI]" in header
+  assert "| +1.67 [" in frontier_report.table(points).splitlines()[3]
+  # Runs that measured the test set once only: no such column, n = 0.
+  plain = frontier.aggregate(_hand_made_runs())
+  assert "best-epoch" not in frontier_report.table(plain)
+  assert _by_name(plain)["bort-adamw_l1-fullrow_ada_g1_lr0.001"]["paired"][
+      "best_test"]["n"] == 0
+
+
 # The pseudo-inverse reference -----------------------------------------------
 
 
@@ -314,3 +335,35 @@ def test_a_tiny_frontier_on_digits_writes_the_new_columns(tmp_path, capsys):
   line = [x for x in printed.splitlines()
           if x.startswith(("selected (decoupled", "no point meets"))]
   assert len(line) == 1 and "paired test difference" in line[0], printed
+
+
+@pytest.mark.slow
+def test_test_each_epoch_records_the_authors_protocol_beside_the_clean_one(
+    tmp_path):
+  """The test set measured after every epoch: the best epoch is the
+  maximum over epochs 1.. of the history, the last equals the clean test."""
+  out = tmp_path / "f"
+  status = cli.main(
+      ["frontier", "--data", "digits", "--model", "mlp", "--width", "8",
+       "--epochs", "3", "--batch-size", "256", "--offline", "--no-progress",
+       "--placements", "decoupled", "--gammas-decoupled", "1", "--modes",
+       "l1-fullrow", "--amplitudes", "ada", "--seeds", "0", "--out",
+       str(out), "--test-each-epoch"])
+  assert status == 0
+  runs = json.loads((out / "runs.json").read_text())
+  assert json.loads((out / "settings.json").read_text())["test_each_epoch"]
+  for run in runs:
+    each = [r["holdout_accuracy"] for r in run["history"]]
+    assert len(each) == 4  # epoch 0 (the start) and the three epochs
+    assert run["best_test_accuracy"] == max(each[1:])
+    assert math.isclose(each[-1], run["test_accuracy"], abs_tol=1e-9)
+  assert "best-epoch test acc %" in (out / "frontier.md").read_text()
+  # The folder's setting: the same folder without the flag is refused.
+  with pytest.raises(SystemExit) as info:
+    cli.main(
+      ["frontier", "--data", "digits", "--model", "mlp", "--width", "8",
+       "--epochs", "3", "--batch-size", "256", "--offline", "--no-progress",
+       "--placements", "decoupled", "--gammas-decoupled", "1", "--modes",
+       "l1-fullrow", "--amplitudes", "ada", "--seeds", "0,1", "--out",
+       str(out)])
+  assert info.value.code == 2
