@@ -7,3 +7,7 @@ class ExperimentError(Exception):
   ``bort-jax`` prints its message as one line, with no traceback, and exits
   with status 2 (``--debug`` shows the traceback).
   """
+
+
+class DivergedError(ExperimentError):
+  """The training loss became non-finite; the run was stopped."""

@@ -56,6 +56,7 @@ import numpy as np
 
 from bort_jax.experiments import signals
 from bort_jax.experiments.config import ConfigError
+from bort_jax.experiments.errors import DivergedError
 from bort_jax.experiments.run_data import validation_split  # noqa: F401
 
 #: The base optimizer of each placement: the frontier pairs every Bort point
@@ -358,10 +359,14 @@ def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
   ``seeds`` (``None`` where a run has none). A PSNR also gets ``passed``
   (the runs at or above :data:`PSNR_PASS_DB`) and ``median``: a mean of dB
   values is dominated by its best run. ``val_test_gap`` is the mean over
-  seeds of validation minus test accuracy.
+  seeds of validation minus test accuracy. ``diverged`` counts the runs
+  whose training loss became non-finite (:func:`diverged_run`: they have
+  no figures, so the means are over the others).
   """
   runs = list(runs)
-  out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+  out: dict[str, Any] = {"seeds": [r["seed"] for r in runs],
+                         "diverged": sum(bool(r.get("diverged"))
+                                         for r in runs)}
   columns = {m: [r.get(m) for r in runs] for m in METRICS}
   columns["val_test_gap"] = [
       None if r.get("val_accuracy") is None or r.get("test_accuracy") is None
@@ -378,6 +383,24 @@ def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
       out[metric].update(median=float(np.median(values)), passed=sum(
           v >= PSNR_PASS_DB for v in values))
   return out
+
+
+def diverged_run(point: dict[str, Any], seed: int, why: str
+                 ) -> dict[str, Any]:
+  """The record of a run whose training loss became non-finite.
+
+  A divergence is a result of the point, not a failure of the sweep: it is
+  recorded (so a rerun does not train it again), it has no figures, and its
+  point is never selected (:func:`select`).
+
+  Examples:
+    >>> from bort_jax.experiments.frontier import diverged_run, summarize
+    >>> run = diverged_run({"optimizer": "adamw"}, 0, "loss became nan")
+    >>> run["val_accuracy"], summarize([run])["diverged"]
+    (None, 1)
+  """
+  return {"point": point, "seed": seed, "diverged": why,
+          **{metric: None for metric in METRICS}}
 
 
 def paired_statistics(differences: Sequence[float],
@@ -492,7 +515,9 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
   The most accurate point (validation mean) among those whose constraint
   error is at most ``max_error``: Bort is for an orthogonal network, so the
   constraint comes first and its price is reported, not hidden. Without
-  such a point, the tightest one, with ``meets_max_error`` false. Each
+  such a point, the tightest one, with ``meets_max_error`` false. A point
+  with a diverged seed is never chosen (its means cover the other seeds
+  only). Each
   choice carries ``free``: whether its validation accuracy is at most
   ``tolerance`` (the margin) below that of its baseline
   (:func:`choose_baseline`).
@@ -514,6 +539,7 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
              and "gamma" in p["point"]
              and p["summary"]["val_accuracy"] is not None
              and p["summary"]["constraint_error"] is not None
+             and not p["summary"].get("diverged")
              and choose_baseline(p, points) is not None]
     if not borts:
       continue
@@ -639,6 +665,8 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
   Raises:
     Interrupted: SIGINT or SIGTERM stopped the run before its end (its
       checkpoint is saved in ``run_dir``).
+    DivergedError: the training loss became non-finite (the sweep records
+      it, :func:`diverged_run`).
   """
   from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import loop
@@ -810,6 +838,10 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
   The settings are checked (:func:`check_settings`) before anything is
   written.
 
+  A run whose training loss becomes non-finite is recorded as diverged
+  (:func:`diverged_run`) and the sweep goes on: a rerun does not train it
+  again, and its point is never selected.
+
   SIGINT or SIGTERM stops the sweep after the current step: the run's
   checkpoint is saved, nothing unfinished is recorded, and
   :class:`~bort_jax.experiments.signals.Interrupted` is raised; the same call
@@ -859,12 +891,19 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
       except signals.Interrupted as e:
         raise signals.Interrupted(
             f"frontier: {e}. {again}", e.stopped_by) from None
+      except DivergedError as e:
+        run = diverged_run(point, seed, str(e))
       runs.append(run)
       folder.write_json("runs.json", runs)
-      log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: val "
-          f"{run['val_accuracy']:.4f} test {run['test_accuracy']:.4f} "
-          f"constraint {_fmt(run['constraint_error'], '.2e')} psnr "
-          f"{_fmt(run['reconstruction_psnr'], '.1f')}")
+      if run.get("diverged"):
+        log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: "
+            f"diverged ({run['diverged']}); recorded as diverged, and the "
+            "sweep goes on")
+      else:
+        log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: val "
+            f"{run['val_accuracy']:.4f} test {run['test_accuracy']:.4f} "
+            f"constraint {_fmt(run['constraint_error'], '.2e')} psnr "
+            f"{_fmt(run['reconstruction_psnr'], '.1f')}")
       if stop.requested is not None:  # came between two runs' training
         raise signals.Interrupted(
             f"frontier: stopped by {stop.requested} after "

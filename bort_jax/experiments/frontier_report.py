@@ -101,7 +101,9 @@ def table(points: list[dict[str, Any]],
         f"{_passes(s.get('reconstruction_psnr'))} | "
         f"{_median(s.get('reconstruction_psnr'))} | "
         f"{_median(s.get('pinv_psnr'))} | "
-        f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])} |")
+        f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])}"
+        + (f" ({s['diverged']} diverged)" if s.get("diverged") else "")
+        + " |")
   return "\n".join(lines) + "\n"
 
 

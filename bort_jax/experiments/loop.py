@@ -59,12 +59,9 @@ from bort_jax.experiments import runs
 from bort_jax.experiments import signals
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.errors import DivergedError  # noqa: F401 (re-export)
 from bort_jax.experiments.run_data import DataError  # noqa: F401 (re-export)
 from bort_jax.experiments.run_dir import strict_json
-
-
-class DivergedError(errors.ExperimentError):
-  """The training loss became non-finite; the run was stopped."""
 
 
 #: The run folder's TensorBoard folder (``tensorboard --logdir <out>``).
@@ -270,7 +267,7 @@ def _restore(ckpt, config, data, state, log, parallel=None) -> _State:
 def _finite_loss(state: _State, data: run_data.RunData, config: TrainConfig) -> None:
   loss = float(state.metrics.loss)
   if not math.isfinite(loss):
-    epoch = state.step // data.steps_per_epoch + 1
+    epoch = max(state.step - 1, 0) // data.steps_per_epoch + 1  # of its last step
     raise DivergedError(
         f"The training loss became {loss} by step {state.step} (epoch "
         f"{epoch}): the run diverged and is stopped; earlier checkpoints are "

@@ -367,3 +367,32 @@ def test_test_each_epoch_records_the_authors_protocol_beside_the_clean_one(
        "l1-fullrow", "--amplitudes", "ada", "--seeds", "0,1", "--out",
        str(out)])
   assert info.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+  """A point that diverges (l2-full at a per-step strength of 1e3) is a
+  result: recorded once, never retrained, never selected; the other points
+  of the sweep still run."""
+  out = tmp_path / "f"
+  argv = ["frontier", "--data", "digits", "--model", "mlp", "--width", "8",
+          "--epochs", "1", "--batch-size", "256", "--offline",
+          "--no-progress", "--placements", "decoupled", "--gammas-decoupled",
+          "1,1000000", "--modes", "l2-full", "--amplitudes", "1", "--seeds",
+          "0", "--out", str(out)]
+  assert cli.main(argv) == 0
+  printed = capsys.readouterr().out
+  runs = {frontier.point_name(r["point"]): r
+          for r in json.loads((out / "runs.json").read_text())}
+  bad = runs["bort-adamw_l2-full_c1_g1e+06"]
+  assert "non-finite" in bad["diverged"] or "nan" in bad["diverged"]
+  assert bad["val_accuracy"] is None and bad["test_accuracy"] is None
+  good = runs["bort-adamw_l2-full_c1_g1"]
+  assert not good.get("diverged") and good["val_accuracy"] > 0
+  assert "recorded as diverged, and the sweep goes on" in printed
+  assert "| 1 (1 diverged) |" in (out / "frontier.md").read_text()
+  result = json.loads((out / "frontier.json").read_text())
+  assert result["selected"]["decoupled"]["name"] == "bort-adamw_l2-full_c1_g1"
+  assert cli.main(argv) == 0  # resumed: the diverged run is not retrained
+  assert "1 diverged" not in capsys.readouterr().out.split("\n")[0]
+  assert len(json.loads((out / "runs.json").read_text())) == 3
