@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import signals
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.errors import DivergedError
@@ -600,7 +601,6 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
     ...
     bort_jax.experiments.config.ConfigError: --validation must be ...
   """
-  from bort_jax.experiments import config as config_lib
   finite = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool)
                       and math.isfinite(v))
   if not (finite(validation) and 0 < validation < 1):
@@ -626,9 +626,39 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
             f"rate; give one of them (--lr is the default of a placement "
             "without --lrs-*).")
   for point in grid.points():  # every run's config is valid, before work
-    fields = {k: v for k, v in point.items() if k != "placement"}
     for seed in grid.seeds:
-      config_lib.TrainConfig(**{**base, **fields, "seed": seed})
+      point_config(base, point, seed)
+
+
+def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
+                 ) -> Any:
+  """The training config of one point and seed.
+
+  The shared fields ``base``, then the point's (``placement`` picks the
+  optimizer and is not a field), then the seed. A baseline is the same run
+  without Bort: the shared Bort fields (``--gamma-schedule``,
+  ``--gamma-switch``, …, :data:`~bort_jax.experiments.config.BORT_FIELDS`)
+  apply to the Bort points only, except ``bort_head`` with the orthogonal
+  init (a baseline then starts from the same weights as its Bort run).
+
+  Examples:
+    >>> from bort_jax.experiments.frontier import point_config
+    >>> base = {"data": "digits", "gamma_schedule": "anneal",
+    ...         "gamma_switch": 0.5}
+    >>> point_config(base, {"placement": "coupled", "optimizer": "sgd"},
+    ...              0).gamma_switch
+    0.8
+    >>> point_config(base, {"placement": "coupled", "optimizer": "bort-sgd",
+    ...                     "gamma": 0.003}, 0).gamma_switch
+    0.5
+  """
+  fields = {k: v for k, v in point.items() if k != "placement"}
+  if "gamma" not in point:
+    keep = ("bort_head",) if {**base, **fields}.get("init") == "orthogonal" \
+        else ()
+    base = {k: v for k, v in base.items()
+            if k not in config_lib.BORT_FIELDS or k in keep}
+  return config_lib.TrainConfig(**{**base, **fields, "seed": seed})
 
 
 def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
@@ -668,12 +698,10 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
     DivergedError: the training loss became non-finite (the sweep records
       it, :func:`diverged_run`).
   """
-  from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import loop
   from bort_jax.experiments import probes
   from bort_jax.experiments import steps
-  fields = {k: v for k, v in point.items() if k != "placement"}
-  config = config_lib.TrainConfig(**{**base, **fields, "seed": seed})
+  config = point_config(base, point, seed)
   resume = run_dir is not None and os.path.lexists(
       os.path.join(run_dir, "config.json"))
   result = loop.train(config, run_dir, dataset=validation_split(
@@ -1001,7 +1029,6 @@ def command(args: Any, base: dict[str, Any]) -> int:
   """
   import sys
 
-  from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import data as data_lib
   base = {"data": config_lib.TrainConfig.data,
           "model": config_lib.TrainConfig.model, **base}
