@@ -164,6 +164,10 @@ AXES = (
     Axis("gamma_schedules", "gamma_schedule", "--gamma-schedules", str,
          "gamma schedules (constant, late, anneal)", tag="sched",
          missing=(None,)),
+    Axis("gamma_switches", "gamma_switch", "--gamma-switches", float,
+         "where the late and anneal gamma schedules switch, as fractions of "
+         "the run (only with those schedules)", tag="switch",
+         missing=(None,)),
     Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
          "whether Bort constrains the classifier head (true and/or false)",
          tag="head", missing=(None,)),
@@ -201,10 +205,10 @@ class Grid:
       point of a placement run at each. ``(None,)`` (the default, also for
       a placement left out): the shared ``--lr``, else the optimizer's
       default, and the names of older frontiers.
-    inits, gamma_schedules, bort_heads, bort_lr_scales: the levers
-      (``init``, ``gamma_schedule``, ``bort_head``, ``bort_lr_scale`` of the
-      training config); ``(None,)``: the shared value, and the names of
-      older frontiers. ``inits`` applies to the baselines too, so a Bort
+    inits, gamma_schedules, gamma_switches, bort_heads, bort_lr_scales:
+      the levers (``init``, ``gamma_schedule``, ``gamma_switch``,
+      ``bort_head``, ``bort_lr_scale`` of the training config); ``(None,)``:
+      the shared value, and the names of older frontiers. ``inits`` applies to the baselines too, so a Bort
       point is paired with a baseline that started from the same weights.
     seeds: the seeds of every point.
   """
@@ -222,6 +226,7 @@ class Grid:
       default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
   inits: tuple[str | None, ...] = (None,)
   gamma_schedules: tuple[str | None, ...] = (None,)
+  gamma_switches: tuple[float | None, ...] = (None,)
   bort_heads: tuple[bool | None, ...] = (None,)
   bort_lr_scales: tuple[float | None, ...] = (None,)
   seeds: tuple[int, ...] = (0, 1, 2)

@@ -8,6 +8,7 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import cli
 from bort_jax.experiments import frontier
 from bort_jax.experiments.cli import main
+from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.run_dir import RunDirectoryError
 
@@ -169,6 +170,29 @@ def test_the_lagged_axis_names_its_points_and_reaches_the_config():
   assert [TrainConfig(**BASE, **{k: v for k, v in p.items()
                                  if k != "placement"}).bort_lagged
           for p in borts] == [False, True]
+
+
+def test_the_switch_axis_adds_an_anneal_arm_beside_a_constant_sweep():
+  """--gamma-switches names its points and reaches gamma_switch; a constant
+  schedule with a switch is refused (a setting is never silently ignored),
+  and the baseline, without Bort, keeps its name (a second command into the
+  same folder adds the anneal arm without retraining it)."""
+  args = cli.build_parser().parse_args(
+      ["frontier", "--out", "x", "--placements", "coupled",
+       "--modes", "l1-fullrow", "--amplitudes", "ada",
+       "--gammas-coupled", "0.003", "--gamma-schedules", "anneal",
+       "--gamma-switches", "0.5", "--seeds", "0"])
+  grid = frontier.grid_from_args(args)
+  assert [frontier.point_name(p) for p in grid.points()] == [
+      "sgd", "bort-sgd_l1-fullrow_ada_g0.003_schedanneal_switch0.5"]
+  anneal = frontier.point_config(BASE, grid.points()[1], 0)
+  assert (anneal.gamma_schedule, anneal.gamma_switch) == ("anneal", 0.5)
+  constant = frontier.Grid(
+      gammas={"coupled": (0.003,)}, placements=("coupled",),
+      modes=("l1-fullrow",), amplitudes=("ada",),
+      gamma_schedules=("constant",), gamma_switches=(0.5,), seeds=(0,))
+  with pytest.raises(ConfigError, match="gamma_switch applies to"):
+    frontier.check_settings(BASE, constant)
 
 
 def test_lever_flags_are_parsed_and_the_shared_flags_stay():
