@@ -1,116 +1,63 @@
 """Any optimizer at its usual learning rate, with no Bort argument, trains and
-constrains (sklearn digits, an MLP 64-64-64-10, 300 steps of batch 128)."""
+constrains (sklearn digits, an MLP 64-64-64-10, batches of 128; the training
+lives in ``examples/any_optimizer.py``, which prints the whole table).
 
-import functools
+The optimizers whose steps train digits in a few hundred steps run 300 steps
+from the default start. The small-step optimizers (Lion at 1e-4 and 3e-4,
+LAMB at 1e-3: 64-92 % after 300 steps alone) run until their base has
+trained (3000 steps), from the orthogonal start the README recommends
+(``bort_jax.project_to_constraint``; both arms start from the same weights):
+after 300 steps Bort, holding the constraint at about 0.007, still trails
+them by 5-12 points, a transient that the composition guide states with
+its numbers.
+"""
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import importlib.util
+import pathlib
+
 import optax
 import pytest
-from sklearn import datasets
 
 import bort_jax
 
-SIZES = (64, 64, 64, 10)
-STEPS, BATCH = 300, 128
+_PATH = pathlib.Path(__file__).parents[2] / "examples" / "any_optimizer.py"
+_SPEC = importlib.util.spec_from_file_location("any_optimizer", _PATH)
+example = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(example)
+
 #: Accuracy Bort may cost against the base optimizer, in points.
 MARGIN = 0.03
-
-
-@functools.lru_cache(maxsize=None)
-def _digits():
-  x, y = datasets.load_digits(return_X_y=True)
-  perm = np.random.default_rng(0).permutation(len(x))
-  x, y = (x[perm] / 16.0).astype(np.float32), y[perm].astype(np.int32)
-  return jnp.asarray(x[:1400]), jnp.asarray(y[:1400]), x[1400:], y[1400:]
-
-
-def _init(seed):
-  keys = jax.random.split(jax.random.key(seed), len(SIZES) - 1)
-  return {f"l{i}": {"kernel": jax.random.normal(k, (a, b)) / np.sqrt(a),
-                    "bias": jnp.zeros(b)}
-          for i, (k, a, b) in enumerate(zip(keys, SIZES[:-1], SIZES[1:]))}
-
-
-def _forward(params, x):
-  for i in range(len(SIZES) - 1):
-    x = x @ params[f"l{i}"]["kernel"] + params[f"l{i}"]["bias"]
-    if i < len(SIZES) - 2:
-      x = jax.nn.relu(x)
-  return x
-
-
-def _train(tx, seed=0):
-  """Test accuracy, mean and head constraint errors, and finiteness."""
-  x_train, y_train, x_test, y_test = _digits()
-  params = _init(seed)
-  batches = jnp.asarray(np.random.default_rng(seed).integers(
-      0, len(x_train), (STEPS, BATCH)))
-
-  def loss(p, i):
-    return optax.softmax_cross_entropy_with_integer_labels(
-        _forward(p, x_train[i]), y_train[i]).mean()
-
-  @jax.jit
-  def run(params):
-    def step(carry, i):
-      p, s = carry
-      updates, s = tx.update(jax.grad(loss)(p, i), s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(step, (params, tx.init(params)), batches)[0][0]
-
-  params = run(params)
-  accuracy = float((_forward(params, x_test).argmax(-1) == y_test).mean())
-  errors = bort_jax.orthogonality_error(params)
-  mean = float(np.mean([e.constraint_error for e in errors.values()]))
-  head = float(errors[f"l{len(SIZES) - 2}/kernel"].constraint_error)
-  finite = all(bool(jnp.all(jnp.isfinite(leaf)))
-               for leaf in jax.tree.leaves(params))
-  return accuracy, mean, head, finite
-
-
-_SHORTFALL = pytest.mark.xfail(
-    strict=True, reason="at a per-step 1e-3 the correction outweighs these "
-    "small steps: in 300 steps Bort costs more than 3 points")
-
-# name: (base optimizer, the same optimizer with Bort and no Bort argument)
-CASES = {
-    "muon_0.02": (lambda: optax.contrib.muon(0.02),
-                  lambda: bort_jax.with_bort(optax.contrib.muon(0.02))),
-    "lion_1e-4": (lambda: optax.lion(1e-4),
-                  lambda: bort_jax.with_bort(optax.lion(1e-4))),
-    "lion_3e-4": (lambda: optax.lion(3e-4),
-                  lambda: bort_jax.with_bort(optax.lion(3e-4))),
-    "lamb_1e-3": (lambda: optax.lamb(1e-3),
-                  lambda: bort_jax.with_bort(optax.lamb(1e-3))),
-    "adamw_3e-3_with_bort": (lambda: optax.adamw(3e-3),
-                             lambda: bort_jax.with_bort(optax.adamw(3e-3))),
-    "adamw_3e-3_bort_adamw": (lambda: optax.adamw(3e-3),
-                              lambda: bort_jax.bort_adamw(3e-3)),
-    "sgd_0.1_with_bort": (lambda: optax.sgd(0.1, momentum=0.9),
-                          lambda: bort_jax.with_bort(
-                              optax.sgd(0.1, momentum=0.9))),
-    "sgd_0.1_bort_sgd": (lambda: optax.sgd(0.1, momentum=0.9),
-                         lambda: bort_jax.bort_sgd(0.1, momentum=0.9)),
-    "sgd_0.5_with_bort": (lambda: optax.sgd(0.5, momentum=0.9),
-                          lambda: bort_jax.with_bort(
-                              optax.sgd(0.5, momentum=0.9))),
-}
-SHORT = {"lion_1e-4", "lion_3e-4", "lamb_1e-3"}
+FAST, SLOW = 300, 3000
+#: name: (steps, start); the optimizers are the example's.
+CASES = {name: (FAST, "default") for name in example.OPTIMIZERS}
+CASES.update({name: (SLOW, "orthogonal")
+              for name in ("lion_1e-4", "lion_3e-4", "lamb_1e-3")})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_SHORTFALL) if n in SHORT else n
-             for n in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_any_optimizer_at_its_usual_learning_rate_trains_and_constrains(name):
-  make_base, make_bort = CASES[name]
-  base_accuracy, base_mean, base_head, base_finite = _train(make_base())
-  accuracy, mean, head, finite = _train(make_bort())
-  assert base_finite and finite
-  assert accuracy >= base_accuracy - MARGIN, (accuracy, base_accuracy)
-  # The head (10 orthogonal rows in 64-d) is reached in 300 steps; the square
-  # hidden layers move more slowly, but must still move towards W Wᵀ = cI.
-  assert head < 0.5 * base_head, (head, base_head)
-  assert mean < 0.6 * base_mean, (mean, base_mean)
+  steps, start = CASES[name]
+  make_base, make_bort = example.OPTIMIZERS[name]
+  base = example.train(make_base(), steps, start)
+  bort = example.train(make_bort(), steps, start)
+  assert base.finite and bort.finite
+  assert bort.accuracy >= base.accuracy - MARGIN, (bort, base)
+  # Bort's error must be well below the base's: the head (10 orthogonal rows
+  # in 64-d) is reached at once; the square hidden layers move more slowly
+  # from the default start, but must still move towards W Wᵀ = cI.
+  assert bort.head_error < 0.5 * base.head_error, (bort, base)
+  assert bort.mean_error < 0.6 * base.mean_error, (bort, base)
+
+
+@pytest.mark.slow
+def test_small_step_optimizers_trail_after_a_few_hundred_steps():
+  """The transient the composition guide states: after 300 steps from the
+  orthogonal start, Bort on Lion at 1e-4 trails Lion by more than the
+  margin, while holding the constraint far tighter (it has closed by 3000
+  steps, above)."""
+  base = example.train(optax.lion(1e-4), FAST, "orthogonal")
+  bort = example.train(bort_jax.with_bort(optax.lion(1e-4)), FAST,
+                       "orthogonal")
+  assert bort.accuracy < base.accuracy - MARGIN, (bort, base)
+  assert bort.mean_error < 0.1 * base.mean_error, (bort, base)
