@@ -23,18 +23,31 @@ Examples:
   lr must be a real number, got '0.1'.
 """
 
+from typing import TYPE_CHECKING
+
 from bort_jax._src.defaults import ADA
 from bort_jax._src.defaults import PLACEMENTS
-from bort_jax._src.validation import ArgumentTypeError
-from bort_jax._src.validation import check_amplitude
-from bort_jax._src.validation import check_bool
-from bort_jax._src.validation import check_choice
-from bort_jax._src.validation import check_mode
-from bort_jax._src.validation import check_nonnegative_int
-from bort_jax._src.validation import check_placement
-from bort_jax._src.validation import check_positive_int
-from bort_jax._src.validation import check_real
-from bort_jax._src.validation import check_strength
+from bort_jax._src.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers read; at run time, on first use
+  from bort_jax._src.validation import ArgumentTypeError
+  from bort_jax._src.validation import check_amplitude
+  from bort_jax._src.validation import check_bool
+  from bort_jax._src.validation import check_choice
+  from bort_jax._src.validation import check_mode
+  from bort_jax._src.validation import check_nonnegative_int
+  from bort_jax._src.validation import check_placement
+  from bort_jax._src.validation import check_positive_int
+  from bort_jax._src.validation import check_real
+  from bort_jax._src.validation import check_strength
+
+# The checks import JAX; ADA and PLACEMENTS do not, so the application's
+# parser reads them without it.
+__getattr__, __dir__ = lazy_exports(globals(), {
+    name: "bort_jax._src.validation" for name in (
+        "ArgumentTypeError", "check_amplitude", "check_bool", "check_choice",
+        "check_mode", "check_nonnegative_int", "check_placement",
+        "check_positive_int", "check_real", "check_strength")})
 
 __all__ = (
     "ADA",

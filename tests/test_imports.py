@@ -22,17 +22,10 @@ PACKAGE = ROOT / "bort_jax"
 PUBLIC_FACES = ("bort_jax/__init__.py", "bort_jax/dbort.py",
                 "bort_jax/validation.py")
 
-#: The application still reaches into the core while another change moves it
-#: to public names; these files are to be fixed next, and this list shrinks
-#: to nothing then. Nothing outside bort_jax/experiments may be added here.
-APPLICATION_TO_FIX_NEXT = (
-    # _src.defaults is the JAX-free home of the defaults, which the parser
-    # reads without importing JAX (test_cli_help); their public names,
-    # bort_jax.RECOMMENDED and bort_jax.MODES, import JAX until the top level
-    # loads lazily.
-    "bort_jax/experiments/config.py",
-    "bort_jax/experiments/recipes.py",
-)
+#: Application files that still reach into the core while another change
+#: moves them to public names; empty now, and nothing outside
+#: bort_jax/experiments may be added here.
+APPLICATION_TO_FIX_NEXT = ()
 
 #: A benchmark outside this change's files, to be fixed next the same way as
 #: benchmarks/param_sets.py (bort_jax.flax_dimension_numbers and

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('train', 'bort-lion', 0.1)
   """
   from bort_jax.experiments import demo
+  from bort_jax.experiments import launch
   from bort_jax.experiments import recipes
 
   parser = _Parser(
@@ -218,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Train a classifier with or without Bort; writes "
       "config.json, metrics.json/.csv and checkpoints/ to --out.")
   _add_config_flags(train)
-  from bort_jax.experiments import distributed
-  distributed.add_arguments(train)
+  launch.add_arguments(train)
   train.add_argument(
       "--recipe", choices=tuple(recipes.RECIPES), default=None, action=_Once,
       help=f"start from a named recipe ({_PROG} recipes lists them); flags "

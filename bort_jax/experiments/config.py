@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bort_jax._src import defaults
+import bort_jax
+from bort_jax import validation
 from bort_jax.experiments import choices
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import errors
@@ -37,7 +38,7 @@ class ConfigError(errors.ExperimentError, ValueError):
 
 def parse_amplitude(text: str) -> float | str:
   """The command line's amplitude: ``"ada"`` or a number."""
-  return text if text == defaults.ADA else float(text)
+  return text if text == validation.ADA else float(text)
 
 
 def _option(default: Any, help: str, *, flag: str | None = None,
@@ -80,7 +81,7 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 DBORT_OUTPUTS = ("logits", "layers")
 
 
-_RECOMMENDED = defaults.RECOMMENDED
+_RECOMMENDED = bort_jax.RECOMMENDED
 
 
 def _recommended(field: str) -> str:
@@ -190,7 +191,7 @@ class TrainConfig:
       "(lion, lamb, ...) or bort-<optax optimizer>")
   mode: str | None = _option(
       None, "Bort mode (default: the placement's recommended one, "
-      f"{_recommended('mode')})", choices=defaults.MODES)
+      f"{_recommended('mode')})", choices=bort_jax.MODES)
   amplitude: float | str | None = _option(
       None, "Bort amplitude c > 0 or 'ada' (default: the placement's "
       f"recommended one, {_recommended('amplitude')})",
@@ -201,7 +202,7 @@ class TrainConfig:
   placement: str | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: "
       "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
-      choices=defaults.PLACEMENTS)
+      choices=validation.PLACEMENTS)
   gamma_warmup: float | None = _option(
       None, "ramp gamma linearly from 0 over this many epochs (default: 0, "
       "no ramp)", parse=float)
@@ -342,13 +343,13 @@ def _fill_defaults(config: "TrainConfig") -> None:
   fill("learning_rate", optimizers_lib.default_learning_rate(config.optimizer))
   fill("weight_decay", default_weight_decay(config.optimizer))
   if optimizers_lib.is_bort(config.optimizer):
-    if config.placement not in (None, *defaults.PLACEMENTS):
+    if config.placement not in (None, *validation.PLACEMENTS):
       return  # check_config names the problem
     placement = optimizers_lib.placement_of(config.optimizer,
                                             config.placement)
     if optimizers_lib.base_name(config.optimizer) not in ("sgd", "adamw"):
       fill("placement", placement)
-    recommended = defaults.RECOMMENDED[placement]
+    recommended = bort_jax.RECOMMENDED[placement]
     fill("mode", recommended.mode)
     fill("amplitude", recommended.amplitude)
     fill("gamma", recommended.gamma)
@@ -381,7 +382,6 @@ def default_weight_decay(optimizer: str) -> float | None:
 
   import optax
 
-  import bort_jax
   from bort_jax.experiments import optimizers as optimizers_lib
   base = optimizers_lib.base_name(optimizer)
   if base == "sgd":
@@ -399,7 +399,6 @@ def default_weight_decay(optimizer: str) -> float | None:
 
 
 def _check_optional_positive_int(name: str, value: Any) -> None:
-  from bort_jax import validation  # see _fill_defaults
   if value is not None:
     validation.check_positive_int(name, value)
 
@@ -450,7 +449,6 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
 
 def _check_levers(config: TrainConfig) -> None:
   """The Bort learning-rate scale, the γ schedule and the head switch."""
-  from bort_jax import validation  # see _fill_defaults
   validation.check_real("bort_lr_scale", config.bort_lr_scale, low=0,
                         low_inclusive=False)
   validation.check_choice("gamma_schedule", config.gamma_schedule,
@@ -482,7 +480,6 @@ def check_config(config: TrainConfig) -> None:
     config: the configuration.
   """
   # Imported when a config is built (see _fill_defaults).
-  from bort_jax import validation  # see _fill_defaults
   from bort_jax.experiments import optimizers as optimizers_lib
   for name in ("epochs", "batch_size", "eval_batch_size"):
     validation.check_positive_int(name, getattr(config, name))

@@ -57,128 +57,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bort_jax.experiments import errors
+from bort_jax.experiments import launch
+from bort_jax.experiments.launch import DistributedError
 
 T = TypeVar("T")
-
-#: The environment variables read when the flags are not given.
-ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS",
-               "num_processes": "JAX_NUM_PROCESSES",
-               "process_id": "JAX_PROCESS_ID"}
-
-_MESSAGE_BYTES = 4096
 
 # jax.distributed aborts the process (SIGABRT, no Python exception) at its
 # own deadline; ours comes first by this much, so a timeout is one line.
 _ABORT_MARGIN_S = 10
 
-
-class DistributedError(errors.ExperimentError):
-  """A multi-process run cannot go on (bad layout, or process 0 failed)."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds the launch flags of a multi-process run to ``parser``.
-
-  Args:
-    parser: the ``bort-jax train`` parser.
-
-  Examples:
-    >>> import argparse
-    >>> from bort_jax.experiments import distributed
-    >>> parser = argparse.ArgumentParser()
-    >>> distributed.add_arguments(parser)
-    >>> args = parser.parse_args(["--coordinator", "127.0.0.1:1234",
-    ...                           "--num-processes", "2", "--process-id", "1"])
-    >>> args.coordinator, args.num_processes, args.process_id
-    ('127.0.0.1:1234', 2, 1)
-  """
-  group = parser.add_argument_group(
-      "multi-process training (jax.distributed)")
-  group.add_argument(
-      "--coordinator", metavar="HOST:PORT", default=None,
-      help="address of process 0's coordinator (default: "
-      f"${ENVIRONMENT['coordinator']})")
-  group.add_argument(
-      "--num-processes", type=int, metavar="N", default=None,
-      help=f"number of processes (default: ${ENVIRONMENT['num_processes']})")
-  group.add_argument(
-      "--coordinator-timeout", type=_seconds, metavar="S", default=None,
-      help="give up, with an error, when the processes have not all met at "
-      "the coordinator within S seconds (default: 300)")
-  group.add_argument(
-      "--process-id", type=int, metavar="I", default=None,
-      help=f"this process's id, 0..N-1 (default: "
-      f"${ENVIRONMENT['process_id']})")
-  group.add_argument(
-      "--distributed", action="store_true",
-      help="start jax.distributed with the cluster's own settings "
-      "(SLURM, Open MPI, Cloud TPU)")
-  group.add_argument(
-      "--data-parallel", action="store_true",
-      help="split each batch over this process's devices (one process)")
-  group.add_argument(
-      "--shard-params", action="store_true",
-      help="split each parameter and its optimizer state over the devices "
-      "along one axis, instead of a copy per device (FSDP-style; implies "
-      "--data-parallel)")
-
-
-def _seconds(text: str) -> int:
-  """An argparse type: a positive whole number of seconds."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(
-        f"expected a positive whole number of seconds, got {text!r}")
-  return value
-
-
-def _from_env(value: Any, name: str, parse: Callable[[str], Any]) -> Any:
-  if value is not None:
-    return value
-  variable = ENVIRONMENT[name]
-  text = os.environ.get(variable)
-  if text in (None, ""):
-    return None
-  try:
-    return parse(text)
-  except ValueError:
-    raise DistributedError(
-        f"${variable} must be an integer, got {text!r}.") from None
-
-
-def parse_address(address: Any) -> tuple[str, int]:
-  """The ``(host, port)`` of a coordinator's ``HOST:PORT``.
-
-  Args:
-    address: ``"host:port"``; an IPv6 host in brackets (``"[::1]:1234"``).
-
-  Returns:
-    The host (without brackets) and the port, in 1 … 65535.
-
-  Raises:
-    DistributedError: ``address`` is not ``HOST:PORT`` with such a port.
-
-  Examples:
-    >>> from bort_jax.experiments.distributed import parse_address
-    >>> parse_address("127.0.0.1:12355"), parse_address("[::1]:80")
-    (('127.0.0.1', 12355), ('::1', 80))
-    >>> parse_address("127.0.0.1:0")
-    Traceback (most recent call last):
-    ...
-    bort_jax.experiments.distributed.DistributedError: --coordinator must be HOST:PORT ...
-  """
-  host, _, port = str(address).rpartition(":")
-  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-  if host and port.isdigit() and 1 <= int(port) <= 65535:
-    return host, int(port)
-  raise DistributedError(
-      "--coordinator must be HOST:PORT with a port in 1..65535 (process 0's "
-      f"address, e.g. 127.0.0.1:12355), got {address!r}.")
-
+_MESSAGE_BYTES = 4096
 
 def initialize(args: argparse.Namespace) -> "DataParallel | None":
   """Starts ``jax.distributed`` as the flags of :func:`add_arguments` ask.
@@ -198,13 +86,13 @@ def initialize(args: argparse.Namespace) -> "DataParallel | None":
     DistributedError: a launch flag is refused, or the processes did not
       meet at the coordinator in time (see :func:`start`).
   """
-  coordinator = _from_env(args.coordinator, "coordinator", str)
-  num_processes = _from_env(args.num_processes, "num_processes", int)
-  process_id = _from_env(args.process_id, "process_id", int)
+  coordinator = launch.from_env(args.coordinator, "coordinator", str)
+  num_processes = launch.from_env(args.num_processes, "num_processes", int)
+  process_id = launch.from_env(args.process_id, "process_id", int)
   shard = getattr(args, "shard_params", False)
   if args.distributed or num_processes is not None:
     if not args.distributed:
-      _check_launch(coordinator, num_processes, process_id)
+      launch.check_launch(coordinator, num_processes, process_id)
     # The timeout only when given, so that start's default stays the one.
     timeout = getattr(args, "coordinator_timeout", None)
     options = {} if timeout is None else {"timeout_s": timeout}
@@ -213,70 +101,6 @@ def initialize(args: argparse.Namespace) -> "DataParallel | None":
   if args.data_parallel or shard:
     return DataParallel(shard_params=shard)
   return None
-
-
-def _check_launch(coordinator: Any, num_processes: Any,
-                  process_id: Any) -> None:
-  """Refuses an explicit launch (no cluster detection) that lacks a part."""
-  _check_counts(num_processes, process_id)
-  if coordinator is None:
-    raise DistributedError(
-        f"--num-processes {num_processes} needs --coordinator HOST:PORT "
-        f"(process 0's address; or ${ENVIRONMENT['coordinator']}), or "
-        "--distributed to let JAX detect the cluster.")
-  if process_id is None:
-    raise DistributedError(
-        f"--num-processes {num_processes} needs --process-id, this "
-        f"process's id in 0..{num_processes - 1} (or "
-        f"${ENVIRONMENT['process_id']}).")
-  parse_address(coordinator)
-
-
-def _check_counts(num_processes: Any, process_id: Any) -> None:
-  for flag, value, low in (("--num-processes", num_processes, 1),
-                           ("--process-id", process_id, 0)):
-    if value is not None and (isinstance(value, bool) or not isinstance(
-        value, int) or value < low):
-      raise DistributedError(
-          f"{flag} must be an integer of at least {low}, got {value!r}.")
-  if num_processes is not None and process_id is not None and not (
-      process_id < num_processes):
-    raise DistributedError(
-        f"--process-id {process_id} is outside 0..{num_processes - 1} "
-        f"(--num-processes {num_processes}).")
-
-
-def _wait_for_coordinator(host: str, port: int, deadline: float,
-                          where: str, who: str) -> None:
-  """Returns once ``host:port`` accepts a TCP connection, by ``deadline``.
-
-  jax.distributed would wait as long, then abort the process without a
-  Python exception; this check makes an unreachable coordinator an error.
-  """
-  while True:
-    left = deadline - time.monotonic()
-    try:
-      with socket.create_connection((host, port),
-                                    timeout=max(0.1, min(1.0, left))):
-        return
-    except OSError as e:
-      error = e
-    left = deadline - time.monotonic()
-    if left <= 0:
-      reason = getattr(error, "strerror", None) or error
-      raise DistributedError(
-          f"no coordinator answered at {where} ({who}: {reason}); start "
-          "process 0 first, check --coordinator, or raise "
-          "--coordinator-timeout.")
-    time.sleep(min(0.25, left))
-
-
-def _exit_on_timeout(message: str) -> None:
-  """The watchdog's end: one line, exit status 2, no XLA abort dump."""
-  sys.stdout.flush()
-  sys.stderr.write(f"bort-jax train: error: {message}\n")
-  sys.stderr.flush()
-  os._exit(2)  # the main thread is inside jax.distributed and cannot raise
 
 
 def start(coordinator_address: str | None = None,
@@ -304,11 +128,11 @@ def start(coordinator_address: str | None = None,
       ``0 … num_processes - 1``), no coordinator within ``timeout_s``, or
       ``jax.distributed`` refused the settings.
   """
-  deadline = time.monotonic() + _check_timeout(timeout_s)
-  _check_counts(num_processes, process_id)
+  deadline = time.monotonic() + launch.check_timeout(timeout_s)
+  launch.check_counts(num_processes, process_id)
   address = None
   if coordinator_address is not None:
-    address = parse_address(coordinator_address)
+    address = launch.parse_address(coordinator_address)
   if num_processes is not None and process_id is not None:
     who = f"process {process_id} of {num_processes}"
   else:
@@ -325,12 +149,12 @@ def start(coordinator_address: str | None = None,
     print(f"waiting up to {timeout_s} s for jax.distributed ({who})...",
           flush=True)
   if address is not None and process_id not in (0, None):
-    _wait_for_coordinator(*address, deadline, where, who)
+    launch.wait_for_coordinator(*address, deadline, where, who)
   # Only the CPU client reads it; without it CPU collectives across
   # processes are not implemented.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   left = max(1.0, deadline - time.monotonic())
-  watchdog = threading.Timer(left, _exit_on_timeout, args=(
+  watchdog = threading.Timer(left, launch.exit_on_timeout, args=(
       f"the processes did not all meet at {where} ({who}); start all of "
       "them with the same --coordinator and --num-processes, or raise "
       "--coordinator-timeout.",))
@@ -346,15 +170,6 @@ def start(coordinator_address: str | None = None,
         from None
   finally:
     watchdog.cancel()
-
-
-def _check_timeout(timeout_s: Any) -> int:
-  if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or (
-      timeout_s < 1):
-    raise DistributedError(
-        "--coordinator-timeout must be a positive whole number of seconds, "
-        f"got {timeout_s!r}.")
-  return timeout_s
 
 
 class DataParallel:

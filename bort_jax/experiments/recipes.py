@@ -24,12 +24,13 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from bort_jax._src import defaults
+import bort_jax
+from bort_jax import validation
 
 
 def _recommended(placement: str, optimizer: str, **extra: Any
                  ) -> dict[str, Any]:
-  r = defaults.RECOMMENDED[placement]
+  r = bort_jax.RECOMMENDED[placement]
   return {"optimizer": optimizer, "mode": r.mode, "amplitude": r.amplitude,
           "gamma": r.gamma, "learning_rate": r.learning_rate, **extra}
 
@@ -55,7 +56,7 @@ RECIPES: types.MappingProxyType = types.MappingProxyType({
 
 
 def _setting(placement: str) -> str:
-  r = defaults.RECOMMENDED[placement]
+  r = bort_jax.RECOMMENDED[placement]
   return (f"{r.mode}, amplitude {r.amplitude}, gamma {r.gamma:g}, lr "
           f"{r.learning_rate:g}")
 

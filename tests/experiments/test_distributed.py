@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import distributed
+from bort_jax.experiments import launch
 from bort_jax.experiments import signals
 from bort_jax.experiments import steps
 from bort_jax.experiments.config import TrainConfig
@@ -133,7 +134,7 @@ def test_layout_on_one_process():
   np.testing.assert_array_equal(np.asarray(index), order)
   assert index.sharding == layout.batch
   assert [s.data.shape for s in index.addressable_shards] == [(16,)] * 8
-  with pytest.raises(distributed.DistributedError, match="multiple of 8"):
+  with pytest.raises(launch.DistributedError, match="multiple of 8"):
     layout.check_batch_size(100)
   with pytest.raises(ValueError, match="boom"):
     layout.on_primary(lambda: (_ for _ in ()).throw(ValueError("boom")), int)
@@ -142,8 +143,8 @@ def test_layout_on_one_process():
 
 def test_flags_and_environment(monkeypatch):
   parser = argparse.ArgumentParser()
-  distributed.add_arguments(parser)
-  for name in distributed.ENVIRONMENT.values():
+  launch.add_arguments(parser)
+  for name in launch.ENVIRONMENT.values():
     monkeypatch.delenv(name, raising=False)
   assert distributed.initialize(parser.parse_args([])) is None
   layout = distributed.initialize(parser.parse_args(["--data-parallel"]))
@@ -165,7 +166,7 @@ def test_flags_and_environment(monkeypatch):
 
 
 def test_start_refuses_a_process_id_out_of_range():
-  with pytest.raises(distributed.DistributedError, match="outside 0..1"):
+  with pytest.raises(launch.DistributedError, match="outside 0..1"):
     distributed.start("127.0.0.1:1", 2, 2)
 
 
@@ -189,7 +190,7 @@ def test_stop_requests_are_agreed_every_few_steps():
 def test_train_refuses_a_batch_that_does_not_split():
   config = TrainConfig(data="digits", model="mlp", width=8, epochs=1,
                        batch_size=100)
-  with pytest.raises(distributed.DistributedError, match="multiple of 8"):
+  with pytest.raises(launch.DistributedError, match="multiple of 8"):
     train(config, parallel=distributed.DataParallel())
 
 

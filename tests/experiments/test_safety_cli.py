@@ -18,11 +18,12 @@ import pytest
 import bort_jax
 from bort_jax.experiments import cli
 from bort_jax.experiments import distributed
+from bort_jax.experiments import launch
 
 
 @pytest.fixture(autouse=True)
 def _no_launch_environment(monkeypatch):
-  for name in distributed.ENVIRONMENT.values():
+  for name in launch.ENVIRONMENT.values():
     monkeypatch.delenv(name, raising=False)
 
 
