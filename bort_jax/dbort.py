@@ -1,7 +1,7 @@
 """DBort: the data-aware output-energy term of Bort, as a loss and a module.
 
 DBort (Zhang, Zheng, Zhou, Lu, "Bort: Towards Explainable Neural Networks
-with Bounded Orthogonal Constraint", ICLR 2023) adds ``−λ Σ_l (mean y_l²)^β``
+with Bounded Orthogonal Constraint", ICLR 2023) adds ``−λ Σ_l (mean y_l²)^p``
 to the task loss, over the outputs ``y_l`` of chosen layers. Two ways to
 name the layers:
 

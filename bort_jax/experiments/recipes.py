@@ -11,7 +11,7 @@ The authors' recipes transcribe the published training scripts of Bort
 
 - ``authors-mnist``: their MNIST/CIFAR script on their SimpleCNN: Bort-SGD,
   lr 0.005, momentum 0.9, weight decay 0.005, γ 0.05, ``l1-fullrow``,
-  c = 1; DBort on the logits (λ 1e-3, β 0.1); batch 256, 40 epochs, no
+  c = 1; DBort on the logits (λ 1e-3, p 0.1); batch 256, 40 epochs, no
   schedule, seed 42. They report the best test accuracy over all epochs.
 - ``authors-imagenet-adamw``: the optimizer part of their ImageNet script:
   Bort-AdamW, γ 1e-4, weight decay 2e-5, cosine schedule, 5 warm-up epochs

@@ -90,7 +90,7 @@ class Objective(NamedTuple):
   """The training loss: cross-entropy, label smoothing and the DBort term.
 
   .. math::
-    L = \\operatorname{CE}_α(z, y) − λ \\sum_l (\\operatorname{mean} y_l^2)^β
+    L = \\operatorname{CE}_α(z, y) − λ \\sum_l (\\operatorname{mean} y_l^2)^p
 
   with ``z`` the logits, ``α`` the label smoothing and ``y_l`` the logits
   (``dbort_outputs="logits"``, as in the authors' script) or the output of
@@ -101,13 +101,13 @@ class Objective(NamedTuple):
   Attributes:
     label_smoothing: ``α``.
     dbort_weight: ``λ`` (0: no DBort term).
-    dbort_power: ``β``.
+    dbort_power: ``p`` (:data:`bort_jax.dbort.DBORT_POWER` by default).
     dbort_outputs: ``"logits"`` or ``"layers"``.
   """
 
   label_smoothing: float = 0.0
   dbort_weight: float = 0.0
-  dbort_power: float = 0.1
+  dbort_power: float = dbort_lib.DBORT_POWER
   dbort_outputs: str = "logits"
 
   @classmethod

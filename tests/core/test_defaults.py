@@ -43,10 +43,15 @@ def test_signature_literals_are_the_recommended_settings():
 
 
 def test_dbort_power_has_one_name_and_one_default():
-  from bort_jax._src import dbort
+  from bort_jax.experiments import steps
+  from bort_jax.experiments.config import TrainConfig
+  power = bort_jax.dbort.DBORT_POWER
   for function in (bort_jax.dbort.dbort_loss, bort_jax.dbort.dbort_term):
-    assert _default(function, "power") == dbort.DBORT_POWER
+    assert _default(function, "power") == power
     assert "beta" not in inspect.signature(function).parameters
+  # The training config and its loss: the same default, under the same name.
+  assert TrainConfig.dbort_power == power
+  assert steps.Objective().dbort_power == power
 
 
 def test_inject_hyperparams_sees_the_defaults():
