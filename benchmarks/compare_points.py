@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from bort_jax.experiments import frontier
+from bort_jax.experiments import frontier_stats
 
 
 def compare(runs: list[dict], reference: str) -> list[dict]:
@@ -53,7 +54,7 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
     if name == reference or not shared:
       continue
     diff = lambda key: [seeds[s][key] - ref[s][key] for s in shared]
-    constraint = frontier.paired_statistics(diff("constraint_error"))
+    constraint = frontier_stats.paired_statistics(diff("constraint_error"))
     # paired_statistics works in pp (×100); constraint errors are not %.
     constraint = {k: (None if v is None else
                       [x / 100 for x in v] if isinstance(v, list) else
@@ -61,8 +62,8 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
                   for k, v in constraint.items()}
     rows.append({
         "name": name, "seeds": shared,
-        "val": frontier.paired_statistics(diff("val_accuracy")),
-        "test": frontier.paired_statistics(diff("test_accuracy")),
+        "val": frontier_stats.paired_statistics(diff("val_accuracy")),
+        "test": frontier_stats.paired_statistics(diff("test_accuracy")),
         "constraint": constraint,
         "constraint_ratio": float(
             np.mean([seeds[s]["constraint_error"] for s in shared])

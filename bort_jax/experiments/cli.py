@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 #: The ``app`` extra: (module, package) pairs that ``bort-jax`` needs.
 APP_REQUIREMENTS = (("orbax.checkpoint", "orbax-checkpoint"),
@@ -57,62 +56,6 @@ def missing_requirements() -> list[str]:
     if not found:
       missing.append(package)
   return missing
-
-
-def argument_type(convert: Callable[[str], Any],
-                  check: Callable[[str, Any], Any] | None = None,
-                  what: str = "a number") -> Callable[[str], Any]:
-  """An argparse type: ``convert(text)``, finite, then ``check(name, value)``.
-
-  Args:
-    convert: text to value (e.g. ``int``, ``float``).
-    check: a checker of :mod:`bort_jax.validation`, or ``None``.
-    what: what is expected, for the message when ``convert`` fails.
-
-  Returns:
-    A function argparse calls with the flag's text.
-
-  Examples:
-    >>> from bort_jax import validation
-    >>> from bort_jax.experiments.cli import argument_type
-    >>> argument_type(int, validation.check_positive_int, "an integer")("3")
-    3
-  """
-  def parse(text: str):
-    try:
-      value = convert(text)
-    except (TypeError, ValueError):
-      raise argparse.ArgumentTypeError(
-          f"expected {what}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-      raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    if check is not None:
-      try:
-        check("value", value)
-      except (TypeError, ValueError) as e:
-        raise argparse.ArgumentTypeError(
-            str(e).replace("value ", "", 1).rstrip(".")) from None
-    return value
-
-  parse.__name__ = getattr(convert, "__name__", "value")
-  return parse
-
-
-def check_positive_int(name: str, value: Any) -> None:
-  """Refuses anything but an integer >= 1 (for flags, without JAX).
-
-  ``bort_jax.validation`` has the same check but imports JAX, which
-  building the parser must not.
-
-  Examples:
-    >>> from bort_jax.experiments.cli import check_positive_int
-    >>> check_positive_int("epochs", 0)
-    Traceback (most recent call last):
-    ...
-    ValueError: epochs must be a positive integer, got 0.
-  """
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,46 +90,6 @@ class _Once(argparse.Action):
     setattr(namespace, self.dest, values)
 
 
-def _flag(field) -> str:
-  return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-
-
-def _add_config_flags(p: argparse.ArgumentParser,
-                      exclude: Sequence[str] = ()) -> None:
-  """One flag per :class:`TrainConfig` field, from its metadata.
-
-  Defaults are ``None``, so that an explicit value can be told from a
-  default (a resumed run takes its saved configuration, and explicit values
-  must agree with it). A field whose default is ``None`` (decided by the
-  optimizer or the placement) states in its help what decides it.
-  """
-  import dataclasses
-
-  from bort_jax.experiments import config as config_lib
-  for field in dataclasses.fields(config_lib.TrainConfig):
-    if field.name in exclude:
-      continue
-    meta = field.metadata
-    help = meta["help"]
-    if field.default is not None:
-      default = field.default
-      if isinstance(default, bool):
-        default = _flag(field) if default else "--no-" + _flag(field)[2:]
-      help = f"{help} (default: {default})"
-    if isinstance(field.default, bool):  # --name / --no-name
-      p.add_argument(_flag(field), dest=field.name, default=None,
-                     action=argparse.BooleanOptionalAction, help=help)
-      continue
-    parse = meta.get("parse")
-    what = {int: "an integer", config_lib.parse_amplitude:
-            "a positive number or 'ada'"}.get(parse, "a number")
-    kwargs = {"type": argument_type(parse, what=what)} if parse else {}
-    if meta.get("choices"):
-      kwargs["choices"] = meta["choices"]
-    p.add_argument(_flag(field), dest=field.name, default=None, help=help,
-                   **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
   """The ``bort-jax`` argument parser (``train`` and ``demo`` subcommands).
 
@@ -202,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ('train', 'bort-lion', 0.1)
   """
   from bort_jax.experiments import demo
+  from bort_jax.experiments import flags
   from bort_jax.experiments import launch
   from bort_jax.experiments import recipes
 
@@ -218,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
       "train", help="train one model (metrics, checkpoints, resume)",
       description="Train a classifier with or without Bort; writes "
       "config.json, metrics.json/.csv and checkpoints/ to --out.")
-  _add_config_flags(train)
+  flags.add_config_flags(train)
   launch.add_arguments(train)
   train.add_argument(
       "--recipe", choices=tuple(recipes.RECIPES), default=None, action=_Once,
@@ -237,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
       "frontier", help="sweep gamma x mode x placement x amplitude, select "
       "on validation, write the accuracy-explainability frontier",
       description=frontier.__doc__.splitlines()[0])
-  _add_config_flags(frontier_parser, exclude=frontier.GRID_FIELDS)
+  flags.add_config_flags(frontier_parser, exclude=frontier.GRID_FIELDS)
   frontier.add_arguments(frontier_parser)
   demo_parser = sub.add_parser(
       "demo", help="AdamW vs Bort-AdamW on MNIST: table, figures, results",
@@ -260,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(parser: argparse.ArgumentParser, args):
   """The run's config: the saved one on ``--resume``, else the flags'."""
   from bort_jax.experiments import config as config_lib
+  from bort_jax.experiments import flags
   from bort_jax.experiments import optimizers
   from bort_jax.experiments import runs
   explicit = {k: v for k, v in vars(args).items()
@@ -285,11 +190,12 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
       f == "bort_head"
       and {**values, **explicit}.get("init") == "orthogonal")]
   if given and not optimizers.is_bort(optimizer):
-    flags = ", ".join(_flag(config_lib.TrainConfig.__dataclass_fields__[f])
-                      for f in given)
+    named = ", ".join(
+        flags.flag(config_lib.TrainConfig.__dataclass_fields__[f])
+        for f in given)
     raise config_lib.ConfigError(
-        f"{flags} applies to Bort optimizers only, but --optimizer is "
-        f"{optimizer!r}; drop {flags}, or use --optimizer bort-{optimizer}.")
+        f"{named} applies to Bort optimizers only, but --optimizer is "
+        f"{optimizer!r}; drop {named}, or use --optimizer bort-{optimizer}.")
   if not optimizers.is_bort(optimizer):
     # A recipe's baseline: the same run without Bort (e.g. SGD with the
     # recipe's learning rate and weight decay).

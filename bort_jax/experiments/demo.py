@@ -24,6 +24,10 @@ import sys
 import time
 from typing import Any
 
+import bort_jax
+from bort_jax import validation
+from bort_jax.experiments import flags
+
 DESCRIPTION = (
     "Train an AdamW baseline and Bort-AdamW on MNIST (or scikit-learn's "
     "digits when MNIST is unavailable) from the same orthogonal start, print "
@@ -63,9 +67,11 @@ def default_epochs(data: str, quick: bool) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   """The demo's flags (the Bort defaults come from the training config)."""
-  import bort_jax  # pylint: disable=g-import-not-at-top
-  from bort_jax.experiments import cli
-  positive = cli.argument_type(int, cli.check_positive_int, "an integer")
+  # validation's checks import JAX: looked up when a value is parsed, not
+  # when the parser is built (--help answers without JAX).
+  positive = flags.argument_type(
+      int, lambda name, value: validation.check_positive_int(name, value),
+      "an integer")
   p.add_argument("--out", default="bort-demo",
                  help="output folder (default: bort-demo)")
   p.add_argument("--quick", action="store_true",
@@ -76,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help=f"epochs per run (default: {DEMO_EPOCHS}; digits "
                  f"{DIGITS_EPOCHS}; with --quick {QUICK_EPOCHS}, digits "
                  f"{QUICK_DIGITS_EPOCHS})")
-  p.add_argument("--gamma", type=cli.argument_type(float), default=None,
+  p.add_argument("--gamma", type=flags.argument_type(float), default=None,
                  help="Bort strength (default: the recommended "
                  f"{bort_jax.RECOMMENDED['decoupled'].gamma})")
   p.add_argument("--seed", type=int, default=0, help="random seed")

@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bort_jax.experiments.frontier import METRICS
-from bort_jax.experiments.frontier import PLACEMENTS
-from bort_jax.experiments.frontier import PSNR_PASS_DB
-from bort_jax.experiments.frontier import pareto_front
+from bort_jax.experiments.frontier_stats import PLACEMENTS
+from bort_jax.experiments.frontier_stats import PSNR_PASS_DB
+from bort_jax.experiments.frontier_stats import pareto_front
 
 
 def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
@@ -49,16 +48,18 @@ def table(points: list[dict[str, Any]],
   Δval and Δtest are the paired differences from the point's baseline
   (``paired``, :func:`bort_jax.experiments.frontier.pair`): mean over seeds
   and 95 % t-interval, in percentage points. PSNR is the number of seeds at
-  or above :data:`~bort_jax.experiments.frontier.PSNR_PASS_DB` and the
+  or above :data:`~bort_jax.experiments.frontier_stats.PSNR_PASS_DB` and the
   median; the pinv reference inverts the first layer by its pseudo-inverse.
 
   Examples:
-    >>> from bort_jax.experiments.frontier_report import METRICS, table
+    >>> from bort_jax.experiments.frontier_report import table
+    >>> from bort_jax.experiments.frontier_stats import METRICS
     >>> s = {"mean": 0.9, "std": 0.01, "n": 3, "median": 30.0, "passed": 3}
     >>> p = {"name": "adamw", "point": {"placement": "decoupled",
     ...      "optimizer": "adamw"},
     ...      "summary": {**{m: s for m in METRICS}, "seeds": [0, 1, 2],
-    ...                  "val_test_gap": {"mean": 0.004}}}
+    ...                  "val_test_gap": {"mean": 0.004},
+    ...                  "best_test_accuracy": None}}  # measured once only
     >>> print(table([p]).splitlines()[2][:67])
     | adamw | decoupled | 90.00 ± 1.00 | 90.00 ± 1.00 | — | — | +0.40 |
   """

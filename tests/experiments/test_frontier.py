@@ -7,6 +7,7 @@ import pytest
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import cli
 from bort_jax.experiments import frontier
+from bort_jax.experiments import frontier_stats
 from bort_jax.experiments.cli import main
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.config import TrainConfig
@@ -16,7 +17,7 @@ from bort_jax.experiments.run_dir import RunDirectoryError
 def test_pareto_front_keeps_exactly_the_undominated_points():
   errors = [0.5, 0.1, 0.1, 0.01, 0.3]
   accuracies = [0.99, 0.95, 0.97, 0.90, 0.96]
-  front = frontier.pareto_front(errors, accuracies)
+  front = frontier_stats.pareto_front(errors, accuracies)
   assert front == [3, 2, 0]
   for i in range(len(errors)):
     dominated = any(errors[j] <= errors[i] and accuracies[j] >= accuracies[i]

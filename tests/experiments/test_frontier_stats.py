@@ -16,6 +16,7 @@ from flax import nnx
 
 from bort_jax.experiments import cli
 from bort_jax.experiments import frontier
+from bort_jax.experiments import frontier_stats
 from bort_jax.experiments import frontier_report
 from bort_jax.experiments import probes
 from bort_jax.experiments.config import ConfigError
@@ -84,7 +85,7 @@ def test_paired_differences_match_a_hand_computation():
 
 
 def test_one_seed_has_a_difference_but_no_interval():
-  stats = frontier.paired_statistics([0.02])
+  stats = frontier_stats.paired_statistics([0.02])
   assert stats["mean_pp"] == 2.0
   assert stats["std_pp"] is None and stats["ci_pp"] is None
 
@@ -107,7 +108,7 @@ def test_each_placement_is_paired_with_its_own_baseline_chosen_on_validation():
 def test_psnr_is_a_pass_count_and_a_median_with_the_raw_values_kept():
   runs = [_run(BORT, s, 0.9, 0.9, psnr=v)
           for s, v in enumerate([30.0, 20.0, 26.0])]
-  summary = frontier.summarize(runs)
+  summary = frontier_stats.summarize(runs)
   stat = summary["reconstruction_psnr"]
   assert stat["passed"] == 2 and stat["median"] == 26.0
   assert stat["values"] == [30.0, 20.0, 26.0]

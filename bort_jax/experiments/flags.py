@@ -1,0 +1,93 @@
+"""Command-line flags: argparse types that check, and one flag per field of
+the training config.
+
+Used by the ``bort-jax`` parser (:mod:`bort_jax.experiments.cli`) and the
+demo's (:mod:`bort_jax.experiments.demo`). Parsing a value checks it with
+:mod:`bort_jax.validation`, the one place that checks user input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+from bort_jax.experiments import config as config_lib
+
+
+def argument_type(convert: Callable[[str], Any],
+                  check: Callable[[str, Any], Any] | None = None,
+                  what: str = "a number") -> Callable[[str], Any]:
+  """An argparse type: ``convert(text)``, finite, then ``check(name, value)``.
+
+  Args:
+    convert: text to value (e.g. ``int``, ``float``).
+    check: a checker of :mod:`bort_jax.validation`, or ``None``.
+    what: what is expected, for the message when ``convert`` fails.
+
+  Returns:
+    A function argparse calls with the flag's text.
+
+  Examples:
+    >>> from bort_jax import validation
+    >>> from bort_jax.experiments.flags import argument_type
+    >>> argument_type(int, validation.check_positive_int, "an integer")("3")
+    3
+  """
+  def parse(text: str):
+    try:
+      value = convert(text)
+    except (TypeError, ValueError):
+      raise argparse.ArgumentTypeError(
+          f"expected {what}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    if check is not None:
+      try:
+        check("value", value)
+      except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(
+            str(e).replace("value ", "", 1).rstrip(".")) from None
+    return value
+
+  parse.__name__ = getattr(convert, "__name__", "value")
+  return parse
+
+
+def flag(field) -> str:
+  """A config field's flag: its metadata's, else ``--<name-with-dashes>``."""
+  return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def add_config_flags(p: argparse.ArgumentParser,
+                      exclude: Sequence[str] = ()) -> None:
+  """One flag per :class:`TrainConfig` field, from its metadata.
+
+  Defaults are ``None``, so that an explicit value can be told from a
+  default (a resumed run takes its saved configuration, and explicit values
+  must agree with it). A field whose default is ``None`` (decided by the
+  optimizer or the placement) states in its help what decides it.
+  """
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    if field.name in exclude:
+      continue
+    meta = field.metadata
+    help = meta["help"]
+    if field.default is not None:
+      default = field.default
+      if isinstance(default, bool):
+        default = flag(field) if default else "--no-" + flag(field)[2:]
+      help = f"{help} (default: {default})"
+    if isinstance(field.default, bool):  # --name / --no-name
+      p.add_argument(flag(field), dest=field.name, default=None,
+                     action=argparse.BooleanOptionalAction, help=help)
+      continue
+    parse = meta.get("parse")
+    what = {int: "an integer", config_lib.parse_amplitude:
+            "a positive number or 'ada'"}.get(parse, "a number")
+    kwargs = {"type": argument_type(parse, what=what)} if parse else {}
+    if meta.get("choices"):
+      kwargs["choices"] = meta["choices"]
+    p.add_argument(flag(field), dest=field.name, default=None, help=help,
+                   **kwargs)
