@@ -90,12 +90,6 @@ def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
     sys.exit(f"error: {e}")
 
 
-def prepare_out(path: str, overwrite: bool) -> pathlib.Path:
-  """Checks and clears the output folder (as :func:`open_out`); its path."""
-  with open_out(path, overwrite) as folder:
-    return folder.path
-
-
 def train(model, tx, x_train, y_train, steps, batch_size, seed, label):
   """``steps`` steps over reshuffled epochs; the data order is seeded.
 

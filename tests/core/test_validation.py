@@ -72,14 +72,24 @@ def test_bort_scalars_are_checked_in_the_compute_dtype(kwargs, message):
 
 def test_traced_and_scheduled_values_pass_unchecked():
   # Documented: values produced by a schedule or traced under
-  # inject_hyperparams cannot be checked at construction.
-  bort_jax.add_bort_correction(lambda count: -1.0)
+  # inject_hyperparams cannot be checked at construction, and are applied as
+  # they are: a negative γ adds −Δ (anti-orthogonalises).
+  params = {"kernel": 2 * jnp.eye(2)}
+  delta = bort_jax.tree_correction(params)["kernel"]  # (4 − 1) · 2 · I
+  zeros = {"kernel": jnp.zeros((2, 2))}
+  scheduled = bort_jax.add_bort_correction(lambda count: -1.0)
+  updates, _ = scheduled.update(zeros, scheduled.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -delta)
   injected = optax.inject_hyperparams(bort_jax.bort_sgd)(
       learning_rate=0.1, gamma=0.1)
-  params = {"kernel": jnp.eye(2)}
+  params = {"kernel": jnp.array([[2.0, 0.0], [1.0, 1.0]])}  # off "ada"'s
+  delta = bort_jax.tree_correction(params, "l1-fullrow", "ada")["kernel"]
+  assert float(jnp.abs(delta).max()) > 0
   state = injected.init(params)
   state.hyperparams["gamma"] = jnp.asarray(-1.0)
-  jax.jit(injected.update)(params, state, params)
+  updates, _ = jax.jit(injected.update)(zeros, state, params)
+  # Bort-SGD, first step: −lr · (g + γΔ) with g = 0 and γ = −1.
+  np.testing.assert_allclose(updates["kernel"], 0.1 * delta, rtol=1e-6)
 
 
 @pytest.mark.parametrize("options, error, message", [

@@ -34,4 +34,5 @@ def test_example_writes_results_and_figures(tmp_path, capsys):
   assert "| Bort |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="--overwrite"):
     example.main(args)  # refuses before any work
-  assert example.prepare_out(str(out), overwrite=True) == out
+  with example.open_out(str(out), overwrite=True) as folder:  # our files go
+    assert folder.path == out and not (out / "results.json").exists()

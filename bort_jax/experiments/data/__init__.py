@@ -1,4 +1,4 @@
-"""Image-classification datasets as NumPy arrays, and a batching iterator.
+"""Image-classification datasets as NumPy arrays.
 
 Four datasets, all with 10 classes: ``"mnist"``, ``"fashion_mnist"``,
 ``"cifar10"`` and ``"digits"`` (scikit-learn's 8×8 digits). Images come back
@@ -76,7 +76,6 @@ Examples:
 from bort_jax.experiments.data.arrays import DATASETS
 from bort_jax.experiments.data.arrays import NUM_CLASSES
 from bort_jax.experiments.data.arrays import SPLITS
-from bort_jax.experiments.data.batching import batches
 from bort_jax.experiments.data.cache import default_cache_dir
 from bort_jax.experiments.data.errors import CacheDamagedError
 from bort_jax.experiments.data.errors import ChecksumError
@@ -87,7 +86,6 @@ from bort_jax.experiments.data.errors import EmptyDatasetError
 from bort_jax.experiments.data.errors import UnsafePickleError
 from bort_jax.experiments.data.idx import read_idx
 from bort_jax.experiments.data.loading import Dataset
-from bort_jax.experiments.data.loading import load_dataset
 from bort_jax.experiments.data.loading import load_splits
 from bort_jax.experiments.data.loading import Split
 
@@ -104,9 +102,7 @@ __all__ = [
     "SPLITS",
     "Split",
     "UnsafePickleError",
-    "batches",
     "default_cache_dir",
-    "load_dataset",
     "load_splits",
     "read_idx",
 ]

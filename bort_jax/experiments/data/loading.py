@@ -255,37 +255,3 @@ def load_splits(
       images /= 255.0  # in place: a second 200 MB array costs seconds here
     splits.append(Split(images, arrays[f"y_{split}"].astype(np.int32)))
   return Dataset(*splits)
-
-
-def load_dataset(
-    name: str,
-    split: str = "train",
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-) -> Split:
-  """Loads one split of a dataset (see :func:`load_splits`).
-
-  Args:
-    name: one of :data:`DATASETS`.
-    split: ``"train"`` or ``"test"``.
-    cache_dir: as in :func:`load_splits`.
-    download: as in :func:`load_splits`.
-
-  Returns:
-    A :class:`Split` ``(images, labels)``.
-
-  Raises:
-    ValueError: unknown ``split`` (and as :func:`load_splits`).
-    DatasetUnavailableError: as :func:`load_splits`.
-
-  Examples:
-    >>> x, y = load_dataset("digits", "test")
-    >>> x.dtype, float(x.min()), float(x.max()), sorted(set(y.tolist()))[:3]
-    (dtype('float32'), 0.0, 1.0, [0, 1, 2])
-    >>> x, y = load_dataset("fashion_mnist", "train")  # doctest: +SKIP
-  """
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  ds = load_splits(name, cache_dir=cache_dir, download=download)
-  return ds.train if split == "train" else ds.test

@@ -45,7 +45,7 @@ def test_npz_cache_is_used_afterwards(monkeypatch, tmp_path):
 
   monkeypatch.setattr(sources, "from_idx_dir", no_source)
   fakes.assert_matches(data.load_splits("mnist", cache_dir=tmp_path), arrays)
-  x, y = data.load_dataset("mnist", "test", cache_dir=tmp_path)
+  y = data.load_splits("mnist", cache_dir=tmp_path).test.labels
   np.testing.assert_array_equal(y, arrays["y_test"])
 
 
