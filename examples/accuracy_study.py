@@ -61,7 +61,7 @@ from flax import nnx
 
 import bort_jax
 from bort_jax import validation
-from bort_jax.experiments import cli as cli_lib
+from bort_jax.experiments import flags
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop
 from bort_jax.experiments import run_dir
@@ -80,8 +80,8 @@ AMPLITUDE = "ada"
 BATCH_SIZE = 128
 WARMUP_EPOCHS = 0.1
 PAIRS = (("sgd", "bort-sgd"), ("adamw", "bort-adamw"))
-_positive_int = cli_lib.argument_type(int, validation.check_positive_int,
-                                      "an integer")
+_positive_int = flags.argument_type(int, validation.check_positive_int,
+                                    "an integer")
 
 
 # ---------------------------------------------------------------------------

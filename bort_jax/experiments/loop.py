@@ -264,117 +264,229 @@ def _restore(ckpt, config, data, state, log, parallel=None) -> _State:
                 list(meta["history"]))
 
 
-def _finite_loss(state: _State, data: run_data.RunData, config: TrainConfig) -> None:
-  loss = float(state.metrics.loss)
-  if not math.isfinite(loss):
-    epoch = max(state.step - 1, 0) // data.steps_per_epoch + 1  # of its last step
-    raise DivergedError(
-        f"The training loss became {loss} by step {state.step} (epoch "
-        f"{epoch}): the run diverged and is stopped; earlier checkpoints are "
-        "kept. Lower --lr (or --gamma) and start over with --overwrite.")
-
-
-def _measure(static, state, data, config, record, elapsed) -> dict:
-  """One history row: the test metrics, orthogonality and times."""
-  test = steps_lib.evaluate_state(static.eval_def, state.model,
-                                  data.test_images, data.test_labels,
-                                  config.eval_batch_size)
-  params = nnx.merge(static.model_def, state.model)
-  mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param),
-                                          static.unconstrained)
-  row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
-         "learning_rate": float(static.schedule(max(state.step - 1, 0))),
-         **record, "test_loss": test.mean_loss(),
-         "test_accuracy": test.accuracy()}
-  if data.holdout_images is not None:
-    holdout = steps_lib.evaluate_state(static.eval_def, state.model,
-                                       data.holdout_images,
-                                       data.holdout_labels,
-                                       config.eval_batch_size)
-    row["holdout_loss"] = holdout.mean_loss()
-    row["holdout_accuracy"] = holdout.accuracy()
-  for field in ("constraint_error", "max_cosine", "norm_spread"):
-    row[field] = (None if mean_error is None
-                  else float(getattr(mean_error, field)))
-  row["wall_time_s"] = elapsed()
-  return row
-
-
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   """The data order of an epoch: a function of (seed, epoch) alone."""
   return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
-
-
-def _progress(data, config, epoch, position, enabled):
-  if not enabled:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=data.steps_per_epoch, initial=position, file=sys.stderr,
-              desc=f"epoch {epoch + 1}/{config.epochs}", leave=True,
-              dynamic_ncols=True)
 
 
 def _postfix(metrics: steps_lib.Metrics) -> str:
   return f"loss {metrics.mean_loss():.3f} acc {metrics.accuracy():.3f}"
 
 
-def _run_epoch(static, state, data, config, *, stop_at, stop, save, bar,
-               on_step, parallel=None) -> tuple[_State, dict | None]:
-  """Steps to the end of the epoch (or ``stop_at``, or a stop request).
+@dataclasses.dataclass
+class _Run:
+  """One start of a run: what it trains on, where it writes, how it reports.
 
-  Returns the state and, when the epoch ended, its training numbers.
+  Everything the epochs share and that does not change while they run; the
+  training state itself (:class:`_State`) is passed from step to step.
+  ``folder`` and ``scalars`` exist on process 0 of a run with a folder,
+  ``checkpoints`` on every process of a run with a folder.
   """
-  epoch, position = divmod(state.step, data.steps_per_epoch)
-  n_train = data.train_labels.shape[0]
-  order = _epoch_order(config.seed, epoch, n_train)
-  epoch_start, timed_start, timed_steps, shown = (
-      time.perf_counter(), None, 0, 0.0)
-  while position < data.steps_per_epoch and state.step < stop_at:
-    index = order[position * data.batch_size:(position + 1) * data.batch_size]
-    if parallel is not None:
-      index = parallel.batch_index(index)
-    model, optimizer, metrics = steps_lib.train_step(
-        static.model_def, static.optimizer_def, state.model, state.optimizer,
-        state.metrics, data.train_images, data.train_labels, index,
-        static.objective)
-    state = dataclasses.replace(state, model=model, optimizer=optimizer,
-                                metrics=metrics, step=state.step + 1)
-    position += 1
-    if timed_start is None:  # the first step of a process compiles
-      jax.block_until_ready(metrics)
-      timed_start = time.perf_counter()
-    else:
-      timed_steps += 1
+
+  config: TrainConfig
+  data: run_data.RunData
+  static: _Static
+  say: Callable[[str], None]
+  folder: Any = None
+  checkpoints: checkpoints_lib.Checkpoints | None = None
+  scalars: _Scalars | None = None
+  parallel: distributed.DataParallel | None = None
+  progress: bool = False
+  on_step: Callable[[int], None] | None = None
+  # The wall clock of the history: this start's, after the earlier starts'.
+  wall_offset: float = 0.0
+  wall_start: float = 0.0
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.epochs * self.data.steps_per_epoch
+
+  def check_finite(self, state: _State) -> None:
+    """Stops a run whose training loss became non-finite."""
+    loss = float(state.metrics.loss)
+    if not math.isfinite(loss):
+      epoch = max(state.step - 1, 0) // self.data.steps_per_epoch + 1
+      raise DivergedError(
+          f"The training loss became {loss} by step {state.step} (epoch "
+          f"{epoch}): the run diverged and is stopped; earlier checkpoints "
+          "are kept. Lower --lr (or --gamma) and start over with "
+          "--overwrite.")
+
+  def measure(self, state: _State, record: dict[str, Any]) -> dict[str, Any]:
+    """One history row: the test metrics, orthogonality and times."""
+    static, data, config = self.static, self.data, self.config
+    test = steps_lib.evaluate_state(static.eval_def, state.model,
+                                    data.test_images, data.test_labels,
+                                    config.eval_batch_size)
+    params = nnx.merge(static.model_def, state.model)
+    mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param),
+                                            static.unconstrained)
+    row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
+           "learning_rate": float(static.schedule(max(state.step - 1, 0))),
+           **record, "test_loss": test.mean_loss(),
+           "test_accuracy": test.accuracy()}
+    if data.holdout_images is not None:
+      holdout = steps_lib.evaluate_state(static.eval_def, state.model,
+                                         data.holdout_images,
+                                         data.holdout_labels,
+                                         config.eval_batch_size)
+      row["holdout_loss"] = holdout.mean_loss()
+      row["holdout_accuracy"] = holdout.accuracy()
+    for field in ("constraint_error", "max_cosine", "norm_spread"):
+      row[field] = (None if mean_error is None
+                    else float(getattr(mean_error, field)))
+    row["wall_time_s"] = (self.wall_offset + time.perf_counter()
+                          - self.wall_start)
+    return row
+
+  def save(self, state: _State) -> None:
+    if self.checkpoints is not None:
+      self.check_finite(state)  # never checkpoint a diverged state
+      self.checkpoints.save(state.step, _arrays(state),
+                            _meta(self.config, self.data, state))
+
+  def write(self, state: _State, summary: dict | None = None) -> None:
+    if self.folder is not None:
+      runs.write_metrics(self.folder, self.config, state.history, summary)
+    if self.scalars is not None and summary is None:
+      self.scalars.write(state.history[-1])
+
+  def end_epoch(self, state: _State, record: dict[str, Any]) -> _State:
+    """Measures, logs, checkpoints and writes an epoch that ended; the
+    running metrics start again from zero."""
+    state.history.append(self.measure(state, record))
+    zeros = steps_lib.Metrics.zeros()
+    if self.parallel is not None:
+      zeros = self.parallel.replicate(zeros)
+    state = dataclasses.replace(state, metrics=zeros)
+    self.say(_summary_line(state.history[-1], self.config.epochs))
+    self.save(state)
+    self.write(state)
+    return state
+
+  def progress_bar(self, epoch: int, position: int):
+    if not self.progress:
+      return None
+    from tqdm.auto import tqdm
+    return tqdm(total=self.data.steps_per_epoch, initial=position,
+                file=sys.stderr, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                leave=True, dynamic_ncols=True)
+
+  def run_epoch(self, state: _State, stop_at: int,
+                stop: signals.StopRequest) -> tuple[_State, dict | None]:
+    """Steps to the end of the epoch (or ``stop_at``, or a stop request).
+
+    Returns the state and, when the epoch ended, its training numbers.
+    """
+    data, config, static = self.data, self.config, self.static
+    epoch, position = divmod(state.step, data.steps_per_epoch)
+    bar = self.progress_bar(epoch, position)
+    order = _epoch_order(config.seed, epoch, data.train_labels.shape[0])
+    epoch_start, timed_start, timed_steps, shown = (
+        time.perf_counter(), None, 0, 0.0)
+    while position < data.steps_per_epoch and state.step < stop_at:
+      index = order[position * data.batch_size:
+                    (position + 1) * data.batch_size]
+      if self.parallel is not None:
+        index = self.parallel.batch_index(index)
+      model, optimizer, metrics = steps_lib.train_step(
+          static.model_def, static.optimizer_def, state.model,
+          state.optimizer, state.metrics, data.train_images,
+          data.train_labels, index, static.objective)
+      state = dataclasses.replace(state, model=model, optimizer=optimizer,
+                                  metrics=metrics, step=state.step + 1)
+      position += 1
+      if timed_start is None:  # the first step of a process compiles
+        jax.block_until_ready(metrics)
+        timed_start = time.perf_counter()
+      else:
+        timed_steps += 1
+      if bar is not None:
+        if time.perf_counter() - shown > 0.5:  # a sync: not every step
+          shown = time.perf_counter()
+          if self.parallel is None:  # processes stop together, at the end
+            self.check_finite(state)
+          bar.set_postfix_str(_postfix(metrics))
+        bar.update(1)
+      if self.on_step is not None:
+        self.on_step(state.step)
+      if (position < data.steps_per_epoch and config.checkpoint_every
+          and state.step % config.checkpoint_every == 0):
+        self.save(state)
+      if stop.should_stop(state.step):
+        break
+    jax.block_until_ready(state.metrics)
+    self.check_finite(state)
     if bar is not None:
-      if time.perf_counter() - shown > 0.5:  # a sync: not every step
-        shown = time.perf_counter()
-        if parallel is None:  # processes stop together, at the epoch's end
-          _finite_loss(state, data, config)
-        bar.set_postfix_str(_postfix(metrics))
-      bar.update(1)
-    if on_step is not None:
-      on_step(state.step)
-    if (position < data.steps_per_epoch and config.checkpoint_every
-        and state.step % config.checkpoint_every == 0):
-      save(state)
-    if stop.should_stop(state.step):
-      break
-  jax.block_until_ready(state.metrics)
-  _finite_loss(state, data, config)
-  if bar is not None:
-    bar.set_postfix_str(_postfix(state.metrics))
-    bar.close()
-  if position < data.steps_per_epoch:
-    return state, None
-  now = time.perf_counter()
-  return state, {
-      "train_loss": state.metrics.mean_loss(),
-      "train_accuracy": state.metrics.accuracy(),
-      "dbort_energy": (state.metrics.mean_energy() if config.dbort_weight
-                       else None),
-      "step_time_ms": (1000 * (now - timed_start) / timed_steps
-                       if timed_steps else None),
-      "epoch_time_s": now - epoch_start}
+      bar.set_postfix_str(_postfix(state.metrics))
+      bar.close()
+    if position < data.steps_per_epoch:
+      return state, None
+    now = time.perf_counter()
+    return state, {
+        "train_loss": state.metrics.mean_loss(),
+        "train_accuracy": state.metrics.accuracy(),
+        "dbort_energy": (state.metrics.mean_energy() if config.dbort_weight
+                         else None),
+        "step_time_ms": (1000 * (now - timed_start) / timed_steps
+                         if timed_steps else None),
+        "epoch_time_s": now - epoch_start}
+
+  def epochs(self, state: _State, max_steps: int | None
+             ) -> tuple[_State, bool, str | None]:
+    """Runs the epochs; checkpoints and writes metrics as they end.
+
+    Returns the state, whether every epoch ran, and the signal that stopped
+    the run before its end (or ``None``).
+    """
+    total = self.total_steps
+    self.wall_start = time.perf_counter()
+    self.wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
+    if state.history and state.step < total and self.scalars is not None:
+      # Resumed: the last epoch again, after the events an earlier start
+      # may have written past its checkpoint (hidden by the purge).
+      self.scalars.write(state.history[-1])
+    if not state.history:
+      state.history.append(self.measure(state, {
+          "train_loss": None, "train_accuracy": None, "dbort_energy": None,
+          "step_time_ms": None, "epoch_time_s": None}))
+      self.say(_summary_line(state.history[-1], self.config.epochs))
+      self.save(state)
+      self.write(state)
+    stop_at = total if max_steps is None else min(max_steps, total)
+    parallel = self.parallel
+    agree = (parallel.any if parallel is not None and parallel.multiprocess
+             else None)
+    with signals.StopRequest(agree=agree) as stop:
+      while state.step < stop_at and not stop.stopping:
+        try:
+          state, record = self.run_epoch(state, stop_at, stop)
+        except DivergedError:
+          self.write(state)
+          raise
+        if record is None:
+          self.save(state)  # interrupted or max_steps: keep every step done
+          continue
+        state = self.end_epoch(state, record)
+      if stop.stopping:
+        self.say(f"Stopped by {stop.requested or 'a signal to another process'}"
+                 f" at step {state.step}; a checkpoint is saved.")
+    finished = state.step >= total
+    stopped_by = None if finished else stop.stopped_by
+    if finished and self.checkpoints is not None:  # every process: the mesh
+      _, per_kernel = steps_lib.orthogonality(
+          nnx.state(nnx.merge(self.static.model_def, state.model), nnx.Param),
+          self.static.unconstrained)
+      self.write(state, {"orthogonality": {
+          path: {f: float(v) for f, v in e._asdict().items()}
+          for path, e in per_kernel.items()}})
+    return state, finished, stopped_by
+
+  def close(self) -> None:
+    if self.checkpoints is not None:
+      self.checkpoints.close()
+    if self.scalars is not None:
+      self.scalars.close()
 
 
 def train(
@@ -482,135 +594,45 @@ def train(
       folder = None if opened is None else opened[0]
       restore = bool(restore)
   try:
-    return _train_in(config, run_dir, folder, restore, dataset, download,
-                     progress and primary, max_steps, on_step, say, parallel,
-                     (on_start if primary else None) or (lambda: None),
-                     holdout)
+    if dataset is None:
+      dataset = data_lib.load_splits(config.data, download=download)
+    data = run_data.prepare(
+        config, dataset,
+        put=None if parallel is None else parallel.replicate, holdout=holdout)
+    static, state = _init(config, data, models_lib.num_classes(dataset),
+                          parallel)
+    run = _Run(config, data, static, say, folder=folder, parallel=parallel,
+               progress=progress and primary, on_step=on_step)
+    try:
+      if run_dir is not None:
+        run.checkpoints = checkpoints_lib.Checkpoints(
+            runs.checkpoint_dir(folder) if folder is not None
+            else runs.checkpoint_path(run_dir))
+        if restore:
+          state = _restore(run.checkpoints, config, data, state, say,
+                           parallel)
+      if folder is not None:
+        purge = state.history[-1]["epoch"] if state.history else None
+        run.scalars = _Scalars(_tensorboard_path(folder.path), purge)
+      if primary and on_start is not None:
+        on_start()
+      if folder is not None and not restore:
+        runs.write_config(folder, config)
+      state, finished, stopped_by = run.epochs(state, max_steps)
+    finally:
+      run.close()
   finally:
     if folder is not None:
       folder.close(remove_if_empty=True)
-
-
-def _train_in(config, run_dir, folder, restore, dataset, download, progress,
-              max_steps, on_step, say, parallel, on_start,
-              holdout=None) -> TrainResult:
-  if dataset is None:
-    dataset = data_lib.load_splits(config.data, download=download)
-  data = run_data.prepare(
-      config, dataset, put=None if parallel is None else parallel.replicate,
-      holdout=holdout)
-  static, state = _init(config, data, models_lib.num_classes(dataset),
-                        parallel)
-  ckpt = None
-  if run_dir is not None:
-    path = (runs.checkpoint_dir(folder) if folder is not None
-            else runs.checkpoint_path(run_dir))
-    ckpt = checkpoints_lib.Checkpoints(path)
-    if restore:
-      state = _restore(ckpt, config, data, state, say, parallel)
-  scalars = None
-  if folder is not None:
-    purge = state.history[-1]["epoch"] if state.history else None
-    scalars = _Scalars(_tensorboard_path(folder.path), purge)
-  try:
-    on_start()
-    if folder is not None and not restore:
-      runs.write_config(folder, config)
-    state, finished, stopped_by = _epochs(
-        static, state, data, config, folder, ckpt, progress, max_steps,
-        on_step, say, parallel, scalars)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-    if scalars is not None:
-      scalars.close()
-  model = nnx.merge(static.model_def, state.model)
-  optimizer = nnx.merge(static.optimizer_def, state.optimizer)
   where = None
   if folder is not None:
     where = str(folder.path)
   elif run_dir is not None:
     where = os.path.abspath(os.fspath(run_dir))
-  return TrainResult(model, optimizer, state.history, state.step, finished,
-                     where, dataset, stopped_by)
-
-
-def _epochs(static, state, data, config, folder, ckpt, progress, max_steps,
-            on_step, say, parallel=None, scalars=None
-            ) -> tuple[_State, bool, str | None]:
-  """Runs the epochs; checkpoints and writes metrics as they end.
-
-  Returns the state, whether every epoch ran, and the signal that stopped
-  the run before its end (or ``None``).
-  """
-  wall_start = time.perf_counter()
-  wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
-  elapsed = lambda: wall_offset + time.perf_counter() - wall_start
-
-  def save(state):
-    if ckpt is not None:
-      _finite_loss(state, data, config)  # never checkpoint a diverged state
-      ckpt.save(state.step, _arrays(state), _meta(config, data, state))
-
-  def write(state, summary=None):
-    if folder is not None:
-      runs.write_metrics(folder, config, state.history, summary)
-    if scalars is not None and summary is None:
-      scalars.write(state.history[-1])
-
-  total = config.epochs * data.steps_per_epoch
-  if state.history and state.step < total and scalars is not None:
-    # Resumed: the last epoch again, after the events an earlier start may
-    # have written past its checkpoint (hidden by the purge).
-    scalars.write(state.history[-1])
-  if not state.history:
-    state.history.append(_measure(static, state, data, config, {
-        "train_loss": None, "train_accuracy": None, "dbort_energy": None,
-        "step_time_ms": None,
-        "epoch_time_s": None}, elapsed))
-    say(_summary_line(state.history[-1], config.epochs))
-    save(state)
-    write(state)
-  stop_at = total if max_steps is None else min(max_steps, total)
-  agree = None if parallel is None or not parallel.multiprocess else (
-      parallel.any)
-  with signals.StopRequest(agree=agree) as stop:
-    while state.step < stop_at and not stop.stopping:
-      epoch, position = divmod(state.step, data.steps_per_epoch)
-      bar = _progress(data, config, epoch, position, progress)
-      try:
-        state, record = _run_epoch(static, state, data, config,
-                                   stop_at=stop_at, stop=stop, save=save,
-                                   bar=bar, on_step=on_step,
-                                   parallel=parallel)
-      except DivergedError:
-        write(state)
-        raise
-      if record is None:
-        save(state)  # interrupted or max_steps: keep every finished step
-        continue
-      state.history.append(_measure(static, state, data, config, record,
-                                    elapsed))
-      zeros = steps_lib.Metrics.zeros()
-      if parallel is not None:
-        zeros = parallel.replicate(zeros)
-      state = dataclasses.replace(state, metrics=zeros)
-      say(_summary_line(state.history[-1], config.epochs))
-      save(state)
-      write(state)
-    if stop.stopping:
-      say(f"Stopped by {stop.requested or 'a signal to another process'} at "
-          f"step {state.step}; a checkpoint is saved.")
-  finished = state.step >= total
-  stopped_by = None if finished else stop.stopped_by
-  if finished and ckpt is not None:  # every process: the mesh computes it
-    _, per_kernel = steps_lib.orthogonality(
-        nnx.state(nnx.merge(static.model_def, state.model), nnx.Param),
-        static.unconstrained)
-    write(state, {"orthogonality": {
-        path: {f: float(v) for f, v in e._asdict().items()}
-        for path, e in per_kernel.items()}})
-  return state, finished, stopped_by
+  return TrainResult(nnx.merge(static.model_def, state.model),
+                     nnx.merge(static.optimizer_def, state.optimizer),
+                     state.history, state.step, finished, where, dataset,
+                     stopped_by)
 
 
 def _summary_line(record: dict, epochs: int) -> str:
