@@ -58,8 +58,8 @@ def _option(default: Any, help: str, *, flag: str | None = None,
 #: alone, so a baseline may set it with that init (the same start as its
 #: Bort run).
 BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
-               "bort_every", "bort_lagged", "bort_lr_scale", "gamma_schedule", "gamma_switch",
-               "gamma_late_factor", "bort_head")
+               "bort_every", "bort_lagged", "bort_lr_scale", "gamma_schedule",
+               "gamma_switch", "gamma_late_factor", "bort_head", "tau")
 
 #: The initialisations: the model's own, or its Bort kernels put on the
 #: constraint (:func:`bort_jax.project_to_constraint`) right after it.
@@ -136,6 +136,9 @@ class TrainConfig:
       epochs · steps_per_epoch)``).
     gamma_late_factor: ``"late"``'s factor on γ before the switch, in
       [0, 1].
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``
+      (the library's default; ``huber-fullrow``/``huber-fullcol`` only, as a
+      setting no other mode reads is refused).
     bort_head: whether Bort constrains the classifier head (the model's
       last linear layer, :func:`bort_jax.experiments.models.head_path`);
       ``False`` leaves it to the base optimizer alone, out of the
@@ -233,6 +236,9 @@ class TrainConfig:
   bort_head: bool = _option(
       True, "let Bort constrain the classifier head (the last linear "
       "layer); --no-bort-head leaves it to the base optimizer")
+  tau: float = _option(
+      0.01, "the Huber modes' width relative to the amplitude, "
+      "tau * c (huber-fullrow and huber-fullcol only)", parse=float)
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's: "
       f"{choices.describe_learning_rates()})", flag="--lr", parse=float)
@@ -467,6 +473,12 @@ def _check_levers(config: TrainConfig) -> None:
     if not isinstance(getattr(config, name), bool):
       raise TypeError(
           f"{name} must be true or false, got {getattr(config, name)!r}.")
+  validation.check_real("tau", config.tau, low=0, low_inclusive=False)
+  if (config.tau != TrainConfig.tau and config.mode is not None
+      and not config.mode.startswith("huber")):
+    raise ValueError(
+        f"tau applies to the huber modes only, but mode is {config.mode!r}; "
+        "drop tau, or choose mode huber-fullrow.")
   # A setting the schedule does not read would be silently ignored.
   uses = {"gamma_switch": ("late", "anneal"), "gamma_late_factor": ("late",)}
   for name, schedules in uses.items():

@@ -135,6 +135,9 @@ AXES = (
     Axis("bort_everys", "bort_every", "--bort-everys", int,
          "apply the correction every k steps, as k*gamma*Delta (1: every "
          "step)", tag="every", silent=1),
+    Axis("taus", "tau", "--taus", float,
+         "the Huber modes' widths relative to the amplitude (huber modes "
+         "only)", tag="tau", missing=(None,)),
     Axis("bort_laggeds", "bort_lagged", "--bort-laggeds", _boolean,
          "whether an amortised correction is lagged (Delta every k steps, "
          "gamma*Delta every step; true and/or false)", tag="lagged",
@@ -181,6 +184,7 @@ class Grid:
     gamma_warmups: γ ramps, in epochs (0: constant γ).
     bort_everys: how often the correction is applied (k: ``k·γ·Δ`` on every
       k-th step; 1: every step).
+    taus: the Huber modes' widths (``tau``); ``(None,)``: the shared value.
     bort_laggeds: whether an amortised correction is lagged (``bort_lagged``:
       Δ every k-th step, ``γ·Δ`` of the last one on every step); ``(None,)``:
       the shared value, and the names of older frontiers.
@@ -205,6 +209,7 @@ class Grid:
   gamma_warmups: tuple[float, ...] = (0.0,)
   bort_everys: tuple[int, ...] = (1,)
   bort_laggeds: tuple[bool | None, ...] = (None,)
+  taus: tuple[float | None, ...] = (None,)
   lrs: dict[str, tuple[float | None, ...]] = dataclasses.field(
       default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
   inits: tuple[str | None, ...] = (None,)

@@ -349,6 +349,7 @@ def make_optimizer(
     dimension_numbers: Any = None,
     every: int | None = None,
     lagged: bool = False,
+    tau: float | None = None,
     bort_mask: Any = None,
     bort_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
@@ -371,6 +372,8 @@ def make_optimizer(
       ``None`` or 1: every step.
     lagged: the Bort alias's ``lagged`` (with ``every`` k: Δ every k-th
       step, ``γ·Δ`` of the last one on every step).
+    tau: the Bort alias's ``tau`` (the Huber modes' width); ``None``: the
+      alias's default.
     bort_mask: the Bort alias's ``bort_mask`` (a tree or callable of
       booleans; ``None``: every selected leaf), e.g. to leave the classifier
       head out.
@@ -417,6 +420,8 @@ def make_optimizer(
     bort_kwargs["every"] = every
   if lagged:
     bort_kwargs["lagged"] = lagged
+  if tau is not None:
+    bort_kwargs["tau"] = tau
   if bort_mask is not None:
     bort_kwargs["bort_mask"] = bort_mask
   if not bort and (bort_mask is not None or bort_lr_scale != 1.0):
@@ -485,7 +490,8 @@ def optimizer_from_config(
       amplitude=config.amplitude, placement=config.placement,
       weight_decay=config.weight_decay, momentum=config.momentum,
       dimension_numbers=dimension_numbers, every=config.bort_every,
-      lagged=getattr(config, "bort_lagged", False), **bort)
+      lagged=getattr(config, "bort_lagged", False),
+      tau=config.tau if is_bort(config.optimizer) else None, **bort)
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

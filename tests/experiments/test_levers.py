@@ -339,6 +339,9 @@ def test_levers_round_trip_through_config_json():
     (dict(bort_lagged="yes"), "bort_lagged must be true or false"),
     (dict(optimizer="adamw", bort_lagged=True),
      "bort_lagged applies to Bort optimizers only"),
+    (dict(tau=0.003), "tau applies to the huber modes only"),
+    (dict(mode="huber-fullrow", tau=0.0), "tau must be"),
+    (dict(optimizer="adamw", tau=0.003), "tau applies to Bort optimizers"),
 ])
 def test_levers_refuse_bad_values_naming_the_field(values, message):
   with pytest.raises(ConfigError, match=message):
@@ -368,6 +371,24 @@ def test_bort_lagged_reaches_the_optimizer_and_its_report():
       dataclasses.replace(config, bort_lagged=False))
   assert "applied as 4 x 0.001 every 4 steps" in burst
   assert TrainConfig.from_json(config.to_json()).bort_lagged
+
+
+def test_tau_reaches_the_optimizer_of_a_huber_run():
+  """The config's tau is the alias's: the same update as bort_adamw(tau=)."""
+  # Near the constraint, where the two widths clip differently.
+  params = {"kernel": jnp.array([[1.0, 0.002], [0.0, 1.0], [0.0, 0.0]])}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  config = TrainConfig(optimizer="bort-adamw", mode="huber-fullrow",
+                       tau=0.003, learning_rate=1e-3)
+  tx = optimizers.optimizer_from_config(config, 1e-3)
+  expected = bort_jax.bort_adamw(1e-3, mode="huber-fullrow", tau=0.003)
+  default = bort_jax.bort_adamw(1e-3, mode="huber-fullrow")
+  got = tx.update(grads, tx.init(params), params)[0]["kernel"]
+  want = expected.update(grads, expected.init(params), params)[0]["kernel"]
+  other = default.update(grads, default.init(params), params)[0]["kernel"]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(jnp.abs(got - other).max()) > 1e-6  # tau is not ignored
+  assert TrainConfig.from_json(config.to_json()).tau == 0.003
 
 
 def test_strength_report_names_the_levers():
