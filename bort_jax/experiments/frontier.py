@@ -106,10 +106,6 @@ class Axis:
   missing: tuple | None = None
 
 
-def _amplitude(text: str) -> float | str:
-  return text if text == "ada" else float(text)
-
-
 def _boolean(text: str) -> bool:
   if text.lower() not in ("true", "false"):
     raise ValueError(f"expected true or false, got {text!r}")
@@ -126,7 +122,8 @@ AXES = (
          "points alike", bort_only=False, per_placement=True, tag="lr",
          missing=(None,)),
     Axis("modes", "mode", "--modes", str, "Bort modes"),
-    Axis("amplitudes", "amplitude", "--amplitudes", _amplitude,
+    Axis("amplitudes", "amplitude", "--amplitudes",
+         config_lib.parse_amplitude,
          "amplitudes (1 and/or ada)"),
     Axis("gammas", "gamma", "--gammas-{placement}", float,
          "gamma grid of the {placement} placement", per_placement=True),
