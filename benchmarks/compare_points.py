@@ -31,11 +31,12 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
     reference: the name (:func:`frontier.point_name`) to compare against.
 
   Returns:
-    Dicts with ``name``, ``val`` and ``test`` (:func:`frontier.
+    Dicts with ``name``, ``val`` and ``test`` (:func:`frontier_stats.
     paired_statistics` of the accuracy differences, in pp), ``constraint``
-    (the same statistics of the constraint-error differences, in error units)
-    and ``constraint_ratio`` (mean error over the reference's, on the shared
-    seeds).
+    (the same statistics of the constraint-error differences, in error units),
+    ``constraint_ratio`` (mean error over the reference's, on the shared
+    seeds) and ``diverged`` (the point's seeds whose run diverged, left out
+    of the rest; ``constraint_ratio`` is ``None`` when every one did).
 
   Raises:
     ValueError: ``reference`` is not a point of ``runs``.
@@ -50,8 +51,15 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
   ref = by_point[reference]
   rows = []
   for name, seeds in by_point.items():
-    shared = sorted(set(seeds) & set(ref))
-    if name == reference or not shared:
+    if name == reference:
+      continue
+    diverged = sorted(s for s, run in seeds.items() if run.get("diverged"))
+    shared = sorted((set(seeds) & set(ref)) - set(diverged))
+    if not shared:
+      if diverged:
+        rows.append({"name": name, "seeds": [], "diverged": diverged,
+                     "val": None, "test": None, "constraint": None,
+                     "constraint_ratio": None})
       continue
     diff = lambda key: [seeds[s][key] - ref[s][key] for s in shared]
     constraint = frontier_stats.paired_statistics(diff("constraint_error"))
@@ -64,14 +72,16 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
         "name": name, "seeds": shared,
         "val": frontier_stats.paired_statistics(diff("val_accuracy")),
         "test": frontier_stats.paired_statistics(diff("test_accuracy")),
-        "constraint": constraint,
+        "constraint": constraint, "diverged": diverged,
         "constraint_ratio": float(
             np.mean([seeds[s]["constraint_error"] for s in shared])
             / np.mean([ref[s]["constraint_error"] for s in shared]))})
   return rows
 
 
-def _interval(stats: dict, digits: int) -> str:
+def _interval(stats: dict | None, digits: int) -> str:
+  if stats is None:
+    return "n/a"
   if stats["ci_pp"] is None:
     return f"{stats['mean_pp']:+.{digits}f}"
   low, high = stats["ci_pp"]
@@ -91,12 +101,15 @@ def main(argv=None) -> int:
     print(f"compare_points: error: {e}", file=sys.stderr)
     return 2
   print(f"Against {args.reference} (paired by seed, 95 % t-interval):\n")
-  print("| point | seeds | Δval pp | Δtest pp | Δconstraint | constraint ratio |")
-  print("|---|---|---|---|---|---|")
+  print("| point | seeds | Δval pp | Δtest pp | Δconstraint | constraint ratio "
+        "| diverged |")
+  print("|---|---|---|---|---|---|---|")
   for r in rows:
+    ratio = ("n/a" if r["constraint_ratio"] is None
+             else f"{r['constraint_ratio']:.2f}")
     print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
           f"{_interval(r['test'], 2)} | {_interval(r['constraint'], 4)} | "
-          f"{r['constraint_ratio']:.2f} |")
+          f"{ratio} | {len(r['diverged'])} |")
   return 0
 
 

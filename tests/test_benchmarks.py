@@ -68,3 +68,23 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   path.write_text(json.dumps(runs))
   assert compare_points.main([str(path), "--reference", "nope"]) == 2
   assert "is not a point" in capsys.readouterr().err
+  # A diverged seed is left out and counted; a point with no other seed has
+  # no statistics, and the table says so.
+  burst = {**ref, "bort_every": 16}
+  runs[1] = {**runs[1], "diverged": "loss became nan",
+             "val_accuracy": None, "test_accuracy": None,
+             "constraint_error": None}
+  runs += [{"point": burst, "seed": s, "diverged": "nan",
+            "val_accuracy": None, "test_accuracy": None,
+            "constraint_error": None} for s in range(3)]
+  rows = {r["name"]: r for r in compare_points.compare(
+      runs, "bort-adamw_l1-fullrow_ada_g1")}
+  row = rows["bort-adamw_huber-fullrow_ada_g1_every8"]
+  assert row["seeds"] == [1, 2] and row["diverged"] == [0]
+  assert row["val"]["d_pp"] == pytest.approx([-2.0, -3.0])
+  gone = rows["bort-adamw_l1-fullrow_ada_g1_every16"]
+  assert gone["diverged"] == [0, 1, 2] and gone["val"] is None
+  path.write_text(json.dumps(runs))
+  assert compare_points.main([str(path), "--reference",
+                              "bort-adamw_l1-fullrow_ada_g1"]) == 0
+  assert "| n/a | n/a | n/a | n/a | 3 |" in capsys.readouterr().out
