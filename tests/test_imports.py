@@ -50,6 +50,29 @@ def test_import_bort_jax_and_an_optimizer_import_no_flax():
   assert result.stdout.strip() == "False"
 
 
+def test_the_top_level_loads_every_public_name_from_its_home():
+  """``bort_jax`` loads its names on first use (so ``import bort_jax``
+  imports no JAX): every name of ``__all__`` has a home in ``_EXPORTS``, the
+  type checkers' imports list the same homes, and each name is the object
+  defined there."""
+  import importlib
+
+  import bort_jax
+  assert set(bort_jax.__all__) == set(bort_jax._EXPORTS)
+  tree = ast.parse((PACKAGE / "__init__.py").read_text())
+  checked = {alias.name: node.module for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom)
+             and node.module.startswith("bort_jax._src.")
+             and node.module != "bort_jax._src.lazy"
+             for alias in node.names}
+  assert checked == bort_jax._EXPORTS
+  for name, home in bort_jax._EXPORTS.items():
+    assert getattr(bort_jax, name) is getattr(importlib.import_module(home),
+                                              name), name
+  result = _run("import sys, bort_jax; print('jax' in sys.modules)")
+  assert result.stdout.strip() == "False", result.stderr
+
+
 def test_the_optimizers_work_where_flax_cannot_be_imported():
   # sys.modules['flax'] = None makes `import flax` raise ImportError, as in a
   # virtual environment without Flax.
