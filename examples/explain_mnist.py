@@ -23,7 +23,6 @@ from PyPI); ``--data digits`` uses scikit-learn's bundled 8×8 digits.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 

@@ -45,9 +45,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import socket
-import sys
 import threading
 import time
 from typing import Any, Callable, TypeVar

@@ -57,7 +57,6 @@ from bort_jax.experiments import frontier_report
 from bort_jax.experiments import signals
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.errors import DivergedError
-from bort_jax.experiments.frontier_stats import METRICS
 from bort_jax.experiments.frontier_stats import PAIRED
 from bort_jax.experiments.frontier_stats import PLACEMENTS
 from bort_jax.experiments.frontier_stats import PSNR_PASS_DB
@@ -561,7 +560,8 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
       changes no step of the run.
 
   Returns:
-    The run's figures (:data:`METRICS`), its point, seed and history.
+    The run's figures (:data:`~bort_jax.experiments.frontier_stats.METRICS`),
+    its point, seed and history.
 
   Raises:
     Interrupted: SIGINT or SIGTERM stopped the run before its end (its

@@ -51,7 +51,6 @@ from bort_jax.experiments import checkpoints as checkpoints_lib
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import distributed
-from bort_jax.experiments import errors
 from bort_jax.experiments import models as models_lib
 from bort_jax.experiments import optimizers as optimizers_lib
 from bort_jax.experiments import run_data

@@ -25,7 +25,6 @@ import types
 from typing import Any
 
 import bort_jax
-from bort_jax import validation
 
 
 def _recommended(placement: str, optimizer: str, **extra: Any

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import errors
 from bort_jax.experiments.config import TrainConfig
+
+if TYPE_CHECKING:  # the parser imports this module, and no JAX
+  import jax
 
 
 class DataError(errors.ExperimentError):

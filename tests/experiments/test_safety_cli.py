@@ -17,7 +17,6 @@ import pytest
 
 import bort_jax
 from bort_jax.experiments import cli
-from bort_jax.experiments import distributed
 from bort_jax.experiments import launch
 
 
