@@ -191,8 +191,9 @@ class Grid:
     inits, gamma_schedules, gamma_switches, bort_heads, bort_lr_scales:
       the levers (``init``, ``gamma_schedule``, ``gamma_switch``,
       ``bort_head``, ``bort_lr_scale`` of the training config); ``(None,)``:
-      the shared value, and the names of older frontiers. ``inits`` applies to the baselines too, so a Bort
-      point is paired with a baseline that started from the same weights.
+      the shared value, and the names of older frontiers. ``inits``
+      applies to the baselines too, so a Bort point is paired with a
+      baseline that started from the same weights.
     seeds: the seeds of every point.
   """
 
