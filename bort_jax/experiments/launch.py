@@ -21,6 +21,7 @@ ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS",
                "num_processes": "JAX_NUM_PROCESSES",
                "process_id": "JAX_PROCESS_ID"}
 
+
 class DistributedError(errors.ExperimentError):
   """A multi-process run cannot go on (bad layout, or process 0 failed)."""
 
@@ -85,6 +86,8 @@ def _seconds(text: str) -> int:
 
 
 def from_env(value: Any, name: str, parse: Callable[[str], Any]) -> Any:
+  """A flag's value, else its environment variable's (:data:`ENVIRONMENT`),
+  parsed; ``None`` when neither is set."""
   if value is not None:
     return value
   variable = ENVIRONMENT[name]
@@ -129,7 +132,7 @@ def parse_address(address: Any) -> tuple[str, int]:
 
 
 def check_launch(coordinator: Any, num_processes: Any,
-                  process_id: Any) -> None:
+                 process_id: Any) -> None:
   """Refuses an explicit launch (no cluster detection) that lacks a part."""
   check_counts(num_processes, process_id)
   if coordinator is None:
@@ -146,6 +149,7 @@ def check_launch(coordinator: Any, num_processes: Any,
 
 
 def check_counts(num_processes: Any, process_id: Any) -> None:
+  """Refuses a process count below 1 or an id outside 0 … count − 1."""
   for flag, value, low in (("--num-processes", num_processes, 1),
                            ("--process-id", process_id, 0)):
     if value is not None and (isinstance(value, bool) or not isinstance(
@@ -160,7 +164,7 @@ def check_counts(num_processes: Any, process_id: Any) -> None:
 
 
 def wait_for_coordinator(host: str, port: int, deadline: float,
-                          where: str, who: str) -> None:
+                         where: str, who: str) -> None:
   """Returns once ``host:port`` accepts a TCP connection, by ``deadline``.
 
   jax.distributed would wait as long, then abort the process without a
@@ -193,6 +197,7 @@ def exit_on_timeout(message: str) -> None:
 
 
 def check_timeout(timeout_s: Any) -> int:
+  """``--coordinator-timeout``: a positive whole number of seconds."""
   if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or (
       timeout_s < 1):
     raise DistributedError(
