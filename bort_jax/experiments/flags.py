@@ -61,8 +61,9 @@ def flag(field) -> str:
 
 
 def add_config_flags(p: argparse.ArgumentParser,
-                      exclude: Sequence[str] = ()) -> None:
-  """One flag per :class:`TrainConfig` field, from its metadata.
+                     exclude: Sequence[str] = ()) -> None:
+  """One flag per :class:`~bort_jax.experiments.config.TrainConfig` field,
+  from its metadata.
 
   Defaults are ``None``, so that an explicit value can be told from a
   default (a resumed run takes its saved configuration, and explicit values
