@@ -69,6 +69,19 @@ def add_config_flags(p: argparse.ArgumentParser,
   default (a resumed run takes its saved configuration, and explicit values
   must agree with it). A field whose default is ``None`` (decided by the
   optimizer or the placement) states in its help what decides it.
+
+  Args:
+    p: the parser (or subparser) to add the flags to.
+    exclude: fields that get no flag (e.g. the frontier's grid fields).
+
+  Examples:
+    >>> import argparse
+    >>> from bort_jax.experiments.flags import add_config_flags
+    >>> parser = argparse.ArgumentParser()
+    >>> add_config_flags(parser)
+    >>> args = parser.parse_args(["--gamma", "0.5", "--no-bort-head"])
+    >>> args.gamma, args.bort_head, args.epochs
+    (0.5, False, None)
   """
   for field in dataclasses.fields(config_lib.TrainConfig):
     if field.name in exclude:
