@@ -303,7 +303,11 @@ def with_bort(
     1e-4, SGD at 0.5): the paper's ``lr · γ`` rule gives ``γ = 1`` a per-step
     0.02 at Muon's lr, where the l1 correction diverges. The default
     ``s = 1e-3`` is the recommended decoupled setting's ``lr · γ``
-    (:data:`bort_jax.DEFAULT_STRENGTH`).
+    (:data:`bort_jax.DEFAULT_STRENGTH`). Optimizers whose own steps are
+    much smaller (Lion at 1e-4, LAMB at 1e-3) are held on the constraint
+    from the first steps and train more slowly at first: start them on the
+    constraint (:func:`project_to_constraint`) and give them the steps they
+    need (the composition guide has the numbers).
   - ``placement="coupled"``: ``chain(add_bort_correction(s), optimizer)``:
     the optimizer sees ``∇L + s Δ(W)`` as its gradient (momentum, adaptive
     scaling and trust ratios all act on the correction), so the per-step
