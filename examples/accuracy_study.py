@@ -362,12 +362,9 @@ def environment() -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  try:
-    folder = run_dir.open_output(args.out, kind="accuracy_study",
-                                 files=OUT_FILES, overwrite=args.overwrite)
-  except run_dir.RunDirectoryError as e:
-    raise SystemExit(f"accuracy_study: {e}") from None
-  with folder:
+  with run_dir.open_script_output(args.out, kind="accuracy_study",
+                                  files=OUT_FILES,
+                                  overwrite=args.overwrite) as folder:
     return _study(args, argv, folder)
 
 

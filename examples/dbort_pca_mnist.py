@@ -68,14 +68,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
-  """The output folder, through the application's one guard (locked)."""
-  try:
-    return run_dir.open_output(path, kind="dbort_pca_mnist", files=OUT_FILES,
-                               overwrite=overwrite)
-  except run_dir.RunDirectoryError as e:
-    sys.exit(f"error: {e}")
-
 
 def pca(x: np.ndarray, k: int, chunk: int = 8192):
   """The top-k principal directions (d, k) and all eigenvalues, float64."""
@@ -195,7 +187,9 @@ def plot_training(file, fits, top_mean):
 
 def main(argv=None):
   args = parse_args(argv)
-  with open_out(args.out, args.overwrite) as folder:
+  with run_dir.open_script_output(
+      args.out, kind="dbort_pca_mnist", files=OUT_FILES,
+      overwrite=args.overwrite) as folder:
     _run(args, argv, folder)
 
 

@@ -23,7 +23,6 @@ from PyPI); ``--data digits`` uses scikit-learn's bundled 8×8 digits.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import jax
@@ -80,14 +79,6 @@ def parse_args(argv=None):
   return args
 
 
-def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
-  """The output folder, through the application's one guard (locked)."""
-  try:
-    return run_dir.open_output(path, kind="explain_mnist", files=OUT_FILES,
-                               overwrite=overwrite)
-  except run_dir.RunDirectoryError as e:
-    sys.exit(f"error: {e}")
-
 
 def train(model, tx, x_train, y_train, steps, batch_size, seed, label):
   """``steps`` steps over reshuffled epochs; the data order is seeded.
@@ -141,7 +132,9 @@ def orthogonality(model):
 
 def main(argv=None):
   args = parse_args(argv)
-  with open_out(args.out, args.overwrite) as folder:
+  with run_dir.open_script_output(
+      args.out, kind="explain_mnist", files=OUT_FILES,
+      overwrite=args.overwrite) as folder:
     return _run(args, folder)
 
 

@@ -96,14 +96,6 @@ def parse_args(argv=None):
   return args
 
 
-def open_out(path: str, overwrite: bool) -> run_dir.RunFolder:
-  """The output folder, through the application's one guard (locked)."""
-  try:
-    return run_dir.open_output(path, kind="saliency_simple_cnn",
-                               files=OUT_FILES, overwrite=overwrite)
-  except run_dir.RunDirectoryError as e:
-    sys.exit(f"error: {e}")
-
 
 def configs(args, seed):
   """``{"Bort": config, "SGD": config}`` for one seed."""
@@ -142,7 +134,9 @@ def _save(folder, name, fig):
 
 def main(argv=None):
   args = parse_args(argv)
-  with open_out(args.out, args.overwrite) as folder:
+  with run_dir.open_script_output(
+      args.out, kind="saliency_simple_cnn", files=OUT_FILES,
+      overwrite=args.overwrite) as folder:
     return _run(args, folder)
 
 

@@ -442,3 +442,29 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
     folder.close(remove_if_empty=True)
     raise
   return folder
+
+
+def open_script_output(path: str | os.PathLike[str], *, kind: str,
+                       files: Sequence[str], overwrite: bool) -> RunFolder:
+  """:func:`open_output` for a script (the examples): a refused folder ends
+  the script with its one line, ``<kind>: error: …``, and exit status 1.
+
+  Examples:
+    >>> import tempfile, pathlib
+    >>> from bort_jax.experiments.run_dir import open_script_output
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "study"
+    >>> with open_script_output(out, kind="study", files=("a.txt",),
+    ...                         overwrite=False) as folder:
+    ...   folder.write_text("a.txt", "done")
+    >>> try:
+    ...   open_script_output(out, kind="study", files=("a.txt",),
+    ...                      overwrite=False)
+    ... except SystemExit as e:
+    ...   print(str(e).split(":")[:2])
+    ['study', ' error']
+  """
+  try:
+    return open_output(path, kind=kind, files=files, overwrite=overwrite)
+  except RunDirectoryError as e:
+    raise SystemExit(f"{kind}: error: {e}") from None
+

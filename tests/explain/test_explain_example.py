@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+from bort_jax.experiments import run_dir
+
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "explain_mnist.py"
 
 
@@ -34,5 +36,7 @@ def test_example_writes_results_and_figures(tmp_path, capsys):
   assert "| Bort |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="--overwrite"):
     example.main(args)  # refuses before any work
-  with example.open_out(str(out), overwrite=True) as folder:  # our files go
+  with run_dir.open_script_output(  # an earlier output's files go
+      out, kind="explain_mnist", files=example.OUT_FILES,
+      overwrite=True) as folder:
     assert folder.path == out and not (out / "results.json").exists()
