@@ -88,3 +88,31 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   assert compare_points.main([str(path), "--reference",
                               "bort-adamw_l1-fullrow_ada_g1"]) == 0
   assert "| n/a | n/a | n/a | n/a | 3 |" in capsys.readouterr().out
+
+
+def test_epoch_curves_average_each_epoch_over_seeds(tmp_path, capsys):
+  import epoch_curves  # pylint: disable=g-import-not-at-top
+  point = {"optimizer": "sgd", "learning_rate": 0.05}
+  name = "sgd_lr0.05"
+  runs = [{"point": point, "seed": s} for s in (0, 1)]
+  runs.append({"point": {**point, "learning_rate": 0.1}, "seed": 0,
+               "diverged": "loss became nan"})
+  (tmp_path / "runs.json").write_text(json.dumps(runs))
+  for seed, accs in ((0, (0.1, 0.8, 0.9)), (1, (0.1, 0.6, 0.7))):
+    run = tmp_path / "points" / f"{name}_seed{seed}"
+    run.mkdir(parents=True)
+    history = [{"epoch": e, "test_accuracy": a, "constraint_error": 0.1 * e}
+               for e, a in enumerate(accs)]
+    (run / "metrics.json").write_text(json.dumps({"history": history}))
+  result = epoch_curves.curves(tmp_path)
+  assert list(result) == [name]  # the diverged point has no folder to read
+  assert result[name]["seeds"] == [0, 1]
+  assert result[name]["test"] == pytest.approx([10.0, 70.0, 80.0])
+  assert result[name]["constraint"] == pytest.approx([0.0, 0.1, 0.2])
+  assert epoch_curves.main([str(tmp_path)]) == 0
+  assert "| 2 | 80.00 |" in capsys.readouterr().out
+  # A run measured without --test-each-epoch has no curve to draw.
+  (run / "metrics.json").write_text(json.dumps({"history": [
+      {"epoch": 1, "test_accuracy": None, "constraint_error": 0.1}]}))
+  assert epoch_curves.main([str(tmp_path)]) == 2
+  assert "--test-each-epoch" in capsys.readouterr().err
