@@ -4,9 +4,14 @@ A frontier run with ``--test-each-epoch`` measures the test set after every
 epoch; its report gives the last epoch (the clean protocol) and the best one
 (the optimistic protocol of scripts that select on the test set). This reads
 the per-run histories under ``<frontier>/points/`` and prints, for every
-point, the seed mean of the test accuracy (%) and of the constraint error at
-each epoch, so that the two protocols can be seen on the curves they come
-from. ``--png`` also draws both curves per point.
+point, the seed mean of the validation and test accuracy (%) and of the
+constraint error at each epoch, so that the two protocols can be seen on the
+curves they come from. ``--png`` also draws the curves.
+
+Inside a frontier run the validation split is the run's evaluation split, so
+a history's ``test_accuracy`` is the validation accuracy, and the test set,
+measured after every epoch by ``--test-each-epoch``, is its
+``holdout_accuracy``.
 
     python benchmarks/epoch_curves.py runs/planB_resnet18 \\
         --png docs/figures/planB_resnet18_curves.png
@@ -32,10 +37,11 @@ def curves(folder: str | Path) -> dict[str, dict]:
       ``points/<name>_seed<s>/metrics.json`` holds each run's history.
 
   Returns:
-    ``{name: {"epochs": [...], "test": [...], "constraint": [...],
-    "seeds": [...]}}``, in the order of ``runs.json``: the epochs every seed
-    measured (epoch 0 is the start), the mean test accuracy (%) and the mean
-    constraint error at each. Diverged runs are left out.
+    ``{name: {"epochs": [...], "val": [...], "test": [...],
+    "constraint": [...], "seeds": [...]}}``, in the order of ``runs.json``:
+    the epochs every seed measured (epoch 0 is the start), the mean
+    validation and test accuracy (%) and the mean constraint error at each.
+    Diverged runs are left out.
 
   Raises:
     ValueError: a run's history has no per-epoch test accuracy (the
@@ -49,7 +55,7 @@ def curves(folder: str | Path) -> dict[str, dict]:
     name = frontier.point_name(run["point"])
     path = folder / "points" / f"{name}_seed{run['seed']}" / "metrics.json"
     history = json.loads(path.read_text())["history"]
-    if any(h["test_accuracy"] is None for h in history):
+    if any(h.get("holdout_accuracy") is None for h in history):
       raise ValueError(f"{path} has epochs without a test accuracy; run the "
                        "frontier with --test-each-epoch.")
     histories.setdefault(name, {})[run["seed"]] = history
@@ -61,23 +67,27 @@ def curves(folder: str | Path) -> dict[str, dict]:
                          for history in by_seed.values()]
     result[name] = {
         "seeds": sorted(by_seed), "epochs": epochs,
-        "test": [100 * float(np.mean(at("test_accuracy", e))) for e in epochs],
+        "val": [100 * float(np.mean(at("test_accuracy", e))) for e in epochs],
+        "test": [100 * float(np.mean(at("holdout_accuracy", e)))
+                 for e in epochs],
         "constraint": [float(np.mean(at("constraint_error", e)))
                        for e in epochs]}
   return result
 
 
 def plot(result: dict[str, dict], path: str | Path) -> None:
-  """Draws test accuracy and constraint error against the epoch, per point."""
+  """Draws validation and test accuracy and constraint error per epoch."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(11, 4.2), layout="constrained")
-  acc, err = fig.subplots(1, 2)
+  fig = Figure(figsize=(15, 4.2), layout="constrained")
+  val, test, err = fig.subplots(1, 3)
   for name, c in result.items():
-    acc.plot(c["epochs"][1:], c["test"][1:], marker="o", ms=3, label=name)
+    val.plot(c["epochs"][1:], c["val"][1:], marker="o", ms=3, label=name)
+    test.plot(c["epochs"][1:], c["test"][1:], marker="o", ms=3, label=name)
     err.semilogy(c["epochs"], c["constraint"], marker="o", ms=3, label=name)
-  acc.set(xlabel="epoch", ylabel="test accuracy (%, mean over seeds)")
+  val.set(xlabel="epoch", ylabel="validation accuracy (%, mean over seeds)")
+  test.set(xlabel="epoch", ylabel="test accuracy (%, mean over seeds)")
   err.set(xlabel="epoch", ylabel="constraint error (mean over seeds)")
-  acc.legend(fontsize=7)
+  test.legend(fontsize=7)
   fig.savefig(path, dpi=120)
 
 
@@ -91,7 +101,8 @@ def main(argv=None) -> int:
   except (OSError, KeyError, ValueError) as e:
     print(f"epoch_curves: error: {e}", file=sys.stderr)
     return 2
-  for title, key, fmt in (("Test accuracy (%)", "test", "{:.2f}"),
+  for title, key, fmt in (("Validation accuracy (%)", "val", "{:.2f}"),
+                          ("Test accuracy (%)", "test", "{:.2f}"),
                           ("Constraint error", "constraint", "{:.3g}")):
     names = [f"{name} ({len(c['seeds'])} seeds)" for name, c in result.items()]
     epochs = sorted(set().union(*(c["epochs"] for c in result.values())))

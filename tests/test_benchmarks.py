@@ -99,20 +99,25 @@ def test_epoch_curves_average_each_epoch_over_seeds(tmp_path, capsys):
                "diverged": "loss became nan"})
   (tmp_path / "runs.json").write_text(json.dumps(runs))
   for seed, accs in ((0, (0.1, 0.8, 0.9)), (1, (0.1, 0.6, 0.7))):
+    # In a frontier run the history's test split is the validation split and
+    # its holdout the test set.
     run = tmp_path / "points" / f"{name}_seed{seed}"
     run.mkdir(parents=True)
-    history = [{"epoch": e, "test_accuracy": a, "constraint_error": 0.1 * e}
-               for e, a in enumerate(accs)]
+    history = [{"epoch": e, "test_accuracy": a, "holdout_accuracy": a / 2,
+                "constraint_error": 0.1 * e} for e, a in enumerate(accs)]
     (run / "metrics.json").write_text(json.dumps({"history": history}))
   result = epoch_curves.curves(tmp_path)
   assert list(result) == [name]  # the diverged point has no folder to read
   assert result[name]["seeds"] == [0, 1]
-  assert result[name]["test"] == pytest.approx([10.0, 70.0, 80.0])
+  assert result[name]["val"] == pytest.approx([10.0, 70.0, 80.0])
+  assert result[name]["test"] == pytest.approx([5.0, 35.0, 40.0])
   assert result[name]["constraint"] == pytest.approx([0.0, 0.1, 0.2])
   assert epoch_curves.main([str(tmp_path)]) == 0
-  assert "| 2 | 80.00 |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| 2 | 80.00 |" in out and "| 2 | 40.00 |" in out
   # A run measured without --test-each-epoch has no curve to draw.
   (run / "metrics.json").write_text(json.dumps({"history": [
-      {"epoch": 1, "test_accuracy": None, "constraint_error": 0.1}]}))
+      {"epoch": 1, "test_accuracy": 0.5, "holdout_accuracy": None,
+       "constraint_error": 0.1}]}))
   assert epoch_curves.main([str(tmp_path)]) == 2
   assert "--test-each-epoch" in capsys.readouterr().err
