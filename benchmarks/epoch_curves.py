@@ -1,4 +1,4 @@
-"""Per-epoch test accuracy and constraint error of a frontier's points.
+"""Per-epoch accuracy and constraint error of a frontier's points.
 
 A frontier run with ``--test-each-epoch`` measures the test set after every
 epoch; its report gives the last epoch (the clean protocol) and the best one
