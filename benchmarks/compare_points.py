@@ -33,7 +33,8 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
   Returns:
     Dicts with ``name``, ``val`` and ``test`` (:func:`frontier_stats.
     paired_statistics` of the accuracy differences, in pp), ``constraint``
-    (the same statistics of the constraint-error differences, in error units),
+    (:func:`frontier_stats.t_interval` of the constraint-error differences,
+    in error units),
     ``constraint_ratio`` (mean error over the reference's, on the shared
     seeds) and ``diverged`` (the point's seeds whose run diverged, left out
     of the rest; ``constraint_ratio`` is ``None`` when every one did).
@@ -62,30 +63,27 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
                      "constraint_ratio": None})
       continue
     diff = lambda key: [seeds[s][key] - ref[s][key] for s in shared]
-    constraint = frontier_stats.paired_statistics(diff("constraint_error"))
-    # paired_statistics works in pp (×100); constraint errors are not %.
-    constraint = {k: (None if v is None else
-                      [x / 100 for x in v] if isinstance(v, list) else
-                      v / 100 if k.endswith("_pp") else v)
-                  for k, v in constraint.items()}
     rows.append({
         "name": name, "seeds": shared,
         "val": frontier_stats.paired_statistics(diff("val_accuracy")),
         "test": frontier_stats.paired_statistics(diff("test_accuracy")),
-        "constraint": constraint, "diverged": diverged,
+        "constraint": frontier_stats.t_interval(diff("constraint_error")),
+        "diverged": diverged,
         "constraint_ratio": float(
             np.mean([seeds[s]["constraint_error"] for s in shared])
             / np.mean([ref[s]["constraint_error"] for s in shared]))})
   return rows
 
 
-def _interval(stats: dict | None, digits: int) -> str:
+def _interval(stats: dict | None, digits: int, unit: str = "_pp") -> str:
+  """``mean [low, high]`` of :func:`frontier_stats.paired_statistics`
+  (``unit="_pp"``) or :func:`frontier_stats.t_interval` (``unit=""``)."""
   if stats is None:
     return "n/a"
-  if stats["ci_pp"] is None:
-    return f"{stats['mean_pp']:+.{digits}f}"
-  low, high = stats["ci_pp"]
-  return f"{stats['mean_pp']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+  mean, ci = stats["mean" + unit], stats["ci" + unit]
+  if ci is None:
+    return f"{mean:+.{digits}f}"
+  return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def main(argv=None) -> int:
@@ -108,7 +106,7 @@ def main(argv=None) -> int:
     ratio = ("n/a" if r["constraint_ratio"] is None
              else f"{r['constraint_ratio']:.2f}")
     print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
-          f"{_interval(r['test'], 2)} | {_interval(r['constraint'], 4)} | "
+          f"{_interval(r['test'], 2)} | {_interval(r['constraint'], 4, unit='')} | "
           f"{ratio} | {len(r['diverged'])} |")
   return 0
 

@@ -115,21 +115,52 @@ def diverged_run(point: dict[str, Any], seed: int, why: str
           **{metric: None for metric in METRICS}}
 
 
-def paired_statistics(differences: Sequence[float],
-                      confidence: float = 0.95) -> dict[str, Any]:
-  """Mean, sample std and t-interval of paired differences (in pp).
+def t_interval(values: Sequence[float], confidence: float = 0.95
+               ) -> dict[str, Any]:
+  """Mean, sample std and t-interval of values, in their own units.
 
   .. math::
-    \\bar d ± t_{(1+q)/2,\\,n-1} \\, s / \\sqrt{n}
+    \\bar x ± t_{(1+q)/2,\\,n-1} \\, s / \\sqrt{n}
 
   Args:
-    differences: one difference per seed, in accuracy units (0.01 = 1 pp).
+    values: one value per seed (a paired difference, say).
     confidence: the interval's coverage ``q``.
 
   Returns:
-    ``{"d_pp", "n", "mean_pp", "std_pp", "ci_pp"}``; with one seed the std
-    and the interval are ``None`` (one difference says nothing about its
-    spread).
+    ``{"values", "n", "mean", "std", "ci"}``; with one value the std and the
+    interval are ``None`` (one value says nothing about its spread), with
+    none the mean is ``None`` too.
+
+  Examples:
+    >>> from bort_jax.experiments.frontier_stats import t_interval
+    >>> stats = t_interval([0.01, 0.02, 0.03])  # constraint errors, say
+    >>> round(stats["mean"], 6), round(stats["std"], 6)
+    (0.02, 0.01)
+  """
+  from scipy import stats as scipy_stats  # comes with scikit-learn (app)
+  x = [float(v) for v in values]
+  n = len(x)
+  if n < 2:
+    return {"values": x, "n": n, "mean": float(np.mean(x)) if x else None,
+            "std": None, "ci": None}
+  mean, std = float(np.mean(x)), float(np.std(x, ddof=1))
+  half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1)) * std / (
+      math.sqrt(n))
+  return {"values": x, "n": n, "mean": mean, "std": std,
+          "ci": [mean - half, mean + half]}
+
+
+def paired_statistics(differences: Sequence[float],
+                      confidence: float = 0.95) -> dict[str, Any]:
+  """:func:`t_interval` of accuracy differences, in percentage points.
+
+  Args:
+    differences: one difference per seed, in accuracy units (0.01 = 1 pp).
+    confidence: the interval's coverage.
+
+  Returns:
+    ``{"d_pp", "n", "mean_pp", "std_pp", "ci_pp"}``: :func:`t_interval`'s
+    figures of ``100 · differences``.
 
   Examples:
     >>> from bort_jax.experiments.frontier_stats import paired_statistics
@@ -139,18 +170,7 @@ def paired_statistics(differences: Sequence[float],
     >>> [round(v, 3) for v in stats["ci_pp"]]  # 2 ± 4.303 / √3
     [-0.484, 4.484]
   """
-  from scipy import stats as scipy_stats  # comes with scikit-learn (app)
-  d = [100 * float(v) for v in differences]
-  n = len(d)
-  if n == 0:
-    return {"d_pp": [], "n": 0, "mean_pp": None, "std_pp": None,
-            "ci_pp": None}
-  mean = float(np.mean(d))
-  if n < 2:
-    return {"d_pp": d, "n": 1, "mean_pp": mean, "std_pp": None,
-            "ci_pp": None}
-  std = float(np.std(d, ddof=1))
-  half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1)) * std / (
-      math.sqrt(n))
-  return {"d_pp": d, "n": n, "mean_pp": mean, "std_pp": std,
-          "ci_pp": [mean - half, mean + half]}
+  stats = t_interval([100 * float(v) for v in differences], confidence)
+  return {"d_pp": stats["values"], "n": stats["n"],
+          "mean_pp": stats["mean"], "std_pp": stats["std"],
+          "ci_pp": stats["ci"]}
