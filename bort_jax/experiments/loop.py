@@ -313,24 +313,21 @@ class _Run:
 
   def measure(self, state: _State, record: dict[str, Any]) -> dict[str, Any]:
     """One history row: the test metrics, orthogonality and times."""
-    static, data, config = self.static, self.data, self.config
-    test = steps_lib.evaluate_state(static.eval_def, state.model,
-                                    data.test_images, data.test_labels,
-                                    config.eval_batch_size)
+    static, data = self.static, self.data
+    row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
+           "learning_rate": float(static.schedule(max(state.step - 1, 0))),
+           **record}
+    splits = {"test": (data.test_images, data.test_labels)}
+    if data.holdout_images is not None:
+      splits["holdout"] = (data.holdout_images, data.holdout_labels)
+    for split, (images, labels) in splits.items():
+      metrics = steps_lib.evaluate_state(static.eval_def, state.model, images,
+                                         labels, self.config.eval_batch_size)
+      row[f"{split}_loss"] = metrics.mean_loss()
+      row[f"{split}_accuracy"] = metrics.accuracy()
     params = nnx.merge(static.model_def, state.model)
     mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param),
                                             static.unconstrained)
-    row = {"epoch": state.step // data.steps_per_epoch, "step": state.step,
-           "learning_rate": float(static.schedule(max(state.step - 1, 0))),
-           **record, "test_loss": test.mean_loss(),
-           "test_accuracy": test.accuracy()}
-    if data.holdout_images is not None:
-      holdout = steps_lib.evaluate_state(static.eval_def, state.model,
-                                         data.holdout_images,
-                                         data.holdout_labels,
-                                         config.eval_batch_size)
-      row["holdout_loss"] = holdout.mean_loss()
-      row["holdout_accuracy"] = holdout.accuracy()
     for field in ("constraint_error", "max_cosine", "norm_spread"):
       row[field] = (None if mean_error is None
                     else float(getattr(mean_error, field)))
