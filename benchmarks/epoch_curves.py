@@ -101,11 +101,11 @@ def main(argv=None) -> int:
   except (OSError, KeyError, ValueError) as e:
     print(f"epoch_curves: error: {e}", file=sys.stderr)
     return 2
+  names = [f"{name} ({len(c['seeds'])} seeds)" for name, c in result.items()]
+  epochs = sorted(set().union(*(c["epochs"] for c in result.values())))
   for title, key, fmt in (("Validation accuracy (%)", "val", "{:.2f}"),
                           ("Test accuracy (%)", "test", "{:.2f}"),
                           ("Constraint error", "constraint", "{:.3g}")):
-    names = [f"{name} ({len(c['seeds'])} seeds)" for name, c in result.items()]
-    epochs = sorted(set().union(*(c["epochs"] for c in result.values())))
     print(f"{title}, mean over seeds, per epoch (0 = the start):\n")
     print("| epoch | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")

@@ -8,8 +8,8 @@ LAMB at 1e-3: 64-92 % after 300 steps alone) run until their base has
 trained (3000 steps), from the orthogonal start the README recommends
 (``bort_jax.project_to_constraint``; both arms start from the same weights):
 after 300 steps Bort, holding the constraint at about 0.007, still trails
-them by 6-16 points from that start, a transient that the composition guide states with
-its numbers.
+them by 6-16 points from that start, a transient that the composition guide
+states with its numbers.
 """
 
 import importlib.util
