@@ -329,9 +329,6 @@ def build(model_name: str, shape, width, optimizer: str, config: dict | None):
   if config is not None:
     kwargs = dict(config, dimension_numbers=bort_jax.flax_dimension_numbers(
         model))
-    taken = inspect.signature(optimizers_lib.make_optimizer).parameters
-    if "tau" in kwargs and "tau" not in taken:
-      del kwargs["tau"]  # the application passes none: the alias default
   name = optimizer if config is None else f"bort-{optimizer}"
   tx = optimizers_lib.make_optimizer(
       name, optimizers_lib.default_learning_rate(name), **kwargs)

@@ -43,23 +43,18 @@ def parse_amplitude(text: str) -> float | str:
 
 def _option(default: Any, help: str, *, flag: str | None = None,
             parse: Callable[[str], Any] | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-  """A field with its command-line flag (``--<name>`` by default)."""
+            choices: tuple[str, ...] | None = None, bort: bool = False,
+            alias: str | None = None) -> Any:
+  """A field with its command-line flag (``--<name>`` by default).
+
+  ``bort``: the field matters only with a Bort optimizer
+  (:data:`BORT_FIELDS`); ``alias``: it is also that argument of the Bort
+  alias (``every`` of :func:`bort_jax.bort_adamw` for ``bort_every``),
+  passed to it as it is, so that a new alias setting is one field here.
+  """
   return dataclasses.field(default=default, metadata={
-      "help": help, "flag": flag, "parse": parse, "choices": choices})
-
-
-#: The fields that matter only with a Bort optimizer (``bort-…``): a
-#: non-Bort run keeps their defaults (``None`` for the first six, which a
-#: Bort run fills with the values it uses: the placement's recommended mode,
-#: amplitude and γ, the placement of a ``bort-<optax>`` optimizer, no γ
-#: warm-up and a correction every step). One exception:
-#: ``bort_head=False`` also tells ``init="orthogonal"`` to leave the head
-#: alone, so a baseline may set it with that init (the same start as its
-#: Bort run).
-BORT_FIELDS = ("mode", "amplitude", "gamma", "placement", "gamma_warmup",
-               "bort_every", "bort_lagged", "bort_lr_scale", "gamma_schedule",
-               "gamma_switch", "gamma_late_factor", "bort_head", "tau")
+      "help": help, "flag": flag, "parse": parse, "choices": choices,
+      "bort": bort or alias is not None, "alias": alias})
 
 #: The initialisations: the model's own, or its Bort kernels put on the
 #: constraint (:func:`bort_jax.project_to_constraint`) right after it.
@@ -197,48 +192,49 @@ class TrainConfig:
       "(lion, lamb, ...) or bort-<optax optimizer>")
   mode: str | None = _option(
       None, "Bort mode (default: the placement's recommended one, "
-      f"{_recommended('mode')})", choices=bort_jax.MODES)
+      f"{_recommended('mode')})", choices=bort_jax.MODES, alias="mode")
   amplitude: float | str | None = _option(
       None, "Bort amplitude c > 0 or 'ada' (default: the placement's "
       f"recommended one, {_recommended('amplitude')})",
-      parse=parse_amplitude)
+      parse=parse_amplitude, alias="amplitude")
   gamma: float | None = _option(
       None, "Bort strength >= 0 (default: the placement's recommended one, "
-      f"{_recommended('gamma')})", parse=float)
+      f"{_recommended('gamma')})", parse=float, bort=True)
   placement: str | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: "
       "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
-      choices=validation.PLACEMENTS)
+      choices=validation.PLACEMENTS, bort=True)
   gamma_warmup: float | None = _option(
       None, "ramp gamma linearly from 0 over this many epochs (default: 0, "
-      "no ramp)", parse=float)
+      "no ramp)", parse=float, bort=True)
   bort_every: int | None = _option(
       None, "apply k*gamma*Delta on every k-th step only, to amortise the "
-      "correction's cost (default: 1, every step)", parse=int)
+      "correction's cost (default: 1, every step)", parse=int, alias="every")
   bort_lagged: bool = _option(
       False, "with --bort-every k: compute Delta on every k-th step only and "
       "apply gamma*Delta of the last one on every step (the per-step "
-      "strength of every step, at the cost of every k-th)")
+      "strength of every step, at the cost of every k-th)", alias="lagged")
   bort_lr_scale: float = _option(
       1.0, "multiply the learning rate (the whole update) of the Bort "
-      "kernels by this factor > 0", parse=float)
+      "kernels by this factor > 0", parse=float, bort=True)
   gamma_schedule: str = _option(
       "constant", "gamma over the run: constant; late (gamma * "
       "gamma_late_factor until the switch, then gamma); anneal (gamma until "
       "the switch, then linear to 0 at the end, not tight at the end)",
-      choices=choices.GAMMA_SCHEDULES)
+      choices=choices.GAMMA_SCHEDULES, bort=True)
   gamma_switch: float = _option(
       0.8, "where the late and anneal gamma schedules switch, as a fraction "
-      "of the run's steps in (0, 1]", parse=float)
+      "of the run's steps in (0, 1]", parse=float, bort=True)
   gamma_late_factor: float = _option(
       0.1, "the late gamma schedule's factor on gamma before the switch, in "
-      "[0, 1]", parse=float)
+      "[0, 1]", parse=float, bort=True)
   bort_head: bool = _option(
       True, "let Bort constrain the classifier head (the last linear "
-      "layer); --no-bort-head leaves it to the base optimizer")
+      "layer); --no-bort-head leaves it to the base optimizer", bort=True)
   tau: float = _option(
       0.01, "the Huber modes' width relative to the amplitude, "
-      "tau * c (huber-fullrow and huber-fullcol only)", parse=float)
+      "tau * c (huber-fullrow and huber-fullcol only)", parse=float,
+      alias="tau")
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's: "
       f"{choices.describe_learning_rates()})", flag="--lr", parse=float)
@@ -320,6 +316,18 @@ class TrainConfig:
     except ValueError as e:
       raise ConfigError(f"not valid JSON ({e}).") from None
     return cls.from_dict(values)
+
+
+#: The fields that matter only with a Bort optimizer (``bort-…``, marked
+#: ``bort`` or ``alias`` in their metadata): a non-Bort run keeps their
+#: defaults (``None`` for the first six, which a Bort run fills with the
+#: values it uses: the placement's recommended mode, amplitude and γ, the
+#: placement of a ``bort-<optax>`` optimizer, no γ warm-up and a correction
+#: every step). One exception: ``bort_head=False`` also tells
+#: ``init="orthogonal"`` to leave the head alone, so a baseline may set it
+#: with that init (the same start as its Bort run).
+BORT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                    if f.metadata["bort"])
 
 
 def field_names() -> tuple[str, ...]:

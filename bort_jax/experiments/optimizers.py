@@ -9,6 +9,7 @@ Names: ``sgd`` (coupled L2 decay, then ``optax.sgd``), ``adamw``,
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable
 
@@ -341,17 +342,11 @@ def make_optimizer(
     learning_rate: optax.ScalarOrSchedule,
     *,
     gamma: optax.ScalarOrSchedule | None = None,
-    mode: str | None = None,
-    amplitude: float | str | None = None,
     placement: str | None = None,
     weight_decay: float | None = None,
     momentum: float = 0.9,
-    dimension_numbers: Any = None,
-    every: int | None = None,
-    lagged: bool = False,
-    tau: float | None = None,
-    bort_mask: Any = None,
     bort_lr_scale: float = 1.0,
+    **bort_kwargs: Any,
 ) -> optax.GradientTransformation:
   """An optimizer by its command-line name, with or without Bort.
 
@@ -359,27 +354,21 @@ def make_optimizer(
     name: the optimizer's name (see the module docstring).
     learning_rate: a scalar or an optax schedule.
     gamma: the Bort strength, a number or a schedule (Bort optimizers only;
-      ``None``: the placement's recommended value, as are ``mode`` and
-      ``amplitude``).
-    mode: the Bort mode.
-    amplitude: the Bort amplitude (a number or ``"ada"``).
+      ``None``: the placement's recommended value, as for ``mode`` and
+      ``amplitude``, :data:`bort_jax.RECOMMENDED`).
     placement: ``"coupled"`` or ``"decoupled"``, for ``bort-<name>`` only.
     weight_decay: the weight decay; ``None`` for the optimizer's default.
     momentum: SGD's momentum (``sgd`` and ``bort-sgd``).
-    dimension_numbers: handed to the Bort alias (e.g.
-      ``bort_jax.flax_dimension_numbers(model)``); ``None`` for its default.
-    every: the Bort alias's ``every`` (``k·γ·Δ`` on every k-th step);
-      ``None`` or 1: every step.
-    lagged: the Bort alias's ``lagged`` (with ``every`` k: Δ every k-th
-      step, ``γ·Δ`` of the last one on every step).
-    tau: the Bort alias's ``tau`` (the Huber modes' width); ``None``: the
-      alias's default.
-    bort_mask: the Bort alias's ``bort_mask`` (a tree or callable of
-      booleans; ``None``: every selected leaf), e.g. to leave the classifier
-      head out.
     bort_lr_scale: multiplies the whole update of the Bort leaves
       (:func:`bort_leaves`) by this factor, last in the chain (Bort
       optimizers only; 1: unchanged).
+    **bort_kwargs: passed as they are to the Bort alias
+      (:func:`bort_jax.bort_sgd`, :func:`bort_jax.bort_adamw` or
+      :func:`bort_jax.with_bort`): ``mode``, ``amplitude``, ``tau``,
+      ``every``, ``lagged``, ``dimension_numbers`` (e.g.
+      ``bort_jax.flax_dimension_numbers(model)``), ``bort_mask`` (e.g. to
+      leave the classifier head out), …; a ``None`` is left out, so the
+      alias's default holds (Bort optimizers only).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -409,25 +398,16 @@ def make_optimizer(
     raise ValueError(
         "placement applies to bort-<optax optimizer> only: bort-sgd is "
         "coupled and bort-adamw decoupled by definition.")
-  recommended = bort_jax.RECOMMENDED[placement_of(name, placement)]
-  bort_kwargs = dict(
-      gamma=recommended.gamma if gamma is None else gamma,
-      mode=recommended.mode if mode is None else mode,
-      amplitude=recommended.amplitude if amplitude is None else amplitude)
-  if dimension_numbers is not None:
-    bort_kwargs["dimension_numbers"] = dimension_numbers
-  if every is not None:
-    bort_kwargs["every"] = every
-  if lagged:
-    bort_kwargs["lagged"] = lagged
-  if tau is not None:
-    bort_kwargs["tau"] = tau
-  if bort_mask is not None:
-    bort_kwargs["bort_mask"] = bort_mask
-  if not bort and (bort_mask is not None or bort_lr_scale != 1.0):
+  bort_kwargs = {k: v for k, v in bort_kwargs.items() if v is not None}
+  if not bort and (bort_kwargs or bort_lr_scale != 1.0):
+    given = next(iter(bort_kwargs), "bort_lr_scale")
     raise ValueError(
-        "bort_mask and bort_lr_scale apply to Bort optimizers only; drop "
-        f"them, or use bort-{name}.")
+        f"{given} applies to Bort optimizers only; drop it, or use "
+        f"bort-{name}.")
+  recommended = bort_jax.RECOMMENDED[placement_of(name, placement)]
+  bort_kwargs.setdefault("mode", recommended.mode)
+  bort_kwargs.setdefault("amplitude", recommended.amplitude)
+  bort_kwargs["gamma"] = recommended.gamma if gamma is None else gamma
   if bort and base == "sgd":
     tx = bort_jax.bort_sgd(
         learning_rate, momentum or None, weight_decay=weight_decay or 0.0,
@@ -454,7 +434,9 @@ def make_optimizer(
   # Last in the chain: the Bort leaves' whole step (gradient part, decay and
   # correction) scales, as a per-group learning rate would.
   return optax.chain(tx, optax.masked(
-      optax.scale(bort_lr_scale), bort_leaves(dimension_numbers, bort_mask)))
+      optax.scale(bort_lr_scale),
+      bort_leaves(bort_kwargs.get("dimension_numbers"),
+                  bort_kwargs.get("bort_mask"))))
 
 
 def optimizer_from_config(
@@ -480,18 +462,19 @@ def optimizer_from_config(
   Returns:
     An :class:`optax.GradientTransformation`.
   """
-  gamma = config.gamma
-  bort = {}
-  if is_bort(config.optimizer):
-    gamma = make_gamma_schedule(config, steps_per_epoch)
-    bort = dict(bort_mask=bort_mask, bort_lr_scale=config.bort_lr_scale)
+  if not is_bort(config.optimizer):
+    return make_optimizer(
+        config.optimizer, learning_rate, weight_decay=config.weight_decay,
+        momentum=config.momentum)
+  # The fields marked as the alias's arguments go to it under their names.
+  alias = {f.metadata["alias"]: getattr(config, f.name)
+           for f in dataclasses.fields(config) if f.metadata.get("alias")}
   return make_optimizer(
-      config.optimizer, learning_rate, gamma=gamma, mode=config.mode,
-      amplitude=config.amplitude, placement=config.placement,
-      weight_decay=config.weight_decay, momentum=config.momentum,
-      dimension_numbers=dimension_numbers, every=config.bort_every,
-      lagged=getattr(config, "bort_lagged", False),
-      tau=config.tau if is_bort(config.optimizer) else None, **bort)
+      config.optimizer, learning_rate,
+      gamma=make_gamma_schedule(config, steps_per_epoch),
+      placement=config.placement, weight_decay=config.weight_decay,
+      momentum=config.momentum, bort_lr_scale=config.bort_lr_scale,
+      dimension_numbers=dimension_numbers, bort_mask=bort_mask, **alias)
 
 
 def make_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:

@@ -102,3 +102,41 @@ def test_bort_every_reaches_the_alias_and_is_checked():
     TrainConfig(optimizer="bort-adamw", bort_every=0)
   with pytest.raises(ValueError, match="bort_every applies to Bort"):
     TrainConfig(optimizer="adamw", bort_every=2)
+
+
+@pytest.mark.parametrize("optimizer, alias", [
+    ("bort-adamw", "bort_adamw"), ("bort-sgd", "bort_sgd"),
+    ("bort-lion", "with_bort")])
+def test_the_alias_fields_reach_the_bort_alias_by_their_names(
+    monkeypatch, optimizer, alias):
+  # A field marked alias= in the config is that alias argument, passed as it
+  # is: a new alias setting needs no plumbing in make_optimizer.
+  import dataclasses
+  import inspect
+  fields = {f.name: f.metadata["alias"]
+            for f in dataclasses.fields(TrainConfig) if f.metadata["alias"]}
+  assert set(fields.values()) == {"mode", "amplitude", "every", "lagged",
+                                  "tau"}
+  original = getattr(bort_jax, alias)
+  assert set(fields.values()) <= set(inspect.signature(original).parameters)
+  seen = {}
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(bort_jax, alias, spy)
+  config = TrainConfig(optimizer=optimizer, mode="huber-fullrow", amplitude=2.0,
+                       bort_every=4, bort_lagged=True, tau=0.03)
+  train_lib.optimizer_from_config(config, 1e-3)
+  assert {k: seen[k] for k in fields.values()} == {
+      "mode": "huber-fullrow", "amplitude": 2.0, "every": 4, "lagged": True,
+      "tau": 0.03}
+
+
+def test_a_bort_argument_to_a_plain_optimizer_is_refused():
+  with pytest.raises(ValueError, match="^every applies to Bort optimizers "
+                     "only; drop it, or use bort-adamw"):
+    train_lib.make_optimizer("adamw", 1e-3, every=4)
+  # None is "the alias's default", so a plain optimizer takes it silently.
+  train_lib.make_optimizer("adamw", 1e-3, every=None, mode=None)
