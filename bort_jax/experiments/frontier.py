@@ -55,6 +55,7 @@ from typing import Any, Callable, Sequence
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import frontier_report
 from bort_jax.experiments import signals
+from bort_jax.experiments import text
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.errors import DivergedError
 from bort_jax.experiments.frontier_stats import PAIRED
@@ -802,8 +803,8 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
       else:
         log(f"[{i + 1}/{len(todo)}] {point_name(point)} seed {seed}: val "
             f"{run['val_accuracy']:.4f} test {run['test_accuracy']:.4f} "
-            f"constraint {_fmt(run['constraint_error'], '.2e')} psnr "
-            f"{_fmt(run['reconstruction_psnr'], '.1f')}")
+            f"constraint {text.number(run['constraint_error'], '.2e')} psnr "
+            f"{text.number(run['reconstruction_psnr'], '.1f')}")
       if stop.requested is not None:  # came between two runs' training
         raise signals.Interrupted(
             f"frontier: stopped by {stop.requested} after "
@@ -821,10 +822,6 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
     with folder.atomic("frontier.png", "wb") as f:
       explain.save_figure(frontier_report.plot(points, chosen), f)
   return result
-
-
-def _fmt(value: Any, spec: str) -> str:
-  return "n/a" if value is None else format(value, spec)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bort_jax.experiments import text
 from bort_jax.experiments.frontier_stats import PLACEMENTS
 from bort_jax.experiments.frontier_stats import PSNR_PASS_DB
 from bort_jax.experiments.frontier_stats import pareto_front
@@ -37,8 +38,10 @@ def _passes(stat: dict[str, Any] | None) -> str:
   return f"{stat['passed']}/{stat['n']}"
 
 
-def _median(stat: dict[str, Any] | None) -> str:
-  return "n/a" if stat is None else f"{stat['median']:.1f}"
+def _stat(stat: dict[str, Any] | None, key: str, spec: str,
+          scale: float = 1.0) -> str:
+  """One statistic of a summary (``"median"``, ``"mean"``), or n/a."""
+  return text.number(None if stat is None else scale * stat[key], spec)
 
 
 def table(points: list[dict[str, Any]],
@@ -96,12 +99,12 @@ def table(points: list[dict[str, Any]],
         f"{_cell(s['val_accuracy'], '.2f', 100)} | "
         f"{_cell(s['test_accuracy'], '.2f', 100)} | {delta[0]} | "
         f"{delta[1]} |{columns} "
-        f"{'n/a' if gap is None else format(100 * gap['mean'], '+.2f')} | "
+        f"{_stat(gap, 'mean', '+.2f', 100)} | "
         f"{_cell(s['constraint_error'], '.2g')} | "
         f"{_cell(s['max_cosine'], '.2g')} | "
         f"{_passes(s.get('reconstruction_psnr'))} | "
-        f"{_median(s.get('reconstruction_psnr'))} | "
-        f"{_median(s.get('pinv_psnr'))} | "
+        f"{_stat(s.get('reconstruction_psnr'), 'median', '.1f')} | "
+        f"{_stat(s.get('pinv_psnr'), 'median', '.1f')} | "
         f"{_cell(s['step_time_ms'], '.1f')} | {len(s['seeds'])}"
         + (f" ({s['diverged']} diverged)" if s.get("diverged") else "")
         + " |")

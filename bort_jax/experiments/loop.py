@@ -57,6 +57,7 @@ from bort_jax.experiments import run_data
 from bort_jax.experiments import runs
 from bort_jax.experiments import signals
 from bort_jax.experiments import steps as steps_lib
+from bort_jax.experiments import text
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.errors import DivergedError  # noqa: F401 (re-export)
 from bort_jax.experiments.run_data import DataError  # noqa: F401 (re-export)
@@ -632,13 +633,12 @@ def train(
 
 
 def _summary_line(record: dict, epochs: int) -> str:
-  def number(v, fmt):
-    return "nan" if v is None else format(v, fmt)
   parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}"]
   if record.get("train_accuracy") is not None:
     parts.append(f"train_acc {record['train_accuracy']:.4f}")
-  parts.append(f"test_acc {number(record['test_accuracy'], '.4f')}")
-  parts.append(f"test_loss {number(record['test_loss'], '.4f')}")
+  for name in ("test_acc", "test_loss"):
+    value = record[name.replace("acc", "accuracy")]
+    parts.append(f"{name} {text.number(value, '.4f', 'nan')}")
   if record.get("constraint_error") is not None:
     parts.append(f"constraint {record['constraint_error']:.4f}")
   if record.get("step_time_ms") is not None:

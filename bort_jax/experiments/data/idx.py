@@ -12,7 +12,6 @@ import hashlib
 import io
 import math
 import os
-from pathlib import Path
 import zlib
 
 import numpy as np
