@@ -25,8 +25,8 @@ import time
 from typing import Any
 
 import bort_jax
-from bort_jax import validation
 from bort_jax.experiments import flags
+from bort_jax.experiments import text
 
 DESCRIPTION = (
     "Train an AdamW baseline and Bort-AdamW on MNIST (or scikit-learn's "
@@ -38,6 +38,8 @@ DEMO_FILES = ("baseline", "bort", "results.json", "gram.png", "accuracy.png",
               "reconstructions.png")
 _NAMES = {"baseline": "AdamW", "bort": "Bort-AdamW"}
 
+#: The datasets the demo takes, the first its default.
+DEMO_DATA = ("mnist", "fashion_mnist", "digits")
 #: Epochs per MNIST/Fashion-MNIST run: at 3 epochs Bort-AdamW is 2.4 pp
 #: below AdamW, at 10 within 1 pp (docs/RESULTS.md), and both runs still
 #: take under 3 minutes on a 2-core CPU.
@@ -66,26 +68,23 @@ def default_epochs(data: str, quick: bool) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  """The demo's flags (the Bort defaults come from the training config)."""
-  # validation's checks import JAX: looked up when a value is parsed, not
-  # when the parser is built (--help answers without JAX).
-  positive = flags.argument_type(
-      int, lambda name, value: validation.check_positive_int(name, value),
-      "an integer")
+  """The demo's flags; ``--data``, ``--epochs``, ``--gamma`` and
+  ``--seed`` are the training config's (:func:`flags.add_config_flag`),
+  with the demo's defaults."""
   p.add_argument("--out", default="bort-demo",
                  help="output folder (default: bort-demo)")
   p.add_argument("--quick", action="store_true",
                  help="a tiny run (seconds) to check the installation")
-  p.add_argument("--data", choices=("mnist", "fashion_mnist", "digits"),
-                 default="mnist", help="dataset (default: mnist)")
-  p.add_argument("--epochs", type=positive, default=None,
-                 help=f"epochs per run (default: {DEMO_EPOCHS}; digits "
-                 f"{DIGITS_EPOCHS}; with --quick {QUICK_EPOCHS}, digits "
-                 f"{QUICK_DIGITS_EPOCHS})")
-  p.add_argument("--gamma", type=flags.argument_type(float), default=None,
-                 help="Bort strength (default: the recommended "
-                 f"{bort_jax.RECOMMENDED['decoupled'].gamma})")
-  p.add_argument("--seed", type=int, default=0, help="random seed")
+  flags.add_config_flag(p, "data", choices=DEMO_DATA, default=DEMO_DATA[0],
+                        help=f"dataset (default: {DEMO_DATA[0]})")
+  flags.add_config_flag(
+      p, "epochs", help=f"epochs per run (default: {DEMO_EPOCHS}; digits "
+      f"{DIGITS_EPOCHS}; with --quick {QUICK_EPOCHS}, digits "
+      f"{QUICK_DIGITS_EPOCHS})")
+  recommended = bort_jax.RECOMMENDED["decoupled"].gamma
+  flags.add_config_flag(p, "gamma", help="Bort strength (default: the "
+                        f"recommended {recommended})")
+  flags.add_config_flag(p, "seed", default=0)
   p.add_argument("--overwrite", action="store_true",
                  help="replace the files of an earlier demo in --out")
 
@@ -140,14 +139,14 @@ def table(rows: list[dict[str, Any]]) -> str:
   """The comparison table printed at the end."""
   header = ("run", "test acc", "constraint err step 0", "constraint err end",
             "max |cos|", "recon MSE", "PSNR dB", "ms/step", "train s")
-  fmt = lambda v, f: "n/a" if v is None else format(v, f)
-  lines = [(r["name"], fmt(100 * r["test_accuracy"], ".2f") + "%",
-            fmt(r.get("constraint_error_start"), ".4f"),
-            fmt(r["constraint_error"], ".4f"), fmt(r["max_cosine"], ".4f"),
-            fmt(r.get("reconstruction_mse"), ".4f"),
-            fmt(r.get("reconstruction_psnr"), ".2f"),
-            fmt(r.get("step_time_ms"), ".2f"),
-            fmt(r.get("train_time_s"), ".1f")) for r in rows]
+  lines = [(r["name"], text.number(100 * r["test_accuracy"], ".2f") + "%",
+            text.number(r.get("constraint_error_start"), ".4f"),
+            text.number(r["constraint_error"], ".4f"),
+            text.number(r["max_cosine"], ".4f"),
+            text.number(r.get("reconstruction_mse"), ".4f"),
+            text.number(r.get("reconstruction_psnr"), ".2f"),
+            text.number(r.get("step_time_ms"), ".2f"),
+            text.number(r.get("train_time_s"), ".1f")) for r in rows]
   widths = [max(len(h), *(len(line[i]) for line in lines))
             for i, h in enumerate(header)]
   render = lambda cells: "  ".join(

@@ -60,15 +60,56 @@ def flag(field) -> str:
   return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
+def add_config_flag(p: argparse.ArgumentParser, name: str,
+                    **overrides: Any) -> None:
+  """The flag of one :class:`~bort_jax.experiments.config.TrainConfig`
+  field, from its metadata.
+
+  The default is ``None``, so that an explicit value can be told from a
+  default (a resumed run takes its saved configuration, and explicit values
+  must agree with it); the help states the field's default, or, for a field
+  whose default is ``None`` (decided by the optimizer or the placement),
+  what decides it.
+
+  Args:
+    p: the parser (or subparser) to add the flag to.
+    name: the field's name.
+    **overrides: ``add_argument`` keywords that replace the field's (e.g.
+      the demo's own ``default``, ``choices`` and ``help``).
+
+  Examples:
+    >>> import argparse
+    >>> from bort_jax.experiments.flags import add_config_flag
+    >>> parser = argparse.ArgumentParser()
+    >>> add_config_flag(parser, "seed", default=0)
+    >>> parser.parse_args([]).seed, parser.parse_args(["--seed", "3"]).seed
+    (0, 3)
+  """
+  field = config_lib.TrainConfig.__dataclass_fields__[name]
+  meta = field.metadata
+  kwargs: dict[str, Any] = {"dest": name, "default": None,
+                            "help": meta["help"]}
+  if field.default is not None:
+    default = field.default
+    if isinstance(default, bool):
+      default = flag(field) if default else "--no-" + flag(field)[2:]
+    kwargs["help"] += f" (default: {default})"
+  if isinstance(field.default, bool):  # --name / --no-name
+    kwargs["action"] = argparse.BooleanOptionalAction
+  elif meta.get("parse"):
+    parse = meta["parse"]
+    what = {int: "an integer", config_lib.parse_amplitude:
+            "a positive number or 'ada'"}.get(parse, "a number")
+    kwargs["type"] = argument_type(parse, what=what)
+  if meta.get("choices"):
+    kwargs["choices"] = meta["choices"]
+  p.add_argument(flag(field), **{**kwargs, **overrides})
+
+
 def add_config_flags(p: argparse.ArgumentParser,
                      exclude: Sequence[str] = ()) -> None:
-  """One flag per :class:`~bort_jax.experiments.config.TrainConfig` field,
-  from its metadata.
-
-  Defaults are ``None``, so that an explicit value can be told from a
-  default (a resumed run takes its saved configuration, and explicit values
-  must agree with it). A field whose default is ``None`` (decided by the
-  optimizer or the placement) states in its help what decides it.
+  """One flag per :class:`~bort_jax.experiments.config.TrainConfig` field
+  (:func:`add_config_flag`).
 
   Args:
     p: the parser (or subparser) to add the flags to.
@@ -84,24 +125,5 @@ def add_config_flags(p: argparse.ArgumentParser,
     (0.5, False, None)
   """
   for field in dataclasses.fields(config_lib.TrainConfig):
-    if field.name in exclude:
-      continue
-    meta = field.metadata
-    help = meta["help"]
-    if field.default is not None:
-      default = field.default
-      if isinstance(default, bool):
-        default = flag(field) if default else "--no-" + flag(field)[2:]
-      help = f"{help} (default: {default})"
-    if isinstance(field.default, bool):  # --name / --no-name
-      p.add_argument(flag(field), dest=field.name, default=None,
-                     action=argparse.BooleanOptionalAction, help=help)
-      continue
-    parse = meta.get("parse")
-    what = {int: "an integer", config_lib.parse_amplitude:
-            "a positive number or 'ada'"}.get(parse, "a number")
-    kwargs = {"type": argument_type(parse, what=what)} if parse else {}
-    if meta.get("choices"):
-      kwargs["choices"] = meta["choices"]
-    p.add_argument(flag(field), dest=field.name, default=None, help=help,
-                   **kwargs)
+    if field.name not in exclude:
+      add_config_flag(p, field.name)
