@@ -64,7 +64,7 @@ from bort_jax import validation
 from bort_jax.experiments import flags
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop
-from bort_jax.experiments import run_dir
+from bort_jax.experiments import workdir
 from bort_jax.experiments.config import TrainConfig
 
 PARTS = ("main", "adherence", "gamma", "fashion")
@@ -362,7 +362,7 @@ def environment() -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  with run_dir.open_script_output(args.out, kind="accuracy_study",
+  with workdir.open_script_output(args.out, kind="accuracy_study",
                                   files=OUT_FILES,
                                   overwrite=args.overwrite) as folder:
     return _study(args, argv, folder)

@@ -46,7 +46,7 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments import loop
 from bort_jax.experiments import recipes
-from bort_jax.experiments import run_dir
+from bort_jax.experiments import workdir
 from bort_jax.experiments import steps
 from bort_jax.experiments.config import BORT_FIELDS
 from bort_jax.experiments.config import TrainConfig
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
              for arm in arms for seed in seeds}  # all valid before any work
   dataset = data_lib.load_splits(args.data, download=not args.offline)
   held_out = frontier.validation_split(dataset, 0.1)
-  folder = run_dir.RunFolder.open(args.out)
+  folder = workdir.RunFolder.open(args.out)
   with folder:
     saved = json.loads(folder.read_text("results.json") or "{}")
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}

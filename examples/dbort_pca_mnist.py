@@ -37,8 +37,7 @@ import numpy as np
 
 import bort_jax
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import run_dir
-
+from bort_jax.experiments import workdir
 #: What the example writes (``--overwrite`` replaces only these).
 OUT_FILES = ("metrics.json", "components.npz", "dbort_vs_pca.png",
              "training.png")
@@ -187,7 +186,7 @@ def plot_training(file, fits, top_mean):
 
 def main(argv=None):
   args = parse_args(argv)
-  with run_dir.open_script_output(
+  with workdir.open_script_output(
       args.out, kind="dbort_pca_mnist", files=OUT_FILES,
       overwrite=args.overwrite) as folder:
     _run(args, argv, folder)

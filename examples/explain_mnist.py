@@ -34,7 +34,7 @@ from flax import nnx
 import bort_jax
 from bort_jax import explain
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import run_dir
+from bort_jax.experiments import workdir
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.models.invertible import InvertibleCNN
 
@@ -132,7 +132,7 @@ def orthogonality(model):
 
 def main(argv=None):
   args = parse_args(argv)
-  with run_dir.open_script_output(
+  with workdir.open_script_output(
       args.out, kind="explain_mnist", files=OUT_FILES,
       overwrite=args.overwrite) as folder:
     return _run(args, folder)

@@ -49,7 +49,7 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments import loop
 from bort_jax.experiments import recipes
-from bort_jax.experiments import run_dir
+from bort_jax.experiments import workdir
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.experiments.config import TrainConfig
 
@@ -134,7 +134,7 @@ def _save(folder, name, fig):
 
 def main(argv=None):
   args = parse_args(argv)
-  with run_dir.open_script_output(
+  with workdir.open_script_output(
       args.out, kind="saliency_simple_cnn", files=OUT_FILES,
       overwrite=args.overwrite) as folder:
     return _run(args, folder)

@@ -166,11 +166,11 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
   from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import flags
   from bort_jax.experiments import optimizers
-  from bort_jax.experiments import runs
+  from bort_jax.experiments import train_folder
   explicit = {k: v for k, v in vars(args).items()
               if k in config_lib.field_names() and v is not None}
   if args.resume:
-    saved = runs.load_config(args.out)
+    saved = train_folder.load_config(args.out)
     differ = {k: (getattr(saved, k), v) for k, v in explicit.items()
               if getattr(saved, k) != v}
     if differ:

@@ -11,7 +11,7 @@ first step and the comparison shows what each optimizer does to that start.
 It prints a comparison table (accuracy, the constraint error at step 0 and
 at the end, the error of backtracking the first hidden layer to the input,
 time) and writes ``results.json`` and three figures. Everything is written
-through the one output-folder guard (:mod:`bort_jax.experiments.run_dir`).
+through the one output-folder guard (:mod:`bort_jax.experiments.workdir`).
 A run stopped by a signal exits with 130 (SIGINT) or 143 (SIGTERM), as
 ``bort-jax train`` does.
 """
@@ -225,13 +225,13 @@ def run(args) -> int:
     0, or :func:`bort_jax.experiments.signals.exit_status` of the signal
     that stopped a run (130 SIGINT, 143 SIGTERM).
   """
-  from bort_jax.experiments import run_dir
+  from bort_jax.experiments import workdir
   from bort_jax.experiments import signals
   start = time.perf_counter()
   # The settings are checked before the folder is made; the pair is built
   # again once the data are loaded (MNIST may fall back to digits).
   configs(args.data, args.quick, args.epochs, args.gamma, args.seed)
-  with run_dir.open_output(args.out, kind="demo", files=DEMO_FILES,
+  with workdir.open_output(args.out, kind="demo", files=DEMO_FILES,
                            overwrite=args.overwrite) as folder:
     data_name, dataset, fallback = _load(args.data, args.offline)
     pair = configs(data_name, args.quick, args.epochs, args.gamma, args.seed)

@@ -64,7 +64,7 @@ from bort_jax.experiments.frontier_stats import PSNR_PASS_DB
 from bort_jax.experiments.frontier_stats import diverged_run
 from bort_jax.experiments.frontier_stats import paired_statistics
 from bort_jax.experiments.frontier_stats import summarize
-from bort_jax.experiments.run_data import validation_split  # noqa: F401
+from bort_jax.experiments.train_data import validation_split  # noqa: F401
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
@@ -648,8 +648,8 @@ _REPAIRS = {
 
 
 def _damaged(folder: Any, name: str, why: str):
-  from bort_jax.experiments import run_dir
-  return run_dir.RunDirectoryError(
+  from bort_jax.experiments import workdir
+  return workdir.RunDirectoryError(
       f"{str(folder.path / name)!r} is damaged ({why}); nothing was changed. "
       + _REPAIRS[name])
 
@@ -687,20 +687,20 @@ def _open_folder(out: str, settings: dict[str, Any],
                  log: Callable[[str], None]):
   """The locked output folder and its recorded runs; a frontier's own
   folder is resumed, and one that recorded nothing may change settings."""
-  from bort_jax.experiments import run_dir
-  folder = run_dir.RunFolder.open(out)
+  from bort_jax.experiments import workdir
+  folder = workdir.RunFolder.open(out)
   try:
     for note in folder.notes:
       log(note)
     runs = []
     if folder.entries():
       try:
-        ours = json.loads(folder.read_text(run_dir.MARKER_NAME) or "null") == (
+        ours = json.loads(folder.read_text(workdir.MARKER_NAME) or "null") == (
             {"kind": "frontier"})
       except ValueError:
         ours = False
       if not ours:
-        raise run_dir.RunDirectoryError(
+        raise workdir.RunDirectoryError(
             f"{out!r} is not empty and holds no frontier; choose another "
             "--out (nothing in it is changed).")
       runs = _read_runs(folder)
@@ -713,12 +713,12 @@ def _open_folder(out: str, settings: dict[str, Any],
         diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
                          for k in sorted(set(saved) | set(settings))
                          if saved.get(k) != settings.get(k))
-        raise run_dir.RunDirectoryError(
+        raise workdir.RunDirectoryError(
             f"{out!r} holds a frontier with other settings (saved vs given: "
             f"{diff}); choose another --out to change them.")
       if saved != settings:  # no run was trained under the old settings
         log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
-    folder.write_json(run_dir.MARKER_NAME, {"kind": "frontier"})
+    folder.write_json(workdir.MARKER_NAME, {"kind": "frontier"})
     folder.write_json("settings.json", settings)
   except BaseException:
     folder.close(remove_if_empty=True)

@@ -53,15 +53,15 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import distributed
 from bort_jax.experiments import models as models_lib
 from bort_jax.experiments import optimizers as optimizers_lib
-from bort_jax.experiments import run_data
-from bort_jax.experiments import runs
+from bort_jax.experiments import train_data
+from bort_jax.experiments import train_folder
 from bort_jax.experiments import signals
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.experiments import text
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.errors import DivergedError  # noqa: F401 (re-export)
-from bort_jax.experiments.run_data import DataError  # noqa: F401 (re-export)
-from bort_jax.experiments.run_dir import strict_json
+from bort_jax.experiments.train_data import DataError  # noqa: F401 (re-export)
+from bort_jax.experiments.workdir import strict_json
 
 
 #: The run folder's TensorBoard folder (``tensorboard --logdir <out>``).
@@ -79,7 +79,7 @@ def _tensorboard_path(run_dir: str | os.PathLike[str]) -> str:
   path = os.path.join(os.path.abspath(os.fspath(run_dir)), TENSORBOARD_DIR)
   if os.path.islink(path) or (os.path.lexists(path)
                               and not os.path.isdir(path)):
-    raise runs.RunDirectoryError(
+    raise train_folder.RunDirectoryError(
         f"{path!r} is not a folder (a link or a file), so no TensorBoard "
         "events are written there; move it away and run again.")
   return path
@@ -186,7 +186,7 @@ class _Static(NamedTuple):
   unconstrained: tuple[str, ...] = ()  # kept out of the orthogonality metrics
 
 
-def _init(config: TrainConfig, data: run_data.RunData, classes: int,
+def _init(config: TrainConfig, data: train_data.RunData, classes: int,
           parallel: distributed.DataParallel | None = None
           ) -> tuple[_Static, _State]:
   """The model and optimizer built from the seed alone (on ``parallel``'s
@@ -242,7 +242,7 @@ def _arrays(state: _State) -> dict[str, Any]:
           "metrics": state.metrics._asdict()}
 
 
-def _meta(config: TrainConfig, data: run_data.RunData, state: _State) -> dict[str, Any]:
+def _meta(config: TrainConfig, data: train_data.RunData, state: _State) -> dict[str, Any]:
   epoch, position = divmod(state.step, data.steps_per_epoch)
   return {"step": state.step, "epoch": epoch, "position": position,
           "steps_per_epoch": data.steps_per_epoch, "config": config.to_dict(),
@@ -258,7 +258,7 @@ def _restore(ckpt, config, data, state, log, parallel=None) -> _State:
   else:
     abstract = parallel.abstract(_arrays(state))
   step, arrays, meta = ckpt.restore(abstract, log=log)
-  run_data.check_saved_run(config, data, meta)
+  train_data.check_saved_run(config, data, meta)
   return _State(arrays["model"], arrays["optimizer"],
                 steps_lib.Metrics(**arrays["metrics"]), int(step),
                 list(meta["history"]))
@@ -284,7 +284,7 @@ class _Run:
   """
 
   config: TrainConfig
-  data: run_data.RunData
+  data: train_data.RunData
   static: _Static
   say: Callable[[str], None]
   folder: Any = None
@@ -344,7 +344,7 @@ class _Run:
 
   def write(self, state: _State, summary: dict | None = None) -> None:
     if self.folder is not None:
-      runs.write_metrics(self.folder, self.config, state.history, summary)
+      train_folder.write_metrics(self.folder, self.config, state.history, summary)
     if self.scalars is not None and summary is None:
       self.scalars.write(state.history[-1])
 
@@ -507,7 +507,7 @@ def train(
   Resuming restores the model, optimizer state, step, the epoch's running
   metrics and the data position, so ``k`` steps, an interruption and a
   resume give the same parameters as an uninterrupted run (bitwise on one
-  machine). The run folder follows :func:`bort_jax.experiments.runs.open_run`
+  machine). The run folder follows :func:`bort_jax.experiments.train_folder.open_run`
   and is checked and locked before the data load.
 
   With ``parallel`` (by default whenever ``jax.distributed`` runs several
@@ -569,12 +569,12 @@ def train(
   primary = parallel is None or parallel.primary
   say = (log if primary else None) or (lambda line: None)
   if resume and run_dir is None:
-    raise runs.RunDirectoryError("resume needs a run folder.")
+    raise train_folder.RunDirectoryError("resume needs a run folder.")
   folder = restore = None
   if run_dir is not None:
     def open_run():
       _tensorboard_path(run_dir)  # before --overwrite deletes anything
-      folder, restore = runs.open_run(run_dir, config, resume=resume,
+      folder, restore = train_folder.open_run(run_dir, config, resume=resume,
                                       overwrite=overwrite, log=say)
       try:
         tensorboard = _tensorboard_path(folder.path)  # now under the lock
@@ -593,7 +593,7 @@ def train(
   try:
     if dataset is None:
       dataset = data_lib.load_splits(config.data, download=download)
-    data = run_data.prepare(
+    data = train_data.prepare(
         config, dataset,
         put=None if parallel is None else parallel.replicate, holdout=holdout)
     static, state = _init(config, data, models_lib.num_classes(dataset),
@@ -603,8 +603,8 @@ def train(
     try:
       if run_dir is not None:
         run.checkpoints = checkpoints_lib.Checkpoints(
-            runs.checkpoint_dir(folder) if folder is not None
-            else runs.checkpoint_path(run_dir))
+            train_folder.checkpoint_dir(folder) if folder is not None
+            else train_folder.checkpoint_path(run_dir))
         if restore:
           state = _restore(run.checkpoints, config, data, state, say,
                            parallel)
@@ -614,7 +614,7 @@ def train(
       if primary and on_start is not None:
         on_start()
       if folder is not None and not restore:
-        runs.write_config(folder, config)
+        train_folder.write_config(folder, config)
       state, finished, stopped_by = run.epochs(state, max_steps)
     finally:
       run.close()

@@ -12,7 +12,7 @@ from bort_jax.experiments import cli
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import demo
 from bort_jax.experiments import recipes
-from bort_jax.experiments import runs
+from bort_jax.experiments import train_folder
 from bort_jax.experiments.config import TrainConfig
 
 
@@ -68,7 +68,7 @@ print(sorted({m.split(".")[0] for m in sys.modules}
 
 def test_the_parser_s_modules_import_no_jax():
   modules = ["bort_jax.experiments." + name for name in (
-      "cli", "config", "choices", "recipes", "demo", "run_data", "frontier")]
+      "cli", "config", "choices", "recipes", "demo", "train_data", "frontier")]
   done = subprocess.run([sys.executable, "-c", _IMPORTS,
                          *modules], capture_output=True, text=True,
                         timeout=120)
@@ -121,7 +121,7 @@ def test_a_config_json_with_nulls_still_resumes(tmp_path):
   out.mkdir()
   (out / "config.json").write_text(json.dumps(old))
   assert TrainConfig.from_dict(old) == config
-  folder, restore = runs.open_run(out, config, resume=True, overwrite=False)
+  folder, restore = train_folder.open_run(out, config, resume=True, overwrite=False)
   folder.close()
   assert restore is False  # no checkpoint yet: it starts from step 0
 
@@ -188,14 +188,14 @@ def test_demo_stopped_by_sigterm_exits_143(capsys, tmp_path, monkeypatch):
 
 def test_train_limit_above_a_given_dataset_is_refused():
   from bort_jax.experiments import data as data_lib
-  from bort_jax.experiments import run_data
+  from bort_jax.experiments import train_data
   digits = data_lib.load_splits("digits")
-  held = run_data.validation_split(digits, 0.1)  # 1212 of 1347
+  held = train_data.validation_split(digits, 0.1)  # 1212 of 1347
   config = TrainConfig(train_limit=1300, batch_size=64)
   with pytest.raises(config_lib.ConfigError) as info:
-    run_data.prepare(config, held)
+    train_data.prepare(config, held)
   assert str(info.value) == (
       "train_limit 1300 is above the 1212 training examples of the data "
       "given; use at most 1212, or drop it to train on all of them.")
   within = TrainConfig(train_limit=1212, batch_size=64)
-  assert run_data.prepare(within, held).steps_per_epoch == 1212 // 64
+  assert train_data.prepare(within, held).steps_per_epoch == 1212 // 64

@@ -11,7 +11,7 @@ from bort_jax.experiments import frontier_stats
 from bort_jax.experiments.cli import main
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.config import TrainConfig
-from bort_jax.experiments.run_dir import RunDirectoryError
+from bort_jax.experiments.workdir import RunDirectoryError
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 
-from bort_jax.experiments import run_dir as run_dir_lib
+from bort_jax.experiments import workdir
 
-# The workers import run_dir.py alone (bort_jax's __init__ would import jax,
+# The workers import workdir.py alone (bort_jax's __init__ would import jax,
 # seconds per process on a loaded CI machine); stub packages point at the
 # folders of the module this test imported, so they run the same code.
 _WORKER = r"""
@@ -24,7 +24,7 @@ for name, folder in (("bort_jax", os.path.dirname(package_dir)),
   module = types.ModuleType(name)
   module.__path__ = [folder]
   sys.modules[name] = module
-from bort_jax.experiments import run_dir
+from bort_jax.experiments import workdir
 print("ready", flush=True)
 while not os.path.exists(go):
   time.sleep(0.001)
@@ -32,8 +32,8 @@ end = time.monotonic() + float(seconds)
 holds = overlaps = refusals = 0
 while time.monotonic() < end:
   try:
-    folder = run_dir.RunFolder.open(path)
-  except run_dir.RunDirectoryError:
+    folder = workdir.RunFolder.open(path)
+  except workdir.RunDirectoryError:
     refusals += 1
     continue
   # Whoever holds the folder owns this marker; O_EXCL fails if another does.
@@ -56,7 +56,7 @@ print(json.dumps({"holds": holds, "overlaps": overlaps,
 def test_n3_open_and_close_in_a_loop_from_four_processes_is_exclusive(
     tmp_path):
   path, go = tmp_path / "run", tmp_path / "go"
-  package_dir = os.path.dirname(os.path.abspath(run_dir_lib.__file__))
+  package_dir = os.path.dirname(os.path.abspath(workdir.__file__))
   workers = [
       subprocess.Popen([sys.executable, "-c", _WORKER, package_dir, str(path),
                         str(go), "2"], stdout=subprocess.PIPE, text=True)
@@ -77,4 +77,4 @@ def test_n3_open_and_close_in_a_loop_from_four_processes_is_exclusive(
   assert all(r["holds"] > 0 for r in results), results
   assert sum(r["refusals"] for r in results) > 0, results
   assert sum(r["overlaps"] for r in results) == 0, results
-  assert not os.path.exists(path / run_dir_lib.LOCK_NAME)
+  assert not os.path.exists(path / workdir.LOCK_NAME)

@@ -12,10 +12,10 @@ import pytest
 from flax import nnx
 
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import runs
+from bort_jax.experiments import train_folder
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.loop import train
-from bort_jax.experiments.run_dir import RunDirectoryError
+from bort_jax.experiments.workdir import RunDirectoryError
 
 # 1347 digits / 128 = 10 steps per epoch, 30 in all.
 CONFIG = TrainConfig(data="digits", model="mlp", width=32, epochs=3,
@@ -74,7 +74,7 @@ def test_train_learns_and_writes_metrics_and_checkpoints(straight):
     rows = list(csv.DictReader(f))
   assert len(rows) == 4 and rows[0]["train_loss"] == ""
   assert float(rows[-1]["test_accuracy"]) == history[-1]["test_accuracy"]
-  assert runs.load_config(run_dir) == CONFIG
+  assert train_folder.load_config(run_dir) == CONFIG
   steps = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
   assert steps[-1] == "30"
 
@@ -146,15 +146,24 @@ def test_run_directory_rules(straight, digits, tmp_path):
   user_dir.mkdir()
   (user_dir / "notes.txt").write_text("keep me")
   with pytest.raises(RunDirectoryError, match="--overwrite"):
-    runs.open_run(str(user_dir), CONFIG, resume=False, overwrite=False)
+    train_folder.open_run(str(user_dir), CONFIG, resume=False, overwrite=False)
   (user_dir / "metrics.json").write_text("{}")
   (user_dir / "checkpoints").mkdir()
   with pytest.raises(RunDirectoryError, match="not a bort-jax training run"):
-    runs.open_run(str(user_dir), CONFIG, resume=False, overwrite=True)
+    train_folder.open_run(str(user_dir), CONFIG, resume=False, overwrite=True)
   (user_dir / "config.json").write_text(CONFIG.to_json())
-  folder, restore = runs.open_run(str(user_dir), CONFIG, resume=False,
+  folder, restore = train_folder.open_run(str(user_dir), CONFIG, resume=False,
                                   overwrite=True)
   folder.close()
   assert not restore
   assert sorted(os.listdir(user_dir)) == ["notes.txt"]
   assert (user_dir / "notes.txt").read_text() == "keep me"
+
+
+def test_the_data_errors_of_a_run_are_the_data_package_s_one_data_error(
+    digits):
+  # One DataError: `except data.DataError` catches what train() raises.
+  from bort_jax.experiments import loop
+  assert loop.DataError is data_lib.DataError
+  with pytest.raises(data_lib.DataError, match="fewer than one batch"):
+    train(dataclasses.replace(CONFIG, batch_size=2000), dataset=digits)

@@ -20,15 +20,15 @@ from flax import nnx
 from bort_jax.experiments import cli
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop
-from bort_jax.experiments import run_dir as run_dir_lib
+from bort_jax.experiments import workdir
 from bort_jax.experiments.checkpoints import CheckpointError
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.loop import DataError
 from bort_jax.experiments.loop import DivergedError
 from bort_jax.experiments.loop import train
-from bort_jax.experiments.run_dir import RunDirectoryError
-from bort_jax.experiments.run_dir import RunFolder
+from bort_jax.experiments.workdir import RunDirectoryError
+from bort_jax.experiments.workdir import RunFolder
 
 # 1347 digits / 256 = 5 steps per epoch, 10 in all: a second or two.
 TINY = TrainConfig(data="digits", model="mlp", width=8, epochs=2,
@@ -103,7 +103,7 @@ def test_item03_one_process_per_folder_and_a_killed_ones_lock_is_cleared(
   holder = subprocess.Popen(
       [sys.executable, "-c",
        "import fcntl, os, sys, time\n"
-       f"fd = os.open({str(path / run_dir_lib.LOCK_NAME)!r}, "
+       f"fd = os.open({str(path / workdir.LOCK_NAME)!r}, "
        "os.O_RDWR | os.O_CREAT)\n"
        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
        "os.write(fd, str(os.getpid()).encode())\n"
@@ -119,7 +119,7 @@ def test_item03_one_process_per_folder_and_a_killed_ones_lock_is_cleared(
                  log=lines.append)
   assert result.step == 1
   assert any(f"stale lock of pid {holder.pid}" in l for l in lines), lines
-  assert not os.path.exists(path / run_dir_lib.LOCK_NAME)  # released
+  assert not os.path.exists(path / workdir.LOCK_NAME)  # released
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_item04_temp_files_never_follow_planted_symlinks(
     assert victim.read_text() == "outside the run"
   assert _strict_json(path / "metrics.json")["history"][-1]["step"] == 10
   # A link planted at the (unique, unpredictable) temp name is refused.
-  monkeypatch.setattr(run_dir_lib.secrets, "token_hex", lambda n: "fixed")
+  monkeypatch.setattr(workdir.secrets, "token_hex", lambda n: "fixed")
   victim = tmp_path / "victim"
   victim.write_text("outside")
   with RunFolder.open(tmp_path / "other") as folder:
@@ -249,7 +249,7 @@ def test_item11_unwritable_or_full_folders_are_one_line_before_the_data(
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   with monkeypatch.context() as m:
-    m.setattr(run_dir_lib.os, "write", full)
+    m.setattr(workdir.os, "write", full)
     err = _cli_fails(capsys, ["train", "--out", str(tmp_path / "run")],
                      "No space left on device")
   assert len(err.strip().splitlines()) == 1 and loads == []
@@ -259,7 +259,7 @@ def test_item11_unwritable_or_full_folders_are_one_line_before_the_data(
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   with RunFolder.open(tmp_path / "out") as folder:
-    monkeypatch.setattr(run_dir_lib.os, "fsync", fsync)
+    monkeypatch.setattr(workdir.os, "fsync", fsync)
     with pytest.raises(RunDirectoryError, match="No space left on device"):
       folder.write_json("metrics.json", {"a": 1})
     assert folder.entries() == []  # no temp file left behind
@@ -272,7 +272,7 @@ def test_item12_a_run_killed_before_its_first_checkpoint_restarts(
     path = tmp_path / f"killed-{resume}"
     path.mkdir()
     (path / "config.json").write_text(TINY.to_json())
-    (path / run_dir_lib.LOCK_NAME).write_text("999999999\n")  # a dead pid
+    (path / workdir.LOCK_NAME).write_text("999999999\n")  # a dead pid
     result = train(TINY, str(path), dataset=digits, resume=resume,
                    max_steps=2)
     assert result.step == 2

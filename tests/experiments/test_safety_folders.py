@@ -15,13 +15,13 @@ from flax import nnx
 
 from bort_jax.experiments import cli
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import run_dir as run_dir_lib
-from bort_jax.experiments import runs
+from bort_jax.experiments import workdir
+from bort_jax.experiments import train_folder
 from bort_jax.experiments.checkpoints import Checkpoints
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.loop import train
-from bort_jax.experiments.run_dir import RunDirectoryError
-from bort_jax.experiments.run_dir import RunFolder
+from bort_jax.experiments.workdir import RunDirectoryError
+from bort_jax.experiments.workdir import RunFolder
 
 # 1347 digits / 256 = 5 steps per epoch, 10 in all: a second or two.
 TINY = TrainConfig(data="digits", model="mlp", width=8, epochs=2,
@@ -124,7 +124,7 @@ def test_n13_an_out_folder_named_like_a_url_scheme_is_refused_before_writing(
   assert "choose a name without the trailing ':'" in err
   assert os.listdir(tmp_path) == [] and loads == []
   # A colon elsewhere in a name is not a scheme, and is accepted.
-  assert run_dir_lib.check_path(tmp_path / "lr:0.1") == tmp_path / "lr:0.1"
+  assert workdir.check_path(tmp_path / "lr:0.1") == tmp_path / "lr:0.1"
 
 
 def test_m6_overwrite_removes_only_our_checkpoints_and_keeps_the_users_files(
@@ -141,7 +141,7 @@ def test_m6_overwrite_removes_only_our_checkpoints_and_keeps_the_users_files(
   (path / "checkpoints" / "thesis.ckpt").write_text("years of work")
   (path / "checkpoints" / "notes").mkdir()
   (path / "checkpoints" / "notes" / "a.txt").write_text("mine")
-  folder, restore = runs.open_run(path, TINY, resume=False, overwrite=True)
+  folder, restore = train_folder.open_run(path, TINY, resume=False, overwrite=True)
   folder.close()
   assert not restore
   assert sorted(os.listdir(path / "checkpoints")) == ["notes", "thesis.ckpt"]
@@ -153,7 +153,7 @@ def test_m6_overwrite_removes_only_our_checkpoints_and_keeps_the_users_files(
   os.remove(path / "checkpoints" / "thesis.ckpt")
   shutil.rmtree(path / "checkpoints" / "notes")
   (path / "checkpoints" / "7").mkdir()
-  folder, _ = runs.open_run(path, TINY, resume=False, overwrite=True)
+  folder, _ = train_folder.open_run(path, TINY, resume=False, overwrite=True)
   folder.close(remove_if_empty=True)
   assert not os.path.exists(path / "checkpoints")
 
@@ -162,7 +162,7 @@ def test_m8_a_lock_file_that_is_not_a_regular_file_is_one_line_naming_it(
     tmp_path, capsys):
   path = tmp_path / "run"
   path.mkdir()
-  lock = path / run_dir_lib.LOCK_NAME
+  lock = path / workdir.LOCK_NAME
   os.mkfifo(lock)
   with pytest.raises(RunDirectoryError,
                      match=f"lock file '{lock}' is a FIFO, not a regular "
@@ -170,7 +170,7 @@ def test_m8_a_lock_file_that_is_not_a_regular_file_is_one_line_naming_it(
     RunFolder.open(path)
   err = _cli_fails(capsys, ["train", "--out", str(path)], "is a FIFO")
   assert str(lock) in err
-  assert os.listdir(path) == [run_dir_lib.LOCK_NAME]
+  assert os.listdir(path) == [workdir.LOCK_NAME]
   os.remove(lock)
   lock.mkdir()
   with pytest.raises(RunDirectoryError, match="is a folder, not a regular"):

@@ -16,10 +16,10 @@ from bort_jax.experiments import cli
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments import loop
-from bort_jax.experiments import run_dir as run_dir_lib
+from bort_jax.experiments import workdir
 from bort_jax.experiments import signals
 from bort_jax.experiments.config import ConfigError
-from bort_jax.experiments.run_dir import RunDirectoryError
+from bort_jax.experiments.workdir import RunDirectoryError
 
 # 1347 digits, 10 % held out: 1212 to train on, 4 steps of 256 per epoch.
 BASE = {"data": "digits", "model": "mlp", "width": 8, "epochs": 1,
@@ -240,7 +240,7 @@ def test_m1_a_validation_that_leaves_no_example_is_refused_before_writing(
 
 def _frontier_folder(path, settings, runs_text=None):
   path.mkdir()
-  (path / run_dir_lib.MARKER_NAME).write_text('{"kind": "frontier"}')
+  (path / workdir.MARKER_NAME).write_text('{"kind": "frontier"}')
   (path / "settings.json").write_text(json.dumps(settings))
   if runs_text is not None:
     (path / "runs.json").write_text(runs_text)
@@ -279,7 +279,7 @@ def test_m1_a_damaged_runs_json_is_one_line_and_kept(
                            str(out)], "runs.json' is damaged")
   assert (out / "runs.json").read_text() == text
   assert sorted(os.listdir(out)) == sorted(
-      [run_dir_lib.MARKER_NAME, "settings.json", "runs.json"])
+      [workdir.MARKER_NAME, "settings.json", "runs.json"])
 
 
 def test_n8_frontier_refuses_a_bad_seed_before_anything_is_written(

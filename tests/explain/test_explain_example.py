@@ -6,8 +6,7 @@ import pathlib
 
 import pytest
 
-from bort_jax.experiments import run_dir
-
+from bort_jax.experiments import workdir
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "explain_mnist.py"
 
 
@@ -36,7 +35,7 @@ def test_example_writes_results_and_figures(tmp_path, capsys):
   assert "| Bort |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="--overwrite"):
     example.main(args)  # refuses before any work
-  with run_dir.open_script_output(  # an earlier output's files go
+  with workdir.open_script_output(  # an earlier output's files go
       out, kind="explain_mnist", files=example.OUT_FILES,
       overwrite=True) as folder:
     assert folder.path == out and not (out / "results.json").exists()

@@ -16,15 +16,11 @@ import numpy as np
 
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
-from bort_jax.experiments import errors
 from bort_jax.experiments.config import TrainConfig
+from bort_jax.experiments.data.errors import DataError
 
 if TYPE_CHECKING:  # the parser imports this module, and no JAX
   import jax
-
-
-class DataError(errors.ExperimentError):
-  """The data cannot be trained on (empty, or differ from the saved run's)."""
 
 
 
@@ -154,7 +150,7 @@ def validation_split(dataset: Any, fraction: float = 0.1) -> Any:
   Examples:
     >>> import numpy as np
     >>> from bort_jax.experiments import data
-    >>> from bort_jax.experiments.run_data import validation_split
+    >>> from bort_jax.experiments.train_data import validation_split
     >>> split = data.Split(np.zeros((10, 2, 2, 1), np.float32),
     ...                    np.arange(10, dtype=np.int32))
     >>> held = validation_split(data.Dataset(split, split), 0.2)

@@ -4,7 +4,7 @@ A training run folder holds ``config.json``, ``metrics.json``,
 ``metrics.csv`` and ``checkpoints/``; it is recognised by its
 ``config.json``, which must parse as a
 :class:`~bort_jax.experiments.config.TrainConfig`. :func:`open_run` applies
-the rules below under the folder's lock (:class:`run_dir.RunFolder`):
+the rules below under the folder's lock (:class:`workdir.RunFolder`):
 
 - a new run needs an absent or empty folder, or one that holds the same run
   with no checkpoint yet (it was stopped before its first one);
@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from bort_jax.experiments import checkpoints as checkpoints_lib
 from bort_jax.experiments import config as config_lib
-from bort_jax.experiments import run_dir as run_dir_lib
-from bort_jax.experiments.run_dir import RunDirectoryError
+from bort_jax.experiments import workdir
+from bort_jax.experiments.workdir import RunDirectoryError
 
 #: The files a run folder holds; ``overwrite`` removes only these (and of
 #: ``checkpoints/``, only the checkpoints, see ``checkpoints.remove_all``).
@@ -39,7 +39,7 @@ _CSV_FIELDS = (
 )
 
 
-def _saved_config(folder: run_dir_lib.RunFolder
+def _saved_config(folder: workdir.RunFolder
                   ) -> tuple[config_lib.TrainConfig | None, str]:
   """The folder's training config, or ``None`` and why not."""
   text = folder.read_text("config.json")
@@ -76,7 +76,7 @@ def load_config(run_dir: str | os.PathLike[str]) -> config_lib.TrainConfig:
         f"training config ({e}).") from None
 
 
-def checkpoint_dir(folder: run_dir_lib.RunFolder) -> str:
+def checkpoint_dir(folder: workdir.RunFolder) -> str:
   """The run's checkpoints folder."""
   return str(folder.path / "checkpoints")
 
@@ -97,7 +97,7 @@ def open_run(
     resume: bool,
     overwrite: bool,
     log: Callable[[str], None] = lambda line: None,
-) -> tuple[run_dir_lib.RunFolder, bool]:
+) -> tuple[workdir.RunFolder, bool]:
   """Opens and locks a run folder by the rules of the module docstring.
 
   Args:
@@ -117,7 +117,7 @@ def open_run(
   """
   if resume and overwrite:
     raise RunDirectoryError("Pass either --resume or --overwrite, not both.")
-  folder = run_dir_lib.RunFolder.open(run_dir)
+  folder = workdir.RunFolder.open(run_dir)
   try:
     for note in folder.notes:
       log(note)
@@ -170,13 +170,13 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
       "checkpoints and metrics, and nothing else).")
 
 
-def write_config(folder: run_dir_lib.RunFolder,
+def write_config(folder: workdir.RunFolder,
                  config: config_lib.TrainConfig) -> None:
   """Writes ``config.json`` atomically."""
   folder.write_text("config.json", config.to_json())
 
 
-def write_metrics(folder: run_dir_lib.RunFolder, config: config_lib.TrainConfig,
+def write_metrics(folder: workdir.RunFolder, config: config_lib.TrainConfig,
                   history: list[dict[str, Any]],
                   summary: dict[str, Any] | None = None) -> None:
   """Writes ``metrics.json`` (strict JSON) and ``metrics.csv`` atomically.
@@ -193,7 +193,7 @@ def write_metrics(folder: run_dir_lib.RunFolder, config: config_lib.TrainConfig,
   text = io.StringIO()
   writer = csv.DictWriter(text, fieldnames=_CSV_FIELDS, extrasaction="ignore")
   writer.writeheader()
-  for record in run_dir_lib.strict_json(history):
+  for record in workdir.strict_json(history):
     writer.writerow({k: ("" if record.get(k) is None else record[k])
                      for k in _CSV_FIELDS})
   folder.write_text("metrics.csv", text.getvalue())

@@ -78,11 +78,11 @@ def check_path(path: str | os.PathLike[str]) -> Path:
       space.
 
   Examples:
-    >>> from bort_jax.experiments.run_dir import check_path
+    >>> from bort_jax.experiments.workdir import check_path
     >>> check_path("runs/sweep[lr=0.003]")
     Traceback (most recent call last):
     ...
-    bort_jax.experiments.run_dir.RunDirectoryError: The output path ...
+    bort_jax.experiments.workdir.RunDirectoryError: The output path ...
   """
   text = os.fspath(path)
   if not text:
@@ -234,7 +234,7 @@ class RunFolder:
 
     Examples:
       >>> import os, tempfile
-      >>> from bort_jax.experiments.run_dir import RunFolder
+      >>> from bort_jax.experiments.workdir import RunFolder
       >>> with RunFolder.open(os.path.join(tempfile.mkdtemp(), "run")) as f:
       ...   f.write_text("notes.txt", "hello")
       ...   sorted(f.entries())
@@ -384,7 +384,7 @@ def strict_json(obj: Any) -> Any:
   """``obj`` with every non-finite float replaced by ``None``.
 
   Examples:
-    >>> from bort_jax.experiments.run_dir import strict_json
+    >>> from bort_jax.experiments.workdir import strict_json
     >>> strict_json({"loss": float("nan"), "acc": [0.5, float("inf")]})
     {'loss': None, 'acc': [0.5, None]}
   """
@@ -451,7 +451,7 @@ def open_script_output(path: str | os.PathLike[str], *, kind: str,
 
   Examples:
     >>> import tempfile, pathlib
-    >>> from bort_jax.experiments.run_dir import open_script_output
+    >>> from bort_jax.experiments.workdir import open_script_output
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "study"
     >>> with open_script_output(out, kind="study", files=("a.txt",),
     ...                         overwrite=False) as folder:
