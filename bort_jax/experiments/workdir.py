@@ -18,10 +18,11 @@ Training runs, the demo and the examples write only through a
   callers first check that the folder is theirs (a training run's
   ``config.json`` parses as a training config; the demo and the examples
   leave a marker file).
-- :meth:`RunFolder.write_text` and :meth:`RunFolder.atomic` write to a
+- :meth:`RunFolder.write_text` and :meth:`RunFolder.atomic` write through
+  :func:`atomic_file`, the one atomic writer (the data cache's too): a
   temporary file with a unique name, opened with
-  ``O_CREAT | O_EXCL | O_NOFOLLOW``, then ``os.replace`` it: a planted
-  symlink is never followed and a reader never sees half a file.
+  ``O_CREAT | O_EXCL | O_NOFOLLOW``, synced, then ``os.replace``-d: a
+  planted symlink is never followed and a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -332,42 +333,24 @@ class RunFolder:
 
   @contextlib.contextmanager
   def atomic(self, name: str, mode: str = "w") -> Iterator[Any]:
-    """A new file object that replaces ``name`` when the block succeeds.
+    """:func:`atomic_file` for ``name`` in the folder.
 
     Args:
       name: the file's name in the folder.
       mode: ``"w"`` (text) or ``"wb"`` (bytes).
 
     Yields:
-      The temporary file, opened ``O_CREAT | O_EXCL | O_NOFOLLOW``.
+      The temporary file.
 
     Raises:
       RunDirectoryError: the file cannot be written (e.g. the disk is full).
     """
-    temp = self.path / f".{name}.tmp-{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-             | os.O_CLOEXEC)
     try:
-      fd = os.open(temp, flags, 0o644)
-    except OSError as e:
-      raise RunDirectoryError(
-          f"Cannot write {str(self.path / name)!r}: {_one_line(e)}.") from None
-    try:
-      kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-      with os.fdopen(fd, mode, **kwargs) as f:
+      with atomic_file(self.path / name, mode) as f:
         yield f
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(temp, self.path / name)
     except OSError as e:
-      with contextlib.suppress(OSError):
-        os.unlink(temp)
       raise RunDirectoryError(
           f"Cannot write {str(self.path / name)!r}: {_one_line(e)}.") from None
-    except BaseException:
-      with contextlib.suppress(OSError):
-        os.unlink(temp)
-      raise
 
   def write_text(self, name: str, text: str) -> None:
     """Writes ``name`` atomically (see :meth:`atomic`)."""
@@ -378,6 +361,57 @@ class RunFolder:
     """Writes strict JSON (``NaN`` and infinities become ``null``)."""
     self.write_text(name, json.dumps(strict_json(obj), indent=2,
                                      allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "w"
+                ) -> Iterator[Any]:
+  """A new file object that replaces ``path`` when the block succeeds.
+
+  The one atomic writer of the application (run folders, the demo, the
+  frontier, the data cache): the block writes a temporary file with a
+  unique name beside ``path`` (``.<name>.tmp-<random>.tmp``), opened
+  ``O_CREAT | O_EXCL | O_NOFOLLOW`` so that a planted symlink is never
+  followed; it is flushed to disk (``fsync``) and moved over ``path`` with
+  ``os.replace``, so a reader sees the old file or the whole new one. When
+  the block fails, the temporary file is removed and ``path`` is unchanged.
+
+  Args:
+    path: the file to write; its folder must exist.
+    mode: ``"w"`` (UTF-8 text) or ``"wb"`` (bytes).
+
+  Yields:
+    The temporary file.
+
+  Raises:
+    OSError: it cannot be written (e.g. the disk is full).
+
+  Examples:
+    >>> import pathlib, tempfile
+    >>> from bort_jax.experiments.workdir import atomic_file
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> with atomic_file(path) as f:
+    ...   _ = f.write("hello")
+    >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('hello', ['notes.txt'])
+  """
+  path = Path(path)
+  temp = path.with_name(
+      f".{path.name}.tmp-{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+  # 0o666: the umask gives the usual permissions.
+  fd = os.open(temp, flags, 0o666)
+  try:
+    kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    with os.fdopen(fd, mode, **kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(temp)
+    raise
 
 
 def strict_json(obj: Any) -> Any:

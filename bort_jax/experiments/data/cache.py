@@ -30,7 +30,6 @@ file fails, the ones already written in that call are removed again, so
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ import zipfile
 
 import numpy as np
 
+from bort_jax.experiments import workdir
 from bort_jax.experiments.data import idx
 from bort_jax.experiments.data.arrays import ARRAY_KEYS
 from bort_jax.experiments.data.arrays import Arrays
@@ -311,25 +311,17 @@ def write_new(path: Path, data: Contents, *, replace: bool = False) -> bool:
     Whether the file was written.
 
   Raises:
-    OSError: the file could not be written; no temporary file is left.
+    OSError: the file could not be written; no temporary file is left
+      (:func:`bort_jax.experiments.workdir.atomic_file`).
   """
   if path.exists() and not replace:  # never replace a file we did not create
     return False
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-  try:
-    # os.open, not mkstemp, so the file gets the umask's usual permissions.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o666)
-    with os.fdopen(fd, "wb") as f:
-      if callable(data):
-        data(f)
-      else:
-        f.write(data)
-    os.replace(tmp, path)
-  finally:
-    with contextlib.suppress(OSError):  # gone already after os.replace
-      tmp.unlink()
+  with workdir.atomic_file(path, "wb") as f:
+    if callable(data):
+      data(f)
+    else:
+      f.write(data)
   return True
 
 
