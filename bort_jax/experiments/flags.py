@@ -4,6 +4,20 @@ the training config.
 Used by the ``bort-jax`` parser (:mod:`bort_jax.experiments.cli`) and the
 demo's (:mod:`bort_jax.experiments.demo`). Parsing a value checks it with
 :mod:`bort_jax.validation`, the one place that checks user input.
+
+Why the standard library's argparse, with this short generator, and not a
+dataclass-to-CLI library (tyro, jsonargparse, simple_parsing, or
+``ml_collections`` config flags as in the Flax examples): those parse into
+the dataclass with its defaults filled in, so ``--epochs 5`` cannot be told
+from no flag when 5 is the default, and the command line needs exactly that
+(``--resume`` refuses an explicit value that differs from the saved run's,
+and a recipe's values give way only to explicit flags); tyro reports errors
+as multi-line panels and absl (``ml_collections``) as its own, where every
+expected error here is one ``bort-jax <command>: error: …`` line; and
+``ml_collections`` would rename every flag (``--config.gamma=…``). Each
+flag is still one field of :class:`~bort_jax.experiments.config.TrainConfig`
+(its type, choices and help in the field's metadata), so a new setting is
+one field.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one guard for output folders: names, lock, overwrite rules, writes.
 
-Training runs, the demo and the examples write only through a
-:class:`RunFolder`:
+Training runs, the frontier, the demo and the examples write only through
+a :class:`RunFolder`:
 
 - :func:`check_path` refuses, before anything is written, a path orbax
   cannot checkpoint into (it reads ``[``, ``]`` and ``\\`` as glob or escape
@@ -14,6 +14,10 @@ Training runs, the demo and the examples write only through a
   owner removes the lock file before releasing it, and a lock counts only on
   the file still at the lock path, so the lock stays exclusive while
   processes come and go; a lock path that is not a regular file is refused.
+  Not the ``filelock`` package: its Unix lock opens the lock path with
+  ``O_RDWR | O_TRUNC`` and no ``O_NOFOLLOW``, so a symlink planted there
+  would truncate the file it points to, and every refused process would
+  erase the pid that the "in use by pid N" message reads.
 - :meth:`RunFolder.clear` removes only the names it is given, and the
   callers first check that the folder is theirs (a training run's
   ``config.json`` parses as a training config; the demo and the examples
