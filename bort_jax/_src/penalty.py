@@ -62,7 +62,7 @@ Amplitude = Any  # float, array broadcastable to the batch shape, or "ada"
 Tau = Any  # a positive float (or a traced scalar)
 ADA = defaults.ADA
 
-__all__ = ("ADA", "COLS", "KernelOptions", "MODES", "ROWS", "ada_amplitude",
+__all__ = ("ADA", "COLS", "KernelOptions", "ROWS", "ada_amplitude",
            "bort_correction", "bort_penalty", "check_mode", "check_tau",
            "check_weights", "compute_dtype", "correction")
 
@@ -111,7 +111,8 @@ class _Mode(NamedTuple):
   uses_gram: bool  # matrix products (worth batching same-shape matrices)
 
 
-MODES: dict[str, _Mode] = {
+#: Each mode's correction and penalty (the names are :data:`bort_jax.MODES`).
+_MODE_RULES: dict[str, _Mode] = {
     "l2-full": _Mode(l2_full, _l2_full_penalty, True, True),
     "l2-row": _Mode(l2_norms, _l2_norms_penalty, True, False),
     "l2-col": _Mode(l2_norms, _l2_norms_penalty, False, False),
@@ -122,13 +123,13 @@ MODES: dict[str, _Mode] = {
     "huber-fullrow": _Mode(huber_full, _huber_full_penalty, True, True),
     "huber-fullcol": _Mode(huber_full, _huber_full_penalty, False, True),
 }
-assert tuple(MODES) == defaults.MODES, "every mode of defaults.Mode, in order"
+assert tuple(_MODE_RULES) == defaults.MODES, "every mode of Mode, in order"
 
 
 def check_mode(mode: str) -> _Mode:
   """Returns the mode's kernels, or raises a ValueError listing valid modes."""
   validation.check_mode(mode)
-  return MODES[mode]
+  return _MODE_RULES[mode]
 
 
 def check_tau(tau: Tau) -> Tau:
