@@ -73,7 +73,7 @@ RECIPES = {
                steps_lib.Objective(
                    dbort_weight=_AUTHORS["dbort_weight"],
                    dbort_power=_AUTHORS["dbort_power"],
-                   dbort_outputs=_AUTHORS["dbort_outputs"]))),
+                   dbort_on=_AUTHORS["dbort_on"]))),
         common=dict(weight_decay=_AUTHORS["weight_decay"],
                     momentum=_AUTHORS["momentum"]),
         peak=_AUTHORS["learning_rate"], constant=True,

@@ -59,7 +59,7 @@ OUT_FILES = ("results.json", "tables.md", "saliency.png", "attacks.png",
 
 #: The two trainings: the authors' recipe, and SGD at its lr / wd / momentum.
 BORT_ONLY = ("gamma", "mode", "amplitude", "dbort_weight", "dbort_power",
-             "dbort_outputs")
+             "dbort_on")
 
 
 def parse_args(argv=None):

@@ -71,9 +71,13 @@ MAX_BORT_EVERY = 2**31 - 1
 #: it is 0 (or a denormal, flushed to 0) in the float32 arithmetic of a run.
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
+#: Fields' earlier names in a saved ``config.json`` (``dbort_outputs``
+#: until 0.2, the name of a library function too).
+RENAMED = {"dbort_outputs": "dbort_on"}
+
 #: What the DBort term regularises: the model's output, or the output of every
 #: layer Bort constrains.
-DBORT_OUTPUTS = ("logits", "layers")
+DBORT_ON = ("logits", "layers")
 
 
 _RECOMMENDED = bort_jax.RECOMMENDED
@@ -151,7 +155,7 @@ class TrainConfig:
       :func:`bort_jax.dbort.dbort_loss` (:data:`bort_jax.dbort.DBORT_POWER`,
       the published experiments' 1e-4); the recipe ``authors-mnist`` sets
       their MNIST script's 0.1.
-    dbort_outputs: the outputs ``y``: ``"logits"`` or ``"layers"`` (every
+    dbort_on: the outputs ``y``: ``"logits"`` or ``"layers"`` (every
       Bort layer's).
     epochs: the number of epochs.
     batch_size: the training batch size (the last partial batch of an epoch
@@ -256,9 +260,9 @@ class TrainConfig:
       1e-4, "DBort power p (bort_jax.dbort.dbort_loss's; the authors' "
       "MNIST script, recipe authors-mnist, uses 0.1 on the logits)",
       parse=float)
-  dbort_outputs: str = _option(
+  dbort_on: str = _option(
       "logits", "the outputs y of the DBort term: the logits (as the "
-      "authors do) or every Bort layer's", choices=DBORT_OUTPUTS)
+      "authors do) or every Bort layer's", choices=DBORT_ON)
   epochs: int = _option(5, "epochs", parse=int)
   batch_size: int = _option(128, "batch size", parse=int)
   warmup: float = _option(
@@ -297,10 +301,15 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, values: Any) -> "TrainConfig":
-    """A config from :meth:`to_dict`'s output; unknown keys are refused."""
+    """A config from :meth:`to_dict`'s output; unknown keys are refused.
+
+    A field's earlier name (:data:`RENAMED`) reads as its new one, so the
+    run folders of earlier versions still resume.
+    """
     if not isinstance(values, dict):
       raise ConfigError(
           f"a training config is a JSON object, got {type(values).__name__}.")
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
       raise ConfigError(
@@ -533,7 +542,7 @@ def check_config(config: TrainConfig) -> None:
   validation.check_real("dbort_weight", config.dbort_weight, low=0)
   validation.check_real("dbort_power", config.dbort_power, low=0,
                         low_inclusive=False)
-  validation.check_choice("dbort_outputs", config.dbort_outputs, DBORT_OUTPUTS)
+  validation.check_choice("dbort_on", config.dbort_on, DBORT_ON)
   validation.check_choice("schedule", config.schedule, choices.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)

@@ -42,7 +42,7 @@ RECIPES: types.MappingProxyType = types.MappingProxyType({
         "data": "mnist", "model": "simple-cnn", "optimizer": "bort-sgd",
         "learning_rate": 0.005, "momentum": 0.9, "weight_decay": 0.005,
         "gamma": 0.05, "mode": "l1-fullrow", "amplitude": 1.0,
-        "dbort_weight": 1e-3, "dbort_power": 0.1, "dbort_outputs": "logits",
+        "dbort_weight": 1e-3, "dbort_power": 0.1, "dbort_on": "logits",
         "batch_size": 256, "epochs": 40, "schedule": "constant",
         "warmup": 0.0, "seed": 42,
     },

@@ -93,7 +93,7 @@ class Objective(NamedTuple):
     L = \\operatorname{CE}_α(z, y) − λ \\sum_l (\\operatorname{mean} y_l^2)^p
 
   with ``z`` the logits, ``α`` the label smoothing and ``y_l`` the logits
-  (``dbort_outputs="logits"``, as in the authors' script) or the output of
+  (``dbort_on="logits"``, as in the authors' script) or the output of
   every layer Bort constrains (``"layers"``). A hashable static argument of
   the jitted step: with ``dbort_weight=0`` the term is not traced at all, so
   the loss and its gradients are exactly the plain cross-entropy's.
@@ -102,19 +102,19 @@ class Objective(NamedTuple):
     label_smoothing: ``α``.
     dbort_weight: ``λ`` (0: no DBort term).
     dbort_power: ``p`` (:data:`bort_jax.dbort.DBORT_POWER` by default).
-    dbort_outputs: ``"logits"`` or ``"layers"``.
+    dbort_on: ``"logits"`` or ``"layers"``.
   """
 
   label_smoothing: float = 0.0
   dbort_weight: float = 0.0
   dbort_power: float = dbort_lib.DBORT_POWER
-  dbort_outputs: str = "logits"
+  dbort_on: str = "logits"
 
   @classmethod
   def from_config(cls, config: Any) -> "Objective":
     """The objective of a :class:`~bort_jax.experiments.config.TrainConfig`."""
     return cls(float(config.label_smoothing), float(config.dbort_weight),
-               float(config.dbort_power), config.dbort_outputs)
+               float(config.dbort_power), config.dbort_on)
 
 
 def _cross_entropies(logits, labels, label_smoothing=0.0):
@@ -163,7 +163,7 @@ def objective_loss(model: nnx.Module, images: jax.Array, labels: jax.Array,
     >>> bool(jnp.isclose(loss, plain - 1e-3 * jnp.mean(model(x) ** 2) ** 0.1))
     True
   """
-  if objective.dbort_weight and objective.dbort_outputs == "layers":
+  if objective.dbort_weight and objective.dbort_on == "layers":
     logits, outputs = dbort_lib.dbort_outputs(model, images)
   else:
     logits = model(images)

@@ -140,3 +140,11 @@ def test_a_bort_argument_to_a_plain_optimizer_is_refused():
     train_lib.make_optimizer("adamw", 1e-3, every=4)
   # None is "the alias's default", so a plain optimizer takes it silently.
   train_lib.make_optimizer("adamw", 1e-3, every=None, mode=None)
+
+
+def test_a_saved_config_with_the_old_dbort_outputs_name_still_loads():
+  # dbort_outputs (until 0.2) was also a library function's name.
+  saved = TrainConfig(dbort_weight=1e-3, dbort_on="layers").to_dict()
+  saved["dbort_outputs"] = saved.pop("dbort_on")
+  assert TrainConfig.from_dict(saved).dbort_on == "layers"
+  assert "dbort_outputs" not in TrainConfig().to_dict()

@@ -29,7 +29,7 @@ def test_dbort_weight_zero_is_bit_for_bit_the_plain_loss(batch):
   def plain(m):
     return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
   objective = steps.Objective(dbort_weight=0.0, dbort_power=0.3,
-                              dbort_outputs="layers")
+                              dbort_on="layers")
   def ours(m):
     return steps.objective_loss(m, x, y, objective)[0]
   assert np.asarray(ours(model)).tobytes() == np.asarray(plain(model)).tobytes()
@@ -56,7 +56,7 @@ def test_dbort_term_and_its_gradient_follow_the_written_formula(batch, outputs):
     return ce - weight * sum(jnp.mean(o ** 2) ** power for o in chosen)
 
   objective = steps.Objective(dbort_weight=weight, dbort_power=power,
-                              dbort_outputs=outputs)
+                              dbort_on=outputs)
   def ours(m):
     return steps.objective_loss(m, x, y, objective)[0]
   assert len(layers) == 3
