@@ -103,7 +103,7 @@ def train(model, tx, x_train, y_train, steps, batch_size, seed, label):
       done += 1
       if done % 200 == 0 or done == steps:
         print(f"  [{label}] step {done}/{steps} loss "
-              f"{metrics.mean_loss():.4f} ({time.time() - start:.0f}s)",
+              f"{metrics.compute()['loss']:.4f} ({time.time() - start:.0f}s)",
               flush=True)
         metrics = steps_lib.Metrics.zeros()
       if done == steps:

@@ -270,7 +270,8 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _postfix(metrics: steps_lib.Metrics) -> str:
-  return f"loss {metrics.mean_loss():.3f} acc {metrics.accuracy():.3f}"
+  means = metrics.compute()
+  return f"loss {means['loss']:.3f} acc {means['accuracy']:.3f}"
 
 
 @dataclasses.dataclass
@@ -324,8 +325,9 @@ class _Run:
     for split, (images, labels) in splits.items():
       metrics = steps_lib.evaluate_state(static.eval_def, state.model, images,
                                          labels, self.config.eval_batch_size)
-      row[f"{split}_loss"] = metrics.mean_loss()
-      row[f"{split}_accuracy"] = metrics.accuracy()
+      means = metrics.compute()
+      row[f"{split}_loss"], row[f"{split}_accuracy"] = (
+          means["loss"], means["accuracy"])
     params = nnx.merge(static.model_def, state.model)
     mean_error, _ = steps_lib.orthogonality(nnx.state(params, nnx.Param),
                                             static.unconstrained)
@@ -420,11 +422,10 @@ class _Run:
     if position < data.steps_per_epoch:
       return state, None
     now = time.perf_counter()
+    means = state.metrics.compute()
     return state, {
-        "train_loss": state.metrics.mean_loss(),
-        "train_accuracy": state.metrics.accuracy(),
-        "dbort_energy": (state.metrics.mean_energy() if config.dbort_weight
-                         else None),
+        "train_loss": means["loss"], "train_accuracy": means["accuracy"],
+        "dbort_energy": means["dbort_energy"] if config.dbort_weight else None,
         "step_time_ms": (1000 * (now - timed_start) / timed_steps
                          if timed_steps else None),
         "epoch_time_s": now - epoch_start}

@@ -30,6 +30,12 @@ from bort_jax import dbort as dbort_lib
 class Metrics(NamedTuple):
   """Sums of a classifier's loss and correct predictions over examples.
 
+  The interface of ``nnx.MultiMetric`` (:meth:`update`, then
+  :meth:`compute`), as a pure pytree: the jitted steps take and return it,
+  a data-parallel step sums it across devices, the training loop donates it
+  and orbax checkpoints it mid-epoch as it is, where ``nnx.MultiMetric`` is
+  a mutable ``nnx.Object`` to split and merge around every step.
+
   Attributes:
     loss: the sum of the per-example cross-entropies (float32).
     correct: the number of correct predictions (int32).
@@ -40,9 +46,10 @@ class Metrics(NamedTuple):
   Examples:
     >>> import jax.numpy as jnp
     >>> from bort_jax.experiments.steps import Metrics
-    >>> m = Metrics.zeros().add(jnp.array([1.0, 3.0]), jnp.array([True, False]))
-    >>> m.mean_loss(), m.accuracy()
-    (2.0, 0.5)
+    >>> m = Metrics.zeros().update(jnp.array([1.0, 3.0]),
+    ...                            jnp.array([True, False]))
+    >>> m.compute()
+    {'loss': 2.0, 'accuracy': 0.5, 'dbort_energy': 0.0}
   """
 
   loss: jax.Array
@@ -56,9 +63,9 @@ class Metrics(NamedTuple):
     return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
                jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
 
-  def add(self, losses: jax.Array, correct: jax.Array,
-          mask: jax.Array | None = None,
-          energy: jax.Array | None = None) -> "Metrics":
+  def update(self, losses: jax.Array, correct: jax.Array,
+             mask: jax.Array | None = None,
+             energy: jax.Array | None = None) -> "Metrics":
     """Adds per-example losses and correctness (where ``mask`` is true)."""
     if mask is None:
       mask = jnp.ones(losses.shape, bool)
@@ -70,20 +77,17 @@ class Metrics(NamedTuple):
         self.count + count,
         self.energy + energy * count.astype(jnp.float32))
 
-  def mean_loss(self) -> float | None:
-    """The mean loss (host float), ``None`` before any example."""
-    count = int(self.count)
-    return float(self.loss) / count if count else None
+  def compute(self) -> dict[str, float | None]:
+    """The means over the examples so far, as host floats.
 
-  def accuracy(self) -> float | None:
-    """The accuracy (host float), ``None`` before any example."""
+    Returns:
+      ``{"loss", "accuracy", "dbort_energy"}``: the mean loss, the accuracy
+      and the mean DBort energy; each ``None`` before any example.
+    """
     count = int(self.count)
-    return int(self.correct) / count if count else None
-
-  def mean_energy(self) -> float | None:
-    """The mean DBort energy (host float), ``None`` before any example."""
-    count = int(self.count)
-    return float(self.energy) / count if count else None
+    sums = {"loss": float(self.loss), "accuracy": int(self.correct),
+            "dbort_energy": float(self.energy)}
+    return {k: v / count if count else None for k, v in sums.items()}
 
 
 class Objective(NamedTuple):
@@ -228,7 +232,7 @@ def train_step(model_def: Any, optimizer_def: Any, model_state: Any,
   (_, (losses, correct, energy)), grads = grad_fn(model, x, y, objective)
   optimizer.update(model, grads)
   return (nnx.state(model), nnx.state(optimizer),
-          metrics.add(losses, correct, energy=energy))
+          metrics.update(losses, correct, energy=energy))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -251,7 +255,7 @@ def eval_step(eval_def: Any, model_state: Any, metrics: Metrics,
   """
   model = nnx.merge(eval_def, model_state)
   losses, correct = _losses_and_correct(model, images, labels)
-  return metrics.add(losses, correct, mask)
+  return metrics.update(losses, correct, mask)
 
 
 @functools.partial(jax.jit, static_argnames="exclude")
@@ -345,4 +349,5 @@ def evaluate(model: nnx.Module, images: Any, labels: Any,
       eval_graphdef(model), nnx.state(model),
       jnp.asarray(np.asarray(images), jnp.float32),
       jnp.asarray(np.asarray(labels), jnp.int32), batch_size)
-  return metrics.mean_loss(), metrics.accuracy()
+  means = metrics.compute()
+  return means["loss"], means["accuracy"]
