@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(parser: argparse.ArgumentParser, args):
-  """The run's config: the saved one on ``--resume``, else the flags'."""
+  """The run's config: on ``--resume`` the saved one, with the explicit
+  flags of fields a resume may change (:data:`config.RESUMABLE`), else the
+  flags'."""
   from bort_jax.experiments import config as config_lib
   from bort_jax.experiments import flags
   from bort_jax.experiments import optimizers
@@ -171,14 +174,18 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
               if k in config_lib.field_names() and v is not None}
   if args.resume:
     saved = train_folder.load_config(args.out)
+    resumed = dataclasses.replace(saved, **{
+        k: v for k, v in explicit.items() if k in config_lib.RESUMABLE})
     differ = {k: (getattr(saved, k), v) for k, v in explicit.items()
-              if getattr(saved, k) != v}
+              if getattr(resumed, k) != v}
     if differ:
+      may = ", ".join(flags.flag(config_lib.TrainConfig.__dataclass_fields__[
+          name]) for name in config_lib.RESUMABLE)
       raise config_lib.ConfigError(
           "--resume continues the saved run; these arguments differ from it "
           f"(saved vs given): {config_lib.describe_differences(differ)}. "
-          "Drop them, or start a new run.")
-    return saved
+          f"Drop them (a resume may change only {may}), or start a new run.")
+    return resumed
   values = {}
   if args.recipe is not None:
     from bort_jax.experiments import recipes

@@ -44,17 +44,20 @@ def parse_amplitude(text: str) -> float | str:
 def _option(default: Any, help: str, *, flag: str | None = None,
             parse: Callable[[str], Any] | None = None,
             choices: tuple[str, ...] | None = None, bort: bool = False,
-            alias: str | None = None) -> Any:
+            alias: str | None = None, resumable: bool = False) -> Any:
   """A field with its command-line flag (``--<name>`` by default).
 
   ``bort``: the field matters only with a Bort optimizer
   (:data:`BORT_FIELDS`); ``alias``: it is also that argument of the Bort
   alias (``every`` of :func:`bort_jax.bort_adamw` for ``bort_every``),
   passed to it as it is, so that a new alias setting is one field here.
+  ``resumable``: the field changes no step of the run, so a resumed run
+  may take a new value (:data:`RESUMABLE`).
   """
   return dataclasses.field(default=default, metadata={
       "help": help, "flag": flag, "parse": parse, "choices": choices,
-      "bort": bort or alias is not None, "alias": alias})
+      "bort": bort or alias is not None, "alias": alias,
+      "resumable": resumable})
 
 #: The initialisations: the model's own, or its Bort kernels put on the
 #: constraint (:func:`bort_jax.project_to_constraint`) right after it.
@@ -275,9 +278,11 @@ class TrainConfig:
       "default", "initialisation: the model's, or orthogonal (Bort's "
       "kernels put on the constraint W W^T = cI after it, c the amplitude "
       "or 'ada'; for any optimizer)", choices=INITS)
-  eval_batch_size: int = _option(1000, "evaluation batch size", parse=int)
+  eval_batch_size: int = _option(1000, "evaluation batch size", parse=int,
+                                 resumable=True)
   checkpoint_every: int = _option(
-      0, "also checkpoint every N steps (0: each epoch)", parse=int)
+      0, "also checkpoint every N steps (0: each epoch)", parse=int,
+      resumable=True)
   train_limit: int | None = _option(
       None, "train on the first N examples only (default: all of them)",
       parse=int)
@@ -337,6 +342,14 @@ class TrainConfig:
 #: with that init (the same start as its Bort run).
 BORT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                     if f.metadata["bort"])
+
+
+#: The fields a resumed run may change (marked ``resumable``): they change
+#: no training step (how large the evaluation batches are, how often a
+#: checkpoint is taken), so ``--resume --eval-batch-size 100`` continues the
+#: same run; every other field defines the run and must match.
+RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                  if f.metadata["resumable"])
 
 
 def field_names() -> tuple[str, ...]:
@@ -588,7 +601,9 @@ def check_config(config: TrainConfig) -> None:
 
 def differences(saved: TrainConfig, given: TrainConfig
                 ) -> dict[str, tuple[Any, Any]]:
-  """The fields that differ, as ``{name: (saved value, given value)}``.
+  """The fields that define the run and differ, as ``{name: (saved value,
+  given value)}``; those a resume may change (:data:`RESUMABLE`) are left
+  out.
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig, differences
@@ -597,7 +612,8 @@ def differences(saved: TrainConfig, given: TrainConfig
   """
   return {name: (getattr(saved, name), getattr(given, name))
           for name in field_names()
-          if getattr(saved, name) != getattr(given, name)}
+          if name not in RESUMABLE
+          and getattr(saved, name) != getattr(given, name)}
 
 
 def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:

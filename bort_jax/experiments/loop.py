@@ -614,7 +614,9 @@ def train(
         run.scalars = _Scalars(_tensorboard_path(folder.path), purge)
       if primary and on_start is not None:
         on_start()
-      if folder is not None and not restore:
+      # A resume writes it only with new values of its resumable fields.
+      if folder is not None and (
+          folder.read_text("config.json") != config.to_json()):
         train_folder.write_config(folder, config)
       state, finished, stopped_by = run.epochs(state, max_steps)
     finally:

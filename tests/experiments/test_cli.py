@@ -67,8 +67,16 @@ def test_train_resume_and_overwrite_refusal(capsys, tmp_path):
     assert len(json.load(f)["history"]) == 3
   capsys.readouterr()
   # Explicit arguments that contradict the saved run are refused.
-  _fails(capsys, ["train", "--out", out, "--resume", "--gamma", "0.5"],
-         "gamma 0.01 vs 0.5")
+  err = _fails(capsys, ["train", "--out", out, "--resume", "--gamma", "0.5"],
+               "gamma 0.01 vs 0.5")
+  assert "a resume may change only --eval-batch-size, --checkpoint-every" in err
+  # The fields that change no step of the run take the flags' new values.
+  assert cli.main(["train", "--out", out, "--resume", "--no-progress",
+                   "--eval-batch-size", "7", "--checkpoint-every", "3"]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    saved = json.load(f)
+  assert (saved["eval_batch_size"], saved["checkpoint_every"]) == (7, 3)
+  assert saved["gamma"] == 0.01
 
 
 @pytest.mark.slow

@@ -167,3 +167,26 @@ def test_the_data_errors_of_a_run_are_the_data_package_s_one_data_error(
   assert loop.DataError is data_lib.DataError
   with pytest.raises(data_lib.DataError, match="fewer than one batch"):
     train(dataclasses.replace(CONFIG, batch_size=2000), dataset=digits)
+
+
+def test_a_resume_may_change_only_what_changes_no_step(digits, tmp_path):
+  # eval_batch_size and checkpoint_every change no training step: a resume
+  # with new values continues the run to the same weights as a straight
+  # run; any other field still differs from the checkpointed run.
+  from bort_jax.experiments import config as config_lib
+  assert config_lib.RESUMABLE == ("eval_batch_size", "checkpoint_every")
+  path = str(tmp_path / "run")
+  straight = train(CONFIG, dataset=digits)
+  train(CONFIG, path, dataset=digits, max_steps=12)
+  changed = dataclasses.replace(CONFIG, eval_batch_size=100,
+                                checkpoint_every=5)
+  resumed = train(changed, path, dataset=digits, resume=True)
+  assert resumed.finished and resumed.step == straight.step
+  for a, b in zip(jax.tree.leaves(nnx.state(resumed.model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(straight.model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with open(os.path.join(path, "config.json")) as f:
+    assert json.load(f)["eval_batch_size"] == 100
+  with pytest.raises(config_lib.ConfigError, match="gamma 0.1 vs 0.2"):
+    train(dataclasses.replace(changed, gamma=0.2), path, dataset=digits,
+          resume=True)
