@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time, on first use
   from bort_jax._src.defaults import MAX_STEP_STRENGTH
   from bort_jax._src.defaults import Mode
   from bort_jax._src.defaults import MODES
+  from bort_jax._src.defaults import Placement
   from bort_jax._src.diagnostics import matrix_orthogonality_error
   from bort_jax._src.diagnostics import mean_orthogonality_error
   from bort_jax._src.diagnostics import orthogonality_error
@@ -69,6 +70,7 @@ _EXPORTS = {
     "MAX_STEP_STRENGTH": "bort_jax._src.defaults",
     "Mode": "bort_jax._src.defaults",
     "MODES": "bort_jax._src.defaults",
+    "Placement": "bort_jax._src.defaults",
     "matrix_orthogonality_error": "bort_jax._src.diagnostics",
     "mean_orthogonality_error": "bort_jax._src.diagnostics",
     "orthogonality_error": "bort_jax._src.diagnostics",
@@ -146,6 +148,7 @@ __all__ = (
     "KernelOptions",
     "Mode",
     "OrthogonalityError",
+    "Placement",
     "SkipNonfiniteState",
     "ada_amplitude",
     "add_bort_correction",

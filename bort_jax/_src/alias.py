@@ -11,6 +11,7 @@ from bort_jax._src import penalty
 from bort_jax._src import validation
 from bort_jax._src import defaults
 from bort_jax._src.defaults import Mode
+from bort_jax._src.defaults import Placement
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
 from bort_jax._src.transform import add_bort_correction
@@ -285,7 +286,7 @@ def with_bort(
     strength: optax.ScalarOrSchedule = 1e-3,
     mode: Mode = "l1-fullrow",
     amplitude: optax.ScalarOrSchedule | str = "ada",
-    placement: str = "decoupled",
+    placement: Placement = "decoupled",
     tau: float = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,

@@ -24,8 +24,13 @@ MODES: tuple[str, ...] = typing.get_args(Mode)
 #: The adaptive amplitude ``c = (mean_i ‖w_i‖)²``.
 ADA = "ada"
 
-#: The placements of :func:`bort_jax.with_bort`.
-PLACEMENTS: tuple[str, ...] = ("coupled", "decoupled")
+#: Where :func:`bort_jax.with_bort` applies the correction: on the
+#: gradient, before the optimizer (coupled), or on the update, after it
+#: (decoupled).
+Placement = Literal["coupled", "decoupled"]
+
+#: The placements, derived from :data:`Placement`.
+PLACEMENTS: tuple[str, ...] = typing.get_args(Placement)
 
 #: The mode and amplitude ``c`` of :func:`bort_jax.add_bort_correction`'s
 #: signature. They differ from the aliases' (:data:`RECOMMENDED`) on purpose,

@@ -11,20 +11,34 @@ that the two agree.
 from __future__ import annotations
 
 import types
-from typing import Mapping
+import typing
+from typing import Literal, Mapping
 
 #: The models ``bort-jax`` builds by name (see
 #: :data:`bort_jax.experiments.models.BUILDERS`).
-MODELS: tuple[str, ...] = ("mlp", "invertible-mlp", "cnn", "resnet18", "vit",
-                           "simple-cnn")
+Model = Literal["mlp", "invertible-mlp", "cnn", "resnet18", "vit",
+                "simple-cnn"]
+MODELS: tuple[str, ...] = typing.get_args(Model)
 
 #: The learning-rate schedules: warmup then cosine decay to 0, or warmup then
 #: constant (the authors' MNIST/CIFAR script uses no schedule).
-SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+Schedule = Literal["cosine", "constant"]
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 
 #: How γ runs over the training: constant, weak until a switch then γ (late
 #: tightening), or γ until a switch then linear to 0 at the end (annealed).
-GAMMA_SCHEDULES: tuple[str, ...] = ("constant", "late", "anneal")
+GammaSchedule = Literal["constant", "late", "anneal"]
+GAMMA_SCHEDULES: tuple[str, ...] = typing.get_args(GammaSchedule)
+
+#: The initialisations: the model's own, or its Bort kernels put on the
+#: constraint (:func:`bort_jax.project_to_constraint`) right after it.
+Init = Literal["default", "orthogonal"]
+INITS: tuple[str, ...] = typing.get_args(Init)
+
+#: What the DBort term regularises: the model's output, or the output of every
+#: layer Bort constrains.
+DBortOn = Literal["logits", "layers"]
+DBORT_ON: tuple[str, ...] = typing.get_args(DBortOn)
 
 #: The prefix that adds Bort to an optimizer's name.
 BORT_PREFIX = "bort-"

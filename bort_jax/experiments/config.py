@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import numbers
+import typing
 from typing import Any, Callable
 
 import numpy as np
@@ -42,10 +43,12 @@ def parse_amplitude(text: str) -> float | str:
 
 
 def _option(default: Any, help: str, *, flag: str | None = None,
-            parse: Callable[[str], Any] | None = None,
-            choices: tuple[str, ...] | None = None, bort: bool = False,
+            parse: Callable[[str], Any] | None = None, bort: bool = False,
             alias: str | None = None, resumable: bool = False) -> Any:
   """A field with its command-line flag (``--<name>`` by default).
+
+  A field whose type is a ``Literal`` takes its values as the flag's
+  choices (:func:`choices_of`).
 
   ``bort``: the field matters only with a Bort optimizer
   (:data:`BORT_FIELDS`); ``alias``: it is also that argument of the Bort
@@ -55,13 +58,9 @@ def _option(default: Any, help: str, *, flag: str | None = None,
   may take a new value (:data:`RESUMABLE`).
   """
   return dataclasses.field(default=default, metadata={
-      "help": help, "flag": flag, "parse": parse, "choices": choices,
-      "bort": bort or alias is not None, "alias": alias,
+      "help": help, "flag": flag, "parse": parse, "bort": bort or alias is not None, "alias": alias,
       "resumable": resumable})
 
-#: The initialisations: the model's own, or its Bort kernels put on the
-#: constraint (:func:`bort_jax.project_to_constraint`) right after it.
-INITS = ("default", "orthogonal")
 
 #: The seeds numpy's generators take (``np.random.default_rng`` orders the
 #: data from the seed): 0 … 2**32 − 1.
@@ -78,9 +77,6 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 #: until 0.2, the name of a library function too).
 RENAMED = {"dbort_outputs": "dbort_on"}
 
-#: What the DBort term regularises: the model's output, or the output of every
-#: layer Bort constrains.
-DBORT_ON = ("logits", "layers")
 
 
 _RECOMMENDED = bort_jax.RECOMMENDED
@@ -192,14 +188,14 @@ class TrainConfig:
     bort_jax.experiments.config.ConfigError: gamma applies to Bort ...
   """
 
-  data: str = _option("digits", "dataset", choices=data_lib.DATASETS)
-  model: str = _option("mlp", "model", choices=choices.MODELS)
+  data: data_arrays.Dataset = _option("digits", "dataset")
+  model: choices.Model = _option("mlp", "model")
   optimizer: str = _option(
       "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax optimizer "
       "(lion, lamb, ...) or bort-<optax optimizer>")
-  mode: str | None = _option(
+  mode: bort_jax.Mode | None = _option(
       None, "Bort mode (default: the placement's recommended one, "
-      f"{_recommended('mode')})", choices=bort_jax.MODES, alias="mode")
+      f"{_recommended('mode')})", alias="mode")
   amplitude: float | str | None = _option(
       None, "Bort amplitude c > 0 or 'ada' (default: the placement's "
       f"recommended one, {_recommended('amplitude')})",
@@ -207,10 +203,10 @@ class TrainConfig:
   gamma: float | None = _option(
       None, "Bort strength >= 0 (default: the placement's recommended one, "
       f"{_recommended('gamma')})", parse=float, bort=True)
-  placement: str | None = _option(
+  placement: bort_jax.Placement | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: "
       "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
-      choices=validation.PLACEMENTS, bort=True)
+      bort=True)
   gamma_warmup: float | None = _option(
       None, "ramp gamma linearly from 0 over this many epochs (default: 0, "
       "no ramp)", parse=float, bort=True)
@@ -224,11 +220,11 @@ class TrainConfig:
   bort_lr_scale: float = _option(
       1.0, "multiply the learning rate (the whole update) of the Bort "
       "kernels by this factor > 0", parse=float, bort=True)
-  gamma_schedule: str = _option(
+  gamma_schedule: choices.GammaSchedule = _option(
       "constant", "gamma over the run: constant; late (gamma * "
       "gamma_late_factor until the switch, then gamma); anneal (gamma until "
       "the switch, then linear to 0 at the end, not tight at the end)",
-      choices=choices.GAMMA_SCHEDULES, bort=True)
+      bort=True)
   gamma_switch: float = _option(
       0.8, "where the late and anneal gamma schedules switch, as a fraction "
       "of the run's steps in (0, 1]", parse=float, bort=True)
@@ -245,9 +241,9 @@ class TrainConfig:
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's: "
       f"{choices.describe_learning_rates()})", flag="--lr", parse=float)
-  schedule: str = _option(
+  schedule: choices.Schedule = _option(
       "cosine", "learning-rate schedule: warmup then cosine decay to 0, or "
-      "constant after the warmup", choices=choices.SCHEDULES)
+      "constant after the warmup")
   weight_decay: float | None = _option(
       None, "weight decay (default: the optimizer's own: 0 for sgd and "
       "bort-sgd, 1e-4 for adamw and bort-adamw, the optax signature's "
@@ -263,9 +259,9 @@ class TrainConfig:
       1e-4, "DBort power p (bort_jax.dbort.dbort_loss's; the authors' "
       "MNIST script, recipe authors-mnist, uses 0.1 on the logits)",
       parse=float)
-  dbort_on: str = _option(
+  dbort_on: choices.DBortOn = _option(
       "logits", "the outputs y of the DBort term: the logits (as the "
-      "authors do) or every Bort layer's", choices=DBORT_ON)
+      "authors do) or every Bort layer's")
   epochs: int = _option(5, "epochs", parse=int)
   batch_size: int = _option(128, "batch size", parse=int)
   warmup: float = _option(
@@ -274,10 +270,10 @@ class TrainConfig:
   width: int | None = _option(
       None, "model width (MLP units, CNN/ResNet channels, ViT dimension; "
       "default: the model's own)", parse=int)
-  init: str = _option(
+  init: choices.Init = _option(
       "default", "initialisation: the model's, or orthogonal (Bort's "
       "kernels put on the constraint W W^T = cI after it, c the amplitude "
-      "or 'ada'; for any optimizer)", choices=INITS)
+      "or 'ada'; for any optimizer)")
   eval_batch_size: int = _option(1000, "evaluation batch size", parse=int,
                                  resumable=True)
   checkpoint_every: int = _option(
@@ -350,6 +346,21 @@ BORT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
 #: same run; every other field defines the run and must match.
 RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
                   if f.metadata["resumable"])
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+  """The values a field's ``Literal`` type admits (``None`` if it has none).
+
+  Examples:
+    >>> from bort_jax.experiments.config import choices_of
+    >>> choices_of("schedule"), choices_of("epochs")
+    (('cosine', 'constant'), None)
+  """
+  hint = typing.get_type_hints(TrainConfig)[name]
+  for option in (hint, *typing.get_args(hint)):  # X or X | None
+    if typing.get_origin(option) is typing.Literal:
+      return typing.get_args(option)
+  return None
 
 
 def field_names() -> tuple[str, ...]:
@@ -555,7 +566,7 @@ def check_config(config: TrainConfig) -> None:
   validation.check_real("dbort_weight", config.dbort_weight, low=0)
   validation.check_real("dbort_power", config.dbort_power, low=0,
                         low_inclusive=False)
-  validation.check_choice("dbort_on", config.dbort_on, DBORT_ON)
+  validation.check_choice("dbort_on", config.dbort_on, choices.DBORT_ON)
   validation.check_choice("schedule", config.schedule, choices.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)
@@ -563,7 +574,7 @@ def check_config(config: TrainConfig) -> None:
     validation.check_real("weight_decay", config.weight_decay, low=0)
   validation.check_choice("model", config.model, choices.MODELS)
   validation.check_choice("data", config.data, data_lib.DATASETS)
-  validation.check_choice("init", config.init, INITS)
+  validation.check_choice("init", config.init, choices.INITS)
   _check_levers(config)
   if not optimizers_lib.is_bort(config.optimizer):
     given = bort_only_fields(config.to_dict())

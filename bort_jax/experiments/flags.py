@@ -16,8 +16,8 @@ as multi-line panels and absl (``ml_collections``) as its own, where every
 expected error here is one ``bort-jax <command>: error: …`` line; and
 ``ml_collections`` would rename every flag (``--config.gamma=…``). Each
 flag is still one field of :class:`~bort_jax.experiments.config.TrainConfig`
-(its type, choices and help in the field's metadata), so a new setting is
-one field.
+(its choices from its ``Literal`` type, its parsing and help from its
+metadata), so a new setting is one field.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def add_config_flag(p: argparse.ArgumentParser, name: str,
     what = {int: "an integer", config_lib.parse_amplitude:
             "a positive number or 'ada'"}.get(parse, "a number")
     kwargs["type"] = argument_type(parse, what=what)
-  if meta.get("choices"):
-    kwargs["choices"] = meta["choices"]
+  values = config_lib.choices_of(name)
+  if values is not None:
+    kwargs["choices"] = values
   p.add_argument(flag(field), **{**kwargs, **overrides})
 
 

@@ -629,12 +629,6 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                for name, group in groups.items()])
 
 
-#: The files a frontier folder holds (``points/``: one run folder per point
-#: and seed).
-FRONTIER_FILES = ("settings.json", "runs.json", "frontier.json",
-                  "frontier.md", "frontier.png", "points")
-
-
 def _run_dir(folder: Any, point: dict[str, Any], seed: int) -> str:
   return str(folder.path / "points" / f"{point_name(point)}_seed{seed}")
 

@@ -18,23 +18,10 @@ import optax
 
 import bort_jax
 
-#: The prefix that adds Bort to an optimizer's name.
-BORT_PREFIX = "bort-"
-
-#: The learning-rate schedules: warmup then cosine decay to 0, or warmup then
-#: constant (the authors' MNIST/CIFAR script uses no schedule).
-SCHEDULES = ("cosine", "constant")
-
-#: How γ runs over the training (see :func:`make_gamma_schedule`): constant,
-#: weak until a switch then γ (late tightening), or γ until a switch then
-#: linear to 0 at the end (annealed, as SRIP does).
-GAMMA_SCHEDULES = ("constant", "late", "anneal")
-
-#: The default peak learning rate per base optimizer (SGD with momentum 0.9
-#: wants a far larger step than the adaptive methods); any other optax
-#: optimizer gets :data:`DEFAULT_LEARNING_RATE`.
-DEFAULT_LEARNING_RATES = {"sgd": 0.05, "adamw": 1e-3}
-DEFAULT_LEARNING_RATE = 1e-3
+# The names and default rates, defined without JAX for the parser.
+from bort_jax.experiments.choices import BORT_PREFIX
+from bort_jax.experiments.choices import DEFAULT_LEARNING_RATE
+from bort_jax.experiments.choices import DEFAULT_LEARNING_RATES
 
 
 def base_name(name: str) -> str:

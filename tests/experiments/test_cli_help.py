@@ -46,13 +46,26 @@ def test_every_train_flag_states_its_real_default():
 
 def test_the_jax_free_choices_are_the_code_s_names():
   from bort_jax.experiments import models
-  from bort_jax.experiments import optimizers
   assert choices.MODELS == models.MODELS
-  assert choices.SCHEDULES == optimizers.SCHEDULES
-  assert choices.GAMMA_SCHEDULES == optimizers.GAMMA_SCHEDULES
-  assert dict(choices.DEFAULT_LEARNING_RATES) == optimizers.DEFAULT_LEARNING_RATES
-  assert choices.DEFAULT_LEARNING_RATE == optimizers.DEFAULT_LEARNING_RATE
-  assert choices.BORT_PREFIX == optimizers.BORT_PREFIX
+
+
+def test_each_choice_flag_takes_its_field_s_literal_type():
+  # The choices come from the fields' Literal types, one definition each.
+  import bort_jax
+  from bort_jax.experiments import data as data_lib
+  expected = {"data": data_lib.DATASETS, "model": choices.MODELS,
+              "mode": bort_jax.MODES, "placement": ("coupled", "decoupled"),
+              "gamma_schedule": choices.GAMMA_SCHEDULES,
+              "schedule": choices.SCHEDULES, "dbort_on": ("logits", "layers"),
+              "init": ("default", "orthogonal")}
+  found = {name: config_lib.choices_of(name)
+           for name in config_lib.field_names()
+           if config_lib.choices_of(name) is not None}
+  assert found == expected
+  parser = cli.build_parser()
+  train = parser._subparsers._group_actions[0].choices["train"]
+  by_dest = {a.dest: a.choices for a in train._actions}
+  assert {name: tuple(by_dest[name]) for name in expected} == expected
 
 
 # What the application's parser modules import (the package's top level

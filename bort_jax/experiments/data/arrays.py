@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import NamedTuple
+import typing
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from bort_jax.experiments.data.errors import DataFileError
 from bort_jax.experiments.data.errors import EmptyDatasetError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "digits")
+#: A dataset's name.
+Dataset = Literal["mnist", "fashion_mnist", "cifar10", "digits"]
+DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 NUM_CLASSES = 10
 SPLITS = ("train", "test")
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
