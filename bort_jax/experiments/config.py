@@ -58,7 +58,8 @@ def _option(default: Any, help: str, *, flag: str | None = None,
   may take a new value (:data:`RESUMABLE`).
   """
   return dataclasses.field(default=default, metadata={
-      "help": help, "flag": flag, "parse": parse, "bort": bort or alias is not None, "alias": alias,
+      "help": help, "flag": flag, "parse": parse,
+      "bort": bort or alias is not None, "alias": alias,
       "resumable": resumable})
 
 
@@ -76,7 +77,6 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 #: Fields' earlier names in a saved ``config.json`` (``dbort_outputs``
 #: until 0.2, the name of a library function too).
 RENAMED = {"dbort_outputs": "dbort_on"}
-
 
 
 _RECOMMENDED = bort_jax.RECOMMENDED

@@ -242,7 +242,8 @@ def _arrays(state: _State) -> dict[str, Any]:
           "metrics": state.metrics._asdict()}
 
 
-def _meta(config: TrainConfig, data: train_data.RunData, state: _State) -> dict[str, Any]:
+def _meta(config: TrainConfig, data: train_data.RunData,
+          state: _State) -> dict[str, Any]:
   epoch, position = divmod(state.step, data.steps_per_epoch)
   return {"step": state.step, "epoch": epoch, "position": position,
           "steps_per_epoch": data.steps_per_epoch, "config": config.to_dict(),
@@ -346,7 +347,8 @@ class _Run:
 
   def write(self, state: _State, summary: dict | None = None) -> None:
     if self.folder is not None:
-      train_folder.write_metrics(self.folder, self.config, state.history, summary)
+      train_folder.write_metrics(self.folder, self.config, state.history,
+                                 summary)
     if self.scalars is not None and summary is None:
       self.scalars.write(state.history[-1])
 
@@ -508,7 +510,8 @@ def train(
   Resuming restores the model, optimizer state, step, the epoch's running
   metrics and the data position, so ``k`` steps, an interruption and a
   resume give the same parameters as an uninterrupted run (bitwise on one
-  machine). The run folder follows :func:`bort_jax.experiments.train_folder.open_run`
+  machine). The run folder follows
+  :func:`bort_jax.experiments.train_folder.open_run`
   and is checked and locked before the data load.
 
   With ``parallel`` (by default whenever ``jax.distributed`` runs several
@@ -575,8 +578,8 @@ def train(
   if run_dir is not None:
     def open_run():
       _tensorboard_path(run_dir)  # before --overwrite deletes anything
-      folder, restore = train_folder.open_run(run_dir, config, resume=resume,
-                                      overwrite=overwrite, log=say)
+      folder, restore = train_folder.open_run(
+          run_dir, config, resume=resume, overwrite=overwrite, log=say)
       try:
         tensorboard = _tensorboard_path(folder.path)  # now under the lock
         if overwrite:

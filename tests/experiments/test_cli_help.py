@@ -134,7 +134,8 @@ def test_a_config_json_with_nulls_still_resumes(tmp_path):
   out.mkdir()
   (out / "config.json").write_text(json.dumps(old))
   assert TrainConfig.from_dict(old) == config
-  folder, restore = train_folder.open_run(out, config, resume=True, overwrite=False)
+  folder, restore = train_folder.open_run(out, config, resume=True,
+                                          overwrite=False)
   folder.close()
   assert restore is False  # no checkpoint yet: it starts from step 0
 

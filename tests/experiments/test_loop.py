@@ -152,8 +152,8 @@ def test_run_directory_rules(straight, digits, tmp_path):
   with pytest.raises(RunDirectoryError, match="not a bort-jax training run"):
     train_folder.open_run(str(user_dir), CONFIG, resume=False, overwrite=True)
   (user_dir / "config.json").write_text(CONFIG.to_json())
-  folder, restore = train_folder.open_run(str(user_dir), CONFIG, resume=False,
-                                  overwrite=True)
+  folder, restore = train_folder.open_run(str(user_dir), CONFIG,
+                                          resume=False, overwrite=True)
   folder.close()
   assert not restore
   assert sorted(os.listdir(user_dir)) == ["notes.txt"]

@@ -141,7 +141,8 @@ def test_m6_overwrite_removes_only_our_checkpoints_and_keeps_the_users_files(
   (path / "checkpoints" / "thesis.ckpt").write_text("years of work")
   (path / "checkpoints" / "notes").mkdir()
   (path / "checkpoints" / "notes" / "a.txt").write_text("mine")
-  folder, restore = train_folder.open_run(path, TINY, resume=False, overwrite=True)
+  folder, restore = train_folder.open_run(path, TINY, resume=False,
+                                          overwrite=True)
   folder.close()
   assert not restore
   assert sorted(os.listdir(path / "checkpoints")) == ["notes", "thesis.ckpt"]
