@@ -169,6 +169,7 @@ def test_the_data_errors_of_a_run_are_the_data_package_s_one_data_error(
     train(dataclasses.replace(CONFIG, batch_size=2000), dataset=digits)
 
 
+@pytest.mark.slow
 def test_a_resume_may_change_only_what_changes_no_step(digits, tmp_path):
   # eval_batch_size and checkpoint_every change no training step: a resume
   # with new values continues the run to the same weights as a straight
