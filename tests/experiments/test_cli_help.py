@@ -63,9 +63,12 @@ def test_each_choice_flag_takes_its_field_s_literal_type():
            if config_lib.choices_of(name) is not None}
   assert found == expected
   parser = cli.build_parser()
-  train = parser._subparsers._group_actions[0].choices["train"]
-  by_dest = {a.dest: a.choices for a in train._actions}
-  assert {name: tuple(by_dest[name]) for name in expected} == expected
+  for name, values in expected.items():
+    flag = "--" + name.replace("_", "-")
+    args = parser.parse_args(["train", "--out", "x", flag, values[-1]])
+    assert getattr(args, name) == values[-1]
+    with pytest.raises(SystemExit):
+      parser.parse_args(["train", "--out", "x", flag, "not-a-choice"])
 
 
 # What the application's parser modules import (the package's top level
