@@ -688,12 +688,7 @@ def _open_folder(out: str, settings: dict[str, Any],
       log(note)
     runs = []
     if folder.entries():
-      try:
-        ours = json.loads(folder.read_text(workdir.MARKER_NAME) or "null") == (
-            {"kind": "frontier"})
-      except ValueError:
-        ours = False
-      if not ours:
+      if not folder.holds("frontier"):
         raise workdir.RunDirectoryError(
             f"{out!r} is not empty and holds no frontier; choose another "
             "--out (nothing in it is changed).")
@@ -712,7 +707,7 @@ def _open_folder(out: str, settings: dict[str, Any],
             f"{diff}); choose another --out to change them.")
       if saved != settings:  # no run was trained under the old settings
         log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
-    folder.write_json(workdir.MARKER_NAME, {"kind": "frontier"})
+    folder.mark("frontier")
     folder.write_json("settings.json", settings)
   except BaseException:
     folder.close(remove_if_empty=True)

@@ -356,6 +356,18 @@ class RunFolder:
       raise RunDirectoryError(
           f"Cannot write {str(self.path / name)!r}: {_one_line(e)}.") from None
 
+  def holds(self, kind: str) -> bool:
+    """Whether the folder carries ``kind``'s marker (:meth:`mark`)."""
+    try:
+      return json.loads(self.read_text(MARKER_NAME) or "null") == {
+          "kind": kind}
+    except ValueError:
+      return False
+
+  def mark(self, kind: str) -> None:
+    """Leaves ``kind``'s marker, by which :meth:`holds` knows the folder."""
+    self.write_json(MARKER_NAME, {"kind": kind})
+
   def write_text(self, name: str, text: str) -> None:
     """Writes ``name`` atomically (see :meth:`atomic`)."""
     with self.atomic(name) as f:
@@ -457,25 +469,19 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
   """
   folder = RunFolder.open(path)
   try:
-    entries = folder.entries()
-    if entries:
-      marker = folder.read_text(MARKER_NAME)
-      try:
-        ours = json.loads(marker or "null") == {"kind": kind}
-      except ValueError:
-        ours = False
+    if folder.entries():
       if not overwrite:
         raise RunDirectoryError(
             f"Output folder {str(folder.path)!r} already exists and is not "
             "empty. Pass --overwrite to replace the files of an earlier "
             f"{kind} in it (other files are kept), or choose another --out.")
-      if not ours:
+      if not folder.holds(kind):
         raise RunDirectoryError(
             f"--overwrite refused: {str(folder.path)!r} holds no earlier "
             f"{kind} output (no {MARKER_NAME} of kind {kind!r}), so nothing "
             "in it is deleted; choose another --out.")
       folder.clear(list(files) + [MARKER_NAME])
-    folder.write_json(MARKER_NAME, {"kind": kind})
+    folder.mark(kind)
   except BaseException:
     folder.close(remove_if_empty=True)
     raise
