@@ -21,6 +21,7 @@ import numpy as np
 
 from bort_jax.experiments import frontier
 from bort_jax.experiments import frontier_stats
+from bort_jax.experiments import text
 
 
 def compare(runs: list[dict], reference: str) -> list[dict]:
@@ -80,10 +81,8 @@ def _interval(stats: dict | None, digits: int, unit: str = "_pp") -> str:
   (``unit="_pp"``) or :func:`frontier_stats.t_interval` (``unit=""``)."""
   if stats is None:
     return "n/a"
-  mean, ci = stats["mean" + unit], stats["ci" + unit]
-  if ci is None:
-    return f"{mean:+.{digits}f}"
-  return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+  return text.interval(stats["mean" + unit], stats["ci" + unit],
+                       f"+.{digits}f")
 
 
 def main(argv=None) -> int:
@@ -105,9 +104,10 @@ def main(argv=None) -> int:
   for r in rows:
     ratio = ("n/a" if r["constraint_ratio"] is None
              else f"{r['constraint_ratio']:.2f}")
+    constraint = _interval(r["constraint"], 4, unit="")
     print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
-          f"{_interval(r['test'], 2)} | {_interval(r['constraint'], 4, unit='')} | "
-          f"{ratio} | {len(r['diverged'])} |")
+          f"{_interval(r['test'], 2)} | {constraint} | {ratio} | "
+          f"{len(r['diverged'])} |")
   return 0
 
 

@@ -23,13 +23,10 @@ def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
 
 def _interval(stats: dict[str, Any] | None) -> str:
   """``+0.30 [−1.20, +1.80]`` (pp); one seed has no interval."""
-  if not stats or stats.get("mean_pp") is None:
+  if not stats:
     return "n/a"
-  pp = lambda v: f"{round(v, 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
-  if stats["ci_pp"] is None:
-    return f"{pp(stats['mean_pp'])} [1 seed: no CI]"
-  low, high = stats["ci_pp"]
-  return f"{pp(stats['mean_pp'])} [{pp(low)}, {pp(high)}]"
+  return text.interval(stats["mean_pp"], stats["ci_pp"],
+                       alone=" [1 seed: no CI]")
 
 
 def _passes(stat: dict[str, Any] | None) -> str:

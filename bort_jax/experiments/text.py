@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 
 def number(value: Any, spec: str, missing: str = "n/a") -> str:
@@ -22,3 +22,35 @@ def number(value: Any, spec: str, missing: str = "n/a") -> str:
     ('0.99', 'n/a', 'nan')
   """
   return missing if value is None else format(value, spec)
+
+
+def interval(mean: float | None, ci: Sequence[float] | None,
+             spec: str = "+.2f", alone: str = "") -> str:
+  """``mean [low, high]``, the figures of a t-interval, as table text.
+
+  A figure that rounds to zero prints unsigned-zero (``+0.00``, never
+  ``-0.00``); a mean without an interval (one seed) is followed by
+  ``alone``; no mean is ``n/a``.
+
+  Args:
+    mean: the mean, or ``None``.
+    ci: ``[low, high]``, or ``None``.
+    spec: the format spec of every figure.
+    alone: the text after a mean that has no interval.
+
+  Returns:
+    The cell's text.
+
+  Examples:
+    >>> from bort_jax.experiments.text import interval
+    >>> interval(0.3, [-1.2, 1.8]), interval(-0.001, None, alone=" (1 seed)")
+    ('+0.30 [-1.20, +1.80]', '+0.00 (1 seed)')
+  """
+  if mean is None:
+    return "n/a"
+  def figure(value: float) -> str:
+    text = format(value, spec)
+    return format(0.0, spec) if float(text) == 0 else text
+  if ci is None:
+    return figure(mean) + alone
+  return f"{figure(mean)} [{figure(ci[0])}, {figure(ci[1])}]"
