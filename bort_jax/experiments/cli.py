@@ -179,8 +179,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
     differ = {k: (getattr(saved, k), v) for k, v in explicit.items()
               if getattr(resumed, k) != v}
     if differ:
-      may = ", ".join(flags.flag(config_lib.TrainConfig.__dataclass_fields__[
-          name]) for name in config_lib.RESUMABLE)
+      may = ", ".join(map(flags.flag, config_lib.RESUMABLE))
       raise config_lib.ConfigError(
           "--resume continues the saved run; these arguments differ from it "
           f"(saved vs given): {config_lib.describe_differences(differ)}. "
@@ -197,9 +196,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
       f == "bort_head"
       and {**values, **explicit}.get("init") == "orthogonal")]
   if given and not optimizers.is_bort(optimizer):
-    named = ", ".join(
-        flags.flag(config_lib.TrainConfig.__dataclass_fields__[f])
-        for f in given)
+    named = ", ".join(map(flags.flag, given))
     raise config_lib.ConfigError(
         f"{named} applies to Bort optimizers only, but --optimizer is "
         f"{optimizer!r}; drop {named}, or use --optimizer bort-{optimizer}.")

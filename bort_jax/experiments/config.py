@@ -17,6 +17,7 @@ it when a config is built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import numbers
@@ -348,6 +349,12 @@ RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
                   if f.metadata["resumable"])
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+  """The fields' types, their annotations evaluated once."""
+  return typing.get_type_hints(TrainConfig)
+
+
 def choices_of(name: str) -> tuple[str, ...] | None:
   """The values a field's ``Literal`` type admits (``None`` if it has none).
 
@@ -356,7 +363,7 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     >>> choices_of("schedule"), choices_of("epochs")
     (('cosine', 'constant'), None)
   """
-  hint = typing.get_type_hints(TrainConfig)[name]
+  hint = _type_hints()[name]
   for option in (hint, *typing.get_args(hint)):  # X or X | None
     if typing.get_origin(option) is typing.Literal:
       return typing.get_args(option)

@@ -69,9 +69,16 @@ def argument_type(convert: Callable[[str], Any],
   return parse
 
 
-def flag(field) -> str:
-  """A config field's flag: its metadata's, else ``--<name-with-dashes>``."""
-  return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+def flag(name: str) -> str:
+  """A config field's flag: its metadata's, else ``--<name-with-dashes>``.
+
+  Examples:
+    >>> from bort_jax.experiments.flags import flag
+    >>> flag("learning_rate"), flag("bort_every")
+    ('--lr', '--bort-every')
+  """
+  field = config_lib.TrainConfig.__dataclass_fields__[name]
+  return field.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
 def add_config_flag(p: argparse.ArgumentParser, name: str,
@@ -106,7 +113,7 @@ def add_config_flag(p: argparse.ArgumentParser, name: str,
   if field.default is not None:
     default = field.default
     if isinstance(default, bool):
-      default = flag(field) if default else "--no-" + flag(field)[2:]
+      default = flag(name) if default else "--no-" + flag(name)[2:]
     kwargs["help"] += f" (default: {default})"
   if isinstance(field.default, bool):  # --name / --no-name
     kwargs["action"] = argparse.BooleanOptionalAction
@@ -118,7 +125,7 @@ def add_config_flag(p: argparse.ArgumentParser, name: str,
   values = config_lib.choices_of(name)
   if values is not None:
     kwargs["choices"] = values
-  p.add_argument(flag(field), **{**kwargs, **overrides})
+  p.add_argument(flag(name), **{**kwargs, **overrides})
 
 
 def add_config_flags(p: argparse.ArgumentParser,

@@ -61,6 +61,7 @@ from bort_jax.experiments import text
 from bort_jax.experiments.config import TrainConfig
 from bort_jax.experiments.errors import DivergedError  # noqa: F401 (re-export)
 from bort_jax.experiments.train_data import DataError  # noqa: F401 (re-export)
+from bort_jax.experiments.workdir import RunDirectoryError
 from bort_jax.experiments.workdir import strict_json
 
 
@@ -79,7 +80,7 @@ def _tensorboard_path(run_dir: str | os.PathLike[str]) -> str:
   path = os.path.join(os.path.abspath(os.fspath(run_dir)), TENSORBOARD_DIR)
   if os.path.islink(path) or (os.path.lexists(path)
                               and not os.path.isdir(path)):
-    raise train_folder.RunDirectoryError(
+    raise RunDirectoryError(
         f"{path!r} is not a folder (a link or a file), so no TensorBoard "
         "events are written there; move it away and run again.")
   return path
@@ -573,7 +574,7 @@ def train(
   primary = parallel is None or parallel.primary
   say = (log if primary else None) or (lambda line: None)
   if resume and run_dir is None:
-    raise train_folder.RunDirectoryError("resume needs a run folder.")
+    raise RunDirectoryError("resume needs a run folder.")
   folder = restore = None
   if run_dir is not None:
     def open_run():
@@ -617,7 +618,8 @@ def train(
         run.scalars = _Scalars(_tensorboard_path(folder.path), purge)
       if primary and on_start is not None:
         on_start()
-      # A resume writes it only with new values of its resumable fields.
+      # Written when it differs: a new run, a resume with new values of its
+      # resumable fields, or a resume of an older version's config.json.
       if folder is not None and (
           folder.read_text("config.json") != config.to_json()):
         train_folder.write_config(folder, config)
@@ -642,9 +644,9 @@ def _summary_line(record: dict, epochs: int) -> str:
   parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}"]
   if record.get("train_accuracy") is not None:
     parts.append(f"train_acc {record['train_accuracy']:.4f}")
-  for name in ("test_acc", "test_loss"):
-    value = record[name.replace("acc", "accuracy")]
-    parts.append(f"{name} {text.number(value, '.4f', 'nan')}")
+  number = lambda key: text.number(record[key], ".4f", "nan")
+  parts.append(f"test_acc {number('test_accuracy')}")
+  parts.append(f"test_loss {number('test_loss')}")
   if record.get("constraint_error") is not None:
     parts.append(f"constraint {record['constraint_error']:.4f}")
   if record.get("step_time_ms") is not None:

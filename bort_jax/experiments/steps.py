@@ -84,10 +84,10 @@ class Metrics(NamedTuple):
       ``{"loss", "accuracy", "dbort_energy"}``: the mean loss, the accuracy
       and the mean DBort energy; each ``None`` before any example.
     """
-    count = int(self.count)
-    sums = {"loss": float(self.loss), "accuracy": int(self.correct),
-            "dbort_energy": float(self.energy)}
-    return {k: v / count if count else None for k, v in sums.items()}
+    loss, correct, count, energy = jax.device_get(tuple(self))  # one sync
+    sums = {"loss": loss, "accuracy": correct, "dbort_energy": energy}
+    return {k: float(v) / int(count) if count else None
+            for k, v in sums.items()}
 
 
 class Objective(NamedTuple):

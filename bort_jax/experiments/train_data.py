@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # the parser imports this module, and no JAX
   import jax
 
 
-
 @dataclasses.dataclass
 class RunData:
   """The arrays on the device and the shape of an epoch."""
@@ -157,7 +156,6 @@ def validation_split(dataset: Any, fraction: float = 0.1) -> Any:
     >>> held.train.labels.tolist(), held.test.labels.tolist()
     ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
   """
-  from bort_jax.experiments import data as data_lib
   n = len(dataset.train.labels)
   held = int(round(n * fraction))
   if not 0 < held < n:

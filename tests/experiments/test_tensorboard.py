@@ -97,6 +97,6 @@ def test_a_tensorboard_link_is_refused_before_anything_is_written(tmp_path,
   events.rmdir()
   events.symlink_to(elsewhere)
   before = sorted(os.listdir(out))
-  with pytest.raises(loop.train_folder.RunDirectoryError, match="not a folder"):
+  with pytest.raises(loop.RunDirectoryError, match="not a folder"):
     loop.train(_config(), str(out), dataset=digits, overwrite=True)
   assert sorted(os.listdir(out)) == before and not os.listdir(elsewhere)
