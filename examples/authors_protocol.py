@@ -23,7 +23,8 @@ set, and two figures are reported per arm:
 
 It writes ``results.json`` (every run, per epoch) and ``tables.md`` to
 ``--out``. A rerun into the same folder continues where it stopped: finished
-runs are read back, and each run is a resumable ``bort-jax train`` folder.
+runs are read back, and each run is a resumable ``bort-jax train`` folder;
+a non-empty folder that is not this script's is refused, untouched.
 
   python examples/authors_protocol.py --out runs/authors --width 2 \\
       --epochs 6 --seeds 0,1,2
@@ -46,12 +47,14 @@ from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments import loop
 from bort_jax.experiments import recipes
+from bort_jax.experiments import signals
 from bort_jax.experiments import workdir
-from bort_jax.experiments import steps
 from bort_jax.experiments.config import BORT_FIELDS
 from bort_jax.experiments.config import TrainConfig
 
 ARMS = ("bort-sgd+dbort", "bort-sgd", "sgd")
+#: The files of the folder besides the arms' run folders.
+OUT_FILES = ("results.json", "tables.md")
 
 
 def arm_config(arm: str, *, data: str, width: int, epochs: int,
@@ -67,23 +70,26 @@ def arm_config(arm: str, *, data: str, width: int, epochs: int,
   return TrainConfig(**values)
 
 
-def run_arm(config: TrainConfig, path: str, dataset: Any,
-            held_out: Any) -> dict[str, Any]:
-  """Trains epoch by epoch (resuming), evaluating validation and test."""
-  n_train = len(held_out.train.labels)
-  steps_per_epoch = n_train // config.batch_size
-  epochs = []
-  for epoch in range(1, config.epochs + 1):
-    result = loop.train(config, path, dataset=held_out,
-                        resume=os.path.exists(os.path.join(path,
-                                                           "config.json")),
-                        max_steps=epoch * steps_per_epoch)
-    last = result.history[-1]
-    _, test = steps.evaluate(result.model, dataset.test.images,
-                             dataset.test.labels, config.eval_batch_size)
-    epochs.append({"epoch": epoch, "val_accuracy": last["test_accuracy"],
-                   "test_accuracy": test,
-                   "constraint_error": last["constraint_error"]})
+def run_arm(config: TrainConfig, path: str, held_out: Any,
+            test: Any) -> dict[str, Any]:
+  """Trains one arm in its run folder (resuming a stopped run), measuring
+  the validation split and the test set after every epoch.
+
+  Raises:
+    signals.Interrupted: SIGINT or SIGTERM stopped it (its checkpoint is
+      saved, and the same command continues it).
+  """
+  result = loop.train(config, path, dataset=held_out, holdout=test,
+                      resume=os.path.exists(os.path.join(path, "config.json")))
+  if not result.finished:
+    raise signals.Interrupted(
+        f"stopped by {result.stopped_by} at step {result.step}; the "
+        "checkpoint is saved: run the same command again to continue",
+        result.stopped_by)
+  epochs = [{"epoch": r["epoch"], "val_accuracy": r["test_accuracy"],
+             "test_accuracy": r["holdout_accuracy"],
+             "constraint_error": r["constraint_error"]}
+            for r in result.history[1:]]
   best_test = max(epochs, key=lambda e: e["test_accuracy"])
   best_val = max(epochs, key=lambda e: e["val_accuracy"])
   return {"config": config.to_dict(), "epochs": epochs,
@@ -137,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
              for arm in arms for seed in seeds}  # all valid before any work
   dataset = data_lib.load_splits(args.data, download=not args.offline)
   held_out = frontier.validation_split(dataset, 0.1)
-  folder = workdir.RunFolder.open(args.out)
-  with folder:
+  with workdir.open_script_output(args.out, kind="authors_protocol",
+                                  files=OUT_FILES, resume=True) as folder:
     saved = json.loads(folder.read_text("results.json") or "{}")
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for (arm, seed), config in configs.items():
@@ -147,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         runs[arm].append(saved["done"][key])
         continue
       t0 = time.perf_counter()
-      row = run_arm(config, str(folder.path / arm.replace("+", "_") /
-                                f"seed{seed}"), dataset, held_out)
+      try:
+        row = run_arm(config, str(folder.path / arm.replace("+", "_") /
+                                  f"seed{seed}"), held_out, dataset.test)
+      except signals.Interrupted as e:
+        print(f"{key}: {e}", file=sys.stderr)
+        return e.exit_status
       row["time_s"] = time.perf_counter() - t0
       runs[arm].append(row)
       saved.setdefault("done", {})[key] = row

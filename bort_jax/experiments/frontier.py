@@ -56,6 +56,7 @@ from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import frontier_report
 from bort_jax.experiments import signals
 from bort_jax.experiments import text
+from bort_jax.experiments import workdir
 from bort_jax.experiments.config import ConfigError
 from bort_jax.experiments.errors import DivergedError
 from bort_jax.experiments.frontier_stats import PAIRED
@@ -642,7 +643,6 @@ _REPAIRS = {
 
 
 def _damaged(folder: Any, name: str, why: str):
-  from bort_jax.experiments import workdir
   return workdir.RunDirectoryError(
       f"{str(folder.path / name)!r} is damaged ({why}); nothing was changed. "
       + _REPAIRS[name])
@@ -679,35 +679,27 @@ def _read_runs(folder: Any) -> list[dict[str, Any]]:
 
 def _open_folder(out: str, settings: dict[str, Any],
                  log: Callable[[str], None]):
-  """The locked output folder and its recorded runs; a frontier's own
-  folder is resumed, and one that recorded nothing may change settings."""
-  from bort_jax.experiments import workdir
-  folder = workdir.RunFolder.open(out)
+  """The locked output folder and its recorded runs: a frontier's own folder
+  is resumed (:func:`workdir.open_output`), and one that recorded nothing
+  may change settings."""
+  folder = workdir.open_output(out, kind="frontier", files=(), resume=True)
   try:
     for note in folder.notes:
       log(note)
-    runs = []
-    if folder.entries():
-      if not folder.holds("frontier"):
-        raise workdir.RunDirectoryError(
-            f"{out!r} is not empty and holds no frontier; choose another "
-            "--out (nothing in it is changed).")
-      runs = _read_runs(folder)
-      saved = _read_json(folder, "settings.json", dict, "a frontier's "
-                         "settings")
-      started = runs or (folder.exists("points") and os.listdir(
-          folder.path / "points"))
-      if saved != settings and started:
-        saved = saved or {}
-        diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
-                         for k in sorted(set(saved) | set(settings))
-                         if saved.get(k) != settings.get(k))
-        raise workdir.RunDirectoryError(
-            f"{out!r} holds a frontier with other settings (saved vs given: "
-            f"{diff}); choose another --out to change them.")
-      if saved != settings:  # no run was trained under the old settings
-        log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
-    folder.mark("frontier")
+    runs = _read_runs(folder)
+    saved = _read_json(folder, "settings.json", dict, "a frontier's settings")
+    started = runs or (folder.exists("points") and os.listdir(
+        folder.path / "points"))
+    if saved != settings and started:
+      saved = saved or {}
+      diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
+                       for k in sorted(set(saved) | set(settings))
+                       if saved.get(k) != settings.get(k))
+      raise workdir.RunDirectoryError(
+          f"{out!r} holds a frontier with other settings (saved vs given: "
+          f"{diff}); choose another --out to change them.")
+    if saved not in (None, settings):  # no run was trained under them
+      log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
     folder.write_json("settings.json", settings)
   except BaseException:
     folder.close(remove_if_empty=True)

@@ -65,41 +65,10 @@ from bort_jax.experiments.workdir import RunDirectoryError
 from bort_jax.experiments.workdir import strict_json
 
 
-#: The run folder's TensorBoard folder (``tensorboard --logdir <out>``).
-TENSORBOARD_DIR = "tensorboard"
-#: How TensorBoard event files are named (what ``--overwrite`` removes).
-EVENT_FILE_PREFIX = "events.out.tfevents."
 #: The history's numbers written as TensorBoard scalars, one per epoch.
 SCALARS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss",
            "constraint_error", "max_cosine", "norm_spread", "dbort_energy",
            "learning_rate", "step_time_ms")
-
-
-def _tensorboard_path(run_dir: str | os.PathLike[str]) -> str:
-  """``<run>/tensorboard``, refused when it is not a plain folder."""
-  path = os.path.join(os.path.abspath(os.fspath(run_dir)), TENSORBOARD_DIR)
-  if os.path.islink(path) or (os.path.lexists(path)
-                              and not os.path.isdir(path)):
-    raise RunDirectoryError(
-        f"{path!r} is not a folder (a link or a file), so no TensorBoard "
-        "events are written there; move it away and run again.")
-  return path
-
-
-def _remove_event_files(path: str) -> None:
-  """Removes our event files from ``path`` (and it, if then empty).
-
-  ``--overwrite`` removes only what a run wrote: other files stay.
-  """
-  if not os.path.isdir(path):
-    return
-  for name in os.listdir(path):
-    entry = os.path.join(path, name)
-    if (name.startswith(EVENT_FILE_PREFIX) and os.path.isfile(entry)
-        and not os.path.islink(entry)):
-      os.unlink(entry)
-  if not os.listdir(path):
-    os.rmdir(path)
 
 
 class _Scalars:
@@ -578,17 +547,8 @@ def train(
   folder = restore = None
   if run_dir is not None:
     def open_run():
-      _tensorboard_path(run_dir)  # before --overwrite deletes anything
-      folder, restore = train_folder.open_run(
-          run_dir, config, resume=resume, overwrite=overwrite, log=say)
-      try:
-        tensorboard = _tensorboard_path(folder.path)  # now under the lock
-        if overwrite:
-          _remove_event_files(tensorboard)
-      except BaseException:
-        folder.close(remove_if_empty=True)
-        raise
-      return folder, restore
+      return train_folder.open_run(run_dir, config, resume=resume,
+                                   overwrite=overwrite, log=say)
     if parallel is None:
       folder, restore = open_run()
     else:  # process 0 decides; the others learn whether to restore
@@ -615,7 +575,8 @@ def train(
                            parallel)
       if folder is not None:
         purge = state.history[-1]["epoch"] if state.history else None
-        run.scalars = _Scalars(_tensorboard_path(folder.path), purge)
+        run.scalars = _Scalars(train_folder.tensorboard_path(folder.path),
+                               purge)
       if primary and on_start is not None:
         on_start()
       # Written when it differs: a new run, a resume with new values of its

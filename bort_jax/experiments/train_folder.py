@@ -1,7 +1,8 @@
 """A training run's folder: when it may be used, and the files it holds.
 
 A training run folder holds ``config.json``, ``metrics.json``,
-``metrics.csv`` and ``checkpoints/``; it is recognised by its
+``metrics.csv``, ``checkpoints/`` and ``tensorboard/`` (TensorBoard's
+event files); it is recognised by its
 ``config.json``, which must parse as a
 :class:`~bort_jax.experiments.config.TrainConfig`. :func:`open_run` applies
 the rules below under the folder's lock (:class:`workdir.RunFolder`):
@@ -12,7 +13,10 @@ the rules below under the folder's lock (:class:`workdir.RunFolder`):
   starts from step 0;
 - ``overwrite`` removes the run's files, and only them (in
   ``checkpoints/``, only the steps saved there), and only from a folder
-  whose ``config.json`` is a training config.
+  whose ``config.json`` is a training config (of ``tensorboard/``, only
+  the event files);
+- ``tensorboard/`` must be a plain folder (not a link, not a file), checked
+  before anything is removed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from bort_jax.experiments.workdir import RunDirectoryError
 #: The files a run folder holds; ``overwrite`` removes only these (and of
 #: ``checkpoints/``, only the checkpoints, see ``checkpoints.remove_all``).
 RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoints")
+
+#: The run folder's TensorBoard folder (``tensorboard --logdir <out>``).
+TENSORBOARD_DIR = "tensorboard"
+#: How TensorBoard event files are named (what ``overwrite`` removes).
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 _CSV_FIELDS = (
     "epoch", "step", "learning_rate", "train_loss", "train_accuracy",
@@ -76,6 +85,30 @@ def load_config(run_dir: str | os.PathLike[str]) -> config_lib.TrainConfig:
         f"training config ({e}).") from None
 
 
+def tensorboard_path(run_dir: str | os.PathLike[str]) -> str:
+  """``<run>/tensorboard``, refused when it is not a plain folder."""
+  path = os.path.join(os.path.abspath(os.fspath(run_dir)), TENSORBOARD_DIR)
+  if os.path.islink(path) or (os.path.lexists(path)
+                              and not os.path.isdir(path)):
+    raise RunDirectoryError(
+        f"{path!r} is not a folder (a link or a file), so no TensorBoard "
+        "events are written there; move it away and run again.")
+  return path
+
+
+def _remove_event_files(path: str) -> None:
+  """Removes our event files from ``path`` (and it, if then empty)."""
+  if not os.path.isdir(path):
+    return
+  for name in os.listdir(path):
+    entry = os.path.join(path, name)
+    if (name.startswith(EVENT_FILE_PREFIX) and os.path.isfile(entry)
+        and not os.path.islink(entry)):
+      os.unlink(entry)
+  if not os.listdir(path):
+    os.rmdir(path)
+
+
 def checkpoint_dir(folder: workdir.RunFolder) -> str:
   """The run's checkpoints folder."""
   return str(folder.path / "checkpoints")
@@ -117,6 +150,7 @@ def open_run(
   """
   if resume and overwrite:
     raise RunDirectoryError("Pass either --resume or --overwrite, not both.")
+  tensorboard_path(run_dir)  # before the folder is created
   folder = workdir.RunFolder.open(run_dir)
   try:
     for note in folder.notes:
@@ -131,6 +165,7 @@ def open_run(
 
 def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
   where = str(folder.path)
+  tensorboard = tensorboard_path(folder.path)  # again, under the lock
   if not folder.entries():
     if resume:
       raise RunDirectoryError(
@@ -144,6 +179,7 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
           f"--overwrite refused: {where!r} is not a bort-jax training run "
           f"({why_not}), so nothing in it is deleted; choose another --out.")
     checkpoints_lib.remove_all(checkpoint_dir(folder))
+    _remove_event_files(tensorboard)
     folder.clear([name for name in RUN_FILES if name != "checkpoints"])
     return False
   has_checkpoint = checkpoints_lib.latest_step(checkpoint_dir(folder)) is not None

@@ -19,9 +19,10 @@ a :class:`RunFolder`:
   would truncate the file it points to, and every refused process would
   erase the pid that the "in use by pid N" message reads.
 - :meth:`RunFolder.clear` removes only the names it is given, and the
-  callers first check that the folder is theirs (a training run's
-  ``config.json`` parses as a training config; the demo and the examples
-  leave a marker file).
+  callers first check that the folder is theirs: a training run's
+  ``config.json`` parses as a training config; the demo, the examples and
+  the frontier leave a marker file, and open their folders by one rule,
+  :func:`open_output`.
 - :meth:`RunFolder.write_text` and :meth:`RunFolder.atomic` write through
   :func:`atomic_file`, the one atomic writer (the data cache's too): a
   temporary file with a unique name, opened with
@@ -448,39 +449,68 @@ def strict_json(obj: Any) -> Any:
 
 
 def open_output(path: str | os.PathLike[str], *, kind: str,
-                files: Sequence[str], overwrite: bool) -> RunFolder:
-  """Opens the output folder of the demo or an example.
+                files: Sequence[str], overwrite: bool = False,
+                resume: bool = False) -> RunFolder:
+  """Opens the output folder of the demo, an example or the frontier.
 
-  An absent or empty folder is used as it is. A non-empty one is used only
-  with ``overwrite`` and only if it holds this ``kind``'s marker; then only
-  ``files`` (and the marker) are removed, every other file is kept.
+  The one rule of every writer that is not a training run (a training run
+  is recognised by its ``config.json``, see
+  :func:`bort_jax.experiments.train_folder.open_run`): an absent or empty
+  folder is used as it is; a non-empty one only if it holds this
+  ``kind``'s marker (:meth:`RunFolder.holds`), and then
+
+  - with ``resume``, as it is: the writer continues what it holds (the
+    frontier, the authors' protocol);
+  - with ``overwrite``, after removing ``files`` (and the marker), every
+    other file kept;
+  - with neither, not at all.
 
   Args:
     path: the output folder.
-    kind: what writes it (``"demo"``, ``"accuracy_study"``, …).
-    files: the names it writes.
+    kind: what writes it (``"demo"``, ``"frontier"``, …).
+    files: the names it writes (what ``overwrite`` removes).
     overwrite: replace the files of an earlier output of the same kind.
+    resume: continue an earlier output of the same kind.
 
   Returns:
     The locked :class:`RunFolder`, marked as ``kind``'s.
 
   Raises:
     RunDirectoryError: the folder is refused (see above, and :meth:`open`).
+
+  Examples:
+    >>> import tempfile, pathlib
+    >>> from bort_jax.experiments.workdir import open_output
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "sweep"
+    >>> with open_output(out, kind="sweep", files=(), resume=True) as f:
+    ...   f.write_text("runs.json", "[]")
+    >>> with open_output(out, kind="sweep", files=(), resume=True) as f:
+    ...   f.read_text("runs.json")
+    '[]'
+    >>> open_output(out, kind="demo", files=(), resume=True)
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.workdir.RunDirectoryError: ... holds no demo ...
   """
+  if resume and overwrite:
+    raise RunDirectoryError("Pass either --resume or --overwrite, not both.")
   folder = RunFolder.open(path)
   try:
+    where = str(folder.path)
     if folder.entries():
-      if not overwrite:
-        raise RunDirectoryError(
-            f"Output folder {str(folder.path)!r} already exists and is not "
-            "empty. Pass --overwrite to replace the files of an earlier "
-            f"{kind} in it (other files are kept), or choose another --out.")
       if not folder.holds(kind):
         raise RunDirectoryError(
-            f"--overwrite refused: {str(folder.path)!r} holds no earlier "
-            f"{kind} output (no {MARKER_NAME} of kind {kind!r}), so nothing "
-            "in it is deleted; choose another --out.")
-      folder.clear(list(files) + [MARKER_NAME])
+            (f"--overwrite refused: {where!r} holds no earlier {kind} output"
+             if overwrite else f"{where!r} is not empty and holds no {kind}")
+            + f" (no {MARKER_NAME} of kind {kind!r}), so nothing in it is "
+            "changed; choose another --out.")
+      if overwrite:
+        folder.clear(list(files) + [MARKER_NAME])
+      elif not resume:
+        raise RunDirectoryError(
+            f"Output folder {where!r} already exists and is not empty. Pass "
+            f"--overwrite to replace the files of an earlier {kind} in it "
+            "(other files are kept), or choose another --out.")
     folder.mark(kind)
   except BaseException:
     folder.close(remove_if_empty=True)
@@ -489,7 +519,8 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
 
 
 def open_script_output(path: str | os.PathLike[str], *, kind: str,
-                       files: Sequence[str], overwrite: bool) -> RunFolder:
+                       files: Sequence[str], overwrite: bool = False,
+                       resume: bool = False) -> RunFolder:
   """:func:`open_output` for a script (the examples): a refused folder ends
   the script with its one line, ``<kind>: error: …``, and exit status 1.
 
@@ -508,7 +539,8 @@ def open_script_output(path: str | os.PathLike[str], *, kind: str,
     ['study', ' error']
   """
   try:
-    return open_output(path, kind=kind, files=files, overwrite=overwrite)
+    return open_output(path, kind=kind, files=files, overwrite=overwrite,
+                       resume=resume)
   except RunDirectoryError as e:
     raise SystemExit(f"{kind}: error: {e}") from None
 

@@ -64,3 +64,35 @@ def test_accuracy_study_runs_and_refuses_a_foreign_folder(tmp_path,
   with pytest.raises(SystemExit, match="holds no earlier accuracy_study"):
     example.main(argv[:-1] + [str(foreign), "--overwrite"])
   assert (foreign / "results.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_authors_protocol_resumes_its_folder_and_refuses_a_foreign_one(
+    tmp_path, monkeypatch, capsys):
+  example = _load("authors_protocol")
+  monkeypatch.setattr(example.data_lib, "load_splits", _fake_mnist)
+  calls = []
+  train = example.loop.train
+  monkeypatch.setattr(example.loop, "train",
+                      lambda *a, **k: calls.append(a[1]) or train(*a, **k))
+  out = tmp_path / "authors"
+  argv = ["--out", str(out), "--width", "1", "--epochs", "2", "--seeds", "0",
+          "--arms", "bort-sgd,sgd"]
+  assert example.main(argv) == 0
+  results = json.loads((out / "results.json").read_text())
+  for key in ("bort-sgd/seed0", "sgd/seed0"):
+    row = results["done"][key]
+    assert [e["epoch"] for e in row["epochs"]] == [1, 2]
+    best = max(row["epochs"], key=lambda e: e["test_accuracy"])
+    assert row["authors_protocol"] == best["test_accuracy"]
+  assert "| bort-sgd |" in (out / "tables.md").read_text()
+  assert len(calls) == 2
+  assert example.main(argv) == 0  # its own folder: the runs are read back
+  assert len(calls) == 2
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "results.json").write_text("{}")
+  with pytest.raises(SystemExit, match="holds no authors_protocol"):
+    example.main(["--out", str(foreign), "--arms", "sgd", "--seeds", "0"])
+  assert sorted(p.name for p in foreign.iterdir()) == ["results.json"]
+  assert (foreign / "results.json").read_text() == "{}"

@@ -8,6 +8,7 @@ from tensorboardX.proto import event_pb2
 
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop
+from bort_jax.experiments import train_folder
 from bort_jax.experiments.config import TrainConfig
 
 
@@ -26,7 +27,7 @@ def read_scalars(folder):
   scalars = {}
   for name in sorted(os.listdir(folder),
                      key=lambda n: os.path.getmtime(os.path.join(folder, n))):
-    if not name.startswith(loop.EVENT_FILE_PREFIX):
+    if not name.startswith(train_folder.EVENT_FILE_PREFIX):
       continue
     with open(os.path.join(folder, name), "rb") as f:
       data = f.read()
@@ -50,9 +51,9 @@ def _config(**kwargs):
 def test_one_epoch_run_writes_test_accuracy_per_epoch(tmp_path, digits):
   out = tmp_path / "run"
   result = loop.train(_config(), str(out), dataset=digits)
-  events = out / loop.TENSORBOARD_DIR
+  events = out / train_folder.TENSORBOARD_DIR
   names = [n for n in os.listdir(events)
-           if n.startswith(loop.EVENT_FILE_PREFIX)]
+           if n.startswith(train_folder.EVENT_FILE_PREFIX)]
   assert len(names) == 1, names
   scalars = read_scalars(events)
   assert scalars["test_accuracy"] == pytest.approx(
@@ -65,7 +66,7 @@ def test_one_epoch_run_writes_test_accuracy_per_epoch(tmp_path, digits):
 def test_resume_appends_and_overwrite_removes_only_event_files(tmp_path,
                                                                digits):
   out = tmp_path / "run"
-  events = out / loop.TENSORBOARD_DIR
+  events = out / train_folder.TENSORBOARD_DIR
   config = _config(epochs=3)  # 5 steps per epoch
   stopped = loop.train(config, str(out), dataset=digits, max_steps=7)
   assert not stopped.finished
@@ -73,7 +74,7 @@ def test_resume_appends_and_overwrite_removes_only_event_files(tmp_path,
   result = loop.train(config, str(out), dataset=digits, resume=True)
   assert result.finished
   files = [n for n in os.listdir(events)
-           if n.startswith(loop.EVENT_FILE_PREFIX)]
+           if n.startswith(train_folder.EVENT_FILE_PREFIX)]
   assert len(files) == 2, files  # one per start: resume appends
   assert read_scalars(events)["test_accuracy"] == pytest.approx(
       {r["epoch"]: r["test_accuracy"] for r in result.history})
@@ -91,7 +92,7 @@ def test_a_tensorboard_link_is_refused_before_anything_is_written(tmp_path,
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   loop.train(_config(), str(out), dataset=digits)
-  events = out / loop.TENSORBOARD_DIR
+  events = out / train_folder.TENSORBOARD_DIR
   for name in os.listdir(events):
     os.unlink(events / name)
   events.rmdir()
