@@ -192,14 +192,11 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
     recipes.check_override(args.recipe, explicit)
   optimizer = explicit.get("optimizer", values.get(
       "optimizer", config_lib.TrainConfig.optimizer))
-  given = [f for f in config_lib.BORT_FIELDS if f in explicit and not (
-      f == "bort_head"
-      and {**values, **explicit}.get("init") == "orthogonal")]
-  if given and not optimizers.is_bort(optimizer):
-    named = ", ".join(map(flags.flag, given))
-    raise config_lib.ConfigError(
-        f"{named} applies to Bort optimizers only, but --optimizer is "
-        f"{optimizer!r}; drop {named}, or use --optimizer bort-{optimizer}.")
+  config_lib.check_bort_only(optimizer, [
+      f for f in config_lib.BORT_FIELDS if f in explicit and not (
+          f == "bort_head"
+          and {**values, **explicit}.get("init") == "orthogonal")],
+      flags.flag)
   if not optimizers.is_bort(optimizer):
     # A recipe's baseline: the same run without Bort (e.g. SGD with the
     # recipe's learning rate and weight decay).

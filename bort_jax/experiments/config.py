@@ -22,7 +22,7 @@ import hashlib
 import json
 import numbers
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -507,6 +507,39 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
           and not (name == "bort_head" and values.get("init") == "orthogonal")]
 
 
+def check_bort_only(optimizer: str, given: Sequence[str],
+                    name: Callable[[str], str] = str) -> None:
+  """Refuses Bort-only settings (``given``) for a plain ``optimizer``.
+
+  The one check of this rule: the config runs it on the fields
+  :func:`bort_only_fields` finds, and the command line on the Bort flags
+  given explicitly, named as flags (``name``).
+
+  Args:
+    optimizer: the optimizer's name.
+    given: the Bort-only settings that were set.
+    name: how a field is named in the message (e.g. as its flag).
+
+  Raises:
+    ConfigError: ``optimizer`` is not a Bort optimizer and ``given`` is not
+      empty.
+
+  Examples:
+    >>> from bort_jax.experiments.config import check_bort_only
+    >>> check_bort_only("adamw", ["gamma"])
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.config.ConfigError: gamma applies to Bort ...
+  """
+  from bort_jax.experiments import optimizers as optimizers_lib
+  if given and not optimizers_lib.is_bort(optimizer):
+    named = ", ".join(map(name, given))
+    raise ConfigError(
+        f"{named} applies to Bort optimizers only, but {name('optimizer')} "
+        f"is {optimizer!r}; drop {named}, or choose a Bort optimizer "
+        f"(bort-{optimizer}).")
+
+
 def _check_levers(config: TrainConfig) -> None:
   """The Bort learning-rate scale, the γ schedule and the head switch."""
   validation.check_real("bort_lr_scale", config.bort_lr_scale, low=0,
@@ -583,14 +616,8 @@ def check_config(config: TrainConfig) -> None:
   validation.check_choice("data", config.data, data_lib.DATASETS)
   validation.check_choice("init", config.init, choices.INITS)
   _check_levers(config)
-  if not optimizers_lib.is_bort(config.optimizer):
-    given = bort_only_fields(config.to_dict())
-    if given:
-      raise ValueError(
-          f"{given[0]} applies to Bort optimizers only, but optimizer is "
-          f"{config.optimizer!r}; drop {given[0]}, or choose a Bort optimizer "
-          f"(bort-{config.optimizer}).")
-  else:
+  check_bort_only(config.optimizer, bort_only_fields(config.to_dict())[:1])
+  if optimizers_lib.is_bort(config.optimizer):
     validation.check_mode(config.mode)
     validation.check_strength(config.gamma, "gamma")
     validation.check_real("gamma_warmup", config.gamma_warmup, low=0)
