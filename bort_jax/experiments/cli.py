@@ -35,6 +35,7 @@ import dataclasses
 import importlib.util
 import os
 import sys
+import warnings
 from typing import Sequence
 
 #: The ``app`` extra: (module, package) pairs that ``bort-jax`` needs.
@@ -210,6 +211,10 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import distributed
   from bort_jax.experiments import loop
   from bort_jax.experiments import optimizers
+  # The library's warning of a strong per-step correction: the header's
+  # strength report says it, with the flags to change.
+  warnings.filterwarnings("ignore", message=".* is a per-step Bort correction",
+                          category=UserWarning)
   try:  # every check before the wait for the other processes
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:
@@ -227,10 +232,10 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
           f"{config.optimizer}, lr {config.learning_rate:g} -> {args.out}",
           flush=True)
     if optimizers.is_bort(config.optimizer):
-      line, warnings = optimizers.strength_report(config)
+      line, notes = optimizers.strength_report(config)
       print(line, flush=True)
-      for warning in warnings:
-        print(warning, file=sys.stderr, flush=True)
+      for note in notes:
+        print(f"{_PROG} train: {note}", file=sys.stderr, flush=True)
 
   result = loop.train(
       config, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -247,6 +252,21 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   print(f"Done: test accuracy {last['test_accuracy']:.4f}; metrics in "
         f"{os.path.join(args.out, 'metrics.json')}")
   return 0
+
+
+def _command(parser: argparse.ArgumentParser, args) -> int:
+  if args.command == "recipes":
+    return _recipes_command()
+  if args.command == "train":
+    return _train_command(parser, args)
+  if args.command == "frontier":
+    from bort_jax.experiments import config as config_lib
+    from bort_jax.experiments import frontier
+    base = {k: v for k, v in vars(args).items()
+            if k in config_lib.field_names() and v is not None}
+    return frontier.command(args, base)
+  from bort_jax.experiments import demo
+  return demo.run(args)
 
 
 def _recipes_command() -> int:
@@ -293,18 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{_PROG} {args.command}"
-    if args.command == "recipes":
-      return _recipes_command()
-    if args.command == "train":
-      return _train_command(parser, args)
-    if args.command == "frontier":
-      from bort_jax.experiments import config as config_lib
-      from bort_jax.experiments import frontier
-      base = {k: v for k, v in vars(args).items()
-              if k in config_lib.field_names() and v is not None}
-      return frontier.command(args, base)
-    from bort_jax.experiments import demo
-    return demo.run(args)
+    with warnings.catch_warnings():  # a warning is one line, as an error is
+      warnings.showwarning = lambda message, *_, **__: print(
+          f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+      return _command(parser, args)
   except KeyboardInterrupt:
     if debug:
       raise

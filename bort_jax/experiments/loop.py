@@ -324,13 +324,27 @@ class _Run:
 
   def end_epoch(self, state: _State, record: dict[str, Any]) -> _State:
     """Measures, logs, checkpoints and writes an epoch that ended; the
-    running metrics start again from zero."""
-    state.history.append(self.measure(state, record))
+    running metrics start again from zero.
+
+    Weights that overflowed (a non-finite test loss or constraint error,
+    while the training loss can still be finite) stop the run as a
+    divergence, written but not checkpointed.
+    """
+    row = self.measure(state, record)
+    state.history.append(row)
     zeros = steps_lib.Metrics.zeros()
     if self.parallel is not None:
       zeros = self.parallel.replicate(zeros)
     state = dataclasses.replace(state, metrics=zeros)
-    self.say(_summary_line(state.history[-1], self.config.epochs))
+    self.say(_summary_line(row, self.config.epochs))
+    for name in ("test_loss", "constraint_error"):
+      if row[name] is not None and not math.isfinite(row[name]):
+        self.write(state)
+        raise DivergedError(
+            f"The weights overflowed by step {state.step} (epoch "
+            f"{row['epoch']}): the {name.replace('_', ' ')} is {row[name]}; "
+            "the run diverged and is stopped; earlier checkpoints are kept. "
+            "Lower --lr (or --gamma) and start over with --overwrite.")
     self.save(state)
     self.write(state)
     return state
