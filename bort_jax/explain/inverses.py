@@ -115,12 +115,6 @@ def register_inverse(
   return inverse
 
 
-def find_inverse(layer: Any) -> LayerInverse | None:
-  """The inverse registered for the layer's type (or a base), or ``None``."""
-  found = layer_inverse.dispatch(type(layer))
-  return None if found is layer_inverse.dispatch(object) else found
-
-
 def check_relu_mode(relu: str) -> None:
   if relu not in RELU_MODES:
     raise ValueError(f"relu must be one of {RELU_MODES}, got {relu!r}.")
