@@ -10,4 +10,5 @@ class ExperimentError(Exception):
 
 
 class DivergedError(ExperimentError):
-  """The training loss became non-finite; the run was stopped."""
+  """The run diverged (a non-finite training loss, or overflowed weights:
+  a non-finite test loss or constraint error); it was stopped."""

@@ -569,8 +569,8 @@ def run_point(base: dict[str, Any], point: dict[str, Any], seed: int,
   Raises:
     Interrupted: SIGINT or SIGTERM stopped the run before its end (its
       checkpoint is saved in ``run_dir``).
-    DivergedError: the training loss became non-finite (the sweep records
-      it, :func:`diverged_run`).
+    DivergedError: the run diverged (the sweep records it,
+      :func:`diverged_run`).
   """
   from bort_jax.experiments import loop
   from bort_jax.experiments import probes
@@ -720,7 +720,7 @@ def run_frontier(out: str, dataset: Any, base: dict[str, Any], grid: Grid, *,
   The settings are checked (:func:`check_settings`) before anything is
   written.
 
-  A run whose training loss becomes non-finite is recorded as diverged
+  A run that diverges (:class:`DivergedError`) is recorded as diverged
   (:func:`diverged_run`) and the sweep goes on: a rerun does not train it
   again, and its point is never selected.
 

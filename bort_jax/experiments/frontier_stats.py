@@ -71,8 +71,8 @@ def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
   (the runs at or above :data:`PSNR_PASS_DB`) and ``median``: a mean of dB
   values is dominated by its best run. ``val_test_gap`` is the mean over
   seeds of validation minus test accuracy. ``diverged`` counts the runs
-  whose training loss became non-finite (:func:`diverged_run`: they have
-  no figures, so the means are over the others).
+  that diverged (:func:`diverged_run`: they have no figures, so the means
+  are over the others).
   """
   runs = list(runs)
   out: dict[str, Any] = {"seeds": [r["seed"] for r in runs],
@@ -98,7 +98,7 @@ def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def diverged_run(point: dict[str, Any], seed: int, why: str
                  ) -> dict[str, Any]:
-  """The record of a run whose training loss became non-finite.
+  """The record of a run that diverged (its loss or weights non-finite).
 
   A divergence is a result of the point, not a failure of the sweep: it is
   recorded (so a rerun does not train it again), it has no figures, and its

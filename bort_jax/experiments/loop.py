@@ -20,7 +20,8 @@ the iterator). Ctrl-C or SIGTERM stops after the current step and saves a
 checkpoint (the result is not ``finished`` and names the signal in
 ``stopped_by``); ``train(..., resume=True)`` continues from the newest readable
 checkpoint, after checking that the config and the data are the saved run's.
-A non-finite training loss stops the run (:class:`DivergedError`).
+A non-finite training loss, or weights that overflow (a non-finite test
+loss or constraint error), stops the run (:class:`DivergedError`).
 
 With a :class:`~bort_jax.experiments.distributed.DataParallel` layout (given,
 or the default whenever ``jax.distributed`` runs several processes), the same
@@ -534,7 +535,8 @@ def train(
     RunDirectoryError: the run folder may not be used as asked.
     ConfigError: ``config`` differs from the saved run's on resume.
     DataError: the data are too small, or differ from the saved run's.
-    DivergedError: the training loss became non-finite.
+    DivergedError: the training loss became non-finite, or the weights
+      overflowed.
     CheckpointError: no checkpoint can be saved or restored.
     DistributedError: the batch does not split over the devices, or (on
       processes other than 0) process 0 refused the run.
