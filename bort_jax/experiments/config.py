@@ -105,8 +105,9 @@ class TrainConfig:
     data: the dataset name (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
       ``"digits"``).
     model: one of :data:`bort_jax.experiments.models.MODELS`.
-    optimizer: ``sgd``, ``adamw``, ``bort-sgd``, ``bort-adamw``, an optax
-      optimizer's name, or ``bort-<optax optimizer>``.
+    optimizer: ``sgd``, ``adamw``, ``bort-sgd``, ``bort-adamw``, the name
+      of an optax or ``optax.contrib`` optimizer (``lion``, ``muon``, …), or
+      ``bort-<that name>``.
     mode: the Bort mode (one of :data:`bort_jax.MODES`); ``None``: the
       placement's recommended one (:data:`bort_jax.RECOMMENDED`), as for
       ``amplitude`` and ``gamma``. Non-Bort optimizers keep ``None``.
@@ -193,8 +194,8 @@ class TrainConfig:
   data: data_arrays.Dataset = _option("digits", "dataset")
   model: choices.Model = _option("mlp", "model")
   optimizer: str = _option(
-      "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax optimizer "
-      "(lion, lamb, ...) or bort-<optax optimizer>")
+      "bort-adamw", "sgd, adamw, bort-sgd, bort-adamw, an optax or "
+      "optax.contrib optimizer (lion, lamb, muon, ...) or bort-<that name>")
   mode: bort_jax.Mode | None = _option(
       None, "Bort mode (default: the placement's recommended one, "
       f"{_recommended('mode')})", alias="mode")
@@ -441,18 +442,16 @@ def default_weight_decay(optimizer: str) -> float | None:
   # Imported when a config is built (see _fill_defaults).
   import inspect
 
-  import optax
-
   from bort_jax.experiments import optimizers as optimizers_lib
   base = optimizers_lib.base_name(optimizer)
   if base == "sgd":
     return 0.0  # make_optimizer: ``weight_decay or 0.0``
-  function = (bort_jax.bort_adamw if optimizer == "bort-adamw"
-              else getattr(optax, base, None))
   try:
-    parameter = inspect.signature(function).parameters.get("weight_decay")
-  except (TypeError, ValueError):
-    return None
+    function = (bort_jax.bort_adamw if optimizer == "bort-adamw"
+                else optimizers_lib.optax_alias(base))
+  except ValueError:
+    return None  # an unknown name, which the config's check names
+  parameter = inspect.signature(function).parameters.get("weight_decay")
   default = None if parameter is None else parameter.default
   if isinstance(default, bool) or not isinstance(default, numbers.Real):
     return None

@@ -2,8 +2,9 @@
 
 Names: ``sgd`` (coupled L2 decay, then ``optax.sgd``), ``adamw``,
 ``bort-sgd`` (:func:`bort_jax.bort_sgd`), ``bort-adamw``
-(:func:`bort_jax.bort_adamw`), any optax optimizer taking a learning rate
-(``lion``, ``lamb``, …) and ``bort-<optax optimizer>`` (Bort added by
+(:func:`bort_jax.bort_adamw`), any optax or ``optax.contrib`` optimizer
+taking a learning rate (``lion``, ``lamb``, ``muon``, …) and
+``bort-<optax optimizer>`` (Bort added by
 :func:`bort_jax.with_bort`, decoupled unless ``placement="coupled"``).
 """
 
@@ -285,24 +286,43 @@ def bort_leaves(dimension_numbers: Any = None, bort_mask: Any = None
   return mask
 
 
-def _optax_alias(name: str) -> Callable[..., optax.GradientTransformation]:
-  fn = getattr(optax, name, None)
+def optax_alias(name: str) -> Callable[..., optax.GradientTransformation]:
+  """The optax optimizer called ``name``, from ``optax`` or ``optax.contrib``.
+
+  Args:
+    name: an optimizer's name without ``bort-`` (``"lion"``, ``"muon"``).
+
+  Returns:
+    The function, which takes ``learning_rate`` first.
+
+  Raises:
+    ValueError: no optax optimizer taking a learning rate has that name.
+
+  Examples:
+    >>> from bort_jax.experiments.optimizers import optax_alias
+    >>> optax_alias("lion").__name__, optax_alias("muon").__module__
+    ('lion', 'optax.contrib._muon')
+  """
   params = None
-  if callable(fn) and not isinstance(fn, type) and not name.startswith("_"):
-    try:
-      params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-      params = None
+  for module in (optax, optax.contrib):
+    fn = getattr(module, name, None)
+    if callable(fn) and not isinstance(fn, type) and not name.startswith("_"):
+      try:
+        params = list(inspect.signature(fn).parameters)
+      except (TypeError, ValueError):
+        params = None
+      break
   if not params or params[0] != "learning_rate":
     raise ValueError(
         f"Unknown optimizer {name!r}: expected sgd, adamw, bort-sgd, "
-        "bort-adamw, the name of an optax optimizer taking a learning rate "
-        "(e.g. lion, lamb, adam, rmsprop), or bort-<that name>.")
+        "bort-adamw, the name of an optax or optax.contrib optimizer taking a "
+        "learning rate (e.g. lion, lamb, adam, rmsprop, muon), or "
+        "bort-<that name>.")
   return fn
 
 
 def _optax_optimizer(name, learning_rate, weight_decay, momentum):
-  fn = _optax_alias(name)
+  fn = optax_alias(name)
   if name == "sgd":  # coupled L2 decay, as in torch.optim.SGD
     return optax.chain(
         optax.add_decayed_weights(weight_decay or 0.0),

@@ -23,9 +23,11 @@ def test_make_optimizer_names():
                "bort-lamb"):
     updates = update(train_lib.make_optimizer(name, 1e-2))
     assert updates["dense"]["kernel"].shape == (4, 3), name
-  # gamma = 0: each Bort optimizer is its base optimizer.
+  # gamma = 0: each Bort optimizer is its base optimizer (optax.contrib's
+  # too, found by name like optax's own).
   for bort, base in (("bort-adamw", optax.adamw(1e-2, weight_decay=1e-4)),
-                     ("bort-lion", optax.lion(1e-2))):
+                     ("bort-lion", optax.lion(1e-2)),
+                     ("bort-muon", optax.contrib.muon(1e-2))):
     a = update(train_lib.make_optimizer(bort, 1e-2, gamma=0.0))
     b = update(base)
     jax.tree.map(np.testing.assert_allclose, a, b)
@@ -40,6 +42,9 @@ def test_make_optimizer_names():
   np.testing.assert_allclose(got["dense"]["bias"], -0.5 * grads["dense"]["bias"])
   with pytest.raises(ValueError, match="Unknown optimizer 'nope'"):
     train_lib.make_optimizer("bort-nope", 1e-3)
+  with pytest.raises(ValueError, match="Unknown optimizer 'contrib'"):
+    train_lib.make_optimizer("contrib", 1e-3)  # a module, not an optimizer
+  assert TrainConfig(optimizer="muon").weight_decay == 0.0  # muon's default
   with pytest.raises(ValueError, match="placement applies"):
     train_lib.make_optimizer("bort-adamw", 1e-3, placement="coupled")
   with pytest.raises(ValueError):
