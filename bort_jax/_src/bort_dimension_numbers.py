@@ -48,7 +48,8 @@ class BortDimensionNumbers(NamedTuple):
     """PyTorch's and Equinox's layout: output units on the first axis.
 
     Fan-in is every other axis: Linear ``(out, in)`` and Conv
-    ``(out, in, kh, kw)`` of PyTorch, Equinox and Haiku-ported weights. Given
+    ``(out, in, kh, kw)`` of PyTorch and Equinox. (Haiku keeps Flax's
+    ``(in, out)`` under the name ``w``: pass ``BortDimensionNumbers()``.) Given
     as ``dimension_numbers=BortDimensionNumbers.out_in()``, one value applies
     to every weight matrix of the tree (see :func:`resolve_views`), so an
     ``eqx.nn.MLP`` needs nothing else.

@@ -58,7 +58,8 @@ NO_BORT_PARAMS_MSG = (
     "axes (Flax Linear/Conv/attention); pass dimension_numbers= (e.g. "
     "bort_jax.flax_dimension_numbers(model)) to choose others, or one "
     "bort_jax.BortDimensionNumbers.out_in() for every (out, in) weight "
-    "(Equinox, Haiku, the PyTorch layout)."
+    "(Equinox, the PyTorch layout), or one bort_jax.BortDimensionNumbers() "
+    "for every (in, out) weight of another name (Haiku's 'w')."
 )
 
 

@@ -81,6 +81,23 @@ def test_i19_one_dimension_numbers_reach_any_weight_name_but_not_biases():
       "dense/kernel", "haiku/w", "linear/weight"]
 
 
+def test_haiku_weights_are_flax_s_layout_under_another_name():
+  # hk.Linear(4) on 16 inputs stores w as (in, out) = (16, 4): the units are
+  # its columns, so BortDimensionNumbers() (not out_in()) is its layout.
+  w = jax.random.normal(jax.random.key(0), (16, 4)) / 4
+  params = {"linear": {"w": w, "b": jnp.zeros(4)}}
+  tx = bort_jax.add_bort_correction(
+      1.0, mode="l2-full", amplitude=1.0,
+      dimension_numbers=bort_jax.BortDimensionNumbers())
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  units = np.asarray(w, np.float64).T  # (4, 16): one row per unit
+  np.testing.assert_allclose(
+      updates["linear"]["w"], ((units @ units.T - np.eye(4)) @ units).T,
+      rtol=2e-4, atol=1e-6)
+  np.testing.assert_array_equal(updates["linear"]["b"], 0.0)
+
+
 def test_i19_under_a_bort_mask_every_matrix_it_selects_is_reached():
   params = {"linear": {"weight": jnp.ones((3, 4)), "bias": jnp.ones(3)},
             "embed": {"embedding": 0.5 * jnp.eye(4)}}
