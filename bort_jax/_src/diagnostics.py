@@ -172,17 +172,19 @@ def matrix_orthogonality_error(
     c = jnp.mean(norms_sq, axis=-1)
   eye = jnp.eye(k, dtype=x.dtype)
   residual = gram - c[..., None, None] * eye
-  positive = c > 0
-  scale = jnp.where(positive, c, 1.0) * jnp.sqrt(k)
+  # Only an exact zero is the degenerate case (a zero matrix: error 1, no
+  # spread); a NaN or an infinity in the weights stays NaN, never a number.
+  nonzero = c != 0
+  scale = jnp.where(nonzero, c, 1.0) * jnp.sqrt(k)
   constraint = jnp.where(
-      positive, jnp.linalg.norm(residual, axis=(-2, -1)) / scale, 1.0)
+      nonzero, jnp.linalg.norm(residual, axis=(-2, -1)) / scale, 1.0)
   norms = jnp.sqrt(norms_sq)
   safe = jnp.where(norms > 0, norms, 1.0)
   cosine = gram / (safe[..., :, None] * safe[..., None, :])
   max_cosine = jnp.max(jnp.abs(cosine * (1 - eye)), axis=(-2, -1))
   mean_norm = jnp.mean(norms, axis=-1)
-  spread = jnp.where(mean_norm > 0, jnp.std(norms, axis=-1)
-                     / jnp.where(mean_norm > 0, mean_norm, 1.0), 0.0)
+  spread = jnp.where(mean_norm != 0, jnp.std(norms, axis=-1)
+                     / jnp.where(mean_norm != 0, mean_norm, 1.0), 0.0)
   return OrthogonalityError(
       jnp.mean(constraint), jnp.max(max_cosine), jnp.mean(spread),
       overcomplete)

@@ -41,6 +41,24 @@ def test_exact_bounded_orthogonal_matrix_has_zero_error():
       jnp.asarray(w, jnp.float32), 1.0).constraint_error) > 0.5
 
 
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, 1e30])
+@pytest.mark.parametrize("amplitude", [None, "ada", 1.0])
+def test_weights_that_are_not_finite_read_as_not_finite(bad, amplitude):
+  # A diverged layer must not look like an error of 1 with no spread (what
+  # the zero matrix gives): NaN and overflow propagate.
+  w = jnp.eye(3).at[0, 1].set(bad)
+  error = bort_jax.matrix_orthogonality_error(w, amplitude)
+  assert not np.isfinite(float(error.constraint_error))
+  assert not np.isfinite(float(error.norm_spread))
+  errors = bort_jax.orthogonality_error(
+      {"good": {"kernel": jnp.eye(3)}, "bad": {"kernel": w}}, amplitude)
+  assert not np.isfinite(float(
+      bort_jax.mean_orthogonality_error(errors).constraint_error))
+  zero = bort_jax.matrix_orthogonality_error(jnp.zeros((3, 3)), amplitude)
+  assert float(zero.constraint_error) == 1.0
+  assert float(zero.norm_spread) == 0.0
+
+
 def test_orthogonality_error_of_a_flax_model_is_jittable():
   model = nnx.Sequential(nnx.Linear(4, 6, rngs=nnx.Rngs(0)),
                          nnx.Conv(6, 3, (3,), rngs=nnx.Rngs(1)))
