@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from bort_jax import validation
 from bort_jax.explain import backtracking
 from bort_jax.explain import inverses
 
@@ -165,9 +167,27 @@ def _target_logit_sum(logits_fn, targets):
 
 
 def _targets(logits_fn, images, targets):
+  """The class of each image: the predicted one, or ``targets`` checked."""
   if targets is None:
     return jnp.argmax(logits_fn(images), axis=-1)
-  return jnp.asarray(targets)
+  targets = jnp.asarray(targets)
+  if (targets.shape != images.shape[:1]
+      or not jnp.issubdtype(targets.dtype, jnp.integer)):
+    raise ValueError(
+        f"targets must be one integer class per image, shape "
+        f"({images.shape[0]},), got shape {targets.shape} of "
+        f"{targets.dtype}; pass e.g. jnp.array(labels, jnp.int32).")
+  try:
+    values = np.asarray(targets)
+  except jax.errors.TracerArrayConversionError:
+    return targets  # traced: the values are not known here
+  classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
+  if values.size and not 0 <= values.min() <= values.max() < classes:
+    raise ValueError(
+        f"targets must be classes in [0, {classes}), the logits' range, got "
+        f"{values.min()}..{values.max()}; an out-of-range class has no "
+        "logit, and its map would be all zeros.")
+  return targets
 
 
 def gradient_saliency(
@@ -217,7 +237,7 @@ def integrated_gradients(
     images: ``(N, …)``.
     targets: the class of each image (default: the predicted class).
     baseline: ``x₀`` (default: zeros), broadcastable to ``images``.
-    steps: points on the path.
+    steps: points on the path (a positive integer).
 
   Returns:
     Attributions of ``images``' shape; :func:`attribution_map` turns them
@@ -234,6 +254,7 @@ def integrated_gradients(
   References:
     Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", 2017.
   """
+  steps = validation.check_positive_int("steps", steps)
   targets = _targets(logits_fn, images, targets)
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(
       baseline, images.shape)

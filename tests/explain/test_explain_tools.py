@@ -105,6 +105,29 @@ def linear_model(weights):
 
 
 @pytest.mark.slow
+def test_gradient_baselines_refuse_bad_targets_and_steps():
+  w = jnp.arange(8.0).reshape(4, 2)
+  logits_fn = lambda x: x.reshape(len(x), -1) @ w
+  images = jnp.ones((2, 2, 2, 1))
+  for saliency in (explain.gradient_saliency,
+                   explain.integrated_gradients_saliency):
+    # An out-of-range class has no logit: its map would be all zeros.
+    with pytest.raises(ValueError, match=r"classes in \[0, 2\).*5\.\.7"):
+      saliency(logits_fn, images, jnp.array([5, 7]))
+    # One target for two images would be broadcast to both.
+    with pytest.raises(ValueError, match=r"one integer class per image"):
+      saliency(logits_fn, images, jnp.array([1]))
+    with pytest.raises(ValueError, match=r"one integer class per image"):
+      saliency(logits_fn, images, jnp.array([0.0, 1.0]))
+  for steps in (0, -3, 2.5):  # NaN attributions, or not the midpoint rule
+    with pytest.raises((ValueError, TypeError), match="steps must be"):
+      explain.integrated_gradients(logits_fn, images, steps=steps)
+  # Traced targets are not checked by value, and still work under jit.
+  maps = jax.jit(lambda t: explain.gradient_saliency(logits_fn, images, t))(
+      jnp.array([0, 1]))
+  assert maps.shape == (2, 2, 2)
+
+
 def test_deletion_and_insertion_rank_a_good_map_above_a_bad_one():
   rng = np.random.default_rng(0)
   weights = jnp.asarray(rng.normal(size=(6, 6)) + 0.2, jnp.float32)
