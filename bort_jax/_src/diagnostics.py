@@ -148,6 +148,10 @@ def matrix_orthogonality_error(
   """
   _check_real_floating(w, "w", "pass real floating matrices, e.g. "
                        "w.astype(jnp.float32) for integer ones")
+  if jnp.ndim(w) < 2:
+    raise ValueError(
+        f"orthogonality error: w must be matrices of shape (..., m, n), got "
+        f"shape {jnp.shape(w)}; a vector has no orthogonality.")
   if amplitude is not None:
     if callable(amplitude):
       raise validation.ArgumentTypeError(

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bort_jax._src import defaults
 from bort_jax._src import sharding
@@ -181,7 +182,31 @@ def ada_amplitude(w: Array) -> Array:
     >>> float(ada_amplitude(jnp.array([[3.0, 4.0], [0.0, 1.0]])))
     9.0
   """
-  return _ada(w, ROWS, _EXACT)
+  return _ada(check_weights(w, "ada_amplitude"), ROWS, _EXACT)
+
+
+def _check_amplitude_value(amplitude: Any) -> None:
+  """Refuses, for the public penalty and correction, an amplitude that is
+  not ``"ada"``, a positive number or an array of them (a concrete array is
+  checked by value; a traced one cannot be)."""
+  fix = "amplitude must be 'ada', a positive number or an array of them"
+  if isinstance(amplitude, str):
+    if amplitude != ADA:
+      raise ValueError(f"{fix}, got {amplitude!r}.")
+    return
+  if callable(amplitude):
+    raise validation.ArgumentTypeError(
+        f"{fix} here (a schedule needs a step count: use it in an "
+        f"optimizer), got {amplitude!r}.")
+  try:
+    values = np.asarray(amplitude, dtype=np.float64)
+  except jax.errors.TracerArrayConversionError:
+    return
+  except (TypeError, ValueError):
+    raise validation.ArgumentTypeError(f"{fix}, got {amplitude!r}.") from None
+  if not (np.all(values > 0) and np.all(np.isfinite(values))):
+    raise ValueError(f"{fix} (finite: the target squared norm c), got "
+                     f"{amplitude!r}.")
 
 
 def _amplitude_array(x: Array, amplitude: Amplitude, units: int,
@@ -278,6 +303,7 @@ def bort_correction(
            [0., 0.]], dtype=float32)
   """
   w = check_weights(w, "bort_correction")
+  _check_amplitude_value(amplitude)
   return correction(w, mode, amplitude, kernel_options,
                     tau=tau).astype(w.dtype)
 
@@ -316,6 +342,7 @@ def bort_penalty(
            [0., 0.]], dtype=float32)
   """
   w = check_weights(w, "bort_penalty")
+  _check_amplitude_value(amplitude)
   kernels = check_mode(mode)
   ctx = _EXACT._replace(tau=check_tau(tau))
   x = w.astype(compute_dtype(w.dtype))

@@ -131,3 +131,27 @@ def test_max_cosine_is_the_maximum_over_batch_axes():
   errors = bort_jax.orthogonality_error(
       params, dimension_numbers=bort_jax.BortDimensionNumbers(batch_axis=0))
   np.testing.assert_allclose(errors["kernel"].max_cosine, 0.8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("function", [bort_jax.bort_correction,
+                                      bort_jax.bort_penalty])
+@pytest.mark.parametrize("amplitude, error", [
+    ("adaa", ValueError), (-1.0, ValueError), (0.0, ValueError),
+    (float("nan"), ValueError), (np.array([1.0, -1.0]), ValueError),
+    (lambda step: 1.0, TypeError), (object(), TypeError)])
+def test_the_public_correction_and_penalty_check_the_amplitude(
+    function, amplitude, error):
+  # A negative c used to be taken as the target, and a misspelt 'ada' failed
+  # inside NumPy ("could not convert string to float").
+  with pytest.raises(error, match="amplitude must be 'ada', a positive"):
+    function(jnp.ones((2, 2, 2)), amplitude=amplitude)
+  # Traced amplitudes cannot be checked by value, and still work.
+  jax.jit(lambda c: function(jnp.eye(2), amplitude=c))(2.0)
+
+
+@pytest.mark.parametrize("function", [bort_jax.matrix_orthogonality_error,
+                                      bort_jax.ada_amplitude,
+                                      bort_jax.bort_correction])
+def test_a_vector_is_refused_in_one_line(function):
+  with pytest.raises(ValueError, match=r"matrices of shape \(\.\.\., m, n\)"):
+    function(jnp.ones(3))
