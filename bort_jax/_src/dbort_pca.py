@@ -153,10 +153,14 @@ def dbort_linear_optimizer(
 def principal_cosines(a: Any, b: Any) -> Array:
   """Cosines of the principal angles between the column spaces of a and b.
 
-  With ``Q_a``, ``Q_b`` orthonormal bases (QR), the cosines are the singular
-  values of ``Q_aᵀ Q_b``, largest first, clipped to ``[0, 1]``. All equal to 1
-  iff one space contains the other. For a Flax kernel ``(d, k)`` the column
-  space is the row space of Bort's ``W = kernelᵀ``.
+  With ``Q_a``, ``Q_b`` orthonormal bases of the column spaces (from the
+  SVD), the cosines are the singular values of ``Q_aᵀ Q_b``, largest first,
+  clipped to ``[0, 1]``. All equal to 1 iff one space contains the other. A
+  matrix of rank ``r`` below its ``k`` columns spans only ``r`` directions:
+  the missing ones count as cosines of 0 (a collapsed kernel matches no
+  subspace), with the rank cut at NumPy's ``matrix_rank`` tolerance. For a
+  Flax kernel ``(d, k)`` the column space is the row space of Bort's
+  ``W = kernelᵀ``.
 
   Args:
     a: a ``(d, k)`` matrix.
@@ -172,6 +176,8 @@ def principal_cosines(a: Any, b: Any) -> Array:
     Array([1., 1.], dtype=float32)
     >>> principal_cosines(a, jnp.array([[1.0], [0.0], [1.0]]))  # 45°
     Array([0.70710677], dtype=float32)
+    >>> principal_cosines(jnp.zeros((3, 2)), jnp.eye(3, 2))  # no subspace
+    Array([0., 0.], dtype=float32)
   """
   a, b = jnp.asarray(a), jnp.asarray(b)
   if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
@@ -180,9 +186,14 @@ def principal_cosines(a: Any, b: Any) -> Array:
         f"{a.shape} and {b.shape}."
     )
   dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
-  qa = jnp.linalg.qr(a.astype(dtype))[0]
-  qb = jnp.linalg.qr(b.astype(dtype))[0]
-  cosines = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
+
+  def basis(x):  # the column space's orthonormal basis; rank-deficient
+    # directions are zero columns
+    u, sv, _ = jnp.linalg.svd(x.astype(dtype), full_matrices=False)
+    tol = sv[..., :1] * max(x.shape) * jnp.finfo(dtype).eps
+    return u * (sv > tol)
+
+  cosines = jnp.linalg.svd(basis(a).T @ basis(b), compute_uv=False)
   return jnp.clip(cosines, 0.0, 1.0)
 
 

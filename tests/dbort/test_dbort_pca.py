@@ -81,6 +81,19 @@ def test_principal_cosines_of_rotated_and_tilted_subspaces():
     principal_cosines(a, basis[:4])
 
 
+def test_a_rank_deficient_matrix_spans_only_its_rank():
+  # QR of a collapsed kernel invents directions (the zero matrix scored
+  # [1, 1] against span(e1, e2)); its missing directions are cosines of 0.
+  e12 = np.eye(6)[:, :2]
+  np.testing.assert_array_equal(principal_cosines(np.zeros((6, 2)), e12),
+                                [0.0, 0.0])
+  np.testing.assert_array_equal(principal_cosines(e12, np.zeros((6, 2))),
+                                [0.0, 0.0])
+  # Two equal columns span one direction, at 1/sqrt(3) to span(e1, e2).
+  np.testing.assert_allclose(principal_cosines(np.ones((6, 2)), e12),
+                             [np.sqrt(1 / 3), 0.0], atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # The PCA claim.
 
