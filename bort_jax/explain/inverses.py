@@ -3,7 +3,8 @@
 :func:`layer_inverse` maps a layer to its inverse by the layer's type (a
 subclass inherits its base's); :func:`register_inverse` adds a type and
 :func:`invert_layer` applies it, naming the layer in errors. The inverses of
-``nnx.Linear``, ``nnx.Conv``, the blocks of :mod:`bort_jax.models.invertible`
+``nnx.Linear`` (and ``nnx.LoRALinear``, by its merged kernel), ``nnx.Conv``,
+the blocks of :mod:`bort_jax.models.invertible`
 and :class:`bort_jax.dbort.DBort` wrappers are registered here, built on the
 functions of :mod:`bort_jax.explain.invert`; a convolution is transposed
 through the ``nnx.Conv`` layer itself (its VJP).
@@ -166,6 +167,15 @@ def _linear_inverse(layer: nnx.Linear, y, x, relu):
   return invert.invert_dense(y, layer.kernel[...], bias)
 
 
+def _lora_linear_inverse(layer: nnx.LoRALinear, y, x, relu):
+  """``y = x (K + A B) + b``: Linear's inverse with the merged kernel (the
+  inherited one would drop the low-rank path ``A B``)."""
+  del x, relu
+  kernel = layer.kernel[...] + layer.lora.lora_a[...] @ layer.lora.lora_b[...]
+  bias = None if layer.bias is None else layer.bias[...]
+  return invert.invert_dense(y, kernel, bias)
+
+
 def _conv_inverse(layer: nnx.Conv, y, x, relu):
   """The layer's own transpose (its VJP), so Flax's padding rules hold."""
   del relu
@@ -232,6 +242,7 @@ def _avg_pool_inverse(layer: invertible.AvgPool, y, x, relu):
 
 
 register_inverse(nnx.Linear, _linear_inverse)
+register_inverse(nnx.LoRALinear, _lora_linear_inverse)
 register_inverse(nnx.Conv, _conv_inverse)
 register_inverse(invertible.LeakyReLU, _leaky_relu_inverse)
 register_inverse(invertible.ReLU, _relu_inverse)

@@ -195,3 +195,14 @@ def test_backtrack_saliency_refuses_a_border_that_leaves_no_interior():
     explain.backtrack_saliency(model, x, model.feature_index)
   maps = explain.backtrack_saliency(model, x, model.feature_index, border=0)
   assert float(jnp.max(maps)) > 0
+
+
+def test_a_lora_linear_is_inverted_with_its_low_rank_path():
+  # nnx.LoRALinear subclasses nnx.Linear: the inherited inverse dropped A B.
+  layer = nnx.LoRALinear(4, 4, lora_rank=2, rngs=nnx.Rngs(0))
+  layer.lora.lora_b[...] = jax.random.normal(jax.random.key(1), (2, 4))
+  q = jnp.linalg.qr(jax.random.normal(jax.random.key(2), (4, 4)))[0]
+  layer.kernel[...] = q - layer.lora.lora_a[...] @ layer.lora.lora_b[...]
+  x = jax.random.normal(jax.random.key(3), (3, 4))  # merged kernel q: exact
+  np.testing.assert_allclose(explain.invert_layer(layer, layer(x), x), x,
+                             atol=1e-5)
