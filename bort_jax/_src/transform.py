@@ -19,6 +19,7 @@ import optax
 
 from bort_jax._src import penalty
 from bort_jax._src import validation
+from bort_jax._src.defaults import ADA
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_MODE
 from bort_jax._src.defaults import Mode
@@ -132,6 +133,59 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
         "(out, in) weight, whatever its name), or exclude them on purpose "
         "with bort_mask= (or None at their leaf in a dimension_numbers "
         "tree).", stacklevel=3)
+
+
+#: The modes whose target is each unit's own norm: with "ada" they keep a
+#: matrix's scale whatever its shape.
+_ROW_MODES = ("l2-row", "l1-row")
+#: The modes whose target is each fan-in column's norm.
+_COL_MODES = ("l2-col", "l1-col")
+
+
+def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
+  """Warns, once at ``init``, where ``amplitude="ada"`` cannot hold a
+  matrix's scale.
+
+  "ada" is ``c = (mean_i ‖w_i‖)²`` over the units (rows), as in the
+  published code. With more units than fan-in (``m > n``: a first
+  convolution with many channels, a transformer's up-projection, a 1×1
+  shortcut that widens) ``W Wᵀ = cI`` has no solution and ``c`` lies below
+  the mean squared norm of the feasible side, so every mode but the row
+  modes shrinks the weights toward zero, step after step. With fewer units
+  than fan-in the column modes' targets (column norms² = c) exceed what the
+  rows allow, and they grow without bound. A fixed amplitude has neither
+  problem.
+  """
+  if not (isinstance(amplitude, str) and amplitude == ADA):
+    return
+  shrink, grow = [], []
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for path, view in zip(paths, views):
+    if view is None:
+      continue
+    _, m, n = view.matrix_shape
+    where = f"{path_string(path)!r} ({m} units, fan-in {n})"
+    if m > n and mode not in _ROW_MODES:
+      shrink.append(where)
+    elif m < n and mode in _COL_MODES:
+      grow.append(where)
+  for found, what in ((shrink, "pulls {} toward zero: with more units than "
+                       "fan-in, W Wᵀ = cI has no solution and ada's c (the "
+                       "units' squared mean norm) lies below the feasible "
+                       "side's"),
+                      (grow, "grows {} without bound: with fewer units than "
+                       "fan-in, the columns cannot all reach the squared "
+                       "norm ada's c (the units' squared mean norm) sets "
+                       "them")):
+    if found:
+      named = ", ".join(found[:MAX_NAMED])
+      if len(found) > MAX_NAMED:
+        named += f" and {len(found) - MAX_NAMED} more"
+      warnings.warn(
+          f"Bort with amplitude='ada' and mode {mode!r} "
+          + what.format(named) + ". Pass a fixed amplitude (e.g. "
+          "amplitude=1.0; mode 'l2-full' then constrains the feasible side), "
+          "or leave these weights out with bort_mask.", stacklevel=3)
 
 
 #: The step counter is int32: a larger period would overflow it.
@@ -290,8 +344,9 @@ def _correction_transform(
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.
-    check_bort_leaves(params, resolve_views(dimension_numbers, params),
-                      dimension_numbers)
+    views = resolve_views(dimension_numbers, params)
+    check_bort_leaves(params, views, dimension_numbers)
+    warn_ada_mismatch(params, views, mode, amplitude)
     count = jnp.zeros([], jnp.int32)
     if lagged:  # zeros of Δ's shape and dtype, laid out like the params
       shapes = jax.eval_shape(deltas_of, params, count)

@@ -155,3 +155,48 @@ def test_the_public_correction_and_penalty_check_the_amplitude(
 def test_a_vector_is_refused_in_one_line(function):
   with pytest.raises(ValueError, match=r"matrices of shape \(\.\.\., m, n\)"):
     function(jnp.ones(3))
+
+
+def _norm_after_zero_gradient_steps(tx, params, steps=3000):
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  @jax.jit
+  def step(p, s):
+    updates, s = tx.update(zeros, s, p)
+    return optax.apply_updates(p, updates), s
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return float(jnp.linalg.norm(params["up"]["kernel"]))
+
+
+def test_ada_on_more_units_than_fan_in_warns_at_init_as_it_collapses():
+  # 16 units on a fan-in of 9 (a first 3×3 convolution with 16 channels, or
+  # an up-projection): W Wᵀ = cI has no solution, and ada's c, the units'
+  # squared mean norm, lies below the feasible side's, so the default mode
+  # shrinks the kernel toward zero even with no gradient at all.
+  kernel = jax.random.normal(jax.random.key(0), (9, 16)) / 3  # (in, out)
+  params = {"up": {"kernel": kernel}}
+  start = float(jnp.linalg.norm(kernel))
+  with pytest.warns(UserWarning, match=r"amplitude='ada' and mode "
+                    r"'l1-fullrow' pulls 'up/kernel' \(16 units, fan-in 9\) "
+                    "toward zero"):
+    tx = bort_jax.bort_adamw(1e-3)
+    tx.init(params)
+  assert _norm_after_zero_gradient_steps(tx, params) < 0.1 * start
+  # A fixed amplitude holds the scale, silently; so do the row modes.
+  for fixed in (bort_jax.bort_adamw(1e-3, amplitude=1.0),
+                bort_jax.bort_adamw(1e-3, mode="l1-row")):
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      fixed.init(params)
+    assert _norm_after_zero_gradient_steps(fixed, params) > 0.7 * start
+  # Square and narrow layers keep ada's scale, and do not warn.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    bort_jax.bort_adamw(1e-3).init({"up": {"kernel": kernel.T}})
+  # The column modes on fewer units than fan-in grow instead.
+  with pytest.warns(UserWarning, match=r"mode 'l2-col' grows 'up/kernel' "
+                    r"\(9 units, fan-in 16\) without bound"):
+    bort_jax.bort_adamw(1e-3, mode="l2-col").init({"up": {"kernel": kernel.T}})
