@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bort_jax._src import penalty
+from bort_jax._src import sharding
 from bort_jax._src import validation
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import path_string
@@ -159,6 +160,10 @@ def matrix_orthogonality_error(
           f"diagnostic has no step count for a schedule), got {amplitude!r}.")
     validation.check_amplitude(amplitude)
   x = w.astype(penalty.compute_dtype(w.dtype))
+  if sharding.explicit_spec(x) is not None:
+    # A measurement, not a step: the matrix is gathered (Explicit sharding
+    # would need every product's output spec stated, as the kernels do).
+    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
   zero = jnp.zeros((), x.dtype)
   overcomplete = x.shape[-2] > x.shape[-1]
   if x.size == 0:

@@ -204,3 +204,22 @@ def test_auto_conv_split_on_in_all_reduces_the_gram_and_gathers_nothing():
   want = bort_jax.tree_correction({"kernel": np.asarray(kernel)}, "l2-full",
                                   1.0)["kernel"]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [P("x", None), P(None, "x"), P()])
+def test_orthogonality_error_under_explicit_sharding(spec):
+  # The diagnostic's Gram contracted a sharded axis without an output spec:
+  # a ShardingTypeError deep in XLA, even on a 1-device mesh.
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32)
+  expected = bort_jax.orthogonality_error({"dense": {"kernel": w}})
+  for n in (1, 8):
+    mesh = jax.make_mesh((n,), ("x",), axis_types=(AxisType.Explicit,),
+                         devices=jax.devices()[:n])
+    with jax.set_mesh(mesh):
+      params = {"dense": {"kernel": jax.device_put(
+          w, NamedSharding(mesh, spec))}}
+      for errors in (bort_jax.orthogonality_error(params),
+                     jax.jit(bort_jax.orthogonality_error)(params)):
+        np.testing.assert_allclose(
+            errors["dense/kernel"].constraint_error,
+            expected["dense/kernel"].constraint_error, rtol=1e-5)
