@@ -18,6 +18,7 @@ from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import MatrixView
 from bort_jax._src.dimension_numbers import resolve_views
 from bort_jax._src.transform import check_bort_leaves
+from bort_jax._src.transform import mask_by_path
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -188,7 +189,7 @@ def project_to_constraint(
   select = optax.GradientTransformation(init_fn, update_fn)
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   if bort_mask is not None:
-    select = optax.masked(select, bort_mask)
+    select = optax.masked(select, mask_by_path(bort_mask))
   state = select.init(params)
   projected, _ = select.update(params, state, params)
   return projected

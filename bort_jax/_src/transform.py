@@ -188,6 +188,48 @@ def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
           "or leave these weights out with bort_mask.", stacklevel=3)
 
 
+def mask_by_path(bort_mask: Any) -> Any:
+  """``bort_mask`` as :func:`optax.masked` takes it, matched by path.
+
+  A callable is kept. A tree becomes a callable that reads each parameter's
+  True/False at its path (or a prefix of it), compared by names, so a mask
+  built on one container fits another with the same names: a plain dict, or
+  a mask mapped over ``nnx.state(model, nnx.Param)``, under
+  ``nnx.Optimizer``, which hands ``init`` Variables and ``update`` arrays.
+
+  Raises:
+    ValueError: (when the mask is applied) a parameter has no entry.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> select = mask_by_path({"dense": {"kernel": True, "bias": False}})
+    >>> select({"dense": {"bias": jnp.zeros(2), "kernel": jnp.ones((2, 2))}})
+    {'dense': {'bias': False, 'kernel': True}}
+  """
+  if bort_mask is None or callable(bort_mask):
+    return bort_mask
+  entries = {path_names(path): bool(value) for path, value in
+             jax.tree_util.tree_flatten_with_path(bort_mask)[0]}
+
+  def select(params):
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    chosen = []
+    for path, _ in leaves_with_path:
+      names = path_names(path)
+      found = [names[:stop] for stop in range(len(names), -1, -1)
+               if names[:stop] in entries]
+      if not found:
+        raise ValueError(
+            f"bort_mask has no True/False for the parameter "
+            f"{path_string(path)!r}; give every parameter one (the mask is "
+            "matched by path; a prefix tree may cover a whole module), or "
+            "pass a callable of the params.")
+      chosen.append(entries[found[0]])
+    return treedef.unflatten(chosen)
+
+  return select
+
+
 #: The step counter is int32: a larger period would overflow it.
 MAX_EVERY = 2**31 - 1
 
@@ -395,7 +437,8 @@ def _correction_transform(
     return updates, new_state
 
   tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-  return optax.masked(tx, bort_mask) if bort_mask is not None else tx
+  return (optax.masked(tx, mask_by_path(bort_mask)) if bort_mask is not None
+          else tx)
 
 
 def add_bort_correction(

@@ -200,3 +200,31 @@ def test_ada_on_more_units_than_fan_in_warns_at_init_as_it_collapses():
   with pytest.warns(UserWarning, match=r"mode 'l2-col' grows 'up/kernel' "
                     r"\(9 units, fan-in 16\) without bound"):
     bort_jax.bort_adamw(1e-3, mode="l2-col").init({"up": {"kernel": kernel.T}})
+
+
+def test_a_mask_tree_fits_nnx_optimizer_by_path_and_names_a_gap():
+  from flax import nnx
+  model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
+                         nnx.Linear(4, 3, rngs=nnx.Rngs(1)))
+  square = lambda x: x.shape == (4, 4)
+
+  def stepped(bort_mask):
+    clone = nnx.clone(model)
+    optimizer = nnx.Optimizer(
+        clone, bort_jax.bort_adamw(1e-2, gamma=1.0, bort_mask=bort_mask),
+        wrt=nnx.Param)
+    optimizer.update(clone, jax.tree.map(jnp.zeros_like,
+                                         nnx.state(clone, nnx.Param)))
+    return nnx.state(clone, nnx.Param).to_pure_dict()
+
+  # A callable mask always worked; the same mask as a tree (mapped over
+  # nnx.state, as a pure dict, or as a prefix) failed with a raw pytree
+  # error, since init sees Variables and update arrays.
+  expected = stepped(lambda params: jax.tree.map(square, params))
+  tree = jax.tree.map(square, nnx.state(model, nnx.Param))
+  for mask in (tree, tree.to_pure_dict(), {"layers": {0: True, 1: False}}):
+    jax.tree.map(np.testing.assert_array_equal, stepped(mask), expected)
+  with pytest.raises(ValueError, match="bort_mask has no True/False for the "
+                     "parameter 'bias'"):
+    bort_jax.bort_adamw(1e-3, bort_mask={"kernel": True}).init(
+        {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)})
