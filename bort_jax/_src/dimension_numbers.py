@@ -260,10 +260,13 @@ def _selection_by_name(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(choose, params)
 
 
-#: Names of leaves that are not linear maps: biases, norm scales, embeddings
-#: (lookup tables and position codes). One BortDimensionNumbers given for the
-#: whole tree leaves them out unless a bort_mask selects them.
-NOT_MATRIX_NAMES = ("bias", "scale", "embed", "norm")
+#: Names of leaves that are not linear maps: biases and norm scales, always
+#: left out by one BortDimensionNumbers given for the whole tree, and
+#: embeddings (lookup tables and position codes, by the leaf's name or its
+#: module's type, e.g. ``eqx.nn.Embedding``'s ``weight``), left out unless a
+#: bort_mask selects them.
+NOT_MATRIX_NAMES = ("bias", "scale", "norm")
+EMBEDDING_NAME = "embed"
 
 
 def _is_masked(params: Any) -> bool:
@@ -272,29 +275,43 @@ def _is_masked(params: Any) -> bool:
       params, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
 
 
-def _is_weight_matrix(path, leaf, masked: bool) -> bool:
+def _is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
   """Whether one explicitly given BortDimensionNumbers is meant for a leaf.
 
-  A floating leaf with at least two axes. Without a ``bort_mask``, also
-  neither a bias, norm scale nor embedding by name, nor a vector with unit
-  axes (a ViT's ``(1, 1, d)`` class token), unless it is a ``kernel``.
+  A floating leaf with at least two axes that is a ``kernel``, or else
+  neither a bias nor a norm scale by name nor a vector with unit axes (a
+  ViT's ``(1, 1, d)`` class token, a conv bias ``(c, 1, 1)``), and, without
+  a ``bort_mask`` (which may choose one), not an embedding (``embedding``:
+  by its name or its module's type). An ``optax.masked`` around the whole
+  optimizer cannot be told from a ``bort_mask``, so what no mask could make
+  a weight matrix is decided by name and shape alone.
   """
   dtype = getattr(leaf, "dtype", None)
   shape = tuple(getattr(leaf, "shape", ()))
   if (dtype is None or len(shape) < 2
       or not jnp.issubdtype(jnp.dtype(dtype), jnp.floating)):
     return False
-  if masked:
-    return True  # the user's bort_mask chose this leaf
   names = path_names(path)
   last = str(names[-1]).lower() if names else ""
   if last == "kernel":
     return True
-  return (sum(d > 1 for d in shape) >= 2
-          and not any(word in last for word in NOT_MATRIX_NAMES))
+  if (sum(d > 1 for d in shape) < 2
+      or any(word in last for word in NOT_MATRIX_NAMES)):
+    return False
+  return masked or not (embedding or EMBEDDING_NAME in last)
 
 
-def _selection_for(dims: BortDimensionNumbers, params: Any) -> Any:
+def _embedding_paths(params: Any) -> list[tuple]:
+  """The paths of the subtrees whose type is an embedding module
+  (``eqx.nn.Embedding``, …): their leaves are embeddings, whatever their
+  names."""
+  is_embedding = lambda x: EMBEDDING_NAME in type(x).__name__.lower()
+  return [path for path, x in jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=is_embedding)[0] if is_embedding(x)]
+
+
+def _selection_for(dims: BortDimensionNumbers, params: Any,
+                   masked: bool | None = None) -> Any:
   """One explicitly given BortDimensionNumbers at every weight matrix.
 
   Whatever the library names its weights (``kernel``, Equinox's and
@@ -303,12 +320,15 @@ def _selection_for(dims: BortDimensionNumbers, params: Any) -> Any:
   reported by the transform's unreached-weight warning); when they fit none,
   the first misfit raises, since that is a typo rather than a choice.
   """
-  masked = _is_masked(params)
+  if masked is None:  # read off the tree: some leaves are masked out
+    masked = _is_masked(params)
+  embeddings = _embedding_paths(params)
   first_misfit = None
 
   def choose(path, leaf):
     nonlocal first_misfit
-    if not _is_weight_matrix(path, leaf, masked):
+    embedding = any(path[:len(e)] == e for e in embeddings)
+    if not _is_weight_matrix(path, leaf, masked, embedding):
       return None
     try:
       matrix_view(leaf.shape, dims, repr(path_string(path)))
@@ -322,6 +342,21 @@ def _selection_for(dims: BortDimensionNumbers, params: Any) -> Any:
       d is None for d in jax.tree.leaves(tree, is_leaf=_is_dims_leaf)):
     raise first_misfit
   return tree
+
+
+def under_bort_mask(dimension_numbers: DimensionNumbersLike,
+                    masked: bool) -> DimensionNumbersLike:
+  """The dimension numbers of a transform that knows whether it applies a
+  ``bort_mask``.
+
+  One :class:`BortDimensionNumbers` then selects embeddings only under the
+  transform's own mask: read off the tree, an ``optax.masked`` around the
+  whole optimizer (freezing a head, say) would look like one. Other forms
+  are returned as they are.
+  """
+  if not isinstance(dimension_numbers, BortDimensionNumbers):
+    return dimension_numbers
+  return lambda params: _selection_for(dimension_numbers, params, masked)
 
 
 # Ambiguous kernels already reported, by path and shape: the warning is said

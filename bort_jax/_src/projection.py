@@ -17,6 +17,7 @@ from bort_jax._src.defaults import ADA
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import MatrixView
 from bort_jax._src.dimension_numbers import resolve_views
+from bort_jax._src.dimension_numbers import under_bort_mask
 from bort_jax._src.transform import check_bort_leaves
 from bort_jax._src.transform import mask_by_path
 
@@ -168,17 +169,19 @@ def project_to_constraint(
     Sci. Stat. Comput. 7(4), 1986.
   """
   amplitude = _check_amplitude(amplitude)
+  bort_mask = validation.check_mask("bort_mask", bort_mask)
+  selection = under_bort_mask(dimension_numbers, bort_mask is not None)
 
   def init_fn(selected):
     # Bad dimension numbers and dtypes fail here; an empty selection warns.
-    check_bort_leaves(selected, resolve_views(dimension_numbers, selected),
+    check_bort_leaves(selected, resolve_views(selection, selected),
                       dimension_numbers)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del updates
     leaves, treedef = jax.tree.flatten(params)
-    views = resolve_views(dimension_numbers, params)
+    views = resolve_views(selection, params)
     projected = [leaf if view is None else _project_leaf(leaf, view,
                                                          amplitude)
                  for leaf, view in zip(leaves, views)]
@@ -187,7 +190,6 @@ def project_to_constraint(
   # The transform's own selection: optax.masked, then the dimension numbers
   # of the masked tree, so a leaf is projected iff Bort would correct it.
   select = optax.GradientTransformation(init_fn, update_fn)
-  bort_mask = validation.check_mask("bort_mask", bort_mask)
   if bort_mask is not None:
     select = optax.masked(select, mask_by_path(bort_mask))
   state = select.init(params)

@@ -28,6 +28,7 @@ from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import path_names
 from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
+from bort_jax._src.dimension_numbers import under_bort_mask
 from bort_jax._src.flax_selection import FlaxDimensionNumbers
 from bort_jax._src.flax_selection import is_nnx_module
 
@@ -373,6 +374,7 @@ def _correction_transform(
   of them on every step.
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
+  selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
   has_schedule = callable(strength) or callable(amplitude) or every > 1
 
@@ -381,12 +383,12 @@ def _correction_transform(
     if not isinstance(c, str):
       c = _scalar(c, "amplitude")
     return tree_correction(
-        params, mode, c, dimension_numbers=dimension_numbers,
+        params, mode, c, dimension_numbers=selection,
         kernel_options=kernel_options, tau=tau)
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.
-    views = resolve_views(dimension_numbers, params)
+    views = resolve_views(selection, params)
     check_bort_leaves(params, views, dimension_numbers)
     warn_ada_mismatch(params, views, mode, amplitude)
     count = jnp.zeros([], jnp.int32)

@@ -250,3 +250,41 @@ def test_i19_an_equinox_module_as_a_mask_tree_is_refused_in_one_line():
   mask = jax.tree.map(lambda x: x.ndim == 2, eqx.filter(model, eqx.is_array))
   with pytest.raises(TypeError, match="callable pytree.*pass a function"):
     bort_jax.bort_adamw(1e-3, bort_mask=mask)
+
+
+def test_out_in_leaves_out_equinox_embeddings_and_biases_under_any_outer_mask():
+  class Net(eqx.Module):
+    embedding: eqx.nn.Embedding
+    conv: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+      a, b, c = jax.random.split(key, 3)
+      self.embedding = eqx.nn.Embedding(100, 8, key=a)  # a leaf named weight
+      self.conv = eqx.nn.Conv2d(4, 8, 3, key=b)  # bias (8, 1, 1)
+      self.head = eqx.nn.Linear(8, 8, key=c)
+
+  params = eqx.filter(Net(jax.random.key(0)), eqx.is_array)
+  assert sorted(bort_jax.orthogonality_error(
+      params, dimension_numbers=OUT_IN)) == ["conv/weight", "head/weight"]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def update(tx):
+    return tx.update(zeros, tx.init(params), params)[0]
+
+  # An optax.masked around the whole optimizer (freezing the head) is not a
+  # bort_mask: it used to select the embedding and the conv bias.
+  freeze = eqx.tree_at(lambda n: (n.head.weight, n.head.bias),
+                       jax.tree.map(lambda _: True, params), (False, False))
+  frozen = update(optax.masked(
+      bort_jax.bort_adamw(1e-2, weight_decay=0.0, dimension_numbers=OUT_IN),
+      freeze))
+  np.testing.assert_array_equal(frozen.embedding.weight, 0.0)
+  np.testing.assert_array_equal(frozen.conv.bias, 0.0)
+  assert float(jnp.abs(frozen.conv.weight).max()) > 0
+  # The transform's own bort_mask may still choose the embedding.
+  chosen = update(bort_jax.bort_adamw(
+      1e-2, weight_decay=0.0, dimension_numbers=OUT_IN,
+      bort_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  assert float(jnp.abs(chosen.embedding.weight).max()) > 0
+  np.testing.assert_array_equal(chosen.conv.bias, 0.0)
