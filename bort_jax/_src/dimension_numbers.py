@@ -454,11 +454,12 @@ def resolve_views(
     params: the parameters (or anything with their structure and shapes).
 
   One :class:`BortDimensionNumbers` applies to every floating leaf with at
-  least two axes that it fits. Under a ``bort_mask`` that leaves some leaves
-  out, that is every such leaf the mask selects; without one, biases, norm
-  scales and embeddings (a name containing ``bias``, ``scale``, ``norm`` or
-  ``embed``) and vectors with unit axes are left out, as are leaves the
-  numbers do not fit (if they fit none, that misfit raises).
+  least two axes that it fits, except biases and norm scales (a name
+  containing ``bias``, ``scale`` or ``norm``), vectors with unit axes, and,
+  unless a ``bort_mask`` selects them, embeddings (a name containing
+  ``embed``, or a module type's, as ``eqx.nn.Embedding``); leaves the
+  numbers do not fit are left out too (if they fit none, that misfit
+  raises).
 
   Returns:
     A list aligned with ``jax.tree.leaves(params)``.
