@@ -357,16 +357,7 @@ def with_bort(
     >>> updates["kernel"].shape
     (3, 2)
   """
-  if not isinstance(optimizer, optax.GradientTransformation):
-    hint = ""
-    if callable(optimizer):
-      name = getattr(optimizer, "__qualname__", repr(optimizer))
-      if getattr(optimizer, "__module__", "").startswith("optax"):
-        name = f"optax.{name}"
-      hint = f"; call the factory first, e.g. with_bort({name}(...), ...)"
-    raise validation.ArgumentTypeError(
-        "with_bort needs an optax.GradientTransformation, got "
-        f"{type(optimizer).__name__} {optimizer!r}{hint}.")
+  validation.check_transformation(optimizer, "with_bort")
   validation.check_placement(placement)
   kernel_options = validation.check_bort_arguments(
       strength, mode, amplitude, kernel_options, tau, gamma_name="strength")

@@ -77,10 +77,7 @@ def skip_nonfinite_steps(
     >>> int(state.notfinite_count), float(jnp.abs(updates["kernel"]).sum())
     (1, 0.0)
   """
-  if not isinstance(inner, optax.GradientTransformation):
-    raise validation.ArgumentTypeError(
-        "skip_nonfinite_steps needs an optax.GradientTransformation, got "
-        f"{inner!r}; build the optimizer first, e.g. bort_sgd(0.1, gamma=0.1).")
+  validation.check_transformation(inner, "skip_nonfinite_steps")
   max_errors = validation.check_nonnegative_int("max_consecutive_errors",
                                                 max_consecutive_errors)
   inner = optax.with_extra_args_support(inner)

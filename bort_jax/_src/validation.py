@@ -238,6 +238,36 @@ def check_mask(name: str, value: Any) -> Any:
   return _check_mask_tree(name, value, "got")
 
 
+def check_transformation(value: Any, caller: str) -> Any:
+  """An ``optax.GradientTransformation`` for ``caller``, or one line naming
+  the fix: call a factory, or unwrap ``optax.MultiSteps``.
+
+  Examples:
+    >>> import optax
+    >>> try:
+    ...   check_transformation(optax.MultiSteps(optax.sgd(0.1), 2), "f")
+    ... except TypeError as e:
+    ...   print(str(e).split("; ")[1])
+    pass its .gradient_transformation() (MultiSteps is a wrapper object, not a transformation).
+  """
+  import optax  # the core's optax, loaded by every optimizer anyway
+  if isinstance(value, optax.GradientTransformation):
+    return value
+  if callable(getattr(value, "gradient_transformation", None)):
+    hint = (f"; pass its .gradient_transformation() ({type(value).__name__} "
+            "is a wrapper object, not a transformation)")
+  elif callable(value):
+    name = getattr(value, "__qualname__", repr(value))
+    if getattr(value, "__module__", "").startswith("optax"):
+      name = f"optax.{name}"
+    hint = f"; call the factory first, e.g. {caller}({name}(...), ...)"
+  else:
+    hint = ""
+  raise ArgumentTypeError(
+      f"{caller} needs an optax.GradientTransformation, got "
+      f"{type(value).__name__} {value!r}{hint}.")
+
+
 def check_dtype(name: str, value: Any, *, kind: str = "floating",
                 allow_none: bool = True) -> Any:
   """A dtype of the given kind (``"floating"``: real floats), or ``None``."""

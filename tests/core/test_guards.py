@@ -87,8 +87,13 @@ def test_finite_steps_are_the_inner_steps_and_give_up_after_the_limit():
 
 
 def test_bad_arguments():
-  with pytest.raises(TypeError, match="build the optimizer first"):
+  with pytest.raises(TypeError, match=r"call the factory first, e.g. "
+                     r"skip_nonfinite_steps\(optax.sgd\(\.\.\.\)"):
     bort_jax.skip_nonfinite_steps(optax.sgd, max_consecutive_errors=1)
+  for wrap in (bort_jax.with_bort, lambda tx: bort_jax.skip_nonfinite_steps(
+      tx, max_consecutive_errors=1)):
+    with pytest.raises(TypeError, match=r"pass its \.gradient_transformation\(\)"):
+      wrap(optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2))
   with pytest.raises(ValueError, match="max_consecutive_errors must be a "
                      "non-negative integer"):
     bort_jax.skip_nonfinite_steps(optax.sgd(0.1), max_consecutive_errors=-1)
