@@ -92,7 +92,8 @@ def test_bad_arguments():
     bort_jax.skip_nonfinite_steps(optax.sgd, max_consecutive_errors=1)
   for wrap in (bort_jax.with_bort, lambda tx: bort_jax.skip_nonfinite_steps(
       tx, max_consecutive_errors=1)):
-    with pytest.raises(TypeError, match=r"pass its \.gradient_transformation\(\)"):
+    with pytest.raises(TypeError,
+                       match=r"pass its \.gradient_transformation\(\)"):
       wrap(optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2))
   with pytest.raises(ValueError, match="max_consecutive_errors must be a "
                      "non-negative integer"):
