@@ -235,7 +235,7 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
       line, notes = optimizers.strength_report(config)
       print(line, flush=True)
       for note in notes:
-        print(f"{_PROG} train: {note}", file=sys.stderr, flush=True)
+        print(f"{_PROG} train: {note}", flush=True)
 
   result = loop.train(
       config, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -313,9 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{_PROG} {args.command}"
-    with warnings.catch_warnings():  # a warning is one line, as an error is
+    # A warning is one line, on stdout with the run's other notes: stderr
+    # carries the one line of an error and nothing else.
+    with warnings.catch_warnings():
       warnings.showwarning = lambda message, *_, **__: print(
-          f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+          f"{prog}: warning: {message}", flush=True)
       return _command(parser, args)
   except KeyboardInterrupt:
     if debug:

@@ -96,3 +96,16 @@ def test_authors_protocol_resumes_its_folder_and_refuses_a_foreign_one(
     example.main(["--out", str(foreign), "--arms", "sgd", "--seeds", "0"])
   assert sorted(p.name for p in foreign.iterdir()) == ["results.json"]
   assert (foreign / "results.json").read_text() == "{}"
+
+
+def test_ada_overcomplete_shows_the_collapse_it_describes(capsys):
+  example = _load("ada_overcomplete")
+  lines = example.main(["--steps", "1000", "--modes", "l1-fullrow,l1-row"])
+  assert lines == capsys.readouterr().out.strip().splitlines()
+  norms = {line.split(" | ")[0].strip("| "): [
+      float(cell.split(",")[0].split()[1]) for cell in line.split(" | ")[1:]]
+      for line in lines[3:]}
+  start = float(lines[0].split("norm ")[1].split(",")[0])
+  ada, fan_in, fixed = norms["l1-fullrow"]
+  assert ada < 0.5 * start < fixed  # ada shrinks it; a fixed c holds it
+  assert norms["l1-row"][0] > 0.8 * start  # the row modes keep ada's scale
