@@ -252,6 +252,7 @@ def test_i19_an_equinox_module_as_a_mask_tree_is_refused_in_one_line():
     bort_jax.bort_adamw(1e-3, bort_mask=mask)
 
 
+@pytest.mark.slow
 def test_out_in_leaves_out_equinox_embeddings_and_biases_under_any_outer_mask():
   class Net(eqx.Module):
     embedding: eqx.nn.Embedding

@@ -5,10 +5,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import bort_jax
+from tests.core.zero_loss import run_zero_loss
 
 
 @pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32, jnp.bool_])
@@ -158,16 +158,7 @@ def test_a_vector_is_refused_in_one_line(function):
 
 
 def _norm_after_zero_gradient_steps(tx, params, steps=3000):
-  state = tx.init(params)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-
-  @jax.jit
-  def step(p, s):
-    updates, s = tx.update(zeros, s, p)
-    return optax.apply_updates(p, updates), s
-
-  for _ in range(steps):
-    params, state = step(params, state)
+  params, _ = run_zero_loss(tx, params, steps)
   return float(jnp.linalg.norm(params["up"]["kernel"]))
 
 

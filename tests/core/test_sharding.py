@@ -206,7 +206,7 @@ def test_auto_conv_split_on_in_all_reduces_the_gram_and_gathers_nothing():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", [P("x", None), P(None, "x"), P()])
+@pytest.mark.parametrize("spec", [P("x", None), P(None, "x")])
 def test_orthogonality_error_under_explicit_sharding(spec):
   # The diagnostic's Gram contracted a sharded axis without an output spec:
   # a ShardingTypeError deep in XLA, even on a 1-device mesh.

@@ -98,6 +98,7 @@ def test_authors_protocol_resumes_its_folder_and_refuses_a_foreign_one(
   assert (foreign / "results.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_ada_overcomplete_shows_the_collapse_it_describes(capsys):
   example = _load("ada_overcomplete")
   lines = example.main(["--steps", "1000", "--modes", "l1-fullrow,l1-row"])
