@@ -133,20 +133,23 @@ def test_max_cosine_is_the_maximum_over_batch_axes():
   np.testing.assert_allclose(errors["kernel"].max_cosine, 0.8, rtol=1e-6)
 
 
-@pytest.mark.parametrize("function", [bort_jax.bort_correction,
-                                      bort_jax.bort_penalty])
 @pytest.mark.parametrize("amplitude, error", [
     ("adaa", ValueError), (-1.0, ValueError), (0.0, ValueError),
     (float("nan"), ValueError), (np.array([1.0, -1.0]), ValueError),
     (lambda step: 1.0, TypeError), (object(), TypeError)])
 def test_the_public_correction_and_penalty_check_the_amplitude(
-    function, amplitude, error):
+    amplitude, error):
   # A negative c used to be taken as the target, and a misspelt 'ada' failed
   # inside NumPy ("could not convert string to float").
-  with pytest.raises(error, match="amplitude must be 'ada', a positive"):
-    function(jnp.ones((2, 2, 2)), amplitude=amplitude)
-  # Traced amplitudes cannot be checked by value, and still work.
-  jax.jit(lambda c: function(jnp.eye(2), amplitude=c))(2.0)
+  for function in (bort_jax.bort_correction, bort_jax.bort_penalty):
+    with pytest.raises(error, match="amplitude must be 'ada', a positive"):
+      function(jnp.ones((2, 2, 2)), amplitude=amplitude)
+
+
+def test_a_traced_amplitude_is_not_checked_by_value_and_works():
+  got = jax.jit(lambda c: bort_jax.bort_correction(
+      jnp.eye(2), "l2-full", amplitude=c))(2.0)
+  np.testing.assert_allclose(got, -np.eye(2))  # (1 − 2) · I
 
 
 @pytest.mark.parametrize("function", [bort_jax.matrix_orthogonality_error,

@@ -218,8 +218,7 @@ def test_orthogonality_error_under_explicit_sharding(spec):
     with jax.set_mesh(mesh):
       params = {"dense": {"kernel": jax.device_put(
           w, NamedSharding(mesh, spec))}}
-      for errors in (bort_jax.orthogonality_error(params),
-                     jax.jit(bort_jax.orthogonality_error)(params)):
-        np.testing.assert_allclose(
-            errors["dense/kernel"].constraint_error,
-            expected["dense/kernel"].constraint_error, rtol=1e-5)
+      errors = bort_jax.orthogonality_error(params)
+    np.testing.assert_allclose(errors["dense/kernel"].constraint_error,
+                               expected["dense/kernel"].constraint_error,
+                               rtol=1e-5)
