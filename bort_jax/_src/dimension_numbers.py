@@ -18,13 +18,10 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from bort_jax._src import flax_selection
 from bort_jax._src import sharding
 from bort_jax._src import validation
-from bort_jax._src.bort_dimension_numbers import Axes
 from bort_jax._src.bort_dimension_numbers import BortDimensionNumbers
 from bort_jax._src.bort_dimension_numbers import field_axes
 from bort_jax._src.bort_dimension_numbers import path_names
@@ -269,22 +266,14 @@ NOT_MATRIX_NAMES = ("bias", "scale", "norm")
 EMBEDDING_NAME = "embed"
 
 
-def _is_masked(params: Any) -> bool:
-  """Whether ``optax.masked`` (a ``bort_mask``) has left leaves out here."""
-  return any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(
-      params, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
-
-
 def _is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
   """Whether one explicitly given BortDimensionNumbers is meant for a leaf.
 
   A floating leaf with at least two axes that is a ``kernel``, or else
   neither a bias nor a norm scale by name nor a vector with unit axes (a
-  ViT's ``(1, 1, d)`` class token, a conv bias ``(c, 1, 1)``), and, without
-  a ``bort_mask`` (which may choose one), not an embedding (``embedding``:
-  by its name or its module's type). An ``optax.masked`` around the whole
-  optimizer cannot be told from a ``bort_mask``, so what no mask could make
-  a weight matrix is decided by name and shape alone.
+  ViT's ``(1, 1, d)`` class token, a conv bias ``(c, 1, 1)``), and, unless
+  ``masked`` (the transform applies a ``bort_mask``, which may choose one),
+  not an embedding (``embedding``: by its name or its module's type).
   """
   dtype = getattr(leaf, "dtype", None)
   shape = tuple(getattr(leaf, "shape", ()))
@@ -311,7 +300,7 @@ def _embedding_paths(params: Any) -> list[tuple]:
 
 
 def _selection_for(dims: BortDimensionNumbers, params: Any,
-                   masked: bool | None = None) -> Any:
+                   masked: bool = False) -> Any:
   """One explicitly given BortDimensionNumbers at every weight matrix.
 
   Whatever the library names its weights (``kernel``, Equinox's and
@@ -320,8 +309,6 @@ def _selection_for(dims: BortDimensionNumbers, params: Any,
   reported by the transform's unreached-weight warning); when they fit none,
   the first misfit raises, since that is a typo rather than a choice.
   """
-  if masked is None:  # read off the tree: some leaves are masked out
-    masked = _is_masked(params)
   embeddings = _embedding_paths(params)
   first_misfit = None
 
@@ -350,9 +337,9 @@ def under_bort_mask(dimension_numbers: DimensionNumbersLike,
   ``bort_mask``.
 
   One :class:`BortDimensionNumbers` then selects embeddings only under the
-  transform's own mask: read off the tree, an ``optax.masked`` around the
-  whole optimizer (freezing a head, say) would look like one. Other forms
-  are returned as they are.
+  transform's own mask (an ``optax.masked`` around the whole optimizer,
+  freezing a head say, leaves the same masked nodes in the tree but is not
+  one). Other forms are returned as they are.
   """
   if not isinstance(dimension_numbers, BortDimensionNumbers):
     return dimension_numbers
@@ -416,27 +403,39 @@ def _is_dims_leaf(x) -> bool:
   return x is None or isinstance(x, BortDimensionNumbers)
 
 
+#: What :func:`value_at_path` returns for a path no entry covers.
+MISSING = object()
+
+
+def entries_by_path(tree: Any, is_leaf=None) -> dict[tuple, Any]:
+  """A (prefix) tree's leaves by their path names (:func:`path_names`)."""
+  return {path_names(path): value for path, value in
+          jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
+
+
+def value_at_path(entries: dict[tuple, Any], path) -> Any:
+  """The entry at ``path`` or its longest prefix, compared by names, so a
+  tree built on one container fits another with the same names (a dict
+  against ``nnx.State``, whose leaves end in ``.value``); :data:`MISSING`
+  if none covers it."""
+  names = path_names(path)
+  for stop in range(len(names), -1, -1):
+    if names[:stop] in entries:
+      return entries[names[:stop]]
+  return MISSING
+
+
 def _match_by_path(tree: Any, leaves_with_path) -> list | None:
   """Each leaf's dimension numbers from the entry at its path (or a prefix
-  of it) in ``tree``, compared by names; None if some leaf has none."""
-  entries = {
-      path_names(path): d
-      for path, d in jax.tree_util.tree_flatten_with_path(
-          tree, is_leaf=_is_dims_leaf)[0]}
+  of it) in ``tree``; None if some leaf has none or an entry names no
+  parameter."""
+  entries = entries_by_path(tree, is_leaf=_is_dims_leaf)
   leaf_names = [path_names(path) for path, _ in leaves_with_path]
   if not all(any(names[:len(entry)] == entry for names in leaf_names)
              for entry in entries):
     return None  # an entry names no parameter
-  dims = []
-  for path, _ in leaves_with_path:
-    names = path_names(path)
-    for stop in range(len(names), -1, -1):
-      if names[:stop] in entries:
-        dims.append(entries[names[:stop]])
-        break
-    else:
-      return None
-  return dims
+  dims = [value_at_path(entries, path) for path, _ in leaves_with_path]
+  return None if any(d is MISSING for d in dims) else dims
 
 
 def resolve_views(

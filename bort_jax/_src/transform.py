@@ -25,10 +25,13 @@ from bort_jax._src.defaults import DEFAULT_MODE
 from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
+from bort_jax._src.dimension_numbers import entries_by_path
+from bort_jax._src.dimension_numbers import MISSING
 from bort_jax._src.dimension_numbers import path_names
 from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
 from bort_jax._src.dimension_numbers import under_bort_mask
+from bort_jax._src.dimension_numbers import value_at_path
 from bort_jax._src.flax_selection import FlaxDimensionNumbers
 from bort_jax._src.flax_selection import is_nnx_module
 
@@ -136,13 +139,6 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
         "tree).", stacklevel=3)
 
 
-#: The modes whose target is each unit's own norm: with "ada" they keep a
-#: matrix's scale whatever its shape.
-_ROW_MODES = ("l2-row", "l1-row")
-#: The modes whose target is each fan-in column's norm.
-_COL_MODES = ("l2-col", "l1-col")
-
-
 def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
   """Warns, once at ``init``, where ``amplitude="ada"`` cannot hold a
   matrix's scale.
@@ -159,6 +155,11 @@ def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
   """
   if not (isinstance(amplitude, str) and amplitude == ADA):
     return
+  rules = penalty.check_mode(mode)
+  # The row and column modes target each vector's own norm (no Gram): the
+  # row modes keep ada's scale whatever the shape.
+  norms_of_units = not rules.uses_gram and rules.on_units
+  norms_of_fan_in = not rules.uses_gram and not rules.on_units
   shrink, grow = [], []
   paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for path, view in zip(paths, views):
@@ -166,9 +167,9 @@ def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
       continue
     _, m, n = view.matrix_shape
     where = f"{path_string(path)!r} ({m} units, fan-in {n})"
-    if m > n and mode not in _ROW_MODES:
+    if m > n and not norms_of_units:
       shrink.append(where)
-    elif m < n and mode in _COL_MODES:
+    elif m < n and norms_of_fan_in:
       grow.append(where)
   for found, what in ((shrink, "pulls {} toward zero: with more units than "
                        "fan-in, W Wᵀ = cI has no solution and ada's c (the "
@@ -209,23 +210,20 @@ def mask_by_path(bort_mask: Any) -> Any:
   """
   if bort_mask is None or callable(bort_mask):
     return bort_mask
-  entries = {path_names(path): bool(value) for path, value in
-             jax.tree_util.tree_flatten_with_path(bort_mask)[0]}
+  entries = entries_by_path(bort_mask)
 
   def select(params):
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     chosen = []
     for path, _ in leaves_with_path:
-      names = path_names(path)
-      found = [names[:stop] for stop in range(len(names), -1, -1)
-               if names[:stop] in entries]
-      if not found:
+      value = value_at_path(entries, path)
+      if value is MISSING:
         raise ValueError(
             f"bort_mask has no True/False for the parameter "
             f"{path_string(path)!r}; give every parameter one (the mask is "
             "matched by path; a prefix tree may cover a whole module), or "
             "pass a callable of the params.")
-      chosen.append(entries[found[0]])
+      chosen.append(bool(value))
     return treedef.unflatten(chosen)
 
   return select

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from bort_jax._src import defaults
 from bort_jax._src.products import KernelOptions
@@ -250,7 +251,6 @@ def check_transformation(value: Any, caller: str) -> Any:
     ...   print(str(e).split("; ")[1])
     pass its .gradient_transformation() (MultiSteps is a wrapper object, not a transformation).
   """
-  import optax  # the core's optax, loaded by every optimizer anyway
   if isinstance(value, optax.GradientTransformation):
     return value
   if callable(getattr(value, "gradient_transformation", None)):
