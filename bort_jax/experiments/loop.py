@@ -274,16 +274,24 @@ class _Run:
   def total_steps(self) -> int:
     return self.config.epochs * self.data.steps_per_epoch
 
-  def check_finite(self, state: _State) -> None:
-    """Stops a run whose training loss became non-finite."""
-    loss = float(state.metrics.loss)
-    if not math.isfinite(loss):
-      epoch = max(state.step - 1, 0) // self.data.steps_per_epoch + 1
-      raise DivergedError(
-          f"The training loss became {loss} by step {state.step} (epoch "
-          f"{epoch}): the run diverged and is stopped; earlier checkpoints "
-          "are kept. Lower --lr (or --gamma) and start over with "
-          "--overwrite.")
+  def check_finite(self, state: _State, row: dict[str, Any] | None = None
+                   ) -> None:
+    """Stops a run that diverged: its training loss became non-finite, or,
+    in an epoch's ``row``, its test loss or constraint error (weights that
+    overflowed while the training loss can still be finite)."""
+    figures = {"training loss": float(state.metrics.loss)}
+    if row is not None:
+      figures = {name.replace("_", " "): row[name]
+                 for name in ("test_loss", "constraint_error")
+                 if row[name] is not None}
+    for what, value in figures.items():
+      if not math.isfinite(value):
+        epoch = max(state.step - 1, 0) // self.data.steps_per_epoch + 1
+        raise DivergedError(
+            f"The {what} became {value} by step {state.step} (epoch "
+            f"{epoch}): the run diverged and is stopped; earlier checkpoints "
+            "are kept. Lower --lr (or --gamma) and start over with "
+            "--overwrite.")
 
   def measure(self, state: _State, record: dict[str, Any]) -> dict[str, Any]:
     """One history row: the test metrics, orthogonality and times."""
@@ -338,14 +346,11 @@ class _Run:
       zeros = self.parallel.replicate(zeros)
     state = dataclasses.replace(state, metrics=zeros)
     self.say(_summary_line(row, self.config.epochs))
-    for name in ("test_loss", "constraint_error"):
-      if row[name] is not None and not math.isfinite(row[name]):
-        self.write(state)
-        raise DivergedError(
-            f"The weights overflowed by step {state.step} (epoch "
-            f"{row['epoch']}): the {name.replace('_', ' ')} is {row[name]}; "
-            "the run diverged and is stopped; earlier checkpoints are kept. "
-            "Lower --lr (or --gamma) and start over with --overwrite.")
+    try:
+      self.check_finite(state, row)
+    except DivergedError:
+      self.write(state)
+      raise
     self.save(state)
     self.write(state)
     return state

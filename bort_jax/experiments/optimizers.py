@@ -303,16 +303,14 @@ def optax_alias(name: str) -> Callable[..., optax.GradientTransformation]:
     >>> optax_alias("lion").__name__, optax_alias("muon").__module__
     ('lion', 'optax.contrib._muon')
   """
-  params = None
-  for module in (optax, optax.contrib):
-    fn = getattr(module, name, None)
-    if callable(fn) and not isinstance(fn, type) and not name.startswith("_"):
-      try:
-        params = list(inspect.signature(fn).parameters)
-      except (TypeError, ValueError):
-        params = None
-      break
-  if not params or params[0] != "learning_rate":
+  found = [getattr(module, name, None) for module in (optax, optax.contrib)]
+  fn = next((f for f in found if callable(f) and not isinstance(f, type)),
+            None)
+  try:
+    params = list(inspect.signature(fn).parameters)
+  except (TypeError, ValueError):  # not a function (or none was found)
+    params = []
+  if name.startswith("_") or params[:1] != ["learning_rate"]:
     raise ValueError(
         f"Unknown optimizer {name!r}: expected sgd, adamw, bort-sgd, "
         "bort-adamw, the name of an optax or optax.contrib optimizer taking a "

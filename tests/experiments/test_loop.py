@@ -204,8 +204,8 @@ def test_weights_that_overflow_stop_the_run_though_the_loss_is_finite(
                        gamma=0.1, learning_rate=0.5, epochs=2)
   path = tmp_path / "run"
   with pytest.raises(loop.DivergedError,
-                     match=r"overflowed by step 10 \(epoch 1\): the (test "
-                     "loss|constraint error) is (nan|inf)"):
+                     match=r"^The (test loss|constraint error) became "
+                     r"(nan|inf) by step 10 \(epoch 1\): the run diverged"):
     train(config, str(path), dataset=digits)
   with open(path / "metrics.json") as f:
     history = json.load(f)["history"]
