@@ -425,16 +425,33 @@ def value_at_path(entries: dict[tuple, Any], path) -> Any:
   return MISSING
 
 
+def _under_prefix(dims: Any, path, leaf) -> Any:
+  """What an entry of a dimension-numbers tree given at a prefix of a leaf's
+  path (``{"dense": BortDimensionNumbers()}`` over its kernel and bias)
+  means for that leaf: the numbers at a weight matrix, ``None`` at a bias,
+  a norm scale, a vector with unit axes or a non-floating leaf, as one
+  top-level :class:`BortDimensionNumbers` skips them. An entry at the leaf
+  itself is taken as it is, and so is a weight matrix the numbers do not
+  fit (the entry was meant for that subtree: the misfit raises)."""
+  if (isinstance(dims, BortDimensionNumbers) and path_names(path)
+      and not _is_weight_matrix(path, leaf, masked=True, embedding=False)):
+    return None
+  return dims
+
+
 def _match_by_path(tree: Any, leaves_with_path) -> list | None:
   """Each leaf's dimension numbers from the entry at its path (or a prefix
-  of it) in ``tree``; None if some leaf has none or an entry names no
-  parameter."""
+  of it, :func:`_under_prefix`) in ``tree``; None if some leaf has none or
+  an entry names no parameter."""
   entries = entries_by_path(tree, is_leaf=_is_dims_leaf)
   leaf_names = [path_names(path) for path, _ in leaves_with_path]
   if not all(any(names[:len(entry)] == entry for names in leaf_names)
              for entry in entries):
     return None  # an entry names no parameter
-  dims = [value_at_path(entries, path) for path, _ in leaves_with_path]
+  dims = []
+  for (path, leaf), names in zip(leaves_with_path, leaf_names):
+    d = value_at_path(entries, path)
+    dims.append(d if names in entries else _under_prefix(d, path, leaf))
   return None if any(d is MISSING for d in dims) else dims
 
 
@@ -448,7 +465,8 @@ def resolve_views(
       kernels by name; a kernel that may be stacked layers warns once); one
       :class:`BortDimensionNumbers` for every weight matrix, whatever its
       name (see below); a pytree (a prefix of ``params``) of them with
-      ``None`` to skip a leaf; a callable returning such a pytree given
+      ``None`` to skip a leaf (an entry over a subtree applies to its
+      weight matrices, not to its biases or norm scales); a callable returning such a pytree given
       ``params``; or an ``nnx.Module`` (its :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
 
@@ -491,7 +509,8 @@ def resolve_views(
   try:
     dims = treedef.flatten_up_to(
         jax.tree.map(
-            lambda d, p: jax.tree.map(lambda _: d, p),
+            lambda d, p: jax.tree_util.tree_map_with_path(
+                lambda path, x: _under_prefix(d, path, x), p),
             tree, params, is_leaf=_is_dims_leaf,
         )
     )

@@ -483,9 +483,10 @@ def add_bort_correction(
     dimension_numbers: which leaves are Bort parameters and how each is a
       matrix: ``None`` (Flax kernels by name, see
       :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
-      every default leaf; a pytree of them (``None`` skips a leaf; matched by
-      path when its containers differ from the params', as ``nnx.State``
-      under ``nnx.Optimizer``); a callable building such a pytree from the
+      every default leaf; a pytree of them (``None`` skips a leaf; an entry
+      over a subtree reaches its weight matrices, not its biases or norm
+      scales; matched by path when its containers differ from the params',
+      as ``nnx.State`` under ``nnx.Optimizer``); a callable building such a pytree from the
       params; or an ``nnx.Module``, whose layer types decide (needed for
       layers stacked by ``nnx.vmap``/``nnx.scan``).
     bort_mask: a pytree of booleans matching the params, or a callable of

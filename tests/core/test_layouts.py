@@ -81,6 +81,40 @@ def test_i19_one_dimension_numbers_reach_any_weight_name_but_not_biases():
       "dense/kernel", "haiku/w", "linear/weight"]
 
 
+def test_a_prefix_entry_reaches_its_subtree_s_matrices_not_its_biases():
+  # {"a": numbers, "b": None}: "a"'s kernel, not "a"'s bias (which used to
+  # raise "do not fit 'a/bias'"), as through nnx.Optimizer's State.
+  params = {"a": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3),
+                  "norm": {"scale": jnp.ones((1, 3))}},
+            "b": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+  dims = {"a": bort_jax.BortDimensionNumbers(), "b": None}
+  assert _selected(dims, params) == ["a/kernel"]
+  at_leaf = {"a": {"kernel": OUT_IN, "bias": None, "norm": None}, "b": None}
+  assert [None if v is None else v.matrix_shape for v in
+          resolve_views(at_leaf, params)] == [None, (1, 4, 3), None, None,
+                                              None]
+  # An entry meant for a subtree whose matrix it does not fit still raises.
+  with pytest.raises(ValueError, match="do not fit 'a/kernel'"):
+    resolve_views({"a": bort_jax.BortDimensionNumbers(batch_axis=(0, 1)),
+                   "b": None}, params)
+
+  model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+                         nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+  tx = bort_jax.add_bort_correction(
+      1.0, dimension_numbers={"layers": {0: bort_jax.BortDimensionNumbers(),
+                                         1: None}})
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  before = nnx.state(model, nnx.Param).to_pure_dict()
+  zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+  optimizer.update(model, zeros)
+  after = nnx.state(model, nnx.Param).to_pure_dict()
+  moved = {f"{i}/{k}": not np.array_equal(after["layers"][i][k],
+                                          before["layers"][i][k])
+           for i in (0, 1) for k in ("kernel", "bias")}
+  assert moved == {"0/kernel": True, "0/bias": False, "1/kernel": False,
+                   "1/bias": False}
+
+
 def test_haiku_weights_are_flax_s_layout_under_another_name():
   # hk.Linear(4) on 16 inputs stores w as (in, out) = (16, 4): the units are
   # its columns, so BortDimensionNumbers() (not out_in()) is its layout.
