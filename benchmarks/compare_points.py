@@ -9,6 +9,14 @@ a 95 % t-interval, and the ratio of the mean constraint errors.
 
     python benchmarks/compare_points.py runs/amortised_mlp256/runs.json \\
         --reference bort-adamw_l1-fullrow_ada_g1
+
+``--before OTHER/runs.json`` compares every point instead with the same
+point of another frontier: the same grid run before a change of the
+library (a commit, in a git worktree), seed by seed. A baseline point, which
+no Bort change touches, then differs by zero: the control.
+
+    python benchmarks/compare_points.py runs/after/runs.json \\
+        --before runs/before/runs.json
 """
 
 from __future__ import annotations
@@ -24,12 +32,25 @@ from bort_jax.experiments import frontier_stats
 from bort_jax.experiments import text
 
 
-def compare(runs: list[dict], reference: str) -> list[dict]:
+def _by_point(runs: list[dict]) -> dict[str, dict[int, dict]]:
+  """A frontier's runs by point name, then seed."""
+  by_point: dict[str, dict[int, dict]] = {}
+  for run in runs:
+    by_point.setdefault(frontier.point_name(run["point"]), {})[
+        run["seed"]] = run
+  return by_point
+
+
+def compare(runs: list[dict], reference: str | None = None,
+            before: list[dict] | None = None) -> list[dict]:
   """One row per point other than ``reference``: paired differences.
 
   Args:
     runs: the entries of a frontier's ``runs.json``.
     reference: the name (:func:`frontier.point_name`) to compare against.
+    before: instead of ``reference``, another frontier's entries: each point
+      is compared with the same point there (the points it lacks are left
+      out).
 
   Returns:
     Dicts with ``name``, ``val`` and ``test`` (:func:`frontier_stats.
@@ -38,25 +59,32 @@ def compare(runs: list[dict], reference: str) -> list[dict]:
     in error units),
     ``constraint_ratio`` (mean error over the reference's, on the shared
     seeds) and ``diverged`` (the point's seeds whose run diverged, left out
-    of the rest; ``constraint_ratio`` is ``None`` when every one did).
+    of the rest, as are those whose reference run diverged;
+    ``constraint_ratio`` is ``None`` when no seed is left).
 
   Raises:
-    ValueError: ``reference`` is not a point of ``runs``.
+    ValueError: ``reference`` is not a point of ``runs``, or ``before``
+      shares no point with them.
   """
-  by_point: dict[str, dict[int, dict]] = {}
-  for run in runs:
-    by_point.setdefault(frontier.point_name(run["point"]), {})[
-        run["seed"]] = run
-  if reference not in by_point:
+  by_point = _by_point(runs)
+  if before is not None:
+    earlier = _by_point(before)
+    pairs = [(name, seeds, earlier[name]) for name, seeds in by_point.items()
+             if name in earlier]
+    if not pairs:
+      raise ValueError("--before shares no point with these runs; it holds "
+                       f"{', '.join(sorted(earlier))}.")
+  elif reference in by_point:
+    pairs = [(name, seeds, by_point[reference])
+             for name, seeds in by_point.items() if name != reference]
+  else:
     raise ValueError(f"--reference {reference!r} is not a point of these runs;"
                      f" they hold {', '.join(sorted(by_point))}.")
-  ref = by_point[reference]
   rows = []
-  for name, seeds in by_point.items():
-    if name == reference:
-      continue
+  for name, seeds, ref in pairs:
     diverged = sorted(s for s, run in seeds.items() if run.get("diverged"))
-    shared = sorted((set(seeds) & set(ref)) - set(diverged))
+    shared = sorted(s for s in set(seeds) & set(ref)
+                    if s not in diverged and not ref[s].get("diverged"))
     if not shared:
       if diverged:
         rows.append({"name": name, "seeds": [], "diverged": diverged,
@@ -88,16 +116,27 @@ def _interval(stats: dict | None, digits: int, unit: str = "_pp") -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("runs", help="a frontier's runs.json")
-  parser.add_argument("--reference", required=True,
-                      help="the point every other is compared with")
+  against = parser.add_mutually_exclusive_group(required=True)
+  against.add_argument("--reference",
+                       help="the point every other is compared with")
+  against.add_argument("--before", metavar="RUNS_JSON",
+                       help="another frontier's runs.json: each point is "
+                       "compared with the same point there")
   args = parser.parse_args(argv)
   try:
     with open(args.runs) as f:
-      rows = compare(json.load(f), args.reference)
+      runs = json.load(f)
+    before = None
+    if args.before:
+      with open(args.before) as f:
+        before = json.load(f)
+    rows = compare(runs, args.reference, before)
   except (OSError, ValueError) as e:
     print(f"compare_points: error: {e}", file=sys.stderr)
     return 2
-  print(f"Against {args.reference} (paired by seed, 95 % t-interval):\n")
+  against = (f"the same point of {args.before}" if args.before
+             else args.reference)
+  print(f"Against {against} (paired by seed, 95 % t-interval):\n")
   print("| point | seeds | Δval pp | Δtest pp | Δconstraint | constraint ratio "
         "| diverged |")
   print("|---|---|---|---|---|---|---|")

@@ -90,6 +90,38 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   assert "| n/a | n/a | n/a | n/a | 3 |" in capsys.readouterr().out
 
 
+def test_compare_points_before_pairs_each_point_with_itself_elsewhere(
+    capsys, tmp_path):
+  import compare_points  # pylint: disable=g-import-not-at-top
+  bort = {"optimizer": "bort-adamw", "mode": "l1-fullrow", "amplitude": "ada",
+          "gamma": 1.0, "placement": "decoupled"}
+  base = {"optimizer": "adamw", "placement": "decoupled"}
+  run = lambda point, seed, acc, error, **more: {
+      "point": point, "seed": seed, "val_accuracy": acc,
+      "test_accuracy": acc, "constraint_error": error, **more}
+  before = [run(base, s, 0.9, 1.0) for s in range(3)] + [
+      run(bort, s, 0.8, 0.5) for s in range(3)]
+  after = [run(base, s, 0.9, 1.0) for s in range(3)] + [
+      run(bort, 0, 0.81, 0.1), run(bort, 1, 0.82, 0.1),
+      run(bort, 2, 0.83, 0.1)]
+  before[5] = {**before[5], "diverged": "nan", "constraint_error": None}
+  rows = {r["name"]: r for r in compare_points.compare(after, before=before)}
+  # The baseline, which no Bort change touches, is the control: zero.
+  assert rows["adamw"]["test"]["mean_pp"] == pytest.approx(0.0)
+  assert rows["adamw"]["constraint_ratio"] == pytest.approx(1.0)
+  # Seed 2 diverged before: left out of the pairs, not counted as after's.
+  row = rows["bort-adamw_l1-fullrow_ada_g1"]
+  assert row["seeds"] == [0, 1] and row["diverged"] == []
+  assert row["test"]["d_pp"] == pytest.approx([1.0, 2.0])
+  assert row["constraint_ratio"] == pytest.approx(0.2)
+  (tmp_path / "after.json").write_text(json.dumps(after))
+  (tmp_path / "other.json").write_text(json.dumps(
+      [run({"optimizer": "sgd"}, 0, 0.9, 1.0)]))
+  assert compare_points.main([str(tmp_path / "after.json"), "--before",
+                              str(tmp_path / "other.json")]) == 2
+  assert "shares no point" in capsys.readouterr().err
+
+
 def test_epoch_curves_average_each_epoch_over_seeds(tmp_path, capsys):
   import epoch_curves  # pylint: disable=g-import-not-at-top
   point = {"optimizer": "sgd", "learning_rate": 0.05}

@@ -28,6 +28,18 @@ vanishes there, like l2, while far from it its entries are bounded, like l1.
 "row" modes act on the output units' weight vectors, "col" modes on the fan-in
 vectors. The products themselves live in :mod:`products`; this module maps a
 mode to them and checks shapes.
+
+**More units than fan-in** (``m > n``: a first convolution with many
+channels, a transformer's up-projection, a widening 1×1 shortcut).
+``G = cI`` has no solution there (``G`` has rank ``n < m``), so the
+full modes on the units (``l2-full``, ``l1-fullrow``, ``huber-fullrow``)
+constrain the feasible side instead, ``H = cI`` (orthonormal columns, a
+tight frame: what :func:`bort_jax.orthogonality_error` measures and
+:func:`bort_jax.project_to_constraint` projects to there): their Gram is
+``H`` and ``"ada"`` is the columns' squared mean norm. ``l2-full`` has the
+same correction either way for a fixed ``c``. The published code keeps
+``G``, whose sign (l1) or residual (ada, ``c`` below the columns' norms)
+then pulls the weights toward zero step after step.
 """
 
 from __future__ import annotations
@@ -156,20 +168,46 @@ def check_weights(w: Any, name: str) -> Array:
   return w
 
 
-def _vectors(kernels: _Mode, units: int) -> int:
-  """The axis indexing the mode's vectors, given the axis indexing units."""
-  return units if kernels.on_units else other(units)
+def _overcomplete(x: Array, units: int, ctx: Context) -> bool:
+  """Whether x's matrices have more units than fan-in, ``m > n`` (inside
+  shard_map, counting the fan-in of every device)."""
+  fan_in = x.shape[other(units)]
+  if ctx.manual_axis == other(units):
+    fan_in *= jax.lax.axis_size(ctx.options.axis_name)
+  return x.shape[units] > fan_in
 
 
-def _ada(x: Array, units: int, ctx: Context) -> Array:
+def _vectors(kernels: _Mode, units: int, overcomplete: bool = False) -> int:
+  """The axis indexing the mode's vectors, given the axis indexing units:
+  a full mode on the units of an overcomplete matrix takes the feasible
+  side, the fan-in vectors (see the module docstring)."""
+  if kernels.on_units and not (kernels.uses_gram and overcomplete):
+    return units
+  return other(units)
+
+
+def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
+  """The vectors whose squared mean norm is ``"ada"``'s c: the units', as in
+  the published code, except where a full mode takes the feasible side."""
+  return _vectors(kernels, units, overcomplete) if kernels.on_units else units
+
+
+def _ada(x: Array, vectors: int, ctx: Context) -> Array:
   x = jax.lax.stop_gradient(x)
-  return jnp.square(jnp.mean(jnp.sqrt(norms_sq(x, units, ctx)), axis=-1))
+  mean = jnp.mean(jnp.sqrt(norms_sq(x, vectors, ctx)), axis=-1)
+  if ctx.manual_axis == vectors:  # the vectors are split over devices
+    mean = jax.lax.pmean(mean, ctx.options.axis_name)
+  return jnp.square(mean)
 
 
 def ada_amplitude(w: Array) -> Array:
-  """The adaptive amplitude: the squared mean row norm, without gradient.
+  """The adaptive amplitude of the full modes: a squared mean norm, without
+  gradient.
 
-  ``c = (mean_i ‖w_i‖₂)²`` per matrix, computed on the device (no host sync).
+  ``c = (mean_i ‖w_i‖₂)²`` over the rows (output units) when ``m ≤ n``, and
+  over the columns ``w^j`` when ``m > n``, where ``w wᵀ = cI`` has no
+  solution and the full modes constrain ``wᵀ w = cI`` (see the module
+  docstring). Per matrix, computed on the device (no host sync).
 
   Args:
     w: matrices of shape ``(..., m, n)``, rows are output units.
@@ -181,8 +219,11 @@ def ada_amplitude(w: Array) -> Array:
     >>> import jax.numpy as jnp
     >>> float(ada_amplitude(jnp.array([[3.0, 4.0], [0.0, 1.0]])))
     9.0
+    >>> float(ada_amplitude(jnp.array([[3.0], [4.0]])))  # one column, m > n
+    25.0
   """
-  return _ada(check_weights(w, "ada_amplitude"), ROWS, _EXACT)
+  w = check_weights(w, "ada_amplitude")
+  return _ada(w, COLS if w.shape[-2] > w.shape[-1] else ROWS, _EXACT)
 
 
 def _check_amplitude_value(amplitude: Any) -> None:
@@ -209,11 +250,12 @@ def _check_amplitude_value(amplitude: Any) -> None:
                      f"{amplitude!r}.")
 
 
-def _amplitude_array(x: Array, amplitude: Amplitude, units: int,
+def _amplitude_array(x: Array, amplitude: Amplitude, vectors: int,
                      ctx: Context) -> Array:
-  """The amplitude as an array of the batch shape, in x's dtype."""
+  """The amplitude as an array of the batch shape, in x's dtype ("ada":
+  the squared mean norm of the ``vectors``)."""
   if isinstance(amplitude, str) and amplitude == ADA:
-    return _ada(x, units, ctx)
+    return _ada(x, vectors, ctx)
   c = jnp.asarray(amplitude, dtype=x.dtype)
   return jnp.broadcast_to(c, x.shape[:-2])
 
@@ -238,9 +280,11 @@ def correction(
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
   manual_axis = None if options.axis_name is None else other(units)
-  c = _amplitude_array(x, amplitude, units,
-                       Context(options, None, manual_axis))
-  vectors = _vectors(kernels, units)
+  split = Context(options, None, manual_axis)
+  overcomplete = _overcomplete(x, units, split)
+  c = _amplitude_array(x, amplitude, _ada_axis(kernels, units, overcomplete),
+                       split)
+  vectors = _vectors(kernels, units, overcomplete)
 
   def run(x, c):
     ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau)
@@ -346,8 +390,11 @@ def bort_penalty(
   kernels = check_mode(mode)
   ctx = _EXACT._replace(tau=check_tau(tau))
   x = w.astype(compute_dtype(w.dtype))
-  c = _amplitude_array(x, amplitude, ROWS, _EXACT)
-  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS), ctx))
+  overcomplete = _overcomplete(x, ROWS, _EXACT)
+  c = _amplitude_array(x, amplitude, _ada_axis(kernels, ROWS, overcomplete),
+                       _EXACT)
+  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS, overcomplete),
+                                 ctx))
 
 
 # ----------------------------------------------------------------------------
@@ -362,8 +409,8 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
   """Whether :func:`correction_over_axes` handles this parameter.
 
   One unit axis and no batch axis; the Gram, if any, is the units' (for
-  ``l2-full`` when units are the smaller side; ``l1-fullrow`` and
-  ``huber-fullrow`` when the units fit one block). ``l1-fullcol``'s and
+  ``l2-full``, ``l1-fullrow`` and ``huber-fullrow`` when units are the
+  smaller side, the last two when they also fit one block). ``l1-fullcol``'s and
   ``huber-fullcol``'s Gram is over fan-in vectors: they need them as one
   axis, so they keep the matrix view.
   """
@@ -375,8 +422,8 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
   n = math.prod(shape[a] for a in reduction_axes)
   if mode == "l2-full":
     return m <= n
-  if mode in ("l1-fullrow", "huber-fullrow"):
-    return options.block_size is None or m <= options.block_size
+  if mode in ("l1-fullrow", "huber-fullrow"):  # m > n: the fan-in's Gram
+    return m <= n and (options.block_size is None or m <= options.block_size)
   return True
 
 

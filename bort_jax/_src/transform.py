@@ -141,25 +141,22 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
 
 def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
   """Warns, once at ``init``, where ``amplitude="ada"`` cannot hold a
-  matrix's scale.
+  matrix's scale under a column mode.
 
-  "ada" is ``c = (mean_i ‖w_i‖)²`` over the units (rows), as in the
-  published code. With more units than fan-in (``m > n``: a first
-  convolution with many channels, a transformer's up-projection, a 1×1
-  shortcut that widens) ``W Wᵀ = cI`` has no solution and ``c`` lies below
-  the mean squared norm of the feasible side, so every mode but the row
-  modes shrinks the weights toward zero, step after step. With fewer units
-  than fan-in the column modes' targets (column norms² = c) exceed what the
-  rows allow, and they grow without bound. A fixed amplitude has neither
-  problem.
+  For the column modes "ada" is ``c = (mean_i ‖w_i‖)²`` over the units
+  (rows), as in the published code. With more units than fan-in (``m > n``)
+  that ``c`` lies below the columns' squared norms, and the column modes
+  shrink the weights toward zero, step after step; with fewer units than
+  fan-in the column-norm modes' targets exceed what the rows allow, and
+  they grow without bound. The row and full modes keep the scale on every
+  shape (on ``m > n`` the full modes constrain the feasible side, with
+  "ada" over the columns). A fixed amplitude has neither problem.
   """
   if not (isinstance(amplitude, str) and amplitude == ADA):
     return
   rules = penalty.check_mode(mode)
-  # The row and column modes target each vector's own norm (no Gram): the
-  # row modes keep ada's scale whatever the shape.
-  norms_of_units = not rules.uses_gram and rules.on_units
-  norms_of_fan_in = not rules.uses_gram and not rules.on_units
+  if rules.on_units:
+    return
   shrink, grow = [], []
   paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for path, view in zip(paths, views):
@@ -167,14 +164,13 @@ def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
       continue
     _, m, n = view.matrix_shape
     where = f"{path_string(path)!r} ({m} units, fan-in {n})"
-    if m > n and not norms_of_units:
+    if m > n:
       shrink.append(where)
-    elif m < n and norms_of_fan_in:
+    elif m < n and not rules.uses_gram:
       grow.append(where)
   for found, what in ((shrink, "pulls {} toward zero: with more units than "
-                       "fan-in, W Wᵀ = cI has no solution and ada's c (the "
-                       "units' squared mean norm) lies below the feasible "
-                       "side's"),
+                       "fan-in, ada's c (the units' squared mean norm) lies "
+                       "below the columns' squared norms"),
                       (grow, "grows {} without bound: with fewer units than "
                        "fan-in, the columns cannot all reach the squared "
                        "norm ada's c (the units' squared mean norm) sets "
@@ -186,8 +182,9 @@ def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:
       warnings.warn(
           f"Bort with amplitude='ada' and mode {mode!r} "
           + what.format(named) + ". Pass a fixed amplitude (e.g. "
-          "amplitude=1.0; mode 'l2-full' then constrains the feasible side), "
-          "or leave these weights out with bort_mask.", stacklevel=3)
+          "amplitude=1.0), use a row or full mode (e.g. 'l1-fullrow', "
+          "which constrains the feasible side), or leave these weights out "
+          "with bort_mask.", stacklevel=3)
 
 
 def mask_by_path(bort_mask: Any) -> Any:

@@ -13,6 +13,10 @@ def correction(w: np.ndarray, mode: str, c: float = 1.0,
   gram, hgram = w @ w.T, w.T @ w
   row_sq, col_sq = np.sum(w * w, axis=1), np.sum(w * w, axis=0)
   m, n = w.shape
+  if m > n and mode in ("l1-fullrow", "huber-fullrow"):
+    # More units than fan-in: w wᵀ = cI has no solution, so the full modes
+    # constrain the feasible side wᵀ w = cI (l2-full is the same there).
+    return correction(w, mode.replace("row", "col"), c, tau)
   return {
       "l2-full": (gram - c * np.eye(m)) @ w,
       "l2-row": (row_sq - c)[:, None] * w,
@@ -34,3 +38,13 @@ def torch_layout(kernel: np.ndarray) -> np.ndarray:
 
 def from_torch_layout(w: np.ndarray, shape) -> np.ndarray:
   return w.T.reshape(shape)
+
+
+def ada(w: np.ndarray, mode: str = "l2-full") -> float:
+  """"ada" for one matrix ``w`` (m, n), rows the units: the rows' squared
+  mean norm, as in the published code, but for a full mode on the units
+  when ``m > n``, the columns' (the feasible side)."""
+  w = np.asarray(w, np.float64)
+  feasible = mode in ("l2-full", "l1-fullrow", "huber-fullrow")
+  axis = 0 if feasible and w.shape[0] > w.shape[1] else 1
+  return float(np.mean(np.linalg.norm(w, axis=axis)) ** 2)

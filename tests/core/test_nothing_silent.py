@@ -165,32 +165,41 @@ def _norm_after_zero_gradient_steps(tx, params, steps=3000):
   return float(jnp.linalg.norm(params["up"]["kernel"]))
 
 
-def test_ada_on_more_units_than_fan_in_warns_at_init_as_it_collapses():
+def test_ada_on_more_units_than_fan_in_holds_the_feasible_side_s_scale():
   # 16 units on a fan-in of 9 (a first 3×3 convolution with 16 channels, or
-  # an up-projection): W Wᵀ = cI has no solution, and ada's c, the units'
-  # squared mean norm, lies below the feasible side's, so the default mode
-  # shrinks the kernel toward zero even with no gradient at all.
+  # an up-projection): W Wᵀ = cI has no solution. The full modes constrain
+  # Wᵀ W = cI there, with ada over the columns, so the default keeps the
+  # kernel's scale (it used to fall below 10 % of it in these steps) and
+  # reaches the constraint that orthogonality_error measures, silently.
   kernel = jax.random.normal(jax.random.key(0), (9, 16)) / 3  # (in, out)
   params = {"up": {"kernel": kernel}}
   start = float(jnp.linalg.norm(kernel))
-  with pytest.warns(UserWarning, match=r"amplitude='ada' and mode "
-                    r"'l1-fullrow' pulls 'up/kernel' \(16 units, fan-in 9\) "
-                    "toward zero"):
-    tx = bort_jax.bort_adamw(1e-3)
-    tx.init(params)
-  assert _norm_after_zero_gradient_steps(tx, params) < 0.1 * start
-  # A fixed amplitude holds the scale, silently; so do the row modes.
-  for fixed in (bort_jax.bort_adamw(1e-3, amplitude=1.0),
-                bort_jax.bort_adamw(1e-3, mode="l1-row")):
+  for mode in ("l1-fullrow", "l2-full", "huber-fullrow", "l1-row"):
+    tx = bort_jax.bort_adamw(1e-3, mode=mode)
     with warnings.catch_warnings():
       warnings.simplefilter("error")
-      fixed.init(params)
-    assert _norm_after_zero_gradient_steps(fixed, params) > 0.7 * start
-  # Square and narrow layers keep ada's scale, and do not warn.
+      tx.init(params)
+    after, _ = run_zero_loss(tx, params, 3000)
+    assert float(jnp.linalg.norm(after["up"]["kernel"])) > 0.7 * start, mode
+    if mode != "l1-row":
+      error = bort_jax.orthogonality_error(after)["up/kernel"]
+      assert error.overcomplete and float(error.constraint_error) < 0.02, (
+          mode, error)
+  # The column modes keep the published "ada" (over the units): on more
+  # units than fan-in they collapse, and say so once at init.
+  with pytest.warns(UserWarning, match=r"amplitude='ada' and mode "
+                    r"'l1-fullcol' pulls 'up/kernel' \(16 units, fan-in 9\) "
+                    "toward zero"):
+    tx = bort_jax.bort_adamw(1e-3, mode="l1-fullcol")
+    tx.init(params)
+  assert _norm_after_zero_gradient_steps(tx, params) < 0.1 * start
+  # A fixed amplitude holds the scale, silently.
+  fixed = bort_jax.bort_adamw(1e-3, mode="l1-fullcol", amplitude=1.0)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    bort_jax.bort_adamw(1e-3).init({"up": {"kernel": kernel.T}})
-  # The column modes on fewer units than fan-in grow instead.
+    fixed.init(params)
+  assert _norm_after_zero_gradient_steps(fixed, params) > 0.7 * start
+  # The column-norm modes on fewer units than fan-in grow instead.
   with pytest.warns(UserWarning, match=r"mode 'l2-col' grows 'up/kernel' "
                     r"\(9 units, fan-in 16\) without bound"):
     bort_jax.bort_adamw(1e-3, mode="l2-col").init({"up": {"kernel": kernel.T}})

@@ -29,7 +29,7 @@ def _reference(w, mode, c, tau=0.01):
   if not mode.startswith("huber-"):
     return reference.correction(w, mode, c)
   w = np.asarray(w, np.float64)
-  if mode == "huber-fullrow":
+  if mode == "huber-fullrow" and w.shape[0] <= w.shape[1]:
     residual = w @ w.T - c * np.eye(w.shape[0])
     return np.clip(residual / (tau * c), -1, 1) @ w
   residual = w.T @ w - c * np.eye(w.shape[1])
@@ -159,8 +159,11 @@ def test_fan_in_contracted_in_place_equals_the_matrix_view(mode, amplitude,
       np.testing.assert_allclose(got.reshape(matrix.shape), want,
                                  rtol=1e-12, atol=1e-12)
     else:
+      # The fan-in's Gram: the col modes', and the full modes' on more
+      # units than fan-in.
       assert mode in ("l1-fullcol", "huber-fullcol") or (
-          mode == "l2-full" and shape[-1] > np.prod(shape[:-1]))
+          mode in ("l2-full", "l1-fullrow", "huber-fullrow")
+          and shape[-1] > np.prod(shape[:-1]))
     # Through the transform, whichever path it takes.
     np.testing.assert_allclose(
         bort_jax.tree_correction({"kernel": x}, mode, amplitude)[

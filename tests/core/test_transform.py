@@ -98,7 +98,7 @@ def test_batched_and_looped_products_agree(mode):
   for name, layer in params.items():
     kernel = np.asarray(layer["kernel"], np.float64)
     for i, matrix in enumerate(kernel.reshape(-1, *kernel.shape[-2:])):
-      c = np.mean(np.linalg.norm(matrix, axis=0)) ** 2  # units: columns
+      c = reference.ada(matrix.T, mode)  # units: the kernel's columns
       expected = reference.correction(matrix.T, mode, c).T
       for result in (batched, looped):
         got = np.asarray(result[name]["kernel"]).reshape(-1, *kernel.shape[-2:])
