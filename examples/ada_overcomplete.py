@@ -1,17 +1,18 @@
-"""What ``amplitude="ada"`` does to a matrix with more units than fan-in.
+"""What each mode does to a matrix with more units than fan-in.
 
-"ada" is ``c = (mean_i ‖w_i‖)²`` over the units (rows), as in the published
-code. With more units than fan-in (``m > n``: a first convolution with many
+With more units than fan-in (``m > n``: a first convolution with many
 channels, a transformer's up-projection, a widening 1×1 shortcut),
-``W Wᵀ = cI`` has no solution and that ``c`` lies below the mean squared norm
-of the feasible side, ``‖W‖²_F / n``, so the correction shrinks the weights
-step after step. This script applies ``W ← W − s·Δ(W)`` with no data
-gradient, per-step strength ``s``, to one random ``m × n`` matrix for each
-mode and three amplitudes: "ada" as published, the fan-in side's
-``‖W‖²_F / n`` (what ``bort_jax.orthogonality_error`` measures on such a
-matrix), and a fixed ``c = 1``; it prints the final Frobenius norm and
-constraint error. Swap ``--units`` and ``--fan-in`` to see the column modes
-grow instead.
+``W Wᵀ = cI`` has no solution. The full modes on the units (``l2-full``,
+``l1-fullrow``, ``huber-fullrow``) constrain the feasible side there,
+``Wᵀ W = cI``, with ``"ada"`` the columns' squared mean norm; the published
+code kept ``W Wᵀ`` and ``"ada"`` over the units, which pulls the weights
+toward zero step after step. The column modes keep the published ``"ada"``
+(the units' norms) and collapse such a matrix; swap ``--units`` and
+``--fan-in`` to see the column-norm modes grow instead. This script applies
+``W ← W − s·Δ(W)`` with no data gradient, per-step strength ``s``, to one
+random ``m × n`` matrix for each mode, with ``"ada"`` and with a fixed
+``c = 1``, and prints the final Frobenius norm and constraint error (the
+feasible side's, as ``bort_jax.matrix_orthogonality_error`` measures it).
 
   python examples/ada_overcomplete.py --units 16 --fan-in 9 --steps 3000
 """
@@ -25,12 +26,7 @@ import jax.numpy as jnp
 
 import bort_jax
 
-AMPLITUDES = {
-    "ada (units, published)":
-        lambda w: jnp.mean(jnp.linalg.norm(w, axis=1)) ** 2,
-    "fan-in side ‖W‖²/n": lambda w: jnp.sum(w**2) / w.shape[1],
-    "fixed c = 1": lambda w: jnp.ones(()),
-}
+AMPLITUDES = {"ada": "ada", "fixed c = 1": 1.0}
 
 
 def run(w: jax.Array, mode: str, amplitude, steps: int,
@@ -39,7 +35,7 @@ def run(w: jax.Array, mode: str, amplitude, steps: int,
 
   @jax.jit
   def step(w):
-    return w - strength * bort_jax.bort_correction(w, mode, amplitude(w))
+    return w - strength * bort_jax.bort_correction(w, mode, amplitude)
 
   for _ in range(steps):
     w = step(w)

@@ -129,8 +129,9 @@ def matrix_orthogonality_error(
   Args:
     w: matrices whose rows are output units; leading axes are batch axes.
     amplitude: the target ``c > 0`` (checked as the Bort transform checks
-      it); ``"ada"`` for the transform's adaptive ``(mean_i ‖w_i‖)²`` over
-      output units; ``None`` for the mean squared norm of the feasible side's
+      it); ``"ada"`` for the full modes' adaptive ``(mean_i ‖w_i‖)²`` over
+      the output units, or over the fan-in columns when ``m > n``
+      (:func:`ada_amplitude`); ``None`` for the mean squared norm of the feasible side's
       vectors (``‖W‖²_F / min(m, n)``), so only equal norms and orthogonality
       are measured.
 

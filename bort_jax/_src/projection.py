@@ -104,8 +104,8 @@ def project_to_constraint(
     W ← \\sqrt{c} \\, U V^\\top,
 
   so ``W Wᵀ = cI`` when ``m ≤ n`` (orthogonal rows of squared norm ``c``) and
-  ``Wᵀ W = cI`` when ``m > n`` (the nearest feasible point, the one
-  ``l2-full`` drives to). Each matrix of a stacked leaf (batch axes) is its
+  ``Wᵀ W = cI`` when ``m > n`` (the nearest feasible point, the one the
+  full modes drive to). Each matrix of a stacked leaf (batch axes) is its
   own problem. The name says what it is: ``√c U Vᵀ`` is the Frobenius-nearest
   point to ``W`` on the constraint set ``{W : W Wᵀ = cI}`` (Higham's nearest
   orthogonal matrix, scaled), the projection onto it, not an arbitrary
@@ -127,8 +127,9 @@ def project_to_constraint(
   Args:
     params: a pytree of parameters (``nnx.state(model, nnx.Param)``, a Linen
       or Equinox tree, nested dicts of arrays).
-    amplitude: the target squared row norm ``c > 0``, or ``"ada"`` for
-      ``c = (mean_i ‖w_i‖)²`` of each matrix before projection
+    amplitude: the target squared row norm ``c > 0`` (column norm when
+      ``m > n``), or ``"ada"`` for ``c = (mean_i ‖w_i‖)²`` of each matrix
+      before projection, over its rows, or its columns when ``m > n``
       (:func:`ada_amplitude`), which keeps the scale of the init (a zero
       matrix stays zero). Use the optimizer's amplitude, so that training
       starts on its target.

@@ -95,6 +95,20 @@ def test_overcomplete_kernel_gets_orthogonal_columns():
   assert _error(out, 0.5) < TOL
 
 
+def test_overcomplete_kernel_under_ada_keeps_its_columns_scale():
+  # "ada" on m > n is the columns' squared mean norm: projecting keeps it,
+  # so a second projection changes nothing (over the rows it shrank by n/m).
+  kernel = _normal((3, 8))
+  columns = np.linalg.norm(np.asarray(_units(kernel)), axis=0)
+  once = bort_jax.project_to_constraint({"kernel": kernel})
+  w = np.asarray(_units(once["kernel"]))
+  np.testing.assert_allclose(w.T @ w, np.mean(columns) ** 2 * np.eye(3),
+                             atol=TOL * 10)
+  twice = bort_jax.project_to_constraint(once)
+  np.testing.assert_allclose(twice["kernel"], once["kernel"], atol=TOL * 10)
+  assert _error(once, "ada") < TOL
+
+
 def test_stacked_layers_are_projected_each_on_its_own():
   # Layer l is scaled by l + 1: one amplitude per layer, not per leaf.
   kernel = _normal((3, 6, 4)) * jnp.arange(1.0, 4.0)[:, None, None]
