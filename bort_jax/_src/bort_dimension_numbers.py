@@ -27,6 +27,14 @@ class BortDimensionNumbers(NamedTuple):
     reduction_axis: the fan-in axes, or ``None`` for "all the others".
     output_axis: the output-unit axes (default: the last, Flax's layout).
     batch_axis: axes holding independent matrices (stacked layers).
+    feature_group_count: the units of a grouped convolution's one output
+      axis, split into this many equal groups of consecutive units, each its
+      own matrix: group ``g`` reads only its own input channels, which the
+      kernel's fan-in axes already hold (Flax's ``(kh, kw, in/G, out)``,
+      PyTorch's ``(out, in/G, kh, kw)``), so orthogonalising units of
+      different groups against each other would be meaningless. As
+      ``lax.conv_general_dilated``'s argument; a depthwise convolution has
+      one group per channel. Shown only when it is not 1.
 
   Examples:
     >>> BortDimensionNumbers()  # nnx.Linear (in, out) and nnx.Conv kernels
@@ -37,11 +45,20 @@ class BortDimensionNumbers(NamedTuple):
     >>> stacked = BortDimensionNumbers(batch_axis=0)
     >>> # An attention query kernel (in, heads, head_dim):
     >>> query = BortDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
+    >>> # nnx.Conv(32, 64, (3, 3), feature_group_count=4), kernel (3, 3, 8, 64):
+    >>> BortDimensionNumbers(feature_group_count=4)
+    BortDimensionNumbers(reduction_axis=None, output_axis=-1, batch_axis=(), feature_group_count=4)
   """
 
   reduction_axis: Axes | None = None
   output_axis: Axes = -1
   batch_axis: Axes = ()
+  feature_group_count: int = 1
+
+  def __repr__(self) -> str:
+    fields = [f"{name}={getattr(self, name)!r}" for name in self._fields
+              if name != "feature_group_count" or self.feature_group_count != 1]
+    return f"BortDimensionNumbers({', '.join(fields)})"
 
   @classmethod
   def out_in(cls) -> "BortDimensionNumbers":

@@ -18,6 +18,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bort_jax._src import flax_selection
 from bort_jax._src import sharding
@@ -42,13 +43,14 @@ class MatrixView(NamedTuple):
   reduction_axes: tuple[int, ...]
   shape: tuple[int, ...]  # the parameter's shape
   spec: tuple | None = None  # its Explicit PartitionSpec, one entry per axis
+  groups: int = 1  # the units split into this many matrices (conv groups)
 
   @property
   def matrix_shape(self) -> tuple[int, int, int]:
     size = lambda axes: math.prod(self.shape[a] for a in axes)
     return (
-        size(self.batch_axes),
-        size(self.output_axes),
+        size(self.batch_axes) * self.groups,
+        size(self.output_axes) // self.groups,
         size(self.reduction_axes),
     )
 
@@ -64,17 +66,29 @@ class MatrixView(NamedTuple):
     return None if self.spec is None else jax.sharding.PartitionSpec(*entries)
 
   def to_kernel_layout(self, x: jax.Array) -> jax.Array:
-    """The parameter as ``(batch, n, m)``: columns are output units."""
+    """The parameter as ``(batch, n, m)``: columns are output units (with
+    conv groups, each group's units are one batch entry, after the stack's
+    batch index)."""
     groups = self._groups()
     merged = self._sharding(
         [sharding.merged_spec([self.spec[a] for a in g]) for g in groups]
         if self.spec else ())
     batch, m, n = self.matrix_shape
-    return jax.lax.reshape(x.transpose(sum(groups, ())), (batch, n, m),
-                           out_sharding=merged)
+    k = jax.lax.reshape(x.transpose(sum(groups, ())),
+                        (batch // self.groups, n, m * self.groups),
+                        out_sharding=merged)
+    if self.groups == 1:
+      return k
+    k = k.reshape(batch // self.groups, n, self.groups, m)
+    return k.transpose(0, 2, 1, 3).reshape(batch, n, m)
 
   def from_kernel_layout(self, k: jax.Array) -> jax.Array:
     """The exact inverse of :meth:`to_kernel_layout`."""
+    if self.groups > 1:
+      batch, n, m = k.shape
+      k = k.reshape(batch // self.groups, self.groups, n, m)
+      k = k.transpose(0, 2, 1, 3).reshape(batch // self.groups, n,
+                                          m * self.groups)
     order = sum(self._groups(), ())
     inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
     split = self._sharding([self.spec[a] for a in order] if self.spec else ())
@@ -151,7 +165,19 @@ def matrix_view(
         f"reduction axis, got output={output}, reduction={reduction} from "
         f"{dims}."
     )
-  return MatrixView(batch, output, reduction, shape, spec)
+  groups = dims.feature_group_count
+  units = math.prod(shape[a] for a in output)
+  if (not isinstance(groups, (int, np.integer)) or isinstance(groups, bool)
+      or groups < 1 or units % groups):
+    raise ValueError(
+        f"{where}: feature_group_count must be a positive int that divides "
+        f"the {units} output units, got {groups!r}.")
+  if groups > 1 and spec is not None:
+    raise ValueError(
+        f"{where}: a grouped kernel (feature_group_count={groups}) under "
+        "Explicit sharding is not supported; replicate it, or exclude it "
+        "with bort_mask.")
+  return MatrixView(batch, output, reduction, shape, spec, int(groups))
 
 
 _ATTENTION_INPUTS = ("query", "key", "value")

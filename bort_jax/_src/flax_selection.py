@@ -145,6 +145,9 @@ def _module_dims(module, kernel_ndim: int,
   )
   if not isinstance(module, nnx.LinearGeneral):
     dims = dims._replace(output_axis=dims.output_axis[0])  # one unit axis
+  groups = getattr(module, "feature_group_count", 1)
+  if isinstance(module, nnx.Conv) and groups > 1:
+    dims = dims._replace(feature_group_count=groups)  # one matrix a group
   return dims
 
 

@@ -310,7 +310,7 @@ def tree_correction(
     if view is None:
       continue
     if (in_place and view.spec is None and not view.batch_axes
-        and len(view.reduction_axes) > 1 and penalty.corrects_in_place(
+        and view.groups == 1 and len(view.reduction_axes) > 1 and penalty.corrects_in_place(
             mode, leaf.shape, view.reduction_axes, view.output_axes,
             kernel_options)):
       deltas[i] = penalty.correction_over_axes(

@@ -323,3 +323,81 @@ def test_out_in_leaves_out_equinox_embeddings_and_biases_under_any_outer_mask():
       bort_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
   assert float(jnp.abs(chosen.embedding.weight).max()) > 0
   np.testing.assert_array_equal(chosen.conv.bias, 0.0)
+
+
+GROUPED = bort_jax.BortDimensionNumbers(feature_group_count=4)
+
+
+def _groups(kernel, groups):
+  """Each group's matrix, rows its units: (in/G·kh·kw) fan-in, out/G units."""
+  kernel = np.asarray(kernel, np.float64)
+  units = kernel.shape[-1] // groups
+  return [kernel[..., g * units:(g + 1) * units].reshape(-1, units).T
+          for g in range(groups)]
+
+
+@pytest.mark.parametrize("mode", ["l2-full", "l1-fullrow", "huber-fullrow"])
+@pytest.mark.parametrize("amplitude", [0.7, "ada"])
+def test_a_grouped_conv_is_one_matrix_per_group(mode, amplitude):
+  # nnx.Conv(8, 8, (3, 3), feature_group_count=4): kernel (3, 3, 2, 8), group
+  # g's two units read only its two input channels, the kernel's fan-in axis.
+  with jax.enable_x64(True):
+    kernel = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 8)))
+    delta = bort_jax.tree_correction({"kernel": kernel}, mode, amplitude,
+                                     dimension_numbers=GROUPED)["kernel"]
+  from tests.core import reference
+  for g, w in enumerate(_groups(kernel, 4)):
+    c = reference.ada(w, mode) if amplitude == "ada" else amplitude
+    np.testing.assert_allclose(_groups(delta, 4)[g],
+                               reference.correction(w, mode, c),
+                               rtol=1e-10, atol=1e-12)
+  view = dimension_numbers_lib.matrix_view(kernel.shape, GROUPED)
+  assert view.matrix_shape == (4, 2, 18)
+  np.testing.assert_array_equal(view.from_matrices(view.to_matrices(kernel)),
+                                kernel)
+
+
+def test_a_grouped_nnx_conv_is_read_from_the_model_and_measured_per_group():
+  conv = nnx.Conv(8, 8, (3, 3), feature_group_count=4, rngs=nnx.Rngs(0))
+  dims = bort_jax.flax_dimension_numbers(conv)
+  assert dims.table[("kernel",)][1] == bort_jax.BortDimensionNumbers(
+      reduction_axis=(0, 1, 2), output_axis=3, feature_group_count=4)
+  # Each group projected on its own constraint: every group's rows are
+  # orthonormal, so the error is 0 per group, and not as one 8 × 18 matrix.
+  params = bort_jax.project_to_constraint(nnx.state(conv, nnx.Param), 1.0,
+                                          dimension_numbers=conv)
+  for w in _groups(params["kernel"][...], 4):
+    np.testing.assert_allclose(w @ w.T, np.eye(2), atol=1e-5)
+  per_group = bort_jax.orthogonality_error(params, 1.0, dimension_numbers=conv)
+  assert float(per_group["kernel"].constraint_error) < 1e-5
+  whole = bort_jax.orthogonality_error(params, 1.0)
+  assert float(whole["kernel"].constraint_error) > 0.1
+  # Under nnx.Optimizer, the model's numbers reach the step: the transform
+  # alone adds 0.1·Δ to the zero gradient, and the optimizer adds that
+  # update to the weights.
+  tx = bort_jax.add_bort_correction(0.1, "l2-full", 0.5,
+                                    dimension_numbers=conv)
+  optimizer = nnx.Optimizer(conv, tx, wrt=nnx.Param)
+  before = np.asarray(conv.kernel[...], np.float64)
+  optimizer.update(conv, jax.tree.map(jnp.zeros_like,
+                                      nnx.state(conv, nnx.Param)))
+  from tests.core import reference
+  for g, w in enumerate(_groups(before, 4)):
+    np.testing.assert_allclose(
+        _groups(conv.kernel[...], 4)[g],
+        w + 0.1 * reference.correction(w, "l2-full", 0.5), atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [3, 0, True, 2.5])
+def test_a_group_count_that_does_not_divide_the_units_is_refused(count):
+  with pytest.raises(ValueError, match="feature_group_count must be a "
+                     "positive int that divides the 8 output units"):
+    resolve_views(bort_jax.BortDimensionNumbers(feature_group_count=count),
+                  {"kernel": jnp.ones((3, 3, 2, 8))})
+
+
+def test_a_grouped_kernel_under_explicit_sharding_is_refused_in_one_line():
+  with pytest.raises(ValueError, match="feature_group_count=4.*Explicit "
+                     "sharding is not supported"):
+    dimension_numbers_lib.matrix_view((3, 3, 2, 8), GROUPED, "'kernel'",
+                                      spec=(None, None, None, "x"))
