@@ -131,9 +131,9 @@ def matrix_orthogonality_error(
     amplitude: the target ``c > 0`` (checked as the Bort transform checks
       it); ``"ada"`` for the full modes' adaptive ``(mean_i ‖w_i‖)²`` over
       the output units, or over the fan-in columns when ``m > n``
-      (:func:`ada_amplitude`); ``None`` for the mean squared norm of the feasible side's
-      vectors (``‖W‖²_F / min(m, n)``), so only equal norms and orthogonality
-      are measured.
+      (:func:`ada_amplitude`); ``None`` for the mean squared norm of the
+      feasible side's vectors (``‖W‖²_F / min(m, n)``), so only equal norms
+      and orthogonality are measured.
 
   Returns:
     An :class:`OrthogonalityError` of scalars, ``overcomplete`` when m > n.

@@ -492,8 +492,9 @@ def resolve_views(
       :class:`BortDimensionNumbers` for every weight matrix, whatever its
       name (see below); a pytree (a prefix of ``params``) of them with
       ``None`` to skip a leaf (an entry over a subtree applies to its
-      weight matrices, not to its biases or norm scales); a callable returning such a pytree given
-      ``params``; or an ``nnx.Module`` (its :func:`flax_dimension_numbers`).
+      weight matrices, not to its biases or norm scales); a callable
+      returning such a pytree given ``params``; or an ``nnx.Module`` (its
+      :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
 
   One :class:`BortDimensionNumbers` applies to every floating leaf with at

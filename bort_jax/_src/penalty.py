@@ -410,9 +410,10 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
 
   One unit axis and no batch axis; the Gram, if any, is the units' (for
   ``l2-full``, ``l1-fullrow`` and ``huber-fullrow`` when units are the
-  smaller side, the last two when they also fit one block). ``l1-fullcol``'s and
-  ``huber-fullcol``'s Gram is over fan-in vectors: they need them as one
-  axis, so they keep the matrix view.
+  smaller side, the last two when they also fit one block). The Gram of
+  ``l1-fullcol`` and ``huber-fullcol`` (and of the full row modes on more
+  units than fan-in) is over fan-in vectors: they need them as one axis,
+  so they keep the matrix view.
   """
   if mode not in _ND_MODES or options.axis_name is not None:
     return False

@@ -310,7 +310,8 @@ def tree_correction(
     if view is None:
       continue
     if (in_place and view.spec is None and not view.batch_axes
-        and view.groups == 1 and len(view.reduction_axes) > 1 and penalty.corrects_in_place(
+        and view.groups == 1 and len(view.reduction_axes) > 1
+        and penalty.corrects_in_place(
             mode, leaf.shape, view.reduction_axes, view.output_axes,
             kernel_options)):
       deltas[i] = penalty.correction_over_axes(
@@ -483,9 +484,10 @@ def add_bort_correction(
       every default leaf; a pytree of them (``None`` skips a leaf; an entry
       over a subtree reaches its weight matrices, not its biases or norm
       scales; matched by path when its containers differ from the params',
-      as ``nnx.State`` under ``nnx.Optimizer``); a callable building such a pytree from the
-      params; or an ``nnx.Module``, whose layer types decide (needed for
-      layers stacked by ``nnx.vmap``/``nnx.scan``).
+      as ``nnx.State`` under ``nnx.Optimizer``); a callable building such a
+      pytree from the params; or an ``nnx.Module``, whose layer types decide
+      (needed for layers stacked by ``nnx.vmap``/``nnx.scan`` and for
+      grouped convolutions).
     bort_mask: a pytree of booleans matching the params, or a callable of
       the params returning one, selecting the leaves Bort may act on, handed
       to :func:`optax.masked` (anything else raises).
