@@ -99,11 +99,12 @@ RECOMMENDED_RUN = dict(configs=(RECOMMENDED, "l2-full c=1",
 
 #: Multiply-adds of one Bort matrix's correction, ``m`` units of fan-in
 #: ``n``: the Gram, then its product with the matrix (the smaller Gram for
-#: l2-full). The norm modes' elementwise work counts as none.
+#: the full row modes, which take the fan-in's on more units than fan-in).
+#: The norm modes' elementwise work counts as none.
 PRODUCT_MACS = {
     "l2-full": lambda m, n: 2 * min(m, n) * m * n,
-    "l1-fullrow": lambda m, n: 2 * m * m * n,
-    "huber-fullrow": lambda m, n: 2 * m * m * n,
+    "l1-fullrow": lambda m, n: 2 * min(m, n) * m * n,
+    "huber-fullrow": lambda m, n: 2 * min(m, n) * m * n,
     "l1-fullcol": lambda m, n: 2 * n * n * m,
     "huber-fullcol": lambda m, n: 2 * n * n * m,
 }
@@ -268,8 +269,8 @@ def arithmetic_floor(costs: list[dict], batch: int, mode: str,
   """The correction's multiply-adds per step over the forward and backward's.
 
   A Bort matrix with ``m`` units and fan-in ``n`` costs
-  :data:`PRODUCT_MACS` (``2·m²·n`` for l1-fullrow and huber-fullrow,
-  ``2·min(m, n)·m·n`` for l2-full) every ``every`` steps; a kernel applied
+  :data:`PRODUCT_MACS` (``2·min(m, n)·m·n`` for the full row modes,
+  ``2·m²·n`` when ``m ≤ n``) every ``every`` steps; a kernel applied
   at ``P`` positions per example costs ``3·B·P·m·n`` in the forward and
   backward passes (the forward product and the two of the backward). Their
   ratio is the least time the correction adds to a step whose time is its

@@ -133,7 +133,7 @@ def test_a_strong_correction_is_one_warning_line_and_overflow_one_error(
     capsys, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["train", "--data", "digits", "--optimizer", "bort-sgd",
-              "--gamma", "0.1", "--lr", "0.5", "--epochs", "1",
+              "--gamma", "0.14", "--lr", "0.5", "--epochs", "1",
               "--no-progress", "--out", str(tmp_path / "run")])
   assert exit_info.value.code == 2
   out, err = capsys.readouterr()
@@ -145,7 +145,7 @@ def test_a_strong_correction_is_one_warning_line_and_overflow_one_error(
   # The library's UserWarning (with its file and source line) is not shown:
   # the strength report says the same, with the flags to change.
   assert [l for l in out.splitlines() if "warning: a per-step" in l] == [
-      "bort-jax train: warning: a per-step l1 correction of 0.5 is above "
+      "bort-jax train: warning: a per-step l1 correction of 0.7 is above "
       "0.01, where the MNIST frontier collapses or diverges; lower --gamma "
       "(see docs/RESULTS.md)."]
   assert "UserWarning" not in out + err

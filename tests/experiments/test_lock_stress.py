@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from bort_jax.experiments import workdir
 

@@ -1,8 +1,5 @@
 """Named recipes and the recommended defaults."""
 
-import dataclasses
-
-import numpy as np
 import pytest
 
 import bort_jax
