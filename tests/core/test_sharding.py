@@ -86,11 +86,15 @@ def test_sharded_step_equals_unsharded(axis_type, layout, mode):
 
 @pytest.mark.parametrize("mode", bort_jax.MODES)
 def test_shard_map_with_fan_in_split_over_an_axis(mode):
-  params = _params()
+  # "up" has more units than fan-in (48 on 16), split 2 a device: the full
+  # row modes then take the fan-in's Gram and "ada" over all its columns.
+  params = {**_params(), "up": {"kernel": jnp.asarray(
+      np.random.default_rng(1).normal(size=(16, 48)) * 0.2, jnp.float32)}}
   expected = bort_jax.tree_correction(params, mode, "ada")
   mesh = jax.make_mesh((8,), ("model",))
   specs = {"dense": {"kernel": P("model", None), "bias": P()},
-           "conv": {"kernel": P(None, None, "model", None)}}
+           "conv": {"kernel": P(None, None, "model", None)},
+           "up": {"kernel": P("model", None)}}
   options = bort_jax.KernelOptions(axis_name="model")
 
   @jax.jit
@@ -104,7 +108,7 @@ def test_shard_map_with_fan_in_split_over_an_axis(mode):
 
   got = local_correction(jax.device_put(params, jax.tree.map(
       lambda s: NamedSharding(mesh, s), specs)))
-  for name in ("dense", "conv"):
+  for name in ("dense", "conv", "up"):
     np.testing.assert_allclose(got[name]["kernel"], expected[name]["kernel"],
                                atol=1e-5, rtol=1e-5)
 
