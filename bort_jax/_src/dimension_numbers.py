@@ -168,10 +168,16 @@ def matrix_view(
   groups = dims.feature_group_count
   units = math.prod(shape[a] for a in output)
   if (not isinstance(groups, (int, np.integer)) or isinstance(groups, bool)
-      or groups < 1 or units % groups):
+      or groups < 1 or units % max(groups, 1)):
     raise ValueError(
         f"{where}: feature_group_count must be a positive int that divides "
         f"the {units} output units, got {groups!r}.")
+  if groups > 1 and len(output) > 1:
+    raise ValueError(
+        f"{where}: feature_group_count={groups} splits one output axis, got "
+        f"output_axis={dims.output_axis}; group the units of one axis.")
+  if units == 0:
+    groups = 1  # no units, no groups (and no correction)
   if groups > 1 and spec is not None:
     raise ValueError(
         f"{where}: a grouped kernel (feature_group_count={groups}) under "
@@ -451,34 +457,33 @@ def value_at_path(entries: dict[tuple, Any], path) -> Any:
   return MISSING
 
 
-def _under_prefix(dims: Any, path, leaf) -> Any:
+def _under_prefix(dims: Any, path, leaf, embedding: bool) -> Any:
   """What an entry of a dimension-numbers tree given at a prefix of a leaf's
   path (``{"dense": BortDimensionNumbers()}`` over its kernel and bias)
-  means for that leaf: the numbers at a weight matrix, ``None`` at a bias,
-  a norm scale, a vector with unit axes or a non-floating leaf, as one
-  top-level :class:`BortDimensionNumbers` skips them. An entry at the leaf
-  itself is taken as it is, and so is a weight matrix the numbers do not
-  fit (the entry was meant for that subtree: the misfit raises)."""
-  if (isinstance(dims, BortDimensionNumbers) and path_names(path)
-      and not _is_weight_matrix(path, leaf, masked=True, embedding=False)):
+  means for that leaf: the numbers at a weight matrix, ``None`` where one
+  top-level :class:`BortDimensionNumbers` skips a leaf (a bias, a norm
+  scale, an embedding, a vector with unit axes, a non-floating leaf). A
+  weight matrix the numbers do not fit keeps them (the entry was meant for
+  that subtree: the misfit raises); an entry at a leaf itself is taken as
+  it is, so naming an embedding's leaf selects it."""
+  if (isinstance(dims, BortDimensionNumbers)
+      and not _is_weight_matrix(path, leaf, False, embedding)):
     return None
   return dims
 
 
 def _match_by_path(tree: Any, leaves_with_path) -> list | None:
-  """Each leaf's dimension numbers from the entry at its path (or a prefix
-  of it, :func:`_under_prefix`) in ``tree``; None if some leaf has none or
-  an entry names no parameter."""
+  """Each leaf's entry in ``tree``, at its path or a prefix of it, and
+  whether it was a prefix: ``(dims, under_prefix)`` pairs; None if some
+  leaf has none or an entry names no parameter."""
   entries = entries_by_path(tree, is_leaf=_is_dims_leaf)
   leaf_names = [path_names(path) for path, _ in leaves_with_path]
   if not all(any(names[:len(entry)] == entry for names in leaf_names)
              for entry in entries):
     return None  # an entry names no parameter
-  dims = []
-  for (path, leaf), names in zip(leaves_with_path, leaf_names):
-    d = value_at_path(entries, path)
-    dims.append(d if names in entries else _under_prefix(d, path, leaf))
-  return None if any(d is MISSING for d in dims) else dims
+  dims = [(value_at_path(entries, path), names not in entries)
+          for (path, _), names in zip(leaves_with_path, leaf_names)]
+  return None if any(d is MISSING for d, _ in dims) else dims
 
 
 def resolve_views(
@@ -492,7 +497,7 @@ def resolve_views(
       :class:`BortDimensionNumbers` for every weight matrix, whatever its
       name (see below); a pytree (a prefix of ``params``) of them with
       ``None`` to skip a leaf (an entry over a subtree applies to its
-      weight matrices, not to its biases or norm scales); a callable
+      weight matrices, not to its biases, norm scales or embeddings); a callable
       returning such a pytree given ``params``; or an ``nnx.Module`` (its
       :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
@@ -534,10 +539,11 @@ def resolve_views(
 
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   try:
+    # Each leaf's entry, and whether it came from a prefix of its path.
     dims = treedef.flatten_up_to(
         jax.tree.map(
             lambda d, p: jax.tree_util.tree_map_with_path(
-                lambda path, x: _under_prefix(d, path, x), p),
+                lambda path, _: (d, bool(path_names(path))), p),
             tree, params, is_leaf=_is_dims_leaf,
         )
     )
@@ -552,8 +558,12 @@ def resolve_views(
           "callable returning one; its structure does not match the params: "
           f"{e}") from e
 
+  embeddings = _embedding_paths(params)
   views = []
-  for (path, leaf), dims_i in zip(leaves_with_path, dims):
+  for (path, leaf), (dims_i, under_prefix) in zip(leaves_with_path, dims):
+    if under_prefix:
+      embedding = any(path[:len(e)] == e for e in embeddings)
+      dims_i = _under_prefix(dims_i, path, leaf, embedding)
     if dims_i is None:
       views.append(None)
     elif not isinstance(dims_i, BortDimensionNumbers):

@@ -57,6 +57,12 @@ def _declared(module) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...],
     nb, ni = len(batch_shape), len(fan_in)
     return (shapes, tuple(range(nb)), tuple(range(nb, nb + ni)),
             tuple(range(nb + ni, len(kernel))))
+  if isinstance(module, nnx.ConvTranspose) and module.transpose_kernel:
+    # (k..., out, in): the units on the next-to-last axis.
+    kernel = tuple(module.kernel_shape)
+    n = len(kernel)
+    return ({"kernel": kernel, "bias": (module.out_features,)}, (),
+            tuple(range(n - 2)) + (n - 1,), (n - 2,))
   if isinstance(module, (nnx.Conv, nnx.ConvTranspose)):
     kernel = tuple(module.kernel_shape)
     units = (module.out_features,)

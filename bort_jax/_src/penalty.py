@@ -193,6 +193,8 @@ def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
 
 
 def _ada(x: Array, vectors: int, ctx: Context) -> Array:
+  if x.shape[vectors] == 0:  # no vectors: no scale (not the mean of none)
+    return jnp.zeros(x.shape[:-2], x.dtype)
   x = jax.lax.stop_gradient(x)
   mean = jnp.mean(jnp.sqrt(norms_sq(x, vectors, ctx)), axis=-1)
   if ctx.manual_axis == vectors:  # the vectors are split over devices

@@ -482,8 +482,8 @@ def add_bort_correction(
       matrix: ``None`` (Flax kernels by name, see
       :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
       every default leaf; a pytree of them (``None`` skips a leaf; an entry
-      over a subtree reaches its weight matrices, not its biases or norm
-      scales; matched by path when its containers differ from the params',
+      over a subtree reaches its weight matrices, not its biases, norm
+      scales or embeddings; matched by path when its containers differ from the params',
       as ``nnx.State`` under ``nnx.Optimizer``); a callable building such a
       pytree from the params; or an ``nnx.Module``, whose layer types decide
       (needed for layers stacked by ``nnx.vmap``/``nnx.scan`` and for

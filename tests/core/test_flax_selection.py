@@ -142,6 +142,19 @@ def test_selection_reads_module_types_not_names():
   assert dims["proj"]["bias"] is None
 
 
+def test_a_transposed_kernel_s_units_are_its_out_axis():
+  # ConvTranspose(transpose_kernel=True) stores (kh, kw, out, in): its units
+  # are axis 2, not the last (the 4 input channels).
+  flipped = nnx.ConvTranspose(4, 6, (3, 3), transpose_kernel=True,
+                              rngs=nnx.Rngs(0))
+  assert flipped.kernel.shape == (3, 3, 6, 4)
+  [(_, dims)] = bort_jax.flax_dimension_numbers(flipped).table.values()
+  assert dims == bort_jax.BortDimensionNumbers((0, 1, 3), 2, ())
+  plain = nnx.ConvTranspose(4, 6, (3, 3), rngs=nnx.Rngs(0))  # (3, 3, 4, 6)
+  [(_, dims)] = bort_jax.flax_dimension_numbers(plain).table.values()
+  assert dims == bort_jax.BortDimensionNumbers((0, 1, 2), 3, ())
+
+
 @pytest.mark.slow
 def test_stacked_conv_gets_a_batch_axis():
   @nnx.vmap(in_axes=0, out_axes=0)

@@ -89,6 +89,14 @@ def test_a_prefix_entry_reaches_its_subtree_s_matrices_not_its_biases():
             "b": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
   dims = {"a": bort_jax.BortDimensionNumbers(), "b": None}
   assert _selected(dims, params) == ["a/kernel"]
+  # Embeddings too, as one top-level value skips them; named, one is taken.
+  embedded = {**params, "a": {**params["a"],
+                              "embed": {"embedding": jnp.ones((10, 4))}}}
+  assert _selected(dims, embedded) == ["a/kernel"]
+  assert _selected({"a": {"kernel": bort_jax.BortDimensionNumbers(),
+                          "bias": None, "norm": None,
+                          "embed": {"embedding": OUT_IN}}, "b": None},
+                   embedded) == ["a/embed/embedding", "a/kernel"]
   at_leaf = {"a": {"kernel": OUT_IN, "bias": None, "norm": None}, "b": None}
   assert [None if v is None else v.matrix_shape for v in
           resolve_views(at_leaf, params)] == [None, (1, 4, 3), None, None,
@@ -394,6 +402,21 @@ def test_a_group_count_that_does_not_divide_the_units_is_refused(count):
                      "positive int that divides the 8 output units"):
     resolve_views(bort_jax.BortDimensionNumbers(feature_group_count=count),
                   {"kernel": jnp.ones((3, 3, 2, 8))})
+
+
+def test_groups_split_one_output_axis_and_no_units_make_no_groups():
+  # Over (heads, head_dim) the groups would depend on the axes' order.
+  with pytest.raises(ValueError, match="feature_group_count=2 splits one "
+                     r"output axis, got output_axis=\(1, 2\)"):
+    resolve_views({"q": bort_jax.BortDimensionNumbers(
+        reduction_axis=0, output_axis=(1, 2), feature_group_count=2)},
+                  {"q": jnp.ones((8, 2, 3))})
+  # A kernel with no units has no groups, whatever the count (a count of
+  # 10⁹ used to build 10⁹ empty matrices).
+  [view] = resolve_views(
+      bort_jax.BortDimensionNumbers(feature_group_count=10**9),
+      {"kernel": jnp.zeros((3, 3, 2, 0))})
+  assert view.matrix_shape == (1, 0, 18)
 
 
 def test_a_grouped_kernel_under_explicit_sharding_is_refused_in_one_line():

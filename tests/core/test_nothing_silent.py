@@ -160,6 +160,13 @@ def test_a_vector_is_refused_in_one_line(function):
     function(jnp.ones(3))
 
 
+def test_ada_of_no_vectors_is_zero_not_nan():
+  # m > n with no fan-in: "ada" is over the columns, of which there are none.
+  assert float(bort_jax.ada_amplitude(jnp.zeros((5, 0)))) == 0.0
+  for mode in ("l2-col", "l1-col", "l1-fullcol", "huber-fullcol"):
+    assert float(bort_jax.bort_penalty(jnp.zeros((0, 5)), mode, "ada")) == 0.0
+
+
 def _norm_after_zero_gradient_steps(tx, params, steps=3000):
   params, _ = run_zero_loss(tx, params, steps)
   return float(jnp.linalg.norm(params["up"]["kernel"]))
