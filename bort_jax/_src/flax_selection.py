@@ -91,18 +91,30 @@ def _stacked_axes(module, name: str, declared) -> tuple[int, ...]:
 
   Flax records no stacking axis on a Variable (only in a sharding spec, when
   there is one), so it is read from the shapes: ``out_axes`` inserts the
-  stacking axes at the same positions in every parameter of a layer, hence
-  the kernel and the bias together must fit the shapes the layer declares.
+  stacking axes at the same positions in every parameter of a layer,
+  counted from the front (``out_axes >= 0``) or from the back (``< 0``),
+  hence the kernel and the bias together must fit the shapes the layer
+  declares. The front is read first: where both readings fit (a stack of
+  as many layers as a layer has units, say), it is taken.
   """
   # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   kernel = tuple(module.kernel.shape)
-  candidates = _fits(kernel, declared["kernel"])
-  for other, shape in declared.items():
-    param = getattr(module, other, None)
-    if other != "kernel" and isinstance(param, nnx.Param):
-      candidates &= _fits(tuple(param.shape), shape)
+  params = {other: tuple(getattr(module, other).shape)
+            for other in declared if other == "kernel"
+            or isinstance(getattr(module, other, None), nnx.Param)}
+  # The same positions in every parameter, counted from the front
+  # (out_axes=0, 1, …: Flax's default 0 among them) or, when no position
+  # from the front fits them all, from the back (out_axes=-1, …).
+  candidates = set.intersection(*(
+      _fits(shape, declared[other]) for other, shape in params.items()))
+  if not candidates:
+    from_back = set.intersection(*(
+        {tuple(a - len(shape) for a in axes)
+         for axes in _fits(shape, declared[other])}
+        for other, shape in params.items()))
+    candidates = {tuple(a + len(kernel) for a in axes) for axes in from_back}
   if len(candidates) == 1:
     return candidates.pop()
   layer = (f"{type(module).__name__} at {name!r} (declared kernel "

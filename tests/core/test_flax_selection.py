@@ -142,6 +142,29 @@ def test_selection_reads_module_types_not_names():
   assert dims["proj"]["bias"] is None
 
 
+@pytest.mark.parametrize("out_axes", [0, 1, -1, -2])
+def test_the_stacked_axis_is_found_wherever_out_axes_put_it(out_axes):
+  # out_axes=-1 puts the stack last in the kernel (4, 3, L) and the bias
+  # (3, L): the same position counted from the back, not from the front.
+  @nnx.vmap(in_axes=0, out_axes=out_axes)
+  def make(key):
+    return nnx.Linear(4, 3, rngs=nnx.Rngs(key))
+
+  layers = make(jax.random.split(jax.random.key(0), 5))
+  [(_, dims)] = bort_jax.flax_dimension_numbers(layers).table.values()
+  stack = out_axes % 3
+  assert dims.batch_axis == (stack,)
+  kernel = layers.kernel[...]
+  delta = bort_jax.tree_correction({"kernel": kernel},
+                                   dimension_numbers={"kernel": dims})
+  for i in range(5):
+    one = jnp.take(kernel, i, axis=stack)
+    np.testing.assert_allclose(
+        jnp.take(delta["kernel"], i, axis=stack),
+        bort_jax.tree_correction({"kernel": one})["kernel"], rtol=1e-5,
+        atol=1e-6)
+
+
 def test_a_transposed_kernel_s_units_are_its_out_axis():
   # ConvTranspose(transpose_kernel=True) stores (kh, kw, out, in): its units
   # are axis 2, not the last (the 4 input channels).
