@@ -192,6 +192,19 @@ def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
   return _vectors(kernels, units, overcomplete) if kernels.on_units else units
 
 
+def _met_by_ada(amplitude: Amplitude, x: Array, vectors: int, ada_axis: int,
+                manual_axis: int | None) -> bool:
+  """Whether "ada" makes the constraint hold exactly: one vector on the
+  constrained side, whose own squared norm is then c (the column modes'
+  "ada", over the units, only on a 1×1 matrix). The correction and the
+  penalty are 0 there, not the sign of a rounding difference (a random ±w
+  step in the l1 modes: a depthwise convolution's one-unit groups, a
+  ``Linear(1, k)`` kernel's one column)."""
+  return (isinstance(amplitude, str) and amplitude == ADA
+          and x.shape[vectors] == 1 == x.shape[ada_axis]
+          and manual_axis not in (vectors, ada_axis))
+
+
 def _ada(x: Array, vectors: int, ctx: Context) -> Array:
   if x.shape[vectors] == 0:  # no vectors: no scale (not the mean of none)
     return jnp.zeros(x.shape[:-2], x.dtype)
@@ -284,9 +297,11 @@ def correction(
   manual_axis = None if options.axis_name is None else other(units)
   split = Context(options, None, manual_axis)
   overcomplete = _overcomplete(x, units, split)
-  c = _amplitude_array(x, amplitude, _ada_axis(kernels, units, overcomplete),
-                       split)
+  ada_axis = _ada_axis(kernels, units, overcomplete)
   vectors = _vectors(kernels, units, overcomplete)
+  if _met_by_ada(amplitude, x, vectors, ada_axis, manual_axis):
+    return jnp.zeros_like(x)
+  c = _amplitude_array(x, amplitude, ada_axis, split)
 
   def run(x, c):
     ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau)
@@ -393,10 +408,12 @@ def bort_penalty(
   ctx = _EXACT._replace(tau=check_tau(tau))
   x = w.astype(compute_dtype(w.dtype))
   overcomplete = _overcomplete(x, ROWS, _EXACT)
-  c = _amplitude_array(x, amplitude, _ada_axis(kernels, ROWS, overcomplete),
-                       _EXACT)
-  return jnp.sum(kernels.penalty(x, c, _vectors(kernels, ROWS, overcomplete),
-                                 ctx))
+  ada_axis = _ada_axis(kernels, ROWS, overcomplete)
+  vectors = _vectors(kernels, ROWS, overcomplete)
+  if _met_by_ada(amplitude, x, vectors, ada_axis, None):
+    return jnp.sum(jnp.zeros_like(x))  # 0, with a zero gradient
+  c = _amplitude_array(x, amplitude, ada_axis, _EXACT)
+  return jnp.sum(kernels.penalty(x, c, vectors, ctx))
 
 
 # ----------------------------------------------------------------------------
@@ -446,6 +463,9 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   if x.size == 0:
     return jnp.zeros_like(x)
   reduction_axes = tuple(reduction_axes)
+  if (isinstance(amplitude, str) and amplitude == ADA
+      and x.shape[unit_axis] == 1 and mode not in ("l2-col", "l1-col")):
+    return jnp.zeros_like(x)  # one unit: "ada" is met (see _met_by_ada)
   units_sq = jnp.sum(jnp.square(x), axis=reduction_axes, keepdims=True)
   if isinstance(amplitude, str) and amplitude == ADA:
     c = jnp.square(jnp.mean(jnp.sqrt(jax.lax.stop_gradient(units_sq))))

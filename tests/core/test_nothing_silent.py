@@ -167,6 +167,34 @@ def test_ada_of_no_vectors_is_zero_not_nan():
     assert float(bort_jax.bort_penalty(jnp.zeros((0, 5)), mode, "ada")) == 0.0
 
 
+@pytest.mark.parametrize("shape", [(1, 6), (6, 1)])
+def test_one_vector_under_ada_is_met_exactly_not_jittered(shape):
+  # One unit (1, 6), or one fan-in column on the feasible side (6, 1): "ada"
+  # is that vector's own squared norm, so there is nothing to correct. The
+  # l1 modes used to take the sign of a rounding difference: ±w at random.
+  for seed in range(8):
+    w = jax.random.normal(jax.random.key(seed), shape)
+    for mode in ("l2-full", "l1-fullrow", "huber-fullrow", "l1-row"):
+      if mode == "l1-row" and shape[0] > 1:
+        continue  # six units: six vectors, "ada" their mean
+      np.testing.assert_array_equal(
+          bort_jax.bort_correction(w, mode, "ada"), 0.0)
+      assert float(bort_jax.bort_penalty(w, mode, "ada")) == 0.0
+
+
+def test_a_depthwise_conv_under_ada_is_left_as_it_is():
+  from flax import nnx
+  conv = nnx.Conv(8, 8, (3, 3), feature_group_count=8, rngs=nnx.Rngs(0))
+  before = np.asarray(conv.kernel[...])
+  optimizer = nnx.Optimizer(
+      conv, bort_jax.bort_adamw(1e-2, weight_decay=0.0,
+                                dimension_numbers=conv), wrt=nnx.Param)
+  for _ in range(3):
+    optimizer.update(conv, jax.tree.map(jnp.zeros_like,
+                                        nnx.state(conv, nnx.Param)))
+  np.testing.assert_array_equal(conv.kernel[...], before)
+
+
 def _norm_after_zero_gradient_steps(tx, params, steps=3000):
   params, _ = run_zero_loss(tx, params, steps)
   return float(jnp.linalg.norm(params["up"]["kernel"]))
