@@ -168,7 +168,7 @@ def matrix_view(
   groups = dims.feature_group_count
   units = math.prod(shape[a] for a in output)
   if (not isinstance(groups, (int, np.integer)) or isinstance(groups, bool)
-      or groups < 1 or units % max(groups, 1)):
+      or groups < 1 or units % groups):
     raise ValueError(
         f"{where}: feature_group_count must be a positive int that divides "
         f"the {units} output units, got {groups!r}.")
@@ -298,7 +298,7 @@ NOT_MATRIX_NAMES = ("bias", "scale", "norm")
 EMBEDDING_NAME = "embed"
 
 
-def _is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
+def is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
   """Whether one explicitly given BortDimensionNumbers is meant for a leaf.
 
   A floating leaf with at least two axes that is a ``kernel``, or else
@@ -322,13 +322,14 @@ def _is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
   return masked or not (embedding or EMBEDDING_NAME in last)
 
 
-def _embedding_paths(params: Any) -> list[tuple]:
-  """The paths of the subtrees whose type is an embedding module
-  (``eqx.nn.Embedding``, …): their leaves are embeddings, whatever their
-  names."""
+def _in_embedding(params: Any) -> Callable[[tuple], bool]:
+  """Whether a leaf's path lies in a subtree whose type is an embedding
+  module (``eqx.nn.Embedding``, …): its leaves are embeddings, whatever
+  their names."""
   is_embedding = lambda x: EMBEDDING_NAME in type(x).__name__.lower()
-  return [path for path, x in jax.tree_util.tree_flatten_with_path(
+  found = [path for path, x in jax.tree_util.tree_flatten_with_path(
       params, is_leaf=is_embedding)[0] if is_embedding(x)]
+  return lambda path: any(path[:len(e)] == e for e in found)
 
 
 def _selection_for(dims: BortDimensionNumbers, params: Any,
@@ -336,18 +337,17 @@ def _selection_for(dims: BortDimensionNumbers, params: Any,
   """One explicitly given BortDimensionNumbers at every weight matrix.
 
   Whatever the library names its weights (``kernel``, Equinox's and
-  PyTorch's ``weight``, Haiku's ``w``), a leaf of :func:`_is_weight_matrix`
+  PyTorch's ``weight``, Haiku's ``w``), a leaf of :func:`is_weight_matrix`
   that the numbers fit is selected. Leaves they do not fit are skipped (and
   reported by the transform's unreached-weight warning); when they fit none,
   the first misfit raises, since that is a typo rather than a choice.
   """
-  embeddings = _embedding_paths(params)
+  in_embedding = _in_embedding(params)
   first_misfit = None
 
   def choose(path, leaf):
     nonlocal first_misfit
-    embedding = any(path[:len(e)] == e for e in embeddings)
-    if not _is_weight_matrix(path, leaf, masked, embedding):
+    if not is_weight_matrix(path, leaf, masked, in_embedding(path)):
       return None
     try:
       matrix_view(leaf.shape, dims, repr(path_string(path)))
@@ -467,7 +467,7 @@ def _under_prefix(dims: Any, path, leaf, embedding: bool) -> Any:
   that subtree: the misfit raises); an entry at a leaf itself is taken as
   it is, so naming an embedding's leaf selects it."""
   if (isinstance(dims, BortDimensionNumbers)
-      and not _is_weight_matrix(path, leaf, False, embedding)):
+      and not is_weight_matrix(path, leaf, False, embedding)):
     return None
   return dims
 
@@ -497,9 +497,9 @@ def resolve_views(
       :class:`BortDimensionNumbers` for every weight matrix, whatever its
       name (see below); a pytree (a prefix of ``params``) of them with
       ``None`` to skip a leaf (an entry over a subtree applies to its
-      weight matrices, not to its biases, norm scales or embeddings); a callable
-      returning such a pytree given ``params``; or an ``nnx.Module`` (its
-      :func:`flax_dimension_numbers`).
+      weight matrices, not to its biases, norm scales or embeddings); a
+      callable returning such a pytree given ``params``; or an
+      ``nnx.Module`` (its :func:`flax_dimension_numbers`).
     params: the parameters (or anything with their structure and shapes).
 
   One :class:`BortDimensionNumbers` applies to every floating leaf with at
@@ -558,12 +558,12 @@ def resolve_views(
           "callable returning one; its structure does not match the params: "
           f"{e}") from e
 
-  embeddings = _embedding_paths(params)
+  if any(under_prefix for _, under_prefix in dims):
+    in_embedding = _in_embedding(params)
   views = []
   for (path, leaf), (dims_i, under_prefix) in zip(leaves_with_path, dims):
     if under_prefix:
-      embedding = any(path[:len(e)] == e for e in embeddings)
-      dims_i = _under_prefix(dims_i, path, leaf, embedding)
+      dims_i = _under_prefix(dims_i, path, leaf, in_embedding(path))
     if dims_i is None:
       views.append(None)
     elif not isinstance(dims_i, BortDimensionNumbers):

@@ -192,17 +192,16 @@ def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
   return _vectors(kernels, units, overcomplete) if kernels.on_units else units
 
 
-def _met_by_ada(amplitude: Amplitude, x: Array, vectors: int, ada_axis: int,
-                manual_axis: int | None) -> bool:
+def _met_by_ada(amplitude: Amplitude, vectors: int, ada_vectors: int) -> bool:
   """Whether "ada" makes the constraint hold exactly: one vector on the
-  constrained side, whose own squared norm is then c (the column modes'
-  "ada", over the units, only on a 1×1 matrix). The correction and the
-  penalty are 0 there, not the sign of a rounding difference (a random ±w
-  step in the l1 modes: a depthwise convolution's one-unit groups, a
-  ``Linear(1, k)`` kernel's one column)."""
+  constrained side (``vectors`` of them), which is also the one "ada"
+  averages (``ada_vectors``), so that its own squared norm is c (for the
+  column modes, whose "ada" is over the units, only a 1×1 matrix). The
+  correction and the penalty are 0 there, not the sign of a rounding
+  difference (a random ±w step in the l1 modes: a depthwise convolution's
+  one-unit groups, a ``Linear(1, k)`` kernel's one column)."""
   return (isinstance(amplitude, str) and amplitude == ADA
-          and x.shape[vectors] == 1 == x.shape[ada_axis]
-          and manual_axis not in (vectors, ada_axis))
+          and vectors == 1 == ada_vectors)
 
 
 def _ada(x: Array, vectors: int, ctx: Context) -> Array:
@@ -238,7 +237,7 @@ def ada_amplitude(w: Array) -> Array:
     25.0
   """
   w = check_weights(w, "ada_amplitude")
-  return _ada(w, COLS if w.shape[-2] > w.shape[-1] else ROWS, _EXACT)
+  return _ada(w, COLS if _overcomplete(w, ROWS, _EXACT) else ROWS, _EXACT)
 
 
 def _check_amplitude_value(amplitude: Any) -> None:
@@ -299,7 +298,8 @@ def correction(
   overcomplete = _overcomplete(x, units, split)
   ada_axis = _ada_axis(kernels, units, overcomplete)
   vectors = _vectors(kernels, units, overcomplete)
-  if _met_by_ada(amplitude, x, vectors, ada_axis, manual_axis):
+  if (manual_axis not in (vectors, ada_axis)  # else counted on one device
+      and _met_by_ada(amplitude, x.shape[vectors], x.shape[ada_axis])):
     return jnp.zeros_like(x)
   c = _amplitude_array(x, amplitude, ada_axis, split)
 
@@ -410,7 +410,7 @@ def bort_penalty(
   overcomplete = _overcomplete(x, ROWS, _EXACT)
   ada_axis = _ada_axis(kernels, ROWS, overcomplete)
   vectors = _vectors(kernels, ROWS, overcomplete)
-  if _met_by_ada(amplitude, x, vectors, ada_axis, None):
+  if _met_by_ada(amplitude, x.shape[vectors], x.shape[ada_axis]):
     return jnp.sum(jnp.zeros_like(x))  # 0, with a zero gradient
   c = _amplitude_array(x, amplitude, ada_axis, _EXACT)
   return jnp.sum(kernels.penalty(x, c, vectors, ctx))
@@ -463,9 +463,10 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   if x.size == 0:
     return jnp.zeros_like(x)
   reduction_axes = tuple(reduction_axes)
-  if (isinstance(amplitude, str) and amplitude == ADA
-      and x.shape[unit_axis] == 1 and mode not in ("l2-col", "l1-col")):
-    return jnp.zeros_like(x)  # one unit: "ada" is met (see _met_by_ada)
+  units = x.shape[unit_axis]
+  if _met_by_ada(amplitude, units if check_mode(mode).on_units
+                 else x.size // units, units):
+    return jnp.zeros_like(x)
   units_sq = jnp.sum(jnp.square(x), axis=reduction_axes, keepdims=True)
   if isinstance(amplitude, str) and amplitude == ADA:
     c = jnp.square(jnp.mean(jnp.sqrt(jax.lax.stop_gradient(units_sq))))

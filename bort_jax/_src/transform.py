@@ -26,8 +26,8 @@ from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import entries_by_path
+from bort_jax._src.dimension_numbers import is_weight_matrix
 from bort_jax._src.dimension_numbers import MISSING
-from bort_jax._src.dimension_numbers import path_names
 from bort_jax._src.dimension_numbers import path_string
 from bort_jax._src.dimension_numbers import resolve_views
 from bort_jax._src.dimension_numbers import under_bort_mask
@@ -71,11 +71,6 @@ NO_BORT_PARAMS_MSG = (
 #: The most unreached parameters one warning names.
 MAX_NAMED = 5
 
-#: Names of the leaves the default selection leaves out on purpose: biases,
-#: norm scales and embeddings (lookup tables and position codes, not maps).
-_NOT_MATRICES = ("bias", "scale", "embed", "norm")
-
-
 def _is_default_selection(dimension_numbers: Any) -> bool:
   """Whether leaves are chosen by rules (by name, by module type) rather
   than by the user's own tree or callable, whose ``None`` are deliberate."""
@@ -86,15 +81,11 @@ def _is_default_selection(dimension_numbers: Any) -> bool:
 
 
 def _looks_like_a_matrix(path, leaf) -> bool:
-  """A floating leaf with two axes of size > 1 and no bias/norm/embed name."""
-  dtype = getattr(leaf, "dtype", None)
-  if dtype is None or not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-    return False
-  if sum(d > 1 for d in getattr(leaf, "shape", ())) < 2:
-    return False  # a vector, maybe with unit axes (a ViT's class token)
-  names = path_names(path)
-  last = str(names[-1]).lower() if names else ""
-  return not any(word in last for word in _NOT_MATRICES)
+  """A weight matrix by the rule one BortDimensionNumbers applies (no bias,
+  norm scale or embedding by name), with two axes longer than 1."""
+  shape = getattr(leaf, "shape", ())
+  return (sum(d > 1 for d in shape) >= 2
+          and is_weight_matrix(path, leaf, masked=False, embedding=False))
 
 
 def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
@@ -483,9 +474,9 @@ def add_bort_correction(
       :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
       every default leaf; a pytree of them (``None`` skips a leaf; an entry
       over a subtree reaches its weight matrices, not its biases, norm
-      scales or embeddings; matched by path when its containers differ from the params',
-      as ``nnx.State`` under ``nnx.Optimizer``); a callable building such a
-      pytree from the params; or an ``nnx.Module``, whose layer types decide
+      scales or embeddings; matched by path when its containers differ
+      from the params', as ``nnx.State`` under ``nnx.Optimizer``); a
+      callable building such a pytree from the params; or an ``nnx.Module``, whose layer types decide
       (needed for layers stacked by ``nnx.vmap``/``nnx.scan`` and for
       grouped convolutions).
     bort_mask: a pytree of booleans matching the params, or a callable of

@@ -15,6 +15,7 @@ import pytest
 import bort_jax
 from bort_jax._src import dimension_numbers as dimension_numbers_lib
 from bort_jax._src.dimension_numbers import resolve_views
+from tests.core import reference
 
 OUT_IN = bort_jax.BortDimensionNumbers(reduction_axis=1, output_axis=0)
 
@@ -353,7 +354,6 @@ def test_a_grouped_conv_is_one_matrix_per_group(mode, amplitude):
     kernel = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 8)))
     delta = bort_jax.tree_correction({"kernel": kernel}, mode, amplitude,
                                      dimension_numbers=GROUPED)["kernel"]
-  from tests.core import reference
   for g, w in enumerate(_groups(kernel, 4)):
     c = reference.ada(w, mode) if amplitude == "ada" else amplitude
     np.testing.assert_allclose(_groups(delta, 4)[g],
@@ -389,7 +389,6 @@ def test_a_grouped_nnx_conv_is_read_from_the_model_and_measured_per_group():
   before = np.asarray(conv.kernel[...], np.float64)
   optimizer.update(conv, jax.tree.map(jnp.zeros_like,
                                       nnx.state(conv, nnx.Param)))
-  from tests.core import reference
   for g, w in enumerate(_groups(before, 4)):
     np.testing.assert_allclose(
         _groups(conv.kernel[...], 4)[g],
