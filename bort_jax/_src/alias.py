@@ -31,6 +31,15 @@ def _check_decay(name: str, value: Any) -> None:
         "optax takes no schedule here.")
 
 
+def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
+  """``tau``, with ``"step"`` made the schedule ``2.5 · every · s_t`` of the
+  per-step strength ``s_t = per_step(count)`` (:data:`defaults.STEP_TAU`)."""
+  if not (isinstance(tau, str) and tau == defaults.STEP_TAU):
+    return tau
+  factor = defaults.STEP_TAU_FACTOR * check_every(every)
+  return lambda count: factor * per_step(count)
+
+
 def bort_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = None,
@@ -42,7 +51,7 @@ def bort_sgd(
     gamma: optax.ScalarOrSchedule = 0.003,
     mode: Mode = "l1-fullrow",
     amplitude: optax.ScalarOrSchedule | str = "ada",
-    tau: float = 0.01,
+    tau: optax.ScalarOrSchedule | str = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -79,7 +88,12 @@ def bort_sgd(
       that works.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
-    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
+      a number ``> 0``, a schedule, or ``"step"``, the zone that follows the
+      per-step correction ``s_t = lr_t · γ_t / (1 − μ)``:
+      ``tau_t = 2.5 · every · s_t``, so that each correction removes 0.8 of
+      a residual inside the zone and never overshoots it (see
+      :func:`bort_adamw`).
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
@@ -118,10 +132,14 @@ def bort_sgd(
   if momentum is not None:
     _check_decay("momentum", momentum)
   kernel_options = validation.check_bort_arguments(
-      gamma, mode, amplitude, kernel_options, tau)
+      gamma, mode, amplitude, kernel_options, tau, step_known=True)
   # Momentum sums the correction over about 1 / (1 − μ) steps.
   steps = 1.0 / (1.0 - (validation.concrete_number(momentum) or 0.0))
   lr = validation.concrete_number(learning_rate)
+  mu = 0.0 if momentum is None else momentum  # may be traced
+  tau = _zone(tau, every, lambda n: (
+      hyperparameter_value(learning_rate, n)
+      * hyperparameter_value(gamma, n) / (1.0 - mu)))
   validation.warn_if_step_strength_collapses(
       "bort_sgd", "gamma", gamma, lambda g: lr * g * steps, mode,
       lambda g: defaults.DEFAULT_STRENGTH / (lr * steps))
@@ -170,7 +188,7 @@ def bort_adamw(
     gamma: optax.ScalarOrSchedule = 1.0,
     mode: Mode = "l1-fullrow",
     amplitude: optax.ScalarOrSchedule | str = "ada",
-    tau: float = 0.01,
+    tau: optax.ScalarOrSchedule | str = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -211,7 +229,14 @@ def bort_adamw(
       rate, use ``with_bort(optax.adamw(lr))``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
-    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
+      a number ``> 0``, a schedule, or ``"step"``, the zone that follows the
+      per-step correction ``s_t = lr_t · γ_t``: ``tau_t = 2.5 · every ·
+      s_t``. A correction ``every · s_t · Δ`` then changes the Gram by about
+      ``−2 · every · s_t · c · clip(R/τ, −1, 1)``: it removes 0.8 of a
+      residual ``R`` inside the zone, so it never overshoots, and moves as
+      far as ``every`` steps of ``l1-fullrow`` outside it; as the learning
+      rate decays, the zone narrows toward the l1 limit.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
@@ -250,8 +275,11 @@ def bort_adamw(
   validation.check_bool("nesterov", nesterov)
   mask = validation.check_mask("mask", mask)
   kernel_options = validation.check_bort_arguments(
-      gamma, mode, amplitude, kernel_options, tau)
+      gamma, mode, amplitude, kernel_options, tau, step_known=True)
   lr = validation.concrete_number(learning_rate)
+  tau = _zone(tau, every, lambda n: (
+      hyperparameter_value(learning_rate, n)
+      * hyperparameter_value(gamma, n)))
   validation.warn_if_step_strength_collapses(
       "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
       lambda g: defaults.DEFAULT_STRENGTH / lr)
@@ -287,7 +315,7 @@ def with_bort(
     mode: Mode = "l1-fullrow",
     amplitude: optax.ScalarOrSchedule | str = "ada",
     placement: Placement = "decoupled",
-    tau: float = 0.01,
+    tau: optax.ScalarOrSchedule | str = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: MaskOrFn = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -329,7 +357,10 @@ def with_bort(
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     placement: ``"decoupled"`` (the default, as the command line's
       ``bort-<optax>``) or ``"coupled"``.
-    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``.
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
+      a number ``> 0``, a schedule, or (decoupled only) ``"step"``, the zone
+      that follows the per-step strength, ``tau_t = 2.5 · every · s_t`` (see
+      :func:`bort_adamw`).
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).
@@ -360,7 +391,9 @@ def with_bort(
   validation.check_transformation(optimizer, "with_bort")
   validation.check_placement(placement)
   kernel_options = validation.check_bort_arguments(
-      strength, mode, amplitude, kernel_options, tau, gamma_name="strength")
+      strength, mode, amplitude, kernel_options, tau, gamma_name="strength",
+      step_known=placement == "decoupled")
+  tau = _zone(tau, every, lambda n: hyperparameter_value(strength, n))
   if placement == "decoupled":
     validation.warn_if_step_strength_collapses(
         "with_bort", "strength", strength, lambda s: s, mode,

@@ -46,6 +46,15 @@ DEFAULT_AMPLITUDE: float = 1.0
 #: literal default of every function that takes ``tau``.
 DEFAULT_TAU: float = 0.01
 
+#: ``tau="step"`` (the aliases): the Huber zone follows the per-step
+#: correction ``s_t`` (``lr_t · γ_t`` for Bort-AdamW), ``τ_t = STEP_TAU_FACTOR
+#: · every · s_t``, so that a correction of ``every · s_t · Δ`` removes
+#: ``2 / STEP_TAU_FACTOR = 0.8`` of a residual inside the zone (``ΔG ≈
+#: −2 · every · s_t · c · R / τ_t``) and never overshoots it, while outside
+#: the zone it moves as far as ``every`` steps of ``l1-fullrow``.
+STEP_TAU = "step"
+STEP_TAU_FACTOR: float = 2.5
+
 
 class Recommended(NamedTuple):
   """A placement's recommended Bort setting (see :data:`RECOMMENDED`).

@@ -286,10 +286,10 @@ def correction(
 
   The sharding of ``x`` (Explicit mode) or ``options.axis_name`` (shard_map,
   fan-in split) decides where the products' collectives go. ``tau`` is the
-  Huber modes' width relative to c.
+  Huber modes' width relative to c, checked by the public callers (a
+  schedule's value, 0 at a zero learning rate, is the l1 limit).
   """
   kernels = check_mode(mode)
-  tau = check_tau(tau)
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
@@ -366,7 +366,7 @@ def bort_correction(
   w = check_weights(w, "bort_correction")
   _check_amplitude_value(amplitude)
   return correction(w, mode, amplitude, kernel_options,
-                    tau=tau).astype(w.dtype)
+                    tau=check_tau(tau)).astype(w.dtype)
 
 
 def bort_penalty(
@@ -458,7 +458,6 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   kernel, whichever fan-in axis is split. Same values as :func:`correction`
   on the matrix view.
   """
-  tau = check_tau(tau)
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:
     return jnp.zeros_like(x)

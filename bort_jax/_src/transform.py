@@ -284,8 +284,14 @@ def tree_correction(
     Array([[6., 0.],
            [0., 6.]], dtype=float32)
   """
+  return _tree_correction(params, mode, amplitude, dimension_numbers,
+                          kernel_options, penalty.check_tau(tau))
+
+
+def _tree_correction(params, mode, amplitude, dimension_numbers,
+                     kernel_options, tau) -> Any:
+  """:func:`tree_correction` with ``tau`` unchecked (a schedule's value)."""
   kernels = penalty.check_mode(mode)
-  tau = penalty.check_tau(tau)
   leaves, treedef = jax.tree.flatten(params)
   views = resolve_views(dimension_numbers, params)
   # On accelerators each product call costs a launch: same-shape matrices
@@ -350,7 +356,7 @@ def _correction_transform(
     kernel_options: penalty.KernelOptions,
     bort_mask: Any = None,
     every: int = 1,
-    tau: float = 0.01,
+    tau: optax.ScalarOrSchedule = 0.01,
     lagged: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
@@ -363,15 +369,18 @@ def _correction_transform(
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
-  has_schedule = callable(strength) or callable(amplitude) or every > 1
+  has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
+                  or every > 1)
 
   def deltas_of(params, count):
     c = hyperparameter_value(amplitude, count)
     if not isinstance(c, str):
       c = _scalar(c, "amplitude")
-    return tree_correction(
-        params, mode, c, dimension_numbers=selection,
-        kernel_options=kernel_options, tau=tau)
+    # A schedule's τ is not checked, as γ's: 0 (a zero learning rate under
+    # tau="step") is the l1 limit.
+    width = _scalar(tau(count), "tau") if callable(tau) else tau
+    return _tree_correction(params, mode, c, selection, kernel_options,
+                            width)
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.
@@ -435,7 +444,7 @@ def add_bort_correction(
     mode: Mode = DEFAULT_MODE,
     amplitude: optax.ScalarOrSchedule | str = DEFAULT_AMPLITUDE,
     *,
-    tau: float = 0.01,
+    tau: optax.ScalarOrSchedule = 0.01,
     dimension_numbers: DimensionNumbersLike = None,
     bort_mask: Any | Callable[[optax.Params], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
@@ -468,7 +477,9 @@ def add_bort_correction(
       for ``c = (mean_i ‖w_i‖)²`` per matrix and step (only equal norms and
       orthogonality are enforced, not the scale).
     tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``,
-      ``> 0`` (the other modes ignore it).
+      ``> 0``, or a schedule of the step count (the other modes ignore it).
+      The aliases also take ``"step"``, a zone that follows their per-step
+      strength (:func:`bort_adamw`); this building block does not know it.
     dimension_numbers: which leaves are Bort parameters and how each is a
       matrix: ``None`` (Flax kernels by name, see
       :func:`flax_dimension_numbers`); one :class:`BortDimensionNumbers` for
@@ -503,7 +514,8 @@ def add_bort_correction(
   Raises:
     ValueError: at construction for an unknown mode, a gamma that is not a
       number ``>= 0`` finite in float32 or a schedule, an amplitude that is not
-      a positive number, a schedule or ``"ada"``, a tau not ``> 0``, bad
+      a positive number, a schedule or ``"ada"``, a tau not ``> 0`` or a
+      schedule, bad
       kernel options, an
       ``every`` outside [1, 2**31 - 1] or a ``bort_mask`` that is not a tree
       of bools or a callable; at

@@ -418,15 +418,38 @@ def check_tau(value: Any, name: str = "tau") -> Any:
                     dtype=COMPUTE_DTYPE)
 
 
+def check_tau_setting(value: Any, *, step_known: bool) -> Any:
+  """A transformation's ``tau``: a number as :func:`check_tau`, a schedule, or
+  ``"step"`` where the per-step strength is known (``step_known``)."""
+  if isinstance(value, str) and value == defaults.STEP_TAU:
+    if step_known:
+      return value
+    raise ValueError(
+        "tau='step' follows the per-step strength, which only bort_adamw, "
+        "bort_sgd and with_bort(placement='decoupled') know; here pass a "
+        "number > 0 or a schedule of the step count.")
+  if isinstance(value, (str, bytes)):
+    raise ArgumentTypeError(
+        f"tau must be a number > 0, a schedule or 'step', got {value!r}.")
+  if callable(value):
+    return value
+  return check_tau(value)
+
+
 def check_bort_arguments(
     gamma: Any, mode: Any, amplitude: Any, kernel_options: Any,
     tau: Any = defaults.DEFAULT_TAU, *, gamma_name: str = "gamma",
+    step_known: bool = False,
 ) -> KernelOptions:
-  """Checks every Bort argument; returns the kernel options (defaults filled)."""
+  """Checks every Bort argument; returns the kernel options (defaults filled).
+
+  ``step_known``: the caller knows the per-step strength, so ``tau`` may be
+  ``"step"``.
+  """
   check_mode(mode)
   check_strength(gamma, gamma_name)
   check_amplitude(amplitude)
-  check_tau(tau)
+  check_tau_setting(tau, step_known=step_known)
   return check_kernel_options(kernel_options)
 
 

@@ -44,6 +44,11 @@ def parse_amplitude(text: str) -> float | str:
   return text if text == validation.ADA else float(text)
 
 
+def parse_tau(text: str) -> float | str:
+  """The command line's Huber width: ``"step"`` or a number."""
+  return text if text == "step" else float(text)
+
+
 def _option(default: Any, help: str, *, flag: str | None = None,
             parse: Callable[[str], Any] | None = None, bort: bool = False,
             alias: str | None = None, resumable: bool = False) -> Any:
@@ -137,9 +142,11 @@ class TrainConfig:
       epochs · steps_per_epoch)``).
     gamma_late_factor: ``"late"``'s factor on γ before the switch, in
       [0, 1].
-    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``
-      (the library's default; ``huber-fullrow``/``huber-fullcol`` only, as a
-      setting no other mode reads is refused).
+    tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``,
+      or ``"step"``, the zone that follows the per-step correction
+      (:func:`bort_jax.bort_adamw`) (the library's default;
+      ``huber-fullrow``/``huber-fullcol`` only, as a setting no other mode
+      reads is refused).
     bort_head: whether Bort constrains the classifier head (the model's
       last linear layer, :func:`bort_jax.experiments.models.head_path`);
       ``False`` leaves it to the base optimizer alone, out of the
@@ -237,9 +244,11 @@ class TrainConfig:
   bort_head: bool = _option(
       True, "let Bort constrain the classifier head (the last linear "
       "layer); --no-bort-head leaves it to the base optimizer", bort=True)
-  tau: float = _option(
+  tau: float | str = _option(
       0.01, "the Huber modes' width relative to the amplitude, "
-      "tau * c (huber-fullrow and huber-fullcol only)", parse=float,
+      "tau * c, or 'step': 2.5 * every * the per-step strength (lr * gamma "
+      "for bort-adamw), a zone that narrows as the learning rate decays "
+      "(huber-fullrow and huber-fullcol only)", parse=parse_tau,
       alias="tau")
   learning_rate: float | None = _option(
       None, "peak learning rate (default: the optimizer's: "
@@ -554,7 +563,6 @@ def _check_levers(config: TrainConfig) -> None:
     if not isinstance(getattr(config, name), bool):
       raise TypeError(
           f"{name} must be true or false, got {getattr(config, name)!r}.")
-  validation.check_real("tau", config.tau, low=0, low_inclusive=False)
   if (config.tau != TrainConfig.tau and config.mode is not None
       and not config.mode.startswith("huber")):
     raise ValueError(

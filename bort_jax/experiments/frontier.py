@@ -133,9 +133,9 @@ AXES = (
     Axis("bort_everys", "bort_every", "--bort-everys", int,
          "apply the correction every k steps, as k*gamma*Delta (1: every "
          "step)", tag="every", silent=1),
-    Axis("taus", "tau", "--taus", float,
-         "the Huber modes' widths relative to the amplitude (huber modes "
-         "only)", tag="tau", missing=(None,)),
+    Axis("taus", "tau", "--taus", config_lib.parse_tau,
+         "the Huber modes' widths relative to the amplitude, or 'step' "
+         "(huber modes only)", tag="tau", missing=(None,)),
     Axis("bort_laggeds", "bort_lagged", "--bort-laggeds", _boolean,
          "whether an amortised correction is lagged (Delta every k steps, "
          "gamma*Delta every step; true and/or false)", tag="lagged",
@@ -208,7 +208,7 @@ class Grid:
   gamma_warmups: tuple[float, ...] = (0.0,)
   bort_everys: tuple[int, ...] = (1,)
   bort_laggeds: tuple[bool | None, ...] = (None,)
-  taus: tuple[float | None, ...] = (None,)
+  taus: tuple[float | str | None, ...] = (None,)
   lrs: dict[str, tuple[float | None, ...]] = dataclasses.field(
       default_factory=lambda: {"decoupled": (None,), "coupled": (None,)})
   inits: tuple[str | None, ...] = (None,)

@@ -137,9 +137,12 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
     every = 1  # the held Δ is applied every step at the per-step strength
   elif every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times
     line += f", applied as {every} x {strength:.3g} every {every} steps"
+  if config.mode.startswith("huber"):
+    line += f"; tau {config.tau}"
   line += _levers_note(config)
   family = config.mode.split("-")[0]
-  weak, strong = STRENGTH_LIMITS[family]
+  # The Huber modes are the smooth l1: sign-like outside their zone.
+  weak, strong = STRENGTH_LIMITS["l2" if family == "l2" else "l1"]
   warnings = []
   applied = strength * every
   if applied > strong:

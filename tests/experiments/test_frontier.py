@@ -200,13 +200,15 @@ def test_the_tau_axis_names_its_points_and_reaches_the_config():
   args = cli.build_parser().parse_args(
       ["frontier", "--out", "x", "--placements", "coupled",
        "--modes", "huber-fullrow", "--amplitudes", "ada",
-       "--gammas-coupled", "0.003", "--taus", "0.01,0.003", "--seeds", "0"])
+       "--gammas-coupled", "0.003", "--taus", "0.01,0.003,step",
+       "--seeds", "0"])
   borts = [p for p in frontier.grid_from_args(args).points() if "gamma" in p]
   assert [frontier.point_name(p) for p in borts] == [
       "bort-sgd_huber-fullrow_ada_g0.003_tau0.01",
-      "bort-sgd_huber-fullrow_ada_g0.003_tau0.003"]
+      "bort-sgd_huber-fullrow_ada_g0.003_tau0.003",
+      "bort-sgd_huber-fullrow_ada_g0.003_taustep"]
   assert [frontier.point_config(BASE, p, 0).tau for p in borts] == [
-      0.01, 0.003]
+      0.01, 0.003, "step"]
 
 
 def test_lever_flags_are_parsed_and_the_shared_flags_stay():

@@ -391,6 +391,46 @@ def test_tau_reaches_the_optimizer_of_a_huber_run():
   assert TrainConfig.from_json(config.to_json()).tau == 0.003
 
 
+def test_tau_step_reaches_the_optimizer_from_the_command_line():
+  """--tau step is the alias's tau="step" (the zone follows lr·γ), saved
+  and read back; a mistyped width is one line naming tau."""
+  args = cli.build_parser().parse_args(
+      ["train", "--optimizer", "bort-adamw", "--mode", "huber-fullrow",
+       "--tau", "step", "--bort-every", "4", "--out", "x"])
+  assert (args.tau, args.bort_every) == ("step", 4)
+  config = TrainConfig(optimizer="bort-adamw", mode="huber-fullrow",
+                       tau=args.tau, bort_every=args.bort_every)
+  assert TrainConfig.from_json(config.to_json()).tau == "step"
+  lr = optax.linear_schedule(1e-2, 1e-3, 8)
+  tx = optimizers.optimizer_from_config(config, lr)
+  expected = bort_jax.bort_adamw(lr, mode="huber-fullrow", every=4,
+                                 tau=lambda n: 2.5 * 4 * lr(n))
+  params = {"kernel": jnp.array([[1.0, 0.02], [0.0, 1.0], [0.0, 0.0]])}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  got = tx.update(grads, tx.init(params), params)[0]["kernel"]
+  want = expected.update(grads, expected.init(params), params)[0]["kernel"]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="tau='step' follows"):
+    TrainConfig(optimizer="bort-lion", placement="coupled",
+                mode="huber-fullrow", tau="step")
+  with pytest.raises(SystemExit):
+    cli.build_parser().parse_args(["train", "--tau", "steps", "--out", "x"])
+
+
+def test_strength_report_of_a_huber_run_names_tau_and_its_limits():
+  """The Huber modes have the l1 modes' limits (the report raised KeyError,
+  so `bort-jax train --mode huber-fullrow` ended in a traceback)."""
+  line, warnings = optimizers.strength_report(TrainConfig(
+      optimizer="bort-adamw", mode="huber-fullrow", tau="step",
+      bort_every=8))
+  assert "huber-fullrow" in line and "tau step" in line
+  assert "applied as 8 x 0.001 every 8 steps" in line and not warnings
+  _, warnings = optimizers.strength_report(TrainConfig(
+      optimizer="bort-adamw", mode="huber-fullrow", gamma=20.0))
+  assert len(warnings) == 1
+  assert "per-step huber correction of 0.02 is above 0.01" in warnings[0]
+
+
 def test_strength_report_names_the_levers():
   line, _ = optimizers.strength_report(TrainConfig(
       optimizer="bort-adamw", gamma=0.1, learning_rate=1e-3,
