@@ -90,6 +90,8 @@ CONFIGS = {
     "l2-full c=1": dict(mode="l2-full", amplitude=1.0),
     "l1-fullrow ada": dict(mode="l1-fullrow", amplitude="ada"),
     "huber-fullrow ada": dict(mode="huber-fullrow", amplitude="ada"),
+    "huber-fullrow ada step": dict(mode="huber-fullrow", amplitude="ada",
+                                   tau="step"),
 }
 
 #: What ``--recommended`` times: the default setting and the amortised
@@ -166,7 +168,8 @@ def describe(setting: dict) -> str:
     if setting.get("lagged"):
       text += " lagged"
   if "tau" in setting and str(setting.get("mode", "")).startswith("huber"):
-    text += f" tau={setting['tau']:g}"
+    tau = setting["tau"]
+    text += f" tau={tau}" if isinstance(tau, str) else f" tau={tau:g}"
   return text
 
 

@@ -71,6 +71,9 @@ def test_i17_2_recommended_default_is_read_at_run_time(monkeypatch):
       gamma=0.5, mode="huber-fullrow", amplitude="ada", every=4, tau=0.05)
   assert train_step.describe(train_step.recommended_setting("adamw")) == (
       "huber-fullrow ada γ=0.5 every=4 tau=0.05")
+  assert train_step.describe(dict(mode="huber-fullrow", amplitude="ada",
+                                  every=8, tau="step")) == (
+      "huber-fullrow ada every=8 tau=step")
 
 
 def test_i17_2_recommended_matches_the_library_now():
