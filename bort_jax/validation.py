@@ -8,7 +8,8 @@ argument and the fix. This is a documented home for code that builds on
 bort_jax, not part of the optimizer API (the optimizers check their own
 arguments); it imports neither Flax nor anything that does. ``ADA`` (the
 adaptive amplitude's name) and ``PLACEMENTS`` are the values
-``check_amplitude`` and ``check_placement`` accept besides numbers.
+``check_amplitude`` and ``check_placement`` accept besides numbers;
+``STEP_TAU`` is the aliases' ``tau="step"``.
 
 Examples:
   >>> from bort_jax import validation
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from bort_jax._src.defaults import ADA
 from bort_jax._src.defaults import PLACEMENTS
+from bort_jax._src.defaults import STEP_TAU
 from bort_jax._src.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers read; at run time, on first use
@@ -41,7 +43,7 @@ if TYPE_CHECKING:  # what type checkers read; at run time, on first use
   from bort_jax._src.validation import check_real
   from bort_jax._src.validation import check_strength
 
-# The checks import JAX; ADA and PLACEMENTS do not, so the application's
+# The checks import JAX; ADA, PLACEMENTS and STEP_TAU do not, so the application's
 # parser reads them without it.
 __getattr__, __dir__ = lazy_exports(globals(), {
     name: "bort_jax._src.validation" for name in (
@@ -52,6 +54,7 @@ __getattr__, __dir__ = lazy_exports(globals(), {
 __all__ = (
     "ADA",
     "PLACEMENTS",
+    "STEP_TAU",
     "ArgumentTypeError",
     "check_amplitude",
     "check_bool",

@@ -46,7 +46,7 @@ def parse_amplitude(text: str) -> float | str:
 
 def parse_tau(text: str) -> float | str:
   """The command line's Huber width: ``"step"`` or a number."""
-  return text if text == "step" else float(text)
+  return text if text == validation.STEP_TAU else float(text)
 
 
 def _option(default: Any, help: str, *, flag: str | None = None,
