@@ -91,9 +91,10 @@ def bort_sgd(
     tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
       a number ``> 0``, a schedule, or ``"step"``, the zone that follows the
       per-step correction ``s_t = lr_t · γ_t / (1 − μ)``:
-      ``tau_t = 2.5 · every · s_t``, so that each correction removes 0.8 of
-      a residual inside the zone and never overshoots it (see
-      :func:`bort_adamw`).
+      ``tau_t = 2.5 · every · s_t`` (see :func:`bort_adamw`). Without
+      momentum each correction removes 0.8 of a residual inside the zone;
+      momentum carries it on for about ``1 / (1 − μ)`` steps, so the
+      residual rings through zero before it settles.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``).

@@ -50,8 +50,9 @@ DEFAULT_TAU: float = 0.01
 #: correction ``s_t`` (``lr_t · γ_t`` for Bort-AdamW), ``τ_t = STEP_TAU_FACTOR
 #: · every · s_t``, so that a correction of ``every · s_t · Δ`` removes
 #: ``2 / STEP_TAU_FACTOR = 0.8`` of a residual inside the zone (``ΔG ≈
-#: −2 · every · s_t · c · R / τ_t``) and never overshoots it, while outside
-#: the zone it moves as far as ``every`` steps of ``l1-fullrow``.
+#: −2 · every · s_t · c · R / τ_t``) and never overshoots it (unless a
+#: momentum carries it on), while outside the zone it moves as far as
+#: ``every`` steps of ``l1-fullrow``.
 STEP_TAU = "step"
 STEP_TAU_FACTOR: float = 2.5
 

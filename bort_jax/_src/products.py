@@ -161,13 +161,15 @@ def sign_slope(residual: Array, c: Array, ctx: Context) -> Array:
 def huber_slope(residual: Array, c: Array, ctx: Context) -> Array:
   """The Huber modes' slope ``clip(R / τ, −1, 1)``, with ``τ = tau · c``.
 
-  Where ``τ = 0`` (an all-zero matrix under ``"ada"``) it is the limit
-  ``sign(R)``, not ``0/0``.
+  Where ``τ = 0`` (an all-zero matrix under ``"ada"``, a zero learning rate
+  under ``tau="step"``) it is the limit ``sign(R)``, not ``0/0``; a negative
+  or NaN τ (a schedule's value, unchecked) has no slope and gives NaN.
   """
   width = ctx.tau * c[..., None, None]
   positive = width > 0
   scaled = residual / jnp.where(positive, width, 1)
-  return jnp.where(positive, jnp.clip(scaled, -1, 1), jnp.sign(residual))
+  limit = jnp.where(width == 0, jnp.sign(residual), jnp.nan)
+  return jnp.where(positive, jnp.clip(scaled, -1, 1), limit)
 
 
 def slope_gram_block(part: Array, full: Array, c: Array, start, vectors: int,
@@ -227,11 +229,13 @@ def _slope_full(x: Array, c: Array, vectors: int, ctx: Context,
   if ctx.spec is not None:
     # Under Explicit sharding the loop's dynamic slices of a split axis have
     # no sharding one could state: XLA places them (Auto axes inside), and
-    # the result comes back in x's own sharding.
+    # the result comes back in x's own sharding. A traced τ (a schedule's
+    # value) enters as an argument, as c does: closed over, it would keep
+    # the Explicit mesh inside.
     return jax.sharding.auto_axes(
-        lambda x, c: _slope_full_blocked(x, c, vectors, block,
-                                         ctx._replace(spec=None), slope),
-        out_sharding=jax.sharding.PartitionSpec(*ctx.spec))(x, c)
+        lambda x, c, tau: _slope_full_blocked(
+            x, c, vectors, block, ctx._replace(spec=None, tau=tau), slope),
+        out_sharding=jax.sharding.PartitionSpec(*ctx.spec))(x, c, ctx.tau)
   return _slope_full_blocked(x, c, vectors, block, ctx, slope)
 
 

@@ -22,6 +22,7 @@ from bort_jax._src import validation
 from bort_jax._src.defaults import ADA
 from bort_jax._src.defaults import DEFAULT_AMPLITUDE
 from bort_jax._src.defaults import DEFAULT_MODE
+from bort_jax._src.defaults import DEFAULT_TAU
 from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
@@ -42,8 +43,8 @@ NO_PARAMS_MSG = (
 
 
 class BortState(NamedTuple):
-  """The step count, kept only when gamma or the amplitude is a schedule, or
-  the correction is amortised (``every > 1``)."""
+  """The step count, kept only when gamma, the amplitude or a Huber mode's
+  tau is a schedule, or the correction is amortised (``every > 1``)."""
 
   count: jax.Array  # shape=(), dtype=jnp.int32
 
@@ -369,6 +370,8 @@ def _correction_transform(
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
+  if callable(tau) and not mode.startswith("huber"):
+    tau = DEFAULT_TAU  # the other modes ignore it: no count needed
   has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
                   or every > 1)
 
@@ -526,7 +529,9 @@ def add_bort_correction(
   Values a schedule returns, and values traced under
   :func:`optax.inject_hyperparams`, are not checked: a negative γ pushes the
   weights away from ``W Wᵀ = cI`` (anti-orthogonalises), a negative amplitude
-  targets an infeasible Gram. A tree in which nothing is selected, or in
+  targets an infeasible Gram, a τ of 0 is the l1 limit and a negative or NaN
+  τ makes the correction NaN (which :func:`bort_jax.skip_nonfinite_steps`
+  catches). A tree in which nothing is selected, or in
   which the default selection leaves a weight matrix out, gets one warning
   at ``init``.
 

@@ -428,9 +428,10 @@ def check_tau_setting(value: Any, *, step_known: bool) -> Any:
         "tau='step' follows the per-step strength, which only bort_adamw, "
         "bort_sgd and with_bort(placement='decoupled') know; here pass a "
         "number > 0 or a schedule of the step count.")
-  if isinstance(value, (str, bytes)):
-    raise ArgumentTypeError(
-        f"tau must be a number > 0, a schedule or 'step', got {value!r}.")
+  if isinstance(value, (str, bytes)) or value is None:
+    allowed = ("a number > 0, a schedule or 'step'" if step_known
+               else "a number > 0 or a schedule")
+    raise ArgumentTypeError(f"tau must be {allowed}, got {value!r}.")
   if callable(value):
     return value
   return check_tau(value)

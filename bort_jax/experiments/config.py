@@ -563,6 +563,8 @@ def _check_levers(config: TrainConfig) -> None:
     if not isinstance(getattr(config, name), bool):
       raise TypeError(
           f"{name} must be true or false, got {getattr(config, name)!r}.")
+  if config.tau != validation.STEP_TAU:  # None would fall back to 0.01
+    validation.check_real("tau", config.tau, low=0, low_inclusive=False)
   if (config.tau != TrainConfig.tau and config.mode is not None
       and not config.mode.startswith("huber")):
     raise ValueError(

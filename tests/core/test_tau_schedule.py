@@ -124,6 +124,31 @@ def test_a_zero_width_is_the_l1_limit():
   assert np.all(np.isfinite(updates["kernel"]))
 
 
+@pytest.mark.parametrize("width", [-0.1, float("nan")])
+def test_a_negative_or_nan_width_from_a_schedule_is_nan_not_l1(width):
+  """Unchecked like γ's, but never silently the l1 correction: NaN, which
+  skip_nonfinite_steps catches."""
+  params = _params()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  tx = bort_jax.add_bort_correction(1.0, "huber-fullrow", "ada",
+                                    tau=lambda n: width)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
+  assert np.all(np.isnan(updates["kernel"]))
+  guarded = bort_jax.skip_nonfinite_steps(optax.chain(tx, optax.sgd(0.1)), 5)
+  updates, _ = guarded.update(zeros, guarded.init(params), params)
+  assert not np.any(updates["kernel"])  # the step is skipped
+
+
+def test_a_tau_schedule_keeps_a_count_only_where_tau_is_read():
+  params = _params()
+  huber = bort_jax.bort_adamw(1e-3, mode="huber-fullrow", tau="step")
+  l1 = bort_jax.bort_adamw(1e-3, tau="step")  # l1-fullrow ignores tau
+  assert jax.tree.structure(l1.init(params)) == jax.tree.structure(
+      bort_jax.bort_adamw(1e-3).init(params))
+  assert len(jax.tree.leaves(huber.init(params))) == len(
+      jax.tree.leaves(l1.init(params))) + 1  # the count
+
+
 def test_tau_under_inject_hyperparams_is_a_hyperparameter():
   tx = optax.inject_hyperparams(bort_jax.bort_adamw)(
       learning_rate=1e-3, mode="huber-fullrow", tau=0.5)
@@ -145,6 +170,10 @@ def test_tau_under_inject_hyperparams_is_a_hyperparameter():
      ValueError, "tau='step' follows the per-step strength"),
     (lambda: bort_jax.bort_adamw(1e-3, tau="steps"), TypeError,
      "tau must be a number > 0, a schedule or 'step'"),
+    (lambda: bort_jax.bort_sgd(0.1, tau=None), TypeError,
+     "tau must be a number > 0, a schedule or 'step', got None"),
+    (lambda: bort_jax.add_bort_correction(0.1, "huber-fullrow", tau="x"),
+     TypeError, r"tau must be a number > 0 or a schedule, got 'x'\.$"),
     (lambda: bort_jax.bort_sgd(0.1, tau=0.0), ValueError, "tau must be"),
     (lambda: bort_jax.tree_correction(_params(), tau=0.0), ValueError,
      "tau must be"),

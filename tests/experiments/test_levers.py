@@ -341,6 +341,7 @@ def test_levers_round_trip_through_config_json():
      "bort_lagged applies to Bort optimizers only"),
     (dict(tau=0.003), "tau applies to the huber modes only"),
     (dict(mode="huber-fullrow", tau=0.0), "tau must be"),
+    (dict(mode="huber-fullrow", tau=None), "tau must be a real number"),
     (dict(optimizer="adamw", tau=0.003), "tau applies to Bort optimizers"),
 ])
 def test_levers_refuse_bad_values_naming_the_field(values, message):
