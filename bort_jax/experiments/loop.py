@@ -319,7 +319,9 @@ class _Run:
     return row
 
   def save(self, state: _State) -> None:
-    if self.checkpoints is not None:
+    # A stop on a checkpoint_every step finds that step saved already.
+    if (self.checkpoints is not None
+        and self.checkpoints.latest_step() != state.step):
       self.check_finite(state)  # never checkpoint a diverged state
       self.checkpoints.save(state.step, _arrays(state),
                             _meta(self.config, self.data, state))

@@ -120,6 +120,24 @@ def test_interrupt_saves_and_resumes_exactly(straight, digits, tmp_path):
 
 
 @pytest.mark.slow
+def test_interrupt_on_a_checkpoint_step_stops_cleanly(digits, tmp_path):
+  """The stop's own save found the step's periodic checkpoint there and
+  failed (StepAlreadyExistsError: exit 2 instead of 130)."""
+  run_dir = str(tmp_path / "interrupted")
+  config = dataclasses.replace(CONFIG, checkpoint_every=5)
+
+  def interrupt(step):
+    if step == 15:
+      signal.raise_signal(signal.SIGINT)
+
+  first = train(config, run_dir, dataset=digits, on_step=interrupt)
+  assert not first.finished and first.step == 15
+  assert first.stopped_by == "SIGINT"
+  steps = sorted(map(int, os.listdir(os.path.join(run_dir, "checkpoints"))))
+  assert steps[-1] == 15
+
+
+@pytest.mark.slow
 def test_max_steps_then_resume(straight, digits, tmp_path):
   run_dir = str(tmp_path / "paused")
   paused = train(CONFIG, run_dir, dataset=digits, max_steps=20)
