@@ -174,6 +174,11 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
   explicit = {k: v for k, v in vars(args).items()
               if k in config_lib.field_names() and v is not None}
   if args.resume:
+    if args.recipe is not None:
+      raise config_lib.ConfigError(
+          "--recipe starts a new run and --resume continues the saved one; "
+          "drop --recipe (the saved config already holds the recipe's "
+          "values).")
     saved = train_folder.load_config(args.out)
     resumed = dataclasses.replace(saved, **{
         k: v for k, v in explicit.items() if k in config_lib.RESUMABLE})

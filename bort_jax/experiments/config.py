@@ -81,6 +81,9 @@ MAX_BORT_EVERY = 2**31 - 1
 #: it is 0 (or a denormal, flushed to 0) in the float32 arithmetic of a run.
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
+#: The largest finite float32 (~3.4e38): a larger value is inf in a run.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 #: Fields' earlier names in a saved ``config.json`` (``dbort_outputs``
 #: until 0.2, the name of a library function too).
 RENAMED = {"dbort_outputs": "dbort_on"}
@@ -485,10 +488,15 @@ def _check_train_limit(config: TrainConfig) -> None:
         "or drop it to train on all of them.")
 
 
-def _check_float32_nonzero(name: str, value: Any) -> None:
-  """Refuses a positive value that float32 arithmetic turns into 0."""
-  if (isinstance(value, numbers.Real) and not isinstance(value, bool)
-      and 0 < value < FLOAT32_TINY):
+def _check_float32(name: str, value: Any) -> None:
+  """Refuses a positive value that float32 arithmetic turns into 0 or inf."""
+  if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    return
+  if value > FLOAT32_MAX:
+    raise ValueError(
+        f"{name} {value:g} is inf in float32 (above {FLOAT32_MAX:.3g}), the "
+        "precision the run computes in; use a smaller value.")
+  if 0 < value < FLOAT32_TINY:
     off = "" if name == "learning_rate" else "0 to turn it off, or "
     raise ValueError(
         f"{name} {value:g} is 0 in float32 (below its smallest normal, "
@@ -620,6 +628,11 @@ def check_config(config: TrainConfig) -> None:
   validation.check_choice("schedule", config.schedule, choices.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)
+  if (config.momentum != TrainConfig.momentum
+      and optimizers_lib.base_name(str(config.optimizer)) != "sgd"):
+    raise ValueError(
+        f"momentum applies to sgd and bort-sgd only (the others have their "
+        f"own), but optimizer is {config.optimizer!r}; drop momentum.")
   if config.weight_decay is not None:
     validation.check_real("weight_decay", config.weight_decay, low=0)
   validation.check_choice("model", config.model, choices.MODELS)
@@ -631,11 +644,21 @@ def check_config(config: TrainConfig) -> None:
     validation.check_mode(config.mode)
     validation.check_strength(config.gamma, "gamma")
     validation.check_real("gamma_warmup", config.gamma_warmup, low=0)
+    if config.gamma_warmup > config.epochs:
+      raise ValueError(
+          f"gamma_warmup of {config.gamma_warmup:g} epochs is longer than "
+          f"the run ({config.epochs} epochs): gamma would never reach its "
+          f"value; use at most {config.epochs}, or raise epochs.")
     validation.check_positive_int("bort_every", config.bort_every)
     if config.bort_every > MAX_BORT_EVERY:
       raise ValueError(
           f"bort_every must be at most {MAX_BORT_EVERY} (2**31 - 1, the "
           f"int32 step counter's range), got {config.bort_every}.")
+    if config.bort_lagged and config.bort_every in (None, 1):
+      raise ValueError(
+          "bort_lagged holds a correction computed every bort_every steps, "
+          "but bort_every is 1 (every step): drop bort_lagged, or set "
+          "bort_every above 1.")
     amplitude = config.amplitude
     if callable(amplitude) or isinstance(amplitude, bool):
       amplitude = repr(amplitude)  # a schedule cannot be saved as JSON
@@ -648,13 +671,15 @@ def check_config(config: TrainConfig) -> None:
     if config.placement is not None:
       validation.check_placement(config.placement)
   for name in ("learning_rate", "gamma", "weight_decay", "dbort_weight",
-               "bort_lr_scale"):
-    _check_float32_nonzero(name, getattr(config, name))
+               "dbort_power", "bort_lr_scale", "label_smoothing"):
+    _check_float32(name, getattr(config, name))
   # Builds (and discards) the optimizer: the library's own checks, once.
   # Its warnings (a strong per-step correction) belong to the run's build.
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    optimizers_lib.optimizer_from_config(config, config.learning_rate)
+    tx = optimizers_lib.optimizer_from_config(config, config.learning_rate)
+    if optimizers_lib.base_name(config.optimizer) not in ("sgd", "adamw"):
+      optimizers_lib.check_plain_update(tx, config.optimizer)
 
 
 def differences(saved: TrainConfig, given: TrainConfig

@@ -96,7 +96,8 @@ def configs(data: str, quick: bool, epochs: int | None, gamma: float | None,
   # The first layer is square (one unit per input pixel), so that it can be
   # orthogonal and exactly inverted by its transpose; the learning rate is
   # each optimizer's default.
-  epochs = epochs or default_epochs(data, quick)
+  if epochs is None:  # 0 is the config's to refuse, not the default's
+    epochs = default_epochs(data, quick)
   if data == "digits":
     common = dict(width=64, batch_size=64, epochs=epochs, warmup=1.0)
   else:

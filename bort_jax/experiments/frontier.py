@@ -53,6 +53,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from bort_jax.experiments import config as config_lib
+from bort_jax.experiments import flags
 from bort_jax.experiments import frontier_report
 from bort_jax.experiments import signals
 from bort_jax.experiments import text
@@ -491,13 +492,18 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
           f"--validation {validation!r} of the {n_train} training examples "
           f"holds out {held}, leaving {n_train - held} to train on; choose a "
           "fraction that leaves at least one example on each side.")
-  if base.get("learning_rate") is not None:
+  for axis in AXES:  # a shared flag the grid would silently override
+    if base.get(axis.field) is None:
+      continue
     for placement in grid.placements:
-      if grid.values(AXIS["lrs"], placement) != (None,):
+      if grid.values(axis, placement) != (None,):
+        shared = flags.flag(axis.field)
+        default = (f" ({shared} is the default of a placement without "
+                   f"{axis.flag.format(placement='*')})"
+                   if axis.per_placement else "")
         raise ConfigError(
-            f"--lr and --lrs-{placement} both set the {placement} learning "
-            f"rate; give one of them (--lr is the default of a placement "
-            "without --lrs-*).")
+            f"{shared} and {axis.flag.format(placement=placement)} both set "
+            f"{axis.field}; give one of them{default}.")
   for point in grid.points():  # every run's config is valid, before work
     for seed in grid.seeds:
       point_config(base, point, seed)

@@ -447,6 +447,42 @@ def make_optimizer(
                   bort_kwargs.get("bort_mask"))))
 
 
+def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
+  """Refuses an optimizer whose ``update`` needs more than the gradients.
+
+  The training step calls ``update(grads, state, params)``; L-BFGS's line
+  search also needs ``value``, ``grad`` and ``value_fn``, and failed inside
+  the first jitted step. Traced once on a 2×2 kernel (no arithmetic).
+
+  Args:
+    tx: the optimizer.
+    name: its command-line name, for the message.
+
+  Raises:
+    ValueError: the update asks for more arguments.
+
+  Examples:
+    >>> import optax
+    >>> from bort_jax.experiments.optimizers import check_plain_update
+    >>> check_plain_update(optax.adam(1e-3), "adam")
+    >>> check_plain_update(optax.lbfgs(), "lbfgs")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer 'lbfgs' cannot be trained by bort-jax: its update ...
+  """
+  params = {"kernel": jax.numpy.eye(2), "bias": jax.numpy.zeros(2)}
+  try:
+    jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
+  except TypeError as e:
+    if "missing" not in str(e) or "argument" not in str(e):
+      raise
+    needs = str(e).splitlines()[0].split("missing", 1)[1].strip()
+    raise ValueError(
+        f"optimizer {name!r} cannot be trained by bort-jax: its update "
+        f"needs more than the gradients (missing {needs}), which the "
+        "training step does not pass; choose another optimizer.") from None
+
+
 def optimizer_from_config(
     config: Any, learning_rate: optax.ScalarOrSchedule, *,
     steps_per_epoch: int = 1,

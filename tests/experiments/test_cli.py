@@ -81,6 +81,21 @@ def test_train_resume_and_overwrite_refusal(capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_demo_epochs_zero_and_resume_with_a_recipe_are_one_line(capsys,
+                                                                tmp_path):
+  """`demo --epochs 0` ran the default 3 epochs; `train --resume --recipe`
+  resumed the saved run and dropped the recipe without a word."""
+  out = str(tmp_path / "demo")
+  _fails(capsys, ["demo", "--quick", "--data", "digits", "--epochs", "0",
+                  "--out", out, "--no-progress", "--offline"],
+         "epochs must be")
+  assert not os.path.exists(out)
+  run = str(tmp_path / "run")
+  _fails(capsys, ["train", "--out", run, "--resume", "--recipe",
+                  "authors-mnist", "--offline"],
+         "--recipe starts a new run and --resume continues the saved one")
+
+
 def test_demo_quick_on_digits(capsys, tmp_path):
   out = str(tmp_path / "demo")
   assert cli.main(["demo", "--quick", "--data", "digits", "--epochs", "1",

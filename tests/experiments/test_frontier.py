@@ -211,6 +211,29 @@ def test_the_tau_axis_names_its_points_and_reaches_the_config():
       0.01, 0.003, "step"]
 
 
+@pytest.mark.parametrize("shared, grid_flags, message", [
+    ({"tau": 0.05}, ["--modes", "huber-fullrow", "--taus", "step"],
+     "--tau and --taus both set tau; give one of them."),
+    ({"init": "orthogonal"}, ["--inits", "default"],
+     "--init and --inits both set init; give one of them."),
+    ({"learning_rate": 0.01}, ["--lrs-coupled", "0.1"],
+     "--lr and --lrs-coupled both set learning_rate; give one of them (--lr "
+     "is the default of a placement without --lrs-*)."),
+])
+def test_a_shared_flag_and_its_grid_axis_are_refused(shared, grid_flags,
+                                                      message):
+  """The grid's values won and the shared one was dropped (yet saved in
+  settings.json, so a rerun without it was refused)."""
+  args = cli.build_parser().parse_args(
+      ["frontier", "--out", "x", "--placements", "coupled", "--seeds", "0",
+       *grid_flags])
+  grid = frontier.grid_from_args(args)
+  frontier.check_settings(BASE, grid)  # the grid alone is fine
+  with pytest.raises(ConfigError) as info:
+    frontier.check_settings({**BASE, **shared}, grid)
+  assert str(info.value) == message
+
+
 def test_lever_flags_are_parsed_and_the_shared_flags_stay():
   parser = cli.build_parser()
   args = parser.parse_args(

@@ -342,6 +342,16 @@ def test_levers_round_trip_through_config_json():
     (dict(tau=0.003), "tau applies to the huber modes only"),
     (dict(mode="huber-fullrow", tau=0.0), "tau must be"),
     (dict(mode="huber-fullrow", tau=None), "tau must be a real number"),
+    (dict(gamma_warmup=5.0, epochs=1),
+     "gamma_warmup of 5 epochs is longer than the run"),
+    (dict(gamma_warmup=1e30), "gamma_warmup of 1e\\+30 epochs is longer"),
+    (dict(dbort_weight=1e300), "dbort_weight 1e\\+300 is inf in float32"),
+    (dict(bort_lagged=True), "bort_lagged holds a correction computed every"),
+    (dict(optimizer="adamw", momentum=0.5),
+     "momentum applies to sgd and bort-sgd only"),
+    (dict(optimizer="lbfgs"), "optimizer 'lbfgs' cannot be trained by"),
+    (dict(optimizer="bort-lbfgs"),
+     "optimizer 'bort-lbfgs' cannot be trained by"),
     (dict(optimizer="adamw", tau=0.003), "tau applies to Bort optimizers"),
 ])
 def test_levers_refuse_bad_values_naming_the_field(values, message):
