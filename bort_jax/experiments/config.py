@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import numbers
 import typing
 import warnings
@@ -90,6 +91,7 @@ RENAMED = {"dbort_outputs": "dbort_on"}
 
 
 _RECOMMENDED = bort_jax.RECOMMENDED
+_DEFAULT_STRENGTH = bort_jax.DEFAULT_STRENGTH
 
 
 def _recommended(field: str) -> str:
@@ -123,6 +125,10 @@ class TrainConfig:
     gamma: the Bort strength ``γ ≥ 0`` (a positive γ of at least float32's
       smallest normal, :data:`FLOAT32_TINY`, as for the learning rate, the
       weight decay and the DBort weight: a smaller one is 0 in the run).
+      ``None``: the placement's recommended γ; for a decoupled
+      ``bort-<optax>`` (per-step strength ``lr·γ``), ``DEFAULT_STRENGTH /
+      lr``, so that Muon at 0.02 or Lion at 1e-4 gets the per-step
+      strength of :func:`bort_jax.with_bort`'s default.
     placement: ``"coupled"`` or ``"decoupled"`` for ``bort-<optax>``
       (default decoupled); ``None`` otherwise.
     gamma_warmup: a linear ramp of γ from 0, in epochs (Bort only).
@@ -215,7 +221,9 @@ class TrainConfig:
       parse=parse_amplitude, alias="amplitude")
   gamma: float | None = _option(
       None, "Bort strength >= 0 (default: the placement's recommended one, "
-      f"{_recommended('gamma')})", parse=float, bort=True)
+      f"{_recommended('gamma')}; a decoupled bort-<optax> takes "
+      f"{_DEFAULT_STRENGTH:g} / lr, the per-step strength of the library's "
+      "with_bort)", parse=float, bort=True)
   placement: bort_jax.Placement | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: "
       "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
@@ -326,6 +334,14 @@ class TrainConfig:
       raise ConfigError(
           f"a training config is a JSON object, got {type(values).__name__}.")
     values = {RENAMED.get(k, k): v for k, v in values.items()}
+    optimizer = str(values.get("optimizer", ""))
+    if (optimizer.startswith(choices.BORT_PREFIX) and "gamma" in values
+        and values["gamma"] is None):
+      # Saved before γ was filled, when every Bort run took its placement's
+      # recommended γ (a decoupled bort-<optax> now takes its lr's).
+      values["gamma"] = _RECOMMENDED[
+          "coupled" if optimizer == "bort-sgd"
+          or values.get("placement") == "coupled" else "decoupled"].gamma
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
       raise ConfigError(
@@ -426,6 +442,13 @@ def _fill_defaults(config: "TrainConfig") -> None:
     recommended = bort_jax.RECOMMENDED[placement]
     fill("mode", recommended.mode)
     fill("amplitude", recommended.amplitude)
+    lr = config.learning_rate
+    if (placement == "decoupled"
+        and optimizers_lib.base_name(config.optimizer) != "adamw"
+        and isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+        and 0 < lr < math.inf):
+      # bort-<optax> keeps bort-adamw's lr·γ: the library's default step.
+      fill("gamma", _DEFAULT_STRENGTH / lr)
     fill("gamma", recommended.gamma)
     fill("gamma_warmup", 0.0)
     fill("bort_every", 1)

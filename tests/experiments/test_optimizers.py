@@ -161,7 +161,8 @@ def test_a_saved_config_with_the_old_dbort_outputs_name_still_loads():
 
 def test_bort_muon_with_no_learning_rate_trains_and_constrains(tmp_path):
   """The command line's Muon runs at Muon's usual 0.02, where it trains
-  (at the 1e-3 every unnamed optimizer got, 5 epochs reached 29 %)."""
+  (at the 1e-3 every unnamed optimizer got, 5 epochs reached 29 %), with
+  the library's per-step strength 1e-3 (γ 0.05)."""
   assert train_lib.default_learning_rate("bort-muon") == 0.02
   assert train_lib.default_learning_rate("muon") == 0.02
   out = str(tmp_path / "run")
@@ -170,6 +171,30 @@ def test_bort_muon_with_no_learning_rate_trains_and_constrains(tmp_path):
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
   assert metrics["config"]["learning_rate"] == 0.02
-  last = metrics["history"][-1]
-  assert last["test_accuracy"] > 0.8 and last["constraint_error"] < 0.05
+  first, last = metrics["history"][0], metrics["history"][-1]
+  assert metrics["config"]["gamma"] == pytest.approx(0.05)
+  assert last["test_accuracy"] > 0.85
+  # 50 steps of digits: on its way, as bort-adamw's default is there.
+  assert last["constraint_error"] < 0.75 * first["constraint_error"]
 
+
+
+def test_a_decoupled_bort_optax_defaults_to_the_library_s_per_step_strength():
+  """lr·γ = bort_jax.DEFAULT_STRENGTH, as with_bort's default: Muon at its
+  0.02 got a per-step 0.02 (above MAX_STEP_STRENGTH, warned), Lion at 1e-4
+  a loose 1e-4 (warned too)."""
+  for name, lr, gamma in (("bort-muon", None, 0.05), ("bort-lion", 1e-4, 10.0),
+                          ("bort-lion", None, 1.0), ("bort-adamw", 1e-2, 1.0),
+                          ("bort-sgd", None, 0.003)):
+    config = TrainConfig(optimizer=name, learning_rate=lr)
+    assert config.gamma == pytest.approx(gamma), name
+    if name != "bort-adamw":  # its γ is the recommended one at any lr
+      assert train_lib.strength_report(config)[1] == [], name
+  coupled = TrainConfig(optimizer="bort-muon", placement="coupled")
+  assert coupled.gamma == bort_jax.RECOMMENDED["coupled"].gamma
+  # A config.json saved with γ null (before γ was filled) keeps its meaning.
+  saved = TrainConfig(optimizer="bort-lion", learning_rate=1e-4).to_dict()
+  saved["gamma"] = None
+  assert TrainConfig.from_dict(saved).gamma == 1.0
+  plain = TrainConfig(optimizer="lion").to_dict()
+  assert TrainConfig.from_dict(plain).gamma is None
