@@ -40,14 +40,23 @@ class ConfigError(errors.ExperimentError, ValueError):
   """A configuration value is invalid (also a ``ValueError``)."""
 
 
+def _number_or(word: str, text: str) -> float | str:
+  if text == word:
+    return text
+  try:
+    return float(text)
+  except ValueError:
+    raise ValueError(f"expected a number or {word!r}, got {text!r}") from None
+
+
 def parse_amplitude(text: str) -> float | str:
   """The command line's amplitude: ``"ada"`` or a number."""
-  return text if text == validation.ADA else float(text)
+  return _number_or(validation.ADA, text)
 
 
 def parse_tau(text: str) -> float | str:
   """The command line's Huber width: ``"step"`` or a number."""
-  return text if text == validation.STEP_TAU else float(text)
+  return _number_or(validation.STEP_TAU, text)
 
 
 def _option(default: Any, help: str, *, flag: str | None = None,

@@ -120,7 +120,8 @@ def add_config_flag(p: argparse.ArgumentParser, name: str,
   elif meta.get("parse"):
     parse = meta["parse"]
     what = {int: "an integer", config_lib.parse_amplitude:
-            "a positive number or 'ada'"}.get(parse, "a number")
+            "a positive number or 'ada'", config_lib.parse_tau:
+            "a positive number or 'step'"}.get(parse, "a number")
     kwargs["type"] = argument_type(parse, what=what)
   values = config_lib.choices_of(name)
   if values is not None:

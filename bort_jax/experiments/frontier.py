@@ -44,6 +44,7 @@ such, not as a pick.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
@@ -824,13 +825,23 @@ GRID_FIELDS = ("optimizer", "placement", "seed",
 
 def _list(convert):
   def parse(text: str):
-    return tuple(convert(v) for v in text.split(",") if v.strip())
+    items = []
+    for v in text.split(","):
+      if v.strip():
+        try:
+          items.append(convert(v))
+        except (TypeError, ValueError) as e:  # argparse would name `parse`
+          where = f" (in the list {text!r})" if "," in text else ""
+          raise argparse.ArgumentTypeError(f"{e}{where}") from None
+    return tuple(items)
   return parse
 
 
-def _shown(values: Sequence[Any]) -> str:
-  return ",".join("the shared --lr, else the optimizer's default"
-                  if v is None else str(v) for v in values)
+def _shown(values: Sequence[Any], field: str | None = None) -> str:
+  shared = f"the shared {flags.flag(field)}" if field else "none"
+  if field == "learning_rate":
+    shared += ", else the optimizer's default"
+  return ",".join(shared if v is None else str(v) for v in values)
 
 
 def add_arguments(p: Any) -> None:
@@ -847,7 +858,7 @@ def add_arguments(p: Any) -> None:
       p.add_argument(flag, dest=flag[2:].replace("-", "_"),
                      type=_list(axis.parse), default=values,
                      help=f"{axis.help.format(placement=placement)} "
-                     f"(default: {_shown(values)})")
+                     f"(default: {_shown(values, axis.field)})")
   p.add_argument("--seeds", type=_list(int), default=grid.seeds,
                  help="seeds of every point (default: 0,1,2)")
   p.add_argument("--validation", type=float, default=0.1,

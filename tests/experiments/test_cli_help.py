@@ -44,6 +44,24 @@ def test_every_train_flag_states_its_real_default():
   assert "(default: decoupled;" in helps["--placement"]
 
 
+def test_every_frontier_axis_names_its_own_shared_flag(capsys):
+  """Every axis said "the shared --lr, else the optimizer's default"; a bad
+  list item named argparse's inner function ("invalid parse value")."""
+  helps = _helps("frontier")
+  assert helps["--taus"].endswith("(default: the shared --tau)")
+  assert helps["--inits"].endswith("(default: the shared --init)")
+  assert helps["--lrs-decoupled"].endswith(
+      "(default: the shared --lr, else the optimizer's default)")
+  assert not any("--lr" in helps[f] for f in ("--taus", "--bort-laggeds",
+                                               "--gamma-schedules"))
+  with pytest.raises(SystemExit):
+    cli.build_parser().parse_args(["frontier", "--out", "x", "--taus",
+                                   "0.1,Step"])
+  err = capsys.readouterr().err
+  assert ("argument --taus: expected a number or 'step', got 'Step' (in the "
+          "list '0.1,Step')") in err and "parse" not in err
+
+
 def test_the_jax_free_choices_are_the_code_s_names():
   from bort_jax.experiments import models
   assert choices.MODELS == models.MODELS
