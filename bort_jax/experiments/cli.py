@@ -331,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   except SystemExit:
     raise
   except BaseException as e:
+    if not debug and isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" in (
+        str(e)):  # XLA's out of memory: one line, not 70 of XLA's stack
+      _fail("out of memory (XLA: RESOURCE_EXHAUSTED); lower --width, "
+            "--batch-size or --eval-batch-size, and start again with "
+            "--overwrite.", 2, prog)
     if debug or not isinstance(e, _expected_errors()):
       raise
     if isinstance(e, OSError):

@@ -62,6 +62,21 @@ def test_every_frontier_axis_names_its_own_shared_flag(capsys):
           "list '0.1,Step')") in err and "parse" not in err
 
 
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+  """XLA's RESOURCE_EXHAUSTED (--width 100000000000) printed 77 lines."""
+  def exhausted(parser, args):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                       "allocate 400.00GiB.\nmore XLA lines")
+  monkeypatch.setattr(cli, "_command", exhausted)
+  with pytest.raises(SystemExit) as info:
+    cli.main(["train", "--out", "x"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err == ("bort-jax train: error: out of memory (XLA: "
+                 "RESOURCE_EXHAUSTED); lower --width, --batch-size or "
+                 "--eval-batch-size, and start again with --overwrite.\n")
+
+
 def test_the_jax_free_choices_are_the_code_s_names():
   from bort_jax.experiments import models
   assert choices.MODELS == models.MODELS
