@@ -159,6 +159,7 @@ def test_a_saved_config_with_the_old_dbort_outputs_name_still_loads():
   assert "dbort_outputs" not in TrainConfig().to_dict()
 
 
+@pytest.mark.slow
 def test_bort_muon_with_no_learning_rate_trains_and_constrains(tmp_path):
   """The command line's Muon runs at Muon's usual 0.02, where it trains
   (at the 1e-3 every unnamed optimizer got, 5 epochs reached 29 %), with
