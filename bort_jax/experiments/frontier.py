@@ -519,7 +519,8 @@ def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
   without Bort: the shared Bort fields (``--gamma-schedule``,
   ``--gamma-switch``, …, :data:`~bort_jax.experiments.config.BORT_FIELDS`)
   apply to the Bort points only, except ``bort_head`` with the orthogonal
-  init (a baseline then starts from the same weights as its Bort run).
+  init (a baseline then starts from the same weights as its Bort run); the
+  shared ``--momentum`` applies to the SGD points only.
 
   Examples:
     >>> from bort_jax.experiments.frontier import point_config
@@ -533,6 +534,8 @@ def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
     0.5
   """
   fields = {k: v for k, v in point.items() if k != "placement"}
+  if str(fields.get("optimizer")).removeprefix("bort-") != "sgd":
+    base = {k: v for k, v in base.items() if k != "momentum"}
   if "gamma" not in point:
     keep = ("bort_head",) if {**base, **fields}.get("init") == "orthogonal" \
         else ()

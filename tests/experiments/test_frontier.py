@@ -234,6 +234,20 @@ def test_a_shared_flag_and_its_grid_axis_are_refused(shared, grid_flags,
   assert str(info.value) == message
 
 
+def test_the_shared_momentum_reaches_the_sgd_points_only():
+  """The config refuses momentum for AdamW: a frontier over both placements
+  with --momentum must still run (its AdamW points keep their own)."""
+  args = cli.build_parser().parse_args(
+      ["frontier", "--out", "x", "--seeds", "0"])
+  grid = frontier.grid_from_args(args)
+  base = {**BASE, "momentum": 0.8}
+  frontier.check_settings(base, grid)
+  momenta = {p["optimizer"]: frontier.point_config(base, p, 0).momentum
+             for p in grid.points()}
+  assert momenta["sgd"] == momenta["bort-sgd"] == 0.8
+  assert momenta["adamw"] == momenta["bort-adamw"] == TrainConfig.momentum
+
+
 def test_lever_flags_are_parsed_and_the_shared_flags_stay():
   parser = cli.build_parser()
   args = parser.parse_args(
