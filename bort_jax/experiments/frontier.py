@@ -840,8 +840,9 @@ def _list(convert):
   return parse
 
 
-def _shown(values: Sequence[Any], field: str | None = None) -> str:
-  shared = f"the shared {flags.flag(field)}" if field else "none"
+def _shown(values: Sequence[Any], field: str) -> str:
+  """An axis's default values in words: ``None`` keeps the shared flag."""
+  shared = f"the shared {flags.flag(field)}"
   if field == "learning_rate":
     shared += ", else the optimizer's default"
   return ",".join(shared if v is None else str(v) for v in values)
