@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 #: The models ``bort-jax`` builds by name (see
 #: :data:`bort_jax.experiments.models.BUILDERS`).
@@ -42,6 +42,22 @@ DBORT_ON: tuple[str, ...] = typing.get_args(DBortOn)
 
 #: The prefix that adds Bort to an optimizer's name.
 BORT_PREFIX = "bort-"
+
+def is_bort(name: Any) -> bool:
+  """Whether an optimizer name asks for Bort (``bort-…``).
+
+  Examples:
+    >>> from bort_jax.experiments.choices import is_bort
+    >>> is_bort("bort-lion"), is_bort("adamw")
+    (True, False)
+  """
+  return isinstance(name, str) and name.startswith(BORT_PREFIX)
+
+
+def base_name(name: str) -> str:
+  """The optimizer without Bort: ``"bort-lion"`` → ``"lion"``."""
+  return name[len(BORT_PREFIX):] if is_bort(name) else name
+
 
 #: The default peak learning rate per base optimizer (SGD with momentum 0.9
 #: wants a far larger step than the adaptive methods, and Muon's

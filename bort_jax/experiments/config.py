@@ -343,14 +343,14 @@ class TrainConfig:
       raise ConfigError(
           f"a training config is a JSON object, got {type(values).__name__}.")
     values = {RENAMED.get(k, k): v for k, v in values.items()}
-    optimizer = str(values.get("optimizer", ""))
-    if (optimizer.startswith(choices.BORT_PREFIX) and "gamma" in values
+    optimizer = values.get("optimizer")
+    if (choices.is_bort(optimizer) and "gamma" in values
         and values["gamma"] is None):
       # Saved before γ was filled, when every Bort run took its placement's
       # recommended γ (a decoupled bort-<optax> now takes its lr's).
-      values["gamma"] = _RECOMMENDED[
-          "coupled" if optimizer == "bort-sgd"
-          or values.get("placement") == "coupled" else "decoupled"].gamma
+      from bort_jax.experiments import optimizers as optimizers_lib
+      values["gamma"] = _RECOMMENDED[optimizers_lib.placement_of(
+          optimizer, values.get("placement"))].gamma
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
       raise ConfigError(

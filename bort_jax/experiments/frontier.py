@@ -53,6 +53,7 @@ import numbers
 import os
 from typing import Any, Callable, Sequence
 
+from bort_jax.experiments import choices
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import flags
 from bort_jax.experiments import frontier_report
@@ -534,7 +535,7 @@ def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
     0.5
   """
   fields = {k: v for k, v in point.items() if k != "placement"}
-  if str(fields.get("optimizer")).removeprefix("bort-") != "sgd":
+  if choices.base_name(fields.get("optimizer")) != "sgd":
     base = {k: v for k, v in base.items() if k != "momentum"}
   if "gamma" not in point:
     keep = ("bort_head",) if {**base, **fields}.get("init") == "orthogonal" \

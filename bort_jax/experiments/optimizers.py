@@ -20,14 +20,10 @@ import optax
 import bort_jax
 
 # The names and default rates, defined without JAX for the parser.
-from bort_jax.experiments.choices import BORT_PREFIX
+from bort_jax.experiments.choices import base_name
+from bort_jax.experiments.choices import is_bort
 from bort_jax.experiments.choices import DEFAULT_LEARNING_RATE
 from bort_jax.experiments.choices import DEFAULT_LEARNING_RATES
-
-
-def base_name(name: str) -> str:
-  """The optimizer without Bort: ``"bort-lion"`` → ``"lion"``."""
-  return name[len(BORT_PREFIX):] if is_bort(name) else name
 
 
 def default_learning_rate(name: str) -> float:
@@ -76,17 +72,6 @@ def correction_strength(name: str, learning_rate: float, gamma: float,
   if placement_of(name, placement) == "coupled" and base_name(name) == "sgd":
     strength /= 1.0 - momentum
   return strength
-
-
-def is_bort(name: Any) -> bool:
-  """Whether an optimizer name asks for Bort (``bort-…``).
-
-  Examples:
-    >>> from bort_jax.experiments.optimizers import is_bort
-    >>> is_bort("bort-lion"), is_bort("adamw")
-    (True, False)
-  """
-  return isinstance(name, str) and name.startswith(BORT_PREFIX)
 
 
 #: Per-step correction strengths outside which ``bort-jax`` warns, per
