@@ -490,18 +490,19 @@ def add_bort_correction(
       over a subtree reaches its weight matrices, not its biases, norm
       scales or embeddings; matched by path when its containers differ
       from the params', as ``nnx.State`` under ``nnx.Optimizer``); a
-      callable building such a pytree from the params; or an ``nnx.Module``, whose layer types decide
-      (needed for layers stacked by ``nnx.vmap``/``nnx.scan`` and for
-      grouped convolutions).
+      callable building such a pytree from the params; or an
+      ``nnx.Module``, whose layer types decide (needed for layers stacked
+      by ``nnx.vmap``/``nnx.scan`` and for grouped convolutions).
     bort_mask: a pytree of booleans matching the params, or a callable of
       the params returning one, selecting the leaves Bort may act on, handed
       to :func:`optax.masked` (anything else raises).
     kernel_options: precision, reduced-precision Gram and block size of the
       full modes (:class:`KernelOptions`).
     every: ``None`` (every step) or k: amortise the correction, applying
-      ``every · gamma · Δ`` on every ``every``-th step (steps 0, k, 2k, …) and nothing on the others, through
-      ``lax.cond`` (no work on the skipped steps, no recompilation; schedules
-      are read at the step count). ``every`` multiplies the stability limit:
+      ``every · gamma · Δ`` on every ``every``-th step (steps 0, k, 2k, …)
+      and nothing on the others, through ``lax.cond`` (no work on the
+      skipped steps, no recompilation; schedules are read at the step
+      count). ``every`` multiplies the stability limit:
       for the l2 modes, ``lr · every · γ · c`` must stay below about 1 (with
       the coupled placement, ``lr`` is the optimizer's effective step).
     lagged: with ``every = k``, compute Δ on steps 0, k, 2k, … only, hold it
@@ -516,15 +517,13 @@ def add_bort_correction(
 
   Raises:
     ValueError: at construction for an unknown mode, a gamma that is not a
-      number ``>= 0`` finite in float32 or a schedule, an amplitude that is not
-      a positive number, a schedule or ``"ada"``, a tau not ``> 0`` or a
-      schedule, bad
-      kernel options, an
-      ``every`` outside [1, 2**31 - 1] or a ``bort_mask`` that is not a tree
-      of bools or a callable; at
-      ``init`` for dimension numbers that do not fit a leaf or a selected leaf
-      that is not real floating; at ``update`` without params or when a
-      schedule returns a non-scalar.
+      number ``>= 0`` finite in float32 or a schedule, an amplitude that is
+      not a positive number, a schedule or ``"ada"``, a tau that is not a
+      number ``> 0`` or a schedule, bad kernel options, an ``every`` outside
+      [1, 2**31 - 1] or a ``bort_mask`` that is not a tree of bools or a
+      callable; at ``init`` for dimension numbers that do not fit a leaf or
+      a selected leaf that is not real floating; at ``update`` without
+      params or when a schedule returns a non-scalar.
 
   Values a schedule returns, and values traced under
   :func:`optax.inject_hyperparams`, are not checked: a negative γ pushes the
