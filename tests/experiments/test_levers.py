@@ -421,6 +421,9 @@ def test_tau_step_reaches_the_optimizer_from_the_command_line():
   got = tx.update(grads, tx.init(params), params)[0]["kernel"]
   want = expected.update(grads, expected.init(params), params)[0]["kernel"]
   np.testing.assert_allclose(got, want, rtol=1e-6)
+  fixed = bort_jax.bort_adamw(lr, mode="huber-fullrow", every=4)
+  other = fixed.update(grads, fixed.init(params), params)[0]["kernel"]
+  assert float(jnp.abs(got - other).max()) > 1e-6  # "step" is not ignored
   with pytest.raises(ValueError, match="tau='step' follows"):
     TrainConfig(optimizer="bort-lion", placement="coupled",
                 mode="huber-fullrow", tau="step")
