@@ -123,7 +123,8 @@ ALIASES = {"adamw": (bort_jax.bort_adamw, "decoupled"),
 def recommended_setting(base: str) -> dict:
   """The Bort setting a base's alias uses when given none, read now.
 
-  Each of ``gamma``, ``mode``, ``amplitude``, ``every`` and ``tau`` is the
+  Each of ``gamma``, ``mode``, ``amplitude``, ``every``, ``tau`` and
+  ``start_on_constraint`` is the
   alias's signature literal, or, where the signature says ``None``, the
   placement's :data:`bort_jax.RECOMMENDED` field of that name (absent
   fields are left out, and so is ``every=None``).
@@ -144,7 +145,8 @@ def recommended_setting(base: str) -> dict:
   parameters = inspect.signature(alias).parameters
   record = bort_jax.RECOMMENDED[placement]
   setting = {}
-  for field in ("gamma", "mode", "amplitude", "every", "tau"):
+  for field in ("gamma", "mode", "amplitude", "every", "tau",
+                "start_on_constraint"):
     value = None
     if field in parameters:
       value = parameters[field].default
@@ -158,7 +160,7 @@ def recommended_setting(base: str) -> dict:
 
 
 def describe(setting: dict) -> str:
-  """``mode amplitude γ=… [every=k] [tau=…]``, the table's label."""
+  """``mode amplitude γ=… [every=k] [tau=…] [start]``, the table's label."""
   c = setting.get("amplitude", "")
   text = f"{setting.get('mode', '?')} {c if isinstance(c, str) else f'c={c:g}'}"
   if "gamma" in setting:
@@ -170,6 +172,8 @@ def describe(setting: dict) -> str:
   if "tau" in setting and str(setting.get("mode", "")).startswith("huber"):
     tau = setting["tau"]
     text += f" tau={tau}" if isinstance(tau, str) else f" tau={tau:g}"
+  if setting.get("start_on_constraint"):
+    text += " start"
   return text
 
 
@@ -178,7 +182,7 @@ def resolve(config_name: str, configs: dict, base: str) -> dict:
   config = configs[config_name]
   if config is None or config.get(RECOMMENDED):
     setting = recommended_setting(base)
-    for field in ("every", "lagged"):
+    for field in ("every", "lagged", "start_on_constraint"):
       if config is not None and field in config:
         setting[field] = config[field]
     return setting
@@ -371,6 +375,10 @@ def measure(model_name: str, batch: int, steps: int, repeats: int,
       out = jax.block_until_ready(fn(*args))  # compiles
       compile_s = time.perf_counter() - start
       loss = float(out[2].loss) / max(int(out[2].count), 1)
+      # Timed from the state after those steps: a multiple of every k, so
+      # each call holds whole cycles, and past a one-time first step
+      # (start_on_constraint's projection), which is no steady-state cost.
+      args = (out[0], out[1], images, labels)
       runs[base, config_name] = dict(fn=fn, args=args, times=[],
                                      compile_s=compile_s, loss=loss,
                                      setting=setting)
@@ -392,6 +400,8 @@ def measure(model_name: str, batch: int, steps: int, repeats: int,
       label = config_name
       if config_name.startswith(RECOMMENDED):
         label = f"{config_name} = {describe(setting)}"
+      elif setting.get("start_on_constraint"):
+        label += " start"
       rows.append(dict(
           model=model_name, width=width, params=params, batch=batch,
           optimizer=base, config=label, setting=_jsonable(setting),
@@ -471,6 +481,10 @@ def main(argv=None):
   parser.add_argument("--lagged", action="store_true",
                       help="time each every=k config lagged as well (Delta "
                       "every k steps, gamma*Delta every step)")
+  parser.add_argument("--start-on-constraint", action="store_true",
+                      help="give every Bort config start_on_constraint=True "
+                      "(its first step, an SVD per kernel, is outside the "
+                      "timed steady state: the first call is a warm-up)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
@@ -509,6 +523,10 @@ def main(argv=None):
       config or {RECOMMENDED: True}, every=k, **extra)
                   for name, config in list(configs.items()) for k in everys
                   for style, extra in styles.items()})
+  if args.start_on_constraint:
+    configs = {name: dict(config or {RECOMMENDED: True},
+                          start_on_constraint=True)
+               for name, config in configs.items()}
   gpu = jax.default_backend() != "cpu"
   steps = args.steps or (20 if gpu else math.lcm(3, *everys))
   # A recommended every=k of its own must fit whole cycles too.

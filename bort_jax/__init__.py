@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time, on first use
   from bort_jax._src.penalty import bort_penalty
   from bort_jax._src.penalty import KernelOptions
   from bort_jax._src.projection import project_to_constraint
+  from bort_jax._src.projection import start_on_constraint
+  from bort_jax._src.projection import StartOnConstraintState
   from bort_jax._src.transform import add_bort_correction
   from bort_jax._src.transform import BortState
   from bort_jax._src.transform import tree_correction
@@ -85,6 +87,8 @@ _EXPORTS = {
     "bort_penalty": "bort_jax._src.penalty",
     "KernelOptions": "bort_jax._src.penalty",
     "project_to_constraint": "bort_jax._src.projection",
+    "start_on_constraint": "bort_jax._src.projection",
+    "StartOnConstraintState": "bort_jax._src.projection",
     "add_bort_correction": "bort_jax._src.transform",
     "BortState": "bort_jax._src.transform",
     "tree_correction": "bort_jax._src.transform",
@@ -150,6 +154,7 @@ __all__ = (
     "OrthogonalityError",
     "Placement",
     "SkipNonfiniteState",
+    "StartOnConstraintState",
     "ada_amplitude",
     "add_bort_correction",
     "bort_adamw",
@@ -162,6 +167,7 @@ __all__ = (
     "orthogonality_error",
     "project_to_constraint",
     "skip_nonfinite_steps",
+    "start_on_constraint",
     "tree_correction",
     "with_bort",
 )

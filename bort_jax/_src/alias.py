@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from bort_jax._src import penalty
+from bort_jax._src import projection
 from bort_jax._src import validation
 from bort_jax._src import defaults
 from bort_jax._src.defaults import Mode
@@ -40,6 +41,17 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
   return lambda count: factor * per_step(count)
 
 
+def _started(tx: optax.GradientTransformation, start: Any, amplitude: Any,
+             dimension_numbers: Any, bort_mask: Any,
+             kernel_options: penalty.KernelOptions) -> Any:
+  """``tx``, followed by :func:`start_on_constraint` when ``start``."""
+  if not validation.check_bool("start_on_constraint", start):
+    return tx
+  return optax.chain(tx, projection.start_on_constraint(
+      amplitude, dimension_numbers=dimension_numbers, bort_mask=bort_mask,
+      kernel_options=kernel_options, _warn=False))
+
+
 def bort_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float | None = None,
@@ -57,6 +69,7 @@ def bort_sgd(
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
     lagged: bool = False,
+    start_on_constraint: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with the coupled Bort correction (the paper's Bort-SGD).
 
@@ -104,6 +117,9 @@ def bort_sgd(
     lagged: with ``every = k``, compute Δ every k-th step only and apply
       ``γ · Δ`` of the last one on every step (see
       :func:`add_bort_correction`).
+    start_on_constraint: make the first step land every Bort matrix on the
+      constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
+      whatever the initialisation.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -172,7 +188,8 @@ def bort_sgd(
         )
     )
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  return _started(optax.chain(*parts), start_on_constraint, amplitude,
+                  dimension_numbers, bort_mask, kernel_options)
 
 
 def bort_adamw(
@@ -195,6 +212,7 @@ def bort_adamw(
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
     lagged: bool = False,
+    start_on_constraint: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
@@ -247,6 +265,9 @@ def bort_adamw(
     lagged: with ``every = k``, compute Δ every k-th step only and apply
       ``γ · Δ`` of the last one on every step (see
       :func:`add_bort_correction`).
+    start_on_constraint: make the first step land every Bort matrix on the
+      constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
+      whatever the initialisation.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -284,7 +305,7 @@ def bort_adamw(
   validation.warn_if_step_strength_collapses(
       "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
       lambda g: defaults.DEFAULT_STRENGTH / lr)
-  return optax.chain(
+  adamw = optax.chain(
       optax.scale_by_adam(
           b1=b1,
           b2=b2,
@@ -307,6 +328,8 @@ def bort_adamw(
       ),
       optax.scale_by_learning_rate(learning_rate),
   )
+  return _started(adamw, start_on_constraint, amplitude, dimension_numbers,
+                  bort_mask, kernel_options)
 
 
 def with_bort(
@@ -322,6 +345,7 @@ def with_bort(
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
     lagged: bool = False,
+    start_on_constraint: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, at a per-step strength of its own.
 
@@ -371,6 +395,9 @@ def with_bort(
     lagged: with ``every = k``, compute Δ every k-th step only and apply
       ``s · Δ`` of the last one on every step (see
       :func:`add_bort_correction`).
+    start_on_constraint: make the first step land every Bort matrix on the
+      constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
+      whatever the initialisation.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -414,6 +441,7 @@ def with_bort(
       applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
       every, tau, lagged,
   )
-  if placement == "coupled":
-    return optax.chain(bort, optimizer)
-  return optax.chain(optimizer, bort)
+  chain = (optax.chain(bort, optimizer) if placement == "coupled"
+           else optax.chain(optimizer, bort))
+  return _started(chain, start_on_constraint, amplitude, dimension_numbers,
+                  bort_mask, kernel_options)

@@ -1,9 +1,11 @@
-"""An orthogonal start: every Bort parameter put exactly on ``W Wᵀ = cI``."""
+"""An orthogonal start: every Bort parameter put exactly on ``W Wᵀ = cI``,
+before training (:func:`project_to_constraint`) or by the optimizer's first
+step (:func:`start_on_constraint`)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ from bort_jax._src.dimension_numbers import MatrixView
 from bort_jax._src.dimension_numbers import resolve_views
 from bort_jax._src.dimension_numbers import under_bort_mask
 from bort_jax._src.transform import check_bort_leaves
+from bort_jax._src.transform import NO_PARAMS_MSG
 from bort_jax._src.transform import mask_by_path
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -170,29 +173,142 @@ def project_to_constraint(
     Sci. Stat. Comput. 7(4), 1986.
   """
   amplitude = _check_amplitude(amplitude)
+  select = _on_bort_leaves(
+      lambda update, param, view: _project_leaf(param, view, amplitude),
+      dimension_numbers, bort_mask)
+  projected, _ = select.update(params, select.init(params), params)
+  return projected
+
+
+def _on_bort_leaves(leaf_fn: Callable[[Any, Any, MatrixView], Any],
+                    dimension_numbers: DimensionNumbersLike,
+                    bort_mask: Any, warn: bool = True
+                    ) -> optax.GradientTransformation:
+  """A transformation whose update is ``leaf_fn(update, param, view)`` on
+  each leaf Bort would correct (the same selection: ``optax.masked`` by
+  ``bort_mask``, then the dimension numbers of the masked tree) and the
+  update itself elsewhere. Its ``init`` refuses bad dimension numbers and
+  dtypes and, with ``warn``, warns on an empty selection."""
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
 
   def init_fn(selected):
-    # Bad dimension numbers and dtypes fail here; an empty selection warns.
     check_bort_leaves(selected, resolve_views(selection, selected),
-                      dimension_numbers)
+                      dimension_numbers, warn=warn)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    del updates
-    leaves, treedef = jax.tree.flatten(params)
+    leaves, treedef = jax.tree.flatten(updates)
     views = resolve_views(selection, params)
-    projected = [leaf if view is None else _project_leaf(leaf, view,
-                                                         amplitude)
-                 for leaf, view in zip(leaves, views)]
-    return treedef.unflatten(projected), state
+    out = [update if view is None else leaf_fn(update, param, view)
+           for update, param, view in zip(leaves, jax.tree.leaves(params),
+                                          views)]
+    return treedef.unflatten(out), state
 
-  # The transform's own selection: optax.masked, then the dimension numbers
-  # of the masked tree, so a leaf is projected iff Bort would correct it.
   select = optax.GradientTransformation(init_fn, update_fn)
   if bort_mask is not None:
     select = optax.masked(select, mask_by_path(bort_mask))
-  state = select.init(params)
-  projected, _ = select.update(params, state, params)
-  return projected
+  return select
+
+
+class StartOnConstraintState(NamedTuple):
+  """:func:`start_on_constraint`'s state: the step count, and the state of
+  its selection (``optax.masked``'s under a ``bort_mask``)."""
+
+  count: jax.Array
+  inner: Any
+
+
+def start_on_constraint(
+    amplitude: optax.ScalarOrSchedule | str = ADA,
+    *,
+    dimension_numbers: DimensionNumbersLike = None,
+    bort_mask: Any | Callable[[Any], Any] | None = None,
+    kernel_options: penalty.KernelOptions | None = None,
+    _warn: bool = True,
+) -> optax.GradientTransformation:
+  """Makes the first step land on ``W Wᵀ = cI``: an orthogonal start.
+
+  The last transformation of a chain: on the first step (count 0) it turns
+  the update ``u`` of each Bort parameter ``W`` into the step that lands on
+  the projection (:func:`project_to_constraint`) of where ``u`` would have
+  taken it,
+
+  .. math::
+    u ← \\sqrt{c} \\, \\mathrm{polar}(W + u) − W,
+
+  and passes every later update, and every other leaf's, unchanged. The
+  weights then start on the constraint whatever their initialisation, and
+  the Bort correction only has to hold them there, which the amortised
+  setting does (``mode="huber-fullrow", every=8``). It costs one SVD per
+  Bort matrix on the first step (a ``lax.cond``: the later steps compute
+  none, except under ``vmap``, where both branches run).
+
+  Leaves are selected exactly as :func:`add_bort_correction` selects them.
+  Under ``shard_map`` with a matrix's fan-in split across devices
+  (``kernel_options.axis_name``) each device holds part of a matrix, which
+  cannot be projected locally: that is refused; project the parameters
+  before training instead.
+
+  Args:
+    amplitude: the target ``c > 0`` (a schedule is read at step 0), or
+      ``"ada"``: ``c = (mean_i ‖w_i‖)²`` of ``W + u``.
+    dimension_numbers: which leaves are Bort parameters and how each is a
+      matrix, as in :func:`add_bort_correction`.
+    bort_mask: a pytree or callable of booleans selecting the leaves Bort may
+      act on, as in :func:`add_bort_correction`.
+    kernel_options: the correction's kernel options, to refuse a fan-in
+      split by ``shard_map`` (``axis_name``).
+
+  Returns:
+    An :class:`optax.GradientTransformation`; its ``update`` needs
+    ``params``.
+
+  Raises:
+    ValueError: for a bad amplitude, a ``kernel_options.axis_name``, or (at
+      ``init``) dimension numbers that do not fit a leaf or a selected leaf
+      that is not real floating.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, bort_jax
+    >>> params = {"kernel": jnp.arange(12.0).reshape(4, 3) / 10}
+    >>> tx = optax.chain(optax.adam(1e-3), bort_jax.start_on_constraint())
+    >>> updates, _ = tx.update(params, tx.init(params), params)
+    >>> w = optax.apply_updates(params, updates)["kernel"]
+    >>> gram = w.T @ w  # (in, out): the units are the columns
+    >>> bool(jnp.allclose(gram, gram[0, 0] * jnp.eye(3), atol=1e-5))
+    True
+  """
+  if callable(amplitude):
+    amplitude = amplitude(0)
+  amplitude = _check_amplitude(amplitude)
+  if kernel_options is not None and kernel_options.axis_name is not None:
+    raise ValueError(
+        "start_on_constraint cannot project a matrix whose fan-in is split "
+        f"across devices (kernel_options.axis_name="
+        f"{kernel_options.axis_name!r}): project the parameters before "
+        "training (bort_jax.project_to_constraint under jit) and leave "
+        "start_on_constraint off.")
+
+  def land(update, param, view):
+    dtype = penalty.compute_dtype(param.dtype)
+    target = (param.astype(dtype) + update.astype(dtype)).astype(param.dtype)
+    landed = _project_leaf(target, view, amplitude)
+    return (landed.astype(dtype) - param.astype(dtype)).astype(update.dtype)
+
+  select = _on_bort_leaves(land, dimension_numbers, bort_mask, warn=_warn)
+
+  def init_fn(params):
+    return StartOnConstraintState(count=jnp.zeros([], jnp.int32),
+                                  inner=select.init(params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(NO_PARAMS_MSG)
+    updates = jax.lax.cond(
+        state.count == 0,
+        lambda u: select.update(u, state.inner, params)[0],
+        lambda u: u, updates)
+    return updates, state._replace(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)

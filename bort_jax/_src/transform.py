@@ -89,14 +89,15 @@ def _looks_like_a_matrix(path, leaf) -> bool:
           and is_weight_matrix(path, leaf, masked=False, embedding=False))
 
 
-def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
-                      ) -> None:
+def check_bort_leaves(params: Any, views, dimension_numbers: Any = None,
+                      warn: bool = True) -> None:
   """Refuses selected leaves that are not real floating arrays; warns, once,
   when nothing is selected or when a weight matrix is left out.
 
   Called at ``init`` (so once per optimizer). Leaves that ``bort_mask``
   excludes never reach it; a ``None`` in the user's own dimension numbers is
-  deliberate and not reported.
+  deliberate and not reported. ``warn=False`` only refuses (a second
+  transform of a chain whose correction already warned).
   """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   selected = 0
@@ -114,6 +115,8 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None
           "corrects real floating weights only (complex, integer and bool "
           "leaves have no real orthogonality penalty): skip it with "
           "dimension_numbers (None at that leaf) or bort_mask.")
+  if not warn:
+    return
   if leaves and not selected:  # (optax.tree_map_params inits on no leaves)
     warnings.warn(NO_BORT_PARAMS_MSG, stacklevel=3)
   elif unreached and _is_default_selection(dimension_numbers):

@@ -148,6 +148,11 @@ class TrainConfig:
     bort_lagged: with ``bort_every`` k > 1, compute Δ on every k-th step
       only and apply ``γ·Δ`` of the last one on every step, so the per-step
       strength and stability limit are those of every step (Bort only).
+    bort_start_on_constraint: the optimizer's first step lands every Bort
+      kernel on the constraint (:func:`bort_jax.start_on_constraint`),
+      whatever ``init`` (Bort only). Unlike ``init="orthogonal"``, it is
+      the optimizer's, so a baseline of the same seed starts from the
+      model's initialisation.
     bort_lr_scale: multiplies the whole update of the Bort kernels (the
       learning rate of those leaves only; > 0, Bort only).
     gamma_schedule: γ over the run (Bort only): ``"constant"``; ``"late"``,
@@ -247,6 +252,10 @@ class TrainConfig:
       False, "with --bort-every k: compute Delta on every k-th step only and "
       "apply gamma*Delta of the last one on every step (the per-step "
       "strength of every step, at the cost of every k-th)", alias="lagged")
+  bort_start_on_constraint: bool = _option(
+      False, "make the optimizer's first step land every Bort kernel on the "
+      "constraint W W^T = cI, whatever the init (the library's "
+      "start_on_constraint)", alias="start_on_constraint")
   bort_lr_scale: float = _option(
       1.0, "multiply the learning rate (the whole update) of the Bort "
       "kernels by this factor > 0", parse=float, bort=True)
@@ -599,7 +608,7 @@ def _check_levers(config: TrainConfig) -> None:
                         low_inclusive=False)
   validation.check_real("gamma_late_factor", config.gamma_late_factor, low=0,
                         high=1)
-  for name in ("bort_head", "bort_lagged"):
+  for name in ("bort_head", "bort_lagged", "bort_start_on_constraint"):
     if not isinstance(getattr(config, name), bool):
       raise TypeError(
           f"{name} must be true or false, got {getattr(config, name)!r}.")

@@ -158,6 +158,10 @@ AXES = (
     Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
          "whether Bort constrains the classifier head (true and/or false)",
          tag="head", missing=(None,)),
+    Axis("bort_starts", "bort_start_on_constraint", "--bort-starts",
+         _boolean, "whether the optimizer's first step lands the Bort "
+         "kernels on the constraint (true and/or false)", tag="start",
+         missing=(None,)),
     Axis("bort_lr_scales", "bort_lr_scale", "--bort-lr-scales", float,
          "learning-rate multipliers of the Bort kernels", tag="lrscale",
          missing=(None,)),
@@ -193,9 +197,10 @@ class Grid:
       point of a placement run at each. ``(None,)`` (the default, also for
       a placement left out): the shared ``--lr``, else the optimizer's
       default, and the names of older frontiers.
-    inits, gamma_schedules, gamma_switches, bort_heads, bort_lr_scales:
-      the levers (``init``, ``gamma_schedule``, ``gamma_switch``,
-      ``bort_head``, ``bort_lr_scale`` of the training config); ``(None,)``:
+    inits, gamma_schedules, gamma_switches, bort_heads, bort_starts,
+      bort_lr_scales: the levers (``init``, ``gamma_schedule``,
+      ``gamma_switch``, ``bort_head``, ``bort_start_on_constraint``,
+      ``bort_lr_scale`` of the training config); ``(None,)``:
       the shared value, and the names of older frontiers. ``inits``
       applies to the baselines too, so a Bort point is paired with a
       baseline that started from the same weights.
@@ -218,6 +223,7 @@ class Grid:
   gamma_schedules: tuple[str | None, ...] = (None,)
   gamma_switches: tuple[float | None, ...] = (None,)
   bort_heads: tuple[bool | None, ...] = (None,)
+  bort_starts: tuple[bool | None, ...] = (None,)
   bort_lr_scales: tuple[float | None, ...] = (None,)
   seeds: tuple[int, ...] = (0, 1, 2)
 
