@@ -400,8 +400,6 @@ def measure(model_name: str, batch: int, steps: int, repeats: int,
       label = config_name
       if config_name.startswith(RECOMMENDED):
         label = f"{config_name} = {describe(setting)}"
-      elif setting.get("start_on_constraint"):
-        label += " start"
       rows.append(dict(
           model=model_name, width=width, params=params, batch=batch,
           optimizer=base, config=label, setting=_jsonable(setting),
@@ -482,9 +480,10 @@ def main(argv=None):
                       help="time each every=k config lagged as well (Delta "
                       "every k steps, gamma*Delta every step)")
   parser.add_argument("--start-on-constraint", action="store_true",
-                      help="give every Bort config start_on_constraint=True "
-                      "(its first step, an SVD per kernel, is outside the "
-                      "timed steady state: the first call is a warm-up)")
+                      help="time each Bort config also with "
+                      "start_on_constraint=True, in the same run (its first "
+                      "step, an SVD per kernel, is outside the timed steady "
+                      "state: the first call is a warm-up)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
@@ -523,10 +522,10 @@ def main(argv=None):
       config or {RECOMMENDED: True}, every=k, **extra)
                   for name, config in list(configs.items()) for k in everys
                   for style, extra in styles.items()})
-  if args.start_on_constraint:
-    configs = {name: dict(config or {RECOMMENDED: True},
-                          start_on_constraint=True)
-               for name, config in configs.items()}
+  if args.start_on_constraint:  # each config without and with the start
+    configs.update({f"{name} start": dict(config or {RECOMMENDED: True},
+                                          start_on_constraint=True)
+                    for name, config in list(configs.items())})
   gpu = jax.default_backend() != "cpu"
   steps = args.steps or (20 if gpu else math.lcm(3, *everys))
   # A recommended every=k of its own must fit whole cycles too.

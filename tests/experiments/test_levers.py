@@ -337,6 +337,10 @@ def test_levers_round_trip_through_config_json():
     (dict(optimizer="adamw", bort_head=False),
      "bort_head applies to Bort optimizers only"),
     (dict(bort_lagged="yes"), "bort_lagged must be true or false"),
+    (dict(bort_start_on_constraint=1),
+     "bort_start_on_constraint must be true or false"),
+    (dict(optimizer="adamw", bort_start_on_constraint=True),
+     "bort_start_on_constraint applies to Bort optimizers only"),
     (dict(optimizer="adamw", bort_lagged=True),
      "bort_lagged applies to Bort optimizers only"),
     (dict(tau=0.003), "tau applies to the huber modes only"),
@@ -382,6 +386,27 @@ def test_bort_lagged_reaches_the_optimizer_and_its_report():
       dataclasses.replace(config, bort_lagged=False))
   assert "applied as 4 x 0.001 every 4 steps" in burst
   assert TrainConfig.from_json(config.to_json()).bort_lagged
+
+
+@pytest.mark.parametrize("optimizer", ["bort-adamw", "bort-sgd", "bort-lion"])
+def test_bort_start_on_constraint_reaches_the_optimizer(optimizer):
+  """The first step of the config's optimizer lands on the constraint."""
+  params = {"kernel": jnp.asarray(
+      np.random.default_rng(0).normal(size=(12, 5)), jnp.float32)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+
+  def error_after_one_step(start):
+    config = TrainConfig(optimizer=optimizer, bort_start_on_constraint=start)
+    tx = optimizers.optimizer_from_config(config, config.learning_rate)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    return float(bort_jax.mean_orthogonality_error(
+        bort_jax.orthogonality_error(new)).constraint_error)
+
+  assert error_after_one_step(True) < 1e-5
+  assert error_after_one_step(False) > 0.1
+  config = TrainConfig(optimizer=optimizer, bort_start_on_constraint=True)
+  assert TrainConfig.from_json(config.to_json()).bort_start_on_constraint
 
 
 def test_tau_reaches_the_optimizer_of_a_huber_run():
