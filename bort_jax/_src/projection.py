@@ -52,11 +52,19 @@ def _check_amplitude(amplitude: Any) -> Any:
   return amplitude
 
 
-@functools.partial(jax.jit, static_argnames=("view",))
+@functools.partial(jax.jit, static_argnames=("view", "axis_name"))
 def _scaled_polar(leaf: jax.Array, view: MatrixView,
-                  amplitude: jax.Array | None) -> jax.Array:
-  """``√c · U Vᵀ`` of each matrix of a leaf (``amplitude=None``: "ada")."""
+                  amplitude: jax.Array | None,
+                  axis_name: Any = None) -> jax.Array:
+  """``√c · U Vᵀ`` of each matrix of a leaf (``amplitude=None``: "ada").
+
+  ``axis_name``: inside ``shard_map``, the mesh axis the fan-in is split
+  over; each device's part is gathered, the whole matrix projected and the
+  device's part taken back."""
   w = view.to_matrices(leaf.astype(penalty.compute_dtype(leaf.dtype)))
+  if axis_name is not None:
+    local = w.shape[-1]
+    w = jax.lax.all_gather(w, axis_name, axis=w.ndim - 1, tiled=True)
   if amplitude is None:
     c = penalty.ada_amplitude(w)  # of the weights before projection
   else:
@@ -74,16 +82,19 @@ def _scaled_polar(leaf: jax.Array, view: MatrixView,
   projected = polar * jnp.sqrt(c)[..., None, None]
   if split:
     projected = jax.sharding.reshard(projected, P(*spec))
+  if axis_name is not None:
+    projected = jax.lax.dynamic_slice_in_dim(
+        projected, jax.lax.axis_index(axis_name) * local, local, axis=-1)
   return view.from_matrices(projected).astype(leaf.dtype)
 
 
 def _project_leaf(leaf: jax.Array, view: MatrixView,
-                  amplitude: Any) -> jax.Array:
+                  amplitude: Any, axis_name: Any = None) -> jax.Array:
   """One leaf projected, in its dtype and, called eagerly, its placement."""
   if leaf.size == 0:  # no weights, no constraint (and no 0/0 in "ada")
     return leaf
   c = None if isinstance(amplitude, str) else jnp.asarray(amplitude)
-  out = _scaled_polar(leaf, view, c)
+  out = _scaled_polar(leaf, view, c, axis_name)
   if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
     # Under jit, out_shardings (Auto) or the Explicit spec decide instead.
     out = jax.device_put(out, leaf.sharding)
@@ -246,9 +257,14 @@ def start_on_constraint(
 
   Leaves are selected exactly as :func:`add_bort_correction` selects them.
   Under ``shard_map`` with a matrix's fan-in split across devices
-  (``kernel_options.axis_name``) each device holds part of a matrix, which
-  cannot be projected locally: that is refused; project the parameters
-  before training instead.
+  (``kernel_options.axis_name``), the first step gathers each matrix on
+  every device of that axis, projects it and keeps the device's part (one
+  all-gather, once); under Explicit sharding the SVD is partitioned over
+  batch axes as in :func:`project_to_constraint`.
+
+  A model fine-tuned from trained weights is projected too, on its first
+  step: leave the start off to keep its weights and let the correction
+  bring them to the constraint step by step.
 
   Args:
     amplitude: the target ``c > 0`` (a schedule is read at step 0), or
@@ -257,17 +273,16 @@ def start_on_constraint(
       matrix, as in :func:`add_bort_correction`.
     bort_mask: a pytree or callable of booleans selecting the leaves Bort may
       act on, as in :func:`add_bort_correction`.
-    kernel_options: the correction's kernel options, to refuse a fan-in
-      split by ``shard_map`` (``axis_name``).
+    kernel_options: the correction's kernel options; their ``axis_name``
+      (``shard_map`` with the fan-in split over it) is gathered over.
 
   Returns:
     An :class:`optax.GradientTransformation`; its ``update`` needs
     ``params``.
 
   Raises:
-    ValueError: for a bad amplitude, a ``kernel_options.axis_name``, or (at
-      ``init``) dimension numbers that do not fit a leaf or a selected leaf
-      that is not real floating.
+    ValueError: for a bad amplitude, or (at ``init``) dimension numbers
+      that do not fit a leaf or a selected leaf that is not real floating.
 
   Examples:
     >>> import jax.numpy as jnp, optax, bort_jax
@@ -282,18 +297,12 @@ def start_on_constraint(
   if callable(amplitude):
     amplitude = amplitude(0)
   amplitude = _check_amplitude(amplitude)
-  if kernel_options is not None and kernel_options.axis_name is not None:
-    raise ValueError(
-        "start_on_constraint cannot project a matrix whose fan-in is split "
-        f"across devices (kernel_options.axis_name="
-        f"{kernel_options.axis_name!r}): project the parameters before "
-        "training (bort_jax.project_to_constraint under jit) and leave "
-        "start_on_constraint off.")
+  axis_name = None if kernel_options is None else kernel_options.axis_name
 
   def land(update, param, view):
     dtype = penalty.compute_dtype(param.dtype)
     target = (param.astype(dtype) + update.astype(dtype)).astype(param.dtype)
-    landed = _project_leaf(target, view, amplitude)
+    landed = _project_leaf(target, view, amplitude, axis_name)
     return (landed.astype(dtype) - param.astype(dtype)).astype(update.dtype)
 
   select = _on_bort_leaves(land, dimension_numbers, bort_mask, warn=_warn)
