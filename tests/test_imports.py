@@ -94,11 +94,14 @@ def test_the_optimizers_work_where_flax_cannot_be_imported():
         updates, state = jax.jit(tx.update)(grads, state, params)
         new = optax.apply_updates(params, updates)
         assert bool(jnp.all(jnp.isfinite(new['linear']['weight'])))
-      error = bort_jax.orthogonality_error(new, dimension_numbers=dims)
-      projected = bort_jax.project_to_constraint(new, dimension_numbers=dims)
+      error = bort_jax.orthogonality_error(params, dimension_numbers=dims)
+      projected = bort_jax.project_to_constraint(params,
+                                                 dimension_numbers=dims)
       after = bort_jax.orthogonality_error(projected, dimension_numbers=dims)
       assert float(after['linear/weight'].constraint_error) < 1e-5, after
       assert float(error['linear/weight'].constraint_error) > 1e-3, error
+      started = bort_jax.orthogonality_error(new, dimension_numbers=dims)
+      assert float(started['linear/weight'].constraint_error) < 1e-5
       try:
         import flax
       except ImportError:

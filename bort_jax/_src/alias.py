@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -41,15 +42,21 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
   return lambda count: factor * per_step(count)
 
 
-def _started(tx: optax.GradientTransformation, start: Any, amplitude: Any,
-             dimension_numbers: Any, bort_mask: Any,
+def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
+             amplitude: Any, dimension_numbers: Any, bort_mask: Any,
              kernel_options: penalty.KernelOptions) -> Any:
-  """``tx``, followed by :func:`start_on_constraint` when ``start``."""
+  """``tx``, followed by :func:`start_on_constraint` when ``start``, unless
+  the Bort strength is a literal 0 (no Bort: the base optimizer exactly)."""
   if not validation.check_bool("start_on_constraint", start):
     return tx
+  if isinstance(strength, numbers.Real) and strength == 0:
+    return tx
+  # An array (optax.inject_hyperparams' γ) may be a zero known only then.
+  gate = None if callable(strength) or isinstance(
+      strength, numbers.Real) else strength
   return optax.chain(tx, projection.start_on_constraint(
       amplitude, dimension_numbers=dimension_numbers, bort_mask=bort_mask,
-      kernel_options=kernel_options, _warn=False))
+      kernel_options=kernel_options, _warn=False, _unless_zero=gate))
 
 
 def bort_sgd(
@@ -119,7 +126,12 @@ def bort_sgd(
       :func:`add_bort_correction`).
     start_on_constraint: make the first step land every Bort matrix on the
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation.
+      whatever the initialisation; the correction then holds it there. Off
+      by default (:data:`bort_jax.RECOMMENDED` ``["coupled"]``): on the
+      MNIST MLPs it made Bort-SGD exact (error 4e-6 instead of 0.04) and as
+      accurate or more after 3 epochs, but held the constraint so early
+      that Bort-SGD trailed SGD by 4 pp after 300 steps of digits at lr 0.1
+      (1.8 pp without it). A literal zero γ (no Bort) has no start either.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -188,8 +200,8 @@ def bort_sgd(
         )
     )
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return _started(optax.chain(*parts), start_on_constraint, amplitude,
-                  dimension_numbers, bort_mask, kernel_options)
+  return _started(optax.chain(*parts), start_on_constraint, gamma,
+                  amplitude, dimension_numbers, bort_mask, kernel_options)
 
 
 def bort_adamw(
@@ -212,7 +224,7 @@ def bort_adamw(
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
     lagged: bool = False,
-    start_on_constraint: bool = False,
+    start_on_constraint: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with the decoupled Bort correction (the paper's Bort-AdamW).
 
@@ -267,7 +279,14 @@ def bort_adamw(
       :func:`add_bort_correction`).
     start_on_constraint: make the first step land every Bort matrix on the
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation.
+      whatever the initialisation; the correction then holds it there.
+      The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
+      made the every-step default exact (error 1e-6 instead of 0.03) and
+      as accurate or more, for 2–4 % of the step (one more pass over the
+      updates per step). Pass ``False`` to keep trained weights as they are
+      (fine-tuning: the correction then brings them to the constraint step
+      by step) or to save that pass. A literal zero strength (no Bort) has
+      no start either.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -328,8 +347,8 @@ def bort_adamw(
       ),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _started(adamw, start_on_constraint, amplitude, dimension_numbers,
-                  bort_mask, kernel_options)
+  return _started(adamw, start_on_constraint, gamma, amplitude,
+                  dimension_numbers, bort_mask, kernel_options)
 
 
 def with_bort(
@@ -345,7 +364,7 @@ def with_bort(
     kernel_options: penalty.KernelOptions | None = None,
     every: int | None = None,
     lagged: bool = False,
-    start_on_constraint: bool = False,
+    start_on_constraint: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds Bort to any optax optimizer, at a per-step strength of its own.
 
@@ -397,7 +416,14 @@ def with_bort(
       :func:`add_bort_correction`).
     start_on_constraint: make the first step land every Bort matrix on the
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation.
+      whatever the initialisation; the correction then holds it there.
+      The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
+      made the every-step default exact (error 1e-6 instead of 0.03) and
+      as accurate or more, for 2–4 % of the step (one more pass over the
+      updates per step). Pass ``False`` to keep trained weights as they are
+      (fine-tuning: the correction then brings them to the constraint step
+      by step) or to save that pass. A literal zero strength (no Bort) has
+      no start either.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -443,5 +469,5 @@ def with_bort(
   )
   chain = (optax.chain(bort, optimizer) if placement == "coupled"
            else optax.chain(optimizer, bort))
-  return _started(chain, start_on_constraint, amplitude, dimension_numbers,
-                  bort_mask, kernel_options)
+  return _started(chain, start_on_constraint, strength, amplitude,
+                  dimension_numbers, bort_mask, kernel_options)

@@ -88,11 +88,20 @@ def _scaled_polar(leaf: jax.Array, view: MatrixView,
   return view.from_matrices(projected).astype(leaf.dtype)
 
 
+def _met_under_ada(leaf: jax.Array, view: MatrixView, amplitude: Any
+                   ) -> bool:
+  """Whether each matrix has one vector on its constrained side under
+  "ada" (one unit, a depthwise convolution's groups): its own norm is c, so
+  it is on the constraint already, exactly."""
+  shape = jax.eval_shape(view.to_matrices, leaf).shape[-2:]
+  return isinstance(amplitude, str) and min(shape) == 1
+
+
 def _project_leaf(leaf: jax.Array, view: MatrixView,
                   amplitude: Any, axis_name: Any = None) -> jax.Array:
   """One leaf projected, in its dtype and, called eagerly, its placement."""
-  if leaf.size == 0:  # no weights, no constraint (and no 0/0 in "ada")
-    return leaf
+  if leaf.size == 0 or _met_under_ada(leaf, view, amplitude):
+    return leaf  # no constraint, or met (and no 0/0 in "ada")
   c = None if isinstance(amplitude, str) else jnp.asarray(amplitude)
   out = _scaled_polar(leaf, view, c, axis_name)
   if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
@@ -237,6 +246,7 @@ def start_on_constraint(
     bort_mask: Any | Callable[[Any], Any] | None = None,
     kernel_options: penalty.KernelOptions | None = None,
     _warn: bool = True,
+    _unless_zero: Any = None,
 ) -> optax.GradientTransformation:
   """Makes the first step land on ``W Wᵀ = cI``: an orthogonal start.
 
@@ -300,10 +310,18 @@ def start_on_constraint(
   axis_name = None if kernel_options is None else kernel_options.axis_name
 
   def land(update, param, view):
+    if _met_under_ada(param, view, amplitude):
+      return update  # on the constraint wherever the update takes it
     dtype = penalty.compute_dtype(param.dtype)
     target = (param.astype(dtype) + update.astype(dtype)).astype(param.dtype)
+    # A non-finite update (Adam's eps underflowing in float16) would spread
+    # through the SVD to the whole leaf, or stall it: it is left as the
+    # optimizer made it, and the SVD sees zeros instead.
+    finite = jnp.all(jnp.isfinite(target))
+    target = jnp.where(finite, target, jnp.zeros_like(target))
     landed = _project_leaf(target, view, amplitude, axis_name)
-    return (landed.astype(dtype) - param.astype(dtype)).astype(update.dtype)
+    step = (landed.astype(dtype) - param.astype(dtype)).astype(update.dtype)
+    return jnp.where(finite, step, update)
 
   select = _on_bort_leaves(land, dimension_numbers, bort_mask, warn=_warn)
 
@@ -314,9 +332,11 @@ def start_on_constraint(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
+    first = state.count == 0
+    if _unless_zero is not None:  # an alias's strength, zero: no Bort
+      first = first & (jnp.asarray(_unless_zero) != 0)
     updates = jax.lax.cond(
-        state.count == 0,
-        lambda u: select.update(u, state.inner, params)[0],
+        first, lambda u: select.update(u, state.inner, params)[0],
         lambda u: u, updates)
     return updates, state._replace(count=optax.safe_increment(state.count))
 

@@ -150,9 +150,11 @@ class TrainConfig:
       strength and stability limit are those of every step (Bort only).
     bort_start_on_constraint: the optimizer's first step lands every Bort
       kernel on the constraint (:func:`bort_jax.start_on_constraint`),
-      whatever ``init`` (Bort only). Unlike ``init="orthogonal"``, it is
-      the optimizer's, so a baseline of the same seed starts from the
-      model's initialisation.
+      whatever ``init`` (Bort only; ``None``: the placement's recommended
+      value, :data:`bort_jax.RECOMMENDED`). Unlike ``init="orthogonal"``,
+      it is the optimizer's, so a baseline of the same seed starts from the
+      model's initialisation. A Bort config saved before this field reads
+      as false (those runs did not start on the constraint).
     bort_lr_scale: multiplies the whole update of the Bort kernels (the
       learning rate of those leaves only; > 0, Bort only).
     gamma_schedule: γ over the run (Bort only): ``"constant"``; ``"late"``,
@@ -252,10 +254,12 @@ class TrainConfig:
       False, "with --bort-every k: compute Delta on every k-th step only and "
       "apply gamma*Delta of the last one on every step (the per-step "
       "strength of every step, at the cost of every k-th)", alias="lagged")
-  bort_start_on_constraint: bool = _option(
-      False, "make the optimizer's first step land every Bort kernel on the "
+  bort_start_on_constraint: bool | None = _option(
+      None, "make the optimizer's first step land every Bort kernel on the "
       "constraint W W^T = cI, whatever the init (the library's "
-      "start_on_constraint)", alias="start_on_constraint")
+      "start_on_constraint; default: the placement's recommended, "
+      f"{_recommended('start_on_constraint')})",
+      alias="start_on_constraint")
   bort_lr_scale: float = _option(
       1.0, "multiply the learning rate (the whole update) of the Bort "
       "kernels by this factor > 0", parse=float, bort=True)
@@ -360,6 +364,9 @@ class TrainConfig:
       from bort_jax.experiments import optimizers as optimizers_lib
       values["gamma"] = _RECOMMENDED[optimizers_lib.placement_of(
           optimizer, values.get("placement"))].gamma
+    if choices.is_bort(optimizer):
+      # Saved before the optimizer could start on the constraint.
+      values.setdefault("bort_start_on_constraint", False)
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
       raise ConfigError(
@@ -401,6 +408,11 @@ RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
 def _type_hints() -> dict[str, Any]:
   """The fields' types, their annotations evaluated once."""
   return typing.get_type_hints(TrainConfig)
+
+
+def type_hint(name: str) -> Any:
+  """A field's type (``bool | None`` for ``bort_start_on_constraint``)."""
+  return _type_hints()[name]
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
@@ -470,6 +482,7 @@ def _fill_defaults(config: "TrainConfig") -> None:
     fill("gamma", recommended.gamma)
     fill("gamma_warmup", 0.0)
     fill("bort_every", 1)
+    fill("bort_start_on_constraint", recommended.start_on_constraint)
 
 
 def default_weight_decay(optimizer: str) -> float | None:
@@ -609,7 +622,9 @@ def _check_levers(config: TrainConfig) -> None:
   validation.check_real("gamma_late_factor", config.gamma_late_factor, low=0,
                         high=1)
   for name in ("bort_head", "bort_lagged", "bort_start_on_constraint"):
-    if not isinstance(getattr(config, name), bool):
+    value = getattr(config, name)
+    if not isinstance(value, bool) and not (
+        value is None and name == "bort_start_on_constraint"):
       raise TypeError(
           f"{name} must be true or false, got {getattr(config, name)!r}.")
   if config.tau != validation.STEP_TAU:  # None would fall back to 0.01

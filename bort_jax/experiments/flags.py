@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import typing
 from typing import Any, Callable, Sequence
 
 from bort_jax.experiments import config as config_lib
@@ -115,7 +116,8 @@ def add_config_flag(p: argparse.ArgumentParser, name: str,
     if isinstance(default, bool):
       default = flag(name) if default else "--no-" + flag(name)[2:]
     kwargs["help"] += f" (default: {default})"
-  if isinstance(field.default, bool):  # --name / --no-name
+  hint = config_lib.type_hint(name)
+  if hint is bool or bool in typing.get_args(hint):  # --name / --no-name
     kwargs["action"] = argparse.BooleanOptionalAction
   elif meta.get("parse"):
     parse = meta["parse"]

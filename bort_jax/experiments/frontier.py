@@ -910,6 +910,11 @@ def command(args: Any, base: dict[str, Any]) -> int:
   base = {"data": config_lib.TrainConfig.data,
           "model": config_lib.TrainConfig.model, **base}
   grid = grid_from_args(args)
+  if grid.bort_starts == (None,):
+    # Recorded in the settings (None: each placement's recommended start),
+    # so a folder begun before the decoupled start became the default is
+    # refused, not continued under it.
+    base = {"bort_start_on_constraint": None, **base}
   # Before the data load (which may download); the sizes once it is loaded.
   check_settings(base, grid, validation=args.validation,
                  max_error=args.max_error, tolerance=args.tolerance)

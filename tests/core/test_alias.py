@@ -88,7 +88,7 @@ def test_bort_sgd_two_steps_match_spec_formulas():
   lr, mu, wd, gamma, c = 0.1, 0.9, 0.01, 0.3, 0.8
   params = _params(1)
   tx = bort_jax.bort_sgd(lr, mu, weight_decay=wd, gamma=gamma, mode="l2-full",
-                         amplitude=c)
+                         amplitude=c, start_on_constraint=False)
   got = _trajectory(tx, params, steps=2)
 
   w = _numpy_params(params)
@@ -111,7 +111,8 @@ def test_bort_adamw_one_step_matches_spec_formula():
   lr, b1, b2, eps, wd, gamma = 0.01, 0.9, 0.999, 1e-8, 0.05, 0.2
   params = _params(2)
   tx = bort_jax.bort_adamw(lr, b1, b2, eps, weight_decay=wd, gamma=gamma,
-                           mode="l1-fullrow", amplitude="ada")
+                           mode="l1-fullrow", amplitude="ada",
+                           start_on_constraint=False)
   got = _trajectory(tx, params, steps=1)
 
   def expected(path, p, g):
@@ -134,11 +135,14 @@ def test_bort_adamw_one_step_matches_spec_formula():
 def test_with_bort_decoupled_adamw_equals_bort_adamw():
   params = _params(3)
   schedule = optax.cosine_decay_schedule(1e-2, 10)
-  ours = bort_jax.bort_adamw(schedule, weight_decay=0.01, gamma=0.5)
+  # Without the start: on the constraint, l1-fullrow takes the signs of
+  # residuals at rounding level, which two summation orders set apart.
+  ours = bort_jax.bort_adamw(schedule, weight_decay=0.01, gamma=0.5,
+                             start_on_constraint=False)
   # with_bort's strength is per step: the paper's lr · γ, written out.
   composed = bort_jax.with_bort(
       optax.adamw(schedule, weight_decay=0.01),
-      strength=lambda count: schedule(count) * 0.5)
+      strength=lambda count: schedule(count) * 0.5, start_on_constraint=False)
   for a, b in zip(jax.tree.leaves(_trajectory(ours, params)),
                   jax.tree.leaves(_trajectory(composed, params))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -197,17 +201,20 @@ def _huber_step(kernel, tau):
     lambda tau: bort_jax.add_bort_correction(1.0, "huber-fullrow", 1.0,
                                              tau=tau),
     lambda tau: bort_jax.bort_sgd(1.0, gamma=1.0, mode="huber-fullrow",
-                                  amplitude=1.0, tau=tau),
+                                  amplitude=1.0, tau=tau,
+                                  start_on_constraint=False),
     lambda tau: bort_jax.bort_adamw(1.0, gamma=1.0, weight_decay=0.0,
                                     mode="huber-fullrow", amplitude=1.0,
-                                    tau=tau),
+                                    tau=tau, start_on_constraint=False),
     lambda tau: bort_jax.with_bort(optax.sgd(1.0), strength=1.0,
                                    mode="huber-fullrow", amplitude=1.0,
-                                   tau=tau),
+                                   tau=tau, start_on_constraint=False),
 ], ids=["add_bort_correction", "bort_sgd", "bort_adamw", "with_bort"])
 def test_tau_reaches_the_huber_kernels(build):
   """With zero data gradients the step is ∓Δ: tau 0.5 and 0.01 differ as the
-  formula says (0.5 scales the residual, 0.01 clips most of it to signs)."""
+  formula says (0.5 scales the residual, 0.01 clips most of it to signs).
+  The aliases without their start, whose first step would land on the
+  constraint whatever tau."""
   kernel = jnp.array([[1.0, 0.3], [0.0, 1.02]])
   params = {"kernel": kernel}
   zeros = {"kernel": jnp.zeros((2, 2))}

@@ -131,3 +131,15 @@ def test_recommended_is_immutable():
     bort_jax.RECOMMENDED["coupled"] = None
   with pytest.raises(AttributeError):
     bort_jax.RECOMMENDED["coupled"].gamma = 1.0
+
+
+def test_the_start_on_the_constraint_follows_each_placement_s_record():
+  import inspect
+  for alias, placement in ((bort_jax.bort_adamw, "decoupled"),
+                           (bort_jax.bort_sgd, "coupled"),
+                           (bort_jax.with_bort, "decoupled")):
+    default = inspect.signature(alias).parameters["start_on_constraint"]
+    assert default.default is bort_jax.RECOMMENDED[
+        placement].start_on_constraint, alias.__name__
+  assert bort_jax.RECOMMENDED["decoupled"].start_on_constraint is True
+  assert bort_jax.RECOMMENDED["coupled"].start_on_constraint is False

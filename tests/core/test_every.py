@@ -32,7 +32,7 @@ def _add(updates, deltas, factor):
 def test_every_one_is_the_plain_correction_bit_for_bit(mode):
   params = _params()
   tx = bort_jax.bort_sgd(0.1, 0.9, gamma=0.3, mode=mode, amplitude=1.0,
-                         every=1)
+                         every=1, start_on_constraint=False)
   sgd = optax.sgd(0.1, 0.9)
   p_tx, s_tx, p_ref, s_ref = params, tx.init(params), params, sgd.init(params)
   for step in range(4):
@@ -56,7 +56,7 @@ def test_every_k_applies_k_gamma_delta_on_every_kth_step(placement):
               else gamma)
   tx = bort_jax.with_bort(
       optax.sgd(lr), strength=strength, mode="l2-full", amplitude=1.0,
-      placement=placement, every=k)
+      placement=placement, every=k, start_on_constraint=False)
   traces = []
 
   @jax.jit
@@ -145,7 +145,7 @@ def test_lagged_holds_delta_and_applies_gamma_delta_on_every_step(
               else gamma)
   tx = bort_jax.with_bort(
       optax.sgd(lr), strength=strength, mode=mode, amplitude=1.0,
-      placement=placement, every=k, lagged=True)
+      placement=placement, every=k, lagged=True, start_on_constraint=False)
   traces = []
 
   @jax.jit

@@ -21,7 +21,9 @@ def _overflowing_case():
   w *= 2.4 / np.linalg.norm(w, axis=0, keepdims=True)  # units are columns
   params = {"dense": {"kernel": jnp.asarray(w, jnp.float32),
                       "bias": jnp.zeros(8)}}
-  tx = bort_jax.bort_sgd(1.0, gamma=1.0, mode="l2-full")
+  # Without the start, whose first step would land it on the constraint.
+  tx = bort_jax.bort_sgd(1.0, gamma=1.0, mode="l2-full",
+                         start_on_constraint=False)
   return params, tx
 
 

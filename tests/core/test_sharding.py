@@ -66,9 +66,13 @@ def _steps(tx, params, n=2):
 def test_sharded_step_equals_unsharded(axis_type, layout, mode):
   # Both product strategies: batched under Explicit, looped under Auto.
   batch_products = axis_type == AxisType.Explicit
+  # Without the start: on the constraint the l1 modes take the signs of
+  # residuals at rounding level, which a split reduction sets apart (the
+  # next test checks the start's own landing under these layouts).
   make = functools.partial(
       bort_jax.bort_adamw, 1e-2, gamma=0.5, mode=mode, amplitude="ada",
-      kernel_options=bort_jax.KernelOptions(batch_products=batch_products))
+      kernel_options=bort_jax.KernelOptions(batch_products=batch_products),
+      start_on_constraint=False)
   expected, _ = _steps(make(), _params())
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
   with jax.set_mesh(mesh):
@@ -112,6 +116,25 @@ def test_shard_map_with_fan_in_split_over_an_axis(mode):
     np.testing.assert_allclose(got[name]["kernel"], expected[name]["kernel"],
                                atol=1e-5, rtol=1e-5)
 
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize("layout", SPECS)
+def test_sharded_start_lands_as_unsharded(axis_type, layout):
+  """The start's first step (an SVD per matrix) under each layout lands on
+  the unsharded landing, and keeps the params' shardings."""
+  make = functools.partial(bort_jax.bort_adamw, 1e-2, gamma=0.5)
+  expected, _ = _steps(make(), _params(), n=1)
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+  with jax.set_mesh(mesh):
+    params, shardings = _shard(_params(), mesh, SPECS[layout])
+    got, _ = _steps(make(), params, n=1)
+    error = bort_jax.mean_orthogonality_error(
+        bort_jax.orthogonality_error(got)).constraint_error
+  assert float(error) < 1e-5
+  for path, value in jax.tree_util.tree_leaves_with_path(got):
+    name, leaf = path[0].key, path[1].key
+    np.testing.assert_allclose(value, expected[name][leaf], atol=1e-5)
+    assert value.sharding.is_equivalent_to(shardings[name][leaf], value.ndim)
 
 def test_explicit_l2_full_all_reduces_only_the_small_gram():
   """Fan-in split: one all-reduce of the m×m Gram, no all-gather of W."""

@@ -107,7 +107,8 @@ def test_the_aliases_start_on_the_constraint_and_hold_it():
       p, _, state = _step(tx, p, zero, state)
     assert error(p) < bound
   # Without it, the same run is far from the constraint after one step.
-  p, _, _ = _step(bort_jax.bort_adamw(1e-3), params, zero)
+  p, _, _ = _step(bort_jax.bort_adamw(1e-3, start_on_constraint=False),
+                  params, zero)
   assert error(p) > 0.1
 
 
@@ -212,3 +213,16 @@ def test_under_shard_map_a_split_fan_in_is_gathered_once_and_lands_whole():
   for name in params:
     np.testing.assert_allclose(got[name]["kernel"], want[name]["kernel"],
                                atol=2e-5)
+
+
+def test_a_non_finite_first_update_is_not_spread_over_its_leaf():
+  params = {"a": {"kernel": _normal((16, 6), 17)},
+            "b": {"kernel": _normal((6, 4), 18)}}
+  bad = {"a": {"kernel": jnp.zeros((16, 6)).at[0, 0].set(jnp.inf)},
+         "b": {"kernel": jnp.zeros((6, 4))}}
+  tx = optax.chain(optax.sgd(1.0), bort_jax.start_on_constraint())
+  new, updates, _ = _step(tx, params, bad)
+  finite = np.isfinite(np.asarray(updates["a"]["kernel"]))
+  assert finite.sum() == finite.size - 1  # the one inf, as SGD made it
+  error = bort_jax.orthogonality_error(new)["b/kernel"].constraint_error
+  assert float(error) < 1e-5  # the finite leaf still lands

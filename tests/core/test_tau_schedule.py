@@ -63,7 +63,8 @@ def test_tau_step_is_2_5_every_lr_gamma_in_bort_adamw(every):
   gamma, steps = 0.7, 6
   grads = {"kernel": jnp.full((6, 4), 0.3), "bias": jnp.ones(4)}
   bort = _run(bort_jax.bort_adamw(lr, gamma=gamma, mode="huber-fullrow",
-                                  tau="step", every=every), steps, grads)
+                                  tau="step", every=every,
+                                  start_on_constraint=False), steps, grads)
   # The same chain with γ = 0 is AdamW: replay its params to get each W_t.
   params = _params()
   adamw = bort_jax.bort_adamw(lr, gamma=0.0)

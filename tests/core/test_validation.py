@@ -81,7 +81,7 @@ def test_traced_and_scheduled_values_pass_unchecked():
   updates, _ = scheduled.update(zeros, scheduled.init(params), params)
   np.testing.assert_allclose(updates["kernel"], -delta)
   injected = optax.inject_hyperparams(bort_jax.bort_sgd)(
-      learning_rate=0.1, gamma=0.1)
+      learning_rate=0.1, gamma=0.1, start_on_constraint=False)
   params = {"kernel": jnp.array([[2.0, 0.0], [1.0, 1.0]])}  # off "ada"'s
   delta = bort_jax.tree_correction(params, "l1-fullrow", "ada")["kernel"]
   assert float(jnp.abs(delta).max()) > 0

@@ -28,5 +28,10 @@ def test_orthogonal_start_is_constrained_from_step_zero(capsys):
   # From the same orthogonal start, Bort stays closer than AdamW.
   assert (results["Bort-AdamW", "orthogonal"]["errors"][12]
           < results["AdamW", "orthogonal"]["errors"][12])
+  # The aliases' default lands on the constraint with its first step, from
+  # the default initialisation.
+  first = results["Bort-AdamW", "first step"]["errors"]
+  assert first[0] == results["Bort-AdamW", "default"]["errors"][0] > 0.5
+  assert first[10] < 0.1 * results["Bort-AdamW", "default"]["errors"][10]
   for result in results.values():
     assert 0 <= result["accuracy"] <= 1

@@ -380,7 +380,7 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
           "--epochs", "1", "--batch-size", "256", "--offline",
           "--no-progress", "--placements", "decoupled", "--gammas-decoupled",
           "1,1000000", "--modes", "l2-full", "--amplitudes", "1", "--seeds",
-          "0", "--out", str(out)]
+          "0", "--no-bort-start-on-constraint", "--out", str(out)]
   assert cli.main(argv) == 0
   printed = capsys.readouterr().out
   runs = {frontier.point_name(r["point"]): r

@@ -218,9 +218,11 @@ def test_gamma_schedule_is_the_gamma_the_optimizer_applies():
   zeros = jax.tree.map(jnp.zeros_like, params)
   config = TrainConfig(optimizer="bort-adamw", gamma=0.5,
                        gamma_schedule="anneal", gamma_switch=0.5, epochs=1,
-                       weight_decay=0.0, learning_rate=0.1)
+                       weight_decay=0.0, learning_rate=0.1,
+                       bort_start_on_constraint=False)
   reference = optimizers.make_optimizer("bort-adamw", 0.1, gamma=1.0,
-                                        weight_decay=0.0)
+                                        weight_decay=0.0,
+                                        start_on_constraint=False)
   unit, _ = reference.update(zeros, reference.init(params), params)
   tx = optimizers.optimizer_from_config(config, 0.1, steps_per_epoch=10)
   state = tx.init(params)
@@ -339,7 +341,7 @@ def test_levers_round_trip_through_config_json():
     (dict(bort_lagged="yes"), "bort_lagged must be true or false"),
     (dict(bort_start_on_constraint=1),
      "bort_start_on_constraint must be true or false"),
-    (dict(optimizer="adamw", bort_start_on_constraint=True),
+    (dict(optimizer="adamw", bort_start_on_constraint=False),
      "bort_start_on_constraint applies to Bort optimizers only"),
     (dict(optimizer="adamw", bort_lagged=True),
      "bort_lagged applies to Bort optimizers only"),
@@ -407,6 +409,21 @@ def test_bort_start_on_constraint_reaches_the_optimizer(optimizer):
   assert error_after_one_step(False) > 0.1
   config = TrainConfig(optimizer=optimizer, bort_start_on_constraint=True)
   assert TrainConfig.from_json(config.to_json()).bort_start_on_constraint
+
+
+def test_the_config_s_start_is_the_placement_s_and_old_configs_read_false():
+  assert TrainConfig(optimizer="bort-adamw").bort_start_on_constraint is True
+  assert TrainConfig(optimizer="bort-lion").bort_start_on_constraint is True
+  assert TrainConfig(optimizer="bort-sgd").bort_start_on_constraint is False
+  assert TrainConfig(optimizer="bort-lion", placement="coupled"
+                     ).bort_start_on_constraint is False
+  assert TrainConfig(optimizer="adamw").bort_start_on_constraint is None
+  saved = TrainConfig(optimizer="bort-adamw").to_dict()
+  del saved["bort_start_on_constraint"]  # a run folder of an earlier version
+  assert TrainConfig.from_dict(saved).bort_start_on_constraint is False
+  baseline = TrainConfig(optimizer="adamw").to_dict()
+  del baseline["bort_start_on_constraint"]
+  assert TrainConfig.from_dict(baseline).bort_start_on_constraint is None
 
 
 def test_tau_reaches_the_optimizer_of_a_huber_run():

@@ -37,7 +37,8 @@ def test_make_optimizer_names():
     jax.tree.map(np.testing.assert_allclose, a, b)
   # bort-sgd, coupled: one step is -lr (g + γ Δ(W)) for the kernel.
   got = update(train_lib.make_optimizer("bort-sgd", 0.5, gamma=0.2,
-                                        mode="l2-full", amplitude=1.0))
+                                        mode="l2-full", amplitude=1.0,
+                                        start_on_constraint=False))
   w = params["dense"]["kernel"]
   delta = bort_jax.bort_correction(w.T, "l2-full", 1.0).T
   np.testing.assert_allclose(got["dense"]["kernel"],
@@ -76,7 +77,8 @@ def test_dimension_numbers_are_forwarded_to_the_bort_alias():
   numbers = {"w": bort_jax.BortDimensionNumbers(batch_axis=0)}
   tx = train_lib.make_optimizer("bort-sgd", 1.0, gamma=1.0, mode="l2-full",
                                 amplitude=1.0, momentum=0.0,
-                                dimension_numbers=numbers)
+                                dimension_numbers=numbers,
+                                start_on_constraint=False)
   updates, _ = tx.update(grads, tx.init(params), params)
   expected = jnp.stack([bort_jax.bort_correction(m.T, "l2-full", 1.0).T
                         for m in params["w"]])
@@ -87,7 +89,8 @@ def test_bort_every_reaches_the_alias_and_is_checked():
   params = {"dense": {"kernel": jnp.ones((4, 3)) + jnp.eye(4, 3)}}
   grads = jax.tree.map(jnp.zeros_like, params)
   common = dict(optimizer="bort-adamw", gamma=1.0, mode="l2-full",
-                amplitude=1.0, learning_rate=0.1, weight_decay=0.0)
+                amplitude=1.0, learning_rate=0.1, weight_decay=0.0,
+                bort_start_on_constraint=False)
   config = TrainConfig(bort_every=2, **common)
   assert TrainConfig(optimizer="bort-sgd").bort_every == 1
   tx = train_lib.optimizer_from_config(config, 0.1)
@@ -125,7 +128,7 @@ def test_the_alias_fields_reach_the_bort_alias_by_their_names(
   fields = {f.name: f.metadata["alias"]
             for f in dataclasses.fields(TrainConfig) if f.metadata["alias"]}
   assert set(fields.values()) == {"mode", "amplitude", "every", "lagged",
-                                  "tau"}
+                                  "tau", "start_on_constraint"}
   original = getattr(bort_jax, alias)
   assert set(fields.values()) <= set(inspect.signature(original).parameters)
   seen = {}
@@ -136,11 +139,12 @@ def test_the_alias_fields_reach_the_bort_alias_by_their_names(
 
   monkeypatch.setattr(bort_jax, alias, spy)
   config = TrainConfig(optimizer=optimizer, mode="huber-fullrow", amplitude=2.0,
-                       bort_every=4, bort_lagged=True, tau=0.03)
+                       bort_every=4, bort_lagged=True, tau=0.03,
+                       bort_start_on_constraint=False)
   train_lib.optimizer_from_config(config, 1e-3)
   assert {k: seen[k] for k in fields.values()} == {
       "mode": "huber-fullrow", "amplitude": 2.0, "every": 4, "lagged": True,
-      "tau": 0.03}
+      "tau": 0.03, "start_on_constraint": False}
 
 
 def test_a_bort_argument_to_a_plain_optimizer_is_refused():

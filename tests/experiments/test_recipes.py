@@ -36,7 +36,7 @@ def test_recommended_recipes_are_the_library_defaults():
     r = bort_jax.RECOMMENDED[placement]
     config = TrainConfig(optimizer=optimizer)
     assert (config.mode, config.amplitude, config.gamma,
-            config.learning_rate) == tuple(r)
+            config.learning_rate, config.bort_start_on_constraint) == tuple(r)
     recipe = recipes.recipe(f"recommended-{placement}")
     assert TrainConfig(**recipe) == config
 
