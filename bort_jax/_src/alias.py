@@ -54,9 +54,9 @@ def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
   # An array (optax.inject_hyperparams' γ) may be a zero known only then.
   gate = None if callable(strength) or isinstance(
       strength, numbers.Real) else strength
-  return optax.chain(tx, projection.start_on_constraint(
+  return optax.chain(tx, projection.landing(
       amplitude, dimension_numbers=dimension_numbers, bort_mask=bort_mask,
-      kernel_options=kernel_options, _warn=False, _unless_zero=gate))
+      kernel_options=kernel_options, warn=False, unless_zero=gate))
 
 
 def bort_sgd(
@@ -235,8 +235,9 @@ def bort_adamw(
     W ← W − lr · (\\hat m / (\\sqrt{\\hat v} + ε) + wd · W + γ Δ(W))
 
   It is ``chain(scale_by_adam, add_decayed_weights, add_bort_correction,
-  scale_by_learning_rate)``; with ``gamma=0`` it is exactly
-  :func:`optax.adamw`. Arguments up to ``mask`` (the weight-decay mask) and
+  scale_by_learning_rate)``, then :func:`start_on_constraint` (by default:
+  the first step lands the Bort matrices on ``W Wᵀ = cI``); with
+  ``gamma=0`` it is exactly :func:`optax.adamw`. Arguments up to ``mask`` (the weight-decay mask) and
   ``nesterov`` are :func:`optax.adamw`'s.
 
   Args:
@@ -378,17 +379,19 @@ def with_bort(
     ``s = 1e-3`` is the recommended decoupled setting's ``lr · γ``
     (:data:`bort_jax.DEFAULT_STRENGTH`). Optimizers whose own steps are
     much smaller (Lion at 1e-4, LAMB at 1e-3) are held on the constraint
-    from the first steps and train more slowly at first: start them on the
-    constraint (:func:`project_to_constraint`) and give them the steps they
-    need (the composition guide has the numbers).
+    from the first steps and train more slowly at first: give them the
+    steps they need (the composition guide has the numbers).
   - ``placement="coupled"``: ``chain(add_bort_correction(s), optimizer)``:
     the optimizer sees ``∇L + s Δ(W)`` as its gradient (momentum, adaptive
     scaling and trust ratios all act on the correction), so the per-step
     strength depends on the optimizer (``lr · s / (1 − μ)`` for SGD with
-    momentum ``μ``); :func:`bort_sgd` is this placement over SGD.
+    momentum ``μ``); :func:`bort_sgd` is this placement over SGD, with
+    ``start_on_constraint=False``, its default.
 
-  A concrete decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH`
-  (where the l1 and Huber corrections stop constraining or diverge) warns.
+  Either chain is followed by :func:`start_on_constraint` (the default):
+  the first step lands the Bort matrices on ``W Wᵀ = cI``. A concrete
+  decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH` (where the l1 and
+  Huber corrections stop constraining or diverge) warns.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation`, built
@@ -415,15 +418,10 @@ def with_bort(
       ``s · Δ`` of the last one on every step (see
       :func:`add_bort_correction`).
     start_on_constraint: make the first step land every Bort matrix on the
-      constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation; the correction then holds it there.
-      The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
-      made the every-step default exact (error 1e-6 instead of 0.03) and
-      as accurate or more, for 2–4 % of the step (one more pass over the
-      updates per step). Pass ``False`` to keep trained weights as they are
-      (fine-tuning: the correction then brings them to the constraint step
-      by step) or to save that pass. A literal zero strength (no Bort) has
-      no start either.
+      constraint (:func:`bort_jax.start_on_constraint`, last in the chain);
+      the default is the decoupled :data:`bort_jax.RECOMMENDED`'s, and
+      :func:`bort_adamw` says what it buys and costs, and when to turn it
+      off.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.

@@ -259,3 +259,28 @@ def test_lever_flags_are_parsed_and_the_shared_flags_stay():
   assert grid.inits == (None,) and args.init == "orthogonal"
   with pytest.raises(SystemExit):
     parser.parse_args(["frontier", "--out", "x", "--bort-heads", "maybe"])
+
+
+@pytest.mark.parametrize("flags,recorded", [
+    ([], None),  # each placement's recommended start, recorded as such
+    (["--no-bort-start-on-constraint"], False),
+    (["--bort-starts", "false,true"], "absent")])
+def test_the_settings_record_the_start_so_older_folders_are_refused(
+    monkeypatch, tmp_path, flags, recorded):
+  """A folder begun before the decoupled start became the default saved a
+  base without it: any base that holds it differs, so the folder is
+  refused, not continued under the new default."""
+  seen = {}
+
+  def stop(out, dataset, base, grid, **kwargs):
+    seen["base"] = base
+    raise KeyboardInterrupt  # the command line's stop: exit 130
+
+  monkeypatch.setattr(frontier, "run_frontier", stop)
+  with pytest.raises(SystemExit):
+    main(["frontier", "--data", "digits", "--offline", "--out",
+          str(tmp_path / "f"), *flags])
+  if recorded == "absent":  # the grid varies it: the point names say it
+    assert "bort_start_on_constraint" not in seen["base"]
+  else:
+    assert seen["base"]["bort_start_on_constraint"] is recorded
