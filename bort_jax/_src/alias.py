@@ -283,10 +283,10 @@ def bort_adamw(
       whatever the initialisation; the correction then holds it there.
       The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
       made the every-step default exact (error 1e-6 instead of 0.03) and
-      as accurate or more, for 2–4 % of the step (one more pass over the
-      updates per step). Pass ``False`` to keep trained weights as they are
+      as accurate or more, for 2–4 % of the step (its ``lax.cond`` runs on
+      every step). Pass ``False`` to keep trained weights as they are
       (fine-tuning: the correction then brings them to the constraint step
-      by step) or to save that pass. A literal zero strength (no Bort) has
+      by step) or to save that time. A literal zero strength (no Bort) has
       no start either.
 
   Returns:

@@ -261,8 +261,8 @@ def start_on_constraint(
   the Bort correction only has to hold them there. It costs one SVD per
   Bort matrix on the first step; it sits in a ``lax.cond``, so the later
   steps compute none (except under ``vmap``, where both branches run) but
-  pass the updates through it, one more pass over them per step (2–4 % of
-  the every-step default's training step on the MNIST MLPs, 2-core CPU).
+  still pass the updates through it: 2–4 % of the every-step default's
+  training step on the MNIST MLPs, 2-core CPU.
   A leaf whose first update is not finite is left as the optimizer made
   it.
 

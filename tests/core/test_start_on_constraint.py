@@ -12,17 +12,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import bort_jax
-
-
-def _normal(shape, seed=0, scale=0.3):
-  rng = np.random.default_rng(seed)
-  return jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
-
-
-def _units(kernel):
-  """A Flax kernel (…, in, out) as the matrix (out, fan-in), in float64."""
-  k = np.asarray(kernel, np.float64)
-  return k.reshape(-1, k.shape[-1]).T
+from tests.core.test_projection import _normal
+from tests.core.test_projection import _units
 
 
 def _landed(kernel, c=None):
