@@ -164,7 +164,7 @@ def matrix_orthogonality_error(
   if sharding.explicit_spec(x) is not None:
     # A measurement, not a step: the matrix is gathered (Explicit sharding
     # would need every product's output spec stated, as the kernels do).
-    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+    x = jax.sharding.reshard(x, sharding.on_mesh_of(x))
   zero = jnp.zeros((), x.dtype)
   overcomplete = x.shape[-2] > x.shape[-1]
   if x.size == 0:

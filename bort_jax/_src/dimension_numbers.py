@@ -62,8 +62,9 @@ class MatrixView(NamedTuple):
     return tuple(
         tuple(sorted(g, key=lambda a: self.spec[a] is None)) for g in groups)
 
-  def _sharding(self, entries) -> jax.sharding.PartitionSpec | None:
-    return None if self.spec is None else jax.sharding.PartitionSpec(*entries)
+  def _sharding(self, x: jax.Array, entries
+                ) -> jax.sharding.NamedSharding | None:
+    return None if self.spec is None else sharding.on_mesh_of(x, *entries)
 
   def to_kernel_layout(self, x: jax.Array) -> jax.Array:
     """The parameter as ``(batch, n, m)``: columns are output units (with
@@ -71,7 +72,7 @@ class MatrixView(NamedTuple):
     batch index)."""
     groups = self._groups()
     merged = self._sharding(
-        [sharding.merged_spec([self.spec[a] for a in g]) for g in groups]
+        x, [sharding.merged_spec([self.spec[a] for a in g]) for g in groups]
         if self.spec else ())
     batch, m, n = self.matrix_shape
     k = jax.lax.reshape(x.transpose(sum(groups, ())),
@@ -91,7 +92,8 @@ class MatrixView(NamedTuple):
                                           m * self.groups)
     order = sum(self._groups(), ())
     inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
-    split = self._sharding([self.spec[a] for a in order] if self.spec else ())
+    split = self._sharding(k, [self.spec[a] for a in order]
+                           if self.spec else ())
     shape = tuple(self.shape[a] for a in order)
     return jax.lax.reshape(k, shape, out_sharding=split).transpose(inverse)
 

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bort_jax._src import sharding
+
 Array = jax.Array
 
 ROWS, COLS = -2, -1  # the axis that indexes a kernel's vectors
@@ -64,11 +66,13 @@ class Context(NamedTuple):
   manual_axis: int | None  # shard_map: the matrix axis split over axis_name
   tau: Any = None  # Huber width relative to c (τ = tau·c); None: no Huber
 
-  def out_sharding(self, *last_two) -> jax.sharding.PartitionSpec | None:
-    """A product's output spec (batch axes as x's), under Explicit sharding."""
+  def out_sharding(self, x: Array, *last_two
+                   ) -> jax.sharding.NamedSharding | None:
+    """A product's output sharding (batch axes as x's, on x's mesh), under
+    Explicit sharding."""
     if self.spec is None:
       return None
-    return jax.sharding.PartitionSpec(*self.spec[:-2], *last_two)
+    return sharding.on_mesh_of(x, *self.spec[:-2], *last_two)
 
   def reduce(self, value: Array, contracted_axis: int) -> Array:
     """Sums a shard_map partial result over the axis it contracted."""
@@ -125,7 +129,7 @@ def gram_minus_c(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
   Contracting over a split axis leaves a small replicated Gram: one
   all-reduce (Explicit sharding states it, shard_map sums it with psum).
   """
-  out = ctx.out_sharding(ctx.spec[vectors], None) if ctx.spec else None
+  out = ctx.out_sharding(x, ctx.spec[vectors], None) if ctx.spec else None
   contracted = other(vectors)
   gram = ctx.reduce(dot(x, x, contracted, contracted, ctx, out), contracted)
   return gram - c[..., None, None] * jnp.eye(gram.shape[-1], dtype=gram.dtype)
@@ -133,7 +137,7 @@ def gram_minus_c(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
 
 def apply_on_vectors(s: Array, x: Array, vectors: int, ctx: Context) -> Array:
   """``s x`` (row vectors) or ``x s`` (column vectors), laid out like x."""
-  out = ctx.out_sharding(*ctx.spec[-2:]) if ctx.spec else None
+  out = ctx.out_sharding(x, *ctx.spec[-2:]) if ctx.spec else None
   if vectors == ROWS:
     return dot(s, x, COLS, ROWS, ctx, out)
   return dot(x, s, COLS, ROWS, ctx, out)
@@ -235,7 +239,7 @@ def _slope_full(x: Array, c: Array, vectors: int, ctx: Context,
     return jax.sharding.auto_axes(
         lambda x, c, tau: _slope_full_blocked(
             x, c, vectors, block, ctx._replace(spec=None, tau=tau), slope),
-        out_sharding=jax.sharding.PartitionSpec(*ctx.spec))(x, c, ctx.tau)
+        out_sharding=sharding.on_mesh_of(x, *ctx.spec))(x, c, ctx.tau)
   return _slope_full_blocked(x, c, vectors, block, ctx, slope)
 
 

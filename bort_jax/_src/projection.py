@@ -10,7 +10,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
 
 from bort_jax._src import penalty
 from bort_jax._src import sharding
@@ -74,14 +73,19 @@ def _scaled_polar(leaf: jax.Array, view: MatrixView,
   spec = sharding.explicit_spec(w)
   split = spec is not None and any(e is not None for e in spec[-2:])
   if split:
-    w = jax.sharding.reshard(w, P(*spec[:-2], None, None))
+    w = jax.sharding.reshard(
+        w, sharding.on_mesh_of(w, *spec[:-2], None, None))
+  # An infinity stalls LAPACK's SVD (a NaN does not): a matrix that is not
+  # finite is projected as zeros and comes back NaN, never a number.
+  finite = jnp.all(jnp.isfinite(w), axis=(-2, -1))[..., None, None]
   # The thin SVD works on the smaller side, so m > n (overcomplete) gets
   # WᵀW = cI, the nearest feasible point, with the same two lines.
-  u, _, vh = jnp.linalg.svd(w, full_matrices=False)
+  u, _, vh = jnp.linalg.svd(jnp.where(finite, w, 0), full_matrices=False)
   polar = jnp.matmul(u, vh, precision=_HIGHEST)
-  projected = polar * jnp.sqrt(c)[..., None, None]
+  projected = jnp.where(finite, polar * jnp.sqrt(c)[..., None, None], jnp.nan)
   if split:
-    projected = jax.sharding.reshard(projected, P(*spec))
+    projected = jax.sharding.reshard(projected,
+                                       sharding.on_mesh_of(projected, *spec))
   if axis_name is not None:
     projected = jax.lax.dynamic_slice_in_dim(
         projected, jax.lax.axis_index(axis_name) * local, local, axis=-1)
@@ -165,7 +169,8 @@ def project_to_constraint(
 
   Returns:
     A pytree of ``params``' structure: projected Bort leaves (same shape and
-    dtype), the other leaves as they were.
+    dtype), the other leaves as they were. A matrix holding a NaN or an
+    infinity comes back NaN.
 
   Raises:
     ValueError: for an amplitude that is not a positive number finite in
@@ -327,11 +332,9 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
       return update  # on the constraint wherever the update takes it
     dtype = penalty.compute_dtype(param.dtype)
     target = (param.astype(dtype) + update.astype(dtype)).astype(param.dtype)
-    # A non-finite update (Adam's eps underflowing in float16) would spread
-    # through the SVD to the whole leaf, or stall it: it is left as the
-    # optimizer made it, and the SVD sees zeros instead.
+    # A non-finite update (Adam's eps underflowing in float16) would make
+    # the landing NaN: it is left as the optimizer made it.
     finite = jnp.all(jnp.isfinite(target))
-    target = jnp.where(finite, target, jnp.zeros_like(target))
     landed = _project_leaf(target, view, amplitude, axis_name)
     step = (landed.astype(dtype) - param.astype(dtype)).astype(update.dtype)
     return jnp.where(finite, step, update)

@@ -24,6 +24,16 @@ def explicit_spec(x) -> tuple | None:
   return spec + (None,) * (len(x.shape) - len(spec))
 
 
+def on_mesh_of(x, *entries) -> jax.sharding.NamedSharding:
+  """The sharding ``P(*entries)`` on x's own (Explicit) mesh.
+
+  A bare ``PartitionSpec`` would need the caller's ``jax.set_mesh`` context;
+  read from x's type, it works eagerly and under jit without one.
+  """
+  return jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh,
+                                    jax.sharding.PartitionSpec(*entries))
+
+
 def merged_spec(entries) -> object:
   """The spec entry of axes merged by a reshape (split axes must lead)."""
   names = []

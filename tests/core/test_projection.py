@@ -124,6 +124,37 @@ def test_stacked_layers_are_projected_each_on_its_own():
   assert _error(out, "ada", dimension_numbers=dims) < TOL
 
 
+_NON_FINITE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np, bort_jax
+bad = float(sys.argv[1])
+kernel = jnp.stack([jnp.eye(6, 4) * 2.0 + 0.1,
+                    jnp.ones((6, 4)).at[0, 0].set(bad)])
+dims = {"kernel": bort_jax.BortDimensionNumbers(batch_axis=0)}
+project = lambda p: bort_jax.project_to_constraint(p, dimension_numbers=dims)
+for out in (project({"kernel": kernel}), jax.jit(project)({"kernel": kernel})):
+  good, stalled = np.asarray(out["kernel"][0]), np.asarray(out["kernel"][1])
+  print(bool(np.isnan(stalled).all()),
+        float(np.abs(good.T @ good - good[:, 0] @ good[:, 0] * np.eye(4)).max()))
+"""
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan"])
+def test_a_non_finite_matrix_comes_back_nan_its_neighbours_projected(bad):
+  # An infinity stalled LAPACK's SVD (the call never returned): run apart,
+  # so that a stall fails here instead of hanging the suite.
+  import subprocess
+  import sys
+  run = subprocess.run([sys.executable, "-c", _NON_FINITE, bad],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  lines = run.stdout.split("\n")[:2]  # eagerly, then under jit
+  for line in lines:
+    all_nan, error = line.split()
+    assert all_nan == "True"
+    assert float(error) < 1e-5  # the finite matrix beside it is projected
+
+
 def test_stacked_nnx_layers_read_from_the_module():
   @nnx.vmap(in_axes=0, out_axes=0)
   def stack(key):

@@ -263,3 +263,26 @@ def test_orthogonality_error_under_explicit_sharding(spec):
     np.testing.assert_allclose(errors["dense/kernel"].constraint_error,
                                expected["dense/kernel"].constraint_error,
                                rtol=1e-5)
+
+
+def test_explicit_arrays_need_no_mesh_context(layout="both"):
+  """Explicit shardings travel in the arrays' types: the step, the start,
+  the projection and the diagnostic work without ``jax.set_mesh`` (a bare
+  PartitionSpec raised "not under a mesh context" in each), and give what
+  they give inside it."""
+  mesh = jax.make_mesh((4, 2), ("data", "model"),
+                       axis_types=(AxisType.Explicit,) * 2)
+  params, shardings = _shard(_params(), mesh, SPECS[layout])
+  run = lambda: (
+      _steps(bort_jax.bort_adamw(1e-2, gamma=0.5), params)[0],
+      bort_jax.project_to_constraint(params),
+      bort_jax.mean_orthogonality_error(
+          bort_jax.orthogonality_error(params)).constraint_error)
+  got = run()
+  with jax.set_mesh(mesh):
+    want = run()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
+                                                       atol=1e-7), got, want)
+  for path, value in jax.tree_util.tree_leaves_with_path(got[:2]):
+    name, leaf = path[1].key, path[2].key
+    assert value.sharding.is_equivalent_to(shardings[name][leaf], value.ndim)
