@@ -287,7 +287,11 @@ def bort_adamw(
       every step). Pass ``False`` to keep trained weights as they are
       (fine-tuning: the correction then brings them to the constraint step
       by step) or to save that time. A literal zero strength (no Bort) has
-      no start either.
+      no start either; under :func:`optax.inject_hyperparams` the strength
+      is known only as its value at each step, so there a γ that is 0 at
+      step 0 (a warm-up from 0) has no start, while the same schedule
+      passed here directly starts. A learning rate of 0 still lands the
+      weights (the start is a projection, not a step of the learning rate).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -389,7 +393,11 @@ def with_bort(
     ``start_on_constraint=False``, its default.
 
   Either chain is followed by :func:`start_on_constraint` (the default):
-  the first step lands the Bort matrices on ``W Wᵀ = cI``. A concrete
+  the first step lands the Bort matrices on ``W Wᵀ = cI``. The defaults are
+  the decoupled setting's whatever the placement; the coupled row of
+  :data:`bort_jax.RECOMMENDED` (the command line's coupled ``bort-<optax>``,
+  as :func:`bort_sgd`) is ``strength=0.003, start_on_constraint=False``. A
+  concrete
   decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH` (where the l1 and
   Huber corrections stop constraining or diverge) warns.
 

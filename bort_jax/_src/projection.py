@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bort_jax._src import eager
 from bort_jax._src import penalty
 from bort_jax._src import sharding
 from bort_jax._src import validation
@@ -224,6 +225,11 @@ def _on_bort_leaves(leaf_fn: Callable[[Any, Any, MatrixView], Any],
 
   def update_fn(updates, state, params=None):
     leaves, treedef = jax.tree.flatten(updates)
+    if len(jax.tree.leaves(params)) != len(leaves):
+      raise ValueError(
+          f"params must be the tree the updates are for, one array per "
+          f"update; got {len(jax.tree.leaves(params))} arrays for "
+          f"{len(leaves)} updates.")
     views = resolve_views(selection, params)
     out = [update if view is None else leaf_fn(update, param, view)
            for update, param, view in zip(leaves, jax.tree.leaves(params),
@@ -280,7 +286,12 @@ def start_on_constraint(
 
   A model fine-tuned from trained weights is projected too, on its first
   step: leave the start off to keep its weights and let the correction
-  bring them to the constraint step by step.
+  bring them to the constraint step by step. The landing is a projection,
+  not a step of the learning rate: a learning rate of 0 still lands the
+  weights. Its target is the full constraint, the full modes' (the
+  aliases' default ``l1-fullrow``); the row and column modes hold norms
+  only, so with them the start changes the initialisation and the
+  correction does not hold what it adds.
 
   Args:
     amplitude: the target ``c > 0`` (a schedule is read at step 0), or
@@ -323,8 +334,16 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
   a strength known only when traced (``optax.inject_hyperparams``' γ):
   where it is 0 there is no Bort, and no start."""
   if callable(amplitude):
-    amplitude = amplitude(0)
-  amplitude = _check_amplitude(amplitude)
+    value = amplitude(0)
+    try:
+      amplitude = _check_amplitude(value)
+    except ValueError as e:
+      raise ValueError(
+          f"amplitude: the start on the constraint reads a schedule at step "
+          f"0, where it must be a positive number, got {value}; pass a "
+          f"schedule positive at step 0, or start_on_constraint=False.") from e
+  else:
+    amplitude = _check_amplitude(amplitude)
   axis_name = None if kernel_options is None else kernel_options.axis_name
 
   def land(update, param, view):
@@ -348,6 +367,10 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
+    return started(updates, state, params)
+
+  @eager.jit_when_eager
+  def started(updates, state, params):
     first = state.count == 0
     if unless_zero is not None:
       first = first & (jnp.asarray(unless_zero) != 0)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bort_jax._src import eager
 from bort_jax._src import penalty
 from bort_jax._src import validation
 from bort_jax._src.defaults import ADA
@@ -413,12 +414,16 @@ def _correction_transform(
     del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    count = state.count if has_schedule else None
     # A literal zero skips the work; a traced zero (inject_hyperparams) adds 0.
     if isinstance(strength, numbers.Real) and strength == 0:
       if has_schedule:
-        state = state._replace(count=optax.safe_increment(count))
+        state = state._replace(count=optax.safe_increment(state.count))
       return updates, state
+    return corrected(updates, state, params)
+
+  @eager.jit_when_eager
+  def corrected(updates, state, params):
+    count = state.count if has_schedule else None
     if lagged:
       # Δ is refreshed on steps 0, k, 2k, … and held in between.
       deltas = jax.lax.cond(count % every == 0,

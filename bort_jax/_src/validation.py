@@ -185,8 +185,9 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def check_bool(name: str, value: Any) -> bool:
-  """``True`` or ``False`` (NumPy bools accepted)."""
-  if not isinstance(value, (bool, np.bool_)):
+  """``True`` or ``False`` (NumPy bools and concrete 0-d bool arrays
+  accepted)."""
+  if not _is_bool_leaf(value):
     raise ArgumentTypeError(f"{name} must be True or False, got {value!r}.")
   return bool(value)
 

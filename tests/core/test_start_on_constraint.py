@@ -165,6 +165,30 @@ def test_refusals_name_the_argument():
     tx.update(params, tx.init(params))
   with pytest.raises(ValueError, match="has dtype int32"):
     tx.init({"kernel": jnp.ones((3, 2), jnp.int32)})
+  # A params tree that is not the updates' was paired leaf by leaf with
+  # zip, silently dropping the extra leaves (a broadcast error in XLA).
+  with pytest.raises(ValueError, match="params must be the tree the "
+                     "updates are for.*got 2 arrays for 1 updates"):
+    tx.update(params, tx.init(params), {**params, "extra": jnp.ones(2)})
+  # A schedule the correction accepts but the start cannot read at step 0
+  # says so, and how to keep it (it said "no schedule" before).
+  with pytest.raises(ValueError, match="reads a schedule at step 0.*got "
+                     "0.0.*start_on_constraint=False") as e:
+    bort_jax.bort_adamw(1e-3, amplitude=optax.linear_schedule(0.0, 1.0, 10))
+  assert "\n" not in str(e.value)
+  bort_jax.bort_adamw(1e-3, amplitude=optax.linear_schedule(0.0, 1.0, 10),
+                      start_on_constraint=False)
+
+
+def test_a_concrete_bool_array_is_a_bool_and_lr_0_still_lands():
+  # jnp.asarray(False) was refused where np.False_ was accepted. A zero
+  # learning rate moves nothing but the start: it is a projection, not a
+  # step of the learning rate (documented).
+  params = {"kernel": _normal((16, 6), 3)}
+  for flag, moves in ((jnp.asarray(False), False), (jnp.asarray(True), True)):
+    _, updates, _ = _step(bort_jax.bort_adamw(0.0, start_on_constraint=flag),
+                          params, params)
+    assert bool(jnp.any(updates["kernel"] != 0)) == moves
 
 
 def test_an_empty_selection_warns_once_in_an_alias():
