@@ -75,7 +75,8 @@ def _mean_square(y: Any) -> Array:
     )
     energy = total / sum(leaf.size for leaf in leaves)
   tiny = jnp.finfo(energy.dtype).tiny
-  return jnp.where(energy > tiny, energy, tiny)
+  # A NaN (a NaN output, an empty batch) stays NaN, never a number.
+  return jnp.where(energy < tiny, tiny, energy)
 
 
 def _check_scalar(name: str, value: Any, *, positive: bool) -> None:

@@ -25,9 +25,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from bort_jax import validation
 from bort_jax.explain import backtracking
+from bort_jax.explain.eval_mode import check_eval_mode
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -48,6 +51,18 @@ def _scale_to_norm(delta: jax.Array, epsilon: Any) -> jax.Array:
 
 def _clip(x, clip):
   return x if clip is None else jnp.clip(x, *clip)
+
+
+def _check_epsilon(epsilon: Any) -> None:
+  """ε is a norm: finite and ``>= 0`` where it is known (not traced)."""
+  try:
+    values = np.asarray(epsilon, dtype=np.float64)
+  except jax.errors.TracerArrayConversionError:
+    return
+  if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+    raise ValueError(
+        f"epsilon must be a finite L2 norm >= 0 (a scalar or one per image), "
+        f"got {epsilon!r}; a negative one would step down the loss.")
 
 
 def _perturb(images, direction, epsilon, clip, iterations=30):
@@ -104,6 +119,7 @@ def attack_success_rate(
     ...                     jnp.array([0, 0]))
     Array(0.5, dtype=float32)
   """
+  check_eval_mode(logits_fn, "logits_fn")
   predictions = jnp.argmax(logits_fn(adversarial), axis=-1)
   return jnp.mean((predictions != labels).astype(jnp.float32))
 
@@ -163,6 +179,7 @@ def latent_edit_attack(
     >>> [round(float(n), 4) for n in perturbation_norms(x, x_adv)]
     [0.1, 0.1]
   """
+  _check_epsilon(epsilon)
   layers = backtracking.model_layers(model)
   stop = backtracking.layer_index(layer, len(layers))
   if stop == len(layers) - 1:
@@ -231,6 +248,8 @@ def fgsm_l2(
     Goodfellow, Shlens, Szegedy, "Explaining and Harnessing Adversarial
     Examples", 2015.
   """
+  check_eval_mode(logits_fn, "logits_fn")
+  _check_epsilon(epsilon)
   grads = jax.grad(_loss_fn(logits_fn, labels))(images)
   return _perturb(images, grads, epsilon, clip)
 
@@ -272,6 +291,9 @@ def pgd_l2(
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial
     Attacks", 2018.
   """
+  check_eval_mode(logits_fn, "logits_fn")
+  _check_epsilon(epsilon)
+  steps = validation.check_positive_int("steps", steps)
   epsilon = jnp.broadcast_to(jnp.asarray(epsilon, images.dtype),
                              images.shape[:1])
   if step_size is None:

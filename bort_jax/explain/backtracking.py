@@ -9,12 +9,14 @@ input space, of what the hidden representation encodes.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from bort_jax.explain import inverses
+from bort_jax.explain.eval_mode import check_eval_mode
 
 ForwardCache = Sequence[jax.Array]
 
@@ -27,6 +29,7 @@ def model_layers(model: Any) -> Sequence[Any]:
     >>> len(model_layers([ReLU(), ReLU()]))
     2
   """
+  check_eval_mode(model)
   layers = getattr(model, "layers", model)
   if not isinstance(layers, Sequence):
     try:
@@ -59,6 +62,7 @@ def forward_cache(model: Any, x: jax.Array) -> tuple[jax.Array, ...]:
     >>> [a.shape for a in forward_cache([Flatten(), ReLU()], jnp.ones((2, 3, 3)))]
     [(2, 3, 3), (2, 9), (2, 9)]
   """
+  check_eval_mode(model)
   if hasattr(model, "forward"):
     return tuple(model.forward(x))
   activations = [x]
@@ -68,9 +72,18 @@ def forward_cache(model: Any, x: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def layer_index(index: int, num_layers: int) -> int:
-  """Checks a layer index (negative counts from the end) and makes it >= 0."""
-  if isinstance(index, bool) or not isinstance(index, int) or not (
-      -num_layers <= index < num_layers):
+  """Checks a layer index (negative counts from the end) and makes it >= 0.
+
+  NumPy and concrete JAX integers are integers; a bool is not."""
+  try:
+    if isinstance(index, bool):
+      raise TypeError
+    index = operator.index(index)
+  except TypeError:
+    raise ValueError(
+        f"layer index must be an integer known when called, got {index!r}."
+    ) from None
+  if not -num_layers <= index < num_layers:
     raise ValueError(
         f"layer index {index!r} is out of range for a model of {num_layers} "
         "layers."

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bort_jax.explain import backtracking
+from bort_jax.explain import inverses
 from bort_jax.models import invertible
 
 
@@ -89,7 +90,8 @@ def contribution_map(model: Any, x: jax.Array) -> jax.Array:
   for i in range(len(layers) - 1, -1, -1):
     layer = layers[i]
     if isinstance(layer, nnx.Linear):
-      templates = jnp.einsum("io,noc->nic", layer.kernel[...], templates)
+      templates = jnp.einsum("io,noc->nic", inverses.dense_kernel(layer),
+                             templates)
     elif isinstance(layer, invertible.Flatten):
       templates = templates.reshape(cache[i].shape + (classes,))
     else:

@@ -161,19 +161,20 @@ def _batch_shape(y: jax.Array, x: Any) -> tuple[int, ...]:
   return (y.shape[0],) + tuple(x.shape[1:])
 
 
+def dense_kernel(layer: nnx.Linear) -> jax.Array:
+  """The kernel a Linear layer applies: ``K + A B`` for ``nnx.LoRALinear``,
+  ``y = x (K + A B) + b`` (its own kernel alone would drop the low-rank
+  path ``A B``)."""
+  kernel = layer.kernel[...]
+  if isinstance(layer, nnx.LoRALinear):
+    kernel = kernel + layer.lora.lora_a[...] @ layer.lora.lora_b[...]
+  return kernel
+
+
 def _linear_inverse(layer: nnx.Linear, y, x, relu):
   del x, relu
   bias = None if layer.bias is None else layer.bias[...]
-  return invert.invert_dense(y, layer.kernel[...], bias)
-
-
-def _lora_linear_inverse(layer: nnx.LoRALinear, y, x, relu):
-  """``y = x (K + A B) + b``: Linear's inverse with the merged kernel (the
-  inherited one would drop the low-rank path ``A B``)."""
-  del x, relu
-  kernel = layer.kernel[...] + layer.lora.lora_a[...] @ layer.lora.lora_b[...]
-  bias = None if layer.bias is None else layer.bias[...]
-  return invert.invert_dense(y, kernel, bias)
+  return invert.invert_dense(y, dense_kernel(layer), bias)
 
 
 def _conv_inverse(layer: nnx.Conv, y, x, relu):
@@ -242,7 +243,6 @@ def _avg_pool_inverse(layer: invertible.AvgPool, y, x, relu):
 
 
 register_inverse(nnx.Linear, _linear_inverse)
-register_inverse(nnx.LoRALinear, _lora_linear_inverse)
 register_inverse(nnx.Conv, _conv_inverse)
 register_inverse(invertible.LeakyReLU, _leaky_relu_inverse)
 register_inverse(invertible.ReLU, _relu_inverse)

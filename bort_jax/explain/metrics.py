@@ -22,6 +22,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from bort_jax import validation
+from bort_jax.explain.eval_mode import check_eval_mode
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -121,7 +125,7 @@ class PerturbationCurve(NamedTuple):
 
 def _pixel_ranks(saliency: jax.Array) -> jax.Array:
   """Rank of each pixel, 0 = most salient; ties broken by position."""
-  flat = saliency.reshape(saliency.shape[0], -1)
+  flat = saliency.reshape(saliency.shape[0], math.prod(saliency.shape[1:]))
   order = jnp.argsort(-flat, axis=1, stable=True)
   return jnp.argsort(order, axis=1).reshape(saliency.shape)
 
@@ -157,15 +161,35 @@ def _check_curve_inputs(images, saliency, pixels_per_step):
         f"images must be (N, H, W, C) and saliency (N, H, W); got "
         f"{images.shape} and {saliency.shape}."
     )
-  if not isinstance(pixels_per_step, int) or pixels_per_step < 1:
-    raise ValueError(
-        f"pixels_per_step must be a positive int, got {pixels_per_step!r}.")
+  return validation.check_positive_int("pixels_per_step", pixels_per_step)
 
 
-def _classes(logits_fn, images, classes):
+def target_classes(logits_fn: LogitsFn, images: jax.Array,
+                   classes: jax.Array | None, name: str = "classes"
+                   ) -> jax.Array:
+  """The class of each image: the predicted one, or ``classes`` checked
+  (one integer per image, within the logits' range; traced values are not
+  known, so not checked)."""
   if classes is None:
     return jnp.argmax(logits_fn(images), axis=-1)
-  return jnp.asarray(classes)
+  classes = jnp.asarray(classes)
+  if (classes.shape != images.shape[:1]
+      or not jnp.issubdtype(classes.dtype, jnp.integer)):
+    raise ValueError(
+        f"{name} must be one integer class per image, shape "
+        f"({images.shape[0]},), got shape {classes.shape} of "
+        f"{classes.dtype}; pass e.g. jnp.array(labels, jnp.int32).")
+  try:
+    values = np.asarray(classes)
+  except jax.errors.TracerArrayConversionError:
+    return classes  # traced: the values are not known here
+  count = jax.eval_shape(logits_fn, images[:1]).shape[-1]
+  if values.size and not 0 <= values.min() <= values.max() < count:
+    raise ValueError(
+        f"{name} must be in [0, {count}), the logits' range, got "
+        f"{values.min()}..{values.max()}; an out-of-range class has no "
+        "logit (indexing would clamp it to another class).")
+  return classes
 
 
 def deletion_curve(
@@ -197,8 +221,9 @@ def deletion_curve(
     >>> curve.fractions, curve.scores.shape
     (Array([0. , 0.5, 1. ], dtype=float32), (1, 3))
   """
-  _check_curve_inputs(images, saliency, pixels_per_step)
-  classes = _classes(logits_fn, images, classes)
+  pixels_per_step = _check_curve_inputs(images, saliency, pixels_per_step)
+  check_eval_mode(logits_fn, "logits_fn")
+  classes = target_classes(logits_fn, images, classes)
   return _perturbation_curve(logits_fn, images, jnp.zeros_like(images),
                              saliency, classes, pixels_per_step)
 
@@ -233,8 +258,9 @@ def insertion_curve(
     >>> insertion_curve(logits_fn, images, jnp.zeros((1, 2, 2))).scores.shape
     (1, 5)
   """
-  _check_curve_inputs(images, saliency, pixels_per_step)
-  classes = _classes(logits_fn, images, classes)
+  pixels_per_step = _check_curve_inputs(images, saliency, pixels_per_step)
+  check_eval_mode(logits_fn, "logits_fn")
+  classes = target_classes(logits_fn, images, classes)
   return _perturbation_curve(logits_fn, gaussian_blur(images, blur_sigma),
                              images, saliency, classes, pixels_per_step)
 

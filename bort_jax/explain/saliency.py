@@ -20,6 +20,8 @@ import numpy as np
 from bort_jax import validation
 from bort_jax.explain import backtracking
 from bort_jax.explain import inverses
+from bort_jax.explain import metrics
+from bort_jax.explain.eval_mode import check_eval_mode
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -54,6 +56,16 @@ def attribution_map(attributions: jax.Array) -> jax.Array:
     (1, 1, 2)
   """
   return normalize_map(jnp.sum(jnp.abs(attributions), axis=-1))
+
+
+def _check_images(images: jax.Array) -> None:
+  """A map sums the channel axis: images need one axis besides it."""
+  if jnp.ndim(images) < 3:
+    raise ValueError(
+        f"images must be (N, *spatial, C), e.g. (N, H, W, C), got shape "
+        f"{jnp.shape(images)}: a map sums the channel axis, so flat inputs "
+        f"(N, features) have no map; reshape them to (N, features, 1) to map "
+        f"each feature.")
 
 
 def _channel_peaks(features: jax.Array, border: int):
@@ -120,6 +132,7 @@ def backtrack_saliency(
     ((2, 8, 8), True, True)
   """
   inverses.check_relu_mode(relu)
+  _check_images(images)
   layers = backtracking.model_layers(model)
   stop = backtracking.layer_index(layer, len(layers))
   cache = backtracking.forward_cache(model, images)[: stop + 2]
@@ -154,6 +167,9 @@ def backtrack_saliency(
     masks = responses > threshold * jnp.mean(responses, axis=axes,
                                               keepdims=True)
     saliency = jnp.tensordot(weights, masks.astype(weights.dtype), axes=1)
+    # A non-finite activation (a NaN pixel) has no peak to trust: the map is
+    # NaN, as the logits are, not the zeros its dropped channels would give.
+    saliency = jnp.where(jnp.all(jnp.isfinite(features)), saliency, jnp.nan)
     return normalize_map(saliency[None])[0]
 
   return jax.lax.map(one_image, cache)
@@ -164,30 +180,6 @@ def _target_logit_sum(logits_fn, targets):
     logits = logits_fn(x)
     return jnp.sum(jnp.take_along_axis(logits, targets[:, None], axis=1))
   return objective
-
-
-def _targets(logits_fn, images, targets):
-  """The class of each image: the predicted one, or ``targets`` checked."""
-  if targets is None:
-    return jnp.argmax(logits_fn(images), axis=-1)
-  targets = jnp.asarray(targets)
-  if (targets.shape != images.shape[:1]
-      or not jnp.issubdtype(targets.dtype, jnp.integer)):
-    raise ValueError(
-        f"targets must be one integer class per image, shape "
-        f"({images.shape[0]},), got shape {targets.shape} of "
-        f"{targets.dtype}; pass e.g. jnp.array(labels, jnp.int32).")
-  try:
-    values = np.asarray(targets)
-  except jax.errors.TracerArrayConversionError:
-    return targets  # traced: the values are not known here
-  classes = jax.eval_shape(logits_fn, images[:1]).shape[-1]
-  if values.size and not 0 <= values.min() <= values.max() < classes:
-    raise ValueError(
-        f"targets must be classes in [0, {classes}), the logits' range, got "
-        f"{values.min()}..{values.max()}; an out-of-range class has no "
-        "logit, and its map would be all zeros.")
-  return targets
 
 
 def gradient_saliency(
@@ -214,7 +206,9 @@ def gradient_saliency(
   References:
     Simonyan, Vedaldi, Zisserman, "Deep Inside Convolutional Networks", 2014.
   """
-  targets = _targets(logits_fn, images, targets)
+  check_eval_mode(logits_fn, "logits_fn")
+  _check_images(images)
+  targets = metrics.target_classes(logits_fn, images, targets, "targets")
   grads = jax.grad(_target_logit_sum(logits_fn, targets))(images)
   return attribution_map(grads)
 
@@ -255,7 +249,8 @@ def integrated_gradients(
     Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", 2017.
   """
   steps = validation.check_positive_int("steps", steps)
-  targets = _targets(logits_fn, images, targets)
+  check_eval_mode(logits_fn, "logits_fn")
+  targets = metrics.target_classes(logits_fn, images, targets, "targets")
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(
       baseline, images.shape)
   grad_fn = jax.grad(_target_logit_sum(logits_fn, targets))
@@ -280,5 +275,6 @@ def integrated_gradients_saliency(
     >>> integrated_gradients_saliency(logits_fn, jnp.ones((1, 2, 2, 1))).shape
     (1, 2, 2)
   """
+  _check_images(images)
   return attribution_map(
       integrated_gradients(logits_fn, images, targets, baseline, steps))

@@ -21,6 +21,7 @@ which also multiplies the inversion error of the layer above by
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -75,7 +76,8 @@ class Flatten(nnx.Module):
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
+    # Not -1: with an empty batch the size of the rest is unknown to it.
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 class AvgPool(nnx.Module):

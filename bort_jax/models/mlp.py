@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -56,7 +57,7 @@ class MLP(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.reshape(x.shape[0], -1)
+    x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # an empty batch too
     for layer in self.hidden:
       x = self.activation(layer(x))
     return self.head(x)

@@ -80,6 +80,13 @@ def test_all_zero_outputs_give_finite_loss_and_zero_gradient():
   np.testing.assert_array_equal(grad, 0.0)
 
 
+def test_a_nan_or_empty_output_gives_a_nan_loss_not_a_number():
+  # The floor for an all-zero output took NaN > tiny as false: a NaN output
+  # (or an empty batch) gave a finite loss and an energy of 1.2e-38.
+  for y in (jnp.array([[jnp.nan, 1.0]]), jnp.zeros((0, 3))):
+    assert np.isnan(float(dbort_loss(y, weight=1.0, power=0.5)))
+
+
 def test_loss_without_outputs_raises():
   with pytest.raises(ValueError, match="at least one"):
     dbort_loss({})

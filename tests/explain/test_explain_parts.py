@@ -206,3 +206,17 @@ def test_a_lora_linear_is_inverted_with_its_low_rank_path():
   x = jax.random.normal(jax.random.key(3), (3, 4))  # merged kernel q: exact
   np.testing.assert_allclose(explain.invert_layer(layer, layer(x), x), x,
                              atol=1e-5)
+
+
+def test_contribution_map_of_a_lora_linear_uses_its_low_rank_path():
+  # contribution_map read the base kernel alone: x · A(x) missed the logits
+  # by 3.7 after lora_b was trained.
+  lora = nnx.LoRALinear(8, 4, lora_rank=2, use_bias=False, rngs=nnx.Rngs(0))
+  lora.lora.lora_b[...] = jax.random.normal(jax.random.key(3), (2, 4))
+  model = invertible.InvertibleSequential(
+      [nnx.Linear(8, 8, use_bias=False, rngs=nnx.Rngs(1)), invertible.ReLU(),
+       lora], (8,))
+  x = jax.random.normal(jax.random.key(1), (3, 8))
+  a = explain.contribution_map(model, x)
+  np.testing.assert_allclose(jnp.einsum("ni,nic->nc", x, a), model(x),
+                             atol=1e-5)

@@ -112,7 +112,7 @@ def test_gradient_baselines_refuse_bad_targets_and_steps():
   for saliency in (explain.gradient_saliency,
                    explain.integrated_gradients_saliency):
     # An out-of-range class has no logit: its map would be all zeros.
-    with pytest.raises(ValueError, match=r"classes in \[0, 2\).*5\.\.7"):
+    with pytest.raises(ValueError, match=r"targets must be in \[0, 2\).*5\.\.7"):
       saliency(logits_fn, images, jnp.array([5, 7]))
     # One target for two images would be broadcast to both.
     with pytest.raises(ValueError, match=r"one integer class per image"):
@@ -171,6 +171,15 @@ def test_curve_inputs_are_checked():
     explain.deletion_auc(logits_fn, jnp.ones((2, 4, 4, 1)), jnp.ones((2, 4, 5)))
   with pytest.raises(ValueError, match="pixels_per_step"):
     explain.insertion_auc(logits_fn, jnp.ones((2, 4, 4, 1)), jnp.ones((2, 4, 4)), 0)
+  # An out-of-range class was clamped to the last one by the indexing.
+  for curve in (explain.deletion_auc, explain.insertion_auc):
+    with pytest.raises(ValueError, match=r"classes must be in \[0, 2\).*7\.\.99"):
+      curve(logits_fn, jnp.ones((2, 4, 4, 1)), jnp.ones((2, 4, 4)),
+            classes=jnp.array([7, 99]))
+  # A NumPy integer is an integer (it was refused as not a positive int).
+  auc = explain.deletion_auc(logits_fn, jnp.ones((2, 4, 4, 1)),
+                             jnp.ones((2, 4, 4)), np.int64(4))
+  assert auc.shape == (2,)
 
 
 # Contribution maps.
@@ -233,6 +242,101 @@ def test_latent_edit_flips_predictions_of_a_trained_model(trained_cnn):
   pgd_rate = float(explain.attack_success_rate(model, pgd, y))
   assert pgd_rate >= float(explain.attack_success_rate(model, fgsm, y)) - 0.05
   assert pgd_rate > 0.5
+
+
+def test_an_empty_batch_goes_through_the_models_and_the_tools():
+  # Flatten's reshape(n, -1) raised ZeroDivisionError on 0 images, and with
+  # it every tool (an attack on the correctly classified subset can be
+  # empty).
+  cnn = invertible.InvertibleCNN((8, 6, 1), (4,), (16,), 10,
+                                 rngs=nnx.Rngs(0))
+  mlp = bort_jax.models.MLP(48, (8,), 10, rngs=nnx.Rngs(0))
+  empty = jnp.zeros((0, 8, 6, 1))
+  assert cnn(empty).shape == (0, 10)
+  assert mlp(empty).shape == (0, 10)
+  assert explain.reconstruct(cnn, empty, cnn.stage_ends[0]).shape == (
+      0, 8, 6, 1)
+  assert explain.backtrack_saliency(cnn, empty, 1, top_k=4).shape == (0, 8, 6)
+  assert explain.deletion_auc(cnn, empty, jnp.ones((0, 8, 6)), 4).shape == (
+      0,)
+  labels = jnp.zeros(0, jnp.int32)
+  assert explain.fgsm_l2(cnn, empty, labels, 0.5).shape == (0, 8, 6, 1)
+
+
+def test_a_model_in_training_mode_is_refused_before_it_changes():
+  # BatchNorm updated its running statistics (and Dropout its RNG count)
+  # in the eager forward pass, then the tool failed inside jax.grad with
+  # Flax's trace-level error.
+  net = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0)),
+                       nnx.BatchNorm(4, rngs=nnx.Rngs(0)), invertible.Flatten(),
+                       nnx.Linear(64, 3, rngs=nnx.Rngs(0)))
+  images = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
+  labels = jnp.array([0, 1])
+  before = jax.tree.map(np.asarray, nnx.state(net))
+  tools = [
+      lambda: explain.gradient_saliency(net, images),
+      lambda: explain.integrated_gradients(net, images),
+      lambda: explain.deletion_auc(net, images, jnp.ones((2, 4, 4))),
+      lambda: explain.insertion_auc(net, images, jnp.ones((2, 4, 4))),
+      lambda: explain.fgsm_l2(net, images, labels, 0.5),
+      lambda: explain.pgd_l2(net, images, labels, 0.5, steps=2),
+      lambda: explain.attack_success_rate(net, images, labels),
+      lambda: explain.forward_cache(net, images),
+      lambda: explain.reconstruct(net, images, 0),
+  ]
+  for tool in tools:
+    with pytest.raises(ValueError, match="in training mode: BatchNorm at "
+                       "layers/1.*call model.eval"):
+      tool()
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.tree.map(np.asarray, nnx.state(net)))
+  net.eval()
+  assert explain.gradient_saliency(net, images).shape == (2, 4, 4)
+
+
+def test_attacks_and_layer_indices_check_their_numbers():
+  model = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
+                                   rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  labels = jnp.array([0, 1])
+  # A negative epsilon was accepted: FGSM then stepped down the loss.
+  for attack in (lambda e: explain.fgsm_l2(model, images, labels, e),
+                 lambda e: explain.pgd_l2(model, images, labels, e, steps=2),
+                 lambda e: explain.latent_edit_attack(
+                     model, images, labels, layer=1, epsilon=e)):
+    with pytest.raises(ValueError, match="epsilon must be a finite L2 norm"):
+      attack(-0.5)
+  with pytest.raises((TypeError, ValueError), match="steps must be"):
+    explain.pgd_l2(model, images, labels, 0.5, steps=2.5)
+  # NumPy and concrete JAX integers are layer indices (they were "out of
+  # range"); a bool is not one.
+  want = explain.reconstruct(model, images, 1)
+  for index in (np.int64(1), jnp.int32(1)):
+    np.testing.assert_array_equal(explain.reconstruct(model, images, index),
+                                  want)
+  with pytest.raises(ValueError, match="layer index must be an integer"):
+    explain.reconstruct(model, images, True)
+
+
+def test_saliency_maps_need_a_channel_axis_and_keep_a_nan():
+  # Flat inputs (N, features) gave (N,) maps, all zeros or all ones; an
+  # image holding a NaN got a finite all-zero backtracking map.
+  mlp = invertible.InvertibleMLP((16,), (8,), 3, rngs=nnx.Rngs(0))
+  flat = jax.random.uniform(jax.random.key(0), (3, 16))
+  for saliency in (lambda x: explain.backtrack_saliency(mlp, x, 0, border=0),
+                   lambda x: explain.gradient_saliency(mlp, x),
+                   lambda x: explain.integrated_gradients_saliency(mlp, x)):
+    with pytest.raises(ValueError, match=r"images must be \(N, \*spatial, "
+                       r"C\).*got shape \(3, 16\).*\(N, features, 1\)"):
+      saliency(flat)
+  # Raw attributions of flat inputs stay allowed.
+  assert explain.integrated_gradients(mlp, flat).shape == (3, 16)
+  cnn = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
+                                 rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+  maps = explain.backtrack_saliency(cnn, images.at[0, 3, 3, 0].set(jnp.nan),
+                                    1, top_k=4)
+  assert bool(jnp.isnan(maps[0]).all()) and bool(jnp.isfinite(maps[1]).all())
 
 
 def test_latent_edit_rejects_the_output_layer():
