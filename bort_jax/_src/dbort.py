@@ -43,6 +43,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from bort_jax._src import layer_outputs
 from bort_jax._src import penalty
 from bort_jax._src import validation
 from bort_jax._src.layer_outputs import _path_string
@@ -316,15 +317,8 @@ def dbort_energies(
   forward = nnx.capture(
       lambda m, *a, **kw: getattr(m, method)(*a, **kw), DBortEnergy
   )
-  try:
-    with _recording():
-      return forward(model, *args, **kwargs)
-  except BaseException:
-    # nnx.capture closes its context (and takes its record off the model's
-    # state) only when the call returns. A second, empty capture that does
-    # return closes it, through Flax's public API alone.
-    nnx.capture(lambda m: None)(model)
-    raise
+  with _recording():
+    return layer_outputs.run_captured(forward, model, *args, **kwargs)
 
 
 class DBortTerm(NamedTuple):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bort_jax._src import flax_selection
 from bort_jax._src import penalty
 from bort_jax._src import sharding
 from bort_jax._src import validation
@@ -213,7 +214,11 @@ def orthogonality_error(
   It costs one Gram of the smaller side per parameter: cheap enough to log.
 
   Args:
-    params: a pytree of parameters (e.g. ``nnx.state(model, nnx.Param)``).
+    params: a pytree of parameters (e.g. ``nnx.state(model, nnx.Param)``),
+      or an ``nnx.Module``: its parameters, selected by its module types
+      (grouped convolutions one matrix a group, stacked layers one a layer,
+      which a parameter tree cannot tell) unless ``dimension_numbers`` is
+      given.
     amplitude: the target ``c``, or ``None`` (scale-free: mean squared norm).
     dimension_numbers: as in :func:`add_bort_correction`.
 
@@ -240,6 +245,10 @@ def orthogonality_error(
   """
   if amplitude is not None:
     validation.check_amplitude(amplitude)
+  if flax_selection.is_nnx_module(params):
+    if dimension_numbers is None:
+      dimension_numbers = params
+    params = flax_selection.param_state(params)
   views = resolve_views(dimension_numbers, params)
   if all(view is None for view in views):
     warnings.warn(

@@ -208,6 +208,13 @@ class FlaxDimensionNumbers:
     return "FlaxDimensionNumbers(\n" + "\n".join(lines) + "\n)"
 
 
+def param_state(model: Any) -> Any:
+  """An ``nnx.Module``'s parameters, ``nnx.state(model, nnx.Param)``."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  return nnx.state(model, nnx.Param)
+
+
 def module_dimension_numbers(model: Any) -> FlaxDimensionNumbers:
   """The Bort kernels of an ``nnx.Module``, selected by module type."""
   # Lazy, so that the core imports without Flax (see the module docstring).

@@ -62,6 +62,22 @@ def _chosen_paths(model: nnx.Module, layers: LayerSpec) -> list[tuple]:
   return chosen
 
 
+def run_captured(forward: Callable[..., Any], model: Any, *args: Any,
+                 **kwargs: Any) -> Any:
+  """``forward(model, *args, **kwargs)``, an ``nnx.capture``d call, with its
+  record taken off the model when the call raises.
+
+  ``nnx.capture`` closes its context (and takes its record off the model's
+  state) only when the call returns. A second, empty capture that does
+  return closes it, through Flax's public API alone.
+  """
+  try:
+    return forward(model, *args, **kwargs)
+  except BaseException:
+    nnx.capture(lambda m: None)(model)
+    raise
+
+
 def dbort_outputs(
     model: nnx.Module,
     *args: Any,
@@ -131,7 +147,7 @@ def dbort_outputs(
       nnx.Intermediate,
       method_outputs=nnx.Intermediate,
   )
-  result, intermediates = forward(model, *args, **kwargs)
+  result, intermediates = run_captured(forward, model, *args, **kwargs)
   outputs = {}
   for path in chosen:
     node = intermediates

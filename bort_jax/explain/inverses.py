@@ -151,6 +151,14 @@ def invert_layer(
   try:
     return layer_inverse(layer, y, x, relu)
   except _NotInvertible:
+    if callable(layer) and not isinstance(layer, nnx.Module):
+      # nnx.Sequential(..., nnx.relu, ...): a function has no type to
+      # register, and its name (custom_jvp, PjitFunction) says nothing.
+      raise ValueError(
+          f"Cannot invert layer {name}: it is the function "
+          f"{getattr(layer, '__name__', layer)!r}, not a layer; write "
+          f"activations as modules, bort_jax.models.invertible.ReLU() or "
+          f"LeakyReLU(), which invert.") from None
     raise ValueError(f"Cannot invert layer {name}. {_NOT_INVERTIBLE}") from None
   except ValueError as e:
     raise ValueError(f"Cannot invert layer {name}: {e}") from e

@@ -83,3 +83,27 @@ def test_matrix_view_round_trips_and_orders_axes():
   w = view.to_matrices(x)
   np.testing.assert_array_equal(w[1, 2], np.asarray(x)[1, :, 2, :].ravel())
   np.testing.assert_array_equal(view.from_matrices(w), x)
+
+
+def test_a_module_is_measured_by_its_module_types():
+  # Given the model itself, its types were ignored: a grouped conv whose two
+  # groups each hold two identical units (cosine 1) measured as perfectly
+  # orthogonal, one 4-unit matrix on 2 inputs (its WᵀW is diagonal).
+  class Model(nnx.Module):
+    def __init__(self):
+      self.conv = nnx.Conv(4, 4, (1, 1), feature_group_count=2,
+                           use_bias=False, rngs=nnx.Rngs(0))
+
+  model = Model()
+  kernel = np.zeros((1, 1, 2, 4), np.float32)  # (kh, kw, in/groups, out)
+  kernel[0, 0, 0, :2] = kernel[0, 0, 1, 2:] = 1.0
+  model.conv.kernel[...] = jnp.asarray(kernel)
+  state = nnx.state(model, nnx.Param)
+  tree = bort_jax.orthogonality_error(state)["conv/kernel"]
+  assert float(tree.constraint_error) == 0.0  # what the tree alone can see
+  got = bort_jax.orthogonality_error(model)["conv/kernel"]
+  assert float(got.constraint_error) == 1.0 and float(got.max_cosine) == 1.0
+  # Explicit dimension numbers still win.
+  same = bort_jax.orthogonality_error(
+      model, dimension_numbers=bort_jax.BortDimensionNumbers())["conv/kernel"]
+  assert float(same.constraint_error) == 0.0

@@ -323,11 +323,14 @@ def test_a_failing_forward_pass_leaves_no_capture_behind():
 
   model = Failing(nnx.Rngs(0))
   before = jax.tree.structure(nnx.state(model))
-  with pytest.raises(RuntimeError, match="boom"):
-    dbort_term(model, jnp.ones((1, 3)), fail=True)
-  # Flax keeps an open capture in the model's state until the call returns;
-  # none is left there.
-  assert jax.tree.structure(nnx.state(model)) == before
+  # dbort_outputs (its own capture of every layer's output) left its record
+  # behind; dbort_term did not.
+  for run in (dbort_term, dbort_outputs):
+    with pytest.raises(RuntimeError, match="boom"):
+      run(model, jnp.ones((1, 3)), fail=True)
+    # Flax keeps an open capture in the model's state until the call
+    # returns; none is left there.
+    assert jax.tree.structure(nnx.state(model)) == before
   # A later plain call records nothing; a later capture records one call.
   model(jnp.ones((1, 3)), fail=False)
   term = dbort_term(model, jnp.ones((1, 3)), fail=False)

@@ -254,6 +254,18 @@ def test_backtracking_through_a_non_invertible_layer_names_it(make_layer, name):
     explain.backtrack(model, cache[-1], 2, cache)
 
 
+def test_a_function_activation_is_named_with_the_module_to_use():
+  # The README's nnx.Sequential(Linear, nnx.relu, ...) style: the error named
+  # "custom_jvp" and advised about dropout and pooling.
+  model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+  x = jnp.ones((1, 4))
+  cache = explain.forward_cache(model, x)
+  with pytest.raises(ValueError, match=r"layers\[1\].*the function 'relu', "
+                     r"not a layer.*invertible.ReLU\(\)"):
+    explain.backtrack(model, cache[-1], 2, cache)
+
+
 def test_backtrack_rejects_bad_arguments():
   model = two_layer_orthogonal_net()
   x = jnp.ones((2, 4, 4, 1))
