@@ -263,6 +263,10 @@ def invert_leaky_relu(y: jax.Array, negative_slope: float) -> jax.Array:
     >>> invert_leaky_relu(jnp.array([-0.2, 3.0]), 0.1)
     Array([-2.,  3.], dtype=float32)
   """
+  if not isinstance(negative_slope, jax.core.Tracer) and not negative_slope > 0:
+    raise ValueError(
+        f"negative_slope must be > 0 (a slope of 0 is a ReLU, which loses "
+        f"the negative side), got {negative_slope!r}.")
   return jnp.where(y >= 0, y, y / negative_slope)
 
 
@@ -301,10 +305,13 @@ def invert_avg_pool(
     strides: Sequence[int] | None = None,
     padding: Any = "VALID",
 ) -> jax.Array:
-  """Inverts average pooling as the depthwise convolution it is.
+  """Inverts average pooling (zero padding counted, as ``AvgPool``) as the
+  depthwise convolution it is.
 
-  Non-overlapping pooling is undone by repeating each value over its window
-  (the minimum-norm, least-squares inverse).
+  Non-overlapping pooling is undone by repeating each value ``y`` over its
+  window's pixels inside the input, scaled by ``window / inside`` where a
+  padded border leaves ``inside`` of them: the minimum-norm, least-squares
+  inverse, ``pool(x̂) = y``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -314,10 +321,15 @@ def invert_avg_pool(
            [2., 2.]], dtype=float32)
   """
   window = tuple(window_shape)
+  strides = window if strides is None else tuple(strides)
   channels = input_shape[-1]
+  if all(s >= w for s, w in zip(strides, window)):  # windows apart
+    # The share of each window inside the input (1 but at a padded border).
+    inside = nnx.avg_pool(jnp.ones((1, *input_shape), y.dtype), window,
+                          strides, padding, count_include_pad=True)
+    y = y / jnp.where(inside > 0, inside, 1)
   kernel = jnp.full(window + (1, channels), 1.0 / math.prod(window), y.dtype)
   return invert_conv(
       y, kernel, input_shape=input_shape,
-      strides=window if strides is None else strides, padding=padding,
-      feature_group_count=channels,
+      strides=strides, padding=padding, feature_group_count=channels,
   )

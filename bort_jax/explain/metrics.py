@@ -84,12 +84,20 @@ def cosine_gram(kernel: jax.Array) -> jax.Array:
 def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
   """Blurs ``(N, H, W, C)`` images with a Gaussian (edge padding).
 
+  ``sigma = 0`` leaves them as they are; ``sigma`` sets the kernel's size,
+  so it must be a concrete number ``>= 0``, not traced.
+
   Examples:
     >>> import jax.numpy as jnp
     >>> float(jnp.round(gaussian_blur(jnp.ones((1, 5, 5, 1)), 1.0).mean(), 5))
     1.0
   """
-  if sigma <= 0:
+  if isinstance(sigma, jax.core.Tracer):
+    raise ValueError(
+        "sigma sets the kernel's size, so it must be known when tracing; "
+        "pass it as a static argument (jax.jit(..., static_argnums=...)).")
+  sigma = validation.check_real("sigma", sigma, low=0)
+  if sigma == 0:
     return images
   radius = max(1, math.ceil(3 * sigma))
   taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bort_jax import validation
 from bort_jax.explain import backtracking
@@ -137,6 +136,7 @@ def backtrack_saliency(
   stop = backtracking.layer_index(layer, len(layers))
   cache = backtracking.forward_cache(model, images)[: stop + 2]
   channels = cache[stop + 1].shape[-1]
+  border = validation.check_nonnegative_int("border", border)
   k = min(int(top_k), channels)
   if k < 1:
     raise ValueError(f"top_k must be >= 1, got {top_k!r}.")

@@ -149,6 +149,19 @@ def test_avg_pool_inverse_repeats_and_is_a_right_inverse():
   np.testing.assert_allclose(layer(x_hat), y, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [5, 7])
+def test_avg_pool_inverse_is_a_right_inverse_at_a_padded_border(size):
+  # SAME on a size the window does not divide: a border window holds padded
+  # zeros, and repeating its value there pooled back to a fraction of it.
+  layer = invertible.AvgPool((2, 2), padding="SAME")
+  x = jax.random.normal(jax.random.key(4), (2, size, size, 3))
+  x_hat = explain.invert_layer(layer, layer(x), x)
+  np.testing.assert_allclose(layer(x_hat), layer(x), atol=1e-6)
+  # Least squares with minimum norm: constant on each window's inside.
+  corner = x_hat[0, size - 1, size - 1]  # the last window holds one pixel
+  np.testing.assert_allclose(corner, 4 * layer(x)[0, -1, -1], rtol=1e-6)
+
+
 # Activations.
 
 
@@ -312,3 +325,17 @@ def test_register_inverse_extends_backtracking():
   model = invertible.InvertibleSequential([Double(), Double()], input_shape=(3,))
   x = jnp.arange(3.0)[None]
   np.testing.assert_array_equal(explain.reconstruct(model, x, 1), x)
+
+
+def test_the_small_functions_refuse_what_they_cannot_do():
+  # Each returned a number before: -inf (slope 0), the unblurred images
+  # (sigma -1), every peak kept (border -1); a traced sigma failed in JAX.
+  with pytest.raises(ValueError, match="negative_slope must be > 0"):
+    explain.invert_leaky_relu(jnp.array([-1.0]), 0.0)
+  with pytest.raises(ValueError, match="sigma must be >= 0"):
+    explain.gaussian_blur(jnp.ones((1, 4, 4, 1)), -1.0)
+  with pytest.raises(ValueError, match="sigma sets the kernel's size"):
+    jax.jit(explain.gaussian_blur)(jnp.ones((1, 4, 4, 1)), 1.0)
+  model = two_layer_orthogonal_net()
+  with pytest.raises(ValueError, match="border must be a non-negative"):
+    explain.backtrack_saliency(model, jnp.ones((1, 4, 4, 1)), 0, border=-1)
