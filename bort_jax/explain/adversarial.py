@@ -30,6 +30,7 @@ import optax
 
 from bort_jax import validation
 from bort_jax.explain import backtracking
+from bort_jax.explain import metrics
 from bort_jax.explain.eval_mode import check_eval_mode
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -63,6 +64,15 @@ def _check_epsilon(epsilon: Any) -> None:
     raise ValueError(
         f"epsilon must be a finite L2 norm >= 0 (a scalar or one per image), "
         f"got {epsilon!r}; a negative one would step down the loss.")
+
+
+def _labels(logits_fn: LogitsFn, images: jax.Array, labels: Any
+            ) -> jax.Array:
+  """One integer class per image within the logits' range (a ``(N, 1)``
+  array failed inside the loss's VJP; an out-of-range one has no logit)."""
+  if labels is None:
+    raise ValueError("labels must be one integer class per image, got None.")
+  return metrics.target_classes(logits_fn, images, labels, "labels")
 
 
 def _perturb(images, direction, epsilon, clip, iterations=30):
@@ -120,6 +130,7 @@ def attack_success_rate(
     Array(0.5, dtype=float32)
   """
   check_eval_mode(logits_fn, "logits_fn")
+  labels = _labels(logits_fn, adversarial, labels)
   predictions = jnp.argmax(logits_fn(adversarial), axis=-1)
   return jnp.mean((predictions != labels).astype(jnp.float32))
 
@@ -187,6 +198,7 @@ def latent_edit_attack(
         "latent_edit_attack edits a hidden layer; the last layer has no "
         "read-out above it."
     )
+  labels = _labels(model, images, labels)
   cache = backtracking.forward_cache(model, images)
   hidden, logits = cache[stop + 1], cache[-1]
   if targets is None:
@@ -250,6 +262,7 @@ def fgsm_l2(
   """
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon)
+  labels = _labels(logits_fn, images, labels)
   grads = jax.grad(_loss_fn(logits_fn, labels))(images)
   return _perturb(images, grads, epsilon, clip)
 
@@ -294,6 +307,7 @@ def pgd_l2(
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon)
   steps = validation.check_positive_int("steps", steps)
+  labels = _labels(logits_fn, images, labels)
   epsilon = jnp.broadcast_to(jnp.asarray(epsilon, images.dtype),
                              images.shape[:1])
   if step_size is None:

@@ -369,3 +369,21 @@ def test_figures_write_pngs(tmp_path, trained_cnn):
     path = tmp_path / f"{name}.png"
     explain.save_figure(fig, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attacks_check_their_labels():
+  # (N, 1) labels failed inside the loss's VJP; an out-of-range label has no
+  # logit.
+  model = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
+                                   rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  for labels, message in ((jnp.zeros((2, 1), jnp.int32), "one integer class"),
+                          (jnp.array([0, 10]), r"in \[0, 10\)")):
+    for attack in (
+        lambda: explain.fgsm_l2(model, images, labels, 0.5),
+        lambda: explain.pgd_l2(model, images, labels, 0.5, steps=2),
+        lambda: explain.latent_edit_attack(model, images, labels, layer=1,
+                                           epsilon=0.5),
+        lambda: explain.attack_success_rate(model, images, labels)):
+      with pytest.raises(ValueError, match="labels must be .*" + message):
+        attack()
