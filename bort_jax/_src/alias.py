@@ -397,9 +397,8 @@ def with_bort(
   the decoupled setting's whatever the placement; the coupled row of
   :data:`bort_jax.RECOMMENDED` (the command line's coupled ``bort-<optax>``,
   as :func:`bort_sgd`) is ``strength=0.003, start_on_constraint=False``. A
-  concrete
-  decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH` (where the l1 and
-  Huber corrections stop constraining or diverge) warns.
+  concrete decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH` (where
+  the l1 and Huber corrections stop constraining or diverge) warns.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation`, built
