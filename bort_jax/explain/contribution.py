@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bort_jax.dbort import DBort
 from bort_jax.explain import backtracking
 from bort_jax.explain import inverses
 from bort_jax.models import invertible
@@ -38,7 +39,8 @@ def contribution_map(model: Any, x: jax.Array) -> jax.Array:
 
   Args:
     model: a sequential model (``.layers`` or a list) of bias-free
-      ``nnx.Linear`` layers, :class:`~bort_jax.models.invertible.ReLU` or
+      ``nnx.Linear`` layers (or :class:`~bort_jax.dbort.DBort` wrappers of
+      them), :class:`~bort_jax.models.invertible.ReLU` or
       :class:`~bort_jax.models.invertible.LeakyReLU` activations and
       :class:`~bort_jax.models.invertible.Flatten`, e.g.
       ``InvertibleMLP(..., use_bias=False)``.
@@ -64,7 +66,9 @@ def contribution_map(model: Any, x: jax.Array) -> jax.Array:
     >>> bool(jnp.allclose(jnp.einsum("ni,nij->nj", x, a), mlp(x), atol=1e-5))
     True
   """
-  layers = backtracking.model_layers(model)
+  # A DBort wrapper computes the layer it wraps (its term is a loss only).
+  layers = [layer.layer if isinstance(layer, DBort) else layer
+            for layer in backtracking.model_layers(model)]
   for i, layer in enumerate(layers):
     name = f"layers[{i}] ({type(layer).__name__})"
     if isinstance(layer, nnx.Linear):

@@ -62,6 +62,10 @@ def unit_scales(w: jax.Array) -> jax.Array:
     >>> unit_scales(jnp.array([[1.0], [1.0]]))  # wide: c = ‖W‖²_F / n
     Array([2., 2.], dtype=float32)
   """
+  if jnp.ndim(w) < 2:
+    raise ValueError(
+        f"w must be a matrix (m, n) whose rows are units, or a batch of them, "
+        f"got shape {jnp.shape(w)}.")
   m, n = w.shape[-2:]
   norms_sq = jnp.sum(jnp.square(w), axis=-1)
   if m > n:

@@ -330,6 +330,9 @@ def test_register_inverse_extends_backtracking():
 def test_the_small_functions_refuse_what_they_cannot_do():
   # Each returned a number before: -inf (slope 0), the unblurred images
   # (sigma -1), every peak kept (border -1); a traced sigma failed in JAX.
+  with pytest.raises(ValueError, match=r"w must be a matrix \(m, n\).*"
+                     r"got shape \(3,\)"):
+    explain.unit_scales(jnp.ones(3))
   with pytest.raises(ValueError, match="negative_slope must be > 0"):
     explain.invert_leaky_relu(jnp.array([-1.0]), 0.0)
   with pytest.raises(ValueError, match="sigma must be >= 0"):

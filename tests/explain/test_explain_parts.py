@@ -220,3 +220,16 @@ def test_contribution_map_of_a_lora_linear_uses_its_low_rank_path():
   a = explain.contribution_map(model, x)
   np.testing.assert_allclose(jnp.einsum("ni,nic->nc", x, a), model(x),
                              atol=1e-5)
+
+
+def test_contribution_map_reads_through_dbort_wrappers():
+  # Backtracking inverts a DBort as the layer it wraps; contribution_map
+  # refused it as "another kind" of layer.
+  model = invertible.InvertibleSequential(
+      [DBort(nnx.Linear(8, 8, use_bias=False, rngs=nnx.Rngs(1))),
+       invertible.ReLU(), nnx.Linear(8, 4, use_bias=False, rngs=nnx.Rngs(2))],
+      (8,))
+  x = jax.random.normal(jax.random.key(1), (3, 8))
+  a = explain.contribution_map(model, x)
+  np.testing.assert_allclose(jnp.einsum("ni,nic->nc", x, a), model(x),
+                             atol=1e-5)
