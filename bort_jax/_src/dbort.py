@@ -330,7 +330,8 @@ class DBortTerm(NamedTuple):
     energy: the mean of the recorded energies ``E_l`` (a scalar to log).
     energies: each called :class:`DBort` layer's path (``"a/b"``; ``""``
       for the model itself) to its energies, one per call, as an array
-      ``(calls,)``.
+      ``(calls,)``; a stack of layers (``nnx.vmap``) applied by
+      ``nnx.scan`` records ``(calls, layers)``, one energy per layer.
   """
 
   output: Any

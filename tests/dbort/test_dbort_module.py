@@ -335,3 +335,34 @@ def test_a_failing_forward_pass_leaves_no_capture_behind():
   model(jnp.ones((1, 3)), fail=False)
   term = dbort_term(model, jnp.ones((1, 3)), fail=False)
   assert term.energies["head"].shape == (1,)
+
+
+def test_a_scanned_stack_records_one_energy_per_layer():
+  # DBortTerm.energies said (calls,); a vmap-stacked layer run by nnx.scan
+  # records (calls, layers). Checked against each layer's mean square.
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(key):
+    return DBort(nnx.Linear(4, 4, rngs=nnx.Rngs(key)))
+
+  class ScanNet(nnx.Module):
+    def __init__(self):
+      self.blocks = make(jax.random.split(jax.random.key(0), 3))
+
+    def __call__(self, x):
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      def step(block, h):
+        return jnp.tanh(block(h))
+      return step(self.blocks, x)
+
+  model = ScanNet()
+  x = jax.random.normal(jax.random.key(1), (6, 4))
+  term = dbort_term(model, x, weight=1.0, power=1.0)
+  kernel = model.blocks.layer.kernel[...]
+  bias = model.blocks.layer.bias[...]
+  h, want = x, []
+  for i in range(3):
+    y = h @ kernel[i] + bias[i]
+    want.append(float(jnp.mean(y ** 2)))
+    h = jnp.tanh(y)
+  assert term.energies["blocks"].shape == (1, 3)
+  np.testing.assert_allclose(term.energies["blocks"][0], want, rtol=1e-5)
