@@ -93,19 +93,17 @@ def _scaled_polar(leaf: jax.Array, view: MatrixView,
   return view.from_matrices(projected).astype(leaf.dtype)
 
 
-def _met_under_ada(leaf: jax.Array, view: MatrixView, amplitude: Any
-                   ) -> bool:
+def _met_under_ada(view: MatrixView, amplitude: Any) -> bool:
   """Whether each matrix has one vector on its constrained side under
   "ada" (one unit, a depthwise convolution's groups): its own norm is c, so
   it is on the constraint already, exactly."""
-  shape = jax.eval_shape(view.to_matrices, leaf).shape[-2:]
-  return isinstance(amplitude, str) and min(shape) == 1
+  return isinstance(amplitude, str) and min(view.matrix_shape[1:]) == 1
 
 
 def _project_leaf(leaf: jax.Array, view: MatrixView,
                   amplitude: Any, axis_name: Any = None) -> jax.Array:
   """One leaf projected, in its dtype and, called eagerly, its placement."""
-  if leaf.size == 0 or _met_under_ada(leaf, view, amplitude):
+  if leaf.size == 0 or _met_under_ada(view, amplitude):
     return leaf  # no constraint, or met (and no 0/0 in "ada")
   c = None if isinstance(amplitude, str) else jnp.asarray(amplitude)
   out = _scaled_polar(leaf, view, c, axis_name)
@@ -225,15 +223,15 @@ def _on_bort_leaves(leaf_fn: Callable[[Any, Any, MatrixView], Any],
 
   def update_fn(updates, state, params=None):
     leaves, treedef = jax.tree.flatten(updates)
-    if len(jax.tree.leaves(params)) != len(leaves):
+    param_leaves = jax.tree.leaves(params)
+    if len(param_leaves) != len(leaves):
       raise ValueError(
           f"params must be the tree the updates are for, one array per "
-          f"update; got {len(jax.tree.leaves(params))} arrays for "
-          f"{len(leaves)} updates.")
+          f"update; got {len(param_leaves)} arrays for {len(leaves)} "
+          f"updates.")
     views = resolve_views(selection, params)
     out = [update if view is None else leaf_fn(update, param, view)
-           for update, param, view in zip(leaves, jax.tree.leaves(params),
-                                          views)]
+           for update, param, view in zip(leaves, param_leaves, views)]
     return treedef.unflatten(out), state
 
   select = optax.GradientTransformation(init_fn, update_fn)
@@ -347,7 +345,7 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
   axis_name = None if kernel_options is None else kernel_options.axis_name
 
   def land(update, param, view):
-    if _met_under_ada(param, view, amplitude):
+    if _met_under_ada(view, amplitude):
       return update  # on the constraint wherever the update takes it
     dtype = penalty.compute_dtype(param.dtype)
     target = (param.astype(dtype) + update.astype(dtype)).astype(param.dtype)

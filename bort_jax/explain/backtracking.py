@@ -62,8 +62,8 @@ def forward_cache(model: Any, x: jax.Array) -> tuple[jax.Array, ...]:
     >>> [a.shape for a in forward_cache([Flatten(), ReLU()], jnp.ones((2, 3, 3)))]
     [(2, 3, 3), (2, 9), (2, 9)]
   """
-  check_eval_mode(model)
   if hasattr(model, "forward"):
+    check_eval_mode(model)  # model_layers checks the other models
     return tuple(model.forward(x))
   activations = [x]
   for layer in model_layers(model):
