@@ -242,8 +242,8 @@ def test_lagged_must_be_a_bool(lagged):
 
 def test_eager_steps_compile_once(caplog):
   """Called outside jit, an update holding lax.cond (the start, every k) and
-  lax.map (a stacked leaf) compiled them again on every step (an SVD branch
-  included: 0.26 s a step for one 64×32 kernel); it now compiles once."""
+  lax.map (a stacked leaf) compiled them again on every step (the start's
+  SVD branch included); it now compiles once."""
   params = {"dense": {"kernel": _params()["dense"]["kernel"]},
             "stack": {"kernel": jnp.stack([jnp.eye(6, 4)] * 3) + 0.1}}
   dims = {"dense": {"kernel": bort_jax.BortDimensionNumbers()},

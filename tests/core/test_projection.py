@@ -1,5 +1,8 @@
 """project_to_constraint: Bort leaves put exactly on W Wᵀ = cI."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,12 +146,11 @@ for out in (project({"kernel": kernel}), jax.jit(project)({"kernel": kernel})):
 def test_a_non_finite_matrix_comes_back_nan_its_neighbours_projected(bad):
   # An infinity stalled LAPACK's SVD (the call never returned): run apart,
   # so that a stall fails here instead of hanging the suite.
-  import subprocess
-  import sys
   run = subprocess.run([sys.executable, "-c", _NON_FINITE, bad],
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr
-  lines = run.stdout.split("\n")[:2]  # eagerly, then under jit
+  lines = run.stdout.splitlines()
+  assert len(lines) == 2, run.stdout  # eagerly, then under jit
   for line in lines:
     all_nan, error = line.split()
     assert all_nan == "True"

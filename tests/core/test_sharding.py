@@ -138,6 +138,7 @@ def test_sharded_start_lands_as_unsharded(axis_type, layout):
     np.testing.assert_allclose(value, expected[name][leaf], atol=1e-5)
     assert value.sharding.is_equivalent_to(shardings[name][leaf], value.ndim)
 
+
 def test_explicit_l2_full_all_reduces_only_the_small_gram():
   """Fan-in split: one all-reduce of the m×m Gram, no all-gather of W."""
   mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Explicit,))
@@ -267,14 +268,14 @@ def test_orthogonality_error_under_explicit_sharding(spec):
                                rtol=1e-5)
 
 
-def test_explicit_arrays_need_no_mesh_context(layout="both"):
+def test_explicit_arrays_need_no_mesh_context():
   """Explicit shardings travel in the arrays' types: the step, the start,
   the projection and the diagnostic work without ``jax.set_mesh`` (a bare
   PartitionSpec raised "not under a mesh context" in each), and give what
-  they give inside it."""
+  they give inside it. Both sides split ("both"): every reshard is met."""
   mesh = jax.make_mesh((4, 2), ("data", "model"),
                        axis_types=(AxisType.Explicit,) * 2)
-  params, shardings = _shard(_params(), mesh, SPECS[layout])
+  params, shardings = _shard(_params(), mesh, SPECS["both"])
   run = lambda: (  # one step: the correction, then the start
       _steps(bort_jax.bort_adamw(1e-2, gamma=0.5), params, n=1)[0],
       bort_jax.project_to_constraint(params),
