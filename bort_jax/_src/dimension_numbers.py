@@ -205,8 +205,12 @@ def flax_dimension_numbers(model_or_params: Any) -> Any:
   more than one choice (``nnx.Linear(4, 4)`` stacked 4 times) it raises
   rather than guess. ``nnx.LinearGeneral`` (and so
   ``nnx.MultiHeadAttention``'s query, key, value and out) follows its own
-  ``in_features``, ``out_features`` and ``batch_axis``; ``nnx.Einsum`` is
-  skipped; another module's ``kernel`` param is treated as Flax's layout
+  ``in_features``, ``out_features`` and ``batch_axis``; ``nnx.Einsum``
+  follows the equation given at its construction (a kernel subscript summed
+  with the input is fan-in, one carried to the output alone a unit axis,
+  one in both a batch axis: each head's matrix in ``"bhd,hdk->bhk"``), and
+  one whose kernel makes no matrices is left out with a warning; another
+  module's ``kernel`` param is treated as Flax's layout
   (units last, fan-in before). Pass the model whenever it stacks layers:
   from a parameter tree alone a stacked ``(L, in, out)`` kernel looks like a
   1-D convolution's ``(k, in, out)``.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import warnings
 from typing import Any
 
 import jax
@@ -35,6 +36,64 @@ def is_nnx_module(x: Any) -> bool:
 
 def _as_tuple(x) -> tuple:
   return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+class _UnreadEinsum(Exception):
+  """An ``nnx.Einsum`` whose equation does not make its kernel matrices."""
+
+
+def einsum_kernel_axes(einsum_str: str | None
+                       ) -> tuple[tuple[int, ...], tuple[int, ...],
+                                  tuple[int, ...]]:
+  """The batch, fan-in and unit axes of an einsum's kernel, its second operand.
+
+  For ``y = einsum("lhs,rhs->out", x, W)``, each subscript of ``W`` is
+  summed with the input (in ``lhs``, not in ``out``: fan-in), carried to
+  the output alone (in ``out``, not in ``lhs``: a unit axis), or shared by
+  the input and the output (in both: one matrix for each of its indices,
+  as each head's matrix in ``"bhd,hdk->bhk"``).
+
+  Args:
+    einsum_str: an ``nnx.Einsum``'s equation, e.g. ``"bi,io->bo"``.
+
+  Returns:
+    ``(batch, fan_in, units)``: the kernel's axes of each kind.
+
+  Raises:
+    ValueError: saying why the kernel is not a batch of matrices: no
+      equation (given only when called), an implicit output, an ellipsis
+      or a repeated subscript in the kernel, a kernel axis summed alone, no
+      fan-in or no unit axis.
+
+  Examples:
+    >>> einsum_kernel_axes("bi,io->bo")
+    ((), (0,), (1,))
+    >>> einsum_kernel_axes("bhd,hdk->bhk")  # one (d, k) matrix a head
+    ((0,), (1,), (2,))
+  """
+  if einsum_str is None:
+    raise ValueError("its equation is given only when it is called")
+  spec = einsum_str.replace(" ", "")
+  inputs, arrow, out = spec.partition("->")
+  lhs, _, rhs = inputs.partition(",")
+  if not arrow or not rhs:
+    raise ValueError(f"{einsum_str!r} does not name the output and two operands")
+  if "." in rhs or len(set(rhs)) != len(rhs):
+    raise ValueError(f"the kernel's subscripts {rhs!r} hold an ellipsis or a "
+                     "repeated letter")
+  kinds = {(True, True): [], (True, False): [], (False, True): []}
+  for axis, letter in enumerate(rhs):
+    kind = (letter in lhs, letter in out)
+    if kind not in kinds:
+      raise ValueError(f"the kernel's axis {letter!r} in {einsum_str!r} is "
+                       "summed alone")
+    kinds[kind].append(axis)
+  batch, fan_in, units = (tuple(kinds[k]) for k in
+                          ((True, True), (True, False), (False, True)))
+  if not fan_in or not units:
+    raise ValueError(f"the kernel of {einsum_str!r} has no fan-in or no unit "
+                     "axis")
+  return batch, fan_in, units
 
 
 def _declared(module) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...],
@@ -57,6 +116,15 @@ def _declared(module) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...],
     nb, ni = len(batch_shape), len(fan_in)
     return (shapes, tuple(range(nb)), tuple(range(nb, nb + ni)),
             tuple(range(nb + ni, len(kernel))))
+  if isinstance(module, nnx.Einsum):
+    try:
+      batch, fan_in, units = einsum_kernel_axes(module.einsum_str)
+    except ValueError as e:
+      raise _UnreadEinsum(str(e)) from None
+    shapes = {"kernel": tuple(module.kernel_shape)}
+    if module.bias_shape is not None:
+      shapes["bias"] = tuple(module.bias_shape)
+    return shapes, batch, fan_in, units
   if isinstance(module, nnx.ConvTranspose) and module.transpose_kernel:
     # (k..., out, in): the units on the next-to-last axis.
     kernel = tuple(module.kernel_shape)
@@ -140,8 +208,6 @@ def _module_dims(module, kernel_ndim: int,
   # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  if isinstance(module, nnx.Einsum):
-    return None  # an einsum's kernel axes have no fixed meaning
   declared = _declared(module)
   if declared is None:
     # Another module's `kernel`: Flax's layout, units last, and its own
@@ -161,7 +227,7 @@ def _module_dims(module, kernel_ndim: int,
       output_axis=tuple(own[a] for a in output),
       batch_axis=tuple(sorted(stacked + tuple(own[a] for a in batch))),
   )
-  if not isinstance(module, nnx.LinearGeneral):
+  if not isinstance(module, (nnx.LinearGeneral, nnx.Einsum)):
     dims = dims._replace(output_axis=dims.output_axis[0])  # one unit axis
   groups = getattr(module, "feature_group_count", 1)
   if isinstance(module, nnx.Conv) and groups > 1:
@@ -220,7 +286,7 @@ def module_dimension_numbers(model: Any) -> FlaxDimensionNumbers:
   # Lazy, so that the core imports without Flax (see the module docstring).
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  table = {}
+  table, unread = {}, []
   for path, node in nnx.iter_graph(model):
     if not isinstance(node, nnx.Module):
       continue
@@ -229,7 +295,17 @@ def module_dimension_numbers(model: Any) -> FlaxDimensionNumbers:
       continue
     ndim = len(kernel.shape)
     name = "/".join(map(str, tuple(path) + ("kernel",)))
-    dims = _module_dims(node, ndim, name)
+    try:
+      dims = _module_dims(node, ndim, name)
+    except _UnreadEinsum as e:
+      unread.append(f"{name!r} ({e})")
+      continue
     if dims is not None:
       table[tuple(path) + ("kernel",)] = (ndim, dims)
+  if unread:
+    warnings.warn(
+        f"flax_dimension_numbers: leaves out the nnx.Einsum kernel "
+        f"{', '.join(unread)}: its matrices cannot be read from its "
+        f"equation; give it BortDimensionNumbers by path (a dict of them "
+        f"as dimension_numbers=), or leave it out.", stacklevel=3)
   return FlaxDimensionNumbers(table)

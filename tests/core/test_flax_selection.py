@@ -243,3 +243,58 @@ def test_the_module_itself_is_accepted_as_dimension_numbers():
                ["kernel"] for i in range(L)]
   np.testing.assert_allclose(via_module["kernel"], jnp.stack(per_layer),
                              rtol=1e-6, atol=1e-7)
+
+
+def test_an_einsum_kernel_is_read_from_its_equation():
+  class Model(nnx.Module):
+
+    def __init__(self, rngs):
+      self.dense = nnx.Einsum("bi,io->bo", (8, 4), (4,), rngs=rngs)
+      self.torch = nnx.Einsum("bi,oi->bo", (4, 8), rngs=rngs)  # (out, in)
+      self.heads = nnx.Einsum("bhd,hdk->bhk", (2, 4, 3), rngs=rngs)
+
+  model = Model(nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  dims = bort_jax.flax_dimension_numbers(model)(params)
+  D = bort_jax.BortDimensionNumbers
+  assert dims["dense"]["kernel"] == D((0,), (1,), ())
+  assert dims["dense"]["bias"] is None
+  assert dims["torch"]["kernel"] == D((1,), (0,), ())
+  assert dims["heads"]["kernel"] == D((1,), (2,), (0,))
+  # Each head's (d, k) kernel is its own matrix, as if held alone.
+  delta = bort_jax.tree_correction(params, dimension_numbers=model)
+  for h in range(2):
+    alone = bort_jax.tree_correction({"kernel": params["heads"]["kernel"][h]})
+    np.testing.assert_allclose(delta["heads"]["kernel"][h],
+                               alone["kernel"], rtol=1e-6)
+  np.testing.assert_allclose(
+      delta["torch"]["kernel"],
+      bort_jax.tree_correction({"kernel": params["torch"]["kernel"].T}
+                               )["kernel"].T, rtol=1e-6)
+
+
+def test_a_stacked_einsum_gets_a_batch_axis():
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def create(key):
+    return nnx.Einsum("bi,io->bo", (6, 4), (4,), rngs=nnx.Rngs(key))
+
+  layers = create(jax.random.split(jax.random.key(0), L))
+  [(_, dims)] = bort_jax.flax_dimension_numbers(layers).table.values()
+  assert dims == bort_jax.BortDimensionNumbers((1,), (2,), (0,))
+
+
+@pytest.mark.parametrize("equation, shape", [
+    ("bi,ijo->bo", (3, 2, 4)),  # j is summed in the kernel alone
+    ("...i,...io->...o", (3, 4)),  # an ellipsis in the kernel
+])
+def test_an_einsum_that_makes_no_matrices_is_left_out_with_a_warning(
+    equation, shape):
+  class Model(nnx.Module):
+
+    def __init__(self, rngs):
+      self.odd = nnx.Einsum(equation, shape, rngs=rngs)
+      self.dense = nnx.Linear(3, 4, rngs=rngs)
+
+  with pytest.warns(UserWarning, match=r"Einsum kernel 'odd/kernel' .*by path"):
+    dims = bort_jax.flax_dimension_numbers(Model(nnx.Rngs(0)))
+  assert [path for path in dims.table] == [("dense", "kernel")]
