@@ -16,7 +16,6 @@ from bort_jax._src.defaults import Mode
 from bort_jax._src.defaults import Placement
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.transform import _correction_transform
-from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.transform import check_every
 from bort_jax._src.transform import hyperparameter_value
 
@@ -40,6 +39,14 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
     return tau
   factor = defaults.STEP_TAU_FACTOR * check_every(every)
   return lambda count: factor * per_step(count)
+
+
+def _landed_first(start: Any, coupled: bool, lagged: Any) -> bool:
+  """Whether the correction must skip step 0, the start's landing: where a
+  correction then would outlive it (in a coupled optimizer's state, or held
+  by ``lagged``); a decoupled one is replaced with the weights."""
+  return (validation.check_bool("start_on_constraint", start)
+          and (coupled or validation.check_bool("lagged", lagged)))
 
 
 def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
@@ -178,17 +185,11 @@ def bort_sgd(
   weight_decay_mask = validation.check_mask("weight_decay_mask",
                                             weight_decay_mask)
   parts = [
-      add_bort_correction(
-          gamma,
-          mode,
-          amplitude,
-          tau=tau,
-          dimension_numbers=dimension_numbers,
-          bort_mask=bort_mask,
-          kernel_options=kernel_options,
-          every=every,
-          lagged=lagged,
-      ),
+      _correction_transform(
+          gamma, mode, amplitude, dimension_numbers, kernel_options,
+          bort_mask, check_every(every), tau,
+          validation.check_bool("lagged", lagged),
+          after_landing=_landed_first(start_on_constraint, True, lagged)),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
   if momentum is not None:
@@ -339,17 +340,11 @@ def bort_adamw(
           nesterov=nesterov,
       ),
       optax.add_decayed_weights(weight_decay, mask),
-      add_bort_correction(
-          gamma,
-          mode,
-          amplitude,
-          tau=tau,
-          dimension_numbers=dimension_numbers,
-          bort_mask=bort_mask,
-          kernel_options=kernel_options,
-          every=every,
-          lagged=lagged,
-      ),
+      _correction_transform(
+          gamma, mode, amplitude, dimension_numbers, kernel_options,
+          bort_mask, check_every(every), tau,
+          validation.check_bool("lagged", lagged),
+          after_landing=_landed_first(start_on_constraint, False, lagged)),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _started(adamw, start_on_constraint, gamma, amplitude,
@@ -470,7 +465,8 @@ def with_bort(
   lagged = validation.check_bool("lagged", lagged)
   bort = _correction_transform(
       applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every, tau, lagged,
+      every, tau, lagged, after_landing=_landed_first(
+          start_on_constraint, placement == "coupled", lagged),
   )
   chain = (optax.chain(bort, optimizer) if placement == "coupled"
            else optax.chain(optimizer, bort))

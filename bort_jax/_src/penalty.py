@@ -22,8 +22,14 @@ mode               correction Δ(w)                gradient of
 
 The Huber modes are the smooth l1 modes: ``l1-full*`` as ``tau → 0``, and
 ``l2-full / τ`` where every ``|(G − cI)_ij| ≤ τ``. The sign of the l1 modes
-never shrinks, so at the constraint they jitter; the Huber correction
+never shrinks, so near the constraint they jitter; the Huber correction
 vanishes there, like l2, while far from it its entries are bounded, like l1.
+
+The l1 modes read a residual within rounding of 0 as 0 (``sign(0) = 0``
+taken to the float's precision: ``|R| ≤ 4 √n eps c`` for sums of ``n``
+products, :func:`~bort_jax._src.products.rounding_zone`): on the constraint
+the residual is rounding, and its sign would set the step's direction by
+the machine's summation order.
 
 "row" modes act on the output units' weight vectors, "col" modes on the fan-in
 vectors. The products themselves live in :mod:`products`; this module maps a
@@ -63,11 +69,13 @@ from bort_jax._src.products import huber_slope
 from bort_jax._src.products import KernelOptions
 from bort_jax._src.products import l1_full
 from bort_jax._src.products import l1_norms
+from bort_jax._src.products import l1_sign
 from bort_jax._src.products import l2_full
 from bort_jax._src.products import l2_norms
 from bort_jax._src.products import norms_sq
 from bort_jax._src.products import other
 from bort_jax._src.products import ROWS
+from bort_jax._src.products import rounding_zone
 from bort_jax._src.products import sign_slope
 
 Array = jax.Array
@@ -303,8 +311,13 @@ def correction(
     return jnp.zeros_like(x)
   c = _amplitude_array(x, amplitude, ada_axis, split)
 
+  summed = other(vectors)  # each Gram entry or norm sums over this axis
+  n = x.shape[summed] * (jax.lax.axis_size(options.axis_name)
+                         if manual_axis == summed else 1)
+  zone = rounding_zone(n, x.dtype)
+
   def run(x, c):
-    ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau)
+    ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau, zone)
     return kernels.correction(x, c, vectors, ctx)
 
   # lax.map slices its batch axis, which must then be unsplit: a batch split
@@ -471,12 +484,15 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
     c = jnp.square(jnp.mean(jnp.sqrt(jax.lax.stop_gradient(units_sq))))
   else:
     c = jnp.asarray(amplitude, x.dtype).reshape(())
+  fan_in = x.size // units
   if mode in ("l2-row", "l1-row"):
     scale = units_sq - c
-    return (scale if mode == "l2-row" else jnp.sign(scale)) * x
+    ctx = Context(options, None, None, tau, rounding_zone(fan_in, x.dtype))
+    return (scale if mode == "l2-row" else l1_sign(scale, c, ctx)) * x
   if mode in ("l2-col", "l1-col"):
     scale = jnp.sum(jnp.square(x), axis=unit_axis, keepdims=True) - c
-    return (scale if mode == "l2-col" else jnp.sign(scale)) * x
+    ctx = Context(options, None, None, tau, rounding_zone(units, x.dtype))
+    return (scale if mode == "l2-col" else l1_sign(scale, c, ctx)) * x
   a = x if options.gram_dtype is None else x.astype(options.gram_dtype)
   gram = jax.lax.dot_general(
       a, a, ((reduction_axes, reduction_axes), ((), ())),
@@ -486,7 +502,8 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
     s = residual
   else:
     slope = huber_slope if mode == "huber-fullrow" else sign_slope
-    s = slope(residual, c, Context(options, None, None, tau))
+    s = slope(residual, c, Context(options, None, None, tau,
+                                   rounding_zone(fan_in, x.dtype)))
   if options.gram_dtype is not None:
     s = s.astype(options.gram_dtype)
   delta = jax.lax.dot_general(

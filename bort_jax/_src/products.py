@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -65,6 +67,8 @@ class Context(NamedTuple):
   spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
   manual_axis: int | None  # shard_map: the matrix axis split over axis_name
   tau: Any = None  # Huber width relative to c (τ = tau·c); None: no Huber
+  # The l1 modes' rounding zone relative to c: a residual within it is 0.
+  zone: float = 0.0
 
   def out_sharding(self, x: Array, *last_two
                    ) -> jax.sharding.NamedSharding | None:
@@ -156,10 +160,49 @@ def l2_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
   return apply_on_vectors(gram_minus_c(x, c, side, ctx), x, side, ctx)
 
 
+#: The l1 modes' rounding zone, in units of the rounding of a Gram entry or
+#: squared norm: ``√n · eps · c`` for a sum of ``n`` products (see
+#: :func:`rounding_zone`).
+ROUNDING_ZONE_FACTOR = 4.0
+
+
+def rounding_zone(n: int, dtype) -> float:
+  """The residuals the l1 sign reads as 0, relative to ``c``.
+
+  A Gram entry or squared norm of vectors of squared norm ``≈ c`` sums ``n``
+  products, so it is known to about ``√n · eps · c``, and ``G − cI`` at the
+  constraint is that rounding: its sign is noise, and a step of
+  ``lr · γ · c`` on every entry in its direction would throw the weights
+  off the constraint in a direction set by the machine's summation order
+  (another CPU, ``jit`` or not, ``vmap``). The l1 modes take ``sign(R)``
+  where ``|R| > zone · c`` and 0 within: the subgradient 0 at a residual
+  that rounding cannot tell from 0.
+
+  Args:
+    n: the number of products in each sum (the contracted length).
+    dtype: the dtype the sums are computed in.
+
+  Returns:
+    ``ROUNDING_ZONE_FACTOR · √n · eps(dtype)``.
+
+  Examples:
+    >>> round(rounding_zone(784, "float32") / 1e-5, 2)
+    1.34
+  """
+  return ROUNDING_ZONE_FACTOR * math.sqrt(n) * float(jnp.finfo(dtype).eps)
+
+
+def l1_sign(residual: Array, c: Array, ctx: Context) -> Array:
+  """``sign(R)`` where ``|R| > ctx.zone · c``, 0 within (NaN stays NaN)."""
+  zone = ctx.zone * c
+  return jnp.where(jnp.abs(residual) <= zone, 0, jnp.sign(residual)).astype(
+      residual.dtype)
+
+
 def sign_slope(residual: Array, c: Array, ctx: Context) -> Array:
-  """The l1 modes' slope of the residual ``R``: ``sign(R)``."""
-  del c, ctx
-  return jnp.sign(residual)
+  """The l1 modes' slope of the residual ``R``: ``sign(R)``, 0 within the
+  rounding zone (:func:`rounding_zone`)."""
+  return l1_sign(residual, c[..., None, None], ctx)
 
 
 def huber_slope(residual: Array, c: Array, ctx: Context) -> Array:
@@ -272,7 +315,7 @@ def l2_norms(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
 
 
 def l1_norms(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
-  return per_vector(jnp.sign(norms_sq(x, vectors, ctx) - c[..., None]),
-                     vectors) * x
+  residual = norms_sq(x, vectors, ctx) - c[..., None]
+  return per_vector(l1_sign(residual, c[..., None], ctx), vectors) * x
 
 

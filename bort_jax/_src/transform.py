@@ -363,13 +363,19 @@ def _correction_transform(
     every: int = 1,
     tau: optax.ScalarOrSchedule = 0.01,
     lagged: bool = False,
+    after_landing: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
 
   With ``every = k > 1``, adds ``k · strength · Δ`` on steps 0, k, 2k, … only
   (``lax.cond``: the other steps compute no correction); with ``lagged``
   too, computes Δ on those steps only and adds ``strength · Δ`` of the last
-  of them on every step.
+  of them on every step. ``after_landing``: step 0 is the start's landing
+  (:func:`bort_jax.start_on_constraint`), which replaces the weights, so it
+  gets no correction: one would outlive the landing in a coupled
+  optimizer's momentum or moments, or held by ``lagged``, pulling the landed
+  weights by Δ of the weights they replaced (a lagged Δ is first computed
+  on step k).
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
@@ -377,7 +383,7 @@ def _correction_transform(
   if callable(tau) and not mode.startswith("huber"):
     tau = DEFAULT_TAU  # the other modes ignore it: no count needed
   has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
-                  or every > 1)
+                  or every > 1 or after_landing)
 
   def deltas_of(params, count):
     c = hyperparameter_value(amplitude, count)
@@ -424,9 +430,12 @@ def _correction_transform(
   @eager.jit_when_eager
   def corrected(updates, state, params):
     count = state.count if has_schedule else None
+    due = None if count is None else count % every == 0
+    if after_landing:
+      due = due & (count > 0)
     if lagged:
       # Δ is refreshed on steps 0, k, 2k, … and held in between.
-      deltas = jax.lax.cond(count % every == 0,
+      deltas = jax.lax.cond(due,
                             lambda: deltas_of(params, count),
                             lambda: state.deltas)
       new_state = BortLaggedState(optax.safe_increment(count), deltas)
@@ -438,9 +447,11 @@ def _correction_transform(
     if lagged:
       return add(updates, deltas, scale), new_state
     if every == 1:
+      if after_landing:  # no cond on the update path: 0 · Δ on step 0
+        scale = jnp.where(due, scale, jnp.zeros_like(scale))
       return add(updates, deltas_of(params, count), scale), new_state
     updates = jax.lax.cond(
-        count % every == 0,
+        due,
         lambda u: add(u, deltas_of(params, count), every * scale),
         lambda u: u, updates)
     return updates, new_state
