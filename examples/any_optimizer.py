@@ -28,6 +28,8 @@ import optax
 from sklearn import datasets
 
 import bort_jax
+from bort_jax.experiments import frontier_stats
+from bort_jax.experiments import text
 
 SIZES = (64, 64, 64, 10)
 BATCH = 128
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--starts", default="default,orthogonal",
                       help="initialisations: the model's and/or its "
                       "projection on the constraint")
+  parser.add_argument("--seeds", default="0",
+                      help="comma-separated seeds (initialisation and "
+                      "batches; default: 0); with several, a last row per "
+                      "setting gives the mean Δ and its 95%% t-interval")
   parser.add_argument("--bort-start", choices=("default", "on", "off"),
                       default="default",
                       help="the Bort optimizers' start_on_constraint: their "
@@ -152,19 +158,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unknown:
     parser.error(f"unknown optimizers {unknown}; choose from "
                  f"{', '.join(OPTIMIZERS)}")
-  print("| optimizer | start | steps | acc alone % | acc with Bort % | "
-        "Δ pp | error alone | error with Bort |")
-  print("|---|---|---|---|---|---|---|---|")
+  seeds = [int(seed) for seed in args.seeds.split(",")]
+  seed_column = "" if seeds == [0] else " seed |"
+  print(f"| optimizer | start | steps |{seed_column} acc alone % | "
+        "acc with Bort % | Δ pp | error alone | error with Bort |")
+  print("|---|---|---|" + "---|" * (seed_column.count("|") + 5))
   for name in names:
     alone, bort = OPTIMIZERS[name]
     for start in args.starts.split(","):
       for steps in (int(s) for s in args.steps.split(",")):
-        a, b = train(alone(), steps, start), train(bort(**kw), steps, start)
-        finite = "" if b.finite else " (non-finite)"
-        print(f"| {name} | {start} | {steps} | {100 * a.accuracy:.1f} | "
-              f"{100 * b.accuracy:.1f}{finite} | "
-              f"{100 * (b.accuracy - a.accuracy):+.1f} | {a.mean_error:.3f} "
-              f"| {b.mean_error:.3f} |", flush=True)
+        deltas = []
+        for seed in seeds:
+          a = train(alone(), steps, start, seed)
+          b = train(bort(**kw), steps, start, seed)
+          deltas.append(100 * (b.accuracy - a.accuracy))
+          finite = "" if b.finite else " (non-finite)"
+          seed_cell = f" {seed} |" if seed_column else ""
+          print(f"| {name} | {start} | {steps} |{seed_cell} "
+                f"{100 * a.accuracy:.1f} | {100 * b.accuracy:.1f}{finite} | "
+                f"{deltas[-1]:+.1f} | {a.mean_error:.3f} | "
+                f"{b.mean_error:.3f} |", flush=True)
+        if len(seeds) > 1:
+          stats = frontier_stats.t_interval(deltas)
+          print(f"| {name} | {start} | {steps} | mean | | | "
+                f"{text.interval(stats['mean'], stats['ci'], '+.1f')} | | |",
+                flush=True)
   return 0
 
 

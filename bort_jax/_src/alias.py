@@ -136,9 +136,10 @@ def bort_sgd(
       whatever the initialisation; the correction then holds it there. Off
       by default (:data:`bort_jax.RECOMMENDED` ``["coupled"]``): on the
       MNIST MLPs it made Bort-SGD exact (error 4e-6 instead of 0.04) and as
-      accurate or more after 3 epochs, but held the constraint so early
-      that Bort-SGD trailed SGD by 4 pp after 300 steps of digits at lr 0.1
-      (1.8 pp without it). A literal zero γ (no Bort) has no start either.
+      accurate or more after 3 epochs; it was withheld on one seed of 300
+      digits steps at lr 0.1 (4 pp behind SGD), which over 5 seeds is
+      −0.7 pp [−2.8, +1.5] with the start against −1.0 pp [−2.6, +0.6]
+      without (README). A literal zero γ (no Bort) has no start either.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.

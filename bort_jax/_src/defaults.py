@@ -82,8 +82,10 @@ class Recommended(NamedTuple):
 #: decoupled start on the constraint was chosen by the pre-registered study
 #: in benchmarks/RESULTS.md (tighter to float32 precision and as accurate or
 #: more on the MNIST MLPs, for 2–4 % of the step); the coupled one passed
-#: it too, but left Bort-SGD 4 pp behind SGD after 300 steps of digits at
-#: lr 0.1 (the repository's promise is 3 pp), so it stays off. Coupled:
+#: it too, but was withheld on one seed of 300 digits steps at lr 0.1
+#: (Bort-SGD 4 pp behind SGD; the repository's promise is 3 pp), a figure
+#: that does not hold across seeds (README), so it is off until a
+#: pre-registered check decides it. Coupled:
 #: Bort-SGD with momentum 0.9 (the per-step correction is about
 #: ``lr·γ/(1 − μ)``). Decoupled: Bort-AdamW (``lr·γ``).
 #: Read-only (a ``MappingProxyType`` of NamedTuples): every alias, the
