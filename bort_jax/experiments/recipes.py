@@ -67,7 +67,7 @@ DESCRIPTIONS: types.MappingProxyType = types.MappingProxyType({
         "defaults",
     "recommended-coupled": "Bort-SGD at the recommended coupled setting "
         f"({_setting('coupled')}, momentum 0.9), the library's bort_sgd "
-        "defaults",
+        "defaults with momentum=0.9",
     "authors-mnist":
         "the authors' MNIST script: SimpleCNN, Bort-SGD lr 0.005, gamma 0.05, "
         "l1-fullrow c=1, DBort on the logits, batch 256, 40 epochs, seed 42",
