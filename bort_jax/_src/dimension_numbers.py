@@ -328,7 +328,7 @@ def is_weight_matrix(path, leaf, masked: bool, embedding: bool) -> bool:
   return masked or not (embedding or EMBEDDING_NAME in last)
 
 
-def _in_embedding(params: Any) -> Callable[[tuple], bool]:
+def in_embedding_of(params: Any) -> Callable[[tuple], bool]:
   """Whether a leaf's path lies in a subtree whose type is an embedding
   module (``eqx.nn.Embedding``, …): its leaves are embeddings, whatever
   their names."""
@@ -348,7 +348,7 @@ def _selection_for(dims: BortDimensionNumbers, params: Any,
   reported by the transform's unreached-weight warning); when they fit none,
   the first misfit raises, since that is a typo rather than a choice.
   """
-  in_embedding = _in_embedding(params)
+  in_embedding = in_embedding_of(params)
   first_misfit = None
 
   def choose(path, leaf):
@@ -425,11 +425,14 @@ def warn_possibly_stacked(params: Any, tree: Any, stacklevel: int = 3
     warnings.warn(
         f"Bort treats {path!r} of shape {shape} as one matrix (units on the "
         f"last axis, fan-in on the others), but it may be {shape[0]} stacked "
-        "layers (nnx.vmap, nnx.scan, linen nn.scan), which a parameter tree "
-        "cannot tell; pass the model itself (dimension_numbers=model), or "
-        "dimension_numbers= a tree with BortDimensionNumbers(batch_axis=0) "
-        "at that leaf for a stack (BortDimensionNumbers() for a 1-D "
-        "convolution).", stacklevel=stacklevel)
+        "layers (nnx.vmap, nnx.scan, linen nn.scan), or one layer with "
+        "several output axes (linen DenseGeneral), which a parameter tree "
+        "cannot tell; pass the model itself (dimension_numbers=model, "
+        "NNX), or dimension_numbers= a tree with, at that leaf, "
+        "BortDimensionNumbers(batch_axis=0) for a stack, "
+        "BortDimensionNumbers(reduction_axis=0, output_axis=(1, 2)) for "
+        "output axes (1, 2), or BortDimensionNumbers() for a 1-D "
+        "convolution.", stacklevel=stacklevel)
 
 
 DimensionNumbersLike = (
@@ -565,7 +568,7 @@ def resolve_views(
           f"{e}") from e
 
   if any(under_prefix for _, under_prefix in dims):
-    in_embedding = _in_embedding(params)
+    in_embedding = in_embedding_of(params)
   views = []
   for (path, leaf), (dims_i, under_prefix) in zip(leaves_with_path, dims):
     if under_prefix:

@@ -28,6 +28,7 @@ from bort_jax._src.defaults import Mode
 from bort_jax._src.dimension_numbers import BortDimensionNumbers
 from bort_jax._src.dimension_numbers import DimensionNumbersLike
 from bort_jax._src.dimension_numbers import entries_by_path
+from bort_jax._src.dimension_numbers import in_embedding_of
 from bort_jax._src.dimension_numbers import is_weight_matrix
 from bort_jax._src.dimension_numbers import MISSING
 from bort_jax._src.dimension_numbers import path_string
@@ -82,12 +83,13 @@ def _is_default_selection(dimension_numbers: Any) -> bool:
           or is_nnx_module(dimension_numbers))
 
 
-def _looks_like_a_matrix(path, leaf) -> bool:
+def _looks_like_a_matrix(path, leaf, embedding: bool) -> bool:
   """A weight matrix by the rule one BortDimensionNumbers applies (no bias,
-  norm scale or embedding by name), with two axes longer than 1."""
+  norm scale or embedding by name or module type), with two axes longer
+  than 1."""
   shape = getattr(leaf, "shape", ())
   return (sum(d > 1 for d in shape) >= 2
-          and is_weight_matrix(path, leaf, masked=False, embedding=False))
+          and is_weight_matrix(path, leaf, masked=False, embedding=embedding))
 
 
 def check_bort_leaves(params: Any, views, dimension_numbers: Any = None,
@@ -101,11 +103,12 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None,
   transform of a chain whose correction already warned).
   """
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  in_embedding = in_embedding_of(params)
   selected = 0
   unreached = []
   for (path, leaf), view in zip(leaves, views):
     if view is None:
-      if _looks_like_a_matrix(path, leaf):
+      if _looks_like_a_matrix(path, leaf, in_embedding(path)):
         unreached.append(path_string(path))
       continue
     selected += 1
@@ -125,14 +128,20 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None,
     more = len(unreached) - MAX_NAMED
     if more > 0:
       named += f" and {more} more"
+    if dimension_numbers is None:
+      selection = "the default selection (Flax kernels)"
+      include = ("one bort_jax.BortDimensionNumbers.out_in() reaches every "
+                 "(out, in) weight, whatever its name")
+    else:
+      selection = "these dimension numbers"
+      include = ("a dict of BortDimensionNumbers by path for the weights "
+                 "these do not fit")
     warnings.warn(
         f"The Bort transform does not reach {named}: weights with two or "
-        "more axes that the default selection (Flax kernels) does not "
-        "select get no Bort correction. Pass dimension_numbers= to include "
-        "them (one bort_jax.BortDimensionNumbers.out_in() reaches every "
-        "(out, in) weight, whatever its name), or exclude them on purpose "
-        "with bort_mask= (or None at their leaf in a dimension_numbers "
-        "tree).", stacklevel=3)
+        f"more axes that {selection} do not select get no Bort correction. "
+        f"Pass dimension_numbers= to include them ({include}), or exclude "
+        "them on purpose with bort_mask= (or None at their leaf in a "
+        "dimension_numbers tree).", stacklevel=3)
 
 
 def warn_ada_mismatch(params: Any, views, mode: str, amplitude: Any) -> None:

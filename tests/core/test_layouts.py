@@ -210,6 +210,8 @@ def test_i19_a_stacked_kernel_as_a_raw_tree_warns_once_at_init():
   message = str(caught[0].message)
   assert "(3, 6, 4)" in message and "stacked layers" in message
   assert "dimension_numbers=model" in message and "batch_axis=0" in message
+  # A linen DenseGeneral's (in, 4, 8) kernel looks the same: its fix too.
+  assert "DenseGeneral" in message and "output_axis=(1, 2)" in message
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # not again at each update
     jax.jit(tx.update)(params, state, params)
@@ -332,6 +334,26 @@ def test_out_in_leaves_out_equinox_embeddings_and_biases_under_any_outer_mask():
       bort_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
   assert float(jnp.abs(chosen.embedding.weight).max()) > 0
   np.testing.assert_array_equal(chosen.conv.bias, 0.0)
+
+
+def test_an_equinox_embedding_of_any_name_is_left_out_without_a_warning():
+  # Left out by its module type, it was still reported as a weight the
+  # selection "does not reach", with advice to pass the out_in() given.
+  class Net(eqx.Module):
+    tok: eqx.nn.Embedding
+    lin: eqx.nn.Linear
+
+    def __init__(self, key):
+      a, b = jax.random.split(key)
+      self.tok = eqx.nn.Embedding(100, 8, key=a)
+      self.lin = eqx.nn.Linear(8, 4, key=b)
+
+  params = eqx.filter(Net(jax.random.key(0)), eqx.is_array)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    bort_jax.bort_adamw(1e-3, dimension_numbers=OUT_IN).init(params)
+  assert list(bort_jax.orthogonality_error(
+      params, dimension_numbers=OUT_IN)) == ["lin/weight"]
 
 
 GROUPED = bort_jax.BortDimensionNumbers(feature_group_count=4)
