@@ -291,6 +291,13 @@ def start_on_constraint(
   only, so with them the start changes the initialisation and the
   correction does not hold what it adds.
 
+  Differentiating through the first step (``jax.grad`` of a loss after it,
+  as meta-learning does) goes through the SVD, whose derivative JAX leaves
+  undefined (NaN) where ``W + u`` has repeated singular values: an
+  orthogonal ``W`` with a zero first update (a warm-up from learning rate
+  0) is one. Project beforehand (:func:`project_to_constraint`) and leave
+  the start off there.
+
   Args:
     amplitude: the target ``c > 0`` (a schedule is read at step 0), or
       ``"ada"``: ``c = (mean_i ‖w_i‖)²`` of ``W + u``.
