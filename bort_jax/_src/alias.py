@@ -284,8 +284,8 @@ def bort_adamw(
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
       whatever the initialisation; the correction then holds it there.
       The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
-      made the every-step default exact (error 1e-6 instead of 0.03) and
-      as accurate or more, for 2–4 % of the step (its ``lax.cond`` runs on
+      made the every-step default tight (error 7e-5 to 2e-4 instead of
+      0.03) and as accurate or more, for 2–4 % of the step (its ``lax.cond`` runs on
       every step). Pass ``False`` to keep trained weights as they are
       (fine-tuning: the correction then brings them to the constraint step
       by step) or to save that time. A literal zero strength (no Bort) has
