@@ -285,10 +285,10 @@ def bort_adamw(
       whatever the initialisation; the correction then holds it there.
       The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
       made the every-step default tight (error 7e-5 to 2e-4 instead of
-      0.03) and as accurate or more, for 2–4 % of the step (its ``lax.cond`` runs on
-      every step). Pass ``False`` to keep trained weights as they are
-      (fine-tuning: the correction then brings them to the constraint step
-      by step) or to save that time. A literal zero strength (no Bort) has
+      0.03) and as accurate or more, for 2–4 % of the step (its
+      ``lax.cond`` runs on every step). Pass ``False`` to keep trained
+      weights as they are (fine-tuning: the correction then brings them to
+      the constraint step by step) or to save that time. A literal zero strength (no Bort) has
       no start either; under :func:`optax.inject_hyperparams` the strength
       is known only as its value at each step, so there a γ that is 0 at
       step 0 (a warm-up from 0) has no start, while the same schedule

@@ -77,7 +77,8 @@ def einsum_kernel_axes(einsum_str: str | None
   inputs, arrow, out = spec.partition("->")
   lhs, _, rhs = inputs.partition(",")
   if not arrow or not rhs:
-    raise ValueError(f"{einsum_str!r} does not name the output and two operands")
+    raise ValueError(
+        f"{einsum_str!r} does not name the output and two operands")
   if "." in rhs or len(set(rhs)) != len(rhs):
     raise ValueError(f"the kernel's subscripts {rhs!r} hold an ellipsis or a "
                      "repeated letter")

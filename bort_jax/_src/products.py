@@ -12,9 +12,8 @@ and each states its collectives: under Explicit sharding through
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
