@@ -158,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unknown:
     parser.error(f"unknown optimizers {unknown}; choose from "
                  f"{', '.join(OPTIMIZERS)}")
-  seeds = [int(seed) for seed in args.seeds.split(",")]
+  try:
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+  except ValueError:
+    parser.error(f"--seeds takes integers separated by commas, got "
+                 f"{args.seeds!r}")
   seed_column = "" if seeds == [0] else " seed |"
   print(f"| optimizer | start | steps |{seed_column} acc alone % | "
         "acc with Bort % | Δ pp | error alone | error with Bort |")
