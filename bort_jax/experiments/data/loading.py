@@ -155,7 +155,7 @@ def _load_arrays(name: str, cache_dir: Path, download: bool) -> Arrays:
     )
   raise DatasetUnavailableError(
       f"Could not load {name!r}: {_summary(name, directory, download)}."
-      " Tried:\n"
+      "\nTried:\n"
       + "\n".join(tried)
       + f"\nTo fix it, put one of these in {directory}/"
       " (or pass cache_dir=, or set BORT_JAX_DATA):\n"
