@@ -316,8 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           'missing): pip install "bort_jax[app]"', 2)
   try:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     prog = f"{_PROG} {args.command}"
+    if unknown:  # named by the subcommand they were given to
+      _Parser(prog=prog).error(
+          f"unrecognized arguments: {' '.join(unknown)}")
     # A warning is one line, on stdout with the run's other notes: stderr
     # carries the one line of an error and nothing else.
     with warnings.catch_warnings():

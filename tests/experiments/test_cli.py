@@ -38,6 +38,13 @@ def test_train_rejects_bad_arguments(capsys, tmp_path, extra, message):
   _fails(capsys, ["train", "--out", str(tmp_path / "run"), *extra], message)
 
 
+def test_an_unknown_flag_is_named_by_its_subcommand(capsys, tmp_path):
+  err = _fails(capsys, ["train", "--out", str(tmp_path / "run"), "--bogus",
+                        "1"], "unrecognized arguments: --bogus 1")
+  assert err.startswith("bort-jax train: error:") and err.count("\n") == 1
+  assert not (tmp_path / "run").exists()
+
+
 def test_usage_errors(capsys, tmp_path):
   _fails(capsys, [], "required")
   _fails(capsys, ["train"], "--out")
