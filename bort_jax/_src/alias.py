@@ -41,12 +41,15 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
   return lambda count: factor * per_step(count)
 
 
-def _landed_first(start: Any, coupled: bool, lagged: Any) -> bool:
+def _landed_first(start: Any, coupled: bool, lagged: Any, every: Any
+                  ) -> bool:
   """Whether the correction must skip step 0, the start's landing: where a
   correction then would outlive it (in a coupled optimizer's state, or held
-  by ``lagged``); a decoupled one is replaced with the weights."""
+  by ``lagged`` between refreshes); a decoupled one is replaced with the
+  weights. (``lagged`` with ``every`` 1 is the plain correction.)"""
+  held = validation.check_bool("lagged", lagged) and check_every(every) > 1
   return (validation.check_bool("start_on_constraint", start)
-          and (coupled or validation.check_bool("lagged", lagged)))
+          and (coupled or held))
 
 
 def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
@@ -190,7 +193,8 @@ def bort_sgd(
           gamma, mode, amplitude, dimension_numbers, kernel_options,
           bort_mask, check_every(every), tau,
           validation.check_bool("lagged", lagged),
-          after_landing=_landed_first(start_on_constraint, True, lagged)),
+          after_landing=_landed_first(start_on_constraint, True, lagged,
+                                     every)),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
   if momentum is not None:
@@ -345,7 +349,8 @@ def bort_adamw(
           gamma, mode, amplitude, dimension_numbers, kernel_options,
           bort_mask, check_every(every), tau,
           validation.check_bool("lagged", lagged),
-          after_landing=_landed_first(start_on_constraint, False, lagged)),
+          after_landing=_landed_first(start_on_constraint, False, lagged,
+                                     every)),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _started(adamw, start_on_constraint, gamma, amplitude,
@@ -467,7 +472,7 @@ def with_bort(
   bort = _correction_transform(
       applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
       every, tau, lagged, after_landing=_landed_first(
-          start_on_constraint, placement == "coupled", lagged),
+          start_on_constraint, placement == "coupled", lagged, every),
   )
   chain = (optax.chain(bort, optimizer) if placement == "coupled"
            else optax.chain(optimizer, bort))
