@@ -681,12 +681,6 @@ def check_config(config: TrainConfig) -> None:
   validation.check_real("dbort_power", config.dbort_power, low=0,
                         low_inclusive=False)
   validation.check_choice("dbort_on", config.dbort_on, choices.DBORT_ON)
-  for name in ("dbort_power", "dbort_on"):  # read only by a DBort term
-    if (config.dbort_weight == 0
-        and getattr(config, name) != getattr(TrainConfig, name)):
-      raise ValueError(
-          f"{name} applies with a DBort term only, but dbort_weight is 0; "
-          f"drop {name}, or set dbort_weight.")
   validation.check_choice("schedule", config.schedule, choices.SCHEDULES)
   validation.check_real("momentum", config.momentum, low=0, high=1,
                         high_inclusive=False)

@@ -33,6 +33,8 @@ def _fails(capsys, argv, message):
     (["--resume", "--overwrite"], "not allowed with argument"),
     (["--optimizer", "bort-adamw", "--placement", "coupled"],
      "placement applies to bort-<optax optimizer> only"),
+    (["--dbort-power", "0.1"], "--dbort-power applies with a DBort term only"),
+    (["--dbort-on", "layers"], "--dbort-on applies with a DBort term only"),
 ])
 def test_train_rejects_bad_arguments(capsys, tmp_path, extra, message):
   _fails(capsys, ["train", "--out", str(tmp_path / "run"), *extra], message)

@@ -355,8 +355,6 @@ def test_levers_round_trip_through_config_json():
     (dict(bort_lagged=True), "bort_lagged holds a correction computed every"),
     (dict(optimizer="adamw", momentum=0.5),
      "momentum applies to sgd and bort-sgd only"),
-    (dict(dbort_power=0.1), "dbort_power applies with a DBort term only"),
-    (dict(dbort_on="layers"), "dbort_on applies with a DBort term only"),
     (dict(optimizer="lbfgs"), "optimizer 'lbfgs' cannot be trained by"),
     (dict(optimizer="bort-lbfgs"),
      "optimizer 'bort-lbfgs' cannot be trained by"),
