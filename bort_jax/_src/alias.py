@@ -41,15 +41,21 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
   return lambda count: factor * per_step(count)
 
 
-def _landed_first(start: Any, coupled: bool, lagged: Any, every: Any
-                  ) -> bool:
-  """Whether the correction must skip step 0, the start's landing: where a
-  correction then would outlive it (in a coupled optimizer's state, or held
-  by ``lagged`` between refreshes); a decoupled one is replaced with the
-  weights. (``lagged`` with ``every`` 1 is the plain correction.)"""
-  held = validation.check_bool("lagged", lagged) and check_every(every) > 1
-  return (validation.check_bool("start_on_constraint", start)
-          and (coupled or held))
+def _correction(strength: Any, mode: Any, amplitude: Any,
+                dimension_numbers: Any, kernel_options: Any, bort_mask: Any,
+                every: Any, tau: Any, lagged: Any, start: Any,
+                coupled: bool) -> optax.GradientTransformationExtraArgs:
+  """The aliases' correction. With the start, it skips step 0 (the landing)
+  where a correction then would outlive it: in a coupled optimizer's state,
+  or held by ``lagged`` between refreshes (``lagged`` with ``every`` 1 is
+  the plain correction); a decoupled one is replaced with the weights."""
+  every = check_every(every)
+  lagged = validation.check_bool("lagged", lagged)
+  after_landing = (validation.check_bool("start_on_constraint", start)
+                   and (coupled or (lagged and every > 1)))
+  return _correction_transform(
+      strength, mode, amplitude, dimension_numbers, kernel_options,
+      bort_mask, every, tau, lagged, after_landing=after_landing)
 
 
 def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
@@ -189,12 +195,9 @@ def bort_sgd(
   weight_decay_mask = validation.check_mask("weight_decay_mask",
                                             weight_decay_mask)
   parts = [
-      _correction_transform(
-          gamma, mode, amplitude, dimension_numbers, kernel_options,
-          bort_mask, check_every(every), tau,
-          validation.check_bool("lagged", lagged),
-          after_landing=_landed_first(start_on_constraint, True, lagged,
-                                     every)),
+      _correction(gamma, mode, amplitude, dimension_numbers,
+                  kernel_options, bort_mask, every, tau, lagged,
+                  start_on_constraint, coupled=True),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
   if momentum is not None:
@@ -345,12 +348,9 @@ def bort_adamw(
           nesterov=nesterov,
       ),
       optax.add_decayed_weights(weight_decay, mask),
-      _correction_transform(
-          gamma, mode, amplitude, dimension_numbers, kernel_options,
-          bort_mask, check_every(every), tau,
-          validation.check_bool("lagged", lagged),
-          after_landing=_landed_first(start_on_constraint, False, lagged,
-                                     every)),
+      _correction(gamma, mode, amplitude, dimension_numbers,
+                  kernel_options, bort_mask, every, tau, lagged,
+                  start_on_constraint, coupled=False),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _started(adamw, start_on_constraint, gamma, amplitude,
@@ -467,13 +467,9 @@ def with_bort(
     applied = signed if callable(strength) else -strength
   else:
     applied = strength
-  every = check_every(every)
-  lagged = validation.check_bool("lagged", lagged)
-  bort = _correction_transform(
-      applied, mode, amplitude, dimension_numbers, kernel_options, bort_mask,
-      every, tau, lagged, after_landing=_landed_first(
-          start_on_constraint, placement == "coupled", lagged, every),
-  )
+  bort = _correction(applied, mode, amplitude, dimension_numbers,
+                     kernel_options, bort_mask, every, tau, lagged,
+                     start_on_constraint, coupled=placement == "coupled")
   chain = (optax.chain(bort, optimizer) if placement == "coupled"
            else optax.chain(optimizer, bort))
   return _started(chain, start_on_constraint, strength, amplitude,
