@@ -484,14 +484,14 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
     c = jnp.square(jnp.mean(jnp.sqrt(jax.lax.stop_gradient(units_sq))))
   else:
     c = jnp.asarray(amplitude, x.dtype).reshape(())
-  fan_in = x.size // units
+  columns = mode in ("l2-col", "l1-col")  # norms summed over the units
+  summed = units if columns else x.size // units
+  ctx = Context(options, None, None, tau, rounding_zone(summed, x.dtype))
   if mode in ("l2-row", "l1-row"):
     scale = units_sq - c
-    ctx = Context(options, None, None, tau, rounding_zone(fan_in, x.dtype))
     return (scale if mode == "l2-row" else l1_sign(scale, c, ctx)) * x
-  if mode in ("l2-col", "l1-col"):
+  if columns:
     scale = jnp.sum(jnp.square(x), axis=unit_axis, keepdims=True) - c
-    ctx = Context(options, None, None, tau, rounding_zone(units, x.dtype))
     return (scale if mode == "l2-col" else l1_sign(scale, c, ctx)) * x
   a = x if options.gram_dtype is None else x.astype(options.gram_dtype)
   gram = jax.lax.dot_general(
@@ -502,8 +502,7 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
     s = residual
   else:
     slope = huber_slope if mode == "huber-fullrow" else sign_slope
-    s = slope(residual, c, Context(options, None, None, tau,
-                                   rounding_zone(fan_in, x.dtype)))
+    s = slope(residual, c, ctx)
   if options.gram_dtype is not None:
     s = s.astype(options.gram_dtype)
   delta = jax.lax.dot_general(
