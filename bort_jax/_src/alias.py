@@ -44,18 +44,32 @@ def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
 def _correction(strength: Any, mode: Any, amplitude: Any,
                 dimension_numbers: Any, kernel_options: Any, bort_mask: Any,
                 every: Any, tau: Any, lagged: Any, start: Any,
-                coupled: bool) -> optax.GradientTransformationExtraArgs:
+                coupled: bool, per_step: Callable[[Any], Any] | None,
+                schedules: tuple = ()) -> optax.GradientTransformationExtraArgs:
   """The aliases' correction. With the start, it skips step 0 (the landing)
   where a correction then would outlive it: in a coupled optimizer's state,
   or held by ``lagged`` between refreshes (``lagged`` with ``every`` 1 is
-  the plain correction); a decoupled one is replaced with the weights."""
+  the plain correction); a decoupled one is replaced with the weights.
+
+  ``per_step(count)`` is the per-step strength ``s_t`` where the alias
+  knows it (``schedules``: the hyperparameters it reads): a sign step then
+  changes a Gram entry by ``2 · s_t · c`` (``every`` times that in a
+  burst), and the l1 modes' rounding zone narrows to that change, so that
+  a step too small to move the weights beyond rounding is taken.
+  """
   every = check_every(every)
   lagged = validation.check_bool("lagged", lagged)
   after_landing = (validation.check_bool("start_on_constraint", start)
                    and (coupled or (lagged and every > 1)))
+  sign_step = None
+  if per_step is not None:
+    factor = 2.0 * (1 if lagged else every)
+    sign_step = ((lambda count: factor * per_step(count))
+                 if any(map(callable, schedules)) else factor * per_step(0))
   return _correction_transform(
       strength, mode, amplitude, dimension_numbers, kernel_options,
-      bort_mask, every, tau, lagged, after_landing=after_landing)
+      bort_mask, every, tau, lagged, after_landing=after_landing,
+      sign_step=sign_step)
 
 
 def _started(tx: optax.GradientTransformation, start: Any, strength: Any,
@@ -183,9 +197,11 @@ def bort_sgd(
   steps = 1.0 / (1.0 - (validation.concrete_number(momentum) or 0.0))
   lr = validation.concrete_number(learning_rate)
   mu = 0.0 if momentum is None else momentum  # may be traced
-  tau = _zone(tau, every, lambda n: (
-      hyperparameter_value(learning_rate, n)
-      * hyperparameter_value(gamma, n) / (1.0 - mu)))
+  def per_step(count):
+    return (hyperparameter_value(learning_rate, count)
+            * hyperparameter_value(gamma, count) / (1.0 - mu))
+
+  tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_sgd", "gamma", gamma, lambda g: lr * g * steps, mode,
       lambda g: defaults.DEFAULT_STRENGTH / (lr * steps))
@@ -197,7 +213,8 @@ def bort_sgd(
   parts = [
       _correction(gamma, mode, amplitude, dimension_numbers,
                   kernel_options, bort_mask, every, tau, lagged,
-                  start_on_constraint, coupled=True),
+                  start_on_constraint, coupled=True, per_step=per_step,
+                  schedules=(learning_rate, gamma)),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
   ]
   if momentum is not None:
@@ -332,9 +349,11 @@ def bort_adamw(
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options, tau, step_known=True)
   lr = validation.concrete_number(learning_rate)
-  tau = _zone(tau, every, lambda n: (
-      hyperparameter_value(learning_rate, n)
-      * hyperparameter_value(gamma, n)))
+  def per_step(count):
+    return (hyperparameter_value(learning_rate, count)
+            * hyperparameter_value(gamma, count))
+
+  tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
       lambda g: defaults.DEFAULT_STRENGTH / lr)
@@ -350,7 +369,8 @@ def bort_adamw(
       optax.add_decayed_weights(weight_decay, mask),
       _correction(gamma, mode, amplitude, dimension_numbers,
                   kernel_options, bort_mask, every, tau, lagged,
-                  start_on_constraint, coupled=False),
+                  start_on_constraint, coupled=False, per_step=per_step,
+                  schedules=(learning_rate, gamma)),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _started(adamw, start_on_constraint, gamma, amplitude,
@@ -453,7 +473,10 @@ def with_bort(
   kernel_options = validation.check_bort_arguments(
       strength, mode, amplitude, kernel_options, tau, gamma_name="strength",
       step_known=placement == "decoupled")
-  tau = _zone(tau, every, lambda n: hyperparameter_value(strength, n))
+  def per_step(count):
+    return hyperparameter_value(strength, count)
+
+  tau = _zone(tau, every, per_step)
   if placement == "decoupled":
     validation.warn_if_step_strength_collapses(
         "with_bort", "strength", strength, lambda s: s, mode,
@@ -467,9 +490,12 @@ def with_bort(
     applied = signed if callable(strength) else -strength
   else:
     applied = strength
+  coupled = placement == "coupled"  # the optimizer's step is not known
   bort = _correction(applied, mode, amplitude, dimension_numbers,
                      kernel_options, bort_mask, every, tau, lagged,
-                     start_on_constraint, coupled=placement == "coupled")
+                     start_on_constraint, coupled=coupled,
+                     per_step=None if coupled else per_step,
+                     schedules=(strength,))
   chain = (optax.chain(bort, optimizer) if placement == "coupled"
            else optax.chain(optimizer, bort))
   return _started(chain, start_on_constraint, strength, amplitude,

@@ -29,7 +29,10 @@ The l1 modes read a residual within rounding of 0 as 0 (``sign(0) = 0``
 taken to the float's precision: ``|R| ≤ 4 √n eps c`` for sums of ``n``
 products, :func:`~bort_jax._src.products.rounding_zone`): on the constraint
 the residual is rounding, and its sign would set the step's direction by
-the machine's summation order.
+the machine's summation order. The aliases, which know the step, narrow
+the zone to what one sign step changes a Gram entry by: a step too small
+to move the weights beyond rounding is taken, so the sign still takes the
+residual to float precision as the learning rate decays.
 
 "row" modes act on the output units' weight vectors, "col" modes on the fan-in
 vectors. The products themselves live in :mod:`products`; this module maps a
@@ -51,6 +54,7 @@ then pulls the weights toward zero step after step.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -200,6 +204,25 @@ def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
   return _vectors(kernels, units, overcomplete) if kernels.on_units else units
 
 
+def _zone(n: int, dtype, cap: Any) -> Any:
+  """The l1 modes' zone: the rounding zone of sums of ``n`` products,
+  narrowed to ``cap`` where one is given.
+
+  The aliases cap it at the change one sign step makes to a Gram entry
+  (``2 · every · s_t`` of ``c``, ``s_t`` the per-step strength): a step
+  that small moves the weights by no more than rounding whatever its
+  direction, so the sign may dither the residual down to float precision
+  as the learning rate decays, where the full zone would leave it at the
+  zone's edge.
+  """
+  zone = rounding_zone(n, dtype)
+  if cap is None:
+    return zone
+  if isinstance(cap, numbers.Real):  # a constant step: a constant zone
+    return min(zone, float(cap))
+  return jnp.minimum(zone, cap)
+
+
 def _met_by_ada(amplitude: Amplitude, vectors: int, ada_vectors: int) -> bool:
   """Whether "ada" makes the constraint hold exactly: one vector on the
   constrained side (``vectors`` of them), which is also the one "ada"
@@ -289,6 +312,7 @@ def correction(
     options: KernelOptions,
     units: int = ROWS,
     tau: Tau = 0.01,
+    zone_cap: Any = None,
 ) -> Array:
   """Δ in the compute dtype, for matrices whose units lie along ``units``.
 
@@ -296,6 +320,8 @@ def correction(
   fan-in split) decides where the products' collectives go. ``tau`` is the
   Huber modes' width relative to c, checked by the public callers (a
   schedule's value, 0 at a zero learning rate, is the l1 limit).
+  ``zone_cap`` (relative to c, possibly traced) narrows the l1 modes'
+  rounding zone to it (:func:`_zone`).
   """
   kernels = check_mode(mode)
   x = x.astype(compute_dtype(x.dtype))
@@ -314,7 +340,7 @@ def correction(
   summed = other(vectors)  # each Gram entry or norm sums over this axis
   n = x.shape[summed] * (jax.lax.axis_size(options.axis_name)
                          if manual_axis == summed else 1)
-  zone = rounding_zone(n, x.dtype)
+  zone = _zone(n, x.dtype, zone_cap)
 
   def run(x, c):
     ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau, zone)
@@ -462,7 +488,8 @@ def corrects_in_place(mode: str, shape, reduction_axes, output_axes,
 
 def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
                          options: KernelOptions, reduction_axes,
-                         unit_axis: int, tau: Tau = 0.01) -> Array:
+                         unit_axis: int, tau: Tau = 0.01,
+                         zone_cap: Any = None) -> Array:
   """Δ of one parameter whose fan-in spans several axes, in its own layout.
 
   The units' Gram contracts every fan-in axis at once (``dot_general`` with
@@ -486,7 +513,7 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
     c = jnp.asarray(amplitude, x.dtype).reshape(())
   columns = mode in ("l2-col", "l1-col")  # norms summed over the units
   summed = units if columns else x.size // units
-  ctx = Context(options, None, None, tau, rounding_zone(summed, x.dtype))
+  ctx = Context(options, None, None, tau, _zone(summed, x.dtype, zone_cap))
   if mode in ("l2-row", "l1-row"):
     scale = units_sq - c
     return (scale if mode == "l2-row" else l1_sign(scale, c, ctx)) * x

@@ -66,8 +66,9 @@ class Context(NamedTuple):
   spec: tuple | None  # Explicit sharding: one PartitionSpec entry per axis
   manual_axis: int | None  # shard_map: the matrix axis split over axis_name
   tau: Any = None  # Huber width relative to c (τ = tau·c); None: no Huber
-  # The l1 modes' rounding zone relative to c: a residual within it is 0.
-  zone: float = 0.0
+  # The l1 modes' rounding zone relative to c: a residual within it is 0
+  # (a number, or traced where it follows the aliases' step).
+  zone: Any = 0.0
 
   def out_sharding(self, x: Array, *last_two
                    ) -> jax.sharding.NamedSharding | None:
@@ -275,13 +276,15 @@ def _slope_full(x: Array, c: Array, vectors: int, ctx: Context,
   if ctx.spec is not None:
     # Under Explicit sharding the loop's dynamic slices of a split axis have
     # no sharding one could state: XLA places them (Auto axes inside), and
-    # the result comes back in x's own sharding. A traced τ (a schedule's
-    # value) enters as an argument, as c does: closed over, it would keep
-    # the Explicit mesh inside.
+    # the result comes back in x's own sharding. A traced τ or zone (a
+    # schedule's value) enters as an argument, as c does: closed over, it
+    # would keep the Explicit mesh inside.
     return jax.sharding.auto_axes(
-        lambda x, c, tau: _slope_full_blocked(
-            x, c, vectors, block, ctx._replace(spec=None, tau=tau), slope),
-        out_sharding=sharding.on_mesh_of(x, *ctx.spec))(x, c, ctx.tau)
+        lambda x, c, tau, zone: _slope_full_blocked(
+            x, c, vectors, block,
+            ctx._replace(spec=None, tau=tau, zone=zone), slope),
+        out_sharding=sharding.on_mesh_of(x, *ctx.spec))(
+            x, c, ctx.tau, ctx.zone)
   return _slope_full_blocked(x, c, vectors, block, ctx, slope)
 
 

@@ -303,8 +303,9 @@ def tree_correction(
 
 
 def _tree_correction(params, mode, amplitude, dimension_numbers,
-                     kernel_options, tau) -> Any:
-  """:func:`tree_correction` with ``tau`` unchecked (a schedule's value)."""
+                     kernel_options, tau, zone_cap=None) -> Any:
+  """:func:`tree_correction` with ``tau`` unchecked (a schedule's value),
+  and the l1 modes' rounding zone narrowed to ``zone_cap`` if given."""
   kernels = penalty.check_mode(mode)
   leaves, treedef = jax.tree.flatten(params)
   views = resolve_views(dimension_numbers, params)
@@ -327,7 +328,7 @@ def _tree_correction(params, mode, amplitude, dimension_numbers,
             kernel_options)):
       deltas[i] = penalty.correction_over_axes(
           leaf, mode, amplitude, kernel_options, view.reduction_axes,
-          view.output_axes[0], tau=tau)
+          view.output_axes[0], tau=tau, zone_cap=zone_cap)
       continue
     dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
     key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
@@ -341,7 +342,7 @@ def _tree_correction(params, mode, amplitude, dimension_numbers,
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
     delta = penalty.correction(
         stacked, mode, amplitude, kernel_options, units=penalty.COLS,
-        tau=tau)
+        tau=tau, zone_cap=zone_cap)
     start = 0
     for i, matrix in zip(members, matrices):
       stop = start + matrix.shape[0]
@@ -373,6 +374,7 @@ def _correction_transform(
     tau: optax.ScalarOrSchedule = 0.01,
     lagged: bool = False,
     after_landing: bool = False,
+    sign_step: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds ``strength · Δ(params)`` to the updates; no checks on strength.
 
@@ -384,15 +386,20 @@ def _correction_transform(
   gets no correction: one would outlive the landing in a coupled
   optimizer's momentum or moments, or held by ``lagged``, pulling the landed
   weights by Δ of the weights they replaced (a lagged Δ is first computed
-  on step k).
+  on step k). ``sign_step``: the change one sign step makes to a Gram
+  entry, relative to c (a number, or a function of the count), which the
+  l1 modes' rounding zone narrows to (the aliases know it; ``None``: the
+  full zone).
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
   if callable(tau) and not mode.startswith("huber"):
     tau = DEFAULT_TAU  # the other modes ignore it: no count needed
+  if not mode.startswith("l1"):
+    sign_step = None  # no sign, no zone
   has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
-                  or every > 1 or after_landing)
+                  or every > 1 or after_landing or callable(sign_step))
 
   def deltas_of(params, count):
     c = hyperparameter_value(amplitude, count)
@@ -401,8 +408,9 @@ def _correction_transform(
     # A schedule's τ is not checked, as γ's: 0 (a zero learning rate under
     # tau="step") is the l1 limit.
     width = _scalar(tau(count), "tau") if callable(tau) else tau
+    cap = hyperparameter_value(sign_step, count)
     return _tree_correction(params, mode, c, selection, kernel_options,
-                            width)
+                            width, cap)
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.

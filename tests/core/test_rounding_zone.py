@@ -127,3 +127,87 @@ def test_without_the_start_the_coupled_first_step_is_corrected():
   delta = bort_jax.tree_correction(params, mode="l2-full", amplitude=1.0)
   np.testing.assert_allclose(updates["kernel"], -0.05 * 0.5 * delta["kernel"],
                              rtol=1e-6)
+
+
+def _off_by(shape, size, seed=1):
+  """A landed kernel moved off the constraint by about ``size`` of c."""
+  w = _landed(shape)
+  noise = jax.random.normal(jax.random.key(seed), shape)
+  return w + size * w.std() * noise
+
+
+@pytest.mark.parametrize("make", [
+    lambda lr: bort_jax.bort_adamw(lr, weight_decay=0.0,
+                                   start_on_constraint=False),
+    lambda lr: bort_jax.bort_sgd(lr, 0.9, start_on_constraint=False),
+    lambda lr: bort_jax.with_bort(optax.adam(lr), strength=lr,
+                                  start_on_constraint=False),
+])
+def test_the_aliases_zone_narrows_to_a_step_that_moves_less_than_rounding(
+    make):
+  # Residuals of a few eps, inside the rounding zone (4·√48·eps ≈ 3e-6):
+  # a step of lr·γ = 1e-2 in their sign would move the weights far beyond
+  # rounding, so none is taken; one of 1e-10 moves them less, so it is.
+  shape = (48, 24)
+  params = {"kernel": _off_by(shape, 1e-7)}
+  residual = np.abs(np.asarray(params["kernel"]).T @ np.asarray(
+      params["kernel"]) / np.mean(np.sum(np.asarray(params["kernel"])**2, 0))
+                    - np.eye(24)).max()
+  assert residual < products.rounding_zone(48, jnp.float32)
+  zero = _zero(shape)(0)
+  for lr, moves in [(1e-2, False), (1e-10, True)]:
+    tx = make(lr)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert bool(jnp.any(updates["kernel"] != 0)) == moves, lr
+  # The building block, which knows no step, keeps the full zone.
+  tx = bort_jax.add_bort_correction(1e-10, mode="l1-fullrow",
+                                    amplitude="ada")
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_array_equal(updates["kernel"], 0.0)
+
+
+def _decayed_run(tx, steps=240, shape=(64, 32)):
+  params = {"kernel": jax.random.normal(jax.random.key(0), shape)}
+  grads = _gradients(shape, scale=1e-2)
+
+  @jax.jit
+  def step(params, state, i):
+    updates, state = tx.update(grads(i), state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for i in range(steps):
+    params, state = step(params, state, i)
+  return params
+
+
+def test_a_decayed_learning_rate_dithers_the_residual_to_float_precision():
+  # With the full zone the residual rests at its edge (~1e-5 here); as
+  # the step decays below it, the sign takes the residual to rounding.
+  schedule = optax.cosine_decay_schedule(1e-3, 240)
+  params = _decayed_run(bort_jax.bort_adamw(schedule))
+  error = bort_jax.orthogonality_error(params)["kernel"].constraint_error
+  assert error < 2e-6, error
+  # The same chain with the building block, which knows no step.
+  full_zone = optax.chain(
+      optax.scale_by_adam(),
+      bort_jax.add_bort_correction(1.0, mode="l1-fullrow", amplitude="ada"),
+      optax.scale_by_learning_rate(schedule), bort_jax.start_on_constraint())
+  error = bort_jax.orthogonality_error(
+      _decayed_run(full_zone))["kernel"].constraint_error
+  assert error > 5e-6, error
+
+
+def test_the_decayed_default_gives_the_same_steps_jitted_eager_and_injected():
+  # Steps below rounding follow the summation order, but move the weights
+  # by no more than rounding: the runs agree to float precision.
+  schedule = optax.cosine_decay_schedule(1e-2, 40)
+  shape = (24, 12)
+  params = {"kernel": jax.random.normal(jax.random.key(0), shape)}
+  grads = _gradients(shape)
+  jitted = _decayed_run(bort_jax.bort_adamw(schedule), steps=40, shape=shape)
+  eager, _ = _steps(bort_jax.bort_adamw(schedule), params, grads, 40)
+  injected, _ = _steps(optax.inject_hyperparams(bort_jax.bort_adamw)(
+      learning_rate=schedule), params, grads, 40)
+  np.testing.assert_allclose(eager["kernel"], jitted["kernel"], atol=1e-5)
+  np.testing.assert_allclose(injected["kernel"], jitted["kernel"], atol=1e-5)

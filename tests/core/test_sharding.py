@@ -214,6 +214,18 @@ def test_explicit_blocked_huber_with_a_tau_schedule_equals_unsharded(spec):
   _check_explicit_equals_unsharded(make, params, {"kernel": spec})
 
 
+@pytest.mark.parametrize("spec", [P(None, "x"), P("x", None)],
+                         ids=["units", "fan_in"])
+def test_explicit_blocked_l1_with_a_decaying_step_equals_unsharded(spec):
+  """The l1 zone that follows a scheduled step is traced, as τ above."""
+  params = {"kernel": jnp.asarray(
+      np.random.default_rng(5).normal(size=(16, 24)) * 0.3, jnp.float32)}
+  make = functools.partial(
+      bort_jax.bort_adamw, optax.linear_schedule(1e-2, 1e-3, 10),
+      kernel_options=bort_jax.KernelOptions(block_size=8))
+  _check_explicit_equals_unsharded(make, params, {"kernel": spec})
+
+
 @pytest.mark.parametrize("batch_products", [False, True])
 @pytest.mark.parametrize("mode", bort_jax.MODES)
 def test_explicit_stacked_kernels_split_on_their_batch_axis(mode,
