@@ -80,8 +80,9 @@ class Recommended(NamedTuple):
 #: (the last 10% of MNIST's training set) from the accuracy–constraint
 #: frontier of ``bort-jax frontier``; docs/RESULTS.md has the sweep. The
 #: decoupled start on the constraint was chosen by the pre-registered study
-#: in benchmarks/RESULTS.md (tighter, 7e-5 to 2e-4 since the l1 modes'
-#: rounding zone, and as accurate or more on the MNIST MLPs, for 2–4 % of
+#: in benchmarks/RESULTS.md (tighter: 4e-7 to 6e-5 at the end of a
+#: cosine decay, with the l1 zone that follows the step; and as accurate
+#: or more on the MNIST MLPs, for 2–4 % of
 #: the step); the coupled one passed
 #: it too, but was withheld on one seed of 300 digits steps at lr 0.1
 #: (Bort-SGD 4 pp behind SGD; the repository's promise is 3 pp), a figure

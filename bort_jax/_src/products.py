@@ -86,7 +86,11 @@ class Context(NamedTuple):
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-  """Float32 for low-precision params, else the params' own float type."""
+  """Float32 for low-precision params, else the params' own float type
+  (float8 types have no promotion path to float32: cast explicitly)."""
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+    return jnp.dtype(jnp.float32)
   return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -165,8 +169,25 @@ def l2_full(x: Array, c: Array, vectors: int, ctx: Context) -> Array:
 #: :func:`rounding_zone`).
 ROUNDING_ZONE_FACTOR = 4.0
 
+#: The inputs' rounding of a float32 product at the default precision, by
+#: backend: TF32 (10 mantissa bits) on GPUs, one bfloat16 pass on TPUs.
+_DEFAULT_PRECISION_INPUTS = {"gpu": 2.0 ** -10, "tpu": 2.0 ** -7}
 
-def rounding_zone(n: int, dtype) -> float:
+
+def input_dtype(stored, options: KernelOptions) -> Any:
+  """The coarsest rounding a Gram's inputs carry: their stored dtype, the
+  products' ``gram_dtype``, and, at the default precision on an
+  accelerator, its float32 products' (TF32 on GPUs, bfloat16 on TPUs), as
+  a dtype or an eps."""
+  eps = [float(jnp.finfo(stored).eps)]
+  if options.gram_dtype is not None:
+    eps.append(float(jnp.finfo(options.gram_dtype).eps))
+  if options.precision is None:
+    eps.append(_DEFAULT_PRECISION_INPUTS.get(jax.default_backend(), 0.0))
+  return max(eps)
+
+
+def rounding_zone(n: int, dtype, inputs=None) -> float:
   """The residuals the l1 sign reads as 0, relative to ``c``.
 
   A Gram entry or squared norm of vectors of squared norm ``≈ c`` sums ``n``
@@ -176,20 +197,34 @@ def rounding_zone(n: int, dtype) -> float:
   off the constraint in a direction set by the machine's summation order
   (another CPU, ``jit`` or not, ``vmap``). The l1 modes take ``sign(R)``
   where ``|R| > zone · c`` and 0 within: the subgradient 0 at a residual
-  that rounding cannot tell from 0.
+  that rounding cannot tell from 0. Inputs rounded more coarsely than the
+  sum (bfloat16 weights, a reduced-precision Gram, TF32) add their own
+  rounding, ``eps_in · c / √n`` for the ``n`` products' independent
+  errors.
 
   Args:
     n: the number of products in each sum (the contracted length).
     dtype: the dtype the sums are computed in.
+    inputs: the dtype (or eps) of the products' inputs, if coarser.
 
   Returns:
-    ``ROUNDING_ZONE_FACTOR · √n · eps(dtype)``.
+    ``ROUNDING_ZONE_FACTOR · (√n · eps + eps_in / √n)``, the second term
+    where the inputs are coarser than the sum.
 
   Examples:
     >>> round(rounding_zone(784, "float32") / 1e-5, 2)
     1.34
+    >>> round(rounding_zone(784, "float32", "bfloat16") / 1e-3, 2)
+    1.13
   """
-  return ROUNDING_ZONE_FACTOR * math.sqrt(n) * float(jnp.finfo(dtype).eps)
+  eps = float(jnp.finfo(dtype).eps)
+  zone = math.sqrt(n) * eps
+  if inputs is not None:
+    eps_in = (inputs if isinstance(inputs, float)
+              else float(jnp.finfo(inputs).eps))
+    if eps_in > eps:
+      zone += eps_in / math.sqrt(max(n, 1))
+  return ROUNDING_ZONE_FACTOR * zone
 
 
 def l1_sign(residual: Array, c: Array, ctx: Context) -> Array:
@@ -210,13 +245,20 @@ def huber_slope(residual: Array, c: Array, ctx: Context) -> Array:
 
   Where ``τ = 0`` (an all-zero matrix under ``"ada"``, a zero learning rate
   under ``tau="step"``) it is the limit ``sign(R)``, not ``0/0``; a negative
-  or NaN τ (a schedule's value, unchecked) has no slope and gives NaN.
+  or NaN τ (a schedule's value, unchecked) has no slope and gives NaN. A
+  ``tau`` below the rounding zone (:func:`rounding_zone`) makes the slope a
+  sign within rounding, so it takes the l1 modes' zone: 0 there.
   """
-  width = ctx.tau * c[..., None, None]
+  c = c[..., None, None]
+  width = ctx.tau * c
   positive = width > 0
   scaled = residual / jnp.where(positive, width, 1)
   limit = jnp.where(width == 0, jnp.sign(residual), jnp.nan)
-  return jnp.where(positive, jnp.clip(scaled, -1, 1), limit)
+  slope = jnp.where(positive, jnp.clip(scaled, -1, 1), limit)
+  below = (ctx.tau >= 0) & (ctx.tau < ctx.zone)  # a NaN or negative τ: NaN
+  dead = jnp.where(below, ctx.zone, 0.0) * c
+  return jnp.where(jnp.abs(residual) <= dead, 0, slope).astype(
+      residual.dtype)
 
 
 def slope_gram_block(part: Array, full: Array, c: Array, start, vectors: int,

@@ -107,8 +107,11 @@ def _project_leaf(leaf: jax.Array, view: MatrixView,
     return leaf  # no constraint, or met (and no 0/0 in "ada")
   c = None if isinstance(amplitude, str) else jnp.asarray(amplitude)
   out = _scaled_polar(leaf, view, c, axis_name)
-  if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+  if (isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+      and leaf.committed):
     # Under jit, out_shardings (Auto) or the Explicit spec decide instead.
+    # An uncommitted leaf stays uncommitted: a jitted step fed a mix of
+    # committed and uncommitted arrays compiles again for each mix.
     out = jax.device_put(out, leaf.sharding)
   return out
 

@@ -119,6 +119,12 @@ def check_bort_leaves(params: Any, views, dimension_numbers: Any = None,
           "corrects real floating weights only (complex, integer and bool "
           "leaves have no real orthogonality penalty): skip it with "
           "dimension_numbers (None at that leaf) or bort_mask.")
+    if dtype.itemsize < 2:
+      raise ValueError(
+          f"Bort parameter {path_string(path)!r} has dtype {dtype}, which "
+          "has no arithmetic with float32: keep a float32 or bfloat16 "
+          "copy of the weights to optimize, or skip the leaf with "
+          "dimension_numbers (None at that leaf) or bort_mask.")
   if not warn:
     return
   if leaves and not selected:  # (optax.tree_map_params inits on no leaves)
@@ -330,15 +336,14 @@ def _tree_correction(params, mode, amplitude, dimension_numbers,
           leaf, mode, amplitude, kernel_options, view.reduction_axes,
           view.output_axes[0], tau=tau, zone_cap=zone_cap)
       continue
-    dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
-    key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
+    # Same stored dtype: the correction's rounding zone depends on it.
+    key = (view.matrix_shape[1:], jnp.dtype(leaf.dtype), view.spec
+           ) if batch else i
     groups[key].append(i)
 
   for members in groups.values():
     # Flax layout (batch, fan_in, out): a reshape, no transpose, for kernels.
-    dtype = penalty.compute_dtype(leaves[members[0]].dtype)
-    matrices = [views[i].to_kernel_layout(leaves[i]).astype(dtype)
-                for i in members]
+    matrices = [views[i].to_kernel_layout(leaves[i]) for i in members]
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
     delta = penalty.correction(
         stacked, mode, amplitude, kernel_options, units=penalty.COLS,
@@ -388,15 +393,15 @@ def _correction_transform(
   weights by Δ of the weights they replaced (a lagged Δ is first computed
   on step k). ``sign_step``: the change one sign step makes to a Gram
   entry, relative to c (a number, or a function of the count), which the
-  l1 modes' rounding zone narrows to (the aliases know it; ``None``: the
-  full zone).
+  sign's rounding zone narrows to (l1 modes, and Huber modes with τ below
+  it; the aliases know it; ``None``: the full zone).
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
   selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
   if callable(tau) and not mode.startswith("huber"):
     tau = DEFAULT_TAU  # the other modes ignore it: no count needed
-  if not mode.startswith("l1"):
+  if mode.startswith("l2"):
     sign_step = None  # no sign, no zone
   has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
                   or every > 1 or after_landing or callable(sign_step))
@@ -545,7 +550,9 @@ def add_bort_correction(
       in the state, and add ``gamma · Δ_held`` on *every* step: the
       per-step strength and stability limit are those of ``every=None``,
       at the products' cost of ``every=k`` and one held Δ per Bort leaf of
-      memory. ``False`` (default): the burst form above.
+      memory. ``False`` (default): the burst form above. With ``every``
+      1, the held Δ is always the fresh one: ``lagged`` is the plain
+      correction.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (extra arguments to

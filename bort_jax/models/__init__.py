@@ -19,6 +19,7 @@ from bort_jax.models.mlp import MLP
 from bort_jax.models.resnet import BasicBlock
 from bort_jax.models.resnet import ResNet
 from bort_jax.models.resnet import resnet18
+from bort_jax.models.simple_cnn import conv_fan_ins
 from bort_jax.models.simple_cnn import SimpleCNN
 from bort_jax.models.simple_cnn import simple_cnn_widths
 from bort_jax.models.vit import ViT
@@ -37,6 +38,7 @@ __all__ = (
     "ResNet",
     "SimpleCNN",
     "ViT",
+    "conv_fan_ins",
     "resnet18",
     "simple_cnn_widths",
 )

@@ -5,6 +5,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import bort_jax
@@ -16,6 +17,33 @@ def test_non_real_float_kernels_are_refused_at_init(dtype):
   params = {"dense": {"kernel": jnp.ones((3, 2), dtype)}}
   tx = bort_jax.bort_sgd(0.1, gamma=0.1)
   with pytest.raises(ValueError, match="'dense/kernel' has dtype"):
+    tx.init(params)
+
+
+def test_float8_kernels_are_refused_at_init_and_measured_in_float32():
+  # They passed init, then failed deep in type promotion at the first
+  # update, naming no parameter.
+  params = {"dense": {"kernel": jnp.eye(4, dtype=jnp.float8_e4m3fn)}}
+  with pytest.raises(ValueError, match="'dense/kernel' has dtype float8"):
+    bort_jax.bort_adamw(1e-3).init(params)
+  error = bort_jax.orthogonality_error(params)["dense/kernel"]
+  assert error.constraint_error == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda: optax.contrib.schedule_free_adamw(1e-3), "schedule-free"),
+    (lambda: optax.lookahead(optax.adam(1e-3), 2, 0.5), "lookahead"),
+])
+@pytest.mark.parametrize("placement", ["decoupled", "coupled"])
+def test_with_bort_refuses_optimizers_with_weights_of_their_own(
+    make, kind, placement):
+  # Schedule-free rebuilt the params from its z, which the landing and the
+  # correction never reached: the constraint error stayed at 0.4-0.6.
+  tx = bort_jax.with_bort(make(), placement=placement)
+  params = {"dense": {"kernel": jnp.ones((4, 3))}}
+  if kind == "lookahead":
+    params = optax.LookaheadParams.init_synced(params)
+  with pytest.raises(ValueError, match=f"with_bort: .*{kind}"):
     tx.init(params)
 
 

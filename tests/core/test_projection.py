@@ -359,3 +359,12 @@ def test_nothing_selected_warns_and_returns_the_tree():
   with pytest.warns(UserWarning, match="selects no parameter"):
     out = bort_jax.project_to_constraint(params)
   assert out["bias"] is params["bias"]
+
+
+def test_an_uncommitted_leaf_stays_uncommitted_and_a_committed_one_placed():
+  # A committed projection beside uncommitted leaves made a jitted step
+  # compile again for each mix of the two.
+  params = {"kernel": jnp.ones((4, 3)) + jnp.eye(4, 3)}
+  assert not bort_jax.project_to_constraint(params)["kernel"].committed
+  placed = {"kernel": jax.device_put(params["kernel"], jax.devices()[0])}
+  assert bort_jax.project_to_constraint(placed)["kernel"].committed

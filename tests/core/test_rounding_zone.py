@@ -211,3 +211,40 @@ def test_the_decayed_default_gives_the_same_steps_jitted_eager_and_injected():
       learning_rate=schedule), params, grads, 40)
   np.testing.assert_allclose(eager["kernel"], jitted["kernel"], atol=1e-5)
   np.testing.assert_allclose(injected["kernel"], jitted["kernel"], atol=1e-5)
+
+
+def test_a_huber_width_below_the_zone_takes_the_zone():
+  # tau = 1e-7 made the slope a sign within rounding: 2e-3 a step on a
+  # landed kernel, as the l1 modes before their zone. tau="step" keeps its
+  # proportional slope (its width stays above the step's zone).
+  shape = (96, 24)
+  params = {"kernel": jax.random.normal(jax.random.key(0), shape)}
+  for tau, still in [(1e-7, True), (0.01, False)]:
+    tx = bort_jax.bort_adamw(1e-3, mode="huber-fullrow", tau=tau,
+                             weight_decay=0.0)
+    _, errors = _steps(tx, params, _zero(shape), 6)
+    moved = max(errors[1:]) - errors[0]
+    assert (abs(moved) < 1e-7) if still else (errors[-1] < errors[0]), (
+        tau, errors)
+  tx = bort_jax.bort_adamw(1e-6, mode="huber-fullrow", tau="step",
+                           weight_decay=0.0)
+  _, errors = _steps(tx, params, _zero(shape), 6)
+  assert errors[-1] < errors[0], errors
+
+
+@pytest.mark.parametrize("dtype, options", [
+    (jnp.bfloat16, None),
+    (jnp.float32, bort_jax.KernelOptions(gram_dtype=jnp.bfloat16)),
+])
+def test_inputs_rounded_coarser_than_the_sum_widen_the_zone(dtype, options):
+  # A bfloat16 kernel, or a Gram of bfloat16 inputs, is known to bfloat16's
+  # rounding: with float32's zone the sign stepped 2e-3 a step on the
+  # landed kernel and the error swung between 3e-3 and 1.5e-2.
+  shape = (256, 64)
+  params = {"kernel": (jax.random.normal(jax.random.key(0), shape) / 16
+                       ).astype(dtype)}
+  tx = bort_jax.bort_adamw(1e-3, weight_decay=0.0, kernel_options=options)
+  _, errors = _steps(tx, params, _zero(shape), 5)
+  assert max(errors[1:]) <= errors[0] * 1.01, errors
+  assert products.rounding_zone(256, jnp.float32, jnp.bfloat16) > 100 * (
+      products.rounding_zone(256, jnp.float32))
