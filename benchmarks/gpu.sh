@@ -24,7 +24,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 PIP_NO_INDEX=1
 OUT=${OUT:-/tmp/bort_gpu}
 mkdir -p "$OUT"
-rm -f "$OUT"/tests.txt "$OUT"/*.json
+# Only the files this script writes: $OUT may hold a user's own.
+for own in tests.log tests.txt step_overhead.md step_overhead.json \
+    train_step.md train_step.json gpu_train.md gpu_train.json; do
+  rm -f "$OUT/$own"
+done
+FAILED=0  # the exit status: 1 when a stage failed, timed out or was skipped
 PY=${PYTHON:-python3}
 QUICK=${GPU_SH_QUICK:-0}
 BUDGET=${GPU_SH_BUDGET:-460}
@@ -41,6 +46,7 @@ stage() {
   echo "== $name (at most ${limit} s)"
   if [ "$limit" -le 5 ]; then
     echo "skipped: the budget of ${BUDGET} s is spent" | tee "$OUT/$log"
+    FAILED=1
     return
   fi
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$log"
@@ -50,6 +56,7 @@ stage() {
   elif [ "$rc" -ne 0 ]; then
     echo "exit status $rc" | tee -a "$OUT/$log"
   fi
+  [ "$rc" -eq 0 ] || FAILED=1
 }
 
 if command -v nvidia-smi >/dev/null; then
@@ -107,3 +114,4 @@ echo "== summary ($((SECONDS - START)) s in all; logs and JSON in $OUT)"
 $PY benchmarks/summarize_gpu.py --tests "$OUT/tests.txt" \
   --step-overhead "$OUT/step_overhead.json" \
   --train-step "$OUT/train_step.json" "${GPU_TRAIN[@]}"
+exit $FAILED

@@ -416,8 +416,9 @@ def _study(args, argv, folder) -> int:
     results[_key(config)] = rec
     elapsed = time.perf_counter() - study_start
     print(f"[{i}/{len(order)} {elapsed / 60:5.1f} min] {config.data} "
-          f"{config.model} {config.optimizer} {config.mode if config.gamma else ''}"
-          f" γ={config.gamma:g} seed={config.seed}: "
+          f"{config.model} {config.optimizer}"
+          f"{'' if config.gamma is None else f' {config.mode} γ={config.gamma:g}'}"
+          f" seed={config.seed}: "
           f"acc {_pm([rec['test_accuracy']], 100, 2)}%  "
           f"constraint {_pm([rec['constraint_error']], 1, 3)}  "
           f"({rec['wall_time_s']:.0f} s)", file=sys.stderr, flush=True)

@@ -146,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
   with workdir.open_script_output(args.out, kind="authors_protocol",
                                   files=OUT_FILES, resume=True) as folder:
     saved = json.loads(folder.read_text("results.json") or "{}")
+    settings = {"data": args.data, "width": args.width,
+                "epochs": args.epochs}
+    if saved.get("done") and saved.get("settings") != settings:
+      # Finished runs are kept by arm and seed: of other settings, they
+      # would be reported as this command's.
+      print(f"error: {args.out} holds runs of other settings "
+            f"({saved.get('settings', 'not recorded')}, not {settings}); "
+            "use another --out, or the settings it holds.", file=sys.stderr)
+      return 2
+    saved["settings"] = settings
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for (arm, seed), config in configs.items():
       key = f"{arm}/seed{seed}"

@@ -1,12 +1,15 @@
 """The benchmarks run on the CPU (tiny workloads): what gpu.sh calls works."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_train  # noqa: E402
 import train_step  # noqa: E402
@@ -153,3 +156,18 @@ def test_epoch_curves_average_each_epoch_over_seeds(tmp_path, capsys):
        "constraint_error": 0.1}]}))
   assert epoch_curves.main([str(tmp_path)]) == 2
   assert "--test-each-epoch" in capsys.readouterr().err
+
+
+def test_gpu_sh_keeps_a_users_files_and_fails_when_a_stage_does(tmp_path):
+  # It removed every *.json in $OUT (a frontier.json among them) and
+  # exited 0 with every stage skipped.
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "frontier.json").write_text('{"mine": 1}')
+  env = dict(os.environ, OUT=str(out), GPU_SH_BUDGET="10", GPU_SH_QUICK="1",
+             PYTHON=sys.executable)
+  done = subprocess.run(["bash", "benchmarks/gpu.sh"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert "skipped: the budget" in done.stdout
+  assert (out / "frontier.json").read_text() == '{"mine": 1}'

@@ -43,6 +43,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 import tensorboardX
@@ -176,6 +177,9 @@ def _init(config: TrainConfig, data: train_data.RunData, classes: int,
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   model_def, model_state = nnx.split(model)
   optimizer_def, optimizer_state = nnx.split(optimizer)
+  # An optimizer may hold the params themselves in its state (prodigy's
+  # params0): donated beside the model, one buffer was donated twice.
+  optimizer_state = jax.tree.map(jnp.copy, optimizer_state)
   unconstrained = (() if config.bort_head
                    else (models_lib.head_prefix(config.model, model),))
   static = _Static(model_def, optimizer_def, steps_lib.eval_graphdef(model),

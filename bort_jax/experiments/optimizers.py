@@ -27,14 +27,29 @@ from bort_jax.experiments.choices import DEFAULT_LEARNING_RATES
 
 
 def default_learning_rate(name: str) -> float:
-  """The default peak learning rate of an optimizer, with or without Bort.
+  """The default peak learning rate of an optimizer, with or without Bort:
+  ours where we tuned one, else optax's own default where it has one (the
+  learning-rate-free ``prodigy`` and ``dadapt_adamw``: 1, a factor on
+  their estimate), else 1e-3.
 
   Examples:
     >>> from bort_jax.experiments.optimizers import default_learning_rate
     >>> default_learning_rate("bort-sgd"), default_learning_rate("lion")
     (0.05, 0.001)
+    >>> default_learning_rate("prodigy")
+    1.0
   """
-  return DEFAULT_LEARNING_RATES.get(base_name(name), DEFAULT_LEARNING_RATE)
+  base = base_name(name)
+  if base in DEFAULT_LEARNING_RATES:
+    return DEFAULT_LEARNING_RATES[base]
+  try:
+    own = inspect.signature(optax_alias(base)).parameters[
+        "learning_rate"].default
+  except ValueError:  # not an optax optimizer: refused where it is built
+    own = None
+  if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
+    return float(own)
+  return DEFAULT_LEARNING_RATE
 
 
 def placement_of(name: str, placement: str | None = None) -> str:

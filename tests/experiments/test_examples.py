@@ -58,6 +58,11 @@ def test_accuracy_study_runs_and_refuses_a_foreign_folder(tmp_path,
   results = json.loads((out / "results.json").read_text())
   assert results["finished"] and len(results["runs"]) == 1
   assert (out / "tables.md").read_text().startswith("Date:")
+  # A part with baselines (no γ): their progress line raised TypeError.
+  assert example.main(["--part", "main", "--seeds", "1", "--epochs", "1",
+                       "--cnn-epochs", "1", "--train-limit", "128",
+                       "--cnn-train-limit", "128",
+                       "--out", str(tmp_path / "main")]) == 0
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "results.json").write_text("{}")
@@ -89,6 +94,12 @@ def test_authors_protocol_resumes_its_folder_and_refuses_a_foreign_one(
   assert len(calls) == 2
   assert example.main(argv) == 0  # its own folder: the runs are read back
   assert len(calls) == 2
+  # Other settings: refused, where the old runs were reported as theirs.
+  before = (out / "results.json").read_text()
+  assert example.main(argv[:5] + ["3"] + argv[6:]) == 2  # --epochs 3
+  assert "holds runs of other settings" in capsys.readouterr().err
+  assert len(calls) == 2
+  assert (out / "results.json").read_text() == before
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "results.json").write_text("{}")

@@ -203,3 +203,18 @@ def test_a_decoupled_bort_optax_defaults_to_the_library_s_per_step_strength():
   assert TrainConfig.from_dict(saved).gamma == 1.0
   plain = TrainConfig(optimizer="lion").to_dict()
   assert TrainConfig.from_dict(plain).gamma is None
+
+
+@pytest.mark.slow
+def test_an_optimizer_holding_the_params_trains_at_its_own_learning_rate(
+    tmp_path):
+  """prodigy keeps the params themselves in its state: the donated step
+  raised "donate the same buffer twice". Its learning rate is a factor on
+  its own estimate: optax's 1, not the 1e-3 that left it in place."""
+  assert train_lib.default_learning_rate("bort-prodigy") == 1.0
+  out = str(tmp_path / "run")
+  assert cli.main(["train", "--optimizer", "prodigy", "--epochs", "6",
+                   "--offline", "--no-progress", "--out", out]) == 0
+  with open(os.path.join(out, "metrics.json")) as f:
+    history = json.load(f)["history"]
+  assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.3
