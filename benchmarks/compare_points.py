@@ -123,13 +123,16 @@ def main(argv=None) -> int:
                        help="another frontier's runs.json: each point is "
                        "compared with the same point there")
   args = parser.parse_args(argv)
+  def read(path):
+    with open(path) as f:
+      try:
+        return json.load(f)
+      except ValueError as e:  # name the file that is not JSON
+        raise ValueError(f"{path} is not a runs.json: {e}") from None
+
   try:
-    with open(args.runs) as f:
-      runs = json.load(f)
-    before = None
-    if args.before:
-      with open(args.before) as f:
-        before = json.load(f)
+    runs = read(args.runs)
+    before = read(args.before) if args.before else None
     rows = compare(runs, args.reference, before)
   except (OSError, ValueError) as e:
     print(f"compare_points: error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ kernels landed on the constraint by :func:`bort_jax.project_to_constraint`
 
 from __future__ import annotations
 
+import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,4 +40,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  # No options: the parser gives --help and refuses anything else.
+  argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="Takes no options; prints one table.").parse_args()
   main()

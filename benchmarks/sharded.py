@@ -9,6 +9,7 @@ their shapes. Prints one table.
     python benchmarks/sharded.py
 """
 
+import argparse
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -78,4 +79,8 @@ def main():
 
 
 if __name__ == "__main__":
+  # No options: the parser gives --help and refuses anything else.
+  argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog="Takes no options; prints one table.").parse_args()
   main()

@@ -124,14 +124,22 @@ def tables(runs: dict[str, list[dict[str, Any]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", required=True,
+                 help="output folder (a rerun of the same settings continues "
+                 "it)")
   p.add_argument("--data", default="mnist", choices=("mnist", "fashion_mnist",
-                                                      "digits"))
-  p.add_argument("--width", type=int, default=2)
-  p.add_argument("--epochs", type=int, default=6)
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--arms", default=",".join(ARMS))
-  p.add_argument("--offline", action="store_true")
+                                                      "digits"),
+                 help="data set (default: mnist)")
+  p.add_argument("--width", type=int, default=2,
+                 help="the SimpleCNN's width multiplier (default: 2)")
+  p.add_argument("--epochs", type=int, default=6,
+                 help="epochs per run (default: 6)")
+  p.add_argument("--seeds", default="0,1,2",
+                 help="comma-separated seeds (default: 0,1,2)")
+  p.add_argument("--arms", default=",".join(ARMS),
+                 help=f"comma-separated arms (default: {','.join(ARMS)})")
+  p.add_argument("--offline", action="store_true",
+                 help="never download a data set")
   args = p.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   arms = [a for a in args.arms.split(",") if a]

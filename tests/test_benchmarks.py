@@ -171,3 +171,12 @@ def test_gpu_sh_keeps_a_users_files_and_fails_when_a_stage_does(tmp_path):
   assert done.returncode == 1, done.stdout + done.stderr
   assert "skipped: the budget" in done.stdout
   assert (out / "frontier.json").read_text() == '{"mine": 1}'
+
+
+def test_compare_points_names_a_file_that_is_not_json(capsys, tmp_path):
+  import compare_points  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "notes.txt"
+  path.write_text("not json")
+  assert compare_points.main([str(path), "--reference", "adamw"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"compare_points: error: {path} is not a runs.json")

@@ -198,11 +198,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
     recipes.check_override(args.recipe, explicit)
   weight = {**values, **explicit}.get(
       "dbort_weight", config_lib.TrainConfig.dbort_weight)
-  for name in ("dbort_power", "dbort_on"):  # read only by a DBort term
-    if name in explicit and weight == 0:
-      raise config_lib.ConfigError(
-          f"{flags.flag(name)} applies with a DBort term only, but the "
-          f"DBort weight is 0; drop it, or pass {flags.flag('dbort_weight')}.")
+  config_lib.check_dbort_only(explicit, weight, flags.flag)
   optimizer = explicit.get("optimizer", values.get(
       "optimizer", config_lib.TrainConfig.optimizer))
   config_lib.check_bort_only(optimizer, [

@@ -578,6 +578,24 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
           and not (name == "bort_head" and values.get("init") == "orthogonal")]
 
 
+def check_dbort_only(given: Any, weight: float,
+                     name: Callable[[str], str] = str) -> None:
+  """Refuses the DBort settings ``given`` without a DBort term (weight 0),
+  which would be silently ignored; ``name`` names a field (a flag).
+
+  Examples:
+    >>> check_dbort_only(["dbort_power"], 0.0)
+    Traceback (most recent call last):
+    ...
+    bort_jax.experiments.config.ConfigError: dbort_power applies with a ...
+  """
+  for field in ("dbort_power", "dbort_on"):  # read only by a DBort term
+    if field in given and weight == 0:
+      raise ConfigError(
+          f"{name(field)} applies with a DBort term only, but the DBort "
+          f"weight is 0; drop it, or pass {name('dbort_weight')}.")
+
+
 def check_bort_only(optimizer: str, given: Sequence[str],
                     name: Callable[[str], str] = str) -> None:
   """Refuses Bort-only settings (``given``) for a plain ``optimizer``.

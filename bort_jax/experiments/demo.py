@@ -243,8 +243,9 @@ def run(args) -> int:
     probe = dataset.test.images[:256 if args.quick else 1000]
     trained = _train_pair(folder, pair, dataset, probe, not args.no_progress)
     if not isinstance(trained, tuple):  # the signal that stopped a run
-      print(f"Stopped by {trained}; the runs so far are in {args.out}",
-            file=sys.stderr)
+      print(f"Stopped by {trained}; the runs so far are in {args.out} (the "
+            "demo does not resume them: rerun with --overwrite to start "
+            "again)", file=sys.stderr)
       return signals.exit_status(trained)
     results, kernels, reconstructions, histories = trained
     figures = _figures(folder, probe, kernels, reconstructions, histories)

@@ -500,6 +500,9 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
           f"--validation {validation!r} of the {n_train} training examples "
           f"holds out {held}, leaving {n_train - held} to train on; choose a "
           "fraction that leaves at least one example on each side.")
+  config_lib.check_dbort_only(
+      base, base.get("dbort_weight", config_lib.TrainConfig.dbort_weight),
+      flags.flag)
   for axis in AXES:  # a shared flag the grid would silently override
     if base.get(axis.field) is None:
       continue
@@ -694,6 +697,28 @@ def _read_runs(folder: Any) -> list[dict[str, Any]]:
   return runs
 
 
+def _defining(settings: dict[str, Any]) -> dict[str, Any]:
+  """The settings that change the runs: those a training run's resume may
+  change (the evaluation's batch size, the checkpoints' spacing) do not."""
+  base = {k: v for k, v in settings.get("base", {}).items()
+          if k not in config_lib.RESUMABLE}
+  return {**settings, "base": base} if "base" in settings else settings
+
+
+def _differences(saved: dict[str, Any], given: dict[str, Any],
+                 prefix: str = "") -> list[str]:
+  """``"base.width 16 vs 32"`` for each setting that differs, nested dicts
+  by their keys."""
+  lines = []
+  for k in sorted(set(saved) | set(given)):
+    a, b = saved.get(k), given.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      lines += _differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      lines.append(f"{prefix}{k} {a!r} vs {b!r}")
+  return lines
+
+
 def _open_folder(out: str, settings: dict[str, Any],
                  log: Callable[[str], None]):
   """The locked output folder and its recorded runs: a frontier's own folder
@@ -707,11 +732,9 @@ def _open_folder(out: str, settings: dict[str, Any],
     saved = _read_json(folder, "settings.json", dict, "a frontier's settings")
     started = runs or (folder.exists("points") and os.listdir(
         folder.path / "points"))
-    if saved != settings and started:
-      saved = saved or {}
-      diff = ", ".join(f"{k} {saved.get(k)!r} vs {settings.get(k)!r}"
-                       for k in sorted(set(saved) | set(settings))
-                       if saved.get(k) != settings.get(k))
+    diff = ", ".join(_differences(_defining(saved or {}),
+                                  _defining(settings)))
+    if diff and started:
       raise workdir.RunDirectoryError(
           f"{out!r} holds a frontier with other settings (saved vs given: "
           f"{diff}); choose another --out to change them.")
@@ -836,7 +859,12 @@ GRID_FIELDS = ("optimizer", "placement", "seed",
 def _list(convert):
   def parse(text: str):
     items = []
-    for v in text.split(","):
+    parts = text.split(",")
+    if len(parts) > 1 and not all(v.strip() for v in parts):
+      raise argparse.ArgumentTypeError(
+          f"an empty item in the list {text!r}; give values separated by "
+          "single commas.")
+    for v in parts:
       if v.strip():
         try:
           items.append(convert(v))
@@ -888,12 +916,18 @@ def add_arguments(p: Any) -> None:
 
 def grid_from_args(args: Any) -> Grid:
   """The :class:`Grid` of parsed ``bort-jax frontier`` arguments."""
-  fields = {}
+  fields, defaults = {}, Grid()
   for axis in AXES:
     dest = lambda placement: _flag(axis, placement)[2:].replace("-", "_")
     fields[axis.attribute] = (
         {p: getattr(args, dest(p)) for p in PLACEMENTS} if axis.per_placement
         else getattr(args, dest("")))
+    for p in PLACEMENTS if axis.per_placement else ():
+      if (p not in args.placements
+          and getattr(args, dest(p)) != defaults.values(axis, p)):
+        raise ConfigError(
+            f"{_flag(axis, p)} applies to the {p} placement, which "
+            f"--placements leaves out; drop it, or add {p} to --placements.")
   return Grid(placements=args.placements, seeds=args.seeds, **fields)
 
 

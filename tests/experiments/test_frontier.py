@@ -234,6 +234,26 @@ def test_a_shared_flag_and_its_grid_axis_are_refused(shared, grid_flags,
   assert str(info.value) == message
 
 
+def test_flags_the_sweep_would_ignore_are_refused(capsys):
+  """Each was accepted and dropped: a per-placement flag of a placement
+  the sweep leaves out, an empty item in a list, a DBort power without a
+  DBort term."""
+  parse = lambda *flags: cli.build_parser().parse_args(
+      ["frontier", "--out", "x", "--placements", "decoupled", *flags])
+  with pytest.raises(ConfigError, match="--gammas-coupled applies to the "
+                     "coupled placement, which --placements leaves out"):
+    frontier.grid_from_args(parse("--gammas-coupled", "0.01"))
+  with pytest.raises(SystemExit):
+    parse("--seeds", "0,,1")
+  assert "an empty item in the list '0,,1'" in capsys.readouterr().err
+  grid = frontier.grid_from_args(parse())
+  with pytest.raises(ConfigError, match="--dbort-power applies with a DBort "
+                     "term only"):
+    frontier.check_settings({**BASE, "dbort_power": 0.3}, grid)
+  frontier.check_settings({**BASE, "dbort_power": 0.3, "dbort_weight": 1e-3},
+                          grid)
+
+
 def test_the_shared_momentum_reaches_the_sgd_points_only():
   """The config refuses momentum for AdamW: a frontier over both placements
   with --momentum must still run (its AdamW points keep their own)."""

@@ -256,9 +256,17 @@ def test_m1_a_folder_a_refused_sweep_left_accepts_the_corrected_settings(
   frontier.run_frontier(str(out), digits, BASE, GRID, log=lines.append)
   assert any("settings are replaced" in line for line in lines)
   assert json.loads((out / "settings.json").read_text())["validation"] == 0.1
-  # Once a run is recorded, other settings are refused.
-  with pytest.raises(RunDirectoryError, match="other settings"):
+  # Once a run is recorded, other settings are refused, each named.
+  with pytest.raises(RunDirectoryError, match=r"other settings \(saved vs "
+                     r"given: validation 0.1 vs 0.2\)"):
     frontier.run_frontier(str(out), digits, BASE, GRID, validation=0.2)
+  with pytest.raises(RunDirectoryError, match=r"given: base.width 8 vs 16\)"):
+    frontier.run_frontier(str(out), digits, {**BASE, "width": 16}, GRID)
+  # What a training run's resume may change, a frontier's rerun may too.
+  frontier.run_frontier(str(out), digits, {**BASE, "eval_batch_size": 7},
+                        GRID)
+  saved = json.loads((out / "settings.json").read_text())
+  assert saved["base"]["eval_batch_size"] == 7
 
 
 @pytest.mark.parametrize("text, why", [
