@@ -225,6 +225,7 @@ def bort_sgd(
   steps = 1.0 / (1.0 - (validation.concrete_number(momentum) or 0.0))
   lr = validation.concrete_number(learning_rate)
   mu = 0.0 if momentum is None else momentum  # may be traced
+
   def per_step(count):
     return (hyperparameter_value(learning_rate, count)
             * hyperparameter_value(gamma, count) / (1.0 - mu))
@@ -337,11 +338,11 @@ def bort_adamw(
       whatever the initialisation; the correction then holds it there.
       The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
       made the every-step default tight (error 4e-7 to 6e-5 at the end of
-      a cosine decay, instead of 0.03) and as accurate or more, for 2–4 % of the step (its
-      ``lax.cond`` runs on every step). Pass ``False`` to keep trained
-      weights as they are (fine-tuning: the correction then brings them to
-      the constraint step by step) or to save that time. A literal zero strength (no Bort) has
-      no start either; under :func:`optax.inject_hyperparams` the strength
+      a cosine decay, instead of 0.03) and as accurate or more, for 2–4 %
+      of the step (its ``lax.cond`` runs on every step). Pass ``False``
+      to keep trained weights as they are (fine-tuning: the correction
+      then brings them to the constraint step by step) or to save that
+      time. A literal zero strength (no Bort) has no start either; under :func:`optax.inject_hyperparams` the strength
       is known only as its value at each step, so there a γ that is 0 at
       step 0 (a warm-up from 0) has no start, while the same schedule
       passed here directly starts. A learning rate of 0 still lands the
@@ -377,6 +378,7 @@ def bort_adamw(
   kernel_options = validation.check_bort_arguments(
       gamma, mode, amplitude, kernel_options, tau, step_known=True)
   lr = validation.concrete_number(learning_rate)
+
   def per_step(count):
     return (hyperparameter_value(learning_rate, count)
             * hyperparameter_value(gamma, count))

@@ -70,7 +70,7 @@ from bort_jax._src.products import Context
 from bort_jax._src.products import gram_minus_c
 from bort_jax._src.products import huber_full
 from bort_jax._src.products import huber_slope
-from bort_jax._src.products import input_dtype
+from bort_jax._src.products import input_eps
 from bort_jax._src.products import KernelOptions
 from bort_jax._src.products import l1_full
 from bort_jax._src.products import l1_norms
@@ -210,7 +210,7 @@ def _zone(n: int, stored, dtype, options: KernelOptions | None,
   """The sign's zone (the l1 modes', and the Huber modes' with τ below it):
   the rounding zone of sums of ``n`` products in ``dtype`` whose inputs
   were stored as ``stored`` (and, for a Gram, rounded as ``options``
-  says: :func:`~bort_jax._src.products.input_dtype`), narrowed to ``cap``
+  says: :func:`~bort_jax._src.products.input_eps`), narrowed to ``cap``
   where one is given.
 
   The aliases cap it at the change one sign step makes to a Gram entry
@@ -220,7 +220,7 @@ def _zone(n: int, stored, dtype, options: KernelOptions | None,
   as the learning rate decays, where the full zone would leave it at the
   zone's edge.
   """
-  inputs = stored if options is None else input_dtype(stored, options)
+  inputs = stored if options is None else input_eps(stored, options)
   zone = rounding_zone(n, dtype, inputs)
   if cap is None:
     return zone

@@ -174,11 +174,11 @@ ROUNDING_ZONE_FACTOR = 4.0
 _DEFAULT_PRECISION_INPUTS = {"gpu": 2.0 ** -10, "tpu": 2.0 ** -7}
 
 
-def input_dtype(stored, options: KernelOptions) -> Any:
-  """The coarsest rounding a Gram's inputs carry: their stored dtype, the
-  products' ``gram_dtype``, and, at the default precision on an
-  accelerator, its float32 products' (TF32 on GPUs, bfloat16 on TPUs), as
-  a dtype or an eps."""
+def input_eps(stored, options: KernelOptions) -> float:
+  """The eps of the coarsest rounding a Gram's inputs carry: their stored
+  dtype's, the products' ``gram_dtype``'s, and, at the default precision
+  on an accelerator, its float32 products' (TF32 on GPUs, bfloat16 on
+  TPUs)."""
   eps = [float(jnp.finfo(stored).eps)]
   if options.gram_dtype is not None:
     eps.append(float(jnp.finfo(options.gram_dtype).eps))
