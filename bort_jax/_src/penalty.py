@@ -205,13 +205,12 @@ def _ada_axis(kernels: _Mode, units: int, overcomplete: bool) -> int:
   return _vectors(kernels, units, overcomplete) if kernels.on_units else units
 
 
-def _zone(n: int, stored, dtype, options: KernelOptions | None,
-          cap: Any) -> Any:
+def _zone(n: int, dtype, options: KernelOptions | None, cap: Any) -> Any:
   """The sign's zone (the l1 modes', and the Huber modes' with τ below it):
-  the rounding zone of sums of ``n`` products in ``dtype`` whose inputs
-  were stored as ``stored`` (and, for a Gram, rounded as ``options``
-  says: :func:`~bort_jax._src.products.input_eps`), narrowed to ``cap``
-  where one is given.
+  the rounding zone of sums of ``n`` products in ``dtype`` (for a Gram,
+  with its inputs rounded as ``options`` says:
+  :func:`~bort_jax._src.products.input_eps`), narrowed to ``cap`` where
+  one is given.
 
   The aliases cap it at the change one sign step makes to a Gram entry
   (``2 · every · s_t`` of ``c``, ``s_t`` the per-step strength): a step
@@ -220,7 +219,7 @@ def _zone(n: int, stored, dtype, options: KernelOptions | None,
   as the learning rate decays, where the full zone would leave it at the
   zone's edge.
   """
-  inputs = stored if options is None else input_eps(stored, options)
+  inputs = None if options is None else input_eps(options)
   zone = rounding_zone(n, dtype, inputs)
   if cap is None:
     return zone
@@ -330,7 +329,6 @@ def correction(
   rounding zone to it (:func:`_zone`).
   """
   kernels = check_mode(mode)
-  stored = x.dtype
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
@@ -347,8 +345,7 @@ def correction(
   summed = other(vectors)  # each Gram entry or norm sums over this axis
   n = x.shape[summed] * (jax.lax.axis_size(options.axis_name)
                          if manual_axis == summed else 1)
-  zone = _zone(n, stored, x.dtype, options if kernels.uses_gram else None,
-               zone_cap)
+  zone = _zone(n, x.dtype, options if kernels.uses_gram else None, zone_cap)
 
   def run(x, c):
     ctx = Context(options, sharding.explicit_spec(x), manual_axis, tau, zone)
@@ -506,7 +503,6 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   kernel, whichever fan-in axis is split. Same values as :func:`correction`
   on the matrix view.
   """
-  stored = x.dtype
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:
     return jnp.zeros_like(x)
@@ -524,7 +520,7 @@ def correction_over_axes(x: Array, mode: str, amplitude: Amplitude,
   summed = units if columns else x.size // units
   gram = options if check_mode(mode).uses_gram else None
   ctx = Context(options, None, None, tau,
-                _zone(summed, stored, x.dtype, gram, zone_cap))
+                _zone(summed, x.dtype, gram, zone_cap))
   if mode in ("l2-row", "l1-row"):
     scale = units_sq - c
     return (scale if mode == "l2-row" else l1_sign(scale, c, ctx)) * x

@@ -174,12 +174,17 @@ ROUNDING_ZONE_FACTOR = 4.0
 _DEFAULT_PRECISION_INPUTS = {"gpu": 2.0 ** -10, "tpu": 2.0 ** -7}
 
 
-def input_eps(stored, options: KernelOptions) -> float:
-  """The eps of the coarsest rounding a Gram's inputs carry: their stored
-  dtype's, the products' ``gram_dtype``'s, and, at the default precision
-  on an accelerator, its float32 products' (TF32 on GPUs, bfloat16 on
-  TPUs)."""
-  eps = [float(jnp.finfo(stored).eps)]
+def input_eps(options: KernelOptions) -> float:
+  """The eps of the rounding a Gram's products give their inputs: the
+  products' ``gram_dtype``'s, and, at the default precision on an
+  accelerator, its float32 products' (TF32 on GPUs, bfloat16 on TPUs); 0
+  where they keep them.
+
+  Only this rounding is noise in the residual: weights stored in
+  bfloat16 are upcast exactly, so their residual is their own, however
+  coarse.
+  """
+  eps = [0.0]
   if options.gram_dtype is not None:
     eps.append(float(jnp.finfo(options.gram_dtype).eps))
   if options.precision is None:
@@ -197,15 +202,16 @@ def rounding_zone(n: int, dtype, inputs=None) -> float:
   off the constraint in a direction set by the machine's summation order
   (another CPU, ``jit`` or not, ``vmap``). The l1 modes take ``sign(R)``
   where ``|R| > zone · c`` and 0 within: the subgradient 0 at a residual
-  that rounding cannot tell from 0. Inputs rounded more coarsely than the
-  sum (bfloat16 weights, a reduced-precision Gram, TF32) add their own
+  that rounding cannot tell from 0. Products that round their inputs more
+  coarsely than the sum (a reduced-precision Gram, TF32) add that
   rounding, ``eps_in · c / √n`` for the ``n`` products' independent
   errors.
 
   Args:
     n: the number of products in each sum (the contracted length).
     dtype: the dtype the sums are computed in.
-    inputs: the dtype (or eps) of the products' inputs, if coarser.
+    inputs: the dtype (or eps) the products round their inputs to, if
+      coarser than the sum's.
 
   Returns:
     ``ROUNDING_ZONE_FACTOR · (√n · eps + eps_in / √n)``, the second term

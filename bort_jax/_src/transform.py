@@ -336,14 +336,15 @@ def _tree_correction(params, mode, amplitude, dimension_numbers,
           leaf, mode, amplitude, kernel_options, view.reduction_axes,
           view.output_axes[0], tau=tau, zone_cap=zone_cap)
       continue
-    # Same stored dtype: the correction's rounding zone depends on it.
-    key = (view.matrix_shape[1:], jnp.dtype(leaf.dtype), view.spec
-           ) if batch else i
+    dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
+    key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
     groups[key].append(i)
 
   for members in groups.values():
     # Flax layout (batch, fan_in, out): a reshape, no transpose, for kernels.
-    matrices = [views[i].to_kernel_layout(leaves[i]) for i in members]
+    dtype = penalty.compute_dtype(leaves[members[0]].dtype)
+    matrices = [views[i].to_kernel_layout(leaves[i]).astype(dtype)
+                for i in members]
     stacked = matrices[0] if len(members) == 1 else jnp.concatenate(matrices)
     delta = penalty.correction(
         stacked, mode, amplitude, kernel_options, units=penalty.COLS,
