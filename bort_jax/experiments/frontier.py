@@ -738,8 +738,10 @@ def _open_folder(out: str, settings: dict[str, Any],
       raise workdir.RunDirectoryError(
           f"{out!r} holds a frontier with other settings (saved vs given: "
           f"{diff}); choose another --out to change them.")
-    if saved not in (None, settings):  # no run was trained under them
-      log(f"frontier: {out!r} holds no run yet; its settings are replaced.")
+    if saved not in (None, settings):
+      log(f"frontier: {out!r} holds no run yet; its settings are replaced."
+          if diff else f"frontier: {out!r}: the evaluation's settings are "
+          "updated (they change no run).")
     folder.write_json("settings.json", settings)
   except BaseException:
     folder.close(remove_if_empty=True)

@@ -263,8 +263,10 @@ def test_m1_a_folder_a_refused_sweep_left_accepts_the_corrected_settings(
   with pytest.raises(RunDirectoryError, match=r"given: base.width 8 vs 16\)"):
     frontier.run_frontier(str(out), digits, {**BASE, "width": 16}, GRID)
   # What a training run's resume may change, a frontier's rerun may too.
+  lines.clear()
   frontier.run_frontier(str(out), digits, {**BASE, "eval_batch_size": 7},
-                        GRID)
+                        GRID, log=lines.append)
+  assert any("settings are updated" in line for line in lines), lines
   saved = json.loads((out / "settings.json").read_text())
   assert saved["base"]["eval_batch_size"] == 7
 
