@@ -123,6 +123,7 @@ def main(argv=None) -> int:
                        help="another frontier's runs.json: each point is "
                        "compared with the same point there")
   args = parser.parse_args(argv)
+
   def read(path):
     with open(path) as f:
       try:

@@ -13,8 +13,10 @@
 #      (the full-width SimpleCNN at the authors' recipe, ResNet-18, ViT;
 #      alone, `python benchmarks/gpu_train.py --budget-seconds 540` gives
 #      each model three minutes, under 10 minutes in all).
-# Logs and JSON go to $OUT (default /tmp/bort_gpu); one summary table is
-# printed last (benchmarks/summarize_gpu.py).
+# Logs and JSON go to $OUT (default /tmp/bort_gpu; only the script's own
+# files there are replaced); one summary table is printed last
+# (benchmarks/summarize_gpu.py). The exit status is 1 when a stage failed,
+# timed out or was skipped for the budget.
 #
 #   bash benchmarks/gpu.sh                          # on the GPU machine
 #   GPU_SH_QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh  # CPU smoke
