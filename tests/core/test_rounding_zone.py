@@ -198,6 +198,7 @@ def test_a_decayed_learning_rate_dithers_the_residual_to_float_precision():
   assert error > 5e-6, error
 
 
+@pytest.mark.slow
 def test_the_decayed_default_gives_the_same_steps_jitted_eager_and_injected():
   # Steps below rounding follow the summation order, but move the weights
   # by no more than rounding: the runs agree to float precision.

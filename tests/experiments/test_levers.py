@@ -65,6 +65,7 @@ def test_orthogonal_init_puts_the_bort_kernels_on_the_constraint_at_step_0(
   assert default.history[0]["constraint_error"] > 1e-2
 
 
+@pytest.mark.slow
 def test_orthogonal_init_compiles_the_training_step_once(digits, caplog):
   # The projected kernels were committed to the device and the rest not:
   # the first step, the next and the first of each epoch (fresh metrics)
