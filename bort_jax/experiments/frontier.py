@@ -96,6 +96,13 @@ class Axis:
       leaves out (``None``: it must be given); ``(None,)`` also keeps the
       field's shared training flag (``--lr``, ``--init``, …) on the
       frontier's command line.
+    gate: ``(field, applies)``: the axis means something only where the
+      grid's value of another field passes ``applies`` (τ for the Huber
+      modes, lagging for ``bort_every`` above 1, the switch for the late and
+      anneal schedules). Crossed with a value that fails it, the axis is
+      left out of that point, which is then the same point as its
+      neighbours' and runs once; set by a shared flag instead, the gate is
+      the config's to check.
   """
 
   attribute: str
@@ -108,6 +115,7 @@ class Axis:
   tag: str | None = None
   silent: Any = None
   missing: tuple | None = None
+  gate: tuple[str, Callable[[Any], bool]] | None = None
 
 
 def _boolean(text: str) -> bool:
@@ -138,11 +146,13 @@ AXES = (
          "step)", tag="every", silent=1),
     Axis("taus", "tau", "--taus", config_lib.parse_tau,
          "the Huber modes' widths relative to the amplitude, or 'step' "
-         "(huber modes only)", tag="tau", missing=(None,)),
+         "(huber modes only)", tag="tau", missing=(None,),
+         gate=("mode", lambda mode: mode.startswith("huber"))),
     Axis("bort_laggeds", "bort_lagged", "--bort-laggeds", _boolean,
          "whether an amortised correction is lagged (Delta every k steps, "
-         "gamma*Delta every step; true and/or false)", tag="lagged",
-         missing=(None,)),
+         "gamma*Delta every step; true and/or false; every k > 1 only)",
+         tag="lagged", missing=(None,),
+         gate=("bort_every", lambda every: every > 1)),
     # The levers of a tight-and-free search: each keeps its shared training
     # flag (--init, ...) when the grid does not vary it.
     Axis("inits", "init", "--inits", str,
@@ -154,7 +164,9 @@ AXES = (
     Axis("gamma_switches", "gamma_switch", "--gamma-switches", float,
          "where the late and anneal gamma schedules switch, as fractions of "
          "the run (only with those schedules)", tag="switch",
-         missing=(None,)),
+         missing=(None,),
+         gate=("gamma_schedule", lambda schedule: schedule in ("late",
+                                                               "anneal"))),
     Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
          "whether Bort constrains the classifier head (true and/or false)",
          tag="head", missing=(None,)),
@@ -169,6 +181,12 @@ AXES = (
 
 
 AXIS = {axis.attribute: axis for axis in AXES}
+
+# What each gated axis needs of its gate, for the refusal of one that no
+# point applies to.
+_GATE_TEXT = {"--taus": "huber-fullrow or huber-fullcol (--modes)",
+              "--bort-laggeds": "above 1 (--bort-everys)",
+              "--gamma-switches": "late or anneal (--gamma-schedules)"}
 
 
 def _flag(axis: Axis, placement: str) -> str:
@@ -268,8 +286,17 @@ class Grid:
     return tuple(values[placement])
 
   def points(self) -> list[dict[str, Any]]:
-    """Every point, baselines first: dicts of config overrides."""
-    out = []
+    """Every point, baselines first: dicts of config overrides.
+
+    An axis crossed with a value of its gate that it does not apply to
+    (:attr:`Axis.gate`: ``--taus`` with an l1 mode, ``--bort-laggeds``
+    with every step) is left out of that point, and a point met twice is
+    listed once; an axis given that applies to no point is refused.
+
+    Raises:
+      ConfigError: a gated axis that no point of the grid applies to.
+    """
+    out, applied = [], set()
     for bort in (False, True):
       axes = [a for a in AXES if bort or not a.bort_only]
       for p in self.placements:
@@ -277,7 +304,23 @@ class Grid:
           point = {"placement": p, "optimizer": PLACEMENTS[p][bort]}
           point.update({a.field: v for a, v in zip(axes, combo)
                         if v is not None})
-          out.append(point)
+          for axis in axes:
+            if axis.gate is None:
+              continue
+            gate = axis.gate[0]
+            if gate not in point or axis.gate[1](point[gate]):
+              applied.add(axis.flag)  # not in the point: the config checks
+            else:
+              point.pop(axis.field, None)
+          if point not in out:
+            out.append(point)
+    for axis in AXES:
+      if (axis.gate is not None and axis.flag not in applied
+          and self.values(axis) != (None,)):
+        raise ConfigError(
+            f"{axis.flag} applies to no point of this grid: it needs "
+            f"{axis.gate[0]} {_GATE_TEXT[axis.flag]}; drop it, or add such "
+            f"a value to the grid.")
     return out
 
 

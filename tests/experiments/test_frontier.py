@@ -192,7 +192,7 @@ def test_the_switch_axis_adds_an_anneal_arm_beside_a_constant_sweep():
       gammas={"coupled": (0.003,)}, placements=("coupled",),
       modes=("l1-fullrow",), amplitudes=("ada",),
       gamma_schedules=("constant",), gamma_switches=(0.5,), seeds=(0,))
-  with pytest.raises(ConfigError, match="gamma_switch applies to"):
+  with pytest.raises(ConfigError, match="--gamma-switches applies to no "):
     frontier.check_settings(BASE, constant)
 
 
@@ -304,3 +304,51 @@ def test_the_settings_record_the_start_so_older_folders_are_refused(
     assert "bort_start_on_constraint" not in seen["base"]
   else:
     assert seen["base"]["bort_start_on_constraint"] is recorded
+
+
+def test_a_gated_lever_crosses_its_gate_and_applies_where_it_means_something():
+  grid = frontier.Grid(gammas={"decoupled": (1.0,)},
+                       modes=("l1-fullrow", "huber-fullrow"),
+                       amplitudes=("ada",), placements=("decoupled",),
+                       bort_everys=(1, 8), bort_laggeds=(False, True),
+                       taus=(0.01, 0.02))
+  names = [frontier.point_name(p) for p in grid.points()]
+  # τ only with the Huber mode, lagging only every 8: each run once.
+  assert names == [
+      "adamw",
+      "bort-adamw_l1-fullrow_ada_g1",
+      "bort-adamw_l1-fullrow_ada_g1_every8_laggedno",
+      "bort-adamw_l1-fullrow_ada_g1_every8_laggedyes",
+      "bort-adamw_huber-fullrow_ada_g1_tau0.01",
+      "bort-adamw_huber-fullrow_ada_g1_tau0.02",
+      "bort-adamw_huber-fullrow_ada_g1_every8_tau0.01_laggedno",
+      "bort-adamw_huber-fullrow_ada_g1_every8_tau0.01_laggedyes",
+      "bort-adamw_huber-fullrow_ada_g1_every8_tau0.02_laggedno",
+      "bort-adamw_huber-fullrow_ada_g1_every8_tau0.02_laggedyes"]
+  for point in grid.points():  # each point is a valid config
+    frontier.point_config({"data": "digits"}, point, 0)
+
+
+@pytest.mark.parametrize("field, values, message", [
+    ("taus", (0.01,), "--taus applies to no point"),
+    ("bort_laggeds", (True,), "--bort-laggeds applies to no point"),
+    ("gamma_switches", (0.5,), "--gamma-switches applies to no point"),
+])
+def test_a_gated_lever_that_applies_to_no_point_is_refused(field, values,
+                                                           message):
+  grid = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+                       amplitudes=("ada",), placements=("decoupled",),
+                       gamma_schedules=("constant",), **{field: values})
+  with pytest.raises(frontier.ConfigError, match=message):
+    grid.points()
+
+
+def test_a_gated_lever_whose_gate_is_a_shared_flag_is_left_to_the_config():
+  grid = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+                       amplitudes=("ada",), placements=("decoupled",),
+                       gamma_switches=(0.3, 0.5))
+  points = grid.points()
+  assert [p.get("gamma_switch") for p in points] == [None, 0.3, 0.5]
+  config = frontier.point_config({"data": "digits", "gamma_schedule": "late"},
+                                 points[1], 0)
+  assert config.gamma_switch == 0.3
