@@ -222,15 +222,19 @@ class DBortLinearFit(NamedTuple):
   history: dict[str, Array]
 
 
-def _second_moment_root(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-  """``R`` (d, d) with ``Rᵀ R / d = xᵀ x / N``: d rows with x's second moment.
+def _second_moment_root(x: np.ndarray, chunk: int = 8192,
+                        mean: np.ndarray | float = 0.0) -> np.ndarray:
+  """``R`` (d, d) with ``Rᵀ R / d = (x − mean)ᵀ (x − mean) / N``: d rows
+  with the centred x's second moment.
 
-  Accumulated in float64 over row chunks, so x is never copied whole.
+  Centred and accumulated in float64 over row chunks, so x is never copied
+  whole, and integer data are never centred in their own dtype (a uint8
+  difference wraps around).
   """
   n, d = x.shape
   moment = np.zeros((d, d), np.float64)
   for start in range(0, n, chunk):
-    rows = np.asarray(x[start:start + chunk], np.float64)
+    rows = np.asarray(x[start:start + chunk], np.float64) - mean
     moment += rows.T @ rows
   moment /= n
   eigenvalues, eigenvectors = np.linalg.eigh(moment)
@@ -355,10 +359,11 @@ def fit_dbort_linear(
   weight = 1.0 / power if weight is None else float(weight)
 
   mean = data.mean(axis=0, dtype=np.float64) if center else np.zeros(d)
-  centred = data - mean.astype(data.dtype) if center else data
   if compress is None:
     compress = n > d
-  batch = _second_moment_root(centred) if compress else centred
+  # Centred in float64: in the data's own dtype a uint8 difference wraps.
+  batch = (_second_moment_root(data, mean=mean) if compress
+           else np.asarray(data, np.float64) - mean)
   batch = jnp.asarray(batch, jnp.float32)
 
   layer = nnx.Linear(

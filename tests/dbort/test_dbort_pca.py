@@ -259,3 +259,17 @@ def test_fit_with_another_optimizer():
   np.testing.assert_allclose(
       fit.amplitude, np.mean(np.sum(kernel**2, axis=0)), rtol=1e-5
   )
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_integer_data_are_centred_in_floating_point(compress):
+  # Raw 8-bit pixels: centred in uint8, x − mean wrapped around 0..255 and
+  # the fit found another subspace, silently (its returned mean was right).
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(600, 6)) * [30, 20, 4, 3, 2, 1]
+  f = f @ np.linalg.qr(rng.normal(size=(6, 6)))[0] + 128
+  x8 = np.clip(np.round(f), 0, 255).astype(np.uint8)
+  centred = x8.astype(np.float64) - x8.mean(0)
+  pca = np.linalg.svd(centred, full_matrices=False)[2][:2].T
+  fit = dbort_pca.fit_dbort_linear(x8, 2, steps=300, compress=compress)
+  assert float(np.min(dbort_pca.principal_cosines(fit.kernel, pca))) > 0.999
