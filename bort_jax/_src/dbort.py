@@ -200,7 +200,9 @@ def dbort_loss(
         "dbort_loss needs at least one layer output or DBortEnergy; wrap a "
         "layer in DBort(layer) or pass its outputs."
     )
-  terms = [energy ** power for energy in energies]
+  # A stack of layers run by nnx.scan records one energy per layer: each
+  # is a term of its own, so the loss stays a scalar.
+  terms = [jnp.sum(energy ** power) for energy in energies]
   total = terms[0]
   for term in terms[1:]:
     total = total + term
@@ -411,5 +413,5 @@ def dbort_term(
         "dbort_outputs for a model that cannot be wrapped."
     )
   loss = dbort_loss(captured, weight=weight, power=power)
-  energy = jnp.mean(jnp.concatenate(list(energies.values())))
+  energy = jnp.mean(jnp.concatenate([e.ravel() for e in energies.values()]))
   return DBortTerm(output, loss, energy, energies)

@@ -366,3 +366,38 @@ def test_a_scanned_stack_records_one_energy_per_layer():
     h = jnp.tanh(y)
   assert term.energies["blocks"].shape == (1, 3)
   np.testing.assert_allclose(term.energies["blocks"][0], want, rtol=1e-5)
+  # The loss is a scalar, one term per layer (it was (3,): nnx.grad of it
+  # failed, and `ce + term.loss` broadcast silently).
+  assert term.loss.shape == ()
+  np.testing.assert_allclose(term.loss, -sum(want), rtol=1e-5)
+  np.testing.assert_allclose(term.energy, np.mean(want), rtol=1e-5)
+  grads = nnx.grad(lambda m: dbort_term(m, x, weight=1.0, power=1.0).loss)(
+      model)
+  assert grads["blocks"]["layer"]["kernel"].shape == (3, 4, 4)
+
+
+def test_a_scanned_stack_beside_a_plain_dbort_layer():
+  # A (1, 3) stack's energies beside a plain layer's (1,): concatenating
+  # them for the mean energy raised.
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(key):
+    return DBort(nnx.Linear(4, 4, rngs=nnx.Rngs(key)))
+
+  class ScanNet(nnx.Module):
+    def __init__(self):
+      self.blocks = make(jax.random.split(jax.random.key(0), 3))
+      self.head = DBort(nnx.Linear(4, 2, rngs=nnx.Rngs(5)))
+
+    def __call__(self, x):
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+      def step(block, h):
+        return jnp.tanh(block(h))
+      return self.head(step(self.blocks, x))
+
+  term = dbort_term(ScanNet(), jax.random.normal(jax.random.key(1), (6, 4)),
+                    weight=1.0, power=1.0)
+  everything = np.concatenate([np.ravel(term.energies["blocks"]),
+                               np.ravel(term.energies["head"])])
+  assert term.loss.shape == ()
+  np.testing.assert_allclose(term.loss, -everything.sum(), rtol=1e-5)
+  np.testing.assert_allclose(term.energy, everything.mean(), rtol=1e-5)
