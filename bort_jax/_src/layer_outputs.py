@@ -40,8 +40,10 @@ def _chosen_paths(model: nnx.Module, layers: LayerSpec) -> list[tuple]:
     return [path for path, m in modules if _has_bort_kernel(m)]
   if callable(layers) and not isinstance(layers, nnx.Module):
     return [path for path, m in modules if layers(path, m)]
-  if isinstance(layers, (str, nnx.Module)):
-    layers = [layers]
+  paths = [path for path, _ in modules]
+  if isinstance(layers, (str, nnx.Module)) or (
+      isinstance(layers, tuple) and layers in paths):
+    layers = [layers]  # one layer, or one path tuple
   by_string = {_path_string(path): path for path, _ in modules}
   chosen = []
   for layer in layers:
@@ -49,8 +51,13 @@ def _chosen_paths(model: nnx.Module, layers: LayerSpec) -> list[tuple]:
       found = [path for path, m in modules if m is layer]
     elif isinstance(layer, str):
       found = [by_string[layer]] if layer in by_string else []
+    elif isinstance(layer, (tuple, list)):
+      found = [path for path in paths if path == tuple(layer)]
     else:
-      found = [path for path, _ in modules if path == tuple(layer)]
+      raise TypeError(
+          f"dbort_outputs: layers holds {layer!r}, which is neither a "
+          "submodule, a path string nor a path tuple; a single path tuple "
+          "goes in a list: layers=[('blocks', 0, 'mlp')].")
     if not found:
       raise ValueError(
           f"dbort_outputs: layer {layer!r} is not a submodule of the model "
@@ -103,7 +110,8 @@ def dbort_outputs(
       parameter with two or more axes (the layers Bort constrains by default:
       ``nnx.Linear``, ``nnx.Conv``, ``nnx.LinearGeneral``, …, the model itself
       included); a sequence of submodules, path strings (``"blocks/0/mlp"``)
-      or path tuples (``("blocks", 0, "mlp")``); or a predicate
+      or path tuples (``("blocks", 0, "mlp")``), or one of them alone
+      (a tuple that is a path of the model is that path); or a predicate
       ``(path, module) -> bool``. Modules must be the ones the call sees: in a
       transformed function, name layers by path.
     method: the name of the model's method to run.

@@ -244,3 +244,33 @@ def test_i19_the_whole_dbort_outputs_result_is_refused():
     dbort.dbort_loss((y, {"encoder": (y,)}))
   # A tuple of two layer outputs is still two layers.
   assert float(dbort.dbort_loss((y, y), weight=1.0, power=1.0)) == -2.0
+
+
+def test_one_path_tuple_alone_names_one_layer():
+  # layers=("blocks", 0, "mlp") was read as three layers and failed with
+  # "'int' object is not iterable"; a list of it worked.
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.mlp = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.relu(self.mlp(x))
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.blocks = nnx.List([Block(rngs), Block(rngs)])
+      self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      for block in self.blocks:
+        x = block(x)
+      return self.head(x)
+
+  model, x = Net(nnx.Rngs(0)), jnp.ones((3, 4))
+  alone = dbort_outputs(model, x, layers=("blocks", 0, "mlp"))[1]
+  listed = dbort_outputs(model, x, layers=[("blocks", 0, "mlp")])[1]
+  assert list(alone) == list(listed) == ["blocks/0/mlp"]
+  np.testing.assert_array_equal(alone["blocks/0/mlp"][0],
+                                listed["blocks/0/mlp"][0])
+  with pytest.raises(TypeError, match="a single path tuple goes in a list"):
+    dbort_outputs(model, x, layers=[("blocks", 0, "mlp"), 0])
