@@ -50,8 +50,41 @@ def _scale_to_norm(delta: jax.Array, epsilon: Any) -> jax.Array:
   return delta * _expand(jnp.broadcast_to(scale, norms.shape), delta)
 
 
-def _clip(x, clip):
-  return x if clip is None else jnp.clip(x, *clip)
+def _clip(x, clip, images):
+  """``x`` clipped to the valid range, widened per pixel to hold ``images``:
+  a clean pixel outside the range (traced images, which
+  :func:`_check_clip` cannot read) is never moved by the clip itself, so
+  the perturbation's norm stays the attack's own."""
+  if clip is None:
+    return x
+  return jnp.clip(x, jnp.minimum(clip[0], images),
+                  jnp.maximum(clip[1], images))
+
+
+def _check_clip(images: jax.Array, clip: Any) -> None:
+  """``clip`` is ``None`` or ``(low, high)``, and the images lie within it
+  where their values are known (not traced)."""
+  if clip is None:
+    return
+  try:
+    low, high = (float(v) for v in clip)
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"clip must be (low, high), the valid input range, or None; got "
+        f"{clip!r}.") from None
+  if not low < high:
+    raise ValueError(f"clip must be (low, high) with low < high, got {clip!r}.")
+  try:
+    values = np.asarray(images)
+  except jax.errors.TracerArrayConversionError:
+    return
+  if values.size and (values.min() < low or values.max() > high):
+    raise ValueError(
+        f"images lie in [{values.min():.4g}, {values.max():.4g}], outside "
+        f"clip={clip!r}: clipping would move the clean images too, beyond "
+        f"epsilon; pass the range your inputs live in (e.g. clip=(float("
+        f"images.min()), float(images.max())) for normalised images), or "
+        f"clip=None.")
 
 
 def _check_epsilon(epsilon: Any) -> None:
@@ -93,7 +126,8 @@ def _perturb(images, direction, epsilon, clip, iterations=30):
 
   def norm_at(length):
     return _per_example_norm(
-        _clip(images + unit * _expand(length, images), clip) - images)
+        _clip(images + unit * _expand(length, images), clip, images)
+        - images)
 
   def bisect(_, bounds):
     low, high = bounds
@@ -103,7 +137,7 @@ def _perturb(images, direction, epsilon, clip, iterations=30):
 
   _, high = jax.lax.fori_loop(
       0, iterations, bisect, (jnp.zeros_like(epsilon), 64.0 * epsilon))
-  return _clip(images + unit * _expand(high, images), clip)
+  return _clip(images + unit * _expand(high, images), clip, images)
 
 
 def perturbation_norms(images: jax.Array, adversarial: jax.Array) -> jax.Array:
@@ -174,7 +208,9 @@ def latent_edit_attack(
     strength: ``α = strength · ‖h‖ / ‖d‖``: the edit relative to the
       representation (backtracking is not linear, so the size matters).
     relu: ``"pass"`` or ``"guided"`` for ReLU layers.
-    clip: the valid input range, or ``None``.
+    clip: the valid input range ``(low, high)``, or ``None``; images
+      outside it are refused (where traced, the range is widened per pixel
+      to hold them, so that clipping never moves a clean pixel).
 
   Returns:
     The adversarial images, ``images``' shape.
@@ -191,6 +227,8 @@ def latent_edit_attack(
     [0.1, 0.1]
   """
   _check_epsilon(epsilon)
+  images = metrics.floating_images(images)
+  _check_clip(images, clip)
   layers = backtracking.model_layers(model)
   stop = backtracking.layer_index(layer, len(layers))
   if stop == len(layers) - 1:
@@ -203,6 +241,9 @@ def latent_edit_attack(
   hidden, logits = cache[stop + 1], cache[-1]
   if targets is None:
     targets = runner_up_classes(logits, labels)
+  else:
+    targets = metrics.target_classes(model, images, targets, "targets")
+    _check_targets(targets, labels)
   classes = logits.shape[-1]
   readout = (jax.nn.one_hot(targets, classes, dtype=logits.dtype)
              - jax.nn.one_hot(labels, classes, dtype=logits.dtype))
@@ -220,6 +261,18 @@ def latent_edit_attack(
   delta = (backtracking.backtrack(model, edited, stop, cache, relu)
            - backtracking.backtrack(model, hidden, stop, cache, relu))
   return _perturb(images, delta, epsilon, clip)
+
+
+def _check_targets(targets: jax.Array, labels: jax.Array) -> None:
+  """A targeted edit needs a class other than the true one (where known)."""
+  try:
+    same = np.flatnonzero(np.asarray(targets) == np.asarray(labels))
+  except jax.errors.TracerArrayConversionError:
+    return
+  if same.size:
+    raise ValueError(
+        f"targets equal labels for image(s) {same.tolist()}: a targeted "
+        "edit needs another class (leave targets=None for the runner-up).")
 
 
 def _loss_fn(logits_fn, labels):
@@ -244,7 +297,9 @@ def fgsm_l2(
     labels: ``(N,)`` true classes (the cross-entropy is increased).
     epsilon: the L2 norm of each perturbation (scalar or ``(N,)``), after
       clipping (as in :func:`latent_edit_attack`).
-    clip: the valid input range, or ``None``.
+    clip: the valid input range ``(low, high)``, or ``None``; images
+      outside it are refused (where traced, the range is widened per pixel
+      to hold them, so that clipping never moves a clean pixel).
 
   Returns:
     The adversarial images.
@@ -262,6 +317,8 @@ def fgsm_l2(
   """
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon)
+  images = metrics.floating_images(images)
+  _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
   grads = jax.grad(_loss_fn(logits_fn, labels))(images)
   return _perturb(images, grads, epsilon, clip)
@@ -288,7 +345,9 @@ def pgd_l2(
     epsilon: the radius (scalar or ``(N,)``).
     steps: the number of steps.
     step_size: default ``2.5 ε / steps``.
-    clip: the valid input range, or ``None``.
+    clip: the valid input range ``(low, high)``, or ``None``; images
+      outside it are refused (where traced, the range is widened per pixel
+      to hold them, so that clipping never moves a clean pixel).
 
   Returns:
     The adversarial images.
@@ -307,6 +366,8 @@ def pgd_l2(
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon)
   steps = validation.check_positive_int("steps", steps)
+  images = metrics.floating_images(images)
+  _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
   epsilon = jnp.broadcast_to(jnp.asarray(epsilon, images.dtype),
                              images.shape[:1])
@@ -319,6 +380,6 @@ def pgd_l2(
     delta = x - images
     norms = _per_example_norm(delta)
     factor = jnp.minimum(1.0, epsilon / jnp.where(norms > 0, norms, 1.0))
-    return _clip(images + delta * _expand(factor, delta), clip)
+    return _clip(images + delta * _expand(factor, delta), clip, images)
 
   return jax.lax.fori_loop(0, steps, step, images)

@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,7 @@ def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
         "sigma sets the kernel's size, so it must be known when tracing; "
         "pass it as a static argument (jax.jit(..., static_argnums=...)).")
   sigma = validation.check_real("sigma", sigma, low=0)
+  images = floating_images(images)
   if sigma == 0:
     return images
   radius = max(1, math.ceil(3 * sigma))
@@ -170,6 +171,23 @@ def _check_curve_inputs(images, saliency, pixels_per_step):
         f"{images.shape} and {saliency.shape}."
     )
   return validation.check_positive_int("pixels_per_step", pixels_per_step)
+
+
+def floating_images(images: Any, name: str = "images") -> jax.Array:
+  """``images`` as an array, refused unless floating point: the tools take
+  differences and blurs in the images' own dtype, where integers wrap
+  around (uint8) or truncate, and gradients need floating inputs.
+
+  Raises:
+    TypeError: integer or boolean images, naming the conversion.
+  """
+  images = jnp.asarray(images)
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must be floating point, got {images.dtype}: convert them "
+        f"as the model reads them, e.g. {name}.astype(jnp.float32) / 255 "
+        "for 8-bit pixels.")
+  return images
 
 
 def target_classes(logits_fn: LogitsFn, images: jax.Array,

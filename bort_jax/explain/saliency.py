@@ -208,6 +208,7 @@ def gradient_saliency(
   """
   check_eval_mode(logits_fn, "logits_fn")
   _check_images(images)
+  images = metrics.floating_images(images)
   targets = metrics.target_classes(logits_fn, images, targets, "targets")
   grads = jax.grad(_target_logit_sum(logits_fn, targets))(images)
   return attribution_map(grads)
@@ -250,9 +251,11 @@ def integrated_gradients(
   """
   steps = validation.check_positive_int("steps", steps)
   check_eval_mode(logits_fn, "logits_fn")
+  images = metrics.floating_images(images)
   targets = metrics.target_classes(logits_fn, images, targets, "targets")
+  # In the images' floating dtype: an integer x − x₀ wraps around (uint8).
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(
-      baseline, images.shape)
+      jnp.asarray(baseline, images.dtype), images.shape)
   grad_fn = jax.grad(_target_logit_sum(logits_fn, targets))
   alphas = (jnp.arange(steps, dtype=images.dtype) + 0.5) / steps
   grads = jax.lax.map(

@@ -387,3 +387,76 @@ def test_attacks_check_their_labels():
         lambda: explain.attack_success_rate(model, images, labels)):
       with pytest.raises(ValueError, match="labels must be .*" + message):
         attack()
+
+
+def _small_cnn():
+  return invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
+                                  rngs=nnx.Rngs(0))
+
+
+def test_integer_images_are_refused_in_one_line():
+  # uint8 images wrapped around in x − x₀ (integrated gradients), blurred to
+  # zeros (the weights cast to uint8: insertion AUC 0.69 for 0.40), and
+  # failed deep inside the attacks' loops.
+  model = _small_cnn()
+  images = jnp.full((2, 8, 8, 1), 200, jnp.uint8)
+  labels = jnp.array([0, 1])
+  for tool in (
+      lambda: explain.gaussian_blur(images, 1.0),
+      lambda: explain.integrated_gradients(model, images, steps=2),
+      lambda: explain.gradient_saliency(model, images),
+      lambda: explain.fgsm_l2(model, images, labels, 0.5, clip=None),
+      lambda: explain.pgd_l2(model, images, labels, 0.5, steps=2, clip=None),
+      lambda: explain.latent_edit_attack(model, images, labels, layer=1,
+                                         epsilon=0.5, clip=None)):
+    with pytest.raises(TypeError, match="images must be floating point, got "
+                                        "uint8"):
+      tool()
+
+
+def test_integrated_gradients_takes_an_integer_baseline_in_floating_point():
+  weights = jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+  logits_fn = linear_model(weights)
+  images = jnp.full((1, 2, 2, 1), 100.0)
+  got = explain.integrated_gradients(logits_fn, images, jnp.array([0]),
+                                     baseline=jnp.uint8(128), steps=4)
+  want = logits_fn(images)[0, 0] - logits_fn(jnp.full_like(images, 128.0))[0, 0]
+  np.testing.assert_allclose(float(got.sum()), float(want), rtol=1e-5)
+
+
+def test_attacks_refuse_images_outside_clip_and_keep_epsilon_when_traced():
+  # Normalised images (mean 0, std 1) with the default clip=(0, 1): the clip
+  # moved the clean image into the range, so a 0.5 attack moved it by 6.3.
+  model = _small_cnn()
+  images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  labels = jnp.array([0, 1])
+  attacks = {
+      "fgsm": lambda x: explain.fgsm_l2(model, x, labels, 0.5),
+      "pgd": lambda x: explain.pgd_l2(model, x, labels, 0.5, steps=3),
+      "latent": lambda x: explain.latent_edit_attack(model, x, labels,
+                                                     layer=1, epsilon=0.5),
+  }
+  for name, attack in attacks.items():
+    with pytest.raises(ValueError, match=r"outside clip=\(0\.0, 1\.0\)"):
+      attack(images)
+    # Traced, the values are unknown: the range widens to hold each pixel,
+    # so the perturbation is the attack's own.
+    adversarial = jax.jit(attack)(images)
+    norms = explain.perturbation_norms(images, adversarial)
+    assert float(norms.max()) <= 0.5 + 1e-4, name
+    assert float(norms.min()) > 0.1, name
+  with pytest.raises(ValueError, match="clip must be"):
+    explain.fgsm_l2(model, images, labels, 0.5, clip=(1.0, 0.0))
+
+
+def test_latent_edit_checks_its_targets():
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  labels = jnp.array([0, 1])
+  for targets, message in ((jnp.array([2, 10]), r"targets must be in \[0, 10\)"),
+                           (jnp.array([[2], [0]]), "targets must be one"),
+                           (labels, r"targets equal labels for image\(s\) "
+                                    r"\[0, 1\]")):
+    with pytest.raises(ValueError, match=message):
+      explain.latent_edit_attack(model, images, labels, layer=1,
+                                 epsilon=0.5, targets=targets)
