@@ -44,9 +44,11 @@ def unit_scales(w: jax.Array) -> jax.Array:
   """The divisor of each output unit in the inverse ``Wᵀ ((y − b) / s)``.
 
   ``s_i = ‖w_i‖²`` when ``W`` (``m × n``, rows are units) has no more rows
-  than columns (rows orthogonal: orthogonal projection); ``s_i = ‖W‖²_F / n``
-  for every unit when it is wide (columns orthogonal: ``Wᵀ W = cI``). Zero
-  rows get ``s = 1`` so that they contribute nothing instead of NaN.
+  than columns (rows orthogonal: orthogonal projection); ``s_i = ‖W‖²_F /
+  n'`` for every unit when it is wide (columns orthogonal: ``Wᵀ W = cI``),
+  ``n'`` the columns that are not all zero (a masked convolution tap is no
+  input the units read). Zero rows get ``s = 1`` so that they contribute
+  nothing instead of NaN.
 
   Args:
     w: a matrix ``(m, n)`` or a batch ``(g, m, n)`` of independent matrices
@@ -69,7 +71,11 @@ def unit_scales(w: jax.Array) -> jax.Array:
   m, n = w.shape[-2:]
   norms_sq = jnp.sum(jnp.square(w), axis=-1)
   if m > n:
-    frobenius = jnp.sum(norms_sq, axis=-1, keepdims=True) / n
+    # c over the columns the units read: an all-zero column (a masked
+    # convolution tap) is outside Wᵀ W = cI.
+    used = jnp.maximum(jnp.sum(jnp.any(w != 0, axis=-2), axis=-1,
+                               keepdims=True), 1)
+    frobenius = jnp.sum(norms_sq, axis=-1, keepdims=True) / used
     norms_sq = jnp.broadcast_to(frobenius, norms_sq.shape)
   return jnp.where(norms_sq > 0, norms_sq, 1.0)
 
@@ -183,13 +189,22 @@ def _invert_convolution(
   # The VJP of the (affine) layer is the transpose of its linear part.
   _, transpose = jax.vjp(conv, jnp.zeros(x_shape, y.dtype))
   (summed,) = transpose((y / scales).astype(y.dtype))
-  # How many patches cover each pixel: the transpose of an all-ones
-  # one-channel convolution with the same geometry, applied to ones.
-  counter = _conv_layer(jnp.ones(kernel.shape[:n] + (1, 1), y.dtype),
+  # How many patches read each pixel of each input channel: the transpose
+  # of a depthwise convolution with the same geometry, whose taps are the
+  # kernel's support (a tap that no output of the channel's group reads,
+  # e.g. masked by nnx.Conv's mask, reconstructs nothing there), applied
+  # to ones.
+  group_in = kernel.shape[-2]
+  reads = jnp.any(kernel.reshape(kernel.shape[:-1] + (groups, out // groups))
+                  != 0, axis=-1)  # (*window, group_in, groups)
+  support = jnp.moveaxis(reads, -1, -2).reshape(
+      kernel.shape[:n] + (1, groups * group_in)).astype(y.dtype)
+  counter = _conv_layer(support, feature_group_count=groups * group_in,
                         **geometry)
   count_transpose = jax.linear_transpose(
-      counter, jax.ShapeDtypeStruct((1,) + input_shape[:-1] + (1,), y.dtype))
-  (count,) = count_transpose(jnp.ones((1,) + y.shape[1:-1] + (1,), y.dtype))
+      counter, jax.ShapeDtypeStruct((1,) + input_shape, y.dtype))
+  (count,) = count_transpose(
+      jnp.ones((1,) + y.shape[1:-1] + (groups * group_in,), y.dtype))
   return jnp.where(count > 0, summed / jnp.where(count > 0, count, 1.0), 0.0)
 
 
@@ -326,11 +341,24 @@ def invert_avg_pool(
   """
   window = tuple(window_shape)
   strides = window if strides is None else tuple(strides)
+  input_shape = tuple(input_shape)
+  y = jnp.asarray(y)
+  if not (len(window) == len(strides) == len(input_shape) - 1 == y.ndim - 2):
+    raise ValueError(
+        f"invert_avg_pool: a {len(window)}-D window needs features (N, "
+        f"*spatial, C) and input_shape (*spatial, C) of as many spatial "
+        f"axes, and strides of as many; got features {y.shape}, "
+        f"input_shape {input_shape}, strides {strides}.")
   channels = input_shape[-1]
+  inside = nnx.avg_pool(jnp.ones((1, *input_shape), y.dtype), window,
+                        strides, padding, count_include_pad=True)
+  if tuple(y.shape[1:]) != inside.shape[1:]:
+    raise ValueError(
+        f"invert_avg_pool: features of shape {y.shape} do not match the "
+        f"pooling's output (N, *{inside.shape[1:]}) for inputs "
+        f"{input_shape}.")
   if all(s >= w for s, w in zip(strides, window)):  # windows apart
     # The share of each window inside the input (1 but at a padded border).
-    inside = nnx.avg_pool(jnp.ones((1, *input_shape), y.dtype), window,
-                          strides, padding, count_include_pad=True)
     y = y / jnp.where(inside > 0, inside, 1)
   kernel = jnp.full(window + (1, channels), 1.0 / math.prod(window), y.dtype)
   return invert_conv(

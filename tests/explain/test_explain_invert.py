@@ -342,3 +342,50 @@ def test_the_small_functions_refuse_what_they_cannot_do():
   model = two_layer_orthogonal_net()
   with pytest.raises(ValueError, match="border must be a non-negative"):
     explain.backtrack_saliency(model, jnp.ones((1, 4, 4, 1)), 0, border=-1)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_masked_convolution_inverts_as_its_unmasked_equivalent(groups):
+  # A 3-tap convolution whose mask drops its last tap is a 2-tap one: the
+  # patch count and the unit scales counted the masked tap (x̂/x was
+  # 1.5, 1, …, 0.75 at the edges and right in the middle by cancellation).
+  rng = np.random.default_rng(0)
+  group_in, out = 2, 8
+  k = np.zeros((3, group_in, out), np.float32)
+  for g in range(groups):  # each group's used taps orthonormal
+    q = np.linalg.qr(rng.normal(size=(out // groups, 2 * group_in)))[0]
+    k[:2, :, g * out // groups:(g + 1) * out // groups] = (
+        q.T.reshape(2, group_in, out // groups))
+  mask = jnp.ones((3, group_in, out)).at[2].set(0.0)
+  conv = nnx.Conv(group_in * groups, out, (3,), padding="VALID", mask=mask,
+                  feature_group_count=groups, use_bias=False,
+                  kernel_init=lambda *_: jnp.asarray(k), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 9, group_in * groups))
+  x_hat = explain.layer_inverse(conv, conv(x), x, "pass")
+  # The last position is read by no used tap: nothing to recover there.
+  np.testing.assert_allclose(x_hat[:, :8], x[:, :8], atol=1e-5)
+  np.testing.assert_array_equal(x_hat[:, 8], 0.0)
+
+
+def test_unit_scales_of_a_wide_matrix_count_the_columns_it_reads():
+  w = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0],
+                 [0.0, 1.0, 0.0]]) / jnp.sqrt(2.0)
+  # Wᵀ W = diag(1, 1, 0): c = 1 over the two columns read, not 2/3.
+  np.testing.assert_allclose(explain.unit_scales(w), 1.0, rtol=1e-6)
+
+
+def test_invert_avg_pool_checks_its_shapes_in_one_line():
+  # A (1, 1, 1, 3) pooled map for (4, 4, 3) inputs was broadcast and
+  # "inverted"; a channel-less input_shape or a 1-D window on 2-D images
+  # failed deep in broadcasting.
+  y = jnp.ones((1, 2, 2, 3))
+  explain.invert_avg_pool(y, input_shape=(4, 4, 3), window_shape=(2, 2))
+  for kwargs, message in (
+      (dict(y=jnp.ones((1, 1, 1, 3)), input_shape=(4, 4, 3),
+            window_shape=(2, 2)), "do not match the pooling's output"),
+      (dict(y=y, input_shape=(4, 4), window_shape=(2, 2)),
+       "input_shape .* of as many spatial axes"),
+      (dict(y=y, input_shape=(4, 4, 3), window_shape=(2,)),
+       "a 1-D window needs")):
+    with pytest.raises(ValueError, match=message):
+      explain.invert_avg_pool(**kwargs)
