@@ -137,9 +137,11 @@ def backtrack_saliency(
   cache = backtracking.forward_cache(model, images)[: stop + 2]
   channels = cache[stop + 1].shape[-1]
   border = validation.check_nonnegative_int("border", border)
-  k = min(int(top_k), channels)
-  if k < 1:
-    raise ValueError(f"top_k must be >= 1, got {top_k!r}.")
+  # A NaN or negative threshold, or a spike of 0 or inf, made every map
+  # zero or every pixel masked, silently; a fractional top_k was truncated.
+  threshold = validation.check_real("threshold", threshold, low=0)
+  spike = validation.check_real("spike", spike, low=0, low_inclusive=False)
+  k = min(validation.check_positive_int("top_k", top_k), channels)
   spatial = tuple(cache[stop + 1].shape[1:-1])
   if any(size <= 2 * border for size in spatial):
     raise ValueError(

@@ -460,3 +460,21 @@ def test_latent_edit_checks_its_targets():
     with pytest.raises(ValueError, match=message):
       explain.latent_edit_attack(model, images, labels, layer=1,
                                  epsilon=0.5, targets=targets)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(threshold=float("nan")), "threshold must be"),
+    (dict(threshold=-1.0), "threshold must be >= 0"),
+    (dict(spike=0.0), "spike must be > 0"),
+    (dict(spike=float("inf")), "spike must be"),
+    (dict(top_k=2.7), "top_k must be"),
+    (dict(top_k=0), "top_k must be"),
+])
+def test_backtrack_saliency_refuses_settings_that_zero_or_fill_every_map(
+    kwargs, message):
+  # threshold NaN or spike 0/inf gave all-zero maps, threshold −1 every
+  # pixel, top_k=2.7 two channels: silently.
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (1, 8, 8, 1))
+  with pytest.raises(ValueError, match=message):
+    explain.backtrack_saliency(model, images, layer=1, **kwargs)
