@@ -337,24 +337,29 @@ def test_a_failing_forward_pass_leaves_no_capture_behind():
   assert term.energies["head"].shape == (1,)
 
 
+class _ScanNet(nnx.Module):
+  """Three vmap-stacked DBort layers run by nnx.scan, then a DBort head."""
+
+  def __init__(self, head: bool):
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(key):
+      return DBort(nnx.Linear(4, 4, rngs=nnx.Rngs(key)))
+
+    self.blocks = make(jax.random.split(jax.random.key(0), 3))
+    self.head = DBort(nnx.Linear(4, 2, rngs=nnx.Rngs(5))) if head else None
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    def step(block, h):
+      return jnp.tanh(block(h))
+    h = step(self.blocks, x)
+    return h if self.head is None else self.head(h)
+
+
 def test_a_scanned_stack_records_one_energy_per_layer():
   # DBortTerm.energies said (calls,); a vmap-stacked layer run by nnx.scan
   # records (calls, layers). Checked against each layer's mean square.
-  @nnx.vmap(in_axes=0, out_axes=0)
-  def make(key):
-    return DBort(nnx.Linear(4, 4, rngs=nnx.Rngs(key)))
-
-  class ScanNet(nnx.Module):
-    def __init__(self):
-      self.blocks = make(jax.random.split(jax.random.key(0), 3))
-
-    def __call__(self, x):
-      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
-      def step(block, h):
-        return jnp.tanh(block(h))
-      return step(self.blocks, x)
-
-  model = ScanNet()
+  model = _ScanNet(head=False)
   x = jax.random.normal(jax.random.key(1), (6, 4))
   term = dbort_term(model, x, weight=1.0, power=1.0)
   kernel = model.blocks.layer.kernel[...]
@@ -379,22 +384,7 @@ def test_a_scanned_stack_records_one_energy_per_layer():
 def test_a_scanned_stack_beside_a_plain_dbort_layer():
   # A (1, 3) stack's energies beside a plain layer's (1,): concatenating
   # them for the mean energy raised.
-  @nnx.vmap(in_axes=0, out_axes=0)
-  def make(key):
-    return DBort(nnx.Linear(4, 4, rngs=nnx.Rngs(key)))
-
-  class ScanNet(nnx.Module):
-    def __init__(self):
-      self.blocks = make(jax.random.split(jax.random.key(0), 3))
-      self.head = DBort(nnx.Linear(4, 2, rngs=nnx.Rngs(5)))
-
-    def __call__(self, x):
-      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
-      def step(block, h):
-        return jnp.tanh(block(h))
-      return self.head(step(self.blocks, x))
-
-  term = dbort_term(ScanNet(), jax.random.normal(jax.random.key(1), (6, 4)),
+  term = dbort_term(_ScanNet(head=True), jax.random.normal(jax.random.key(1), (6, 4)),
                     weight=1.0, power=1.0)
   everything = np.concatenate([np.ravel(term.energies["blocks"]),
                                np.ravel(term.energies["head"])])
