@@ -110,8 +110,18 @@ def invert_dense(
         f"{kernel.shape} with {kernel.shape[-1]} outputs."
     )
   if bias is not None:
-    y = y - bias
+    y = y - _checked_bias(bias, kernel.shape[-1], "invert_dense")
   return (y / unit_scales(kernel.T)) @ kernel.T
+
+
+def _checked_bias(bias: jax.Array, out: int, where: str) -> jax.Array:
+  """The layer's bias, one per output: another shape would broadcast."""
+  bias = jnp.asarray(bias)
+  if bias.shape != (out,):
+    raise ValueError(
+        f"{where}: bias must be the layer's bias, shape ({out},), one per "
+        f"output; got shape {bias.shape}.")
+  return bias
 
 
 def _conv_layer(
@@ -185,7 +195,7 @@ def _invert_convolution(
   w = kernel.reshape(-1, groups, out // groups).transpose(1, 2, 0)
   scales = unit_scales(w).reshape(out)
   if bias is not None:
-    y = y - bias
+    y = y - _checked_bias(bias, out, "invert_conv")
   # The VJP of the (affine) layer is the transpose of its linear part.
   _, transpose = jax.vjp(conv, jnp.zeros(x_shape, y.dtype))
   (summed,) = transpose((y / scales).astype(y.dtype))

@@ -389,3 +389,16 @@ def test_invert_avg_pool_checks_its_shapes_in_one_line():
        "a 1-D window needs")):
     with pytest.raises(ValueError, match=message):
       explain.invert_avg_pool(**kwargs)
+
+
+def test_a_bias_of_another_shape_is_refused_not_broadcast():
+  # A (1,) or per-example (N, out) bias was broadcast and "inverted".
+  kernel = jnp.eye(4, 8)
+  y = jnp.ones((2, 8))
+  for bias in (jnp.ones(1), jnp.ones(4), jnp.ones((2, 8))):
+    with pytest.raises(ValueError, match=r"bias must be .* shape \(8,\)"):
+      explain.invert_dense(y, kernel, bias)
+  conv_kernel = jnp.ones((3, 3, 2, 8))
+  with pytest.raises(ValueError, match=r"invert_conv: bias must be"):
+    explain.invert_conv(jnp.ones((1, 4, 4, 8)), conv_kernel, jnp.ones(1),
+                        input_shape=(4, 4, 2))
