@@ -87,8 +87,14 @@ def _check_clip(images: jax.Array, clip: Any) -> None:
         f"clip=None.")
 
 
-def _check_epsilon(epsilon: Any) -> None:
-  """ε is a norm: finite and ``>= 0`` where it is known (not traced)."""
+def _check_epsilon(epsilon: Any, images: Any) -> None:
+  """ε is a norm per image: a scalar or ``(N,)``, finite and ``>= 0``
+  where it is known (not traced)."""
+  shape, batch = np.shape(epsilon), np.shape(images)[:1]
+  if shape not in ((), batch):
+    raise ValueError(
+        f"epsilon must be a scalar or one norm per image, shape {batch}, got "
+        f"shape {shape}.")
   try:
     values = np.asarray(epsilon, dtype=np.float64)
   except jax.errors.TracerArrayConversionError:
@@ -226,7 +232,7 @@ def latent_edit_attack(
     >>> [round(float(n), 4) for n in perturbation_norms(x, x_adv)]
     [0.1, 0.1]
   """
-  _check_epsilon(epsilon)
+  _check_epsilon(epsilon, images)
   images = metrics.floating_images(images)
   _check_clip(images, clip)
   layers = backtracking.model_layers(model)
@@ -316,7 +322,7 @@ def fgsm_l2(
     Examples", 2015.
   """
   check_eval_mode(logits_fn, "logits_fn")
-  _check_epsilon(epsilon)
+  _check_epsilon(epsilon, images)
   images = metrics.floating_images(images)
   _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
@@ -364,7 +370,7 @@ def pgd_l2(
     Attacks", 2018.
   """
   check_eval_mode(logits_fn, "logits_fn")
-  _check_epsilon(epsilon)
+  _check_epsilon(epsilon, images)
   steps = validation.check_positive_int("steps", steps)
   images = metrics.floating_images(images)
   _check_clip(images, clip)

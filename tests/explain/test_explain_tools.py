@@ -478,3 +478,23 @@ def test_backtrack_saliency_refuses_settings_that_zero_or_fill_every_map(
   images = jax.random.uniform(jax.random.key(0), (1, 8, 8, 1))
   with pytest.raises(ValueError, match=message):
     explain.backtrack_saliency(model, images, layer=1, **kwargs)
+
+
+def test_attacks_check_the_shape_of_epsilon():
+  # A (3,) or (N, 1) epsilon failed inside broadcasting, unnamed.
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  labels = jnp.array([0, 1])
+  for epsilon in (jnp.array([0.5, 1.0, 2.0]), jnp.array([[0.5], [1.0]])):
+    for attack in (
+        lambda: explain.fgsm_l2(model, images, labels, epsilon),
+        lambda: explain.pgd_l2(model, images, labels, epsilon, steps=2),
+        lambda: explain.latent_edit_attack(model, images, labels, layer=1,
+                                           epsilon=epsilon)):
+      with pytest.raises(ValueError, match=r"epsilon must be a scalar or one "
+                                           r"norm per image, shape \(2,\)"):
+        attack()
+  norms = explain.perturbation_norms(
+      images, jax.jit(lambda e: explain.fgsm_l2(model, images, labels, e))(
+          jnp.array([0.5, 1.0])))
+  np.testing.assert_allclose(norms, [0.5, 1.0], rtol=1e-4)
