@@ -330,6 +330,9 @@ def fit_dbort_linear(
     transformations", PNAS 1949.
   """
   data = np.asarray(x)
+  if (jnp.issubdtype(data.dtype, jnp.floating)
+      and not np.issubdtype(data.dtype, np.number)):
+    data = data.astype(np.float32)  # bfloat16: ml_dtypes, not NumPy's
   if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
     raise ValueError(
         f"fit_dbort_linear expects numeric data (N, d); got shape "

@@ -273,3 +273,13 @@ def test_integer_data_are_centred_in_floating_point(compress):
   pca = np.linalg.svd(centred, full_matrices=False)[2][:2].T
   fit = dbort_pca.fit_dbort_linear(x8, 2, steps=300, compress=compress)
   assert float(np.min(dbort_pca.principal_cosines(fit.kernel, pca))) > 0.999
+
+
+def test_bfloat16_data_fit_as_their_float32_values():
+  # bfloat16 data were refused as "not numeric" (NumPy's issubdtype).
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(300, 5)) * [3.0, 2.0, 1.0, 0.5, 0.2],
+                  jnp.bfloat16)
+  low = dbort_pca.fit_dbort_linear(x, 2, steps=100)
+  full = dbort_pca.fit_dbort_linear(np.asarray(x, np.float32), 2, steps=100)
+  np.testing.assert_array_equal(low.kernel, full.kernel)
