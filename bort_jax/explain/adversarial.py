@@ -266,7 +266,9 @@ def latent_edit_attack(
   edited = hidden + _expand(scale, direction) * direction
   delta = (backtracking.backtrack(model, edited, stop, cache, relu)
            - backtracking.backtrack(model, hidden, stop, cache, relu))
-  return _perturb(images, delta, epsilon, clip)
+  # The backtracked edit is in the model's dtype: the images keep theirs,
+  # as FGSM's and PGD's do.
+  return _perturb(images, delta, epsilon, clip).astype(images.dtype)
 
 
 def _check_targets(targets: jax.Array, labels: jax.Array) -> None:

@@ -498,3 +498,16 @@ def test_attacks_check_the_shape_of_epsilon():
       images, jax.jit(lambda e: explain.fgsm_l2(model, images, labels, e))(
           jnp.array([0.5, 1.0])))
   np.testing.assert_allclose(norms, [0.5, 1.0], rtol=1e-4)
+
+
+def test_every_attack_returns_the_images_dtype():
+  # latent_edit_attack returned float32 for bfloat16 images.
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), jnp.bfloat16)
+  labels = jnp.array([0, 1])
+  for attack in (
+      lambda: explain.fgsm_l2(model, images, labels, 0.5),
+      lambda: explain.pgd_l2(model, images, labels, 0.5, steps=2),
+      lambda: explain.latent_edit_attack(model, images, labels, layer=1,
+                                         epsilon=0.5)):
+    assert attack().dtype == jnp.bfloat16
