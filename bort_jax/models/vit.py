@@ -110,6 +110,7 @@ class ViT(nnx.Module):
       raise ValueError(f"ViT: dim {dim} is not divisible by {num_heads} heads.")
     num_patches = (image_size // patch_size) ** 2
     self.patch_size = patch_size
+    self.image_size = image_size
     self.patch_embed = nnx.Conv(
         in_channels, dim, (patch_size, patch_size), strides=patch_size,
         padding="VALID", rngs=rngs,
@@ -128,6 +129,12 @@ class ViT(nnx.Module):
     self.head = nnx.Linear(dim, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    size = self.image_size
+    if jnp.ndim(x) != 4 or tuple(jnp.shape(x)[1:3]) != (size, size):
+      # The position embeddings hold one token per patch of that size.
+      raise ValueError(
+          f"ViT: images must be (N, {size}, {size}, C), the image_size it "
+          f"was built for, got shape {jnp.shape(x)}.")
     tokens = self.patch_embed(x)
     n = tokens.shape[0]
     tokens = tokens.reshape(n, -1, tokens.shape[-1])

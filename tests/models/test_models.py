@@ -147,3 +147,13 @@ def test_bort_adamw_step_vit():
   images, labels = _digits_batch()
   model = ViT(8, 4, 1, 10, dim=16, depth=1, num_heads=2, rngs=_rngs())
   _bort_adamw_steps(model, images, labels)
+
+
+def test_vit_names_the_image_size_it_was_built_for():
+  # Another size, a missing batch axis or non-square images failed deep in
+  # the position embeddings' addition ((2,65,12) and (1,17,12)).
+  model = ViT(16, 4, 3, 10, dim=12, depth=1, num_heads=3, rngs=nnx.Rngs(0))
+  assert model(jnp.ones((2, 16, 16, 3))).shape == (2, 10)
+  for shape in ((2, 32, 32, 3), (2, 16, 12, 3), (16, 16, 3)):
+    with pytest.raises(ValueError, match=r"images must be \(N, 16, 16, C\)"):
+      model(jnp.ones(shape))
