@@ -104,6 +104,16 @@ def compare(runs: list[dict], reference: str | None = None,
   return rows
 
 
+def side_of_zero(stats: dict | None) -> str:
+  """Where a paired interval lies, read unrounded: ``below 0``, ``includes
+  0`` or ``above 0`` (a bound of −0.0007 prints as ``+0.00`` at two
+  decimals, yet the interval lies below 0); ``n/a`` without one."""
+  if stats is None or stats.get("ci_pp") is None:
+    return "n/a"
+  low, high = stats["ci_pp"]
+  return "below 0" if high < 0 else "above 0" if low > 0 else "includes 0"
+
+
 def _interval(stats: dict | None, digits: int, unit: str = "_pp") -> str:
   """``mean [low, high]`` of :func:`frontier_stats.paired_statistics`
   (``unit="_pp"``) or :func:`frontier_stats.t_interval` (``unit=""``)."""
@@ -141,15 +151,16 @@ def main(argv=None) -> int:
   against = (f"the same point of {args.before}" if args.before
              else args.reference)
   print(f"Against {against} (paired by seed, 95 % t-interval):\n")
-  print("| point | seeds | Δval pp | Δtest pp | Δconstraint | constraint ratio "
-        "| diverged |")
-  print("|---|---|---|---|---|---|---|")
+  print("| point | seeds | Δval pp | Δval vs 0 | Δtest pp | Δconstraint "
+        "| constraint ratio | diverged |")
+  print("|---|---|---|---|---|---|---|---|")
   for r in rows:
     ratio = ("n/a" if r["constraint_ratio"] is None
              else f"{r['constraint_ratio']:.2f}")
     constraint = _interval(r["constraint"], 4, unit="")
     print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
-          f"{_interval(r['test'], 2)} | {constraint} | {ratio} | "
+          f"{side_of_zero(r['val'])} | {_interval(r['test'], 2)} | "
+          f"{constraint} | {ratio} | "
           f"{len(r['diverged'])} |")
   return 0
 

@@ -90,7 +90,20 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   path.write_text(json.dumps(runs))
   assert compare_points.main([str(path), "--reference",
                               "bort-adamw_l1-fullrow_ada_g1"]) == 0
-  assert "| n/a | n/a | n/a | n/a | 3 |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| n/a | n/a | n/a | n/a | n/a | 3 |" in out
+  assert "| -2.50 [-8.85, +3.85] | includes 0 |" in out
+
+
+def test_compare_points_reads_the_side_of_zero_unrounded():
+  # An upper bound of −0.0007 prints as +0.00: the interval still lies
+  # below 0, which is what a pre-registered rule reads.
+  import compare_points  # pylint: disable=g-import-not-at-top
+  assert compare_points.side_of_zero({"ci_pp": [-0.30, -0.0007]}) == "below 0"
+  assert compare_points.side_of_zero({"ci_pp": [-0.30, 0.0]}) == "includes 0"
+  assert compare_points.side_of_zero({"ci_pp": [0.0007, 0.3]}) == "above 0"
+  assert compare_points.side_of_zero({"ci_pp": None}) == "n/a"
+  assert compare_points.side_of_zero(None) == "n/a"
 
 
 def test_compare_points_before_pairs_each_point_with_itself_elsewhere(
