@@ -96,13 +96,14 @@ class Axis:
       leaves out (``None``: it must be given); ``(None,)`` also keeps the
       field's shared training flag (``--lr``, ``--init``, …) on the
       frontier's command line.
-    gate: ``(field, applies)``: the axis means something only where the
-      grid's value of another field passes ``applies`` (τ for the Huber
+    gate: ``(field, applies, needs)``: the axis means something only where
+      the grid's value of another field passes ``applies`` (τ for the Huber
       modes, lagging for ``bort_every`` above 1, the switch for the late and
       anneal schedules). Crossed with a value that fails it, the axis is
       left out of that point, which is then the same point as its
       neighbours' and runs once; set by a shared flag instead, the gate is
-      the config's to check.
+      the config's to check. ``needs`` says what it needs, for the refusal
+      of an axis that applies to no point.
   """
 
   attribute: str
@@ -115,7 +116,7 @@ class Axis:
   tag: str | None = None
   silent: Any = None
   missing: tuple | None = None
-  gate: tuple[str, Callable[[Any], bool]] | None = None
+  gate: tuple[str, Callable[[Any], bool], str] | None = None
 
 
 def _boolean(text: str) -> bool:
@@ -147,12 +148,14 @@ AXES = (
     Axis("taus", "tau", "--taus", config_lib.parse_tau,
          "the Huber modes' widths relative to the amplitude, or 'step' "
          "(huber modes only)", tag="tau", missing=(None,),
-         gate=("mode", lambda mode: mode.startswith("huber"))),
+         gate=("mode", lambda mode: mode.startswith("huber"),
+               "huber-fullrow or huber-fullcol (--modes)")),
     Axis("bort_laggeds", "bort_lagged", "--bort-laggeds", _boolean,
          "whether an amortised correction is lagged (Delta every k steps, "
          "gamma*Delta every step; true and/or false; every k > 1 only)",
          tag="lagged", missing=(None,),
-         gate=("bort_every", lambda every: every > 1)),
+         gate=("bort_every", lambda every: every > 1,
+               "above 1 (--bort-everys)")),
     # The levers of a tight-and-free search: each keeps its shared training
     # flag (--init, ...) when the grid does not vary it.
     Axis("inits", "init", "--inits", str,
@@ -165,8 +168,9 @@ AXES = (
          "where the late and anneal gamma schedules switch, as fractions of "
          "the run (only with those schedules)", tag="switch",
          missing=(None,),
-         gate=("gamma_schedule", lambda schedule: schedule in ("late",
-                                                               "anneal"))),
+         gate=("gamma_schedule",
+               lambda schedule: schedule in ("late", "anneal"),
+               "late or anneal (--gamma-schedules)")),
     Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
          "whether Bort constrains the classifier head (true and/or false)",
          tag="head", missing=(None,)),
@@ -181,12 +185,6 @@ AXES = (
 
 
 AXIS = {axis.attribute: axis for axis in AXES}
-
-# What each gated axis needs of its gate, for the refusal of one that no
-# point applies to.
-_GATE_TEXT = {"--taus": "huber-fullrow or huber-fullcol (--modes)",
-              "--bort-laggeds": "above 1 (--bort-everys)",
-              "--gamma-switches": "late or anneal (--gamma-schedules)"}
 
 
 def _flag(axis: Axis, placement: str) -> str:
@@ -307,8 +305,8 @@ class Grid:
           for axis in axes:
             if axis.gate is None:
               continue
-            gate = axis.gate[0]
-            if gate not in point or axis.gate[1](point[gate]):
+            gate, applies, _ = axis.gate
+            if gate not in point or applies(point[gate]):
               applied.add(axis.flag)  # not in the point: the config checks
             else:
               point.pop(axis.field, None)
@@ -319,7 +317,7 @@ class Grid:
           and self.values(axis) != (None,)):
         raise ConfigError(
             f"{axis.flag} applies to no point of this grid: it needs "
-            f"{axis.gate[0]} {_GATE_TEXT[axis.flag]}; drop it, or add such "
+            f"{axis.gate[0]} {axis.gate[2]}; drop it, or add such "
             f"a value to the grid.")
     return out
 
