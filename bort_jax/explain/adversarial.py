@@ -74,13 +74,15 @@ def _check_clip(images: jax.Array, clip: Any) -> None:
         f"{clip!r}.") from None
   if not low < high:
     raise ValueError(f"clip must be (low, high) with low < high, got {clip!r}.")
-  try:
-    values = np.asarray(images)
-  except jax.errors.TracerArrayConversionError:
-    return
-  if values.size and (values.min() < low or values.max() > high):
+  if isinstance(images, jax.core.Tracer) or not images.size:
+    return  # traced: _clip widens the range instead
+  # Two scalars leave the device, not the batch (evaluated now, also when
+  # concrete images are closed over by a jitted function).
+  with jax.ensure_compile_time_eval():
+    least, most = float(jnp.min(images)), float(jnp.max(images))
+  if least < low or most > high:
     raise ValueError(
-        f"images lie in [{values.min():.4g}, {values.max():.4g}], outside "
+        f"images lie in [{least:.4g}, {most:.4g}], outside "
         f"clip={clip!r}: clipping would move the clean images too, beyond "
         f"epsilon; pass the range your inputs live in (e.g. clip=(float("
         f"images.min()), float(images.max())) for normalised images), or "
