@@ -245,7 +245,9 @@ def test_a_gram_of_coarser_inputs_widens_the_zone():
   assert max(errors[1:]) <= errors[0] * 1.01, errors
   assert products.rounding_zone(256, jnp.float32, jnp.bfloat16) > 100 * (
       products.rounding_zone(256, jnp.float32))
-  # Weights stored in bfloat16 are upcast exactly: their residual is
-  # their own, and the correction is the gradient of their penalty.
+  # Products that keep their inputs add no input rounding, whatever the
+  # weights' stored dtype (bfloat16 weights are upcast exactly; the
+  # hypothesis property test holds their correction to their penalty's
+  # gradient).
   assert products.input_eps(bort_jax.KernelOptions(
       precision=jax.lax.Precision.HIGHEST)) == 0.0
