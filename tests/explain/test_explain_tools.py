@@ -99,6 +99,12 @@ def test_gradient_baselines_are_shaped_in_range_and_complete(trained_cnn):
 # Deletion and insertion.
 
 
+def _small_cnn():
+  """An untrained InvertibleCNN on 8×8 one-channel images, 10 classes."""
+  return invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
+                                  rngs=nnx.Rngs(0))
+
+
 def linear_model(weights):
   w = jnp.stack([weights.reshape(-1), -weights.reshape(-1)], axis=1) / 4
   return lambda x: x.reshape(len(x), -1) @ w
@@ -295,8 +301,7 @@ def test_a_model_in_training_mode_is_refused_before_it_changes():
 
 
 def test_attacks_and_layer_indices_check_their_numbers():
-  model = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
-                                   rngs=nnx.Rngs(0))
+  model = _small_cnn()
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
   labels = jnp.array([0, 1])
   # A negative epsilon was accepted: FGSM then stepped down the loss.
@@ -331,8 +336,7 @@ def test_saliency_maps_need_a_channel_axis_and_keep_a_nan():
       saliency(flat)
   # Raw attributions of flat inputs stay allowed.
   assert explain.integrated_gradients(mlp, flat).shape == (3, 16)
-  cnn = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
-                                 rngs=nnx.Rngs(0))
+  cnn = _small_cnn()
   images = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
   maps = explain.backtrack_saliency(cnn, images.at[0, 3, 3, 0].set(jnp.nan),
                                     1, top_k=4)
@@ -374,8 +378,7 @@ def test_figures_write_pngs(tmp_path, trained_cnn):
 def test_attacks_check_their_labels():
   # (N, 1) labels failed inside the loss's VJP; an out-of-range label has no
   # logit.
-  model = invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
-                                   rngs=nnx.Rngs(0))
+  model = _small_cnn()
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
   for labels, message in ((jnp.zeros((2, 1), jnp.int32), "one integer class"),
                           (jnp.array([0, 10]), r"in \[0, 10\)")):
@@ -387,11 +390,6 @@ def test_attacks_check_their_labels():
         lambda: explain.attack_success_rate(model, images, labels)):
       with pytest.raises(ValueError, match="labels must be .*" + message):
         attack()
-
-
-def _small_cnn():
-  return invertible.InvertibleCNN((8, 8, 1), (4,), (16,), 10,
-                                  rngs=nnx.Rngs(0))
 
 
 def test_integer_images_are_refused_in_one_line():
