@@ -21,6 +21,7 @@ measured after clipping to the valid pixel range.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -32,6 +33,7 @@ from bort_jax import validation
 from bort_jax.explain import backtracking
 from bort_jax.explain import metrics
 from bort_jax.explain.eval_mode import check_eval_mode
+from bort_jax.explain.model_jit import jit_per_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -87,6 +89,11 @@ def _check_clip(images: jax.Array, clip: Any) -> None:
         f"epsilon; pass the range your inputs live in (e.g. clip=(float("
         f"images.min()), float(images.max())) for normalised images), or "
         f"clip=None.")
+
+
+def _static_clip(clip: Any) -> tuple[float, float] | None:
+  """A checked ``clip`` as two Python floats: a setting of the compiled code."""
+  return None if clip is None else (float(clip[0]), float(clip[1]))
 
 
 def _check_epsilon(epsilon: Any, images: Any) -> None:
@@ -245,13 +252,22 @@ def latent_edit_attack(
         "read-out above it."
     )
   labels = _labels(model, images, labels)
+  if targets is not None:
+    targets = metrics.target_classes(model, images, targets, "targets")
+    _check_targets(targets, labels)
+  return _latent_edit(model, images, labels, targets, epsilon, strength,
+                      stop=stop, relu=relu, clip=_static_clip(clip))
+
+
+@functools.partial(jit_per_model, static_argnames=("stop", "relu", "clip"))
+def _latent_edit(model, images, labels, targets, epsilon, strength, *, stop,
+                 relu, clip):
+  """:func:`latent_edit_attack` of checked inputs (one compile per model)."""
+  layers = backtracking.model_layers(model)
   cache = backtracking.forward_cache(model, images)
   hidden, logits = cache[stop + 1], cache[-1]
   if targets is None:
     targets = runner_up_classes(logits, labels)
-  else:
-    targets = metrics.target_classes(model, images, targets, "targets")
-    _check_targets(targets, labels)
   classes = logits.shape[-1]
   readout = (jax.nn.one_hot(targets, classes, dtype=logits.dtype)
              - jax.nn.one_hot(labels, classes, dtype=logits.dtype))
@@ -330,6 +346,12 @@ def fgsm_l2(
   images = metrics.floating_images(images)
   _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
+  return _fgsm(logits_fn, images, labels, epsilon, clip=_static_clip(clip))
+
+
+@functools.partial(jit_per_model, static_argnames=("clip",))
+def _fgsm(logits_fn, images, labels, epsilon, *, clip):
+  """:func:`fgsm_l2` of checked inputs (one compile per model)."""
   grads = jax.grad(_loss_fn(logits_fn, labels))(images)
   return _perturb(images, grads, epsilon, clip)
 
@@ -379,6 +401,13 @@ def pgd_l2(
   images = metrics.floating_images(images)
   _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
+  return _pgd(logits_fn, images, labels, epsilon, step_size, steps=steps,
+              clip=_static_clip(clip))
+
+
+@functools.partial(jit_per_model, static_argnames=("steps", "clip"))
+def _pgd(logits_fn, images, labels, epsilon, step_size, *, steps, clip):
+  """:func:`pgd_l2` of checked inputs (one compile per model)."""
   epsilon = jnp.broadcast_to(jnp.asarray(epsilon, images.dtype),
                              images.shape[:1])
   if step_size is None:

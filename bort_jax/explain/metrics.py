@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from bort_jax import validation
 from bort_jax.explain.eval_mode import check_eval_mode
+from bort_jax.explain.model_jit import jit_per_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -139,14 +141,17 @@ def _pixel_ranks(saliency: jax.Array) -> jax.Array:
   return jnp.argsort(order, axis=1).reshape(saliency.shape)
 
 
+@functools.partial(jit_per_model, static_argnames=("pixels_per_step",))
 def _perturbation_curve(
     logits_fn: LogitsFn,
     start: jax.Array,
     finish: jax.Array,
     saliency: jax.Array,
     classes: jax.Array,
+    *,
     pixels_per_step: int,
 ) -> PerturbationCurve:
+  """The score curve from ``start`` to ``finish`` (one compile per model)."""
   n, height, width = saliency.shape
   pixels = height * width
   steps = -(-pixels // pixels_per_step)
@@ -251,7 +256,8 @@ def deletion_curve(
   check_eval_mode(logits_fn, "logits_fn")
   classes = target_classes(logits_fn, images, classes)
   return _perturbation_curve(logits_fn, images, jnp.zeros_like(images),
-                             saliency, classes, pixels_per_step)
+                             saliency, classes,
+                             pixels_per_step=pixels_per_step)
 
 
 def insertion_curve(
@@ -288,7 +294,8 @@ def insertion_curve(
   check_eval_mode(logits_fn, "logits_fn")
   classes = target_classes(logits_fn, images, classes)
   return _perturbation_curve(logits_fn, gaussian_blur(images, blur_sigma),
-                             images, saliency, classes, pixels_per_step)
+                             images, saliency, classes,
+                             pixels_per_step=pixels_per_step)
 
 
 def deletion_auc(

@@ -11,6 +11,7 @@ map is read off the network's inverse.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -21,6 +22,7 @@ from bort_jax.explain import backtracking
 from bort_jax.explain import inverses
 from bort_jax.explain import metrics
 from bort_jax.explain.eval_mode import check_eval_mode
+from bort_jax.explain.model_jit import jit_per_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -77,6 +79,41 @@ def _channel_peaks(features: jax.Array, border: int):
   for axis, coordinate in enumerate(jnp.unravel_index(positions, spatial)):
     inside &= (coordinate >= border) & (coordinate < spatial[axis] - border)
   return peaks, positions, inside
+
+
+@functools.partial(jit_per_model,
+                   static_argnames=("stop", "k", "border", "relu"))
+def _backtrack_maps(model, cache, threshold, spike, *, stop, k, border, relu):
+  """The maps of :func:`backtrack_saliency` from its forward cache, one image
+  after the other (compiled once per model, :func:`jit_per_model`)."""
+  channels = cache[-1].shape[-1]
+
+  def one_image(single_cache):
+    single_cache = tuple(a[None] for a in single_cache)
+    features = single_cache[-1][0]
+    peaks, positions, inside = _channel_peaks(features, border)
+    scores, chosen = jax.lax.top_k(jnp.where(inside, peaks, -jnp.inf), k)
+    weights = jnp.where(jnp.isfinite(scores), jnp.maximum(scores, 0.0), 0.0)
+    flat_shape = (k, features.size // channels, channels)
+    onehots = jnp.zeros(flat_shape, features.dtype).at[
+        jnp.arange(k), positions[chosen], chosen].set(spike)
+    onehots = onehots.reshape((k, 1) + features.shape)
+
+    def back(z):
+      return backtracking.backtrack(model, z, stop, single_cache, relu)[0]
+
+    base = back(jnp.zeros((1,) + features.shape, features.dtype))
+    responses = jnp.sum(jnp.abs(jax.vmap(back)(onehots) - base), axis=-1)
+    axes = tuple(range(1, responses.ndim))
+    masks = responses > threshold * jnp.mean(responses, axis=axes,
+                                              keepdims=True)
+    saliency = jnp.tensordot(weights, masks.astype(weights.dtype), axes=1)
+    # A non-finite activation (a NaN pixel) has no peak to trust: the map is
+    # NaN, as the logits are, not the zeros its dropped channels would give.
+    saliency = jnp.where(jnp.all(jnp.isfinite(features)), saliency, jnp.nan)
+    return normalize_map(saliency[None])[0]
+
+  return jax.lax.map(one_image, cache)
 
 
 def backtrack_saliency(
@@ -148,33 +185,8 @@ def backtrack_saliency(
         f"backtrack_saliency: layer {stop}'s map is {spatial} pixels, which "
         f"has no interior for border={border} (every peak would be skipped "
         "and every map zero); pass a smaller border, e.g. border=0.")
-
-  def one_image(single_cache):
-    single_cache = tuple(a[None] for a in single_cache)
-    features = single_cache[-1][0]
-    peaks, positions, inside = _channel_peaks(features, border)
-    scores, chosen = jax.lax.top_k(jnp.where(inside, peaks, -jnp.inf), k)
-    weights = jnp.where(jnp.isfinite(scores), jnp.maximum(scores, 0.0), 0.0)
-    flat_shape = (k, features.size // channels, channels)
-    onehots = jnp.zeros(flat_shape, features.dtype).at[
-        jnp.arange(k), positions[chosen], chosen].set(spike)
-    onehots = onehots.reshape((k, 1) + features.shape)
-
-    def back(z):
-      return backtracking.backtrack(model, z, stop, single_cache, relu)[0]
-
-    base = back(jnp.zeros((1,) + features.shape, features.dtype))
-    responses = jnp.sum(jnp.abs(jax.vmap(back)(onehots) - base), axis=-1)
-    axes = tuple(range(1, responses.ndim))
-    masks = responses > threshold * jnp.mean(responses, axis=axes,
-                                              keepdims=True)
-    saliency = jnp.tensordot(weights, masks.astype(weights.dtype), axes=1)
-    # A non-finite activation (a NaN pixel) has no peak to trust: the map is
-    # NaN, as the logits are, not the zeros its dropped channels would give.
-    saliency = jnp.where(jnp.all(jnp.isfinite(features)), saliency, jnp.nan)
-    return normalize_map(saliency[None])[0]
-
-  return jax.lax.map(one_image, cache)
+  return _backtrack_maps(model, cache, threshold, spike, stop=stop, k=k,
+                         border=border, relu=relu)
 
 
 def _target_logit_sum(logits_fn, targets):
@@ -258,6 +270,13 @@ def integrated_gradients(
   # In the images' floating dtype: an integer x − x₀ wraps around (uint8).
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(
       jnp.asarray(baseline, images.dtype), images.shape)
+  return _integrated_gradients(logits_fn, images, targets, baseline,
+                               steps=steps)
+
+
+@functools.partial(jit_per_model, static_argnames=("steps",))
+def _integrated_gradients(logits_fn, images, targets, baseline, *, steps):
+  """:func:`integrated_gradients` of checked inputs (one compile per model)."""
   grad_fn = jax.grad(_target_logit_sum(logits_fn, targets))
   alphas = (jnp.arange(steps, dtype=images.dtype) + 0.5) / steps
   grads = jax.lax.map(
