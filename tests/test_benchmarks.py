@@ -193,3 +193,17 @@ def test_compare_points_names_a_file_that_is_not_json(capsys, tmp_path):
   assert compare_points.main([str(path), "--reference", "adamw"]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"compare_points: error: {path} is not a runs.json")
+
+
+@pytest.mark.slow
+def test_explain_eager_compiles_a_model_once_and_a_closure_every_call(capsys):
+  import explain_eager
+  explain_eager.main(["--tools", "backtrack_saliency,pgd_l2", "--repeats",
+                      "2"])
+  rows = [line.split() for line in capsys.readouterr().out.splitlines()
+          if line.startswith(("backtrack_saliency", "pgd_l2"))]
+  # name, first, ms, next, ms, compiles, plain next, ms, compiles, ratio
+  assert [r[0] for r in rows] == ["backtrack_saliency", "pgd_l2"]
+  assert all(r[5] == "0" and int(r[8]) >= 2 for r in rows), rows
+  with pytest.raises(SystemExit):
+    explain_eager.main(["--tools", "saliency"])

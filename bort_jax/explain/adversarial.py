@@ -245,6 +245,11 @@ def latent_edit_attack(
   images = metrics.floating_images(images)
   _check_clip(images, clip)
   layers = backtracking.model_layers(model)
+  if not callable(model):
+    raise TypeError(
+        f"latent_edit_attack needs the model itself (it reads its logits), "
+        f"got a {type(model).__name__} of layers; pass the model, e.g. "
+        f"InvertibleSequential(layers, input_shape).")
   stop = backtracking.layer_index(layer, len(layers))
   if stop == len(layers) - 1:
     raise ValueError(

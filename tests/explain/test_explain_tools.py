@@ -449,6 +449,16 @@ def test_attacks_refuse_images_outside_clip_and_keep_epsilon_when_traced():
     explain.fgsm_l2(model, images, labels, 0.5, clip=(1.0, 0.0))
 
 
+def test_latent_edit_asks_for_the_model_not_a_list_of_its_layers():
+  # A list of layers (which backtracking accepts) failed inside
+  # jax.eval_shape: "the first argument must be callable".
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  with pytest.raises(TypeError, match="needs the model itself"):
+    explain.latent_edit_attack(list(model.layers), images, jnp.array([0, 1]),
+                               layer=1, epsilon=0.5)
+
+
 def test_latent_edit_checks_its_targets():
   model = _small_cnn()
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
