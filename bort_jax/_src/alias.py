@@ -33,6 +33,12 @@ def _check_decay(name: str, value: Any) -> None:
         "optax takes no schedule here.")
 
 
+def _applied_every(every: Any, lagged: Any) -> int:
+  """The steps between the correction's applications: ``every``, or 1 where
+  ``lagged`` applies the held Δ on every step."""
+  return 1 if lagged else check_every(every)
+
+
 def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
   """``tau``, with ``"step"`` made the schedule ``2.5 · every · s_t`` of the
   per-step strength ``s_t = per_step(count)`` (:data:`defaults.STEP_TAU`)."""
@@ -161,7 +167,8 @@ def bort_sgd(
       :data:`bort_jax.RECOMMENDED` ``["coupled"]`` (chosen at lr 0.05,
       momentum 0.9). The paper's parametrisation is kept (γ joins the
       gradient, so the per-step correction is about ``lr · γ / (1 − μ)``):
-      a concrete setting whose per-step strength exceeds
+      a concrete setting whose strength per application (``every`` times
+      the per-step one, unless ``lagged``) exceeds
       :data:`bort_jax.MAX_STEP_STRENGTH` warns at construction, naming a γ
       that works.
     mode: the Bort mode (see :func:`add_bort_correction`).
@@ -233,7 +240,8 @@ def bort_sgd(
   tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_sgd", "gamma", gamma, lambda g: lr * g * steps, mode,
-      lambda g: defaults.DEFAULT_STRENGTH / (lr * steps))
+      lambda g: defaults.DEFAULT_STRENGTH / (lr * steps),
+      _applied_every(every, lagged))
   validation.check_bool("nesterov", nesterov)
   validation.check_dtype("accumulator_dtype", accumulator_dtype)
   validation.check_strength(weight_decay, "weight_decay")
@@ -310,9 +318,9 @@ def bort_adamw(
       setting, :data:`bort_jax.RECOMMENDED` ``["decoupled"]`` (chosen at lr
       1e-3). The paper's parametrisation is kept (γ is multiplied by the
       learning rate, so the per-step correction is ``lr · γ``): a concrete
-      setting whose per-step strength exceeds
-      :data:`bort_jax.MAX_STEP_STRENGTH` warns at construction, naming a γ
-      that works. For a per-step strength that does not follow the learning
+      setting whose strength per application (``every`` times the per-step
+      one, unless ``lagged``) exceeds :data:`bort_jax.MAX_STEP_STRENGTH`
+      warns at construction, naming a γ that works. For a per-step strength that does not follow the learning
       rate, use ``with_bort(optax.adamw(lr))``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
@@ -386,7 +394,7 @@ def bort_adamw(
   tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
-      lambda g: defaults.DEFAULT_STRENGTH / lr)
+      lambda g: defaults.DEFAULT_STRENGTH / lr, _applied_every(every, lagged))
   adamw = optax.chain(
       optax.scale_by_adam(
           b1=b1,
@@ -448,8 +456,9 @@ def with_bort(
   the decoupled setting's whatever the placement; the coupled row of
   :data:`bort_jax.RECOMMENDED` (the command line's coupled ``bort-<optax>``,
   as :func:`bort_sgd`) is ``strength=0.003, start_on_constraint=False``. A
-  concrete decoupled ``s`` above :data:`bort_jax.MAX_STEP_STRENGTH` (where
-  the l1 and Huber corrections stop constraining or diverge) warns.
+  concrete decoupled ``s`` (``every · s`` per application, unless
+  ``lagged``) above :data:`bort_jax.MAX_STEP_STRENGTH` (where the l1 and
+  Huber corrections stop constraining or diverge) warns.
 
   Args:
     optimizer: any :class:`optax.GradientTransformation`, built
@@ -515,7 +524,7 @@ def with_bort(
   if placement == "decoupled":
     validation.warn_if_step_strength_collapses(
         "with_bort", "strength", strength, lambda s: s, mode,
-        lambda s: defaults.DEFAULT_STRENGTH)
+        lambda s: defaults.DEFAULT_STRENGTH, _applied_every(every, lagged))
 
     # The optimizer's output is already a step: the correction is subtracted.
     def signed(count):

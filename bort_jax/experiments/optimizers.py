@@ -95,8 +95,10 @@ def correction_strength(name: str, learning_rate: float, gamma: float,
 #: constraint (their size is about √m·‖w‖), so a strength of 5e-2 collapsed
 #: Bort-SGD to a constant prediction, while below about 5e-4 the constraint
 #: stays loose; the l2 corrections shrink as the constraint is met and
-#: tolerate larger steps (their stability limit is lr·γ·c ≲ 1).
-STRENGTH_LIMITS = {"l1": (5e-4, 1e-2), "l2": (1e-3, 0.1)}
+#: tolerate larger steps (their stability limit is lr·γ·c ≲ 1). The strong
+#: l1 limit is the library's :data:`bort_jax.MAX_STEP_STRENGTH`, on which
+#: its aliases warn too.
+STRENGTH_LIMITS = {"l1": (5e-4, bort_jax.MAX_STEP_STRENGTH), "l2": (1e-3, 0.1)}
 
 
 def strength_report(config: Any) -> tuple[str, list[str]]:
