@@ -9,6 +9,16 @@ import jax
 from flax import nnx
 
 
+def _hashable(graphdef: Any) -> bool:
+  """Whether a graph can key a cache (a module holding a dict or a list as
+  a plain attribute cannot)."""
+  try:
+    hash(graphdef)
+  except TypeError:
+    return False
+  return True
+
+
 def jit_per_model(fn: Callable[..., Any],
                   static_argnames: Sequence[str] = ()) -> Callable[..., Any]:
   """``fn(model, *args)``, compiled once per model when it is an ``nnx.Module``.
@@ -27,7 +37,9 @@ def jit_per_model(fn: Callable[..., Any],
 
   Any other callable (a ``logits_fn`` closure) is called as it is: a cache
   keyed on a closure would keep the weights it closed over at its first
-  call. Pass the model itself, or jit the calling code.
+  call. Pass the model itself, or jit the calling code. So is a module whose
+  graph cannot be hashed (one holding a dict or a list as a plain
+  attribute): it runs as before, compiling on every eager call.
 
   Args:
     fn: ``fn(model, *args, **kwargs)``; the names in ``static_argnames`` are
@@ -60,7 +72,8 @@ def jit_per_model(fn: Callable[..., Any],
   def call(model: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(model, nnx.Module):
       graphdef, state = nnx.split(model)
-      return jitted(graphdef, state, *args, **kwargs)
+      if _hashable(graphdef):
+        return jitted(graphdef, state, *args, **kwargs)
     return fn(model, *args, **kwargs)
 
   return call

@@ -568,3 +568,21 @@ def test_eager_tools_compile_once_per_model_and_read_its_current_weights(
                                                     images(2))),
                                rtol=1e-5, atol=1e-6, err_msg=name)
     assert not np.allclose(got, np.asarray(before[name])), name
+
+
+def test_a_model_whose_graph_cannot_be_hashed_still_runs_eagerly():
+  # A dict attribute makes the module's graph unhashable: the compiled path
+  # raised "unhashable type: 'dict'"; it runs uncached, as before.
+  class WithSettings(nnx.Module):
+    def __init__(self):
+      self.linear = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+      self.settings = {"scale": [2.0]}
+
+    def __call__(self, x):
+      return self.settings["scale"][0] * self.linear(x.reshape(len(x), -1))
+
+  model = WithSettings()
+  images = jax.random.uniform(jax.random.key(0), (2, 2, 2, 1))
+  got = explain.integrated_gradients(model, images, steps=4)
+  want = explain.integrated_gradients(lambda x: model(x), images, steps=4)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
