@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -125,3 +126,22 @@ def test_ada_overcomplete_shows_what_it_describes(capsys):
   ada, fixed = norms["l1-fullcol"]
   assert ada < 0.5 * start < fixed
   assert norms["l1-row"][0] > 0.8 * start  # the row modes keep ada's scale
+
+
+@pytest.mark.slow
+def test_step_strength_limit_measures_the_strength_per_application(capsys):
+  # The measurement behind bort_jax.MAX_STEP_STRENGTH.
+  module = _load("step_strength_limit")
+  table = module.main(["--steps", "60", "--strengths", "1e-3,0.2",
+                       "--everys", "1,8", "--seeds", "0",
+                       "--placements", "decoupled"])
+  printed = capsys.readouterr().out
+  assert "| decoupled | 8 | 0.2 | 0.025 |" in printed
+  assert set(table) == {("decoupled", k, b) for k in (1, 8)
+                        for b in (1e-3, 0.2)}
+  for every in (1, 8):
+    small, large = table["decoupled", every, 1e-3], table["decoupled", every,
+                                                          0.2]
+    assert small[0] > 0.8 and small[1] < 0.5
+    # 20x the limit per application: collapsed, or diverged (nan).
+    assert math.isnan(large[0]) or large[0] < 0.5
