@@ -502,12 +502,15 @@ def warn_if_step_strength_collapses(
   if strength > defaults.MAX_STEP_STRENGTH * (1 + 1e-9):
     default = defaults.DEFAULT_STRENGTH
     if every == 1:
-      what, fix = "a per-step Bort correction", f"a per-step {default:g}"
+      setting, what = f"{name}={number:g}", "a per-step Bort correction"
+      fix = f"{name}={works(number):.3g} (a per-step {default:g})"
     else:
-      what = f"applied every {every} steps, a Bort correction of every·s"
-      fix = f"{default:g} per application, or a smaller every"
+      setting = f"{name}={number:g} with every={every}"
+      what = "a Bort correction per application (every·s)"
+      fix = (f"{name}={works(number) / every:.3g} ({default:g} per "
+             "application) or a smaller every")
     warnings.warn(
-        f"{where}: {name}={number:g} is {what} = {strength:.3g}, above "
+        f"{where}: {setting} is {what} of {strength:.3g}, above "
         f"{defaults.MAX_STEP_STRENGTH:g}, where the {mode} correction stops "
-        f"constraining or diverges; pass e.g. {name}="
-        f"{works(number) / every:.3g} ({fix}).", UserWarning, stacklevel=3)
+        f"constraining or diverges; pass e.g. {fix}.", UserWarning,
+        stacklevel=3)

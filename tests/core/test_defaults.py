@@ -118,12 +118,12 @@ def test_an_amortised_burst_warns_on_its_strength_per_application(build,
   # every=k applies k·s at once: s = 6.25e-3 every 8 (5e-2 per application)
   # left 17 % accuracy on digits (examples/step_strength_limit.py), with no
   # warning, as s alone is below the limit.
-  with pytest.warns(UserWarning, match="applied every") as record:
+  with pytest.warns(UserWarning, match="per application") as record:
     build()
   message = str(record[0].message)
   assert names in message and "\n" not in message
   assert f"above {defaults.MAX_STEP_STRENGTH:g}" in message
-  assert "or a smaller every" in message
+  assert "with every=" in message and "or a smaller every" in message
 
 
 @pytest.mark.parametrize("build", [
