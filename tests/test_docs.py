@@ -6,6 +6,7 @@ import importlib.util
 import io
 import pathlib
 import re
+import warnings
 
 import pytest
 
@@ -68,7 +69,10 @@ def test_guide_code_runs_and_prints_what_the_page_states(page, tmp_path,
   namespace = {"__name__": f"guide_{page.stem}"}
   for i, (body, expected) in enumerate(code_blocks(page.read_text())):
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    # A reader copies this code: it must not set off the library's warnings
+    # (the Linen guide's gamma was above MAX_STEP_STRENGTH, and warned).
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+      warnings.simplefilter("error", UserWarning)
       exec(compile(body, f"{page.name}, block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
     if expected is not None:
       assert printed.getvalue().strip() == expected.strip(), (
