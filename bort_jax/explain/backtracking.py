@@ -14,9 +14,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from bort_jax.explain import inverses
 from bort_jax.explain.eval_mode import check_eval_mode
+from bort_jax.models.invertible import InvertibleSequential
 
 ForwardCache = Sequence[jax.Array]
 
@@ -226,3 +228,19 @@ def reconstruct(
   stop = layer_index(layer, len(model_layers(model)))
   cache = forward_cache(model, x)
   return backtrack(model, cache[stop + 1], stop, cache, relu)
+
+
+def _sequential_inverse(layer: Any, y: jax.Array, x: Any, relu: str
+                        ) -> jax.Array:
+  """A sequential model nested as a layer: backtracked through its layers,
+  with its own forward cache of ``x`` (its shapes when only those are
+  known)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    cache = jax.eval_shape(lambda x: forward_cache(layer, x), x)
+  else:
+    cache = forward_cache(layer, x)
+  return backtrack(layer, y, len(model_layers(layer)) - 1, cache, relu)
+
+
+inverses.register_inverse(InvertibleSequential, _sequential_inverse)
+inverses.register_inverse(nnx.Sequential, _sequential_inverse)

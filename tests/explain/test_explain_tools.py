@@ -586,3 +586,26 @@ def test_a_model_whose_graph_cannot_be_hashed_still_runs_eagerly():
   got = explain.integrated_gradients(model, images, steps=4)
   want = explain.integrated_gradients(lambda x: model(x), images, steps=4)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("relu", ["pass", "guided"])
+def test_a_nested_sequential_backtracks_as_its_flat_equivalent(relu):
+  # A sequential model used as a layer had no inverse ("Cannot invert layer
+  # layers[0] (InvertibleSequential)").
+  rngs = nnx.Rngs(0)
+  layers = [nnx.Linear(4, 4, rngs=rngs), invertible.LeakyReLU(),
+            nnx.Linear(4, 4, rngs=rngs), invertible.ReLU(),
+            nnx.Linear(4, 3, rngs=rngs)]
+  flat = invertible.InvertibleSequential(layers, (4,))
+  nested = invertible.InvertibleSequential(
+      [invertible.InvertibleSequential(layers[:2], (4,)),
+       nnx.Sequential(*layers[2:4]), layers[4]], (4,))
+  x = jax.random.normal(jax.random.key(0), (2, 4))
+  want = explain.reconstruct(flat, x, 4, relu=relu)
+  np.testing.assert_allclose(explain.reconstruct(nested, x, 2, relu=relu),
+                             want, rtol=1e-6, atol=1e-6)
+  # Without a forward cache, from the input shape alone (ReLU passes).
+  if relu == "pass":
+    np.testing.assert_allclose(
+        explain.backtrack(nested, nested.forward(x)[3], 2), want, rtol=1e-6,
+        atol=1e-6)
