@@ -101,6 +101,8 @@ def main(argv=None) -> int:
   unknown = sorted(set(chosen) - set(tools))
   if unknown:
     parser.error(f"unknown tools {unknown}; choose from {sorted(tools)}")
+  if args.repeats < 1:
+    parser.error(f"--repeats must be at least 1, got {args.repeats}")
   model = InvertibleCNN((args.size, args.size, 1), (4,), (8,), 10,
                         rngs=nnx.Rngs(0))
   images = [jax.random.uniform(jax.random.key(i),

@@ -205,5 +205,6 @@ def test_explain_eager_compiles_a_model_once_and_a_closure_every_call(capsys):
   # name, first, ms, next, ms, compiles, plain next, ms, compiles, ratio
   assert [r[0] for r in rows] == ["backtrack_saliency", "pgd_l2"]
   assert all(r[5] == "0" and int(r[8]) >= 2 for r in rows), rows
-  with pytest.raises(SystemExit):
-    explain_eager.main(["--tools", "saliency"])
+  for wrong in (["--tools", "saliency"], ["--repeats", "0"]):
+    with pytest.raises(SystemExit):
+      explain_eager.main(wrong)

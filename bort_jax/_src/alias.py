@@ -34,8 +34,8 @@ def _check_decay(name: str, value: Any) -> None:
 
 
 def _applied_every(every: Any, lagged: Any) -> int:
-  """The steps between the correction's applications: ``every``, or 1 where
-  ``lagged`` applies the held Δ on every step."""
+  """The steps between a decoupled correction's applications: ``every``, or
+  1 where ``lagged`` applies the held Δ on every step."""
   return 1 if lagged else check_every(every)
 
 
@@ -167,10 +167,10 @@ def bort_sgd(
       :data:`bort_jax.RECOMMENDED` ``["coupled"]`` (chosen at lr 0.05,
       momentum 0.9). The paper's parametrisation is kept (γ joins the
       gradient, so the per-step correction is about ``lr · γ / (1 − μ)``):
-      a concrete setting whose strength per application (``every`` times
-      the per-step one, unless ``lagged``) exceeds
+      a concrete setting whose per-step strength exceeds
       :data:`bort_jax.MAX_STEP_STRENGTH` warns at construction, naming a γ
-      that works.
+      that works (with ``every``, still per step: momentum spreads the
+      burst).
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
@@ -240,8 +240,7 @@ def bort_sgd(
   tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_sgd", "gamma", gamma, lambda g: lr * g * steps, mode,
-      lambda g: defaults.DEFAULT_STRENGTH / (lr * steps),
-      _applied_every(every, lagged))
+      lambda g: defaults.DEFAULT_STRENGTH / (lr * steps))
   validation.check_bool("nesterov", nesterov)
   validation.check_dtype("accumulator_dtype", accumulator_dtype)
   validation.check_strength(weight_decay, "weight_decay")

@@ -121,9 +121,10 @@ DEFAULT_STRENGTH: float = 1e-3
 #: (lr 0.05, momentum 0.9), per-step strengths 1e-3 … 1e-2 train (91–97 %)
 #: and constrain (1e-4 trains but leaves the constraint loose), 2e-2 loses
 #: the accuracy (24 % and 76 %) and 5e-2 diverges (NaN) or collapses (8 %).
-#: The amortised correction (``every=k``) applies ``k · s`` at once: decoupled
-#: every 8, ``k · s`` = 2e-2 still trains (91 %) and 5e-2 collapses (17 %).
+#: The decoupled amortised correction (``every=k``) applies ``k · s`` at
+#: once: every 8, ``k · s`` = 2e-2 still trains (91 %) and 5e-2 collapses
+#: (17 %); coupled, momentum spreads the burst (every 8 trains at 5e-2, 94 %).
 #: The aliases warn at construction when a concrete setting's strength per
-#: application (``k · s``, or ``s`` where ``lagged`` applies it every step)
-#: exceeds it.
+#: application exceeds it: ``k · s`` decoupled, ``s`` coupled or where
+#: ``lagged`` applies it every step.
 MAX_STEP_STRENGTH: float = 1e-2

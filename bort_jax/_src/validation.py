@@ -36,6 +36,7 @@ the weights away from orthogonality, a negative learning rate ascends).
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any, Callable, Iterable
@@ -472,11 +473,14 @@ def warn_if_step_strength_collapses(
   per application exceeds :data:`bort_jax.MAX_STEP_STRENGTH` for a
   sign-like mode.
 
-  The amortised correction applies ``every · s`` once every ``every`` steps,
-  so its strength per application is ``every · s``: on digits (the
-  measurement behind the limit, ``examples/step_strength_limit.py``), a
-  decoupled ``s = 6.25e-3`` every 8 steps (``5e-2`` per application) left
-  17 % test accuracy, where ``s`` alone is below the limit.
+  The decoupled amortised correction applies ``every · s`` once every
+  ``every`` steps, so its strength per application is ``every · s``: on
+  digits (the measurement behind the limit,
+  ``examples/step_strength_limit.py``), ``s = 6.25e-3`` every 8 steps
+  (``5e-2`` per application) left 17 % test accuracy, where ``s`` alone is
+  below the limit. (Coupled, momentum spreads the burst over about
+  ``1/(1 − μ)`` steps: every 8 trained at ``5e-2`` per application, its
+  constraint as loose as at ``1e-2``; the coupled alias passes 1.)
 
   Args:
     where: the function, e.g. ``"bort_adamw"``.
@@ -488,8 +492,9 @@ def warn_if_step_strength_collapses(
       not checked.
     works: the value whose per-step strength is
       :data:`bort_jax.DEFAULT_STRENGTH`.
-    every: the steps between applications (1 for the plain correction and
-      for ``lagged``, which applies ``s · Δ`` on every step).
+    every: the steps between applications of a decoupled correction (1 for
+      the plain correction, for ``lagged``, which applies ``s · Δ`` on
+      every step, and for the coupled placement).
   """
   number = concrete_number(value)
   if number is None or not str(mode).startswith(("l1", "huber")):
@@ -507,8 +512,8 @@ def warn_if_step_strength_collapses(
     else:
       setting = f"{name}={number:g} with every={every}"
       what = "a Bort correction per application (every·s)"
-      fix = (f"{name}={works(number) / every:.3g} ({default:g} per "
-             "application) or a smaller every")
+      fix = (f"{name}={works(number):.3g} (a per-step {default:g}) with every "
+             f"<= {math.floor(defaults.MAX_STEP_STRENGTH / default + 1e-9)}")
     warnings.warn(
         f"{where}: {setting} is {what} of {strength:.3g}, above "
         f"{defaults.MAX_STEP_STRENGTH:g}, where the {mode} correction stops "

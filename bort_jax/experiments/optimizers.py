@@ -146,12 +146,15 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
   # The Huber modes are the smooth l1: sign-like outside their zone.
   weak, strong = STRENGTH_LIMITS["l2" if family == "l2" else "l1"]
   warnings = []
-  applied = strength * every
+  # Decoupled, k·s lands at once; coupled, momentum spreads it (measured:
+  # examples/step_strength_limit.py), so the per-step strength is the one.
+  burst = every if placement == "decoupled" else 1
+  applied = strength * burst
   if applied > strong:
     warnings.append(
         f"warning: a per-step {family} correction of {applied:.3g} is above "
         f"{strong:g}, where the MNIST frontier collapses or diverges; lower "
-        "--gamma" + (" or --bort-every" if every > 1 else "") +
+        "--gamma" + (" or --bort-every" if burst > 1 else "") +
         " (see docs/RESULTS.md).")
   elif 0 < strength < weak:
     warnings.append(

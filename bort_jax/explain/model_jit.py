@@ -6,17 +6,21 @@ import functools
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 
 
-def _hashable(graphdef: Any) -> bool:
-  """Whether a graph can key a cache (a module holding a dict or a list as
-  a plain attribute cannot)."""
+def _cacheable(graphdef: Any, state: Any) -> bool:
+  """Whether a split module can go through the cache: its graph can key it
+  (a dict or a list held as a plain attribute cannot) and its state is
+  arrays (a Python number or string in a Variable, possibly used as a
+  shape, would become a tracer)."""
   try:
     hash(graphdef)
   except TypeError:
     return False
-  return True
+  return all(isinstance(leaf, (jax.Array, np.ndarray))
+             for leaf in jax.tree.leaves(state))
 
 
 def jit_per_model(fn: Callable[..., Any],
@@ -29,17 +33,25 @@ def jit_per_model(fn: Callable[..., Any],
   against milliseconds once compiled). With the module passed to
   ``jax.jit`` as its graph and state, the whole computation is cached by the
   module's graph, the static arguments and the arrays' shapes, and each call
-  reads the module's current weights (``nnx.split``: they are arguments,
-  never constants of the compiled code). The tools only read the model:
-  nothing is written back to it, so this also works where the model is
-  closed over by the user's ``jax.jit`` (``nnx.jit`` would update it from
+  reads the module's current state (``nnx.split``: its Variables are
+  arguments, never constants of the compiled code). The tools only read the
+  model: nothing is written back to it, so this also works where the model
+  is closed over by the user's ``jax.jit`` (``nnx.jit`` would update it from
   another trace level, which Flax refuses).
+
+  The cache is keyed as ``nnx.jit`` keys it: by the graph, whose plain
+  (non-Variable) attributes are compared by equality. What the model reads
+  from outside its Variables is traced once, as under ``nnx.jit``: a bound
+  method of another module, or a mutable plain object held as an attribute,
+  keeps the values of the first call. Such a model is best given as a
+  ``logits_fn`` closure.
 
   Any other callable (a ``logits_fn`` closure) is called as it is: a cache
   keyed on a closure would keep the weights it closed over at its first
-  call. Pass the model itself, or jit the calling code. So is a module whose
-  graph cannot be hashed (one holding a dict or a list as a plain
-  attribute): it runs as before, compiling on every eager call.
+  call. Pass the model itself, or jit the calling code. So is a module that
+  cannot go through the cache (a dict or a list held as a plain attribute,
+  a Python number or string in a Variable): it runs as before, compiling on
+  every eager call.
 
   Args:
     fn: ``fn(model, *args, **kwargs)``; the names in ``static_argnames`` are
@@ -72,7 +84,7 @@ def jit_per_model(fn: Callable[..., Any],
   def call(model: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(model, nnx.Module):
       graphdef, state = nnx.split(model)
-      if _hashable(graphdef):
+      if _cacheable(graphdef, state):
         return jitted(graphdef, state, *args, **kwargs)
     return fn(model, *args, **kwargs)
 

@@ -110,6 +110,11 @@ def test_bort_every_reaches_the_alias_and_is_checked():
       TrainConfig(optimizer="bort-adamw", bort_every=20))
   assert "applied as 20 x 0.001 every 20 steps" in line
   assert "--bort-every" in warnings[0]
+  # Coupled, momentum spreads the burst: the per-step 1.5e-3 is the one
+  # (every 8 trained at 5e-2 per application on digits).
+  line, warnings = train_lib.strength_report(
+      TrainConfig(optimizer="bort-sgd", bort_every=8))
+  assert "applied as 8 x 0.0015 every 8 steps" in line and not warnings
   with pytest.raises(ValueError, match="bort_every"):
     TrainConfig(optimizer="bort-adamw", bort_every=0)
   with pytest.raises(ValueError, match="bort_every applies to Bort"):

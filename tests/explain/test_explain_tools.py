@@ -510,16 +510,19 @@ def test_attacks_check_the_shape_of_epsilon():
   np.testing.assert_allclose(norms, [0.5, 1.0], rtol=1e-4)
 
 
-def test_every_attack_returns_the_images_dtype():
-  # latent_edit_attack returned float32 for bfloat16 images.
+@pytest.mark.parametrize("clip", [(0.0, 1.0), (np.float32(0), np.float32(1))])
+def test_every_attack_returns_the_images_dtype(clip):
+  # latent_edit_attack returned float32 for bfloat16 images; with float32
+  # clip bounds, fgsm_l2 returned float32 and pgd_l2 failed in its loop
+  # (the carry changed type). The bounds are settings: Python floats.
   model = _small_cnn()
   images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), jnp.bfloat16)
   labels = jnp.array([0, 1])
   for attack in (
-      lambda: explain.fgsm_l2(model, images, labels, 0.5),
-      lambda: explain.pgd_l2(model, images, labels, 0.5, steps=2),
+      lambda: explain.fgsm_l2(model, images, labels, 0.5, clip=clip),
+      lambda: explain.pgd_l2(model, images, labels, 0.5, steps=2, clip=clip),
       lambda: explain.latent_edit_attack(model, images, labels, layer=1,
-                                         epsilon=0.5)):
+                                         epsilon=0.5, clip=clip)):
     assert attack().dtype == jnp.bfloat16
 
 
@@ -570,18 +573,34 @@ def test_eager_tools_compile_once_per_model_and_read_its_current_weights(
     assert not np.allclose(got, np.asarray(before[name])), name
 
 
-def test_a_model_whose_graph_cannot_be_hashed_still_runs_eagerly():
-  # A dict attribute makes the module's graph unhashable: the compiled path
-  # raised "unhashable type: 'dict'"; it runs uncached, as before.
-  class WithSettings(nnx.Module):
-    def __init__(self):
-      self.linear = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
-      self.settings = {"scale": [2.0]}
+class _WithSettings(nnx.Module):
+  """A dict attribute: the module's graph cannot be hashed."""
 
-    def __call__(self, x):
-      return self.settings["scale"][0] * self.linear(x.reshape(len(x), -1))
+  def __init__(self):
+    self.linear = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    self.settings = {"scale": [2.0]}
 
-  model = WithSettings()
+  def __call__(self, x):
+    return self.settings["scale"][0] * self.linear(x.reshape(len(x), -1))
+
+
+class _WithRepeat(nnx.Module):
+  """A Python int in a Variable, used as a shape: not an array leaf."""
+
+  def __init__(self):
+    self.linear = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    self.repeat = nnx.Variable(2)
+
+  def __call__(self, x):
+    h = self.linear(x.reshape(len(x), -1))
+    return jnp.tile(h, (1, self.repeat.get_value()))[:, :3]
+
+
+@pytest.mark.parametrize("build", [_WithSettings, _WithRepeat])
+def test_a_model_that_cannot_go_through_the_cache_runs_as_before(build):
+  # The compiled path raised "unhashable type: 'dict'", and "reps was not
+  # hashable" for the int traced as an argument; they run uncached.
+  model = build()
   images = jax.random.uniform(jax.random.key(0), (2, 2, 2, 1))
   got = explain.integrated_gradients(model, images, steps=4)
   want = explain.integrated_gradients(lambda x: model(x), images, steps=4)
