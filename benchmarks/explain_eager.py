@@ -3,10 +3,10 @@
 Each tool of :mod:`bort_jax.explain` whose work is a ``lax.map`` or
 ``lax.fori_loop`` is called eagerly with an ``nnx.Module``, as in a notebook,
 on fresh images each time: once (it compiles), then ``--repeats`` more times
-(median). Beside each, the same call given an object that is not an ``nnx.Module``
-(the model's call and layers, as a ``logits_fn`` closure would be), which
-compiles on every call, and the number of XLA compilations that the repeated
-calls of each kind triggered.
+(median). Beside each, the same call given an object that is not an
+``nnx.Module`` (the model's call and layers, as a ``logits_fn`` closure would
+be), which compiles on every call, and the number of XLA compilations that the
+repeated calls of each kind triggered.
 
     python benchmarks/explain_eager.py               # an untrained 8×8 CNN
     python benchmarks/explain_eager.py --size 28 --batch 32

@@ -319,8 +319,9 @@ def bort_adamw(
       learning rate, so the per-step correction is ``lr · γ``): a concrete
       setting whose strength per application (``every`` times the per-step
       one, unless ``lagged``) exceeds :data:`bort_jax.MAX_STEP_STRENGTH`
-      warns at construction, naming a γ that works. For a per-step strength that does not follow the learning
-      rate, use ``with_bort(optax.adamw(lr))``.
+      warns at construction, naming a γ that works. For a per-step strength
+      that does not follow the learning rate, use
+      ``with_bort(optax.adamw(lr))``.
     mode: the Bort mode (see :func:`add_bort_correction`).
     amplitude: ``c > 0``, a schedule, or ``"ada"``.
     tau: the Huber modes' width relative to the amplitude, ``τ = tau · c``:
