@@ -453,18 +453,23 @@ def make_optimizer(
 
 
 def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
-  """Refuses an optimizer whose ``update`` needs more than the gradients.
+  """Refuses an optimizer whose ``update`` needs more than the gradients, or
+  whose weights are not the params.
 
   The training step calls ``update(grads, state, params)``; L-BFGS's line
   search also needs ``value``, ``grad`` and ``value_fn``, and failed inside
-  the first jitted step. Traced once on a 2×2 kernel (no arithmetic).
+  the first jitted step. A schedule-free optimizer trains, but its weights
+  are an average it keeps (``optax.contrib.schedule_free_eval_params``),
+  which the loop does not evaluate: its accuracy read low, silently. Traced
+  once on a 2×2 kernel (no arithmetic).
 
   Args:
     tx: the optimizer.
     name: its command-line name, for the message.
 
   Raises:
-    ValueError: the update asks for more arguments.
+    ValueError: the update asks for more arguments, or the optimizer is
+      schedule-free.
 
   Examples:
     >>> import optax
@@ -476,6 +481,16 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
     ValueError: optimizer 'lbfgs' cannot be trained by bort-jax: its update ...
   """
   params = {"kernel": jax.numpy.eye(2), "bias": jax.numpy.zeros(2)}
+  schedule_free = optax.contrib.ScheduleFreeState
+  state = jax.eval_shape(tx.init, params)
+  if any(isinstance(part, schedule_free) for part in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, schedule_free))):
+    raise ValueError(
+        f"optimizer {name!r} cannot be trained by bort-jax: it is "
+        "schedule-free, so its weights are an average it keeps "
+        "(optax.contrib.schedule_free_eval_params), which the training "
+        "loop does not evaluate (its accuracy would read low); choose "
+        "another optimizer.")
   try:
     jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
   except TypeError as e:
