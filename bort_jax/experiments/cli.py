@@ -219,11 +219,6 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import distributed
   from bort_jax.experiments import loop
   from bort_jax.experiments import optimizers
-  # The library's warning of a strong correction (per step, or per
-  # application every k steps): the header's strength report says it, with
-  # the flags to change.
-  warnings.filterwarnings("ignore", message=".* a (per-step )?Bort correction",
-                          category=UserWarning)
   try:  # every check before the wait for the other processes
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:

@@ -492,7 +492,7 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
         "loop does not evaluate (its accuracy would read low); choose "
         "another optimizer.")
   try:
-    jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
+    jax.eval_shape(lambda p, s: tx.update(p, s, p), params, state)
   except TypeError as e:
     if "missing" not in str(e) or "argument" not in str(e):
       raise

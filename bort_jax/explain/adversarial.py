@@ -63,11 +63,13 @@ def _clip(x, clip, images):
                   jnp.maximum(clip[1], images))
 
 
-def _check_clip(images: jax.Array, clip: Any) -> None:
+def _check_clip(images: jax.Array, clip: Any) -> tuple[float, float] | None:
   """``clip`` is ``None`` or ``(low, high)``, and the images lie within it
-  where their values are known (not traced)."""
+  where their values are known (not traced). Returns it as two Python
+  floats (a setting of the compiled code: NumPy float32 bounds made
+  bfloat16 images float32), or ``None``."""
   if clip is None:
-    return
+    return None
   try:
     low, high = (float(v) for v in clip)
   except (TypeError, ValueError):
@@ -77,7 +79,7 @@ def _check_clip(images: jax.Array, clip: Any) -> None:
   if not low < high:
     raise ValueError(f"clip must be (low, high) with low < high, got {clip!r}.")
   if isinstance(images, jax.core.Tracer) or not images.size:
-    return  # traced: _clip widens the range instead
+    return low, high  # traced: _clip widens the range instead
   # Two scalars leave the device, not the batch (evaluated now, also when
   # concrete images are closed over by a jitted function).
   with jax.ensure_compile_time_eval():
@@ -89,11 +91,7 @@ def _check_clip(images: jax.Array, clip: Any) -> None:
         f"epsilon; pass the range your inputs live in (e.g. clip=(float("
         f"images.min()), float(images.max())) for normalised images), or "
         f"clip=None.")
-
-
-def _static_clip(clip: Any) -> tuple[float, float] | None:
-  """A checked ``clip`` as two Python floats: a setting of the compiled code."""
-  return None if clip is None else (float(clip[0]), float(clip[1]))
+  return low, high
 
 
 def _check_epsilon(epsilon: Any, images: Any) -> None:
@@ -243,7 +241,7 @@ def latent_edit_attack(
   """
   _check_epsilon(epsilon, images)
   images = metrics.floating_images(images)
-  _check_clip(images, clip)
+  clip = _check_clip(images, clip)
   layers = backtracking.model_layers(model)
   if not callable(model):
     raise TypeError(
@@ -261,7 +259,7 @@ def latent_edit_attack(
     targets = metrics.target_classes(model, images, targets, "targets")
     _check_targets(targets, labels)
   return _latent_edit(model, images, labels, targets, epsilon, strength,
-                      stop=stop, relu=relu, clip=_static_clip(clip))
+                      stop=stop, relu=relu, clip=clip)
 
 
 @functools.partial(jit_per_model, static_argnames=("stop", "relu", "clip"))
@@ -349,9 +347,9 @@ def fgsm_l2(
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon, images)
   images = metrics.floating_images(images)
-  _check_clip(images, clip)
+  clip = _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
-  return _fgsm(logits_fn, images, labels, epsilon, clip=_static_clip(clip))
+  return _fgsm(logits_fn, images, labels, epsilon, clip=clip)
 
 
 @functools.partial(jit_per_model, static_argnames=("clip",))
@@ -404,10 +402,10 @@ def pgd_l2(
   _check_epsilon(epsilon, images)
   steps = validation.check_positive_int("steps", steps)
   images = metrics.floating_images(images)
-  _check_clip(images, clip)
+  clip = _check_clip(images, clip)
   labels = _labels(logits_fn, images, labels)
   return _pgd(logits_fn, images, labels, epsilon, step_size, steps=steps,
-              clip=_static_clip(clip))
+              clip=clip)
 
 
 @functools.partial(jit_per_model, static_argnames=("steps", "clip"))

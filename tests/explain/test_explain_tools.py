@@ -530,7 +530,7 @@ def test_every_attack_returns_the_images_dtype(clip):
 def test_eager_tools_compile_once_per_model_and_read_its_current_weights(
     caplog):
   # Eagerly, each call compiled its lax.map / fori_loop body again (a new
-  # closure every time): 0.2-0.9 s a call on this 8x8 CNN, against ms.
+  # closure every time): 0.2-1.0 s a call on this 8x8 CNN, against ms.
   model = _small_cnn()
   labels = jnp.array([0, 1])
   saliency = jnp.ones((2, 8, 8))
