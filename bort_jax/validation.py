@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # what type checkers read; at run time, on first use
   from bort_jax._src.validation import check_positive_int
   from bort_jax._src.validation import check_real
   from bort_jax._src.validation import check_strength
+  from bort_jax._src.validation import steps_per_application
+  from bort_jax._src.validation import weights_of_their_own
 
 # The checks import JAX; ADA, PLACEMENTS and STEP_TAU do not, so the application's
 # parser reads them without it.
@@ -49,7 +51,8 @@ __getattr__, __dir__ = lazy_exports(globals(), {
     name: "bort_jax._src.validation" for name in (
         "ArgumentTypeError", "check_amplitude", "check_bool", "check_choice",
         "check_mode", "check_nonnegative_int", "check_placement",
-        "check_positive_int", "check_real", "check_strength")})
+        "check_positive_int", "check_real", "check_strength",
+        "steps_per_application", "weights_of_their_own")})
 
 __all__ = (
     "ADA",
@@ -65,4 +68,6 @@ __all__ = (
     "check_positive_int",
     "check_real",
     "check_strength",
+    "steps_per_application",
+    "weights_of_their_own",
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -31,12 +30,6 @@ def _check_decay(name: str, value: Any) -> None:
     raise validation.ArgumentTypeError(
         f"{name} must be a number in [0, 1), got the callable {value!r}; "
         "optax takes no schedule here.")
-
-
-def _applied_every(every: Any, lagged: Any) -> int:
-  """The steps between a decoupled correction's applications: ``every``, or
-  1 where ``lagged`` applies the held Δ on every step."""
-  return 1 if lagged else check_every(every)
 
 
 def _zone(tau: Any, every: Any, per_step: Callable[[Any], Any]) -> Any:
@@ -79,28 +72,21 @@ def _correction(strength: Any, mode: Any, amplitude: Any,
       sign_step=sign_step)
 
 
-#: Optimizers whose state holds weights of their own, rebuilt into the
-#: params on each step: a correction of the params does not reach them.
-_OWN_WEIGHTS = {optax.contrib.ScheduleFreeState: "schedule-free's z",
-                optax.LookaheadState: "lookahead's slow weights"}
-
-
 def _refusing_own_weights(
     optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-  """``optimizer``, whose ``init`` refuses a state with weights of its own."""
-  kinds = tuple(_OWN_WEIGHTS)
+  """``optimizer``, whose ``init`` refuses a state with weights of its own
+  (:func:`validation.weights_of_their_own`)."""
 
   def init_fn(params):
     state = optimizer.init(params)
-    for part in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kinds)):
-      if isinstance(part, kinds):
-        raise ValueError(
-            f"with_bort: the optimizer keeps weights of its own "
-            f"({_OWN_WEIGHTS[type(part)]}) and rebuilds the params from "
-            "them on every step, so Bort's correction and start never reach "
-            "them and the constraint does not hold; use Bort with an "
-            "optimizer that updates the params themselves, e.g. "
-            "with_bort(optax.adamw(lr)).")
+    own = validation.weights_of_their_own(state)
+    if own is not None:
+      raise ValueError(
+          f"with_bort: the optimizer keeps weights of its own ({own}) and "
+          "rebuilds the params from them on every step, so Bort's "
+          "correction and start never reach them and the constraint does "
+          "not hold; use Bort with an optimizer that updates the params "
+          "themselves, e.g. with_bort(optax.adamw(lr)).")
     return state
 
   return optimizer._replace(init=init_fn)
@@ -394,7 +380,9 @@ def bort_adamw(
   tau = _zone(tau, every, per_step)
   validation.warn_if_step_strength_collapses(
       "bort_adamw", "gamma", gamma, lambda g: lr * g, mode,
-      lambda g: defaults.DEFAULT_STRENGTH / lr, _applied_every(every, lagged))
+      lambda g: defaults.DEFAULT_STRENGTH / lr,
+      validation.steps_per_application(check_every(every), lagged,
+                                       "decoupled"))
   adamw = optax.chain(
       optax.scale_by_adam(
           b1=b1,
@@ -524,7 +512,9 @@ def with_bort(
   if placement == "decoupled":
     validation.warn_if_step_strength_collapses(
         "with_bort", "strength", strength, lambda s: s, mode,
-        lambda s: defaults.DEFAULT_STRENGTH, _applied_every(every, lagged))
+        lambda s: defaults.DEFAULT_STRENGTH,
+        validation.steps_per_application(check_every(every), lagged,
+                                         placement))
 
     # The optimizer's output is already a step: the correction is subtracted.
     def signed(count):

@@ -466,6 +466,69 @@ def concrete_number(value: Any) -> float | None:
     return None
 
 
+def steps_per_application(every: int, lagged: bool, placement: str) -> int:
+  """The steps one application of the correction stands for, as the strength
+  limit reads it.
+
+  Decoupled, ``every = k`` applies ``k · s`` at once: ``k``. Where
+  ``lagged`` applies the held Δ on every step, or coupled, where momentum
+  spreads the burst over about ``1/(1 − μ)`` steps, 1 (on digits,
+  ``examples/step_strength_limit.py``, coupled every 8 trained at ``5e-2``
+  per application, decoupled every 8 left 17 %).
+
+  Args:
+    every: the correction's period (1 for every step).
+    lagged: whether the held Δ is applied on every step.
+    placement: ``"decoupled"`` or ``"coupled"``.
+
+  Returns:
+    The factor from the per-step strength to the strength per application.
+
+  Examples:
+    >>> steps_per_application(8, False, "decoupled")
+    8
+    >>> steps_per_application(8, True, "decoupled")
+    1
+    >>> steps_per_application(8, False, "coupled")
+    1
+  """
+  return every if placement == "decoupled" and not lagged else 1
+
+
+def weights_of_their_own(state: Any) -> str | None:
+  """What weights an optimizer state keeps of its own, or ``None``.
+
+  A schedule-free optimizer keeps ``z`` and rebuilds the params from it on
+  every step (its weights to evaluate are an average,
+  ``optax.contrib.schedule_free_eval_params``); lookahead keeps slow
+  weights. A change made to the params (Bort's correction and start) does
+  not reach them, and a loop that evaluates the params does not evaluate
+  them.
+
+  Args:
+    state: an optimizer state, or its shapes (``jax.eval_shape``).
+
+  Returns:
+    ``"schedule-free's z"``, ``"lookahead's slow weights"`` or ``None``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones(2)}
+    >>> weights_of_their_own(optax.adam(1e-3).init(params)) is None
+    True
+    >>> tx = optax.contrib.schedule_free_adamw(1e-3)
+    >>> weights_of_their_own(tx.init(params))
+    "schedule-free's z"
+  """
+  kinds = {optax.contrib.ScheduleFreeState: "schedule-free's z",
+           optax.LookaheadState: "lookahead's slow weights"}
+  for part in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, tuple(kinds))):
+    if type(part) in kinds:
+      return kinds[type(part)]
+  return None
+
+
 def warn_if_step_strength_collapses(
     where: str, name: str, value: Any, per_step: Callable[[float], float],
     mode: str, works: Callable[[float], float], every: int = 1) -> None:

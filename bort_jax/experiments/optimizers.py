@@ -18,6 +18,7 @@ import jax
 import optax
 
 import bort_jax
+from bort_jax import validation
 
 # The names and default rates, defined without JAX for the parser.
 from bort_jax.experiments.choices import base_name
@@ -134,9 +135,9 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
           f"gamma {config.gamma:g}: per-step correction ~ {how} = "
           f"{strength:.3g}")
   every = config.bort_every or 1
-  if every > 1 and getattr(config, "bort_lagged", False):
+  lagged = getattr(config, "bort_lagged", False)
+  if every > 1 and lagged:
     line += f", with Delta computed every {every} steps"
-    every = 1  # the held Δ is applied every step at the per-step strength
   elif every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times
     line += f", applied as {every} x {strength:.3g} every {every} steps"
   if config.mode.startswith("huber"):
@@ -146,9 +147,8 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
   # The Huber modes are the smooth l1: sign-like outside their zone.
   weak, strong = STRENGTH_LIMITS["l2" if family == "l2" else "l1"]
   warnings = []
-  # Decoupled, k·s lands at once; coupled, momentum spreads it (measured:
-  # examples/step_strength_limit.py), so the per-step strength is the one.
-  burst = every if placement == "decoupled" else 1
+  # The library's rule: k·s at once decoupled, s coupled or lagged.
+  burst = validation.steps_per_application(every, lagged, placement)
   applied = strength * burst
   if applied > strong:
     warnings.append(
@@ -481,16 +481,15 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
     ValueError: optimizer 'lbfgs' cannot be trained by bort-jax: its update ...
   """
   params = {"kernel": jax.numpy.eye(2), "bias": jax.numpy.zeros(2)}
-  schedule_free = optax.contrib.ScheduleFreeState
   state = jax.eval_shape(tx.init, params)
-  if any(isinstance(part, schedule_free) for part in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, schedule_free))):
+  own = validation.weights_of_their_own(state)
+  if own is not None:
     raise ValueError(
-        f"optimizer {name!r} cannot be trained by bort-jax: it is "
-        "schedule-free, so its weights are an average it keeps "
-        "(optax.contrib.schedule_free_eval_params), which the training "
-        "loop does not evaluate (its accuracy would read low); choose "
-        "another optimizer.")
+        f"optimizer {name!r} cannot be trained by bort-jax: it keeps "
+        f"weights of its own ({own}), which the training loop does not "
+        "evaluate (schedule-free's are an average, "
+        "optax.contrib.schedule_free_eval_params: its accuracy would read "
+        "low); choose another optimizer.")
   try:
     jax.eval_shape(lambda p, s: tx.update(p, s, p), params, state)
   except TypeError as e:

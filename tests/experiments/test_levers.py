@@ -376,8 +376,8 @@ def test_levers_round_trip_through_config_json():
      "optimizer 'bort-lbfgs' cannot be trained by"),
     # It trained and was evaluated on the wrong weights (not the average).
     (dict(optimizer="schedule_free_adamw", learning_rate=1e-3),
-     "optimizer 'schedule_free_adamw' cannot be trained by bort-jax: it is "
-     "schedule-free"),
+     "optimizer 'schedule_free_adamw' cannot be trained by bort-jax: it "
+     "keeps weights of its own \\(schedule-free's z\\)"),
     (dict(optimizer="adamw", tau=0.003), "tau applies to Bort optimizers"),
 ])
 def test_levers_refuse_bad_values_naming_the_field(values, message):
