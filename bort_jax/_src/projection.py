@@ -52,6 +52,68 @@ def _check_amplitude(amplitude: Any) -> Any:
   return amplitude
 
 
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _t(a: jax.Array) -> jax.Array:
+  return jnp.swapaxes(a, -1, -2)
+
+
+@jax.custom_jvp
+def polar_factor(w: jax.Array) -> jax.Array:
+  """The polar factor ``U Vᵀ`` of each matrix (last two axes) of ``w``.
+
+  From the thin SVD ``W = U S Vᵀ`` (``k = min(m, n)`` singular values),
+  ``Q = U Vᵀ``: the orthogonal matrix nearest ``W`` (``Q Qᵀ = I`` when
+  ``m ≤ n``, ``Qᵀ Q = I`` when ``m > n``). Its derivative is given in closed
+  form, well defined wherever ``W`` has full rank,
+
+  .. math::
+    dQ = U X V^\\top + (I - U U^\\top)\\, dW\\, V S^{-1} V^\\top
+         + U S^{-1} U^\\top dW\\, (I - V V^\\top),
+    \\qquad X_{ij} = \\frac{C_{ij} - C_{ji}}{σ_i + σ_j},\\;
+    C = U^\\top dW\\, V,
+
+  instead of through the SVD's own derivative, whose ``1/(σ_i² − σ_j²)``
+  is undefined at repeated singular values: an orthogonal ``W``, all of
+  whose singular values are equal, is the usual case here.
+
+  Args:
+    w: a real floating array of at least two axes.
+
+  Returns:
+    ``U Vᵀ`` of each matrix, the shape of ``w``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bort_jax._src.projection import polar_factor
+    >>> w = jnp.eye(2)  # singular values 1 and 1
+    >>> jax.jvp(polar_factor, (w,), (jnp.array([[0., 1.], [0., 0.]]),))[1]
+    Array([[ 0. ,  0.5],
+           [-0.5,  0. ]], dtype=float32)
+  """
+  u, _, vh = jnp.linalg.svd(w, full_matrices=False)
+  return _matmul(u, vh)
+
+
+@polar_factor.defjvp
+def _polar_factor_jvp(primals, tangents):
+  (w,), (dw,) = primals, tangents
+  u, s, vh = jnp.linalg.svd(w, full_matrices=False)
+  v, ut = _t(vh), _t(u)
+  c = _matmul(_matmul(ut, dw), v)
+  x = (c - _t(c)) / (s[..., :, None] + s[..., None, :])
+  dw_v, ut_dw = _matmul(dw, v), _matmul(ut, dw)
+  # The two terms off the singular subspaces; one of them is 0 (square
+  # U when m ≤ n, square V when m > n).
+  off_rows = (dw_v - _matmul(u, _matmul(ut, dw_v))) / s[..., None, :]
+  off_cols = (ut_dw - _matmul(_matmul(ut_dw, v), vh)) / s[..., :, None]
+  dq = _matmul(_matmul(u, x), vh) + _matmul(off_rows, vh) + _matmul(
+      u, off_cols)
+  return _matmul(u, vh), dq
+
+
 @functools.partial(jax.jit, static_argnames=("view", "axis_name"))
 def _scaled_polar(leaf: jax.Array, view: MatrixView,
                   amplitude: jax.Array | None,
@@ -81,8 +143,7 @@ def _scaled_polar(leaf: jax.Array, view: MatrixView,
   finite = jnp.all(jnp.isfinite(w), axis=(-2, -1))[..., None, None]
   # The thin SVD works on the smaller side, so m > n (overcomplete) gets
   # WᵀW = cI, the nearest feasible point, with the same two lines.
-  u, _, vh = jnp.linalg.svd(jnp.where(finite, w, 0), full_matrices=False)
-  polar = jnp.matmul(u, vh, precision=_HIGHEST)
+  polar = polar_factor(jnp.where(finite, w, 0))
   projected = jnp.where(finite, polar * jnp.sqrt(c)[..., None, None], jnp.nan)
   if split:
     projected = jax.sharding.reshard(projected,
@@ -295,11 +356,11 @@ def start_on_constraint(
   correction does not hold what it adds.
 
   Differentiating through the first step (``jax.grad`` of a loss after it,
-  as meta-learning does) goes through the SVD, whose derivative JAX leaves
-  undefined (NaN) where ``W + u`` has repeated singular values: an
-  orthogonal ``W`` with a zero first update (a warm-up from learning rate
-  0) is one. Project beforehand (:func:`project_to_constraint`) and leave
-  the start off there.
+  as meta-learning does) uses the polar factor's own derivative, defined
+  wherever ``W + u`` has full rank, repeated singular values included (an
+  orthogonal ``W`` with a zero first update, a warm-up from learning rate
+  0); under "ada" the amplitude ``c`` is held constant there, as in the
+  correction.
 
   Args:
     amplitude: the target ``c > 0`` (a schedule is read at step 0), or

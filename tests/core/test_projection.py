@@ -10,10 +10,12 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import AxisType
+from jax.test_util import check_grads
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import bort_jax
+from bort_jax._src.projection import polar_factor
 
 TOL = 1e-5  # float32 constraint error after an SVD
 
@@ -368,3 +370,72 @@ def test_an_uncommitted_leaf_stays_uncommitted_and_a_committed_one_placed():
   assert not bort_jax.project_to_constraint(params)["kernel"].committed
   placed = {"kernel": jax.device_put(params["kernel"], jax.devices()[0])}
   assert bort_jax.project_to_constraint(placed)["kernel"].committed
+
+
+def _svd_polar(w):
+  """``U Vᵀ`` through the SVD's own derivative (JAX's)."""
+  u, _, vh = jnp.linalg.svd(w, full_matrices=False)
+  return u @ vh
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (7, 4), (5, 5), (2, 3, 6)])
+def test_the_polar_factor_s_derivative_is_the_svd_s_where_both_are_defined(
+    shape):
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    w = jnp.asarray(rng.normal(size=shape))  # distinct singular values
+    dw = jnp.asarray(rng.normal(size=shape))
+    ours = jax.jvp(polar_factor, (w,), (dw,))
+    jax_s = jax.jvp(_svd_polar, (w,), (dw,))
+    np.testing.assert_allclose(ours[0], jax_s[0], atol=1e-12)
+    np.testing.assert_allclose(ours[1], jax_s[1], atol=1e-10)
+    check_grads(polar_factor, (w,), order=1,
+                              modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_the_polar_factor_s_derivative_holds_at_repeated_singular_values(
+    transpose):
+  # An orthogonal matrix: every singular value is 1, where the SVD's own
+  # derivative of U Vᵀ is NaN or wrong; the closed form is the finite
+  # difference's.
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    q = jnp.asarray(np.linalg.qr(rng.normal(size=(6, 6)))[0][:4])
+    q = q.T if transpose else q
+    dq = jnp.asarray(rng.normal(size=q.shape))
+    eps = 1e-6
+    fd = (polar_factor(q + eps * dq) - polar_factor(q - eps * dq)) / (2 * eps)
+    np.testing.assert_allclose(jax.jvp(polar_factor, (q,), (dq,))[1], fd,
+                               atol=1e-8)
+    assert not np.allclose(jax.jvp(_svd_polar, (q,), (dq,))[1], fd,
+                           atol=1e-3)  # what the SVD's derivative gives
+    check_grads(polar_factor, (q,), order=1,
+                              modes=("fwd", "rev"))
+
+
+def test_a_gradient_through_the_start_from_an_orthogonal_kernel_is_defined():
+  # Meta-learning differentiates a loss after the optimizer's step. An
+  # orthogonal kernel and a zero first update (a warm-up from learning rate
+  # 0) put the start's SVD at repeated singular values: the gradient was
+  # NaN there; it is now the finite difference's, as it is off them.
+  rng = np.random.default_rng(2)
+  with jax.enable_x64(True):
+    orthogonal = jnp.asarray(np.linalg.qr(rng.normal(size=(8, 8)))[0][:, :5])
+    x = jnp.asarray(rng.normal(size=(16, 8)))
+    direction = jnp.asarray(rng.normal(size=(8, 5)))
+    tx = bort_jax.bort_adamw(optax.constant_schedule(0.0), amplitude=1.0)
+
+    def after_the_first_step(kernel):
+      params = {"kernel": kernel}
+      updates, _ = tx.update({"kernel": jnp.zeros_like(kernel)},
+                             tx.init(params), params)
+      new = optax.apply_updates(params, updates)["kernel"]
+      return jnp.sum(jnp.sin(x @ new))
+
+    for kernel in (orthogonal, orthogonal + 0.3 * direction[::-1]):
+      grad = jax.grad(after_the_first_step)(kernel)
+      eps = 1e-6
+      fd = (after_the_first_step(kernel + eps * direction)
+            - after_the_first_step(kernel - eps * direction)) / (2 * eps)
+      np.testing.assert_allclose(jnp.sum(grad * direction), fd, rtol=1e-6)
