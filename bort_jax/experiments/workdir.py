@@ -14,10 +14,12 @@ a :class:`RunFolder`:
   owner removes the lock file before releasing it, and a lock counts only on
   the file still at the lock path, so the lock stays exclusive while
   processes come and go; a lock path that is not a regular file is refused.
-  Not the ``filelock`` package: its Unix lock opens the lock path with
-  ``O_RDWR | O_TRUNC`` and no ``O_NOFOLLOW``, so a symlink planted there
-  would truncate the file it points to, and every refused process would
-  erase the pid that the "in use by pid N" message reads.
+  Not the ``filelock`` package: its Unix lock leaves the lock file in the
+  folder after release, by design (it counts a lock on whichever file is
+  at the path, so unlinking it would split waiters over two files); the
+  lock here is gone when its run ends (the folder holds what the run
+  wrote) and names the pid that holds it. (Its two older faults are fixed: ``O_NOFOLLOW`` since
+  3.20.1, and a refused process no longer truncates the file since 3.30.)
 - :meth:`RunFolder.clear` removes only the names it is given, and the
   callers first check that the folder is theirs: a training run's
   ``config.json`` parses as a training config; the demo, the examples and
