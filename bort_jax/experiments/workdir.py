@@ -18,8 +18,9 @@ a :class:`RunFolder`:
   folder after release, by design (it counts a lock on whichever file is
   at the path, so unlinking it would split waiters over two files); the
   lock here is gone when its run ends (the folder holds what the run
-  wrote) and names the pid that holds it. (Its two older faults are fixed: ``O_NOFOLLOW`` since
-  3.20.1, and a refused process no longer truncates the file since 3.30.)
+  wrote) and names the pid that holds it. (Its two older faults are
+  fixed: ``O_NOFOLLOW`` since 3.20.1, and a refused process no longer
+  truncates the file since 3.30.)
 - :meth:`RunFolder.clear` removes only the names it is given, and the
   callers first check that the folder is theirs: a training run's
   ``config.json`` parses as a training config; the demo, the examples and
