@@ -219,12 +219,19 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
   from bort_jax.experiments import distributed
   from bort_jax.experiments import loop
   from bort_jax.experiments import optimizers
+  from bort_jax.experiments import workdir
   try:  # every check before the wait for the other processes
     config = _config_from_args(parser, args)
   except (ValueError, TypeError, errors.ExperimentError) as e:
     if args.debug:
       raise
     _fail(str(e), 2, f"{_PROG} train")
+  above = workdir.output_above(args.out)
+  if above is not None:
+    _fail(f"{args.out!r} lies inside {str(above[0])!r}, a {above[1]} "
+          "output, which records the runs under it; a run trained there by "
+          "hand would leave that record stale. Choose an --out outside it.",
+          2, f"{_PROG} train")
   parallel = distributed.initialize(args)  # before anything touches a device
 
   def header():

@@ -451,6 +451,49 @@ def strict_json(obj: Any) -> Any:
   return obj
 
 
+def output_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+  """The marked output (demo, frontier, example) that ``path`` lies inside.
+
+  Such an output keeps the runs under it as its own records (the
+  frontier's ``runs.json`` lists each point's figures): a training run
+  written into one of them by hand would leave that record stale.
+
+  Args:
+    path: a folder (it may not exist yet).
+
+  Returns:
+    ``(folder, kind)`` of the nearest folder above ``path`` holding a marker
+    (:meth:`RunFolder.mark`), or ``None``. A marker that is not a regular
+    file or not a marker's JSON is not one.
+
+  Examples:
+    >>> import tempfile, pathlib
+    >>> from bort_jax.experiments.workdir import open_output, output_above
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "sweep"
+    >>> with open_output(out, kind="frontier", files=()):
+    ...   pass
+    >>> output_above(out / "points" / "a_seed0")[1]
+    'frontier'
+    >>> output_above(out) is None
+    True
+  """
+  for folder in Path(os.path.abspath(path)).parents:
+    try:
+      fd = os.open(folder / MARKER_NAME,
+                   os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+      continue
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+      try:
+        marker = json.loads(f.read(4096)) if stat.S_ISREG(
+            os.fstat(fd).st_mode) else None
+      except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict) and isinstance(marker.get("kind"), str):
+      return folder, marker["kind"]
+  return None
+
+
 def open_output(path: str | os.PathLike[str], *, kind: str,
                 files: Sequence[str], overwrite: bool = False,
                 resume: bool = False) -> RunFolder:

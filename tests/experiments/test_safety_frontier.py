@@ -298,3 +298,26 @@ def test_n8_frontier_refuses_a_bad_seed_before_anything_is_written(
   _one_line_error(capsys, ["frontier", *FLAGS, "--out", str(out),
                            "--seeds", "0,-1"], "seed must be in 0..4294967295")
   assert not out.exists()
+
+
+def test_a_training_run_into_a_frontier_s_point_is_refused(
+    digits, tmp_path, capsys):
+  # The sweep records each point's figures in runs.json: `train
+  # --overwrite` (or `--resume` with more epochs) into a point's folder
+  # would leave that record describing a run that is gone.
+  out = str(tmp_path / "sweep")
+  assert cli.main(["frontier", *FLAGS, *GRID_FLAGS, "--out", out]) == 0
+  capsys.readouterr()
+  recorded = _recorded(out)
+  point = os.path.join(out, "points", os.listdir(
+      os.path.join(out, "points"))[0])
+  before = {f: os.path.getmtime(os.path.join(point, f))
+            for f in os.listdir(point)}
+  for flag in ("--overwrite", "--resume"):
+    _one_line_error(capsys, ["train", *FLAGS, "--out", point, flag],
+                    f"lies inside {os.path.abspath(out)!r}, a frontier output")
+  assert _recorded(out) == recorded
+  assert {f: os.path.getmtime(os.path.join(point, f))
+          for f in os.listdir(point)} == before
+  # Outside it, the same command trains.
+  assert cli.main(["train", *FLAGS, "--out", str(tmp_path / "alone")]) == 0
