@@ -177,13 +177,15 @@ def bort_sgd(
       :func:`add_bort_correction`); with ``every`` 1, the plain correction.
     start_on_constraint: make the first step land every Bort matrix on the
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation; the correction then holds it there. Off
-      by default (:data:`bort_jax.RECOMMENDED` ``["coupled"]``): on the
-      MNIST MLPs it made Bort-SGD exact (error 4e-6 instead of 0.04) and as
-      accurate or more after 3 epochs; it was withheld on one seed of 300
-      digits steps at lr 0.1 (4 pp behind SGD), which over 5 seeds is
-      −0.7 pp [−2.8, +1.5] with the start against −1.0 pp [−2.6, +0.6]
-      without (README). A literal zero γ (no Bort) has no start either.
+      whatever the initialisation; the correction then holds it there
+      (a full column mode on fewer units than fan-in cannot: ``init``
+      warns). Off by default (:data:`bort_jax.RECOMMENDED`
+      ``["coupled"]``): on the MNIST MLPs it made Bort-SGD exact (error
+      4e-6 instead of 0.04) and as accurate or more after 3 epochs; it
+      was withheld on one seed of 300 digits steps at lr 0.1 (4 pp behind
+      SGD), which over 5 seeds is −0.7 pp [−2.8, +1.5] with the start
+      against −1.0 pp [−2.6, +0.6] without (README). A literal zero γ (no
+      Bort) has no start either.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -329,7 +331,9 @@ def bort_adamw(
       :func:`add_bort_correction`); with ``every`` 1, the plain correction.
     start_on_constraint: make the first step land every Bort matrix on the
       constraint (:func:`bort_jax.start_on_constraint`, last in the chain),
-      whatever the initialisation; the correction then holds it there.
+      whatever the initialisation; the correction then holds it there
+      (a full column mode on fewer units than fan-in cannot: ``init``
+      warns).
       The default is :data:`bort_jax.RECOMMENDED`'s: on the MNIST MLPs it
       made the every-step default tight (error 4e-7 to 6e-5 at the end of
       a cosine decay, instead of 0.03) and as accurate or more, for 2–4 %
@@ -485,7 +489,9 @@ def with_bort(
     ValueError: for an optimizer that is not a built transformation, a bad
       placement or a bad Bort argument (see :func:`add_bort_correction`);
       at ``init``, for an optimizer that keeps weights of its own
-      (schedule-free's ``z``, lookahead's slow weights): it rebuilds the
+      (schedule-free's ``z``, lookahead's slow weights, COCOB's starting
+      point, SAM's cached params; see
+      :func:`bort_jax.validation.weights_of_their_own`): it rebuilds the
       weights from them, which the correction and the start never reach.
 
   Examples:

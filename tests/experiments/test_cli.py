@@ -135,21 +135,28 @@ def test_demo_quick_on_digits(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_a_library_warning_is_one_line_on_stdout(capsys, tmp_path):
-  # A column mode keeps the published "ada", which cannot hold the digits
-  # MLP's first layer (256 units on 64 pixels): the library warns at init.
+  # A full column mode cannot hold the digits MLP's head (10 units on 256
+  # features), nor, with the published "ada", its first layer (256 units on
+  # 64 pixels): the library warns at init, a line each.
   assert cli.main(["train", "--data", "digits", "--mode", "l1-fullcol",
                    "--epochs", "1", "--train-limit", "256", "--no-progress",
                    "--offline", "--out", str(tmp_path / "run")]) == 0
   out, err = capsys.readouterr()
   assert err == ""
   assert [line for line in out.splitlines() if ": warning: " in line] == [
-      "bort-jax train: warning: Bort with amplitude='ada' and mode "
-      "'l1-fullcol' pulls 'hidden/0/kernel' (256 units, fan-in 64) toward "
-      "zero: with more units than fan-in, ada's c (the units' squared mean "
-      "norm) lies below the columns' squared norms. Pass a fixed amplitude "
-      "(e.g. amplitude=1.0), use a row or full mode (e.g. 'l1-fullrow', "
-      "which constrains the feasible side), or leave these weights out with "
-      "bort_mask."]
+      "bort-jax train: warning: Bort's mode 'l1-fullcol' asks Wᵀ W = cI of "
+      "'head/kernel' (10 units, fan-in 256), which no matrix with fewer "
+      "units than fan-in satisfies: the correction takes them off W Wᵀ = cI "
+      "(where the start lands them) for thousands of steps. Use a row or "
+      "full mode on the units (e.g. 'l1-fullrow', which constrains the "
+      "feasible side), or leave these weights out with bort_mask.",
+      "bort-jax train: warning: Bort's mode 'l1-fullcol' with "
+      "amplitude='ada' pulls 'hidden/0/kernel' (256 units, fan-in 64) "
+      "toward zero: with more units than fan-in, ada's c (the units' squared "
+      "mean norm) lies below the columns' squared norms. Pass a fixed "
+      "amplitude (e.g. amplitude=1.0), use a row or full mode on the units "
+      "(e.g. 'l1-fullrow', which constrains the feasible side), or leave "
+      "these weights out with bort_mask."]
   assert "UserWarning" not in out
 
 
