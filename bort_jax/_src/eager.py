@@ -23,7 +23,10 @@ def jit_when_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
   are new each time: an SVD branch, or a scan, compiled on every step).
   Called with concrete arrays only, ``fn`` goes through its own jit, compiled
   once per shapes; under any trace (``jit``, ``vmap``, ``grad``,
-  ``shard_map``) it runs as it is, inside the caller's program.
+  ``shard_map``) it runs as it is, inside the caller's program. The cache is
+  this jit's, so it lasts as long as the transformation: under
+  ``optax.inject_hyperparams``, which builds the transformation anew on
+  every update, an eager update compiles every time (jit the step).
 
   Args:
     fn: a function of pytrees of arrays.

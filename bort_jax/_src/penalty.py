@@ -181,6 +181,22 @@ def check_weights(w: Any, name: str) -> Array:
   return w
 
 
+def check_axis_bound(axis_name: Any) -> None:
+  """Refuses a ``kernel_options.axis_name`` that no ``shard_map`` (or
+  ``pmap``) around the call binds: the collectives over it would fail
+  deep inside JAX ("unbound axis name")."""
+  if axis_name is None:
+    return
+  try:
+    jax.lax.axis_size(axis_name)
+  except NameError:
+    raise ValueError(
+        f"kernel_options.axis_name is {axis_name!r}, which is not bound "
+        "here: call the update inside jax.shard_map over a mesh with that "
+        "axis (the fan-in split over it), or leave axis_name None."
+    ) from None
+
+
 def _overcomplete(x: Array, units: int, ctx: Context) -> bool:
   """Whether x's matrices have more units than fan-in, ``m > n`` (inside
   shard_map, counting the fan-in of every device)."""
@@ -219,7 +235,7 @@ def _zone(n: int, dtype, options: KernelOptions | None, cap: Any) -> Any:
   as the learning rate decays, where the full zone would leave it at the
   zone's edge.
   """
-  inputs = None if options is None else input_eps(options)
+  inputs = None if options is None else input_eps(options, dtype)
   zone = rounding_zone(n, dtype, inputs)
   if cap is None:
     return zone
@@ -307,6 +323,15 @@ def _amplitude_array(x: Array, amplitude: Amplitude, vectors: int,
   if isinstance(amplitude, str) and amplitude == ADA:
     return _ada(x, vectors, ctx)
   c = jnp.asarray(amplitude, dtype=x.dtype)
+  try:
+    fits = jnp.broadcast_shapes(c.shape, x.shape[:-2]) == x.shape[:-2]
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(
+        f"amplitude has shape {c.shape}, which does not broadcast to the "
+        f"batch of matrices {x.shape[:-2]} (one c per matrix); pass a number "
+        "or an array of that shape.")
   return jnp.broadcast_to(c, x.shape[:-2])
 
 
@@ -332,6 +357,7 @@ def correction(
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
+  check_axis_bound(options.axis_name)
   manual_axis = None if options.axis_name is None else other(units)
   split = Context(options, None, manual_axis)
   overcomplete = _overcomplete(x, units, split)

@@ -174,20 +174,30 @@ ROUNDING_ZONE_FACTOR = 4.0
 _DEFAULT_PRECISION_INPUTS = {"gpu": 2.0 ** -10, "tpu": 2.0 ** -7}
 
 
-def input_eps(options: KernelOptions) -> float:
+def input_eps(options: KernelOptions, dtype: Any = jnp.float32) -> float:
   """The eps of the rounding a Gram's products give their inputs: the
   products' ``gram_dtype``'s, and, at the default precision on an
-  accelerator, its float32 products' (TF32 on GPUs, bfloat16 on TPUs); 0
+  accelerator, that of its float32 products (TF32 on GPUs, bfloat16 on
+  TPUs; products in another dtype, float64 under x64, are exact there); 0
   where they keep them.
 
   Only this rounding is noise in the residual: weights stored in
   bfloat16 are upcast exactly, so their residual is their own, however
   coarse.
+
+  Args:
+    options: the kernel options.
+    dtype: the dtype the Gram is computed in, where ``gram_dtype`` is not
+      given.
+
+  Returns:
+    The inputs' eps, 0 where the products keep them.
   """
   eps = [0.0]
   if options.gram_dtype is not None:
     eps.append(float(jnp.finfo(options.gram_dtype).eps))
-  if options.precision is None:
+  products_dtype = jnp.dtype(options.gram_dtype or dtype)
+  if options.precision is None and products_dtype == jnp.float32:
     eps.append(_DEFAULT_PRECISION_INPUTS.get(jax.default_backend(), 0.0))
   return max(eps)
 

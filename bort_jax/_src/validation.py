@@ -491,25 +491,40 @@ def steps_per_application(every: int, lagged: bool, placement: str) -> int:
     1
     >>> steps_per_application(8, False, "coupled")
     1
+    >>> steps_per_application(8, False, "Decoupled")
+    Traceback (most recent call last):
+    ...
+    ValueError: placement must be one of 'coupled', 'decoupled', got 'Decoupled'.
   """
+  every = check_positive_int("every", every)
+  lagged = check_bool("lagged", lagged)
+  placement = check_placement(placement)
   return every if placement == "decoupled" and not lagged else 1
 
 
-def weights_of_their_own(state: Any) -> str | None:
+def weights_of_their_own(state: Any, *, evaluated: bool = False
+                         ) -> str | None:
   """What weights an optimizer state keeps of its own, or ``None``.
 
   A schedule-free optimizer keeps ``z`` and rebuilds the params from it on
   every step (its weights to evaluate are an average,
   ``optax.contrib.schedule_free_eval_params``); lookahead keeps slow
-  weights. A change made to the params (Bort's correction and start) does
-  not reach them, and a loop that evaluates the params does not evaluate
-  them.
+  weights; COCOB sets the params to its starting point plus its bets on
+  every step; SAM (``opaque_mode=False``) restores the params it cached
+  before its adversarial steps. A change made to the params (Bort's
+  correction and start) does not last there. A loop that evaluates the
+  params evaluates COCOB's weights, but not schedule-free's average,
+  lookahead's slow weights, or SAM's between two syncs (an adversarial
+  point).
 
   Args:
     state: an optimizer state, or its shapes (``jax.eval_shape``).
+    evaluated: only the states whose params are not the weights to
+      evaluate (all but COCOB's).
 
   Returns:
-    ``"schedule-free's z"``, ``"lookahead's slow weights"`` or ``None``.
+    ``"schedule-free's z"``, ``"lookahead's slow weights"``, ``"COCOB's
+    starting point"``, ``"SAM's cached params"`` or ``None``.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -519,12 +534,19 @@ def weights_of_their_own(state: Any) -> str | None:
     >>> tx = optax.contrib.schedule_free_adamw(1e-3)
     >>> weights_of_their_own(tx.init(params))
     "schedule-free's z"
+    >>> cocob = optax.contrib.cocob().init(params)
+    >>> weights_of_their_own(cocob), weights_of_their_own(cocob, evaluated=True)
+    ("COCOB's starting point", None)
   """
   kinds = {optax.contrib.ScheduleFreeState: "schedule-free's z",
-           optax.LookaheadState: "lookahead's slow weights"}
+           optax.LookaheadState: "lookahead's slow weights",
+           optax.contrib.SAMState: "SAM's cached params"}
+  if not evaluated:
+    kinds[optax.contrib.COCOBState] = "COCOB's starting point"
   for part in jax.tree.leaves(
       state, is_leaf=lambda x: isinstance(x, tuple(kinds))):
-    if type(part) in kinds:
+    if type(part) in kinds and not (
+        isinstance(part, optax.contrib.SAMState) and part.cache is None):
       return kinds[type(part)]
   return None
 

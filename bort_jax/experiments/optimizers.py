@@ -482,7 +482,7 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
   """
   params = {"kernel": jax.numpy.eye(2), "bias": jax.numpy.zeros(2)}
   state = jax.eval_shape(tx.init, params)
-  own = validation.weights_of_their_own(state)
+  own = validation.weights_of_their_own(state, evaluated=True)
   if own is not None:
     raise ValueError(
         f"optimizer {name!r} cannot be trained by bort-jax: it keeps "

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import bort_jax
+from bort_jax.validation import weights_of_their_own
 from tests.core.zero_loss import run_zero_loss
 
 
@@ -33,18 +34,33 @@ def test_float8_kernels_are_refused_at_init_and_measured_in_float32():
 @pytest.mark.parametrize("make, kind", [
     (lambda: optax.contrib.schedule_free_adamw(1e-3), "schedule-free"),
     (lambda: optax.lookahead(optax.adam(1e-3), 2, 0.5), "lookahead"),
+    (lambda: optax.contrib.cocob(), "COCOB"),
+    (lambda: optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05)), "SAM"),
 ])
 @pytest.mark.parametrize("placement", ["decoupled", "coupled"])
 def test_with_bort_refuses_optimizers_with_weights_of_their_own(
     make, kind, placement):
   # Schedule-free rebuilt the params from its z, which the landing and the
-  # correction never reached: the constraint error stayed at 0.4-0.6.
+  # correction never reached: the constraint error stayed at 0.4-0.6. COCOB
+  # (its starting point plus its bets) and SAM (the params it cached before
+  # its adversarial steps) undid the start the same way: 0.6 after 5 steps.
   tx = bort_jax.with_bort(make(), placement=placement)
   params = {"dense": {"kernel": jnp.ones((4, 3))}}
   if kind == "lookahead":
     params = optax.LookaheadParams.init_synced(params)
   with pytest.raises(ValueError, match=f"with_bort: .*{kind}"):
     tx.init(params)
+
+
+def test_sam_in_opaque_mode_and_cocob_evaluated_are_not_weights_of_their_own():
+  params = {"dense": {"kernel": jnp.ones((4, 3))}}
+  opaque = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05), opaque_mode=True)
+  assert weights_of_their_own(opaque.init(params)) is None
+  cocob = optax.contrib.cocob().init(params)
+  assert weights_of_their_own(cocob, evaluated=True) is None
+  sam = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05)).init(params)
+  assert weights_of_their_own(sam, evaluated=True) == (
+      "SAM's cached params")
 
 
 def test_an_empty_selection_warns_once_at_init():
@@ -250,9 +266,9 @@ def test_ada_on_more_units_than_fan_in_holds_the_feasible_side_s_scale():
           mode, error)
   # The column modes keep the published "ada" (over the units): on more
   # units than fan-in they collapse, and say so once at init.
-  with pytest.warns(UserWarning, match=r"amplitude='ada' and mode "
-                    r"'l1-fullcol' pulls 'up/kernel' \(16 units, fan-in 9\) "
-                    "toward zero"):
+  with pytest.warns(UserWarning, match=r"mode 'l1-fullcol' with "
+                    r"amplitude='ada' pulls 'up/kernel' \(16 units, fan-in "
+                    r"9\) toward zero"):
     tx = bort_jax.bort_adamw(1e-3, mode="l1-fullcol")
     tx.init(params)
   assert _norm_after_zero_gradient_steps(tx, params) < 0.1 * start
@@ -263,9 +279,37 @@ def test_ada_on_more_units_than_fan_in_holds_the_feasible_side_s_scale():
     fixed.init(params)
   assert _norm_after_zero_gradient_steps(fixed, params) > 0.7 * start
   # The column-norm modes on fewer units than fan-in grow instead.
-  with pytest.warns(UserWarning, match=r"mode 'l2-col' grows 'up/kernel' "
+  with pytest.warns(UserWarning, match=r"mode 'l2-col' with amplitude='ada' "
+                    r"grows 'up/kernel' "
                     r"\(9 units, fan-in 16\) without bound"):
     bort_jax.bort_adamw(1e-3, mode="l2-col").init({"up": {"kernel": kernel.T}})
+
+
+def test_a_full_column_mode_on_fewer_units_than_fan_in_warns_as_it_leaves(
+):
+  # Wᵀ W = cI has no solution with fewer units than fan-in: from the start's
+  # W Wᵀ = cI the full column modes moved a 64 → 16 kernel to an error of
+  # 0.3–0.9 for thousands of steps, under any amplitude, without a word.
+  kernel = jax.random.normal(jax.random.key(1), (64, 16)) / 8  # (in, out)
+  params = {"head": {"kernel": kernel}}
+  for mode in ("l1-fullcol", "huber-fullcol"):
+    for amplitude in ("ada", 1.0):
+      with pytest.warns(UserWarning, match=rf"mode '{mode}' asks Wᵀ W = cI "
+                        r"of 'head/kernel' \(16 units, fan-in 64\), which "
+                        "no matrix with fewer units than fan-in satisfies"):
+        tx = bort_jax.bort_adamw(1e-3, mode=mode, amplitude=amplitude)
+        tx.init(params)
+      after, _ = run_zero_loss(tx, params, 300)
+      error = bort_jax.orthogonality_error(after)["head/kernel"]
+      assert float(error.constraint_error) > 0.1, (mode, amplitude, error)
+  # The full modes on the units hold it, silently.
+  tx = bort_jax.bort_adamw(1e-3, mode="huber-fullrow")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx.init(params)
+  after, _ = run_zero_loss(tx, params, 300)
+  assert float(bort_jax.orthogonality_error(after)["head/kernel"]
+               .constraint_error) < 1e-5
 
 
 def test_a_mask_tree_fits_nnx_optimizer_by_path_and_names_a_gap():

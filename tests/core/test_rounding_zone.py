@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import bort_jax
+from bort_jax._src import penalty
 from bort_jax._src import products
 
 L1_MODES = ["l1-fullrow", "l1-fullcol", "l1-row", "l1-col"]
@@ -251,3 +252,20 @@ def test_a_gram_of_coarser_inputs_widens_the_zone():
   # gradient).
   assert products.input_eps(bort_jax.KernelOptions(
       precision=jax.lax.Precision.HIGHEST)) == 0.0
+
+
+def test_the_default_precision_rounds_only_float32_products(monkeypatch):
+  # TF32 (a GPU's default precision) rounds float32 products' inputs; a
+  # float64 Gram (x64) is exact there, but got TF32's zone, 1e10 times its
+  # own, and read residuals up to 1.4e-4 · c as 0.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  default = bort_jax.KernelOptions()
+  assert products.input_eps(default, jnp.float32) == 2.0 ** -10
+  assert products.input_eps(default, jnp.float64) == 0.0
+  assert products.input_eps(
+      bort_jax.KernelOptions(gram_dtype=jnp.float32), jnp.float64) == 2.0 ** -10
+  assert products.input_eps(bort_jax.KernelOptions(
+      precision=jax.lax.Precision.HIGHEST), jnp.float32) == 0.0
+  with jax.enable_x64(True):
+    assert penalty._zone(64, jnp.float64, default, None) < 1e-12
+    assert penalty._zone(64, jnp.float32, default, None) > 1e-4

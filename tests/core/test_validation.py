@@ -219,3 +219,40 @@ def test_kernel_options_name_everywhere():
           "kernel"].T)
   with pytest.raises(TypeError):
     bort_jax.bort_correction(w, options=options)
+
+
+def test_the_strength_rule_checks_its_arguments():
+  # A misspelt placement returned 1, turning the limit's k off silently.
+  from bort_jax.validation import steps_per_application as rule
+  assert rule(8, False, "decoupled") == 8
+  with pytest.raises(ValueError, match="placement must be one of"):
+    rule(8, False, "Decoupled")
+  with pytest.raises(ValueError, match="every must be a positive integer"):
+    rule(0, False, "decoupled")
+  with pytest.raises(TypeError, match="every must be a positive integer"):
+    rule(2.5, False, "decoupled")
+  with pytest.raises(TypeError, match="lagged must be"):
+    rule(8, "no", "decoupled")
+
+
+def test_errors_found_late_name_the_argument():
+  params = {"kernel": jnp.ones((6, 4)) + jnp.eye(6, 4)}
+  # An axis name no shard_map binds failed as "unbound axis name" in JAX.
+  options = bort_jax.KernelOptions(axis_name="data")
+  for tx in (bort_jax.bort_adamw(1e-3, kernel_options=options),
+             bort_jax.start_on_constraint(kernel_options=options)):
+    with pytest.raises(ValueError, match="kernel_options.axis_name is 'data'"
+                       ", which is not bound here"):
+      tx.update(params, tx.init(params), params)
+  # One c per matrix that does not fit the stack failed in lax.broadcast.
+  for fn in (bort_jax.bort_correction, bort_jax.bort_penalty):
+    with pytest.raises(ValueError, match=r"amplitude has shape \(2,\), which "
+                       r"does not broadcast to the batch of matrices \(3,\)"):
+      fn(jnp.ones((3, 2, 4)), "l2-full", jnp.array([1.0, 2.0]))
+  np.testing.assert_allclose(  # a fitting one is still one c per matrix
+      bort_jax.bort_correction(jnp.ones((2, 2, 4)), "l2-full",
+                               jnp.array([1.0, 2.0]))[1],
+      bort_jax.bort_correction(jnp.ones((2, 4)), "l2-full", 2.0))
+  with pytest.raises(ValueError, match="amplitude must be a number, a scalar "
+                     r"array or 'ada' .* got an array of shape \(2,\)"):
+    bort_jax.tree_correction(params, "l2-full", jnp.array([1.0, 2.0]))
