@@ -159,8 +159,9 @@ def warn_scale_mismatch(params: Any, views, mode: str, amplitude: Any
   rank at most ``m``) satisfies, whatever the amplitude: from the start's
   ``W Wᵀ = cI`` the l1 and Huber corrections take such weights to errors
   of 0.3–0.9 for thousands of steps (a 64 → 16 kernel under
-  ``bort_adamw(1e-3)``, no data gradient), and under "ada" shrink them. For the column modes "ada" is ``c = (mean_i ‖w_i‖)²`` over the
-  units (rows), as in the published code. With more units than fan-in
+  ``bort_adamw(1e-3)``, no data gradient), and under "ada" shrink them.
+  For the column modes "ada" is ``c = (mean_i ‖w_i‖)²`` over the units
+  (rows), as in the published code. With more units than fan-in
   (``m > n``) that ``c`` lies below the columns' squared norms, and the
   column modes shrink the weights toward zero, step after step; with fewer
   units than fan-in the column-norm modes' targets exceed what the rows
