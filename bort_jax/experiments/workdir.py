@@ -463,8 +463,9 @@ def output_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
 
   Returns:
     ``(folder, kind)`` of the nearest folder above ``path`` holding a marker
-    (:meth:`RunFolder.mark`), or ``None``. A marker that is not a regular
-    file or not a marker's JSON is not one.
+    (:meth:`RunFolder.mark`), above the path as written or above where
+    its symlinks lead, or ``None``. A marker that is not a regular file or
+    not a marker's JSON is not one.
 
   Examples:
     >>> import tempfile, pathlib
@@ -477,7 +478,9 @@ def output_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     >>> output_above(out) is None
     True
   """
-  for folder in Path(os.path.abspath(path)).parents:
+  lexical = Path(os.path.abspath(path)).parents
+  real = Path(os.path.realpath(path)).parents  # a symlink may hide one
+  for folder in [*lexical, *(p for p in real if p not in lexical)]:
     try:
       fd = os.open(folder / MARKER_NAME,
                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

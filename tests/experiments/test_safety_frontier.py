@@ -309,13 +309,21 @@ def test_a_training_run_into_a_frontier_s_point_is_refused(
   assert cli.main(["frontier", *FLAGS, *GRID_FLAGS, "--out", out]) == 0
   capsys.readouterr()
   recorded = _recorded(out)
-  point = os.path.join(out, "points", os.listdir(
-      os.path.join(out, "points"))[0])
+  points = sorted(os.listdir(os.path.join(out, "points")))
+  point = os.path.join(out, "points", points[0])
   before = {f: os.path.getmtime(os.path.join(point, f))
             for f in os.listdir(point)}
   for flag in ("--overwrite", "--resume"):
     _one_line_error(capsys, ["train", *FLAGS, "--out", point, flag],
                     f"lies inside {os.path.abspath(out)!r}, a frontier output")
+  # Through a symlink to the point, or to its points/ folder, as well.
+  os.symlink(point, tmp_path / "to_point")
+  os.symlink(os.path.join(out, "points"), tmp_path / "to_points")
+  for where in ("to_point", os.path.join("to_points", "extra")):
+    _one_line_error(capsys, ["train", *FLAGS, "--overwrite", "--out",
+                             str(tmp_path / where)],
+                    "a frontier output")
+  assert sorted(os.listdir(os.path.join(out, "points"))) == points
   assert _recorded(out) == recorded
   assert {f: os.path.getmtime(os.path.join(point, f))
           for f in os.listdir(point)} == before
