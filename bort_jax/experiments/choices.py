@@ -79,8 +79,10 @@ def describe_learning_rates() -> str:
     sgd and bort-sgd 0.05
     adamw and bort-adamw 0.001
     muon and bort-muon 0.02
-    any other 0.001
+    any other its optax default where it has one (prodigy 1) or 0.001
   """
   parts = [f"{name} and {BORT_PREFIX}{name} {rate:g}"
            for name, rate in DEFAULT_LEARNING_RATES.items()]
-  return ", ".join(parts + [f"any other {DEFAULT_LEARNING_RATE:g}"])
+  return ", ".join(parts + [
+      "any other its optax default where it has one (prodigy 1) or "
+      f"{DEFAULT_LEARNING_RATE:g}"])

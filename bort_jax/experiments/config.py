@@ -756,6 +756,24 @@ def check_config(config: TrainConfig) -> None:
       optimizers_lib.check_plain_update(tx, config.optimizer)
 
 
+def orthogonal_start(config: TrainConfig) -> tuple[float | str, bool]:
+  """What ``init="orthogonal"`` reads of a run: the amplitude the kernels
+  are projected to (the run's when it is a number, else ``"ada"``, the
+  init's own scale, as for a run without Bort) and whether the head is
+  among them. Two runs of one seed and model start from the same weights
+  when these agree.
+
+  Examples:
+    >>> from bort_jax.experiments.config import TrainConfig, orthogonal_start
+    >>> orthogonal_start(TrainConfig(optimizer="adamw", init="orthogonal"))
+    ('ada', True)
+  """
+  amplitude = config.amplitude
+  if not isinstance(amplitude, numbers.Real) or isinstance(amplitude, bool):
+    amplitude = "ada"
+  return amplitude, config.bort_head
+
+
 def differences(saved: TrainConfig, given: TrainConfig
                 ) -> dict[str, tuple[Any, Any]]:
   """The fields that define the run and differ, as ``{name: (saved value,

@@ -219,7 +219,9 @@ class Grid:
       ``bort_lr_scale`` of the training config); ``(None,)``:
       the shared value, and the names of older frontiers. ``inits``
       applies to the baselines too, so a Bort point is paired with a
-      baseline that started from the same weights.
+      baseline that started from the same weights (with the orthogonal
+      init, :func:`check_settings` refuses a point whose numeric amplitude
+      or head setting would start it elsewhere).
     seeds: the seeds of every point.
   """
 
@@ -541,6 +543,12 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
           f"--validation {validation!r} of the {n_train} training examples "
           f"holds out {held}, leaving {n_train - held} to train on; choose a "
           "fraction that leaves at least one example on each side.")
+    limit = base.get("train_limit")
+    if limit is not None and limit > n_train - held:
+      raise ConfigError(
+          f"--train-limit {limit} is above the {n_train - held} examples "
+          f"left to train on after --validation {validation!r} holds out "
+          f"{held}; pass at most {n_train - held}.")
   config_lib.check_dbort_only(
       base, base.get("dbort_weight", config_lib.TrainConfig.dbort_weight),
       flags.flag)
@@ -559,6 +567,20 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
   for point in grid.points():  # every run's config is valid, before work
     for seed in grid.seeds:
       point_config(base, point, seed)
+    if "gamma" in point:  # paired with a baseline from the same weights
+      mine = point_config(base, point, grid.seeds[0])
+      baseline = point_config(base, {
+          **{k: point[k] for k in _shared(point) if k in point},
+          "optimizer": PLACEMENTS[point["placement"]][0]}, grid.seeds[0])
+      if (mine.init == "orthogonal" and config_lib.orthogonal_start(mine)
+          != config_lib.orthogonal_start(baseline)):
+        raise ConfigError(
+            f"With the orthogonal init, {point_name(point)} would start "
+            "from other weights than its baseline (the init projects each "
+            "run's Bort kernels at its own amplitude and head setting, "
+            "the baseline's at 'ada'), so their paired difference would "
+            "not be Bort's alone; give --amplitudes ada and one shared "
+            "--bort-head or --no-bort-head instead of --bort-heads.")
 
 
 def point_config(base: dict[str, Any], point: dict[str, Any], seed: int

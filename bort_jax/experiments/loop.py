@@ -198,14 +198,13 @@ def _orthogonal_init(config: TrainConfig, model: nnx.Module,
                      dimension_numbers: Any, mask: Any) -> None:
   """Puts the kernels Bort would correct on ``W Wᵀ = cI``, in place.
 
-  ``c`` is the run's amplitude when it is a number, else ``"ada"`` (the
-  init's own scale), which is also what a non-Bort run uses: a baseline and
-  an ``"ada"`` Bort run of one seed then start from the same weights. It
-  runs before the first checkpoint, so a resumed run restores these weights.
+  ``c`` is :func:`~bort_jax.experiments.config.orthogonal_start`'s: the
+  run's amplitude when it is a number, else ``"ada"`` (the init's own
+  scale), which is also what a non-Bort run uses: a baseline and an
+  ``"ada"`` Bort run of one seed then start from the same weights. It runs
+  before the first checkpoint, so a resumed run restores these weights.
   """
-  amplitude = config.amplitude
-  if not isinstance(amplitude, (int, float)) or isinstance(amplitude, bool):
-    amplitude = "ada"
+  amplitude, _ = config_lib.orthogonal_start(config)
   params = nnx.state(model, nnx.Param)
   nnx.update(model, bort_jax.project_to_constraint(
       params, amplitude, dimension_numbers=dimension_numbers,

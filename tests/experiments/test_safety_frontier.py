@@ -329,3 +329,40 @@ def test_a_training_run_into_a_frontier_s_point_is_refused(
           for f in os.listdir(point)} == before
   # Outside it, the same command trains.
   assert cli.main(["train", *FLAGS, "--out", str(tmp_path / "alone")]) == 0
+
+
+@pytest.mark.parametrize("shared, axes", [
+    ({"init": "orthogonal"}, {"amplitudes": (1.0,)}),
+    ({}, {"inits": ("orthogonal",), "bort_heads": (False,)}),
+    ({"init": "orthogonal"}, {"amplitudes": ("ada",), "bort_heads": (False,)}),
+])
+def test_orthogonal_starts_a_bort_point_and_its_baseline_alike_or_is_refused(
+    shared, axes):
+  # The orthogonal init projects a run's Bort kernels at its own numeric
+  # amplitude and head setting; the baseline's at "ada", head included, so
+  # such a pair started from other weights and its difference was not
+  # Bort's alone (the epoch-0 test loss differed), silently.
+  grid = frontier.Grid(**{**dict(
+      gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+      placements=("decoupled",), seeds=(0,)), "amplitudes": ("ada",), **axes})
+  with pytest.raises(ConfigError, match="would start from other weights "
+                     "than its baseline"):
+    frontier.check_settings({**BASE, **shared}, grid)
+  # One shared head setting and "ada" start both alike: accepted.
+  alike = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+                        placements=("decoupled",), amplitudes=("ada",),
+                        seeds=(0,))
+  frontier.check_settings({**BASE, "init": "orthogonal", "bort_head": False},
+                          alike)
+
+
+def test_a_train_limit_above_the_split_is_refused_before_writing(
+    digits, tmp_path):
+  # It was refused by the first run's config, after the folder, its marker
+  # and settings.json were written.
+  out = tmp_path / "f"
+  with pytest.raises(ConfigError, match="^--train-limit 1300 is above the "
+                     "1212 examples left to train on"):
+    frontier.run_frontier(str(out), digits, {**BASE, "train_limit": 1300},
+                          GRID)
+  assert not out.exists()
