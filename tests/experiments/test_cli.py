@@ -146,8 +146,8 @@ def test_a_library_warning_is_one_line_on_stdout(capsys, tmp_path):
   assert [line for line in out.splitlines() if ": warning: " in line] == [
       "bort-jax train: warning: Bort's mode 'l1-fullcol' asks Wᵀ W = cI of "
       "'head/kernel' (10 units, fan-in 256), which no matrix with fewer "
-      "units than fan-in satisfies: the correction takes them off W Wᵀ = cI "
-      "(where the start lands them) for thousands of steps. Use a row or "
+      "units than fan-in satisfies: the correction takes them off W Wᵀ = cI, "
+      "where the start lands them. Use a row or "
       "full mode on the units (e.g. 'l1-fullrow', which constrains the "
       "feasible side), or leave these weights out with bort_mask.",
       "bort-jax train: warning: Bort's mode 'l1-fullcol' with "
