@@ -56,10 +56,6 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)
 
 
-def _t(a: jax.Array) -> jax.Array:
-  return jnp.swapaxes(a, -1, -2)
-
-
 @jax.custom_jvp
 def polar_factor(w: jax.Array) -> jax.Array:
   """The polar factor ``U Vᵀ`` of each matrix (last two axes) of ``w``.
@@ -101,9 +97,9 @@ def polar_factor(w: jax.Array) -> jax.Array:
 def _polar_factor_jvp(primals, tangents):
   (w,), (dw,) = primals, tangents
   u, s, vh = jnp.linalg.svd(w, full_matrices=False)
-  v, ut = _t(vh), _t(u)
+  v, ut = vh.mT, u.mT
   c = _matmul(_matmul(ut, dw), v)
-  x = (c - _t(c)) / (s[..., :, None] + s[..., None, :])
+  x = (c - c.mT) / (s[..., :, None] + s[..., None, :])
   dw_v, ut_dw = _matmul(dw, v), _matmul(ut, dw)
   # The two terms off the singular subspaces; one of them is 0 (square
   # U when m ≤ n, square V when m > n).
