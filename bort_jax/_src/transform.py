@@ -186,24 +186,21 @@ def warn_scale_mismatch(params: Any, views, mode: str, amplitude: Any
       shrink.append(where)
     elif m < n and ada:
       grow.append(where)
-  for found, what in ((infeasible, "asks Wᵀ W = cI of {}, which no matrix "
-                       "with fewer units than fan-in satisfies: the "
-                       "correction takes them off W Wᵀ = cI, where the "
-                       "start lands them"),
-                      (shrink, "with amplitude='ada' pulls {} toward zero: "
-                       "with more units than fan-in, ada's c (the units' "
-                       "squared mean norm) lies below the columns' squared "
-                       "norms"),
-                      (grow, "with amplitude='ada' grows {} without bound: "
-                       "with fewer units than fan-in, the columns cannot "
-                       "all reach the squared norm ada's c (the units' "
-                       "squared mean norm) sets them")):
+  fixed = "Pass a fixed amplitude (e.g. amplitude=1.0), use"
+  for found, what, advice in (
+      (infeasible, "asks Wᵀ W = cI of {}, which no matrix with fewer units "
+       "than fan-in satisfies: the correction takes them off W Wᵀ = cI, "
+       "where the start lands them", "Use"),
+      (shrink, "with amplitude='ada' pulls {} toward zero: with more units "
+       "than fan-in, ada's c (the units' squared mean norm) lies below the "
+       "columns' squared norms", fixed),
+      (grow, "with amplitude='ada' grows {} without bound: with fewer units "
+       "than fan-in, the columns cannot all reach the squared norm ada's c "
+       "(the units' squared mean norm) sets them", fixed)):
     if found:
       named = ", ".join(found[:MAX_NAMED])
       if len(found) > MAX_NAMED:
         named += f" and {len(found) - MAX_NAMED} more"
-      advice = ("Use" if found is infeasible else
-                "Pass a fixed amplitude (e.g. amplitude=1.0), use")
       warnings.warn(
           f"Bort's mode {mode!r} {what.format(named)}. {advice} a row or "
           "full mode on the units (e.g. 'l1-fullrow', which constrains the "

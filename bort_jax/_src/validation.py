@@ -543,10 +543,13 @@ def weights_of_their_own(state: Any, *, evaluated: bool = False
            optax.contrib.SAMState: "SAM's cached params"}
   if not evaluated:
     kinds[optax.contrib.COCOBState] = "COCOB's starting point"
-  for part in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, tuple(kinds))):
-    if type(part) in kinds and not (
-        isinstance(part, optax.contrib.SAMState) and part.cache is None):
+
+  def own(x):  # an opaque SAM caches nothing; what it wraps is looked at
+    return type(x) in kinds and not (
+        isinstance(x, optax.contrib.SAMState) and x.cache is None)
+
+  for part in jax.tree.leaves(state, is_leaf=own):
+    if own(part):
       return kinds[type(part)]
   return None
 

@@ -56,6 +56,10 @@ def test_sam_in_opaque_mode_and_cocob_evaluated_are_not_weights_of_their_own():
   params = {"dense": {"kernel": jnp.ones((4, 3))}}
   opaque = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05), opaque_mode=True)
   assert weights_of_their_own(opaque.init(params)) is None
+  # ... but what it wraps is looked at (a SAM state was a leaf of the scan).
+  wrapping = optax.contrib.sam(optax.contrib.schedule_free_sgd(0.1),
+                               optax.sgd(0.05), opaque_mode=True)
+  assert weights_of_their_own(wrapping.init(params)) == "schedule-free's z"
   cocob = optax.contrib.cocob().init(params)
   assert weights_of_their_own(cocob, evaluated=True) is None
   sam = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05)).init(params)
