@@ -564,23 +564,27 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
         raise ConfigError(
             f"{shared} and {axis.flag.format(placement=placement)} both set "
             f"{axis.field}; give one of them{default}.")
-  for point in grid.points():  # every run's config is valid, before work
+  points = grid.points()
+  for point in points:  # every run's config is valid, before work
     for seed in grid.seeds:
       point_config(base, point, seed)
-    if "gamma" in point:  # paired with a baseline from the same weights
-      mine = point_config(base, point, grid.seeds[0])
-      baseline = point_config(base, {
-          **{k: point[k] for k in _shared(point) if k in point},
-          "optimizer": PLACEMENTS[point["placement"]][0]}, grid.seeds[0])
-      if (mine.init == "orthogonal" and config_lib.orthogonal_start(mine)
-          != config_lib.orthogonal_start(baseline)):
-        raise ConfigError(
-            f"With the orthogonal init, {point_name(point)} would start "
-            "from other weights than its baseline (the init projects each "
-            "run's Bort kernels at its own amplitude and head setting, "
-            "the baseline's at 'ada'), so their paired difference would "
-            "not be Bort's alone; give --amplitudes ada and one shared "
-            "--bort-head or --no-bort-head instead of --bort-heads.")
+
+  def start(point):  # what the orthogonal init reads of the point's run
+    config = point_config(base, point, grid.seeds[0])
+    return config.init == "orthogonal" and config_lib.orthogonal_start(config)
+
+  baselines = [p for p in points if "gamma" not in p]
+  for point in points:  # paired with baselines that start from its weights
+    if "gamma" in point and start(point) and any(
+        _shared(b) == _shared(point) and start(b) != start(point)
+        for b in baselines):
+      raise ConfigError(
+          f"With the orthogonal init, {point_name(point)} would start "
+          "from other weights than its baseline (the init projects each "
+          "run's Bort kernels at its own amplitude and head setting, the "
+          "baseline's at 'ada'), so their paired difference would not be "
+          "Bort's alone; give --amplitudes ada and one shared --bort-head "
+          "or --no-bort-head instead of --bort-heads.")
 
 
 def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
