@@ -37,8 +37,8 @@ def default_learning_rate(name: str) -> float:
     >>> from bort_jax.experiments.optimizers import default_learning_rate
     >>> default_learning_rate("bort-sgd"), default_learning_rate("lion")
     (0.05, 0.001)
-    >>> default_learning_rate("prodigy")
-    1.0
+    >>> [default_learning_rate(n) for n in ("prodigy", "dog", "cocob")]
+    [1.0, 1.0, 1.0]
   """
   base = base_name(name)
   if base in DEFAULT_LEARNING_RATES:
@@ -468,8 +468,9 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
     name: its command-line name, for the message.
 
   Raises:
-    ValueError: the update asks for more arguments, or the optimizer is
-      schedule-free.
+    ValueError: the update asks for more arguments, or the weights to
+      evaluate are not the params
+      (:func:`bort_jax.validation.weights_of_their_own`).
 
   Examples:
     >>> import optax
@@ -487,9 +488,8 @@ def check_plain_update(tx: optax.GradientTransformation, name: str) -> None:
     raise ValueError(
         f"optimizer {name!r} cannot be trained by bort-jax: it keeps "
         f"weights of its own ({own}), which the training loop does not "
-        "evaluate (schedule-free's are an average, "
-        "optax.contrib.schedule_free_eval_params: its accuracy would read "
-        "low); choose another optimizer.")
+        "evaluate (it evaluates the params it steps: the accuracy would "
+        "read low); choose another optimizer.")
   try:
     jax.eval_shape(lambda p, s: tx.update(p, s, p), params, state)
   except TypeError as e:
