@@ -362,11 +362,7 @@ class RunFolder:
 
   def holds(self, kind: str) -> bool:
     """Whether the folder carries ``kind``'s marker (:meth:`mark`)."""
-    try:
-      return json.loads(self.read_text(MARKER_NAME) or "null") == {
-          "kind": kind}
-    except ValueError:
-      return False
+    return marker_kind(self.path) == kind
 
   def mark(self, kind: str) -> None:
     """Leaves ``kind``'s marker, by which :meth:`holds` knows the folder."""
@@ -481,20 +477,29 @@ def output_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
   lexical = Path(os.path.abspath(path)).parents
   real = Path(os.path.realpath(path)).parents  # a symlink may hide one
   for folder in [*lexical, *(p for p in real if p not in lexical)]:
-    try:
-      fd = os.open(folder / MARKER_NAME,
-                   os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-      continue
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
-      try:
-        marker = json.loads(f.read(4096)) if stat.S_ISREG(
-            os.fstat(fd).st_mode) else None
-      except (OSError, ValueError):
-        marker = None
-    if isinstance(marker, dict) and isinstance(marker.get("kind"), str):
-      return folder, marker["kind"]
+    kind = marker_kind(folder)
+    if kind is not None:
+      return folder, kind
   return None
+
+
+def marker_kind(folder: Path) -> str | None:
+  """The kind of the marker (:meth:`RunFolder.mark`) in ``folder``, or
+  ``None``: none, not a regular file (never followed, never waited on), or
+  not a marker's JSON."""
+  try:
+    fd = os.open(folder / MARKER_NAME,
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+  except OSError:
+    return None
+  with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+    try:
+      marker = json.loads(f.read(4096)) if stat.S_ISREG(
+          os.fstat(fd).st_mode) else None
+    except (OSError, ValueError):
+      return None
+  kind = marker.get("kind") if isinstance(marker, dict) else None
+  return kind if isinstance(kind, str) and marker == {"kind": kind} else None
 
 
 def open_output(path: str | os.PathLike[str], *, kind: str,

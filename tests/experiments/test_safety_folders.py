@@ -181,3 +181,15 @@ def test_m8_a_lock_file_that_is_not_a_regular_file_is_one_line_naming_it(
   with pytest.raises(RunDirectoryError, match="is a symbolic link"):
     RunFolder.open(path)
   assert not os.path.exists(tmp_path / "elsewhere")
+
+
+def test_a_marker_that_is_not_a_regular_file_marks_nothing_and_never_blocks(
+    tmp_path):
+  # A FIFO at the marker's path: holds() waited on it for a writer forever.
+  path = tmp_path / "out"
+  path.mkdir()
+  os.mkfifo(path / workdir.MARKER_NAME)
+  with pytest.raises(RunDirectoryError, match="holds no demo"):
+    workdir.open_output(path, kind="demo", files=(), resume=True)
+  assert workdir.output_above(path / "run") is None
+  assert os.listdir(path) == [workdir.MARKER_NAME]
