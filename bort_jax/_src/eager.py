@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 
-def _concrete(leaf: Any) -> bool:
+def concrete(leaf: Any) -> bool:
+  """Whether ``leaf`` is a value, not a tracer of some transformation."""
   return (isinstance(leaf, (jax.Array, np.ndarray, numbers.Number))
           and not isinstance(leaf, jax.core.Tracer))
 
@@ -24,9 +25,11 @@ def jit_when_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
   Called with concrete arrays only, ``fn`` goes through its own jit, compiled
   once per shapes; under any trace (``jit``, ``vmap``, ``grad``,
   ``shard_map``) it runs as it is, inside the caller's program. The cache is
-  this jit's, so it lasts as long as the transformation: under
+  this jit's, so it lasts as long as ``fn``: under
   ``optax.inject_hyperparams``, which builds the transformation anew on
-  every update, an eager update compiles every time (jit the step).
+  every update, the correction takes its numbers as arguments of one
+  shared ``fn`` (``transform._correction_program``) and the start does
+  nothing eagerly after its first step, so neither compiles again.
 
   Args:
     fn: a function of pytrees of arrays.
@@ -45,7 +48,7 @@ def jit_when_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
   @functools.wraps(fn)
   def call(*args):
     leaves = jax.tree.leaves(args)
-    if leaves and all(_concrete(leaf) for leaf in leaves):
+    if leaves and all(concrete(leaf) for leaf in leaves):
       return jitted(*args)
     return fn(*args)
 

@@ -433,6 +433,11 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
+    if eager.concrete(state.count) and state.count > 0:
+      # Called eagerly after the start: nothing to run or compile (the
+      # cond below would compile its branches again for each new
+      # transformation, as optax.inject_hyperparams builds on every update).
+      return updates, state._replace(count=optax.safe_increment(state.count))
     return started(updates, state, params)
 
   @eager.jit_when_eager

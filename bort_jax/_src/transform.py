@@ -9,6 +9,7 @@ batched product, and ``gamma · Δ(param)`` is added to the leaf's update.
 from __future__ import annotations
 
 import collections
+import functools
 import numbers
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -385,6 +386,106 @@ def hyperparameter_value(hyperparameter, count):
   return hyperparameter(count) if callable(hyperparameter) else hyperparameter
 
 
+class _Program(NamedTuple):
+  """What the correction's update does, but its numbers (see
+  :func:`_correction_transform`): hashable when its parts are."""
+  mode: str
+  dimension_numbers: Any
+  masked: bool
+  kernel_options: penalty.KernelOptions
+  every: int
+  lagged: bool
+  after_landing: bool
+  counted: bool  # the state holds the step count
+  # The strength, amplitude, τ and sign step that are not numbers (a
+  # schedule, "ada", None), by name; the numbers are the update's arguments.
+  fixed: tuple[tuple[str, Any], ...]
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (numbers.Number, jax.Array)) or hasattr(
+      value, "__array__")
+
+
+def _reused(program: _Program) -> bool:
+  """Whether one compiled update may serve every equal ``program``: its
+  selection and fixed values are plain data, held safely by a cache."""
+  plain = (program.dimension_numbers is None
+           or isinstance(program.dimension_numbers, BortDimensionNumbers))
+  if not plain or any(callable(v) for _, v in program.fixed):
+    return False
+  try:
+    hash(program)
+  except TypeError:
+    return False
+  return True
+
+
+def _correction_program(program: _Program) -> tuple[Callable[..., Any],
+                                                     Callable[..., Any]]:
+  """``corrected(numbers, updates, state, params)``, the update of
+  ``program`` given its numbers, compiled once when called eagerly, and
+  ``deltas_of(hyper, params, count)``, the Δ it adds."""
+  selection = under_bort_mask(program.dimension_numbers, program.masked)
+  fixed = dict(program.fixed)
+  every, lagged, after_landing = (program.every, program.lagged,
+                                  program.after_landing)
+
+  def deltas_of(hyper, params, count):
+    c = hyperparameter_value(hyper["amplitude"], count)
+    if not isinstance(c, str):
+      c = _scalar(c, "amplitude")
+    # A schedule's τ is not checked, as γ's: 0 (a zero learning rate under
+    # tau="step") is the l1 limit.
+    tau = hyper["tau"]
+    width = _scalar(tau(count), "tau") if callable(tau) else tau
+    cap = hyperparameter_value(hyper["sign_step"], count)
+    return _tree_correction(params, program.mode, c, selection,
+                            program.kernel_options, width, cap)
+
+  def add(updates, deltas, factor):
+    return jax.tree.map(
+        lambda u, d: u if d is None else (u + factor * d).astype(u.dtype),
+        updates, deltas, is_leaf=lambda x: x is None)
+
+  @eager.jit_when_eager
+  def corrected(numbers_, updates, state, params):
+    hyper = {**fixed, **numbers_}
+    count = state.count if program.counted else None
+    due = None if count is None else count % every == 0
+    if after_landing:
+      due = due & (count > 0)
+    if lagged:
+      # Δ is refreshed on steps 0, k, 2k, … and held in between.
+      deltas = jax.lax.cond(due,
+                            lambda: deltas_of(hyper, params, count),
+                            lambda: state.deltas)
+      new_state = BortLaggedState(optax.safe_increment(count), deltas)
+    else:
+      new_state = (state if count is None
+                   else BortState(optax.safe_increment(count)))
+    scale = _scalar(hyperparameter_value(hyper["strength"], count), "gamma")
+    if lagged:
+      return add(updates, deltas, scale), new_state
+    if every == 1:
+      if after_landing:  # no cond on the update path: 0 · Δ on step 0
+        scale = jnp.where(due, scale, jnp.zeros_like(scale))
+      return add(updates, deltas_of(hyper, params, count), scale), new_state
+    updates = jax.lax.cond(
+        due,
+        lambda u: add(u, deltas_of(hyper, params, count), every * scale),
+        lambda u: u, updates)
+    return updates, new_state
+
+  return corrected, deltas_of
+
+
+# One compiled update per configuration, across transformations:
+# optax.inject_hyperparams builds the transformation anew on every update,
+# which eagerly would compile it every time.
+_shared_program = functools.lru_cache(maxsize=64)(_correction_program)
+
+
 def _correction_transform(
     strength: optax.ScalarOrSchedule,
     mode: str,
@@ -412,9 +513,12 @@ def _correction_transform(
   entry, relative to c (a number, or a function of the count), which the
   sign's rounding zone narrows to (l1 modes, and Huber modes with τ below
   it; the aliases know it; ``None``: the full zone).
+
+  The numbers among strength, amplitude, τ and the sign step are the
+  compiled update's arguments, so transformations that differ only in
+  them share one compiled update (:func:`_reused`).
   """
   bort_mask = validation.check_mask("bort_mask", bort_mask)
-  selection = under_bort_mask(dimension_numbers, bort_mask is not None)
   lagged = lagged and every > 1  # every step, a held Δ is the fresh one
   if callable(tau) and not mode.startswith("huber"):
     tau = DEFAULT_TAU  # the other modes ignore it: no count needed
@@ -422,26 +526,26 @@ def _correction_transform(
     sign_step = None  # no sign, no zone
   has_schedule = (callable(strength) or callable(amplitude) or callable(tau)
                   or every > 1 or after_landing or callable(sign_step))
-
-  def deltas_of(params, count):
-    c = hyperparameter_value(amplitude, count)
-    if not isinstance(c, str):
-      c = _scalar(c, "amplitude")
-    # A schedule's τ is not checked, as γ's: 0 (a zero learning rate under
-    # tau="step") is the l1 limit.
-    width = _scalar(tau(count), "tau") if callable(tau) else tau
-    cap = hyperparameter_value(sign_step, count)
-    return _tree_correction(params, mode, c, selection, kernel_options,
-                            width, cap)
+  hyper = {"strength": strength, "amplitude": amplitude, "tau": tau,
+           "sign_step": sign_step}
+  numbers_ = {k: v for k, v in hyper.items() if _is_number(v)}
+  program = _Program(mode, dimension_numbers, bort_mask is not None,
+                     kernel_options, every, lagged, after_landing,
+                     has_schedule, tuple((k, v) for k, v in hyper.items()
+                           if k not in numbers_))
+  corrected, deltas_of = (_shared_program if _reused(program)
+                          else _correction_program)(program)
 
   def init_fn(params):
     # Bad dimension numbers and dtypes fail now; a weight left out warns.
-    views = resolve_views(selection, params)
+    views = resolve_views(under_bort_mask(dimension_numbers,
+                                          bort_mask is not None), params)
     check_bort_leaves(params, views, dimension_numbers)
     warn_scale_mismatch(params, views, mode, amplitude)
     count = jnp.zeros([], jnp.int32)
     if lagged:  # zeros of Δ's shape and dtype, laid out like the params
-      shapes = jax.eval_shape(deltas_of, params, count)
+      shapes = jax.eval_shape(
+          lambda p, n: deltas_of(hyper, p, n), params, count)
       held = jax.tree.map(
           lambda d, p: None if d is None else jnp.zeros_like(p, d.dtype),
           shapes, params, is_leaf=lambda x: x is None)
@@ -449,11 +553,6 @@ def _correction_transform(
     if has_schedule:
       return BortState(count=count)
     return optax.EmptyState()
-
-  def add(updates, deltas, factor):
-    return jax.tree.map(
-        lambda u, d: u if d is None else (u + factor * d).astype(u.dtype),
-        updates, deltas, is_leaf=lambda x: x is None)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -464,36 +563,7 @@ def _correction_transform(
       if has_schedule:
         state = state._replace(count=optax.safe_increment(state.count))
       return updates, state
-    return corrected(updates, state, params)
-
-  @eager.jit_when_eager
-  def corrected(updates, state, params):
-    count = state.count if has_schedule else None
-    due = None if count is None else count % every == 0
-    if after_landing:
-      due = due & (count > 0)
-    if lagged:
-      # Δ is refreshed on steps 0, k, 2k, … and held in between.
-      deltas = jax.lax.cond(due,
-                            lambda: deltas_of(params, count),
-                            lambda: state.deltas)
-      new_state = BortLaggedState(optax.safe_increment(count), deltas)
-    else:
-      new_state = (
-          BortState(optax.safe_increment(count)) if has_schedule else state
-      )
-    scale = _scalar(hyperparameter_value(strength, count), "gamma")
-    if lagged:
-      return add(updates, deltas, scale), new_state
-    if every == 1:
-      if after_landing:  # no cond on the update path: 0 · Δ on step 0
-        scale = jnp.where(due, scale, jnp.zeros_like(scale))
-      return add(updates, deltas_of(params, count), scale), new_state
-    updates = jax.lax.cond(
-        due,
-        lambda u: add(u, deltas_of(params, count), every * scale),
-        lambda u: u, updates)
-    return updates, new_state
+    return corrected(numbers_, updates, state, params)
 
   tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
   return (optax.masked(tx, mask_by_path(bort_mask)) if bort_mask is not None

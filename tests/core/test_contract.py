@@ -207,6 +207,42 @@ def test_no_recompilation_on_the_second_update(name):
   assert len(traces) == 1
 
 
+@pytest.mark.parametrize("alias,kwargs", [
+    (bort_jax.bort_adamw, {"learning_rate": 1e-3}),
+    (bort_jax.bort_adamw, {"learning_rate": 1e-3, "every": 2}),
+    (bort_jax.bort_sgd, {"learning_rate": 1e-2, "momentum": 0.9,
+                         "start_on_constraint": True}),
+])
+def test_eager_updates_through_inject_hyperparams_compile_once(
+    alias, kwargs, monkeypatch):
+  # inject_hyperparams builds the transformation anew on every update; its
+  # correction and its start must not be traced (and compiled) each time.
+  from bort_jax._src import projection, transform
+  traced = {"correction": 0, "start": 0}
+
+  def counting(name, fn):
+    def wrapped(*args, **kw):
+      traced[name] += 1
+      return fn(*args, **kw)
+    return wrapped
+
+  monkeypatch.setattr(transform, "_tree_correction",
+                      counting("correction", transform._tree_correction))
+  monkeypatch.setattr(projection, "_project_leaf",
+                      counting("start", projection._project_leaf))
+  tx = optax.inject_hyperparams(alias)(**kwargs)
+  # A shape of this test's own: no other test compiled it.
+  params = {"dense": {"kernel": jnp.asarray(
+      np.random.default_rng(3).normal(size=(7, 5)) / 3, jnp.float32)}}
+  state = tx.init(params)
+  for step in range(5):
+    updates, state = tx.update(_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  assert traced["correction"] <= 1, traced
+  assert traced["start"] <= 1, traced
+  assert np.isfinite(np.asarray(params["dense"]["kernel"])).all()
+
+
 class _MLP(nnx.Module):
 
   def __init__(self, rngs):
