@@ -8,7 +8,7 @@ defaults, from the default start and from the orthogonal one
 same weights), for 300 and 3000 steps, and prints the test accuracy and the
 mean constraint error of each::
 
-  python examples/any_optimizer.py                  # every row, ~3 min on a CPU
+  python examples/any_optimizer.py                  # every row, ~90 s on a 2-core CPU
   python examples/any_optimizer.py --optimizers lion_1e-4 --steps 300
 
 ``tests/core/test_any_optimizer.py`` asserts the rows the composition guide

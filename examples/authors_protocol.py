@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "digits"),
                  help="data set (default: mnist)")
   p.add_argument("--width", type=int, default=2,
-                 help="the SimpleCNN's width multiplier (default: 2)")
+                 help="the SimpleCNN's first convolution's channels (the "
+                      "authors' is 8; default: 2)")
   p.add_argument("--epochs", type=int, default=6,
                  help="epochs per run (default: 6)")
   p.add_argument("--seeds", default="0,1,2",

@@ -8,8 +8,9 @@ steps: is the limit one on ``s`` or on the burst ``k·s``?
 
 An MLP 64-64-64-10 (``first_steps_digits.MLP``) is trained for ``--steps``
 steps of batch 128 on scikit-learn's 8×8 digits (1347 train, 450 test
-images), ``l1-fullrow`` ``"ada"`` with the aliases' other defaults (the
-optimizer's start on the constraint included), in the two placements:
+images), ``l1-fullrow`` ``"ada"`` with the aliases' other defaults (so the
+decoupled arm starts on the constraint and the coupled one, whose
+``bort_sgd`` default is off, does not), in the two placements:
 
 - decoupled: ``with_bort(optax.adamw(1e-3), strength=s, every=k)``;
 - coupled: ``bort_sgd(0.05, momentum=0.9, gamma=γ, every=k)``, whose
