@@ -51,12 +51,11 @@ class Checkpoints:
 
   Args:
     directory: the checkpoints folder (absolute; created on the first save).
-    create: create the folder now.
-    this_process_only: only this process uses the manager (to read which
-      steps are saved while the other processes of a multi-process run do
-      something else); otherwise every process of a multi-process run
-      constructs it, saves and restores together, and process 0 writes the
-      shared files (orbax's multi-process protocol).
+    this_process_only: only this process uses the manager, and only to read
+      which steps are saved (the folder is not created) while the other
+      processes of a multi-process run do something else; otherwise every
+      process of a multi-process run constructs it, saves and restores
+      together, and process 0 writes the shared files (orbax's protocol).
 
   Examples:
     >>> import os, tempfile
@@ -71,14 +70,14 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str | os.PathLike[str], *,
-               create: bool = True, this_process_only: bool = False):
+               this_process_only: bool = False):
     extra = {}
     if this_process_only and jax.process_count() > 1:
       me = jax.process_index()
       extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
           primary_host=me, active_processes={me})
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=MAX_TO_KEEP, create=create,
+        max_to_keep=MAX_TO_KEEP, create=not this_process_only,
         enable_async_checkpointing=False, **extra)
     self.directory = os.path.abspath(os.fspath(directory))
     # Who renames a damaged step (orbax's primary host), and whether the
@@ -253,7 +252,7 @@ def latest_step(directory: str | os.PathLike[str]) -> int | None:
   """The newest step saved in ``directory`` (``None`` if it holds none)."""
   if not os.path.isdir(directory):
     return None
-  with Checkpoints(directory, create=False, this_process_only=True) as ckpt:
+  with Checkpoints(directory, this_process_only=True) as ckpt:
     return ckpt.latest_step()
 
 

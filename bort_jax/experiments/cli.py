@@ -67,19 +67,6 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Version(argparse.Action):
-  """``--version``: imports the package (and JAX) only when asked."""
-
-  def __init__(self, option_strings, dest=argparse.SUPPRESS,
-               default=argparse.SUPPRESS, help=None):
-    super().__init__(option_strings, dest=dest, default=default, nargs=0,
-                     help=help)
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    import bort_jax
-    parser.exit(message=f"{_PROG} {bort_jax.__version__}\n")
-
-
 class _Once(argparse.Action):
   """Stores a flag's value, and refuses the flag given a second time."""
 
@@ -106,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.optimizer, args.gamma
     ('train', 'bort-lion', 0.1)
   """
+  import bort_jax  # no JAX: the package loads its names on first use
   from bort_jax.experiments import demo
   from bort_jax.experiments import flags
   from bort_jax.experiments import launch
@@ -115,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog=_PROG,
       description="Bort: bounded orthogonal optimizers for JAX (train and "
       "compare models, and the paper's demo).")
-  parser.add_argument("--version", action=_Version,
+  parser.add_argument("--version", action="version",
+                      version=f"{_PROG} {bort_jax.__version__}",
                       help="show the version and exit")
   sub = parser.add_subparsers(dest="command",
                               metavar="{train,frontier,demo,recipes}")
@@ -267,7 +256,9 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
 
 def _command(parser: argparse.ArgumentParser, args) -> int:
   if args.command == "recipes":
-    return _recipes_command()
+    from bort_jax.experiments import recipes
+    print(recipes.describe())
+    return 0
   if args.command == "train":
     return _train_command(parser, args)
   if args.command == "frontier":
@@ -278,18 +269,6 @@ def _command(parser: argparse.ArgumentParser, args) -> int:
     return frontier.command(args, base)
   from bort_jax.experiments import demo
   return demo.run(args)
-
-
-def _recipes_command() -> int:
-  from bort_jax.experiments import recipes
-  print(recipes.describe())
-  return 0
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-  from bort_jax.experiments import data as data_lib
-  from bort_jax.experiments import errors
-  return (errors.ExperimentError, data_lib.DatasetUnavailableError, OSError)
 
 
 def _fail(message: str, status: int, prog: str = _PROG):
@@ -345,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       _fail("out of memory (XLA: RESOURCE_EXHAUSTED); lower --width, "
             "--batch-size or --eval-batch-size, and start again with "
             "--overwrite.", 2, prog)
-    if debug or not isinstance(e, _expected_errors()):
+    from bort_jax.experiments import errors
+    if debug or not isinstance(e, (errors.ExperimentError, OSError)):
       raise
     if isinstance(e, OSError):
       _fail(f"{e.strerror or e}"

@@ -99,13 +99,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 RENAMED = {"dbort_outputs": "dbort_on"}
 
 
-_RECOMMENDED = bort_jax.RECOMMENDED
-_DEFAULT_STRENGTH = bort_jax.DEFAULT_STRENGTH
-
-
 def _recommended(field: str) -> str:
   """The placements' recommended values of ``field``, in words."""
-  values = {p: getattr(r, field) for p, r in _RECOMMENDED.items()}
+  values = {p: getattr(r, field) for p, r in bort_jax.RECOMMENDED.items()}
   if len(set(values.values())) == 1:
     return f"{next(iter(values.values()))} for either placement"
   return ", ".join(f"{v} {p}" for p, v in values.items())
@@ -238,8 +234,8 @@ class TrainConfig:
   gamma: float | None = _option(
       None, "Bort strength >= 0 (default: the placement's recommended one, "
       f"{_recommended('gamma')}; a decoupled bort-<optax> takes "
-      f"{_DEFAULT_STRENGTH:g} / lr, the per-step strength of the library's "
-      "with_bort)", parse=float, bort=True)
+      f"{bort_jax.DEFAULT_STRENGTH:g} / lr, the per-step strength of the "
+      "library's with_bort)", parse=float, bort=True)
   placement: bort_jax.Placement | None = _option(
       None, "where Bort enters a bort-<optax optimizer> (default: "
       "decoupled; bort-sgd is always coupled and bort-adamw decoupled)",
@@ -362,7 +358,7 @@ class TrainConfig:
       # Saved before γ was filled, when every Bort run took its placement's
       # recommended γ (a decoupled bort-<optax> now takes its lr's).
       from bort_jax.experiments import optimizers as optimizers_lib
-      values["gamma"] = _RECOMMENDED[optimizers_lib.placement_of(
+      values["gamma"] = bort_jax.RECOMMENDED[optimizers_lib.placement_of(
           optimizer, values.get("placement"))].gamma
     if choices.is_bort(optimizer):
       # Saved before the optimizer could start on the constraint.
@@ -478,7 +474,7 @@ def _fill_defaults(config: "TrainConfig") -> None:
         and isinstance(lr, numbers.Real) and not isinstance(lr, bool)
         and 0 < lr < math.inf):
       # bort-<optax> keeps bort-adamw's lr·γ: the library's default step.
-      fill("gamma", _DEFAULT_STRENGTH / lr)
+      fill("gamma", bort_jax.DEFAULT_STRENGTH / lr)
     fill("gamma", recommended.gamma)
     fill("gamma_warmup", 0.0)
     fill("bort_every", 1)
@@ -522,11 +518,6 @@ def default_weight_decay(optimizer: str) -> float | None:
   if isinstance(default, bool) or not isinstance(default, numbers.Real):
     return None
   return float(default)
-
-
-def _check_optional_positive_int(name: str, value: Any) -> None:
-  if value is not None:
-    validation.check_positive_int(name, value)
 
 
 def _check_train_limit(config: TrainConfig) -> None:
@@ -681,8 +672,9 @@ def check_config(config: TrainConfig) -> None:
     raise ValueError(
         f"seed must be in 0..{MAX_SEED} (2**32 - 1, the range numpy seeds "
         f"take), got {config.seed}.")
-  _check_optional_positive_int("width", config.width)
-  _check_optional_positive_int("train_limit", config.train_limit)
+  for name in ("width", "train_limit"):
+    if getattr(config, name) is not None:
+      validation.check_positive_int(name, getattr(config, name))
   _check_train_limit(config)
   validation.check_real("learning_rate", config.learning_rate, low=0,
                         low_inclusive=False)

@@ -41,8 +41,8 @@ _NAMES = {"baseline": "AdamW", "bort": "Bort-AdamW"}
 #: The datasets the demo takes, the first its default.
 DEMO_DATA = ("mnist", "fashion_mnist", "digits")
 #: Epochs per MNIST/Fashion-MNIST run: at 3 epochs Bort-AdamW is 2.4 pp
-#: below AdamW, at 10 within 1 pp (docs/RESULTS.md), and both runs still
-#: take under 3 minutes on a 2-core CPU.
+#: below AdamW, at 10 within 1 pp (docs/RESULTS.md), and both runs take
+#: about 3.5 minutes on a 2-core CPU (the README's demo table).
 DEMO_EPOCHS = 10
 #: Epochs per digits run (1347 images: a few steps per epoch).
 DIGITS_EPOCHS = 30

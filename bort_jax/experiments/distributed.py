@@ -289,13 +289,6 @@ class DataParallel:
     :meth:`state_sharding` lays out each array."""
     return jax.device_put(tree, jax.tree.map(self.state_sharding, tree))
 
-  def abstract(self, tree: T) -> T:
-    """``tree``'s shapes, dtypes and shardings (:meth:`state_sharding`),
-    for a restore."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=self.state_sharding(x)), tree)
-
   def any(self, flag: bool) -> bool:
     """Whether ``flag`` is true on any process (all processes must call)."""
     if not self.multiprocess:

@@ -797,8 +797,8 @@ def _open_folder(out: str, settings: dict[str, Any],
       log(note)
     runs = _read_runs(folder)
     saved = _read_json(folder, "settings.json", dict, "a frontier's settings")
-    started = runs or (folder.exists("points") and os.listdir(
-        folder.path / "points"))
+    points = folder.path / "points"
+    started = runs or (os.path.lexists(points) and os.listdir(points))
     diff = ", ".join(_differences(_defining(saved or {}),
                                   _defining(settings)))
     if diff and started:
@@ -963,8 +963,7 @@ def add_arguments(p: Any) -> None:
     for placement in (PLACEMENTS if axis.per_placement else (None,)):
       flag = _flag(axis, placement or "")
       values = grid.values(axis, placement)
-      p.add_argument(flag, dest=flag[2:].replace("-", "_"),
-                     type=_list(axis.parse), default=values,
+      p.add_argument(flag, type=_list(axis.parse), default=values,
                      help=f"{axis.help.format(placement=placement)} "
                      f"(default: {_shown(values, axis.field)})")
   p.add_argument("--seeds", type=_list(int), default=grid.seeds,

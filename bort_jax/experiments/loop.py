@@ -168,8 +168,13 @@ def _init(config: TrainConfig, data: train_data.RunData, classes: int,
       width=config.width, rngs=nnx.Rngs(config.seed))
   dimension_numbers = bort_jax.flax_dimension_numbers(model)
   mask = models_lib.bort_mask(config.model, model, head=config.bort_head)
-  if config.init == "orthogonal":
-    _orthogonal_init(config, model, dimension_numbers, mask)
+  if config.init == "orthogonal":  # Bort's kernels on W Wᵀ = cI, before
+    # the first checkpoint (c: config.orthogonal_start's, "ada" for a run
+    # without Bort, so a baseline starts from the same weights).
+    amplitude, _ = config_lib.orthogonal_start(config)
+    nnx.update(model, bort_jax.project_to_constraint(
+        nnx.state(model, nnx.Param), amplitude,
+        dimension_numbers=dimension_numbers, bort_mask=mask))
   schedule = optimizers_lib.make_schedule(config, data.steps_per_epoch)
   tx = optimizers_lib.optimizer_from_config(
       config, schedule, steps_per_epoch=data.steps_per_epoch,
@@ -194,23 +199,6 @@ def _init(config: TrainConfig, data: train_data.RunData, classes: int,
   return static, state
 
 
-def _orthogonal_init(config: TrainConfig, model: nnx.Module,
-                     dimension_numbers: Any, mask: Any) -> None:
-  """Puts the kernels Bort would correct on ``W Wᵀ = cI``, in place.
-
-  ``c`` is :func:`~bort_jax.experiments.config.orthogonal_start`'s: the
-  run's amplitude when it is a number, else ``"ada"`` (the init's own
-  scale), which is also what a non-Bort run uses: a baseline and an
-  ``"ada"`` Bort run of one seed then start from the same weights. It runs
-  before the first checkpoint, so a resumed run restores these weights.
-  """
-  amplitude, _ = config_lib.orthogonal_start(config)
-  params = nnx.state(model, nnx.Param)
-  nnx.update(model, bort_jax.project_to_constraint(
-      params, amplitude, dimension_numbers=dimension_numbers,
-      bort_mask=mask))
-
-
 def _arrays(state: _State) -> dict[str, Any]:
   return {"model": state.model, "optimizer": state.optimizer,
           "metrics": state.metrics._asdict()}
@@ -226,12 +214,10 @@ def _meta(config: TrainConfig, data: train_data.RunData,
           "history": strict_json(state.history)}
 
 
-def _restore(ckpt, config, data, state, log, parallel=None) -> _State:
-  if parallel is None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            _arrays(state))
-  else:
-    abstract = parallel.abstract(_arrays(state))
+def _restore(ckpt, config, data, state, log) -> _State:
+  # Restored as the fresh state is laid out (one device, or the mesh's).
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=x.sharding), _arrays(state))
   step, arrays, meta = ckpt.restore(abstract, log=log)
   train_data.check_saved_run(config, data, meta)
   return _State(arrays["model"], arrays["optimizer"],
@@ -594,11 +580,9 @@ def train(
     try:
       if run_dir is not None:
         run.checkpoints = checkpoints_lib.Checkpoints(
-            train_folder.checkpoint_dir(folder) if folder is not None
-            else train_folder.checkpoint_path(run_dir))
+            train_folder.checkpoint_path(run_dir))
         if restore:
-          state = _restore(run.checkpoints, config, data, state, say,
-                           parallel)
+          state = _restore(run.checkpoints, config, data, state, say)
       if folder is not None:
         purge = state.history[-1]["epoch"] if state.history else None
         run.scalars = _Scalars(train_folder.tensorboard_path(folder.path),
@@ -609,18 +593,14 @@ def train(
       # resumable fields, or a resume of an older version's config.json.
       if folder is not None and (
           folder.read_text("config.json") != config.to_json()):
-        train_folder.write_config(folder, config)
+        folder.write_text("config.json", config.to_json())
       state, finished, stopped_by = run.epochs(state, max_steps)
     finally:
       run.close()
   finally:
     if folder is not None:
       folder.close(remove_if_empty=True)
-  where = None
-  if folder is not None:
-    where = str(folder.path)
-  elif run_dir is not None:
-    where = os.path.abspath(os.fspath(run_dir))
+  where = None if run_dir is None else os.path.abspath(os.fspath(run_dir))
   return TrainResult(nnx.merge(static.model_def, state.model),
                      nnx.merge(static.optimizer_def, state.optimizer),
                      state.history, state.step, finished, where, dataset,

@@ -1,15 +1,14 @@
-"""Models by their command-line names: a table of builders, one of heads.
+"""Models by their command-line names: a table of builders, and their heads.
 
 The models themselves live in :mod:`bort_jax.models`; each builder here maps
 an image shape, a class count and an optional width to one of them, and
-imports it only when asked for. :data:`HEADS` says where each keeps its
-classifier head, which ``bort_head=False`` leaves out of Bort
+imports it only when asked for. :data:`HEAD_IS_LAST_LAYER` says where each
+keeps its classifier head, which ``bort_head=False`` leaves out of Bort
 (:func:`bort_mask`).
 """
 
 from __future__ import annotations
 
-import types
 from typing import Any, Callable, Sequence
 
 import jax
@@ -84,26 +83,10 @@ BUILDERS: dict[str, Builder] = {
 MODELS: tuple[str, ...] = tuple(BUILDERS)
 
 
-def _head_attribute(model: nnx.Module) -> tuple[str | int, ...]:
-  return ("head",)
-
-
-def _last_layer(model: nnx.Module) -> tuple[str | int, ...]:
-  return ("layers", len(model.layers) - 1)
-
-
-#: name -> where the model keeps its classifier head (its last linear layer,
-#: the logits): ``model.head`` (``mlp``, ``resnet18``, ``vit``) or the last
-#: of ``model.layers`` (the invertible sequential models: ``invertible-mlp``,
-#: ``cnn``, ``simple-cnn``).
-HEADS: types.MappingProxyType = types.MappingProxyType({
-    "mlp": _head_attribute,
-    "invertible-mlp": _last_layer,
-    "cnn": _last_layer,
-    "resnet18": _head_attribute,
-    "vit": _head_attribute,
-    "simple-cnn": _last_layer,
-})
+#: The models that keep their classifier head (their last linear layer, the
+#: logits) as the last of ``model.layers`` (the invertible sequential
+#: models); the others keep it as ``model.head``.
+HEAD_IS_LAST_LAYER = frozenset({"invertible-mlp", "cnn", "simple-cnn"})
 
 
 def head_path(name: str, model: nnx.Module) -> tuple[str | int, ...]:
@@ -129,11 +112,11 @@ def head_path(name: str, model: nnx.Module) -> tuple[str | int, ...]:
     >>> head_path("invertible-mlp", model)
     ('layers', 5)
   """
-  find = HEADS.get(name)
-  if find is None:
+  if name not in BUILDERS:
     raise ValueError(
         f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
-  path = find(model)
+  path = (("layers", len(model.layers) - 1) if name in HEAD_IS_LAST_LAYER
+          else ("head",))
   node = model
   for key in path:
     node = node[key] if isinstance(key, int) else getattr(node, key)

@@ -67,29 +67,6 @@ def placement_of(name: str, placement: str | None = None) -> str:
   return placement or "decoupled"
 
 
-def correction_strength(name: str, learning_rate: float, gamma: float,
-                        momentum: float = 0.9,
-                        placement: str | None = None) -> float:
-  """The per-step size of the Bort correction, relative to ``Δ(W)``.
-
-  Decoupled, the update holds ``lr·γ·Δ``. Coupled, ``γΔ`` enters the
-  gradient, and momentum ``μ`` sums it over steps: about ``lr·γ/(1 − μ)``
-  for a slowly changing ``Δ`` (for SGD; an adaptive base optimizer rescales
-  it further).
-
-  Examples:
-    >>> from bort_jax.experiments.optimizers import correction_strength
-    >>> round(correction_strength("bort-sgd", 0.05, 0.003), 6)
-    0.0015
-    >>> correction_strength("bort-adamw", 1e-3, 1.0)
-    0.001
-  """
-  strength = learning_rate * gamma
-  if placement_of(name, placement) == "coupled" and base_name(name) == "sgd":
-    strength /= 1.0 - momentum
-  return strength
-
-
 #: Per-step correction strengths outside which ``bort-jax`` warns, per
 #: penalty family: ``(weak, strong)``. From the MNIST frontier
 #: (docs/RESULTS.md): l1 "full" corrections do not shrink near the
@@ -123,30 +100,49 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
     warning: a per-step l1 correction of 0.05 is above 0.01, where ...
   """
   placement = placement_of(config.optimizer, config.placement)
-  strength = correction_strength(config.optimizer, config.learning_rate,
-                                 config.gamma, config.momentum, placement)
-  how = ("lr*gamma/(1-momentum)" if placement == "coupled"
-         and base_name(config.optimizer) == "sgd" else "lr*gamma")
-  scale = getattr(config, "bort_lr_scale", 1.0)
-  if scale != 1.0:  # the Bort kernels' whole update, correction included
-    strength *= scale
+  # Decoupled, the update holds lr·γ·Δ; coupled (SGD), momentum μ sums γΔ
+  # over steps: about lr·γ/(1 − μ) for a slowly changing Δ.
+  strength, how = config.learning_rate * config.gamma, "lr*gamma"
+  if base_name(config.optimizer) == "sgd":  # bort-sgd is always coupled
+    strength /= 1.0 - config.momentum
+    how = "lr*gamma/(1-momentum)"
+  if config.bort_lr_scale != 1.0:  # the Bort kernels' whole update
+    strength *= config.bort_lr_scale
     how += "*bort_lr_scale"
+  # Coupled into any other optimizer, γΔ joins the gradient, which the
+  # optimizer then rescales (Adam's moments, Lion's sign): no estimate.
+  rescaled = placement == "coupled" and base_name(config.optimizer) != "sgd"
   line = (f"Bort {placement}, {config.mode}, amplitude {config.amplitude}, "
-          f"gamma {config.gamma:g}: per-step correction ~ {how} = "
-          f"{strength:.3g}")
-  every = config.bort_every or 1
-  lagged = getattr(config, "bort_lagged", False)
+          f"gamma {config.gamma:g}: " + (
+              f"gamma*Delta joins the gradient, which "
+              f"{base_name(config.optimizer)} rescales (no per-step "
+              "estimate, no strength warning)" if rescaled else
+              f"per-step correction ~ {how} = {strength:.3g}"))
+  every, lagged = config.bort_every, config.bort_lagged
   if every > 1 and lagged:
     line += f", with Delta computed every {every} steps"
   elif every > 1:  # k·γ·Δ every k-th step: the stability limit sees k times
     line += f", applied as {every} x {strength:.3g} every {every} steps"
   if config.mode.startswith("huber"):
     line += f"; tau {config.tau}"
-  line += _levers_note(config)
+  if config.gamma_schedule == "late":
+    line += (f"; gamma late: {config.gamma * config.gamma_late_factor:g} "
+             f"until {config.gamma_switch:.0%} of the steps, then "
+             f"{config.gamma:g}")
+  elif config.gamma_schedule == "anneal":
+    line += (f"; gamma anneal: {config.gamma:g} until "
+             f"{config.gamma_switch:.0%} of the steps, then linear to 0 at "
+             "the end (not tight at the end)")
+  if config.bort_lr_scale != 1.0:
+    line += f"; Bort kernels' learning rate x{config.bort_lr_scale:g}"
+  if not config.bort_head:
+    line += "; classifier head not constrained"
   family = config.mode.split("-")[0]
   # The Huber modes are the smooth l1: sign-like outside their zone.
   weak, strong = STRENGTH_LIMITS["l2" if family == "l2" else "l1"]
   warnings = []
+  if rescaled:
+    return line, warnings
   # The library's rule: k·s at once decoupled, s coupled or lagged.
   burst = validation.steps_per_application(every, lagged, placement)
   applied = strength * burst
@@ -162,25 +158,6 @@ def strength_report(config: Any) -> tuple[str, list[str]]:
         f"{weak:g}, where the MNIST frontier leaves the constraint loose; "
         "raise --gamma for an orthogonal network.")
   return line, warnings
-
-
-def _levers_note(config: Any) -> str:
-  """The non-default γ schedule, Bort learning-rate scale and head switch."""
-  note = ""
-  schedule = getattr(config, "gamma_schedule", "constant")
-  switch = f"{getattr(config, 'gamma_switch', 1.0):.0%} of the steps"
-  if schedule == "late":
-    note += (f"; gamma late: {config.gamma * config.gamma_late_factor:g} "
-             f"until {switch}, then {config.gamma:g}")
-  elif schedule == "anneal":
-    note += (f"; gamma anneal: {config.gamma:g} until {switch}, then linear "
-             "to 0 at the end (not tight at the end)")
-  scale = getattr(config, "bort_lr_scale", 1.0)
-  if scale != 1.0:
-    note += f"; Bort kernels' learning rate x{scale:g}"
-  if not getattr(config, "bort_head", True):
-    note += "; classifier head not constrained"
-  return note
 
 
 def make_gamma_schedule(config: Any, steps_per_epoch: int

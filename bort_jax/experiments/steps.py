@@ -130,12 +130,6 @@ def _cross_entropies(logits, labels, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def _losses_and_correct(model, images, labels):
-  logits = model(images)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return losses, jnp.argmax(logits, -1) == labels
-
-
 def objective_loss(model: nnx.Module, images: jax.Array, labels: jax.Array,
                    objective: Objective = Objective()):
   """The mean training loss of a batch, and what the metrics add up.
@@ -254,7 +248,7 @@ def eval_step(eval_def: Any, model_state: Any, metrics: Metrics,
     The updated :class:`Metrics`.
   """
   model = nnx.merge(eval_def, model_state)
-  losses, correct = _losses_and_correct(model, images, labels)
+  _, (losses, correct, _) = objective_loss(model, images, labels)
   return metrics.update(losses, correct, mask)
 
 

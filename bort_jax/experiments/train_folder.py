@@ -109,11 +109,6 @@ def _remove_event_files(path: str) -> None:
     os.rmdir(path)
 
 
-def checkpoint_dir(folder: workdir.RunFolder) -> str:
-  """The run's checkpoints folder."""
-  return str(folder.path / "checkpoints")
-
-
 def checkpoint_path(run_dir: str | os.PathLike[str]) -> str:
   """The checkpoints folder of ``run_dir``, without opening the folder.
 
@@ -178,11 +173,12 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
       raise RunDirectoryError(
           f"--overwrite refused: {where!r} is not a bort-jax training run "
           f"({why_not}), so nothing in it is deleted; choose another --out.")
-    checkpoints_lib.remove_all(checkpoint_dir(folder))
+    checkpoints_lib.remove_all(checkpoint_path(folder.path))
     _remove_event_files(tensorboard)
     folder.clear([name for name in RUN_FILES if name != "checkpoints"])
     return False
-  has_checkpoint = checkpoints_lib.latest_step(checkpoint_dir(folder)) is not None
+  has_checkpoint = checkpoints_lib.latest_step(
+      checkpoint_path(folder.path)) is not None
   if resume:
     if saved is None:
       raise RunDirectoryError(f"Nothing to resume in {where!r}: {why_not}.")
@@ -204,12 +200,6 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
       f"Run folder {where!r} already exists and is not empty. Pass --resume "
       "to continue that run, or --overwrite to start over (this deletes its "
       "checkpoints and metrics, and nothing else).")
-
-
-def write_config(folder: workdir.RunFolder,
-                 config: config_lib.TrainConfig) -> None:
-  """Writes ``config.json`` atomically."""
-  folder.write_text("config.json", config.to_json())
 
 
 def write_metrics(folder: workdir.RunFolder, config: config_lib.TrainConfig,

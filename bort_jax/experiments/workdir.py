@@ -303,10 +303,6 @@ class RunFolder:
     """The folder's names, without the lock file."""
     return [n for n in os.listdir(self.path) if n != LOCK_NAME]
 
-  def exists(self, name: str) -> bool:
-    """Whether ``name`` is in the folder (a dangling link counts)."""
-    return os.path.lexists(self.path / name)
-
   def read_text(self, name: str) -> str | None:
     """A file's text (symlinks not followed), or ``None`` if absent."""
     try:

@@ -115,6 +115,11 @@ def test_bort_every_reaches_the_alias_and_is_checked():
   line, warnings = train_lib.strength_report(
       TrainConfig(optimizer="bort-sgd", bort_every=8))
   assert "applied as 8 x 0.0015 every 8 steps" in line and not warnings
+  # Coupled into an optimizer that rescales the gradient, lr·γ is no
+  # estimate: the README's coupled default is not called too weak.
+  line, warnings = train_lib.strength_report(
+      TrainConfig(optimizer="bort-lion", placement="coupled"))
+  assert "which lion rescales" in line and not warnings
   with pytest.raises(ValueError, match="bort_every"):
     TrainConfig(optimizer="bort-adamw", bort_every=0)
   with pytest.raises(ValueError, match="bort_every applies to Bort"):

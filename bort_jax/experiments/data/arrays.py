@@ -50,11 +50,6 @@ SIZES = MappingProxyType({
     "digits": DatasetSize(1_347, 450, (8, 8, 1)),
 })
 
-IMAGE_SHAPES = MappingProxyType(
-    {name: SIZES[name].image_shape for name in ("mnist", "fashion_mnist",
-                                               "cifar10")}
-)
-
 Arrays = dict[str, np.ndarray]  # uint8 x_train, y_train, x_test, y_test
 
 _FIX = "replace it with the original files of the dataset"
@@ -172,7 +167,7 @@ def check_arrays(name: str, arrays: Arrays, where: str) -> Arrays:
   The example counts must be those of :data:`SIZES`.
 
   Args:
-    name: a dataset of :data:`IMAGE_SHAPES`.
+    name: a dataset of :data:`SIZES`.
     arrays: uint8 ``x_train, y_train, x_test, y_test``; grayscale images may
       lack the channel axis, labels may be ``(N, 1)``.
     where: the file or source the arrays came from, for the messages.

@@ -45,6 +45,7 @@ from bort_jax.experiments.data import idx
 from bort_jax.experiments.data.arrays import ARRAY_KEYS
 from bort_jax.experiments.data.arrays import Arrays
 from bort_jax.experiments.data.arrays import ArraysProblem
+from bort_jax.experiments.data.arrays import check_arrays
 from bort_jax.experiments.data.arrays import declared_problem
 from bort_jax.experiments.data.arrays import normalized
 from bort_jax.experiments.data.arrays import size_of
@@ -267,11 +268,8 @@ def read(name: str, path: Path) -> Arrays:
           f"{where} is not a valid {name} cache: it lacks"
           f" {', '.join(missing)}; delete it to rebuild it"
       )
-    try:
-      checked = normalized(name, arrays)
-    except ArraysProblem as problem:
-      raise problem.error(where) from None
-    problem = _identity_problem(name, checked)
+    checked = check_arrays(name, arrays, where)
+    problem = idx.not_original(name, checked)
     if problem:
       raise ChecksumError(
           f"{where}: not the original {name}: {problem}; replace it with the"
@@ -286,17 +284,10 @@ def read(name: str, path: Path) -> Arrays:
     except ArraysProblem as e:
       problem = str(e)
     else:
-      problem = _identity_problem(name, checked)
+      problem = idx.not_original(name, checked)
   if problem:
     raise CacheDamagedError(f"{where}: damaged cache: {problem}")
   return checked
-
-
-def _identity_problem(name: str, arrays: Arrays) -> str | None:
-  """Why checked arrays are not ``name``'s originals, as far as known."""
-  if name in idx.SHA256:
-    return idx.not_original(name, arrays)
-  return None  # CIFAR-10: its shape and counts are all that is known
 
 
 def write_new(path: Path, data: Contents, *, replace: bool = False) -> bool:

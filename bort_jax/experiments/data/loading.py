@@ -18,7 +18,7 @@ from bort_jax.experiments.data import sources
 from bort_jax.experiments.data.arrays import Arrays
 from bort_jax.experiments.data.arrays import check_arrays
 from bort_jax.experiments.data.arrays import DATASETS
-from bort_jax.experiments.data.arrays import IMAGE_SHAPES
+from bort_jax.experiments.data.arrays import size_of
 from bort_jax.experiments.data.arrays import SPLITS
 from bort_jax.experiments.data.errors import CacheDamagedError
 from bort_jax.experiments.data.errors import DataError
@@ -179,7 +179,7 @@ def _summary(name: str, directory: Path, download: bool) -> str:
 
 
 def _how_to_provide(name: str) -> str:
-  h, w, c = IMAGE_SHAPES[name]
+  h, w, c = size_of(name).image_shape
   shape = f"(N, {h}, {w}, {c})" + (f" or (N, {h}, {w})" if c == 1 else "")
   npz = (
       f"  - {name}.npz with uint8 arrays x_train, x_test of shape {shape}"
