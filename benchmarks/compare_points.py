@@ -32,17 +32,26 @@ from bort_jax.experiments import frontier_stats
 from bort_jax.experiments import text
 
 
-def _by_point(runs: list[dict]) -> dict[str, dict[int, dict]]:
-  """A frontier's runs by point name, then seed."""
+def _by_point(runs: list[dict], repeats: list[str] | None = None
+              ) -> dict[str, dict[int, dict]]:
+  """A frontier's runs by point name, then seed. A (point, seed) recorded
+  twice counts once, the first, as in :func:`frontier.aggregate`; its name
+  is added to ``repeats``."""
   by_point: dict[str, dict[int, dict]] = {}
   for run in runs:
-    by_point.setdefault(frontier.point_name(run["point"]), {})[
-        run["seed"]] = run
+    name = frontier.point_name(run["point"])
+    seeds = by_point.setdefault(name, {})
+    if run["seed"] in seeds:
+      if repeats is not None:
+        repeats.append(f"{name} seed {run['seed']}")
+      continue
+    seeds[run["seed"]] = run
   return by_point
 
 
 def compare(runs: list[dict], reference: str | None = None,
-            before: list[dict] | None = None) -> list[dict]:
+            before: list[dict] | None = None,
+            repeats: list[str] | None = None) -> list[dict]:
   """One row per point other than ``reference``: paired differences.
 
   Args:
@@ -51,6 +60,8 @@ def compare(runs: list[dict], reference: str | None = None,
     before: instead of ``reference``, another frontier's entries: each point
       is compared with the same point there (the points it lacks are left
       out).
+    repeats: where to add the (point, seed) pairs recorded twice (the
+      first record is used).
 
   Returns:
     Dicts with ``name``, ``val`` and ``test`` (:func:`frontier_stats.
@@ -58,17 +69,18 @@ def compare(runs: list[dict], reference: str | None = None,
     (:func:`frontier_stats.t_interval` of the constraint-error differences,
     in error units),
     ``constraint_ratio`` (mean error over the reference's, on the shared
-    seeds) and ``diverged`` (the point's seeds whose run diverged, left out
-    of the rest, as are those whose reference run diverged;
-    ``constraint_ratio`` is ``None`` when no seed is left).
+    seeds), ``diverged`` (the point's seeds whose run diverged, left out
+    of the rest) and ``reference_diverged`` (the seeds left out because the
+    reference's run diverged); a point with no seed left keeps its row,
+    with ``None`` figures.
 
   Raises:
     ValueError: ``reference`` is not a point of ``runs``, or ``before``
       shares no point with them.
   """
-  by_point = _by_point(runs)
+  by_point = _by_point(runs, repeats)
   if before is not None:
-    earlier = _by_point(before)
+    earlier = _by_point(before, repeats)
     pairs = [(name, seeds, earlier[name]) for name, seeds in by_point.items()
              if name in earlier]
     if not pairs:
@@ -83,13 +95,14 @@ def compare(runs: list[dict], reference: str | None = None,
   rows = []
   for name, seeds, ref in pairs:
     diverged = sorted(s for s, run in seeds.items() if run.get("diverged"))
+    theirs = sorted(s for s in set(seeds) & set(ref)
+                    if ref[s].get("diverged") and s not in diverged)
     shared = sorted(s for s in set(seeds) & set(ref)
-                    if s not in diverged and not ref[s].get("diverged"))
+                    if s not in diverged and s not in theirs)
     if not shared:
-      if diverged:
-        rows.append({"name": name, "seeds": [], "diverged": diverged,
-                     "val": None, "test": None, "constraint": None,
-                     "constraint_ratio": None})
+      rows.append({"name": name, "seeds": [], "diverged": diverged,
+                   "reference_diverged": theirs, "val": None, "test": None,
+                   "constraint": None, "constraint_ratio": None})
       continue
     diff = lambda key: [seeds[s][key] - ref[s][key] for s in shared]
     rows.append({
@@ -97,7 +110,7 @@ def compare(runs: list[dict], reference: str | None = None,
         "val": frontier_stats.paired_statistics(diff("val_accuracy")),
         "test": frontier_stats.paired_statistics(diff("test_accuracy")),
         "constraint": frontier_stats.t_interval(diff("constraint_error")),
-        "diverged": diverged,
+        "diverged": diverged, "reference_diverged": theirs,
         "constraint_ratio": float(
             np.mean([seeds[s]["constraint_error"] for s in shared])
             / np.mean([ref[s]["constraint_error"] for s in shared]))})
@@ -106,21 +119,21 @@ def compare(runs: list[dict], reference: str | None = None,
 
 def side_of_zero(stats: dict | None) -> str:
   """Where a paired interval lies, read unrounded: ``below 0``, ``includes
-  0`` or ``above 0`` (a bound of −0.0007 prints as ``+0.00`` at two
-  decimals, yet the interval lies below 0); ``n/a`` without one."""
+  0`` or ``above 0`` (a bound of −0.0007 prints as ``-0.00`` at two
+  decimals, which a reader may take for 0); ``n/a`` without one."""
   if stats is None or stats.get("ci_pp") is None:
     return "n/a"
   low, high = stats["ci_pp"]
   return "below 0" if high < 0 else "above 0" if low > 0 else "includes 0"
 
 
-def _interval(stats: dict | None, digits: int, unit: str = "_pp") -> str:
+def _interval(stats: dict | None, spec: str = "+.2f", unit: str = "_pp"
+              ) -> str:
   """``mean [low, high]`` of :func:`frontier_stats.paired_statistics`
   (``unit="_pp"``) or :func:`frontier_stats.t_interval` (``unit=""``)."""
   if stats is None:
     return "n/a"
-  return text.interval(stats["mean" + unit], stats["ci" + unit],
-                       f"+.{digits}f")
+  return text.interval(stats["mean" + unit], stats["ci" + unit], spec)
 
 
 def main(argv=None) -> int:
@@ -141,27 +154,31 @@ def main(argv=None) -> int:
       except ValueError as e:  # name the file that is not JSON
         raise ValueError(f"{path} is not a runs.json: {e}") from None
 
+  repeats: list[str] = []
   try:
     runs = read(args.runs)
     before = read(args.before) if args.before else None
-    rows = compare(runs, args.reference, before)
+    rows = compare(runs, args.reference, before, repeats)
   except (OSError, ValueError) as e:
     print(f"compare_points: error: {e}", file=sys.stderr)
     return 2
+  if repeats:
+    print(f"compare_points: warning: recorded twice, the first record used: "
+          f"{', '.join(repeats)}", file=sys.stderr)
   against = (f"the same point of {args.before}" if args.before
              else args.reference)
   print(f"Against {against} (paired by seed, 95 % t-interval):\n")
-  print("| point | seeds | Δval pp | Δval vs 0 | Δtest pp | Δconstraint "
-        "| constraint ratio | diverged |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| point | seeds | Δval pp | Δval vs 0 | Δtest pp | Δtest vs 0 | "
+        "Δconstraint | constraint ratio | diverged (its, the reference's) |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ratio = ("n/a" if r["constraint_ratio"] is None
              else f"{r['constraint_ratio']:.2f}")
-    constraint = _interval(r["constraint"], 4, unit="")
-    print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'], 2)} | "
-          f"{side_of_zero(r['val'])} | {_interval(r['test'], 2)} | "
-          f"{constraint} | {ratio} | "
-          f"{len(r['diverged'])} |")
+    constraint = _interval(r["constraint"], "+.2e", unit="")
+    print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'])} | "
+          f"{side_of_zero(r['val'])} | {_interval(r['test'])} | "
+          f"{side_of_zero(r['test'])} | {constraint} | {ratio} | "
+          f"{len(r['diverged'])}, {len(r['reference_diverged'])} |")
   return 0
 
 

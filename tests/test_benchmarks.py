@@ -91,13 +91,31 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   assert compare_points.main([str(path), "--reference",
                               "bort-adamw_l1-fullrow_ada_g1"]) == 0
   out = capsys.readouterr().out
-  assert "| n/a | n/a | n/a | n/a | n/a | 3 |" in out
+  assert "| 0 | n/a | n/a | n/a | n/a | n/a | n/a | 3, 0 |" in out
   assert "| -2.50 [-8.85, +3.85] | includes 0 |" in out
+  # A point whose every common seed the reference lost keeps its row, and
+  # the reference's diverged seeds are counted.
+  runs += [{**run, "point": {**run["point"], "gamma": 3.0}}
+           for run in runs if run["point"] is other]
+  rows = {r["name"]: r for r in compare_points.compare(
+      runs, "bort-adamw_huber-fullrow_ada_g1_every8")}
+  assert rows["bort-adamw_l1-fullrow_ada_g1_every16"]["reference_diverged"] \
+      == [] and rows["bort-adamw_l1-fullrow_ada_g1"]["reference_diverged"] \
+      == [0]
+  # A (point, seed) recorded twice counts once, the first, as the frontier
+  # reads it, and is named.
+  repeats = []
+  twice = runs + [{**runs[0], "val_accuracy": 0.5}]
+  [row] = [r for r in compare_points.compare(
+      twice, "bort-adamw_huber-fullrow_ada_g1_every8", repeats=repeats)
+           if r["name"] == "bort-adamw_l1-fullrow_ada_g1"]
+  assert repeats == ["bort-adamw_l1-fullrow_ada_g1 seed 0"]
+  assert row["val"]["d_pp"] == pytest.approx([2.0, 3.0])
 
 
 def test_compare_points_reads_the_side_of_zero_unrounded():
-  # An upper bound of −0.0007 prints as +0.00: the interval still lies
-  # below 0, which is what a pre-registered rule reads.
+  # An upper bound of −0.0007 prints as -0.00, which reads as 0: the
+  # interval lies below 0, which is what a pre-registered rule reads.
   import compare_points  # pylint: disable=g-import-not-at-top
   assert compare_points.side_of_zero({"ci_pp": [-0.30, -0.0007]}) == "below 0"
   assert compare_points.side_of_zero({"ci_pp": [-0.30, 0.0]}) == "includes 0"

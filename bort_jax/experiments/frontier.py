@@ -383,12 +383,15 @@ def choose_baseline(point: dict[str, Any], points: list[dict[str, Any]]
 
   Among the baselines of the point's placement at the same value of every
   other non-Bort axis, the one (learning rate) with the highest validation
-  mean; the first such on a tie. ``None`` when there is none.
+  mean; the first such on a tie. A baseline with a diverged seed is never
+  chosen, as a Bort point is not (:func:`select`): its mean covers the
+  other seeds only. ``None`` when there is none.
   """
   base = PLACEMENTS[point["point"]["placement"]][0]
   mine = [p for p in points if p["point"]["optimizer"] == base
           and _shared(p["point"]) == _shared(point["point"])
-          and p["summary"].get("val_accuracy") is not None]
+          and p["summary"].get("val_accuracy") is not None
+          and not p["summary"].get("diverged")]
   if not mine:
     return None
   return max(mine, key=lambda p: p["summary"]["val_accuracy"]["mean"])
@@ -434,6 +437,11 @@ def pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
+# Accuracies are counts over examples: two equal ones may differ by float
+# summation order, never by less than one example in 1e9.
+_ROUNDING = 1e-9
+
+
 def select(points: list[dict[str, Any]], max_error: float = 0.05,
            tolerance: float = 0.002) -> dict[str, dict[str, Any]]:
   """The recommended point of each placement, chosen on validation only.
@@ -446,7 +454,9 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
   only). Each
   choice carries ``free``: whether its validation accuracy is at most
   ``tolerance`` (the margin) below that of its baseline
-  (:func:`choose_baseline`).
+  (:func:`choose_baseline`), paired: the mean over the seeds both have of
+  the baseline's minus its own (``None`` without a common seed, not free);
+  a cost equal to the margin but for rounding (1e-9) is within it.
 
   Args:
     points: aggregated points (``point`` and ``summary`` keys).
@@ -456,7 +466,7 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
 
   Returns:
     ``{placement: point}``, each point with ``baseline`` (its name),
-    ``cost`` (the validation accuracy below the baseline's), ``free`` and
+    ``cost`` (the paired validation accuracy below the baseline's), ``free`` and
     ``meets_max_error`` added.
   """
   chosen = {}
@@ -474,9 +484,14 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
     tight = [p for p in borts if error(p) <= max_error]
     best = max(tight, key=accuracy) if tight else min(borts, key=error)
     baseline = choose_baseline(best, points)
-    cost = baseline["summary"]["val_accuracy"]["mean"] - accuracy(best)
+    mine = _per_seed(best["summary"], "val_accuracy")
+    theirs = _per_seed(baseline["summary"], "val_accuracy")
+    seeds = [s for s in mine if s in theirs]
+    cost = (sum(theirs[s] - mine[s] for s in seeds) / len(seeds) if seeds
+            else None)
     chosen[placement] = {**best, "baseline": baseline["name"], "cost": cost,
-                         "free": cost <= tolerance,
+                         "free": cost is not None
+                         and cost <= tolerance + _ROUNDING,
                          "meets_max_error": bool(tight)}
   return chosen
 
@@ -490,7 +505,8 @@ def selection_record(chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "name": p["name"], "baseline": p["baseline"],
         "meets_max_error": p["meets_max_error"],
         "constraint_error": p["summary"]["constraint_error"]["mean"],
-        "free": p["free"], "cost_pp": 100 * p["cost"],
+        "free": p["free"],
+        "cost_pp": None if p["cost"] is None else 100 * p["cost"],
         "paired_test": paired.get("test")}
   return out
 

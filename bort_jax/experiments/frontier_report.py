@@ -21,12 +21,15 @@ def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
           f"{format(scale * stat['std'], spec)}")
 
 
-def _interval(stats: dict[str, Any] | None) -> str:
-  """``+0.30 [−1.20, +1.80]`` (pp); one seed has no interval."""
+def _interval(stats: dict[str, Any] | None, seeds: int | None = None) -> str:
+  """``+0.30 [−1.20, +1.80]`` (pp); one seed has no interval; ``(n=2)``
+  after it where it covers fewer than the point's ``seeds``."""
   if not stats:
     return "n/a"
+  fewer = (f" (n={stats['n']})" if seeds is not None
+           and stats.get("n") is not None and stats["n"] < seeds else "")
   return text.interval(stats["mean_pp"], stats["ci_pp"],
-                       alone=" [1 seed: no CI]")
+                       alone=" [1 seed: no CI]") + fewer
 
 
 def _passes(stat: dict[str, Any] | None) -> str:
@@ -86,7 +89,7 @@ def table(points: list[dict[str, Any]],
     elif paired is None:
       delta = ("no baseline",) * 3
     else:
-      delta = tuple(_interval(paired.get(split))
+      delta = tuple(_interval(paired.get(split), len(s["seeds"]))
                     for split in ("val", "test", "best_test"))
     gap = s.get("val_test_gap")
     columns = (f" {_cell(s.get('best_test_accuracy'), '.2f', 100)} | "
@@ -108,8 +111,30 @@ def table(points: list[dict[str, Any]],
   return "\n".join(lines) + "\n"
 
 
-def _difference(pp: float) -> str:
+def _difference(pp: float | None) -> str:
+  if pp is None:
+    return "no seed in common with"
   return f"{abs(pp):.2f} pp {'below' if pp >= 0 else 'above'}"
+
+
+def verdict_on_test(test: dict[str, Any] | None, tolerance: float) -> str:
+  """The paired test difference read by the margin: ``free`` where its
+  interval's lower end is at or above ``−tolerance``, ``costly`` where its
+  upper end is below it, ``not resolved`` otherwise (docs/RESULTS.md's
+  pre-registered rule); ``n/a`` without an interval.
+
+  Examples:
+    >>> from bort_jax.experiments.frontier_report import verdict_on_test
+    >>> [verdict_on_test({"ci_pp": ci}, 0.002) for ci in ([-0.1, 0.3],
+    ...  [-0.9, -0.3], [-0.4, 0.1])] + [verdict_on_test(None, 0.002)]
+    ['free', 'costly', 'not resolved', 'n/a']
+  """
+  if not test or test.get("ci_pp") is None:
+    return "n/a"
+  low, high = test["ci_pp"]
+  margin = -100 * tolerance
+  return ("free" if low >= margin else "costly" if high < margin
+          else "not resolved")
 
 
 def selection_lines(selected: dict[str, dict[str, Any]], max_error: float,
@@ -144,7 +169,9 @@ def selection_lines(selected: dict[str, dict[str, Any]], max_error: float,
     verdict = ("no paired test difference (no common seed)"
                if not test or test.get("mean_pp") is None else
                f"paired test difference {_interval(test)} pp over "
-               f"{test['n']} seed{'s' if test['n'] != 1 else ''}")
+               f"{test['n']} seed{'s' if test['n'] != 1 else ''}"
+               + ("" if test.get("ci_pp") is None else
+                  f": {verdict_on_test(test, tolerance)} on test by {margin}"))
     versus = (f"{_difference(c['cost_pp'])} its baseline {c['baseline']} on "
               "validation")
     if c["meets_max_error"]:
@@ -152,8 +179,8 @@ def selection_lines(selected: dict[str, dict[str, Any]], max_error: float,
           f"selected ({placement}, on validation): {c['name']}, the most "
           "accurate point on validation with constraint error <= "
           f"{max_error:g}; {versus}, "
-          + (f"within {margin} (free)" if c["free"] else
-             f"beyond {margin} (not free)") + f"; {verdict}")
+          + (f"within {margin} (free on validation)" if c["free"] else
+             f"beyond {margin} (not free on validation)") + f"; {verdict}")
     else:
       lines.append(
           f"no point meets --max-error {max_error:g} ({placement}); the "

@@ -28,9 +28,11 @@ def interval(mean: float | None, ci: Sequence[float] | None,
              spec: str = "+.2f", alone: str = "") -> str:
   """``mean [low, high]``, the figures of a t-interval, as table text.
 
-  A figure that rounds to zero prints unsigned-zero (``+0.00``, never
-  ``-0.00``); a mean without an interval (one seed) is followed by
-  ``alone``; no mean is ``n/a``.
+  A figure that rounds to zero keeps its sign (``-0.00`` for −0.003, so
+  that an interval ending just below 0 does not read as ending at 0);
+  within 1e-9 of zero, float rounding of an exact 0, it is ``+0.00``; a
+  mean without an interval (one seed) is followed by ``alone``; no mean is
+  ``n/a``.
 
   Args:
     mean: the mean, or ``None``.
@@ -44,13 +46,14 @@ def interval(mean: float | None, ci: Sequence[float] | None,
   Examples:
     >>> from bort_jax.experiments.text import interval
     >>> interval(0.3, [-1.2, 1.8]), interval(-0.001, None, alone=" (1 seed)")
-    ('+0.30 [-1.20, +1.80]', '+0.00 (1 seed)')
+    ('+0.30 [-1.20, +1.80]', '-0.00 (1 seed)')
+    >>> interval(0.2, [-0.0033, 0.403]), interval(0.0, [0.0028, 0.397])
+    ('+0.20 [-0.00, +0.40]', '+0.00 [+0.00, +0.40]')
   """
   if mean is None:
     return "n/a"
   def figure(value: float) -> str:
-    text = format(value, spec)
-    return format(0.0, spec) if float(text) == 0 else text
+    return format(0.0 if abs(value) < 1e-9 else value, spec)
   if ci is None:
     return figure(mean) + alone
   return f"{figure(mean)} [{figure(ci[0])}, {figure(ci[1])}]"

@@ -31,10 +31,11 @@ def _point(placement, optimizer, val, err, gamma=None):
   if gamma is not None:
     point.update(mode="l1-fullrow", amplitude="ada", gamma=gamma,
                  gamma_warmup=0.0)
-  stat = lambda v: None if v is None else {"mean": v, "std": 0.0, "n": 3}
+  stat = lambda v: None if v is None else {"mean": v, "std": 0.0, "n": 3,
+                                           "values": [v] * 3}
   return {"name": frontier.point_name(point), "point": point,
           "summary": {"val_accuracy": stat(val), "constraint_error": stat(err),
-                      "test_accuracy": stat(0.0)}}
+                      "test_accuracy": stat(0.0), "seeds": [0, 1, 2]}}
 
 
 def test_selection_takes_the_most_accurate_tight_point_on_validation():

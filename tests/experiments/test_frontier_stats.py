@@ -261,8 +261,58 @@ def test_no_point_meets_max_error_is_said_plainly():
       "selected (decoupled, on validation): "
       "bort-adamw_l1-fullrow_ada_g1_lr0.001, the most accurate point on "
       "validation with constraint error <= 0.05; 1.00 pp above its baseline "
-      "adamw_lr0.003 on validation, within the 0.20 pp margin (free); paired "
-      "test difference +0.00 [-4.30, +4.30] pp over 3 seeds"), lines[0]
+      "adamw_lr0.003 on validation, within the 0.20 pp margin (free on "
+      "validation); paired test difference +0.00 [-4.30, +4.30] pp over 3 "
+      "seeds: not resolved on test by the 0.20 pp margin"), lines[0]
+
+
+def test_a_baseline_with_a_diverged_seed_is_never_the_baseline():
+  # The faster AdamW is the best on validation, until one of its seeds
+  # diverges: its mean then covers two seeds, and the pairing two.
+  runs = [r for r in _hand_made_runs()
+          if not (r["point"] is ADAMW_FAST and r["seed"] == 1)]
+  runs.append(frontier_stats.diverged_run(ADAMW_FAST, 1, "loss became nan"))
+  bort = _by_name(frontier.aggregate(runs))[
+      "bort-adamw_l1-fullrow_ada_g1_lr0.001"]
+  assert bort["paired"]["baseline"] == "adamw_lr0.001"
+  assert bort["paired"]["val"]["seeds"] == [0, 1, 2]
+  assert frontier.select(frontier.aggregate(runs))["decoupled"][
+      "baseline"] == "adamw_lr0.001"
+
+
+def test_the_cost_of_a_pick_is_paired_over_the_seeds_both_have():
+  # A grown grid: Bort has a third seed its baseline lacks. Unpaired, it
+  # would look 2 pp above; on the seeds both have it is 1 pp below.
+  runs = [_run(ADAMW, s, 0.90, 0.90) for s in (0, 1)]
+  runs += [_run(BORT, s, v, v) for s, v in ((0, 0.89), (1, 0.89), (2, 0.98))]
+  chosen = frontier.select(frontier.aggregate(runs), 0.05, 0.002)
+  assert chosen["decoupled"]["cost"] == pytest.approx(0.01)
+  assert not chosen["decoupled"]["free"]
+  line = frontier_report.selection_lines(
+      frontier.selection_record(chosen), 0.05, 0.002)[0]
+  assert "1.00 pp below its baseline adamw_lr0.001" in line, line
+  bort = _by_name(frontier.aggregate(runs))[
+      "bort-adamw_l1-fullrow_ada_g1_lr0.001"]
+  assert "(n=2)" in frontier_report.table([bort]), "the Δ's fewer seeds"
+
+
+def test_a_cost_equal_to_the_margin_but_for_rounding_is_within_it():
+  # 64 + 61 = 65 + 60 correct of 135 a seed: equal means, whose paired
+  # difference rounds to 5.6e-17, not 0.
+  runs = [_run(ADAMW, 0, 64 / 135, 0.5), _run(ADAMW, 1, 61 / 135, 0.5),
+          _run(BORT, 0, 65 / 135, 0.5), _run(BORT, 1, 60 / 135, 0.5)]
+  chosen = frontier.select(frontier.aggregate(runs), 0.05, tolerance=0.0)
+  assert chosen["decoupled"]["cost"] != 0 and chosen["decoupled"]["free"]
+
+
+def test_the_selection_reads_the_paired_test_interval_by_the_margin():
+  chosen = frontier.select(frontier.aggregate(_hand_made_runs()), 0.05,
+                           0.002)
+  record = frontier.selection_record(chosen)
+  record["decoupled"]["paired_test"] = {"n": 3, "mean_pp": -0.3,
+                                        "ci_pp": [-0.5, -0.21]}
+  line = frontier_report.selection_lines(record, 0.05, 0.002)[0]
+  assert line.endswith("over 3 seeds: costly on test by the 0.20 pp margin")
 
 
 def test_the_figure_draws_points_without_psnr_and_no_empty_colour_bar():
