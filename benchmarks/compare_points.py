@@ -49,6 +49,31 @@ def _by_point(runs: list[dict], repeats: list[str] | None = None
   return by_point
 
 
+def differing_settings(runs: list[dict], before: list[dict]) -> list[str]:
+  """The settings in which ``before``'s runs differ from the same point and
+  seed in ``runs`` (their ``config``; fields one of them lacks, from
+  another version, are not compared), as ``name: value before → now``.
+
+  Examples:
+    >>> from compare_points import differing_settings
+    >>> now = [{"point": {"optimizer": "sgd"}, "seed": 0,
+    ...         "config": {"epochs": 3, "seed": 0}}]
+    >>> then = [{**now[0], "config": {"epochs": 2, "seed": 0}}]
+    >>> differing_settings(now, then)
+    ['epochs: 2 → 3']
+  """
+  earlier = _by_point(before)
+  out: dict[str, None] = {}
+  for name, seeds in _by_point(runs).items():
+    for seed, run in seeds.items():
+      old = earlier.get(name, {}).get(seed, {}).get("config") or {}
+      new = run.get("config") or {}
+      for key in sorted(set(old) & set(new)):
+        if old[key] != new[key]:
+          out[f"{key}: {old[key]} → {new[key]}"] = None
+  return list(out)
+
+
 def compare(runs: list[dict], reference: str | None = None,
             before: list[dict] | None = None,
             repeats: list[str] | None = None) -> list[dict]:
@@ -165,6 +190,9 @@ def main(argv=None) -> int:
   if repeats:
     print(f"compare_points: warning: recorded twice, the first record used: "
           f"{', '.join(repeats)}", file=sys.stderr)
+  if before is not None and (changed := differing_settings(runs, before)):
+    print("compare_points: warning: the runs differ from --before's in more "
+          f"than their points: {'; '.join(changed)}", file=sys.stderr)
   against = (f"the same point of {args.before}" if args.before
              else args.reference)
   print(f"Against {against} (paired by seed, 95 % t-interval):\n")

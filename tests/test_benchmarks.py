@@ -113,6 +113,24 @@ def test_compare_points_pairs_bort_points_by_seed(capsys, tmp_path):
   assert row["val"]["d_pp"] == pytest.approx([2.0, 3.0])
 
 
+def test_compare_points_before_names_settings_that_differ(capsys, tmp_path):
+  import compare_points  # pylint: disable=g-import-not-at-top
+  point = {"optimizer": "sgd", "placement": "coupled"}
+  record = lambda seed, acc, epochs: {
+      "point": point, "seed": seed, "val_accuracy": acc,
+      "test_accuracy": acc, "constraint_error": 0.5,
+      "config": {"epochs": epochs, "seed": seed, "data": "digits"}}
+  now, then = tmp_path / "now.json", tmp_path / "then.json"
+  now.write_text(json.dumps([record(s, 0.9, 3) for s in (0, 1)]))
+  then.write_text(json.dumps([record(s, 0.8, 2) for s in (0, 1)]))
+  assert compare_points.main([str(now), "--before", str(then)]) == 0
+  err = capsys.readouterr().err
+  assert "differ from --before's in more than their points: epochs: 2 → 3" \
+      in err and "seed" not in err, err
+  assert compare_points.main([str(now), "--before", str(now)]) == 0
+  assert "warning" not in capsys.readouterr().err
+
+
 def test_compare_points_reads_the_side_of_zero_unrounded():
   # An upper bound of −0.0007 prints as -0.00, which reads as 0: the
   # interval lies below 0, which is what a pre-registered rule reads.

@@ -15,10 +15,12 @@ from bort_jax.experiments.frontier_stats import pareto_front
 
 
 def _cell(stat: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
+  """``mean ± std`` over seeds; one seed has no spread (``± n/a``)."""
   if stat is None:
     return "n/a"
-  return (f"{format(scale * stat['mean'], spec)} ± "
-          f"{format(scale * stat['std'], spec)}")
+  spread = ("n/a" if stat.get("n") == 1
+            else format(scale * stat["std"], spec))
+  return f"{format(scale * stat['mean'], spec)} ± {spread}"
 
 
 def _interval(stats: dict[str, Any] | None, seeds: int | None = None) -> str:

@@ -88,6 +88,10 @@ def test_one_seed_has_a_difference_but_no_interval():
   stats = frontier_stats.paired_statistics([0.02])
   assert stats["mean_pp"] == 2.0
   assert stats["std_pp"] is None and stats["ci_pp"] is None
+  # Nor has its point a spread: the table says so rather than ± 0.00.
+  one = [r for r in _hand_made_runs() if r["seed"] == 0]
+  row = frontier_report.table(frontier.aggregate(one)).splitlines()[2]
+  assert row.startswith("| adamw_lr0.001 | decoupled | 90.00 ± n/a |"), row
 
 
 def test_each_placement_is_paired_with_its_own_baseline_chosen_on_validation():
