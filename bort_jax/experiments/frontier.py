@@ -466,8 +466,8 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
 
   Returns:
     ``{placement: point}``, each point with ``baseline`` (its name),
-    ``cost`` (the paired validation accuracy below the baseline's), ``free`` and
-    ``meets_max_error`` added.
+    ``cost`` (the paired validation accuracy below the baseline's),
+    ``free`` and ``meets_max_error`` added.
   """
   chosen = {}
   for placement in PLACEMENTS:
