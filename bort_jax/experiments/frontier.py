@@ -405,6 +405,16 @@ def _per_seed(summary: dict[str, Any], metric: str) -> dict[int, float]:
           if v is not None}
 
 
+def _seed_differences(point: dict[str, Any], baseline: dict[str, Any],
+                      metric: str) -> tuple[list[int], list[float]]:
+  """The seeds both points have a ``metric`` for, and the point's minus the
+  baseline's on each (the same seed: the same initialisation and batches)."""
+  mine = _per_seed(point["summary"], metric)
+  theirs = _per_seed(baseline["summary"], metric)
+  seeds = [s for s in mine if s in theirs]
+  return seeds, [mine[s] - theirs[s] for s in seeds]
+
+
 def pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Adds ``paired`` to every Bort point: its differences from its baseline.
 
@@ -428,11 +438,10 @@ def pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if baseline is not None:
       paired = {"baseline": baseline["name"]}
       for split in PAIRED:
-        mine = _per_seed(p["summary"], f"{split}_accuracy")
-        theirs = _per_seed(baseline["summary"], f"{split}_accuracy")
-        seeds = [s for s in mine if s in theirs]
-        paired[split] = {"seeds": seeds, **paired_statistics(
-            [mine[s] - theirs[s] for s in seeds])}
+        seeds, differences = _seed_differences(p, baseline,
+                                               f"{split}_accuracy")
+        paired[split] = {"seeds": seeds,
+                         **paired_statistics(differences)}
     out.append({**p, "paired": paired})
   return out
 
@@ -484,11 +493,8 @@ def select(points: list[dict[str, Any]], max_error: float = 0.05,
     tight = [p for p in borts if error(p) <= max_error]
     best = max(tight, key=accuracy) if tight else min(borts, key=error)
     baseline = choose_baseline(best, points)
-    mine = _per_seed(best["summary"], "val_accuracy")
-    theirs = _per_seed(baseline["summary"], "val_accuracy")
-    seeds = [s for s in mine if s in theirs]
-    cost = (sum(theirs[s] - mine[s] for s in seeds) / len(seeds) if seeds
-            else None)
+    _, differences = _seed_differences(best, baseline, "val_accuracy")
+    cost = -sum(differences) / len(differences) if differences else None
     chosen[placement] = {**best, "baseline": baseline["name"], "cost": cost,
                          "free": cost is not None
                          and cost <= tolerance + _ROUNDING,
