@@ -402,11 +402,6 @@ class _Program(NamedTuple):
   fixed: tuple[tuple[str, Any], ...]
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (numbers.Number, jax.Array)) or hasattr(
-      value, "__array__")
-
-
 def _reused(program: _Program) -> bool:
   """Whether one compiled update may serve every equal ``program``: its
   selection and fixed values are plain data, held safely by a cache."""
@@ -528,11 +523,14 @@ def _correction_transform(
                   or every > 1 or after_landing or callable(sign_step))
   hyper = {"strength": strength, "amplitude": amplitude, "tau": tau,
            "sign_step": sign_step}
-  numbers_ = {k: v for k, v in hyper.items() if _is_number(v)}
+  # A schedule, "ada" or None is part of the program; a number (a float,
+  # an array, a tracer of inject_hyperparams) is an argument of it.
+  fixed = tuple((k, v) for k, v in hyper.items()
+                if v is None or isinstance(v, str) or callable(v))
+  numbers_ = {k: v for k, v in hyper.items() if k not in dict(fixed)}
   program = _Program(mode, dimension_numbers, bort_mask is not None,
                      kernel_options, every, lagged, after_landing,
-                     has_schedule, tuple((k, v) for k, v in hyper.items()
-                           if k not in numbers_))
+                     has_schedule, fixed)
   corrected, deltas_of = (_shared_program if _reused(program)
                           else _correction_program)(program)
 
