@@ -190,10 +190,8 @@ def _config_from_args(parser: argparse.ArgumentParser, args):
   config_lib.check_dbort_only(explicit, weight, flags.flag)
   optimizer = explicit.get("optimizer", values.get(
       "optimizer", config_lib.TrainConfig.optimizer))
-  config_lib.check_bort_only(optimizer, [
-      f for f in config_lib.BORT_FIELDS if f in explicit and not (
-          f == "bort_head"
-          and {**values, **explicit}.get("init") == "orthogonal")],
+  config_lib.check_bort_only(
+      optimizer, [f for f in config_lib.BORT_FIELDS if f in explicit],
       flags.flag)
   if not optimizers.is_bort(optimizer):
     # A recipe's baseline: the same run without Bort (e.g. SGD with the

@@ -168,10 +168,12 @@ class TrainConfig:
       (:func:`bort_jax.bort_adamw`) (the library's default;
       ``huber-fullrow``/``huber-fullcol`` only, as a setting no other mode
       reads is refused).
-    bort_head: whether Bort constrains the classifier head (the model's
-      last linear layer, :func:`bort_jax.experiments.models.head_path`);
-      ``False`` leaves it to the base optimizer alone, out of the
-      orthogonality metrics and of the orthogonal init.
+    bort_head: whether the classifier head (the model's last linear
+      layer, :func:`bort_jax.experiments.models.head_path`) is one of the
+      run's Bort kernels; ``False`` leaves it to the base optimizer alone,
+      out of the orthogonal init and of the orthogonality metrics. A
+      baseline takes it too, so that it starts and is measured on the same
+      kernels as its Bort run.
     learning_rate: the peak learning rate; ``None``: the optimizer's default
       (:data:`~bort_jax.experiments.optimizers.DEFAULT_LEARNING_RATES`).
     schedule: ``"cosine"`` (warmup, then cosine decay to 0) or
@@ -272,7 +274,8 @@ class TrainConfig:
       "[0, 1]", parse=float, bort=True)
   bort_head: bool = _option(
       True, "let Bort constrain the classifier head (the last linear "
-      "layer); --no-bort-head leaves it to the base optimizer", bort=True)
+      "layer); --no-bort-head leaves it to the base optimizer, out of the "
+      "orthogonal init and the orthogonality metrics (of a baseline too)")
   tau: float | str = _option(
       0.01, "the Huber modes' width relative to the amplitude, "
       "tau * c, or 'step': 2.5 * every * the per-step strength (lr * gamma "
@@ -385,9 +388,8 @@ class TrainConfig:
 #: defaults (``None`` for the first six, which a Bort run fills with the
 #: values it uses: the placement's recommended mode, amplitude and γ, the
 #: placement of a ``bort-<optax>`` optimizer, no γ warm-up and a correction
-#: every step). One exception: ``bort_head=False`` also tells
-#: ``init="orthogonal"`` to leave the head alone, so a baseline may set it
-#: with that init (the same start as its Bort run).
+#: every step). ``bort_head`` is not one: it also says which kernels the
+#: orthogonal init and the metrics take, for a baseline too.
 BORT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                     if f.metadata["bort"])
 
@@ -552,21 +554,16 @@ def _check_float32(name: str, value: Any) -> None:
 def bort_only_fields(values: dict[str, Any]) -> list[str]:
   """The fields of ``values`` that only a Bort optimizer may set.
 
-  Those of :data:`BORT_FIELDS` that are present and not at their default,
-  except ``bort_head`` when ``values`` asks for ``init="orthogonal"`` (the
-  init honours it for every optimizer).
+  Those of :data:`BORT_FIELDS` that are present and not at their default.
 
   Examples:
     >>> from bort_jax.experiments.config import bort_only_fields
     >>> bort_only_fields({"gamma": 0.1, "bort_lr_scale": 1.0})
     ['gamma']
-    >>> bort_only_fields({"bort_head": False, "init": "orthogonal"})
-    []
   """
   field_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
   return [name for name in BORT_FIELDS
-          if name in values and values[name] != field_defaults[name]
-          and not (name == "bort_head" and values.get("init") == "orthogonal")]
+          if name in values and values[name] != field_defaults[name]]
 
 
 def check_dbort_only(given: Any, weight: float,

@@ -172,8 +172,9 @@ AXES = (
                lambda schedule: schedule in ("late", "anneal"),
                "late or anneal (--gamma-schedules)")),
     Axis("bort_heads", "bort_head", "--bort-heads", _boolean,
-         "whether Bort constrains the classifier head (true and/or false)",
-         tag="head", missing=(None,)),
+         "whether Bort constrains the classifier head (true and/or false; "
+         "baselines too, measured and started on the same kernels)",
+         bort_only=False, tag="head", missing=(None,)),
     Axis("bort_starts", "bort_start_on_constraint", "--bort-starts",
          _boolean, "whether the optimizer's first step lands the Bort "
          "kernels on the constraint (true and/or false)", tag="start",
@@ -217,11 +218,11 @@ class Grid:
       bort_lr_scales: the levers (``init``, ``gamma_schedule``,
       ``gamma_switch``, ``bort_head``, ``bort_start_on_constraint``,
       ``bort_lr_scale`` of the training config); ``(None,)``:
-      the shared value, and the names of older frontiers. ``inits``
-      applies to the baselines too, so a Bort point is paired with a
-      baseline that started from the same weights (with the orthogonal
-      init, :func:`check_settings` refuses a point whose numeric amplitude
-      or head setting would start it elsewhere).
+      the shared value, and the names of older frontiers. ``inits`` and
+      ``bort_heads`` apply to the baselines too, so a Bort point is paired
+      with a baseline that started from the same weights and is measured on
+      the same kernels (with the orthogonal init, :func:`check_settings`
+      refuses a point whose numeric amplitude would start it elsewhere).
     seeds: the seeds of every point.
   """
 
@@ -602,11 +603,10 @@ def check_settings(base: dict[str, Any], grid: Grid, *,
         for b in baselines):
       raise ConfigError(
           f"With the orthogonal init, {point_name(point)} would start "
-          "from other weights than its baseline (the init projects each "
-          "run's Bort kernels at its own amplitude and head setting, the "
-          "baseline's at 'ada'), so their paired difference would not be "
-          "Bort's alone; give --amplitudes ada and one shared --bort-head "
-          "or --no-bort-head instead of --bort-heads.")
+          "from other weights than its baseline (the init projects a "
+          "run's Bort kernels at its numeric amplitude, the baseline's at "
+          "'ada'), so their paired difference would not be Bort's alone; "
+          "give --amplitudes ada.")
 
 
 def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
@@ -617,9 +617,9 @@ def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
   optimizer and is not a field), then the seed. A baseline is the same run
   without Bort: the shared Bort fields (``--gamma-schedule``,
   ``--gamma-switch``, …, :data:`~bort_jax.experiments.config.BORT_FIELDS`)
-  apply to the Bort points only, except ``bort_head`` with the orthogonal
-  init (a baseline then starts from the same weights as its Bort run); the
-  shared ``--momentum`` applies to the SGD points only.
+  apply to the Bort points only (``--no-bort-head`` is not one: it also
+  sets which kernels a baseline's init and metrics take); the shared
+  ``--momentum`` applies to the SGD points only.
 
   Examples:
     >>> from bort_jax.experiments.frontier import point_config
@@ -636,10 +636,8 @@ def point_config(base: dict[str, Any], point: dict[str, Any], seed: int
   if choices.base_name(fields.get("optimizer")) != "sgd":
     base = {k: v for k, v in base.items() if k != "momentum"}
   if "gamma" not in point:
-    keep = ("bort_head",) if {**base, **fields}.get("init") == "orthogonal" \
-        else ()
     base = {k: v for k, v in base.items()
-            if k not in config_lib.BORT_FIELDS or k in keep}
+            if k not in config_lib.BORT_FIELDS}
   return config_lib.TrainConfig(**{**base, **fields, "seed": seed})
 
 

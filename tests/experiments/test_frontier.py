@@ -141,8 +141,11 @@ def test_lever_axes_vary_their_fields_and_name_their_points():
   points = grid.points()
   baselines = [p for p in points if "gamma" not in p]
   borts = [p for p in points if "gamma" in p]
-  # The init applies to the baselines too; the Bort-only levers do not.
-  assert [p["init"] for p in baselines] == ["default", "orthogonal"]
+  # The init and the head apply to the baselines too (a baseline starts
+  # and is measured on its Bort point's kernels); the Bort-only levers not.
+  assert [(p["init"], p["bort_head"]) for p in baselines] == [
+      ("default", True), ("default", False), ("orthogonal", True),
+      ("orthogonal", False)]
   assert all("gamma_schedule" not in p for p in baselines)
   assert len(borts) == 16
   names = {frontier.point_name(p) for p in borts}

@@ -13,6 +13,7 @@ import signal
 import pytest
 
 from bort_jax.experiments import cli
+from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import frontier
 from bort_jax.experiments import loop
@@ -333,27 +334,46 @@ def test_a_training_run_into_a_frontier_s_point_is_refused(
 
 @pytest.mark.parametrize("shared, axes", [
     ({"init": "orthogonal"}, {"amplitudes": (1.0,)}),
-    ({}, {"inits": ("orthogonal",), "bort_heads": (False,)}),
-    ({"init": "orthogonal"}, {"amplitudes": ("ada",), "bort_heads": (False,)}),
+    ({}, {"inits": ("orthogonal",), "amplitudes": ("ada", 1.0)}),
 ])
 def test_orthogonal_starts_a_bort_point_and_its_baseline_alike_or_is_refused(
     shared, axes):
   # The orthogonal init projects a run's Bort kernels at its own numeric
-  # amplitude and head setting; the baseline's at "ada", head included, so
-  # such a pair started from other weights and its difference was not
-  # Bort's alone (the epoch-0 test loss differed), silently.
+  # amplitude, the baseline's at "ada", so such a pair started from other
+  # weights and its difference was not Bort's alone (the epoch-0 test loss
+  # differed), silently.
   grid = frontier.Grid(**{**dict(
       gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
       placements=("decoupled",), seeds=(0,)), "amplitudes": ("ada",), **axes})
   with pytest.raises(ConfigError, match="would start from other weights "
                      "than its baseline"):
     frontier.check_settings({**BASE, **shared}, grid)
-  # One shared head setting and "ada" start both alike: accepted.
-  alike = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
-                        placements=("decoupled",), amplitudes=("ada",),
-                        seeds=(0,))
-  frontier.check_settings({**BASE, "init": "orthogonal", "bort_head": False},
-                          alike)
+
+
+@pytest.mark.parametrize("shared, axes", [
+    ({"bort_head": False}, {}),
+    ({"init": "orthogonal", "bort_head": False}, {}),
+    ({}, {"inits": ("orthogonal",), "bort_heads": (False,)}),
+    ({"init": "orthogonal"}, {"bort_heads": (True, False)}),
+])
+def test_a_baseline_starts_on_its_bort_point_s_kernels(shared, axes):
+  # The head setting reaches the baselines, which run at each value of
+  # --bort-heads (it was refused), so a pair starts from the same weights
+  # and is measured on the same kernels (a --no-bort-head baseline's error
+  # counted the head, its Bort point's did not).
+  grid = frontier.Grid(gammas={"decoupled": (1.0,)}, modes=("l1-fullrow",),
+                       placements=("decoupled",), amplitudes=("ada",),
+                       seeds=(0,), **axes)
+  base = {**BASE, **shared}
+  frontier.check_settings(base, grid)
+  points = grid.points()
+  for point in points:
+    if "gamma" in point:
+      baseline, = [p for p in points if "gamma" not in p
+                   and frontier._shared(p) == frontier._shared(point)]
+      assert config_lib.orthogonal_start(
+          frontier.point_config(base, point, 0)) == config_lib.orthogonal_start(
+              frontier.point_config(base, baseline, 0))
 
 
 def test_a_train_limit_above_the_split_is_refused_before_writing(
