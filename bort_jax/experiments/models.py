@@ -128,23 +128,6 @@ def head_path(name: str, model: nnx.Module) -> tuple[str | int, ...]:
   return path
 
 
-def _names(path) -> tuple[str, ...]:
-  """A pytree path as names, without the ``value`` of NNX variables (the
-  trees ``nnx.Optimizer`` hands ``init`` and ``update`` then name a leaf
-  alike)."""
-  names = []
-  for key in path:
-    for attribute in ("key", "idx", "name"):
-      if hasattr(key, attribute):
-        names.append(str(getattr(key, attribute)))
-        break
-    else:
-      names.append(str(key))
-  while names and names[-1] in ("value", "raw_value"):
-    names.pop()
-  return tuple(names)
-
-
 def bort_mask(name: str, model: nnx.Module, *, head: bool = True
               ) -> Callable[[Any], Any] | None:
   """The ``bort_mask`` of a run: ``None``, or one leaving the head out.
@@ -170,11 +153,13 @@ def bort_mask(name: str, model: nnx.Module, *, head: bool = True
   """
   if head:
     return None
-  prefix = tuple(str(key) for key in head_path(name, model))
+  prefix = head_prefix(name, model) + "/"
 
-  def mask(params):
+  def mask(params):  # the trees nnx.Optimizer hands over end in /value
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _names(path)[:len(prefix)] != prefix, params)
+        lambda path, _: not (jax.tree_util.keystr(
+            path, simple=True, separator="/") + "/").startswith(prefix),
+        params)
 
   return mask
 

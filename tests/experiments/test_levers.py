@@ -267,13 +267,14 @@ def test_every_model_names_its_classifier_head(name, shape, width):
   prefix = models.head_prefix(name, model)
   kernels = jax.eval_shape(bort_jax.orthogonality_error, params)  # no math
   assert prefix + "/kernel" in kernels
+  name_of = lambda p: jax.tree_util.keystr(p, simple=True, separator="/")
   head = jax.tree_util.tree_flatten_with_path(params)[0]
-  shapes = {models._names(p): leaf.shape for p, leaf in head}
-  assert shapes[tuple(map(str, path)) + ("kernel",)][-1] == 7  # the logits
+  shapes = {name_of(p): leaf.shape for p, leaf in head}
+  assert shapes["/".join(map(str, path)) + "/kernel/value"][-1] == 7  # logits
   mask = jax.tree_util.tree_flatten_with_path(
       models.bort_mask(name, model, head=False)(params))[0]
-  off = {"/".join(models._names(p)) for p, keep in mask if not keep}
-  assert off == {prefix + "/kernel", prefix + "/bias"}
+  off = {name_of(p) for p, keep in mask if not keep}
+  assert off == {prefix + "/kernel/value", prefix + "/bias/value"}
   _, errors = jax.eval_shape(lambda p: steps.orthogonality(p, (prefix,)),
                             params)
   assert set(errors) == set(kernels) - {prefix + "/kernel"}
