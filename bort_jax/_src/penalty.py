@@ -197,6 +197,35 @@ def check_axis_bound(axis_name: Any) -> None:
     ) from None
 
 
+def _varying(x: Any) -> frozenset:
+  """The manual mesh axes ``x`` varies over inside ``shard_map`` (its type's
+  ``vma``, spelt ``manual_axis_type.varying`` by later JAX); empty where
+  JAX does not track them (``check_vma=False``)."""
+  aval = jax.typeof(x)
+  axes = getattr(aval, "vma", None)
+  if axes is None:
+    axes = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
+  return frozenset(axes)
+
+
+def split_axis(x: Array, axis_name: Any) -> Any:
+  """``kernel_options.axis_name`` for the matrices ``x``, or ``None`` where
+  they are whole on every device.
+
+  A matrix replicated over the axis (a head left unsplit in a tensor-
+  parallel ``shard_map``) varies over no device: summed over the axis, its
+  Gram would count it once per device. Where ``shard_map`` tracks what
+  varies (``check_vma``, its default), such a matrix is computed locally;
+  a matrix split on its units axis instead cannot be told apart from one
+  split on its fan-in, so the caller's contract stands (``axis_name``).
+  """
+  check_axis_bound(axis_name)
+  if (axis_name is not None and axis_name not in _varying(x)
+      and axis_name in _varying(jax.lax.axis_index(axis_name))):
+    return None
+  return axis_name
+
+
 def _overcomplete(x: Array, units: int, ctx: Context) -> bool:
   """Whether x's matrices have more units than fan-in, ``m > n`` (inside
   shard_map, counting the fan-in of every device)."""
@@ -357,7 +386,7 @@ def correction(
   x = x.astype(compute_dtype(x.dtype))
   if x.size == 0:  # no weights: nothing to correct (and no 0/0 in "ada")
     return jnp.zeros_like(x)
-  check_axis_bound(options.axis_name)
+  options = options._replace(axis_name=split_axis(x, options.axis_name))
   manual_axis = None if options.axis_name is None else other(units)
   split = Context(options, None, manual_axis)
   overcomplete = _overcomplete(x, units, split)

@@ -162,7 +162,7 @@ def _project_leaf(leaf: jax.Array, view: MatrixView,
   """One leaf projected, in its dtype and, called eagerly, its placement."""
   if leaf.size == 0 or _met_under_ada(view, amplitude):
     return leaf  # no constraint, or met (and no 0/0 in "ada")
-  penalty.check_axis_bound(axis_name)
+  axis_name = penalty.split_axis(leaf, axis_name)
   c = None if isinstance(amplitude, str) else jnp.asarray(amplitude)
   out = _scaled_polar(leaf, view, c, axis_name)
   if (isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)

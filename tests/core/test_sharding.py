@@ -92,13 +92,19 @@ def test_sharded_step_equals_unsharded(axis_type, layout, mode):
 def test_shard_map_with_fan_in_split_over_an_axis(mode):
   # "up" has more units than fan-in (48 on 16), split 2 a device: the full
   # row modes then take the fan-in's Gram and "ada" over all its columns.
-  params = {**_params(), "up": {"kernel": jnp.asarray(
-      np.random.default_rng(1).normal(size=(16, 48)) * 0.2, jnp.float32)}}
+  # "head" is replicated, whole on every device: its products are local
+  # (summed over the axis, its Gram counted it 8 times, silently).
+  rng = np.random.default_rng(1)
+  params = {**_params(),
+            "up": {"kernel": jnp.asarray(rng.normal(size=(16, 48)) * 0.2,
+                                         jnp.float32)},
+            "head": {"kernel": jnp.asarray(rng.normal(size=(32, 10)) * 0.2,
+                                           jnp.float32)}}
   expected = bort_jax.tree_correction(params, mode, "ada")
   mesh = jax.make_mesh((8,), ("model",))
   specs = {"dense": {"kernel": P("model", None), "bias": P()},
            "conv": {"kernel": P(None, None, "model", None)},
-           "up": {"kernel": P("model", None)}}
+           "up": {"kernel": P("model", None)}, "head": {"kernel": P()}}
   options = bort_jax.KernelOptions(axis_name="model")
 
   @jax.jit
@@ -112,9 +118,9 @@ def test_shard_map_with_fan_in_split_over_an_axis(mode):
 
   got = local_correction(jax.device_put(params, jax.tree.map(
       lambda s: NamedSharding(mesh, s), specs)))
-  for name in ("dense", "conv", "up"):
+  for name in ("dense", "conv", "up", "head"):
     np.testing.assert_allclose(got[name]["kernel"], expected[name]["kernel"],
-                               atol=1e-5, rtol=1e-5)
+                               atol=1e-5, rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])

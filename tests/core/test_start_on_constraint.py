@@ -200,10 +200,12 @@ def test_an_empty_selection_warns_once_in_an_alias():
 
 def test_under_shard_map_a_split_fan_in_is_gathered_once_and_lands_whole():
   """Each device holds 2 of a matrix's fan-in rows; the landing is the
-  unsharded one's, each device keeping its part."""
+  unsharded one's, each device keeping its part. A replicated matrix lands
+  locally (it was gathered 8 times over, and failed)."""
   params = {"dense": {"kernel": _normal((16, 6), 13)},
             "conv": {"kernel": _normal((3, 3, 8, 4), 14)},
-            "up": {"kernel": _normal((16, 48), 15)}}  # overcomplete
+            "up": {"kernel": _normal((16, 48), 15)},  # overcomplete
+            "head": {"kernel": _normal((16, 5), 19)}}  # replicated
   grads = jax.tree.map(lambda p: _normal(p.shape, 16, 1.0), params)
   want, _, _ = _step(optax.chain(optax.adam(0.05),
                                  bort_jax.start_on_constraint()),
@@ -211,7 +213,7 @@ def test_under_shard_map_a_split_fan_in_is_gathered_once_and_lands_whole():
   mesh = jax.make_mesh((8,), ("model",))
   specs = {"dense": {"kernel": P("model", None)},
            "conv": {"kernel": P(None, None, "model", None)},
-           "up": {"kernel": P("model", None)}}
+           "up": {"kernel": P("model", None)}, "head": {"kernel": P()}}
   tx = optax.chain(optax.adam(0.05), bort_jax.start_on_constraint(
       kernel_options=bort_jax.KernelOptions(axis_name="model")))
 
