@@ -44,6 +44,7 @@ without any of these flags, training stays on one device as before.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import threading
 import time
@@ -169,6 +170,20 @@ def start(coordinator_address: str | None = None,
     watchdog.cancel()
 
 
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+  """``x`` (this process's copy) laid out as ``sharding``, from the host.
+
+  ``jax.device_put`` of a device array onto a mesh of one device per
+  process made arrays that orbax could not save (their shards raised), and
+  it refuses PRNG keys across processes; a host copy (the keys' data)
+  goes through both.
+  """
+  if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  return jax.device_put(np.asarray(x), sharding)
+
+
 class DataParallel:
   """A data-parallel layout over a 1-D mesh of devices (all, by default).
 
@@ -263,7 +278,7 @@ class DataParallel:
 
   def replicate(self, tree: T) -> T:
     """A pytree of arrays, equal on every process, replicated on the mesh."""
-    return jax.device_put(tree, self.replicated)
+    return jax.tree.map(lambda x: _put(x, self.replicated), tree)
 
   def state_sharding(self, x: Any) -> NamedSharding:
     """Where one array of the training state lives.
@@ -287,7 +302,7 @@ class DataParallel:
   def place(self, tree: T) -> T:
     """The training state (equal on every process) on the mesh, as
     :meth:`state_sharding` lays out each array."""
-    return jax.device_put(tree, jax.tree.map(self.state_sharding, tree))
+    return jax.tree.map(lambda x: _put(x, self.state_sharding(x)), tree)
 
   def any(self, flag: bool) -> bool:
     """Whether ``flag`` is true on any process (all processes must call)."""
@@ -295,6 +310,41 @@ class DataParallel:
       return bool(flag)
     flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
     return bool(np.any(flags))
+
+  def check_alike(self, what: str, value: dict[str, Any]) -> None:
+    """Refuses a run whose processes were given other ``value`` than process 0.
+
+    Every process applies its own update to its copy of the replicated
+    state, so processes started with other settings (a learning rate) or
+    data would train copies that drift apart, silently. Every process
+    must call it, with the same ``what``.
+
+    Args:
+      what: what ``value`` is, for the message (``"settings"``).
+      value: a JSON dict (a config's fields, a data fingerprint).
+
+    Raises:
+      DistributedError: on every process, naming the first process that
+        differs and the entries that differ.
+    """
+    if not self.multiprocess:
+      return
+    text = np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+    size = int(np.max(multihost_utils.process_allgather(np.int32(text.size))))
+    padded = np.zeros(size, np.uint8)
+    padded[:text.size] = text
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    values = [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+    for i, other in enumerate(values):
+      keys = sorted(k for k in {*values[0], *other}
+                    if values[0].get(k) != other.get(k))
+      if keys:
+        shown = ", ".join(f"{k} {other.get(k)!r} vs {values[0].get(k)!r}"
+                          for k in keys[:3])
+        raise DistributedError(
+            f"Process {i} was given other {what} than process 0 ({shown}"
+            f"{', …' if len(keys) > 3 else ''}); start every process with "
+            "the same flags and data.")
 
   def on_primary(self, fn: Callable[[], T], encode: Callable[[T], int]
                  ) -> tuple[T | None, int]:

@@ -534,8 +534,9 @@ def train(
     DivergedError: the training loss became non-finite, or the weights
       overflowed.
     CheckpointError: no checkpoint can be saved or restored.
-    DistributedError: the batch does not split over the devices, or (on
-      processes other than 0) process 0 refused the run.
+    DistributedError: the batch does not split over the devices, the
+      processes were given other settings or data, or (on processes other
+      than 0) process 0 refused the run.
 
   Examples:
     >>> from bort_jax.experiments.config import TrainConfig
@@ -551,6 +552,7 @@ def train(
   if parallel is None and jax.process_count() > 1:
     parallel = distributed.DataParallel()
   if parallel is not None:
+    parallel.check_alike("settings", config.to_dict())
     parallel.check_batch_size(config.batch_size)
   primary = parallel is None or parallel.primary
   say = (log if primary else None) or (lambda line: None)
@@ -573,6 +575,8 @@ def train(
     data = train_data.prepare(
         config, dataset,
         put=None if parallel is None else parallel.replicate, holdout=holdout)
+    if parallel is not None:
+      parallel.check_alike("data", data.fingerprint)
     static, state = _init(config, data, models_lib.num_classes(dataset),
                           parallel)
     run = _Run(config, data, static, say, folder=folder, parallel=parallel,

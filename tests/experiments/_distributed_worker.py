@@ -4,7 +4,8 @@ Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID (imports nothing
 until run, so that collecting it for doctests starts no backend)
 
 ``SPEC_JSON`` holds the coordinator's port, the process count, the CPU device
-count per process, the config, the run folder, ``max_steps``, ``resume``,
+count per process, the config (and each process's overrides of it), the run
+folder, ``max_steps``, ``resume``,
 whether to run data-parallel (``parallel``) and to shard the state
 (``shard_params``), and where to save the final state (``.npz``; process 0 also writes the history as
 JSON next to it).
@@ -49,7 +50,8 @@ def main():
   from bort_jax.experiments.config import TrainConfig
   from bort_jax.experiments.loop import train
 
-  config = TrainConfig.from_dict(spec["config"])
+  config = TrainConfig.from_dict(
+      {**spec["config"], **spec["overrides"].get(str(process_id), {})})
   parallel = (distributed.DataParallel(
       shard_params=spec.get("shard_params", False))
       if spec["parallel"] else None)

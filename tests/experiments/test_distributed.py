@@ -50,13 +50,15 @@ def _free_port() -> int:
 
 def _launch(tmp_path, run_dir, *, processes=2, devices=4, max_steps=None,
             resume=False, parallel=True, shard_params=False, timeout=600,
-            check=True):
+            check=True, overrides=None):
   """Runs the worker on ``processes`` processes; returns each one's output.
 
+  ``overrides``: ``{process id: config fields}`` that process runs with.
   With ``check=False``, returns the return codes and the outputs instead.
   """
   spec = {"port": _free_port(), "processes": processes, "devices": devices,
           "config": CONFIG.to_dict(), "run_dir": str(run_dir),
+          "overrides": {str(k): v for k, v in (overrides or {}).items()},
           "max_steps": max_steps, "resume": resume, "parallel": parallel,
           "shard_params": shard_params,
           "out": str(tmp_path / f"{run_dir.name}-{max_steps}-{resume}"
@@ -245,6 +247,66 @@ def test_interrupted_two_process_run_resumes_to_the_same_result(
     assert info["step"] == 20 and info["finished"]
     _assert_close(leaves, _leaves(reference))
     _assert_same_history(info["history"], reference.history)
+
+
+@pytest.mark.slow
+def test_one_device_per_process_saves_and_resumes(reference, tmp_path):
+  # One process per GPU: the state placed from device arrays could not be
+  # saved (orbax: "An argument array had 2 shard(s)"), at the first
+  # checkpoint.
+  run_dir = tmp_path / "one-each"
+  first = _launch(tmp_path, run_dir, devices=1, max_steps=7)
+  assert [info["device_count"] for _, info in first] == [2, 2]
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["0", "7"]
+  for leaves, info in _launch(tmp_path, run_dir, devices=1, resume=True):
+    assert info["step"] == 20 and info["finished"]
+    _assert_close(leaves, _leaves(reference))
+    _assert_same_history(info["history"], reference.history)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value", [("learning_rate", 2e-2),
+                                          ("seed", 1)])
+def test_processes_given_other_settings_are_refused(tmp_path, field, value):
+  # Each process applies its own update to its copy of the state: another
+  # learning rate trained copies that drifted apart, silently (exit 0), and
+  # another seed failed deep inside jax.device_put.
+  run_dir = tmp_path / "run"
+  outputs = _launch(tmp_path, run_dir, devices=1, check=False,
+                    overrides={1: {field: value}})
+  for code, text in outputs:
+    assert code != 0
+    assert (f"DistributedError: Process 1 was given other settings than "
+            f"process 0 ({field} {value!r} vs {getattr(CONFIG, field)!r})"
+            in text), text[-2000:]
+  assert not run_dir.exists()
+
+
+def test_check_alike_names_the_process_and_entries_that_differ(monkeypatch):
+  # The gathers of two processes, the second given other data.
+  mine = {"test": {"sha256": "a"}, "train": {"sha256": "b"}}
+  theirs = json.dumps({"test": {"sha256": "a"}, "train": {"sha256": "c"}},
+                      sort_keys=True).encode()
+
+  def allgather(x):
+    x = np.asarray(x)
+    if x.ndim == 0:  # the sizes
+      return np.stack([x, np.int32(len(theirs))])
+    other = np.zeros_like(x)
+    other[:len(theirs)] = np.frombuffer(theirs, np.uint8)
+    return np.stack([x, other])
+
+  monkeypatch.setattr(distributed.multihost_utils, "process_allgather",
+                      allgather)
+  layout = distributed.DataParallel()
+  layout.check_alike("data", mine)  # one process: nothing to compare
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(launch.DistributedError, match=(
+      r"^Process 1 was given other data than process 0 \(train "
+      r"\{'sha256': 'c'\} vs \{'sha256': 'b'\}\); start every process "
+      r"with the same flags and data\.$")):
+    layout.check_alike("data", mine)
+  layout.check_alike("data", json.loads(theirs))  # alike: accepted
 
 
 def test_sharded_params_split_the_state_and_train_as_replicated():
