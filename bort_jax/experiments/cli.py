@@ -246,9 +246,10 @@ def _train_command(parser: argparse.ArgumentParser, args) -> int:
           f"checkpoint is saved. Continue with: {_PROG} train --out "
           f"{args.out} --resume", file=sys.stderr)
     return signals.exit_status(result.stopped_by)  # 130 SIGINT, 143 SIGTERM
-  last = result.history[-1]
-  print(f"Done: test accuracy {last['test_accuracy']:.4f}; metrics in "
-        f"{os.path.join(args.out, 'metrics.json')}")
+  if parallel is None or parallel.primary:  # the process that wrote them
+    last = result.history[-1]
+    print(f"Done: test accuracy {last['test_accuracy']:.4f}; metrics in "
+          f"{os.path.join(args.out, 'metrics.json')}")
   return 0
 
 

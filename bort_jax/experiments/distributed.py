@@ -154,8 +154,8 @@ def start(coordinator_address: str | None = None,
   left = max(1.0, deadline - time.monotonic())
   watchdog = threading.Timer(left, launch.exit_on_timeout, args=(
       f"the processes did not all meet at {where} ({who}); start all of "
-      "them with the same --coordinator and --num-processes, or raise "
-      "--coordinator-timeout.",))
+      "them with the same --coordinator and --num-processes and each with "
+      "its own --process-id, or raise --coordinator-timeout.",))
   watchdog.daemon = True
   watchdog.start()
   try:

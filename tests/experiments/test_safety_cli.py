@@ -110,7 +110,8 @@ def test_n6_coordinator_left_alone_exits_in_one_line_not_an_abort(tmp_path):
       f"bort-jax train: error: the processes did not all meet at "
       f"127.0.0.1:{port} "
       "within 2 s (process 0 of 2); start all of them with the same "
-      "--coordinator and --num-processes, or raise --coordinator-timeout."]
+      "--coordinator and --num-processes and each with its own "
+      "--process-id, or raise --coordinator-timeout."]
   assert done.stdout.startswith(
       f"starting the coordinator at 127.0.0.1:{port}; waiting up to 2 s")
   assert not os.path.exists(out)
