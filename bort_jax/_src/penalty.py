@@ -217,13 +217,15 @@ def split_axis(x: Array, axis_name: Any) -> Any:
   Gram would count it once per device. Where ``shard_map`` tracks what
   varies (``check_vma``, its default), such a matrix is computed locally;
   a matrix split on its units axis instead cannot be told apart from one
-  split on its fan-in, so the caller's contract stands (``axis_name``).
+  split on its fan-in, and without ``check_vma`` nothing can be told, so
+  the caller's contract stands (``axis_name``).
   """
   check_axis_bound(axis_name)
-  if (axis_name is not None and axis_name not in _varying(x)
-      and axis_name in _varying(jax.lax.axis_index(axis_name))):
+  if axis_name is None:
     return None
-  return axis_name
+  axes = set(axis_name) if isinstance(axis_name, tuple) else {axis_name}
+  tracked = axes <= _varying(jax.lax.axis_index(axis_name))
+  return None if tracked and axes.isdisjoint(_varying(x)) else axis_name
 
 
 def _overcomplete(x: Array, units: int, ctx: Context) -> bool:

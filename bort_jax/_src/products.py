@@ -44,10 +44,11 @@ class KernelOptions(NamedTuple):
       matrix's fan-in axis is split. Products that contract over fan-in are
       summed with one ``psum`` (of an m×m Gram, or of m norms); the l1-fullcol
       Gram, whose vectors are split, all-gathers its matrix. A matrix
-      replicated over the axis is corrected locally where ``shard_map``
-      tracks what varies (``check_vma``, its default); one split on its
-      units axis cannot be told apart there and is corrected wrongly: leave
-      it out with ``bort_mask``.
+      replicated over the axis (or axes, for a tuple) is corrected locally
+      where ``shard_map`` tracks what varies (``check_vma``, its default);
+      one split on its units axis, or any replicated one under
+      ``check_vma=False``, cannot be told apart there and is corrected
+      wrongly: leave it out with ``bort_mask``.
   """
 
   precision: Any = None

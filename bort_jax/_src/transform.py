@@ -354,7 +354,9 @@ def _tree_correction(params, mode, amplitude, dimension_numbers,
           view.output_axes[0], tau=tau, zone_cap=zone_cap)
       continue
     dtype = jnp.dtype(penalty.compute_dtype(leaf.dtype))
-    key = (view.matrix_shape[1:], dtype, view.spec) if batch else i
+    # A matrix whole on every device is not batched with split ones.
+    key = ((view.matrix_shape[1:], dtype, view.spec, penalty.split_axis(
+        leaf, kernel_options.axis_name)) if batch else i)
     groups[key].append(i)
 
   for members in groups.values():

@@ -88,24 +88,29 @@ def test_sharded_step_equals_unsharded(axis_type, layout, mode):
         path, value.sharding, sharding)
 
 
+@pytest.mark.parametrize("batch_products", [False, True])
 @pytest.mark.parametrize("mode", bort_jax.MODES)
-def test_shard_map_with_fan_in_split_over_an_axis(mode):
+def test_shard_map_with_fan_in_split_over_an_axis(mode, batch_products):
   # "up" has more units than fan-in (48 on 16), split 2 a device: the full
   # row modes then take the fan-in's Gram and "ada" over all its columns.
-  # "head" is replicated, whole on every device: its products are local
-  # (summed over the axis, its Gram counted it 8 times, silently).
+  # "head" and "twin" are replicated, whole on every device: their products
+  # are local (summed over the axis, a Gram counted them 8 times, silently);
+  # "twin" has the shape of a device's part of "dense", and is not batched
+  # with it.
   rng = np.random.default_rng(1)
-  params = {**_params(),
-            "up": {"kernel": jnp.asarray(rng.normal(size=(16, 48)) * 0.2,
-                                         jnp.float32)},
-            "head": {"kernel": jnp.asarray(rng.normal(size=(32, 10)) * 0.2,
-                                           jnp.float32)}}
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape) * 0.2,
+                                      jnp.float32)
+  params = {**_params(), "up": {"kernel": normal(16, 48)},
+            "head": {"kernel": normal(32, 10)},
+            "twin": {"kernel": normal(8, 32)}}
   expected = bort_jax.tree_correction(params, mode, "ada")
   mesh = jax.make_mesh((8,), ("model",))
   specs = {"dense": {"kernel": P("model", None), "bias": P()},
            "conv": {"kernel": P(None, None, "model", None)},
-           "up": {"kernel": P("model", None)}, "head": {"kernel": P()}}
-  options = bort_jax.KernelOptions(axis_name="model")
+           "up": {"kernel": P("model", None)}, "head": {"kernel": P()},
+           "twin": {"kernel": P()}}
+  options = bort_jax.KernelOptions(axis_name="model",
+                                   batch_products=batch_products)
 
   @jax.jit
   @functools.partial(jax.shard_map, mesh=mesh, in_specs=(specs,),
@@ -118,7 +123,31 @@ def test_shard_map_with_fan_in_split_over_an_axis(mode):
 
   got = local_correction(jax.device_put(params, jax.tree.map(
       lambda s: NamedSharding(mesh, s), specs)))
-  for name in ("dense", "conv", "up", "head"):
+  for name in ("dense", "conv", "up", "head", "twin"):
+    np.testing.assert_allclose(got[name]["kernel"], expected[name]["kernel"],
+                               atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_shard_map_over_two_axes_corrects_a_replicated_matrix_locally():
+  params = {"dense": {"kernel": jnp.asarray(
+      np.random.default_rng(2).normal(size=(64, 16)) * 0.2, jnp.float32)},
+            "head": {"kernel": jnp.asarray(
+      np.random.default_rng(3).normal(size=(16, 10)) * 0.2, jnp.float32)}}
+  expected = bort_jax.tree_correction(params, "l2-full", "ada")
+  mesh = jax.make_mesh((2, 4), ("x", "y"))
+  specs = {"dense": {"kernel": P(("x", "y"), None)}, "head": {"kernel": P()}}
+  options = bort_jax.KernelOptions(axis_name=("x", "y"))
+
+  @jax.jit
+  @functools.partial(jax.shard_map, mesh=mesh, in_specs=(specs,),
+                     out_specs=specs)
+  def local_correction(local):
+    return bort_jax.tree_correction(local, "l2-full", "ada",
+                                    kernel_options=options)
+
+  got = local_correction(jax.device_put(params, jax.tree.map(
+      lambda s: NamedSharding(mesh, s), specs)))
+  for name in params:
     np.testing.assert_allclose(got[name]["kernel"], expected[name]["kernel"],
                                atol=1e-5, rtol=1e-5, err_msg=name)
 
