@@ -372,10 +372,15 @@ def point_name(point: dict[str, Any]) -> str:
 
 
 # The point fields a Bort point and its baseline share; the learning rate is
-# not among them: the baseline's own validation chooses it.
+# not among them: the baseline's own validation chooses it. A field a point
+# lacks is at its default (a baseline recorded before bort_head reached
+# baselines ran with the head).
 def _shared(point: dict[str, Any]) -> dict[str, Any]:
   fields = {a.field for a in AXES if not a.bort_only} - {"learning_rate"}
-  return {k: point.get(k) for k in ("placement", *sorted(fields))}
+  defaults = {f.name: f.default
+              for f in dataclasses.fields(config_lib.TrainConfig)}
+  return {k: point.get(k, defaults.get(k))
+          for k in ("placement", *sorted(fields))}
 
 
 def choose_baseline(point: dict[str, Any], points: list[dict[str, Any]]

@@ -54,6 +54,19 @@ def test_selection_takes_the_most_accurate_tight_point_on_validation():
   assert chosen["point"]["gamma"] == 3.0
 
 
+def test_a_baseline_recorded_without_a_head_setting_ran_with_the_head():
+  # Baselines took --bort-heads later: an older frontier's baseline has no
+  # bort_head and pairs with the Bort points that kept the head (it paired
+  # with none).
+  baseline = _point("decoupled", "adamw", 0.97, 1.2)
+  points = [baseline]
+  for head in (True, False):
+    points.append(_point("decoupled", "bort-adamw", 0.96, 0.01, 1.0))
+    points[-1]["point"]["bort_head"] = head
+  assert frontier.choose_baseline(points[1], points) is baseline
+  assert frontier.choose_baseline(points[2], points) is None
+
+
 @pytest.fixture(scope="module")
 def digits():
   return data_lib.load_splits("digits")
