@@ -311,35 +311,51 @@ class DataParallel:
     flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
     return bool(np.any(flags))
 
-  def check_alike(self, what: str, value: dict[str, Any]) -> None:
+  def check_alike(self, what: str, value: dict[str, Any] | None = None, *,
+                  error: BaseException | None = None) -> None:
     """Refuses a run whose processes were given other ``value`` than process 0.
 
     Every process applies its own update to its copy of the replicated
     state, so processes started with other settings (a learning rate) or
     data would train copies that drift apart, silently. Every process
-    must call it, with the same ``what``.
+    must call it at the same point: a process that failed to compute its
+    ``value`` passes its ``error`` instead, so that the others stop with it
+    rather than wait for it.
 
     Args:
       what: what ``value`` is, for the message (``"settings"``).
       value: a JSON dict (a config's fields, a data fingerprint).
+      error: this process's failure to compute ``value``, raised here after
+        the others are told.
 
     Raises:
       DistributedError: on every process, naming the first process that
-        differs and the entries that differ.
+        failed or differs, and the entries that differ.
     """
     if not self.multiprocess:
+      if error is not None:
+        raise error
       return
-    text = np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+    mine = ({"error": f"{type(error).__name__}: {error}"} if error is not None
+            else {"value": value})
+    text = np.frombuffer(json.dumps(mine, sort_keys=True).encode(), np.uint8)
     size = int(np.max(multihost_utils.process_allgather(np.int32(text.size))))
     padded = np.zeros(size, np.uint8)
     padded[:text.size] = text
     rows = np.asarray(multihost_utils.process_allgather(padded))
-    values = [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
-    for i, other in enumerate(values):
-      keys = sorted(k for k in {*values[0], *other}
-                    if values[0].get(k) != other.get(k))
+    gathered = [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+    if error is not None:
+      raise error
+    for i, other in enumerate(gathered):
+      if "error" in other:
+        raise DistributedError(f"Process {i} stopped the run: "
+                               f"{other['error']}")
+    first = gathered[0]["value"]
+    for i, other in enumerate(g["value"] for g in gathered):
+      keys = sorted(k for k in {*first, *other}
+                    if first.get(k) != other.get(k))
       if keys:
-        shown = ", ".join(f"{k} {other.get(k)!r} vs {values[0].get(k)!r}"
+        shown = ", ".join(f"{k} {other.get(k)!r} vs {first.get(k)!r}"
                           for k in keys[:3])
         raise DistributedError(
             f"Process {i} was given other {what} than process 0 ({shown}"

@@ -570,13 +570,13 @@ def train(
       folder = None if opened is None else opened[0]
       restore = bool(restore)
   try:
-    if dataset is None:
-      dataset = data_lib.load_splits(config.data, download=download)
-    data = train_data.prepare(
-        config, dataset,
-        put=None if parallel is None else parallel.replicate, holdout=holdout)
-    if parallel is not None:
-      parallel.check_alike("data", data.fingerprint)
+    if parallel is None:
+      if dataset is None:
+        dataset = data_lib.load_splits(config.data, download=download)
+      data = train_data.prepare(config, dataset, holdout=holdout)
+    else:
+      dataset, data = _load_alike(parallel, config, dataset, download,
+                                  holdout)
     static, state = _init(config, data, models_lib.num_classes(dataset),
                           parallel)
     run = _Run(config, data, static, say, folder=folder, parallel=parallel,
@@ -609,6 +609,31 @@ def train(
                      nnx.merge(static.optimizer_def, state.optimizer),
                      state.history, state.step, finished, where, dataset,
                      stopped_by)
+
+
+def _load_alike(parallel: distributed.DataParallel, config: TrainConfig,
+                dataset: data_lib.Dataset | None, download: bool,
+                holdout: data_lib.Split | None
+                ) -> tuple[data_lib.Dataset, train_data.RunData]:
+  """The data, checked alike on every process before they are placed; a
+  process that fails to load them stops the others (one line each) instead
+  of leaving them waiting."""
+  checked = []
+
+  def put(arrays):
+    checked.append(True)
+    parallel.check_alike("data", train_data.data_fingerprint(arrays))
+    return parallel.replicate(arrays)
+
+  try:
+    if dataset is None:
+      dataset = data_lib.load_splits(config.data, download=download)
+    return dataset, train_data.prepare(config, dataset, put=put,
+                                       holdout=holdout)
+  except Exception as e:
+    if not checked:  # the others wait in check_alike: tell them
+      parallel.check_alike("data", error=e)
+    raise
 
 
 def _summary_line(record: dict, epochs: int) -> str:

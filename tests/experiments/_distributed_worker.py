@@ -4,8 +4,8 @@ Usage: python _distributed_worker.py SPEC_JSON PROCESS_ID (imports nothing
 until run, so that collecting it for doctests starts no backend)
 
 ``SPEC_JSON`` holds the coordinator's port, the process count, the CPU device
-count per process, the config (and each process's overrides of it), the run
-folder, ``max_steps``, ``resume``,
+count per process, the config (and each process's overrides of it, and
+changes of its data: ``data_change``), the run folder, ``max_steps``, ``resume``,
 whether to run data-parallel (``parallel``) and to shard the state
 (``shard_params``), and where to save the final state (``.npz``; process 0 also writes the history as
 JSON next to it).
@@ -56,8 +56,18 @@ def main():
       shard_params=spec.get("shard_params", False))
       if spec["parallel"] else None)
   lines = []
-  result = train(config, spec["run_dir"], dataset=data_lib.load_splits(
-      config.data), resume=spec["resume"], max_steps=spec["max_steps"],
+  dataset = data_lib.load_splits(config.data)
+  change = spec.get("data_change", {}).get(str(process_id))
+  if change == "pixel":  # one pixel of the first training image
+    images = dataset.train.images.copy()
+    images[0, 0, 0, 0] += 0.5
+    dataset = data_lib.Dataset(data_lib.Split(images, dataset.train.labels),
+                               dataset.test)
+  elif change == "no_test":
+    dataset = data_lib.Dataset(dataset.train, data_lib.Split(
+        dataset.test.images[:0], dataset.test.labels[:0]))
+  result = train(config, spec["run_dir"], dataset=dataset,
+                 resume=spec["resume"], max_steps=spec["max_steps"],
                  parallel=parallel, log=lines.append)
   out = spec["out"].format(process=process_id)
   np.savez(out, **state_arrays(result))

@@ -50,15 +50,18 @@ def _free_port() -> int:
 
 def _launch(tmp_path, run_dir, *, processes=2, devices=4, max_steps=None,
             resume=False, parallel=True, shard_params=False, timeout=600,
-            check=True, overrides=None):
+            check=True, overrides=None, data_change=None):
   """Runs the worker on ``processes`` processes; returns each one's output.
 
-  ``overrides``: ``{process id: config fields}`` that process runs with.
+  ``overrides``: ``{process id: config fields}`` that process runs with;
+  ``data_change``: ``{process id: "pixel" | "no_test"}``, how its data
+  differ (see the worker).
   With ``check=False``, returns the return codes and the outputs instead.
   """
   spec = {"port": _free_port(), "processes": processes, "devices": devices,
           "config": CONFIG.to_dict(), "run_dir": str(run_dir),
           "overrides": {str(k): v for k, v in (overrides or {}).items()},
+          "data_change": {str(k): v for k, v in (data_change or {}).items()},
           "max_steps": max_steps, "resume": resume, "parallel": parallel,
           "shard_params": shard_params,
           "out": str(tmp_path / f"{run_dir.name}-{max_steps}-{resume}"
@@ -282,11 +285,36 @@ def test_processes_given_other_settings_are_refused(tmp_path, field, value):
   assert not run_dir.exists()
 
 
+@pytest.mark.slow
+def test_processes_given_other_data_are_refused_before_it_is_placed(
+    tmp_path):
+  # jax.device_put compared the placed arrays first: a JAX assertion and
+  # pages of arrays, not one line.
+  outputs = _launch(tmp_path, tmp_path / "run", devices=1, check=False,
+                    data_change={1: "pixel"}, timeout=120)
+  for code, text in outputs:
+    assert code != 0
+    assert ("DistributedError: Process 1 was given other data than process "
+            "0 (train_images " in text), text[-2000:]
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_to_load_its_data_stops_the_others(tmp_path):
+  # The others waited for it in a collective until JAX's shutdown timeout
+  # (300 s) aborted them all.
+  (code0, text0), (code1, text1) = _launch(
+      tmp_path, tmp_path / "run", devices=1, check=False,
+      data_change={1: "no_test"}, timeout=120)
+  assert code1 and "DataError: The test set of 'digits' is empty." in text1
+  assert code0 and ("DistributedError: Process 1 stopped the run: "
+                    "DataError: The test set of 'digits' is empty." in text0)
+
+
 def test_check_alike_names_the_process_and_entries_that_differ(monkeypatch):
   # The gathers of two processes, the second given other data.
   mine = {"test": {"sha256": "a"}, "train": {"sha256": "b"}}
-  theirs = json.dumps({"test": {"sha256": "a"}, "train": {"sha256": "c"}},
-                      sort_keys=True).encode()
+  other = {"test": {"sha256": "a"}, "train": {"sha256": "c"}}
+  theirs = json.dumps({"value": other}, sort_keys=True).encode()
 
   def allgather(x):
     x = np.asarray(x)
@@ -306,7 +334,10 @@ def test_check_alike_names_the_process_and_entries_that_differ(monkeypatch):
       r"\{'sha256': 'c'\} vs \{'sha256': 'b'\}\); start every process "
       r"with the same flags and data\.$")):
     layout.check_alike("data", mine)
-  layout.check_alike("data", json.loads(theirs))  # alike: accepted
+  layout.check_alike("data", other)  # alike: accepted
+  # A process that failed tells the others, then raises its own error.
+  with pytest.raises(KeyError, match="lost"):
+    layout.check_alike("data", error=KeyError("lost"))
 
 
 def test_sharded_params_split_the_state_and_train_as_replicated():
