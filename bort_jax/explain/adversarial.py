@@ -94,22 +94,27 @@ def _check_clip(images: jax.Array, clip: Any) -> tuple[float, float] | None:
   return low, high
 
 
-def _check_epsilon(epsilon: Any, images: Any) -> None:
-  """ε is a norm per image: a scalar or ``(N,)``, finite and ``>= 0``
-  where it is known (not traced)."""
+def _check_epsilon(epsilon: Any, images: Any, name: str = "epsilon",
+                   zero: bool = True) -> None:
+  """ε (or a step, ``name``) is a norm per image: a scalar or ``(N,)``,
+  finite and ``>= 0`` (``> 0`` unless ``zero``) where it is known (not
+  traced)."""
   shape, batch = np.shape(epsilon), np.shape(images)[:1]
   if shape not in ((), batch):
     raise ValueError(
-        f"epsilon must be a scalar or one norm per image, shape {batch}, got "
-        f"shape {shape}.")
+        f"{name} must be a scalar or one {'norm' if zero else 'value'} per "
+        f"image, shape {batch}, got shape {shape}.")
   try:
     values = np.asarray(epsilon, dtype=np.float64)
   except jax.errors.TracerArrayConversionError:
     return
-  if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+  if not (np.all(np.isfinite(values))
+          and np.all(values >= 0 if zero else values > 0)):
     raise ValueError(
-        f"epsilon must be a finite L2 norm >= 0 (a scalar or one per image), "
-        f"got {epsilon!r}; a negative one would step down the loss.")
+        f"{name} must be a finite "
+        f"{'L2 norm >= 0' if zero else 'number > 0'} (a scalar or one per "
+        f"image), got {epsilon!r}; a negative one would step down the loss"
+        + ("." if zero else ", and 0 moves nothing."))
 
 
 def _labels(logits_fn: LogitsFn, images: jax.Array, labels: Any
@@ -240,6 +245,7 @@ def latent_edit_attack(
     [0.1, 0.1]
   """
   _check_epsilon(epsilon, images)
+  _check_epsilon(strength, images, "strength", zero=False)
   images = metrics.floating_images(images)
   clip = _check_clip(images, clip)
   layers = backtracking.model_layers(model)
@@ -400,6 +406,8 @@ def pgd_l2(
   """
   check_eval_mode(logits_fn, "logits_fn")
   _check_epsilon(epsilon, images)
+  if step_size is not None:
+    _check_epsilon(step_size, images, "step_size", zero=False)
   steps = validation.check_positive_int("steps", steps)
   images = metrics.floating_images(images)
   clip = _check_clip(images, clip)

@@ -35,12 +35,20 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 def reconstruction_mse(x: jax.Array, x_hat: jax.Array) -> jax.Array:
   """The mean squared error of each example, ``mean((x − x̂)²)``.
 
+  Raises:
+    ValueError: ``x`` and ``x_hat`` differ in shape (they were broadcast:
+      one image against a batch gave a PSNR per image of the batch).
+
   Examples:
     >>> import jax.numpy as jnp
     >>> reconstruction_mse(jnp.zeros((2, 2)), jnp.array([[1.0, 1.0], [0.0, 2.0]]))
     Array([1., 2.], dtype=float32)
   """
-  axes = tuple(range(1, x.ndim))
+  if np.shape(x) != np.shape(x_hat):
+    raise ValueError(
+        f"x and x_hat must have the same shape (a batch of examples and their "
+        f"reconstructions), got {np.shape(x)} and {np.shape(x_hat)}.")
+  axes = tuple(range(1, np.ndim(x)))
   return jnp.mean(jnp.square(x - x_hat), axis=axes)
 
 
@@ -49,6 +57,9 @@ def psnr(x: jax.Array, x_hat: jax.Array, data_range: float = 1.0) -> jax.Array:
 
   .. math::
     \\text{PSNR} = 10 \\log_{10}(\\text{range}^2 / \\text{MSE})
+
+  The MSE is floored at 1e-20, so an exact reconstruction counts as
+  ``10 log10(range² / 1e-20)`` (200 dB at range 1), finite in a mean.
 
   Examples:
     >>> import jax.numpy as jnp

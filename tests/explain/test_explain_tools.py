@@ -315,6 +315,16 @@ def test_attacks_and_layer_indices_check_their_numbers():
       attack(-0.5)
   with pytest.raises((TypeError, ValueError), match="steps must be"):
     explain.pgd_l2(model, images, labels, 0.5, steps=2.5)
+  # A negative step or strength stepped down the loss (0 % success), NaN
+  # made NaN images, and strength 0 rescaled rounding noise to epsilon.
+  for bad in (-0.5, 0.0, float("nan")):
+    with pytest.raises(ValueError, match="step_size must be a finite number "
+                       "> 0"):
+      explain.pgd_l2(model, images, labels, 0.5, steps=2, step_size=bad)
+    with pytest.raises(ValueError, match="strength must be a finite number "
+                       "> 0"):
+      explain.latent_edit_attack(model, images, labels, layer=1,
+                                 epsilon=0.5, strength=bad)
   # NumPy and concrete JAX integers are layer indices (they were "out of
   # range"); a bool is not one.
   want = explain.reconstruct(model, images, 1)
@@ -628,3 +638,15 @@ def test_a_nested_sequential_backtracks_as_its_flat_equivalent(relu):
     np.testing.assert_allclose(
         explain.backtrack(nested, nested.forward(x)[3], 2), want, rtol=1e-6,
         atol=1e-6)
+
+
+def test_psnr_refuses_shapes_that_only_broadcast():
+  # One image against a batch gave a PSNR per image of the batch, silently.
+  x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+  with pytest.raises(ValueError, match=r"x and x_hat must have the same "
+                     r"shape .* got \(4, 8, 8, 1\) and \(8, 8, 1\)"):
+    explain.psnr(x, x[0])
+  with pytest.raises(ValueError, match="x and x_hat must have the same"):
+    explain.reconstruction_mse(x, x[:, :, :, 0])
+  # An exact reconstruction is the floor's 200 dB, as documented.
+  np.testing.assert_allclose(explain.psnr(x, x), 200.0)
