@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bort_jax.explain import inverses
+from bort_jax.explain import metrics
 from bort_jax.explain.eval_mode import check_eval_mode
 from bort_jax.models.invertible import InvertibleSequential
 
@@ -226,8 +227,23 @@ def reconstruct(
     (3, 8, 8, 1)
   """
   stop = layer_index(layer, len(model_layers(model)))
+  x = check_inputs(model, x, "x")
   cache = forward_cache(model, x)
   return backtrack(model, cache[stop + 1], stop, cache, relu)
+
+
+def check_inputs(model: Any, x: Any, name: str) -> jax.Array:
+  """``x`` as a floating array of the model's ``input_shape`` per example
+  (where the model has one), or a one-line error naming ``name``: integer
+  pixels (0…255) would be backtracked as they are, and another shape fails
+  deep inside a layer."""
+  x = metrics.floating_images(x, name)
+  input_shape = getattr(model, "input_shape", None)
+  if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+    raise ValueError(
+        f"{name} must be a batch (N, *{tuple(input_shape)}) of the model's "
+        f"inputs, got shape {x.shape}.")
+  return x
 
 
 def _sequential_inverse(layer: Any, y: jax.Array, x: Any, relu: str

@@ -169,6 +169,7 @@ def backtrack_saliency(
   """
   inverses.check_relu_mode(relu)
   _check_images(images)
+  images = backtracking.check_inputs(model, images, "images")
   layers = backtracking.model_layers(model)
   stop = backtracking.layer_index(layer, len(layers))
   cache = backtracking.forward_cache(model, images)[: stop + 2]

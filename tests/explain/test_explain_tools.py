@@ -650,3 +650,18 @@ def test_psnr_refuses_shapes_that_only_broadcast():
     explain.reconstruction_mse(x, x[:, :, :, 0])
   # An exact reconstruction is the floor's 200 dB, as documented.
   np.testing.assert_allclose(explain.psnr(x, x), 200.0)
+
+
+def test_reconstruct_and_backtrack_saliency_check_their_images():
+  # Another shape failed deep inside a layer (the head's dot_general), and
+  # 8-bit pixels were backtracked as they are, where the other tools refuse.
+  model = _small_cnn()
+  images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  for tool in (lambda x: explain.reconstruct(model, x, 1),
+               lambda x: explain.backtrack_saliency(model, x, 1)):
+    with pytest.raises(ValueError, match=r"must be a batch \(N, \*\(8, 8, "
+                       r"1\)\) of the model's inputs, got shape \(2, 9, 9, "
+                       r"1\)"):
+      tool(jnp.ones((2, 9, 9, 1)))
+    with pytest.raises(TypeError, match="must be floating point, got uint8"):
+      tool((images * 255).astype(jnp.uint8))
