@@ -33,7 +33,10 @@ from flax import nnx
 
 import bort_jax
 from bort_jax import explain
+from bort_jax import validation
+from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import flags
 from bort_jax.experiments import workdir
 from bort_jax.experiments import steps as steps_lib
 from bort_jax.models.invertible import InvertibleCNN
@@ -43,32 +46,39 @@ OUT_FILES = ("results.json", "reconstructions.png", "saliency.png",
              "gram.png", "adversarial_bort.png", "adversarial_adamw.png")
 
 
+_positive_int = flags.argument_type(int, validation.check_positive_int,
+                                    "an integer")
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out")
   p.add_argument("--data", choices=("mnist", "digits"), default="mnist")
-  p.add_argument("--steps", type=int, default=1000, help="training steps")
-  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--steps", type=_positive_int, default=1000,
+                 help="training steps")
+  p.add_argument("--batch-size", type=_positive_int, default=64)
   p.add_argument("--lr", type=float, default=1e-3,
                  help="peak learning rate (cosine decay to 0)")
   p.add_argument("--weight-decay", type=float, default=1e-4)
   p.add_argument("--gamma", type=float, default=3.0, help="Bort strength")
   p.add_argument("--mode", default="l1-fullrow", choices=bort_jax.MODES)
   p.add_argument("--amplitude", default="ada",
+                 type=flags.argument_type(config_lib.parse_amplitude, None,
+                                          "a number or 'ada'"),
                  help="Bort amplitude: a number or 'ada'")
-  p.add_argument("--channels", type=int, nargs="+", default=(8, 32),
+  p.add_argument("--channels", type=_positive_int, nargs="+", default=(8, 32),
                  help="3x3 conv widths, one per stage")
-  p.add_argument("--hidden", type=int, nargs="*", default=(128,))
+  p.add_argument("--hidden", type=_positive_int, nargs="*", default=(128,))
   p.add_argument("--negative-slope", type=float, default=0.5,
                  help="LeakyReLU slope (its inverse divides by it)")
-  p.add_argument("--eval-images", type=int, default=100,
+  p.add_argument("--eval-images", type=_positive_int, default=100,
                  help="test images for saliency and attacks")
   p.add_argument("--saliency-layer", type=int, default=None,
                  help="layer of backtracking saliency (default: the deepest "
                  "stage output at least 4x4)")
-  p.add_argument("--top-k", type=int, default=256,
+  p.add_argument("--top-k", type=_positive_int, default=256,
                  help="channels of backtracking saliency")
   p.add_argument("--epsilons", type=float, nargs="+", default=None,
                  help="attack L2 norms (default: by image size)")
@@ -147,6 +157,11 @@ def _run(args, folder):
   t0 = time.time()
   ds = data_lib.load_splits(args.data)
   x_train, y_train = ds.train.images, ds.train.labels
+  if args.batch_size > len(x_train):  # no batch would fit: no step, ever
+    raise SystemExit(
+        f"explain_mnist: error: --batch-size {args.batch_size} is above the "
+        f"{len(x_train)} training images of {args.data}; pass at most "
+        f"{len(x_train)}.")
   x_test, y_test = jnp.asarray(ds.test.images), jnp.asarray(ds.test.labels)
   input_shape = x_train.shape[1:]
   print(f"{args.data}: {len(x_train)} train, {len(x_test)} test images "

@@ -145,3 +145,36 @@ def test_step_strength_limit_measures_the_strength_per_application(capsys):
     assert small[0] > 0.8 and small[1] < 0.5
     # 20x the limit per application: collapsed, or diverged (nan).
     assert math.isnan(large[0]) or large[0] < 0.5
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    # -5 evaluated x_test[:-5] (445 digits images), silently; 0 failed
+    # after both trainings.
+    ("explain_mnist", ["--eval-images", "-5"],
+     "--eval-images: must be a positive integer, got -5"),
+    ("explain_mnist", ["--steps", "0"], "--steps"),
+    ("explain_mnist", ["--channels", "8", "0"], "--channels"),
+    ("explain_mnist", ["--amplitude", "foo"], "--amplitude: expected a "
+     "number or 'ada'"),
+    ("saliency_simple_cnn", ["--images", "-5"], "--images"),
+    ("saliency_simple_cnn", ["--border", "-1"], "--border"),
+])
+def test_the_explain_examples_refuse_bad_numbers_in_one_line(
+    tmp_path, capsys, name, argv, message):
+  example = _load(name)
+  with pytest.raises(SystemExit) as info:
+    example.main(["--out", str(tmp_path / "out"), *argv])
+  assert info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert message in err[-1], err
+  assert not (tmp_path / "out").exists()
+
+
+def test_explain_mnist_refuses_a_batch_larger_than_the_training_set(
+    tmp_path):
+  # No batch fitted, so no step was ever counted: it looped forever.
+  example = _load("explain_mnist")
+  with pytest.raises(SystemExit, match="explain_mnist: error: --batch-size "
+                     "2000 is above the 1347 training images of digits"):
+    example.main(["--out", str(tmp_path / "out"), "--data", "digits",
+                  "--batch-size", "2000"])
