@@ -40,9 +40,10 @@ _NAMES = {"baseline": "AdamW", "bort": "Bort-AdamW"}
 
 #: The datasets the demo takes, the first its default.
 DEMO_DATA = ("mnist", "fashion_mnist", "digits")
-#: Epochs per MNIST/Fashion-MNIST run: at 3 epochs Bort-AdamW is 2.4 pp
-#: below AdamW, at 10 within 1 pp (docs/RESULTS.md), and both runs take
-#: about 3.5 minutes on a 2-core CPU (the README's demo table).
+#: Epochs per MNIST/Fashion-MNIST run: at 3 epochs Bort-AdamW is 1.7 pp
+#: below AdamW, at 10 within 1 pp (README's demo table; `bort-jax demo
+#: --epochs 3`, 2026-12-07), and both runs take about 6.5 minutes on a
+#: 2-core CPU.
 DEMO_EPOCHS = 10
 #: Epochs per digits run (1347 images: a few steps per epoch).
 DIGITS_EPOCHS = 30
@@ -165,7 +166,7 @@ def _load(name: str, offline: bool):
     reason = str(e).splitlines()[0]
   print(f"\n*** {name} is not available ({reason}).\n*** FALLING BACK to "
         "scikit-learn's bundled 8x8 digits (1347 train / 450 test images): "
-        "the numbers below are NOT MNIST numbers.\n", file=sys.stderr,
+        f"the numbers below are NOT {name} numbers.\n", file=sys.stderr,
         flush=True)
   return "digits", data_lib.load_splits("digits", download=False), reason
 
@@ -258,7 +259,7 @@ def run(args) -> int:
         "backtracking the first hidden layer's output to the input",
         "total_time_s": total})
   print(f"\nResults on {data_name}"
-        + (" (FALLBACK: MNIST unavailable)" if fallback else "")
+        + (f" (FALLBACK: {args.data} unavailable)" if fallback else "")
         + f", {pair[0].epochs} epoch(s), {pair[0].model}:")
   print(table(results))
   print("\nconstraint err: mean ‖WWᵀ − cI‖/‖cI‖ over the Bort kernels (c: "
