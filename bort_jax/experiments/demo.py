@@ -265,6 +265,7 @@ def run(args) -> int:
   print("\nconstraint err: mean ‖WWᵀ − cI‖/‖cI‖ over the Bort kernels (c: "
         "mean squared row norm), at step 0 (the shared orthogonal start) and "
         "at the end; recon: backtracking the first hidden layer to the input "
-        "(lower MSE / higher PSNR is better).")
+        "(lower MSE / higher PSNR is better); train s: each run's wall time, "
+        "the first (AdamW) also paying the start-up both share.")
   print(f"Figures and results.json in {args.out} ({total:.0f} s in all).")
   return 0
