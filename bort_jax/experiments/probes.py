@@ -82,6 +82,13 @@ def is_invertible(model: nnx.Module) -> bool:
   return True
 
 
+def _unwrapped(layer: Any) -> Any:
+  """The layer inside its DBort wrappers (they record energies, no math)."""
+  while isinstance(layer, DBort):
+    layer = layer.layer
+  return layer
+
+
 def _pinv_inverse(layer: Any, y: jax.Array, x: Any) -> jax.Array:
   """``x̂ = L⁺ (y − layer(0))``: the layer's least-squares, minimum-norm inverse.
 
@@ -92,8 +99,7 @@ def _pinv_inverse(layer: Any, y: jax.Array, x: Any) -> jax.Array:
   below ``n · eps`` of the largest (float32 noise, or a layer with fewer
   outputs than inputs).
   """
-  while isinstance(layer, DBort):  # the wrapper records energies, no math
-    layer = layer.layer
+  layer = _unwrapped(layer)
   shape = tuple(x.shape[1:])
   n = math.prod(shape)
   dtype = y.dtype
@@ -157,7 +163,8 @@ def first_stage_reconstruction(model: nnx.Module, images: Any,
         f"first_layer must be one of {FIRST_LAYER_INVERSES}, got "
         f"{first_layer!r}.")
   layers = explain.model_layers(model)
-  first = next(i for i, layer in enumerate(layers) if hasattr(layer, "kernel"))
+  first = next(i for i, layer in enumerate(layers)
+               if hasattr(_unwrapped(layer), "kernel"))
   layer = min(first + 1, len(layers) - 1)
   x = jnp.asarray(images)
   if first_layer == "transpose":

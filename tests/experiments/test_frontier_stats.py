@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bort_jax.dbort import DBort
 from bort_jax.experiments import cli
 from bort_jax.experiments import frontier
 from bort_jax.experiments import frontier_stats
@@ -176,6 +177,22 @@ def test_pinv_and_transpose_agree_on_an_orthogonal_first_layer():
   pinv = probes.first_stage_reconstruction(model, IMAGES, first_layer="pinv")
   np.testing.assert_allclose(pinv.images, transpose.images, atol=1e-4)
   assert transpose.psnr > 60 and pinv.psnr > 60
+
+
+@pytest.mark.parametrize("first_layer", probes.FIRST_LAYER_INVERSES)
+def test_a_dbort_wrapped_first_layer_is_the_first_stage(first_layer):
+  # The wrapper has no kernel of its own: the probe skipped it and called
+  # the second hidden layer's backtrack the first stage's.
+  q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))
+  plain = _mlp(jnp.asarray(0.5 * q, jnp.float32))
+  wrapped = _mlp(jnp.asarray(0.5 * q, jnp.float32))
+  wrapped.layers[1] = DBort(wrapped.layers[1])
+  got = probes.first_stage_reconstruction(wrapped, IMAGES,
+                                          first_layer=first_layer)
+  want = probes.first_stage_reconstruction(plain, IMAGES,
+                                           first_layer=first_layer)
+  assert got.layer == want.layer == 2
+  np.testing.assert_allclose(got.images, want.images, atol=1e-6)
 
 
 def test_pinv_inverts_a_random_square_layer_the_transpose_does_not():
