@@ -121,8 +121,10 @@ def plot_saliency(images: Any, maps: Mapping[str, Any], max_images: int = 8):
 def plot_gram(kernels: Mapping[str, Any]):
   """Heatmaps of the normalised Gram ``W Wᵀ`` (unit cosines) of kernels.
 
-  Bounded-orthogonal layers show the identity; off-diagonal colour is
-  correlation between units.
+  Bounded-orthogonal layers with no more units than fan-in show the
+  identity; off-diagonal colour is correlation between units. A layer with
+  more units than fan-in cannot have orthogonal units: Bort constrains its
+  ``Wᵀ W`` there, and its unit cosines are not 0.
 
   Args:
     kernels: panel title → a Flax kernel (output units on the last axis).

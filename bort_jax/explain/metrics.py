@@ -74,7 +74,9 @@ def cosine_gram(kernel: jax.Array) -> jax.Array:
   """The normalised Gram ``W Wᵀ`` of a Flax kernel: cosines between its units.
 
   ``W = kernel.reshape(-1, out).T`` has one row per output unit. A
-  bounded-orthogonal layer gives the identity.
+  bounded-orthogonal layer with no more units than fan-in gives the
+  identity (with more, Bort constrains ``Wᵀ W`` and the units' cosines are
+  not 0).
 
   Args:
     kernel: a Flax kernel, output units on the last axis.
