@@ -97,6 +97,10 @@ def plot_reconstructions(
 def plot_saliency(images: Any, maps: Mapping[str, Any], max_images: int = 8):
   """Inputs above each method's saliency map (``(N, H, W)`` in [0, 1]).
 
+  Raises:
+    ValueError: a method's maps are fewer than the images shown, or not
+      ``(H, W)`` each (they were drawn over the images all the same).
+
   Examples:
     >>> import numpy as np
     >>> fig = plot_saliency(np.zeros((3, 4, 4, 1)), {"grad": np.zeros((3, 4, 4))})
@@ -110,6 +114,11 @@ def plot_saliency(images: Any, maps: Mapping[str, Any], max_images: int = 8):
   _row_label(axes[0, 0], "input")
   for r, (label, batch) in enumerate(maps.items(), start=1):
     batch = np.asarray(batch)[:max_images]
+    if batch.shape != (len(images),) + images.shape[1:3]:
+      raise ValueError(
+          f"maps[{label!r}] must be one (H, W) map per image, shape "
+          f"{(len(images),) + images.shape[1:3]} (of the first {max_images}),"
+          f" got {batch.shape}.")
     for c in range(len(images)):
       _show(axes[r, c], images[c])
       axes[r, c].imshow(batch[c], cmap="jet", alpha=0.55, vmin=0, vmax=1,

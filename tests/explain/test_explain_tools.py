@@ -665,3 +665,13 @@ def test_reconstruct_and_backtrack_saliency_check_their_images():
       tool(jnp.ones((2, 9, 9, 1)))
     with pytest.raises(TypeError, match="must be floating point, got uint8"):
       tool((images * 255).astype(jnp.uint8))
+
+
+def test_plot_saliency_refuses_maps_that_do_not_fit_the_images():
+  # 7x7 maps were drawn over 8x8 images without a word.
+  images = np.zeros((2, 8, 8, 1))
+  with pytest.raises(ValueError, match=r"maps\['grad'\] must be one \(H, W\) "
+                     r"map per image, shape \(2, 8, 8\) .* got \(2, 7, 7\)"):
+    explain.plot_saliency(images, {"grad": np.zeros((2, 7, 7))})
+  assert len(explain.plot_saliency(
+      images, {"grad": np.zeros((2, 8, 8))}).axes) == 4
