@@ -217,8 +217,9 @@ def split_axis(x: Array, axis_name: Any) -> Any:
   Gram would count it once per device. Where ``shard_map`` tracks what
   varies (``check_vma``, its default), such a matrix is computed locally;
   a matrix split on its units axis instead cannot be told apart from one
-  split on its fan-in, and without ``check_vma`` nothing can be told, so
-  the caller's contract stands (``axis_name``).
+  split on its fan-in, and without ``check_vma`` (or under ``pmap`` and
+  ``vmap``) nothing can be told, so the caller's contract stands
+  (``axis_name``).
   """
   check_axis_bound(axis_name)
   if axis_name is None:

@@ -47,8 +47,8 @@ class KernelOptions(NamedTuple):
       replicated over the axis (or axes, for a tuple) is corrected locally
       where ``shard_map`` tracks what varies (``check_vma``, its default);
       one split on its units axis, or any replicated one under
-      ``check_vma=False``, cannot be told apart there and is corrected
-      wrongly: leave it out with ``bort_mask``.
+      ``check_vma=False``, ``pmap`` or ``vmap(axis_name=…)``, cannot be told
+      apart there and is corrected wrongly: leave it out with ``bort_mask``.
   """
 
   precision: Any = None

@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bort_jax._src import eager
@@ -433,7 +434,9 @@ def landing(amplitude: Any, *, dimension_numbers: DimensionNumbersLike,
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
-    if eager.concrete(state.count) and state.count > 0:
+    # The count compared on the host: under a trace that closes over a
+    # concrete state, a JAX comparison of it would be a tracer.
+    if eager.concrete(state.count) and np.asarray(state.count) > 0:
       # Called eagerly after the start: nothing to run or compile (the
       # cond below would compile its branches again for each new
       # transformation, as optax.inject_hyperparams builds on every update).

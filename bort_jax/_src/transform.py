@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bort_jax._src import eager
@@ -407,8 +408,14 @@ class _Program(NamedTuple):
 def _reused(program: _Program) -> bool:
   """Whether one compiled update may serve every equal ``program``: its
   selection and fixed values are plain data, held safely by a cache."""
-  plain = (program.dimension_numbers is None
-           or isinstance(program.dimension_numbers, BortDimensionNumbers))
+  dims = program.dimension_numbers
+  # Ints only: 0.0 == 0 and True == 1, so a bad one (refused at init) would
+  # take the cache entry of the good one, and be refused there too.
+  exact = lambda v: v is None or (
+      isinstance(v, numbers.Integral) and not isinstance(v, bool)) or (
+          isinstance(v, tuple) and all(exact(a) for a in v))
+  plain = dims is None or (isinstance(dims, BortDimensionNumbers)
+                           and all(exact(v) for v in dims))
   if not plain or any(callable(v) for _, v in program.fixed):
     return False
   try:
@@ -529,7 +536,11 @@ def _correction_transform(
   # an array, a tracer of inject_hyperparams) is an argument of it.
   fixed = tuple((k, v) for k, v in hyper.items()
                 if v is None or isinstance(v, str) or callable(v))
-  numbers_ = {k: v for k, v in hyper.items() if k not in dict(fixed)}
+  # A number committed to one device would tie the compiled update to it
+  # (params on a mesh: "incompatible devices"); as a constant it did not.
+  numbers_ = {k: (np.asarray(v) if eager.concrete(v) and isinstance(
+      v, jax.Array) and v.committed else v)
+              for k, v in hyper.items() if k not in dict(fixed)}
   program = _Program(mode, dimension_numbers, bort_mask is not None,
                      kernel_options, every, lagged, after_landing,
                      has_schedule, fixed)

@@ -243,6 +243,58 @@ def test_eager_updates_through_inject_hyperparams_compile_once(
   assert np.isfinite(np.asarray(params["dense"]["kernel"])).all()
 
 
+def test_a_refused_dimension_number_does_not_take_the_good_one_s_program():
+  # 0.0 == 0 (and True == 1): a refused BortDimensionNumbers(output_axis=0.0)
+  # filled the shared cache entry of output_axis=0, whose updates were then
+  # refused as "got 0.0" until the process ended.
+  from bort_jax._src import transform
+  transform._shared_program.cache_clear()
+  params = {"w": jnp.asarray(np.random.default_rng(4).normal(size=(3, 6)) / 3,
+                             jnp.float32)}
+  bad = bort_jax.add_bort_correction(
+      0.1, dimension_numbers=bort_jax.BortDimensionNumbers(output_axis=0.0))
+  with pytest.raises(ValueError, match="output_axis must be an int"):
+    bad.init(params)
+  good = bort_jax.add_bort_correction(
+      0.1, dimension_numbers=bort_jax.BortDimensionNumbers(output_axis=0))
+  updates, _ = good.update(_grads(params, 0), good.init(params), params)
+  assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+def test_the_start_skips_eagerly_under_a_trace_that_closes_over_its_state():
+  # apply_if_finite traces the inner update with the state closed over: the
+  # eager skip compared the count with JAX, a tracer there, and raised
+  # TracerBoolConversionError on the first step.
+  params = {"dense": {"kernel": jnp.asarray(
+      np.random.default_rng(5).normal(size=(7, 5)) / 3, jnp.float32)}}
+  tx = optax.apply_if_finite(bort_jax.bort_adamw(1e-2), 3)
+  state = tx.init(params)
+  for step in range(3):
+    updates, state = tx.update(_grads(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  assert bort_jax.orthogonality_error(params)["dense/kernel"].constraint_error \
+      < 0.05
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices")
+def test_a_gamma_committed_to_one_device_corrects_params_on_a_mesh():
+  # The eager update takes gamma as a jit argument: one committed to a
+  # device met params on a mesh as "incompatible devices".
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  params = {"dense": {"kernel": jax.device_put(
+      jnp.asarray(np.random.default_rng(6).normal(size=(8, 16)) / 3,
+                  jnp.float32),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))}}
+  grads = _grads(params, 0)
+  results = []
+  for gamma in (jnp.float32(0.1), jax.device_put(jnp.float32(0.1),
+                                                 jax.devices()[0])):
+    tx = bort_jax.add_bort_correction(gamma, "l2-full")
+    results.append(tx.update(grads, tx.init(params), params)[0])
+  np.testing.assert_allclose(results[1]["dense"]["kernel"],
+                             results[0]["dense"]["kernel"], rtol=1e-6)
+
+
 class _MLP(nnx.Module):
 
   def __init__(self, rngs):
