@@ -60,7 +60,6 @@ import numpy as np
 from flax import nnx
 
 import bort_jax
-from bort_jax import validation
 from bort_jax.experiments import flags
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import loop
@@ -80,8 +79,6 @@ AMPLITUDE = "ada"
 BATCH_SIZE = 128
 WARMUP_EPOCHS = 0.1
 PAIRS = (("sgd", "bort-sgd"), ("adamw", "bort-adamw"))
-_positive_int = flags.argument_type(int, validation.check_positive_int,
-                                    "an integer")
 
 
 # ---------------------------------------------------------------------------
@@ -108,15 +105,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out (replaces only "
                  + " and ".join(OUT_FILES) + ")")
-  p.add_argument("--seeds", type=_positive_int, default=3,
+  p.add_argument("--seeds", type=flags.positive_int, default=3,
                  help="seeds 0 .. N-1 per setting")
-  p.add_argument("--epochs", type=_positive_int, default=3,
+  p.add_argument("--epochs", type=flags.positive_int, default=3,
                  help="epochs of every MLP run (full 60k training set)")
-  p.add_argument("--cnn-epochs", type=_positive_int, default=2,
+  p.add_argument("--cnn-epochs", type=flags.positive_int, default=2,
                  help="epochs of every CNN run")
-  p.add_argument("--cnn-train-limit", type=_positive_int, default=20000,
+  p.add_argument("--cnn-train-limit", type=flags.positive_int, default=20000,
                  help="CNN runs train on the first N training images")
-  p.add_argument("--train-limit", type=_positive_int, default=None,
+  p.add_argument("--train-limit", type=flags.positive_int, default=None,
                  help="cap every run's training set (smoke tests)")
   p.add_argument("--gammas", type=_float_list, default=[0.0, 0.01, 0.1, 1.0],
                  help="γ values of the gamma part")

@@ -33,7 +33,6 @@ from flax import nnx
 
 import bort_jax
 from bort_jax import explain
-from bort_jax import validation
 from bort_jax.experiments import config as config_lib
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import flags
@@ -46,8 +45,6 @@ OUT_FILES = ("results.json", "reconstructions.png", "saliency.png",
              "gram.png", "adversarial_bort.png", "adversarial_adamw.png")
 
 
-_positive_int = flags.argument_type(int, validation.check_positive_int,
-                                    "an integer")
 
 
 def parse_args(argv=None):
@@ -56,9 +53,9 @@ def parse_args(argv=None):
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out")
   p.add_argument("--data", choices=("mnist", "digits"), default="mnist")
-  p.add_argument("--steps", type=_positive_int, default=1000,
+  p.add_argument("--steps", type=flags.positive_int, default=1000,
                  help="training steps")
-  p.add_argument("--batch-size", type=_positive_int, default=64)
+  p.add_argument("--batch-size", type=flags.positive_int, default=64)
   p.add_argument("--lr", type=float, default=1e-3,
                  help="peak learning rate (cosine decay to 0)")
   p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -68,17 +65,18 @@ def parse_args(argv=None):
                  type=flags.argument_type(config_lib.parse_amplitude, None,
                                           "a number or 'ada'"),
                  help="Bort amplitude: a number or 'ada'")
-  p.add_argument("--channels", type=_positive_int, nargs="+", default=(8, 32),
+  p.add_argument("--channels",
+                 type=flags.positive_int, nargs="+", default=(8, 32),
                  help="3x3 conv widths, one per stage")
-  p.add_argument("--hidden", type=_positive_int, nargs="*", default=(128,))
+  p.add_argument("--hidden", type=flags.positive_int, nargs="*", default=(128,))
   p.add_argument("--negative-slope", type=float, default=0.5,
                  help="LeakyReLU slope (its inverse divides by it)")
-  p.add_argument("--eval-images", type=_positive_int, default=100,
+  p.add_argument("--eval-images", type=flags.positive_int, default=100,
                  help="test images for saliency and attacks")
   p.add_argument("--saliency-layer", type=int, default=None,
                  help="layer of backtracking saliency (default: the deepest "
                  "stage output at least 4x4)")
-  p.add_argument("--top-k", type=_positive_int, default=256,
+  p.add_argument("--top-k", type=flags.positive_int, default=256,
                  help="channels of backtracking saliency")
   p.add_argument("--epsilons", type=float, nargs="+", default=None,
                  help="attack L2 norms (default: by image size)")

@@ -45,7 +45,6 @@ import numpy as np
 from flax import nnx
 
 from bort_jax import explain
-from bort_jax import validation
 from bort_jax.experiments import data as data_lib
 from bort_jax.experiments import flags
 from bort_jax.experiments import frontier
@@ -64,10 +63,6 @@ BORT_ONLY = ("gamma", "mode", "amplitude", "dbort_weight", "dbort_power",
              "dbort_on")
 
 
-_positive_int = flags.argument_type(int, validation.check_positive_int,
-                                    "an integer")
-_nonnegative_int = flags.argument_type(int, validation.check_nonnegative_int,
-                                       "an integer")
 
 
 def parse_args(argv=None):
@@ -76,25 +71,25 @@ def parse_args(argv=None):
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out of this example")
   p.add_argument("--data", choices=("mnist", "digits"), default="mnist")
-  p.add_argument("--width", type=_positive_int, default=1,
+  p.add_argument("--width", type=flags.positive_int, default=1,
                  help="first conv's channels (8 = the authors' widths; 1 "
                  "gives 1, 3, 36, 108, 324)")
-  p.add_argument("--epochs", type=_positive_int, default=1)
+  p.add_argument("--epochs", type=flags.positive_int, default=1)
   p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-  p.add_argument("--train-limit", type=_positive_int, default=None,
+  p.add_argument("--train-limit", type=flags.positive_int, default=None,
                  help="train on the first N training examples only")
   p.add_argument("--validation", type=float, default=0.1,
                  help="held-out fraction (the training set's end)")
-  p.add_argument("--images", type=_positive_int, default=100,
+  p.add_argument("--images", type=flags.positive_int, default=100,
                  help="test images for saliency and attacks")
-  p.add_argument("--top-k", type=_positive_int, default=256,
+  p.add_argument("--top-k", type=flags.positive_int, default=256,
                  help="channels of backtracking saliency (capped at the top "
                  "layer's width)")
-  p.add_argument("--border", type=_nonnegative_int, default=1,
+  p.add_argument("--border", type=flags.nonnegative_int, default=1,
                  help="backtracking saliency skips peaks this close to the "
                  "edge (0 on maps too small to have an interior)")
-  p.add_argument("--ig-steps", type=_positive_int, default=32)
-  p.add_argument("--pgd-steps", type=_positive_int, default=20)
+  p.add_argument("--ig-steps", type=flags.positive_int, default=32)
+  p.add_argument("--pgd-steps", type=flags.positive_int, default=20)
   p.add_argument("--epsilons", type=float, nargs="+", default=None,
                  help="attack L2 norms (default: by image size)")
   args = p.parse_args(argv)

@@ -28,6 +28,7 @@ import math
 import typing
 from typing import Any, Callable, Sequence
 
+from bort_jax import validation
 from bort_jax.experiments import config as config_lib
 
 
@@ -68,6 +69,13 @@ def argument_type(convert: Callable[[str], Any],
 
   parse.__name__ = getattr(convert, "__name__", "value")
   return parse
+
+
+#: The argparse types of counts: ``--steps 0`` or ``--images -5`` is one
+#: line naming the flag, not a traceback (or a silent slice) later.
+positive_int = argument_type(int, validation.check_positive_int, "an integer")
+nonnegative_int = argument_type(int, validation.check_nonnegative_int,
+                                "an integer")
 
 
 def flag(name: str) -> str:
