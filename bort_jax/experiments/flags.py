@@ -72,10 +72,14 @@ def argument_type(convert: Callable[[str], Any],
 
 
 #: The argparse types of counts: ``--steps 0`` or ``--images -5`` is one
-#: line naming the flag, not a traceback (or a silent slice) later.
-positive_int = argument_type(int, validation.check_positive_int, "an integer")
-nonnegative_int = argument_type(int, validation.check_nonnegative_int,
-                                "an integer")
+#: line naming the flag, not a traceback (or a silent slice) later. (The
+#: checks are looked up when a value is parsed: ``bort_jax.validation``
+#: loads JAX on first use, and the parser loads none.)
+positive_int = argument_type(
+    int, lambda name, v: validation.check_positive_int(name, v), "an integer")
+nonnegative_int = argument_type(
+    int, lambda name, v: validation.check_nonnegative_int(name, v),
+    "an integer")
 
 
 def flag(name: str) -> str:
