@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import numbers
+import types
 import typing
 import warnings
 from typing import Any, Callable, Sequence
@@ -401,6 +402,10 @@ BORT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
 RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig)
                   if f.metadata["resumable"])
 
+#: Every field's default, by name (read-only).
+DEFAULTS = types.MappingProxyType(
+    {f.name: f.default for f in dataclasses.fields(TrainConfig)})
+
 
 @functools.cache
 def _type_hints() -> dict[str, Any]:
@@ -561,9 +566,8 @@ def bort_only_fields(values: dict[str, Any]) -> list[str]:
     >>> bort_only_fields({"gamma": 0.1, "bort_lr_scale": 1.0})
     ['gamma']
   """
-  field_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
   return [name for name in BORT_FIELDS
-          if name in values and values[name] != field_defaults[name]]
+          if name in values and values[name] != DEFAULTS[name]]
 
 
 def check_dbort_only(given: Any, weight: float,
@@ -643,8 +647,7 @@ def _check_levers(config: TrainConfig) -> None:
   # A setting the schedule does not read would be silently ignored.
   uses = {"gamma_switch": ("late", "anneal"), "gamma_late_factor": ("late",)}
   for name, schedules in uses.items():
-    default = TrainConfig.__dataclass_fields__[name].default
-    if (getattr(config, name) != default
+    if (getattr(config, name) != DEFAULTS[name]
         and config.gamma_schedule not in schedules):
       raise ValueError(
           f"{name} applies to gamma_schedule {' or '.join(schedules)} only, "

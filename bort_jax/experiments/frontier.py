@@ -377,9 +377,7 @@ def point_name(point: dict[str, Any]) -> str:
 # baselines ran with the head).
 def _shared(point: dict[str, Any]) -> dict[str, Any]:
   fields = {a.field for a in AXES if not a.bort_only} - {"learning_rate"}
-  defaults = {f.name: f.default
-              for f in dataclasses.fields(config_lib.TrainConfig)}
-  return {k: point.get(k, defaults.get(k))
+  return {k: point.get(k, config_lib.DEFAULTS.get(k))
           for k in ("placement", *sorted(fields))}
 
 
