@@ -64,7 +64,6 @@ T = TypeVar("T")
 # own deadline; ours comes first by this much, so a timeout is one line.
 _ABORT_MARGIN_S = 10
 
-_MESSAGE_BYTES = 4096
 
 def initialize(args: argparse.Namespace) -> "DataParallel | None":
   """Starts ``jax.distributed`` as the flags of :func:`add_arguments` ask.
@@ -336,14 +335,7 @@ class DataParallel:
       if error is not None:
         raise error
       return
-    mine = ({"error": f"{type(error).__name__}: {error}"} if error is not None
-            else {"value": value})
-    text = np.frombuffer(json.dumps(mine, sort_keys=True).encode(), np.uint8)
-    size = int(np.max(multihost_utils.process_allgather(np.int32(text.size))))
-    padded = np.zeros(size, np.uint8)
-    padded[:text.size] = text
-    rows = np.asarray(multihost_utils.process_allgather(padded))
-    gathered = [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+    gathered = self._gather(_outcome(value, error))
     if error is not None:
       raise error
     for i, other in enumerate(gathered):
@@ -389,15 +381,25 @@ class DataParallel:
       if error is not None:
         raise error
       return result, code
-    message = np.zeros(_MESSAGE_BYTES, np.uint8)
-    if error is not None:
-      text = f"{type(error).__name__}: {error}".encode()[:_MESSAGE_BYTES - 1]
-      message[:len(text)] = np.frombuffer(text, np.uint8)
-    failed, code, message = multihost_utils.broadcast_one_to_all(
-        (np.int32(error is not None), np.int32(code), message))
+    told = self._gather(_outcome(code, error))[0]  # process 0's
     if error is not None:
       raise error
-    if failed:
-      text = bytes(np.asarray(message)).rstrip(b"\0").decode(errors="replace")
-      raise DistributedError(f"Process 0 stopped the run: {text}")
-    return result, int(code)
+    if "error" in told:
+      raise DistributedError(f"Process 0 stopped the run: {told['error']}")
+    return result, int(told["value"])
+
+  def _gather(self, obj: Any) -> list[Any]:
+    """``obj`` (JSON) of every process, by process index (all must call)."""
+    text = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+    size = int(np.max(multihost_utils.process_allgather(np.int32(text.size))))
+    padded = np.zeros(size, np.uint8)
+    padded[:text.size] = text
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+
+
+def _outcome(value: Any, error: BaseException | None) -> dict[str, Any]:
+  """What a process tells the others: its value, or its error in one line."""
+  if error is not None:
+    return {"error": f"{type(error).__name__}: {error}"}
+  return {"value": value}
