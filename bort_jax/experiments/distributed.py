@@ -80,8 +80,9 @@ def initialize(args: argparse.Namespace) -> "DataParallel | None":
     ``None`` for a one-device run.
 
   Raises:
-    DistributedError: a launch flag is refused, or the processes did not
-      meet at the coordinator in time (see :func:`start`).
+    DistributedError: a launch flag is refused, the processes did not
+      meet at the coordinator in time (see :func:`start`), or a process was
+      given another ``--num-processes`` than process 0.
   """
   coordinator = launch.from_env(args.coordinator, "coordinator", str)
   num_processes = launch.from_env(args.num_processes, "num_processes", int)
@@ -94,7 +95,10 @@ def initialize(args: argparse.Namespace) -> "DataParallel | None":
     timeout = getattr(args, "coordinator_timeout", None)
     options = {} if timeout is None else {"timeout_s": timeout}
     start(coordinator, num_processes, process_id, **options)
-    return DataParallel(shard_params=shard)
+    layout = DataParallel(shard_params=shard)
+    # JAX takes process 0's count: another one given to a process passed.
+    layout.check_alike("launch flags", {"--num-processes": num_processes})
+    return layout
   if args.data_parallel or shard:
     return DataParallel(shard_params=shard)
   return None

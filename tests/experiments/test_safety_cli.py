@@ -117,6 +117,37 @@ def test_n6_coordinator_left_alone_exits_in_one_line_not_an_abort(tmp_path):
   assert not os.path.exists(out)
 
 
+@pytest.mark.slow
+def test_n6_processes_given_other_process_counts_are_refused(tmp_path):
+  # JAX takes process 0's count: process 1, told there were 3 processes,
+  # trained along silently.
+  port = _unused_port()
+  out = tmp_path / "run"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  workers = [subprocess.Popen(
+      [sys.executable, "-m", "bort_jax.experiments.cli", *_train(
+          out, "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+          str(count), "--process-id", str(i), "--coordinator-timeout",
+          "60")],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+      for i, count in enumerate((2, 3))]
+  try:
+    done = [worker.communicate(timeout=180) for worker in workers]
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+        worker.wait()
+  for worker, (_, err) in zip(workers, done):
+    assert worker.returncode not in (0, None), err[-2000:]
+    assert err.splitlines() == [
+        "bort-jax train: error: Process 1 was given other launch flags "
+        "than process 0 (--num-processes 3 vs 2); start every process "
+        "with the same flags and data."], err[-2000:]
+  assert not out.exists()
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
 def test_n8_seed_outside_numpy_range_is_refused_before_writing(
     capsys, tmp_path, seed):
