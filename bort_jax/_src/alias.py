@@ -168,7 +168,9 @@ def bort_sgd(
       residual rings through zero before it settles.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
-      (``optax.masked``).
+      (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
+      every callable argument as a schedule of the step, pass a callable
+      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
@@ -322,7 +324,9 @@ def bort_adamw(
       rate decays, the zone narrows toward the l1 limit.
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
-      (``optax.masked``).
+      (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
+      every callable argument as a schedule of the step, pass a callable
+      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
@@ -469,7 +473,9 @@ def with_bort(
       :func:`bort_adamw`).
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
-      (``optax.masked``).
+      (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
+      every callable argument as a schedule of the step, pass a callable
+      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · s · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).

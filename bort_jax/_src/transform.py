@@ -210,6 +210,23 @@ def warn_scale_mismatch(params: Any, views, mode: str, amplitude: Any
           stacklevel=3)
 
 
+def _not_one_value(mask: Any, params: Any) -> Any:
+  """``mask``, unless it is one True/False for several parameters.
+
+  ``optax.inject_hyperparams`` calls every callable argument with the step
+  count, as a schedule: a mask of the params then comes back as one value
+  (``False`` from a path test), and every matrix was left out silently.
+  """
+  if (jax.tree_util.treedef_is_leaf(jax.tree.structure(mask))
+      and len(jax.tree.leaves(params)) > 1):
+    raise ValueError(
+        f"bort_mask is one value ({mask!r}) for every parameter; give a "
+        "pytree of True/False matching the params. Under "
+        "optax.inject_hyperparams, which calls a callable argument with the "
+        "step count, pass a callable mask with static_args=('bort_mask',).")
+  return mask
+
+
 def mask_by_path(bort_mask: Any) -> Any:
   """``bort_mask`` as :func:`optax.masked` takes it, matched by path.
 
@@ -220,7 +237,9 @@ def mask_by_path(bort_mask: Any) -> Any:
   ``nnx.Optimizer``, which hands ``init`` Variables and ``update`` arrays.
 
   Raises:
-    ValueError: (when the mask is applied) a parameter has no entry.
+    ValueError: (when the mask is applied) a parameter has no entry, or one
+      True/False stands for several parameters (what a callable mask
+      becomes under ``optax.inject_hyperparams`` without ``static_args``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -228,11 +247,16 @@ def mask_by_path(bort_mask: Any) -> Any:
     >>> select({"dense": {"bias": jnp.zeros(2), "kernel": jnp.ones((2, 2))}})
     {'dense': {'bias': False, 'kernel': True}}
   """
-  if bort_mask is None or callable(bort_mask):
-    return bort_mask
+  if bort_mask is None:
+    return None
+  if callable(bort_mask):
+    def call(params):
+      return _not_one_value(bort_mask(params), params)
+    return call
   entries = entries_by_path(bort_mask)
 
   def select(params):
+    _not_one_value(bort_mask, params)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     chosen = []
     for path, _ in leaves_with_path:

@@ -117,6 +117,35 @@ def test_inject_hyperparams_gives_identical_results(name):
   assert set(state.hyperparams) >= {"learning_rate", "gamma"}
 
 
+def test_a_callable_mask_goes_through_inject_hyperparams_as_static():
+  # inject_hyperparams calls every callable argument with the step count
+  # (a schedule): a mask of the params needs static_args, as the aliases'
+  # docstrings say (without, it came back as one False and every matrix
+  # was left out silently); the conv kernel is masked out.
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "dense" in jax.tree_util.keystr(path), params)
+
+  factory = functools.partial(bort_jax.bort_adamw, gamma=0.1,
+                              mode="l2-full", bort_mask=mask)
+  plain, _ = _trajectory(factory(jnp.float32(LR)), _params())
+  with pytest.raises(ValueError, match=(
+      r"^bort_mask is one value \(False\) for every parameter; .* pass a "
+      r"callable mask with static_args=\('bort_mask',\)\.$")):
+    _trajectory(optax.inject_hyperparams(factory)(learning_rate=LR),
+                _params())
+  injected, _ = _trajectory(optax.inject_hyperparams(
+      factory, static_args=("bort_mask",))(learning_rate=LR), _params())
+  # Injected numbers are float32 arrays (AdamW's too): a few ulps apart.
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6),
+               injected, plain)
+  unmasked, _ = _trajectory(bort_jax.bort_adamw(
+      jnp.float32(LR), gamma=0.1, mode="l2-full"), _params())
+  assert not np.allclose(unmasked["conv"]["kernel"], plain["conv"]["kernel"])
+  np.testing.assert_array_equal(unmasked["dense"]["kernel"],
+                                plain["dense"]["kernel"])
+
+
 @pytest.mark.parametrize("dtype", [
     pytest.param(jnp.float16, marks=pytest.mark.slow), jnp.bfloat16,
     jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
