@@ -115,8 +115,34 @@ def matrix_shape(shape: tuple[int, ...],
   return size(batch), size(output), size(reduction)
 
 
+#: Multiply-adds of one Bort matrix's correction, ``m`` units of fan-in
+#: ``n``: the Gram, then its product with the matrix (the smaller Gram for
+#: the full row modes, which take the fan-in's on more units than fan-in).
+#: The norm modes' elementwise work counts as none.
+_SMALLER_GRAM = lambda m, n: 2 * min(m, n) * m * n
+PRODUCT_MACS = {
+    "l2-full": _SMALLER_GRAM,
+    "l1-fullrow": _SMALLER_GRAM,
+    "huber-fullrow": _SMALLER_GRAM,
+    "l1-fullcol": lambda m, n: 2 * n * n * m,
+    "huber-fullcol": lambda m, n: 2 * n * n * m,
+}
+
+
+def matrix_flop(mode: str, m: int, n: int) -> float:
+  """One (m, n) matrix's correction in floating-point operations (2 per
+  multiply-add, :data:`PRODUCT_MACS`); ``4·m·n`` for the norm modes, whose
+  elementwise work is memory-bound.
+
+  >>> matrix_flop("l1-fullrow", 1024, 256) == 4 * 256 * 1024 * 256
+  True
+  """
+  macs = PRODUCT_MACS.get(mode)
+  return 2.0 * macs(m, n) if macs else 4.0 * m * n
+
+
 def correction_flop(params: dict, mode: str) -> float:
-  """The correction's floating-point operations (2 per multiply-add)."""
+  """The correction's floating-point operations (:func:`matrix_flop`)."""
   total = 0.0
   # The leaves Bort's default selection takes, as a user reads them.
   selection = bort_jax.flax_dimension_numbers(params)
@@ -126,14 +152,7 @@ def correction_flop(params: dict, mode: str) -> float:
     if dims is None:
       continue
     batch, m, n = matrix_shape(tuple(leaf.shape), dims)
-    if mode == "l2-full":
-      total += batch * 4.0 * min(m, n) * m * n
-    elif mode == "l1-fullrow":
-      total += batch * 4.0 * m * m * n
-    elif mode == "l1-fullcol":
-      total += batch * 4.0 * n * n * m
-    else:
-      total += batch * 4.0 * m * n
+    total += batch * matrix_flop(mode, m, n)
   return total
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import param_sets  # noqa: E402
 import timing  # noqa: E402
 
 import bort_jax  # noqa: E402
@@ -49,26 +50,16 @@ TARGET_BYTES = 2 * 2**30  # the 2 GiB extra-memory target for the large head
 LARGE_SHAPE = (65536, 1024)
 LARGE_MODES = ("l1-fullrow", "l2-full", "l2-row")
 SWEEP_BLOCKS = (512, 1024, 2048, 4096, 8192, 16384, None)
-FULL_MODES = ("l2-full", "l1-fullrow", "l1-fullcol")
+FULL_MODES = tuple(param_sets.PRODUCT_MACS)  # the modes with a Gram
 DEFAULT_BLOCK = bort_jax.KernelOptions().block_size
-
-
-def correction_flop(mode: str, m: int, n: int) -> float:
-  """The correction's useful floating-point operations (2 per multiply-add)."""
-  if mode == "l2-full":
-    return 4.0 * min(m, n) * m * n
-  if mode == "l1-fullrow":
-    return 4.0 * m * m * n
-  if mode == "l1-fullcol":
-    return 4.0 * n * n * m
-  return 4.0 * m * n  # norms and scaling: memory-bound, no rate reported
 
 
 def block_of(mode: str, m: int, n: int, block_size) -> str:
   """How an l1 full mode's k×k sign matrix is built ('' for other modes)."""
   if not mode.startswith("l1-full"):
     return ""
-  k = m if mode == "l1-fullrow" else n
+  # The row mode takes the fan-in's Gram on more units than fan-in.
+  k = min(m, n) if mode == "l1-fullrow" else n
   if block_size is None or k <= block_size:
     return "whole"
   return str(block_size)
@@ -297,7 +288,7 @@ def table(rows, matmul_rate) -> list[str]:
   lines = [header, "|---" * (header.count("|") - 1) + "|"]
   for r in rows:
     mode, m, n = r["mode"], r["m"], r["n"]
-    flop = correction_flop(mode, m, n)
+    flop = param_sets.matrix_flop(mode, m, n)
     ms = 1e3 * r["seconds"]
     full = mode in FULL_MODES
     rate = flop / r["seconds"]
@@ -389,7 +380,7 @@ def main(argv=None):
     for mode in LARGE_MODES:
       heavy = mode == "l1-fullrow"
       print(f"  {mode} {m}x{n} in a subprocess"
-            + (f" (~{correction_flop(mode, m, n) / rate:.0f} s at the matmul "
+            + (f" (~{param_sets.matrix_flop(mode, m, n) / rate:.0f} s at the matmul "
                "rate)" if heavy else "") + " ...", flush=True)
       row = in_subprocess(
           mode, m, n, block_size=DEFAULT_BLOCK, amplitude=amplitude,

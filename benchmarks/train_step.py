@@ -99,19 +99,6 @@ CONFIGS = {
 RECOMMENDED_RUN = dict(configs=(RECOMMENDED, "l2-full c=1",
                                 "huber-fullrow ada"), every=(4,))
 
-#: Multiply-adds of one Bort matrix's correction, ``m`` units of fan-in
-#: ``n``: the Gram, then its product with the matrix (the smaller Gram for
-#: the full row modes, which take the fan-in's on more units than fan-in).
-#: The norm modes' elementwise work counts as none.
-_SMALLER_GRAM = lambda m, n: 2 * min(m, n) * m * n
-PRODUCT_MACS = {
-    "l2-full": _SMALLER_GRAM,
-    "l1-fullrow": _SMALLER_GRAM,
-    "huber-fullrow": _SMALLER_GRAM,
-    "l1-fullcol": lambda m, n: 2 * n * n * m,
-    "huber-fullcol": lambda m, n: 2 * n * n * m,
-}
-
 #: The layers whose kernels the forward and backward cost is counted for.
 KERNEL_LAYERS = (nnx.Linear, nnx.Conv, nnx.LinearGeneral)
 
@@ -277,7 +264,7 @@ def arithmetic_floor(costs: list[dict], batch: int, mode: str,
   """The correction's multiply-adds per step over the forward and backward's.
 
   A Bort matrix with ``m`` units and fan-in ``n`` costs
-  :data:`PRODUCT_MACS` (``2·min(m, n)·m·n`` for the full row modes,
+  :data:`param_sets.PRODUCT_MACS` (``2·min(m, n)·m·n`` for the full row modes,
   ``2·m²·n`` when ``m ≤ n``) every ``every`` steps; a kernel applied
   at ``P`` positions per example costs ``3·B·P·m·n`` in the forward and
   backward passes (the forward product and the two of the backward). Their
@@ -300,7 +287,7 @@ def arithmetic_floor(costs: list[dict], batch: int, mode: str,
     >>> round(arithmetic_floor(square, 128, "l1-fullrow", every=4)["added"], 3)
     1.021
   """
-  product = PRODUCT_MACS.get(mode, lambda m, n: 0)
+  product = param_sets.PRODUCT_MACS.get(mode, lambda m, n: 0)
   bort = sum(r["matrices"] * product(r["m"], r["n"]) for r in costs
              if r["bort"]) / every
   step = sum(3 * batch * r["positions"] * r["matrices"] * r["m"] * r["n"]

@@ -6,9 +6,12 @@ import sys
 import types
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+
+import bort_jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -130,3 +133,18 @@ def test_i17_4_step_overhead_times_calls_in_turn_with_an_aa_control(
       "l2-row c=1"]}, repeats=2, matmul_rate=1e9, steps=1)
   assert {"aa_ratio", "identity_ms", "ratio"} <= set(rows[0])
   assert rows[0]["aa_ratio"] > 0 and rows[0]["ratio"] > 0
+
+
+@pytest.mark.parametrize("mode", sorted(step_overhead.param_sets.PRODUCT_MACS))
+@pytest.mark.parametrize("m, n", [(64, 256), (256, 64)])
+def test_the_benchmarks_count_what_xla_counts_of_the_correction(mode, m, n):
+  # The full row modes take the fan-in's Gram on more units than fan-in;
+  # step_overhead and scaling counted the units' (4× too much at 256×64).
+  def correction(w):
+    return bort_jax.bort_correction(w, mode=mode)
+
+  cost = jax.jit(correction).lower(jnp.ones((m, n))).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  counted = step_overhead.param_sets.matrix_flop(mode, m, n)
+  # XLA also counts the elementwise work around the two products.
+  assert 1.0 <= cost["flops"] / counted < 1.05, (cost["flops"], counted)
