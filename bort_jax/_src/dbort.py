@@ -180,9 +180,12 @@ def dbort_loss(
   _check_scalar("weight", weight, positive=False)
   _check_scalar("power", power, positive=True)
   if (isinstance(outputs, tuple) and len(outputs) == 2
-      and isinstance(outputs[1], dict) and outputs[1]):
-    # dbort_outputs' whole result: its first element is the model's output,
-    # which would silently count as one more layer.
+      and isinstance(outputs[1], dict)
+      and all(isinstance(k, str) and isinstance(v, tuple)
+              for k, v in outputs[1].items())):
+    # dbort_outputs' whole result (its dict maps paths to tuples of outputs,
+    # empty when no layer was called): its first element is the model's
+    # output, which would silently count as one more layer.
     raise TypeError(
         "dbort_loss got a (model output, {path: outputs}) pair, the whole "
         "result of dbort_outputs; pass its second element: "

@@ -122,7 +122,13 @@ def dbort_outputs(
     layer's path (``"a/b"``; ``""`` for the model itself) to the tuple of its
     outputs, one per call during the forward pass. A layer named explicitly
     that was not called raises ``ValueError``; with ``layers=None`` or a
-    predicate, layers that were not called are left out.
+    predicate, layers that were not called are left out. Two cases where
+    :func:`dbort_loss` of these outputs differs from the :class:`DBort`
+    wrapper on the same layers: a stack of layers run by ``nnx.scan``
+    returns one output with the stack's axis first, one term whose mean
+    runs over the stack (the wrapper makes one term per layer: pass
+    ``list(output)`` for that), and a layer whose output is a pytree gives
+    one term per array (the wrapper, one for all of them).
 
   Examples:
     >>> import jax.numpy as jnp

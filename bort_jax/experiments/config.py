@@ -189,7 +189,8 @@ class TrainConfig:
       the published experiments' 1e-4); the recipe ``authors-mnist`` sets
       their MNIST script's 0.1.
     dbort_on: the outputs ``y``: ``"logits"`` or ``"layers"`` (every
-      Bort layer's).
+      layer with a kernel of two or more axes, the head included, whatever
+      the optimizer and ``bort_head``).
     epochs: the number of epochs.
     batch_size: the training batch size (the last partial batch of an epoch
       is dropped, so every step has the same shape).
@@ -306,7 +307,8 @@ class TrainConfig:
       parse=float)
   dbort_on: choices.DBortOn = _option(
       "logits", "the outputs y of the DBort term: the logits (as the "
-      "authors do) or every Bort layer's")
+      "authors do) or every layer's with a kernel of 2+ axes (the head "
+      "too)")
   epochs: int = _option(5, "epochs", parse=int)
   batch_size: int = _option(128, "batch size", parse=int)
   warmup: float = _option(

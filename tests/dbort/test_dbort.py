@@ -242,8 +242,12 @@ def test_i19_the_whole_dbort_outputs_result_is_refused():
   y = jnp.ones((4, 3))
   with pytest.raises(TypeError, match="pass its second element"):
     dbort.dbort_loss((y, {"encoder": (y,)}))
-  # A tuple of two layer outputs is still two layers.
+  # Also when no layer was called (it regularised the model's output).
+  with pytest.raises(TypeError, match="pass its second element"):
+    dbort.dbort_loss((y, {}))
+  # A tuple of two layer outputs is still two layers, also as a dict.
   assert float(dbort.dbort_loss((y, y), weight=1.0, power=1.0)) == -2.0
+  assert float(dbort.dbort_loss((y, {"b": y}), weight=1.0, power=1.0)) == -2.0
 
 
 def test_one_path_tuple_alone_names_one_layer():

@@ -381,6 +381,21 @@ def test_a_scanned_stack_records_one_energy_per_layer():
   assert grads["blocks"]["layer"]["kernel"].shape == (3, 4, 4)
 
 
+def test_dbort_outputs_of_a_scanned_stack_are_per_layer_as_a_list():
+  # dbort_outputs returns the stack's outputs as one (layers, B, k) array,
+  # one term for dbort_loss; list(output), as its docstring says, gives
+  # the wrapper's one term per layer (0.42 against 1.26 before the split).
+  model = _ScanNet(head=False)
+  x = jax.random.normal(jax.random.key(1), (6, 4))
+  term = dbort_term(model, x, weight=1.0, power=0.5)
+  _, outputs = dbort_outputs(model, x, layers=["blocks/layer"])
+  (stacked,) = outputs["blocks/layer"]
+  assert stacked.shape == (3, 6, 4)
+  np.testing.assert_allclose(
+      dbort_loss(list(stacked), weight=1.0, power=0.5), term.loss, rtol=1e-5)
+  assert abs(dbort_loss(stacked, weight=1.0, power=0.5) - term.loss) > 0.1
+
+
 def test_a_scanned_stack_beside_a_plain_dbort_layer():
   # A (1, 3) stack's energies beside a plain layer's (1,): concatenating
   # them for the mean energy raised.
