@@ -36,7 +36,9 @@ import time
 import numpy as np
 
 import bort_jax
+from bort_jax import validation
 from bort_jax.experiments import data as data_lib
+from bort_jax.experiments import flags
 from bort_jax.experiments import workdir
 #: What the example writes (``--overwrite`` replaces only these).
 OUT_FILES = ("metrics.json", "components.npz", "dbort_vs_pca.png",
@@ -46,20 +48,41 @@ from bort_jax.dbort import fit_dbort_linear
 from bort_jax.dbort import principal_cosines
 
 
+MNIST_PIXELS = 28 * 28
+#: The components drawn at most (784 panels a row took minutes).
+SHOWN = 16
+
+
+def _outputs(name, k):
+  """``--k``: 1 to MNIST's pixel count."""
+  k = validation.check_positive_int(name, k)
+  if k > MNIST_PIXELS:
+    raise ValueError(f"{name} must be at most {MNIST_PIXELS} (MNIST's "
+                     f"pixels), got {k}")
+  return k
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--overwrite", action="store_true",
                  help="write into a non-empty --out")
-  p.add_argument("--k", type=int, default=10, help="number of outputs")
-  p.add_argument("--steps", type=int, default=2000,
+  p.add_argument("--k", type=flags.argument_type(int, _outputs, "an integer"),
+                 default=10, help=f"number of outputs (1..{MNIST_PIXELS})")
+  p.add_argument("--steps", type=flags.positive_int, default=2000,
                  help="full-batch Bort + DBort steps")
-  p.add_argument("--learning-rate", type=float, default=0.1,
+  p.add_argument("--learning-rate", type=flags.argument_type(
+      float, lambda name, v: validation.check_real(name, v, low=0,
+                                                   low_inclusive=False)),
+                 default=0.1,
                  help="step on log mean(y²) (see dbort_linear_optimizer)")
-  p.add_argument("--momentum", type=float, default=0.95)
-  p.add_argument("--published-steps", type=int, default=0,
+  p.add_argument("--momentum", type=flags.argument_type(
+      float, lambda name, v: validation.check_real(name, v, low=0, high=1,
+                                                   high_inclusive=False)),
+                 default=0.95, help="in [0, 1)")
+  p.add_argument("--published-steps", type=flags.nonnegative_int, default=0,
                  help="also run the published Bort-AdamW setting this long")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=flags.nonnegative_int, default=0)
   p.add_argument("--data-dir", default=None,
                  help="bort_jax.experiments.data cache directory (default: its default)")
   p.add_argument("--no-download", action="store_true",
@@ -124,7 +147,7 @@ def plot_components(file, kernel, c, basis, cosines):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  k = basis.shape[1]
+  k = min(basis.shape[1], SHOWN)
   rows = np.asarray(kernel, np.float64) / np.sqrt(c)  # unit-norm rows of W
   aligned = rows @ procrustes(rows, basis)
   # Sign-fix PCA's directions so that they match the aligned rows visibly.
@@ -137,7 +160,9 @@ def plot_components(file, kernel, c, basis, cosines):
   ]
   fig = plt.figure(figsize=(1.3 * k, 5.2), layout="constrained")
   fig.suptitle(
-      f"MNIST, k = {k}: principal-angle cosines to PCA's subspace "
+      f"MNIST, k = {basis.shape[1]}"
+      + (f" (the first {k} shown)" if k < basis.shape[1] else "")
+      + ": principal-angle cosines to PCA's subspace "
       f"{cosines.min():.6f} … {cosines.max():.6f}", fontsize=11)
   for subfig, (label, title, vectors) in zip(fig.subfigures(3, 1), panels):
     subfig.suptitle(title, fontsize=10)
@@ -207,10 +232,14 @@ def _run(args, argv, folder):
   pca_seconds = time.perf_counter() - start
   pca_errors = (reconstruction_mse(train, basis, 1.0),
                 reconstruction_mse(test, basis, 1.0))
-  gap = (eigenvalues[args.k - 1] - eigenvalues[args.k]) / eigenvalues[
-      :args.k].sum()
+  if args.k < len(eigenvalues):
+    gap = (eigenvalues[args.k - 1] - eigenvalues[args.k]) / eigenvalues[
+        :args.k].sum()
+    gap_text = f"{gap:.4f}"
+  else:  # every direction: no λ_k+1
+    gap, gap_text = None, "n/a (k = d)"
   print(f"PCA by eigh: {pca_seconds:.1f}s; relative eigengap "
-        f"(λ_k − λ_k+1) / Σλ_≤k = {gap:.4f}")
+        f"(λ_k − λ_k+1) / Σλ_≤k = {gap_text}")
 
   start = time.perf_counter()
   fit = fit_dbort_linear(

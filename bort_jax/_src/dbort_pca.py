@@ -123,7 +123,8 @@ def dbort_linear_optimizer(
   learning_rate = _positive("learning_rate", learning_rate)
   momentum = validation.check_real("momentum", momentum, low=0, high=1,
                                   high_inclusive=False)
-  constraint_step = _positive("constraint_step", constraint_step)
+  # Larger steps overshoot the constraint (3 made the kernel NaN).
+  constraint_step = _positive("constraint_step", constraint_step, 1.0)
   final_fraction = _positive("final_fraction", final_fraction, 1.0)
   amplitude = _positive("amplitude", amplitude)
   power = _positive("power", power)
@@ -312,6 +313,12 @@ def fit_dbort_linear(
   Returns:
     A :class:`DBortLinearFit`.
 
+  Raises:
+    ValueError: data that are not real ``(N, d)`` numbers, not finite, or
+      constant (one sample: nothing to fit); a bad setting.
+    TypeError: a setting of the wrong type.
+    FloatingPointError: the training diverged (the kernel is not finite).
+
   Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -333,9 +340,11 @@ def fit_dbort_linear(
   if (jnp.issubdtype(data.dtype, jnp.floating)
       and not np.issubdtype(data.dtype, np.number)):
     data = data.astype(np.float32)  # bfloat16: ml_dtypes, not NumPy's
-  if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
+  if data.ndim != 2 or not (np.issubdtype(data.dtype, np.integer)
+                            or np.issubdtype(data.dtype, np.floating)):
+    # Complex data lost their imaginary part under a NumPy warning.
     raise ValueError(
-        f"fit_dbort_linear expects numeric data (N, d); got shape "
+        f"fit_dbort_linear expects real numeric data (N, d); got shape "
         f"{data.shape} and dtype {data.dtype}."
     )
   n, d = data.shape
@@ -347,6 +356,14 @@ def fit_dbort_linear(
   if not np.all(np.isfinite(data)):
     raise ValueError("fit_dbort_linear: the data contain NaN or inf.")
   steps = validation.check_positive_int("steps", steps)
+  # "no" centred the data; 1.5 failed deep in Flax's Rngs; an optimizer
+  # name failed at .init.
+  center = validation.check_bool("center", center)
+  if compress is not None:
+    compress = validation.check_bool("compress", compress)
+  seed = validation.check_nonnegative_int("seed", seed)
+  if optimizer is not None:
+    optimizer = validation.check_transformation(optimizer, "fit_dbort_linear")
   recipe = dbort_linear_optimizer(
       steps,
       learning_rate=learning_rate,
@@ -367,6 +384,12 @@ def fit_dbort_linear(
   # Centred in float64: in the data's own dtype a uint8 difference wraps.
   batch = (_second_moment_root(data, mean=mean) if compress
            else np.asarray(data, np.float64) - mean)
+  if not np.any(batch):
+    # The loss is floored and its gradient zero: the random start came back.
+    raise ValueError(
+        "fit_dbort_linear: the data are constant (one sample, or equal rows"
+        + (" after centring" if center else "") + "): there is no direction "
+        "to fit.")
   batch = jnp.asarray(batch, jnp.float32)
 
   layer = nnx.Linear(
@@ -406,6 +429,10 @@ def fit_dbort_linear(
 
   params, history = train(params)
   kernel = params["kernel"][...]
+  if not bool(jnp.all(jnp.isfinite(kernel))):
+    raise FloatingPointError(
+        "fit_dbort_linear diverged: the kernel is not finite; lower "
+        "learning_rate (or the optimizer's).")
   return DBortLinearFit(
       kernel=kernel,
       amplitude=float(jnp.mean(jnp.sum(jnp.square(kernel), axis=0))),

@@ -506,7 +506,9 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
   The one rule of every writer that is not a training run (a training run
   is recognised by its ``config.json``, see
   :func:`bort_jax.experiments.train_folder.open_run`): an absent or empty
-  folder is used as it is; a non-empty one only if it holds this
+  folder (or one holding only this ``kind``'s marker, what a run that
+  failed before writing leaves) is used as it is; a non-empty one only if
+  it holds this
   ``kind``'s marker (:meth:`RunFolder.holds`), and then
 
   - with ``resume``, as it is: the writer continues what it holds (the
@@ -547,7 +549,9 @@ def open_output(path: str | os.PathLike[str], *, kind: str,
   folder = RunFolder.open(path)
   try:
     where = str(folder.path)
-    if folder.entries():
+    entries = folder.entries()
+    # Its marker alone: a run of this kind that failed before it wrote.
+    if entries and not (entries == [MARKER_NAME] and folder.holds(kind)):
       if not folder.holds(kind):
         raise RunDirectoryError(
             (f"--overwrite refused: {where!r} holds no earlier {kind} output"

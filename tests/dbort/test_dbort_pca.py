@@ -219,6 +219,7 @@ def test_optimizer_composes_with_optax_tools():
         (dict(k=2, momentum=1.0), "momentum"),
         (dict(k=2, learning_rate=-1.0), "learning_rate"),
         (dict(k=2, constraint_step=0.0), "constraint_step"),
+        (dict(k=2, constraint_step=3.0), "constraint_step"),  # NaN kernel
         (dict(k=2, final_fraction=2.0), "final_fraction"),
         (dict(k=2, amplitude=float("nan")), "amplitude"),
         (dict(k=2, power=0.0), "power"),
@@ -236,6 +237,25 @@ def test_fit_rejects_bad_data():
   bad[0, 0] = np.nan
   with pytest.raises(ValueError, match="NaN"):
     fit_dbort_linear(bad, 1)
+
+
+def test_fit_refuses_what_it_returned_silently():
+  # One sample, constant rows: the loss is floored and its gradient zero,
+  # so the random start came back as "the PCA"; complex data lost their
+  # imaginary part; a learning rate of 100 returned a NaN kernel.
+  for data in (np.ones((1, 3)), np.full((20, 3), 2.0)):
+    with pytest.raises(ValueError, match="constant"):
+      fit_dbort_linear(data, 1, steps=5)
+  with pytest.raises(ValueError, match="real numeric data"):
+    fit_dbort_linear(gaussian_with_gap()[:50] * 1j, 2, steps=5)
+  with pytest.raises(FloatingPointError, match="diverged"):
+    fit_dbort_linear(gaussian_with_gap()[:50], 2, steps=50,
+                     learning_rate=100.0)
+  for kwargs in (dict(center="no"), dict(compress=1), dict(seed=1.5),
+                 dict(optimizer="adam")):
+    with pytest.raises(TypeError, match=next(iter(kwargs))
+                       if "optimizer" not in kwargs else "GradientTrans"):
+      fit_dbort_linear(gaussian_with_gap()[:50], 2, steps=5, **kwargs)
 
 
 def test_second_moment_root():

@@ -44,6 +44,27 @@ def test_dbort_pca_writes_through_the_guard(tmp_path, monkeypatch, capsys):
   (out / "mine.txt").write_text("keep")
   with pytest.raises(SystemExit, match="--overwrite"):
     example.main(["--out", str(out), "--k", "2", "--steps", "20"])
+  # k = d, every direction: the eigengap has no λ_k+1 (it raised
+  # IndexError after the fit's folder was made).
+  every = tmp_path / "every"
+  example.main(["--out", str(every), "--k", "784", "--steps", "2"])
+  assert json.loads((every / "metrics.json").read_text())[
+      "relative_eigengap"] is None
+  assert "n/a (k = d)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--k", "785"), ("--k", "0"), ("--steps", "0"), ("--momentum", "1.5"),
+    ("--learning-rate", "-1"), ("--published-steps", "-5")])
+def test_dbort_pca_refuses_bad_flags_before_loading(tmp_path, capsys, flag,
+                                                    value):
+  # They failed with a traceback after MNIST and its PCA (or, for
+  # --published-steps, were ignored), leaving the folder behind.
+  example = _load("dbort_pca_mnist")
+  with pytest.raises(SystemExit):
+    example.main(["--out", str(tmp_path / "pca"), flag, value])
+  assert f"argument {flag}:" in capsys.readouterr().err
+  assert not (tmp_path / "pca").exists()
 
 
 @pytest.mark.slow

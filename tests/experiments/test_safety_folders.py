@@ -193,3 +193,22 @@ def test_a_marker_that_is_not_a_regular_file_marks_nothing_and_never_blocks(
     workdir.open_output(path, kind="demo", files=(), resume=True)
   assert workdir.output_above(path / "run") is None
   assert os.listdir(path) == [workdir.MARKER_NAME]
+
+
+def test_a_folder_holding_only_its_marker_is_taken_as_empty(tmp_path):
+  # An example that failed before writing (dbort_pca_mnist --k 785) left
+  # only its marker, and the corrected command was sent to --overwrite.
+  path = tmp_path / "out"
+  path.mkdir()
+  (path / workdir.MARKER_NAME).write_text('{"kind": "study"}')
+  with workdir.open_output(path, kind="study", files=("a.txt",)) as folder:
+    folder.write_text("a.txt", "done")
+  with pytest.raises(RunDirectoryError, match="already exists"):
+    workdir.open_output(path, kind="study", files=("a.txt",))
+  # Another kind's marker alone is still not this kind's folder.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / workdir.MARKER_NAME).write_text('{"kind": "demo"}')
+  with pytest.raises(RunDirectoryError, match="holds no study"):
+    workdir.open_output(other, kind="study", files=("a.txt",))
+  assert os.listdir(other) == [workdir.MARKER_NAME]
