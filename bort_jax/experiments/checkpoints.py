@@ -31,8 +31,24 @@ MAX_TO_KEEP = 2
 
 
 #: What a checkpoints folder holds of ours: a step orbax wrote or was writing
-#: (``7``, ``7.orbax-checkpoint-tmp…``) and a damaged one moved aside.
+#: (``7``, ``7.orbax-checkpoint-tmp…``) and a damaged one moved aside; a
+#: step's folder is empty or holds one of :data:`_STEP_ENTRIES` (a user's
+#: ``2024/`` with files of theirs is kept).
 _OURS = re.compile(r"\d+(\.orbax-checkpoint-tmp.*|\.damaged-\d+)?")
+_STEP_ENTRIES = ("state", "meta", "_CHECKPOINT_METADATA")
+
+
+def _ours(path: str, name: str) -> bool:
+  """Whether ``name`` in the checkpoints folder ``path`` is ours."""
+  if not _OURS.fullmatch(name):
+    return False
+  entry = os.path.join(path, name)
+  if not name.isdigit():
+    return True
+  if not os.path.isdir(entry) or os.path.islink(entry):
+    return False
+  inside = os.listdir(entry)
+  return not inside or bool(set(inside) & set(_STEP_ENTRIES))
 
 
 class CheckpointError(errors.ExperimentError):
@@ -147,7 +163,8 @@ class Checkpoints:
           f"{reason}.") from e
 
   def restore(self, abstract_state: Any,
-              log: Callable[[str], None] | None = None
+              log: Callable[[str], None] | None = None,
+              check: Callable[[dict[str, Any]], None] | None = None
               ) -> tuple[int, Any, dict[str, Any]]:
     """The newest checkpoint that can be read: ``(step, state, meta)``.
 
@@ -159,6 +176,9 @@ class Checkpoints:
     Args:
       abstract_state: the state's structure, shapes and dtypes.
       log: told about each damaged checkpoint that is moved aside.
+      check: called with a checkpoint's meta before its arrays are read;
+        what it raises (another run's settings, whose arrays have other
+        shapes) ends the restore, nothing moved.
 
     Returns:
       The step, the restored state and the meta.
@@ -170,18 +190,24 @@ class Checkpoints:
     damaged = []
     for step in reversed(self.steps()):
       try:
-        restored = _quietly(lambda: self._manager.restore(
-            step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                meta=ocp.args.JsonRestore())))
-        meta = restored.meta
+        meta = _quietly(lambda: self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))).meta
         if not isinstance(meta, dict) or meta.get("step") != step:
           raise ValueError(f"its meta is not the meta of step {step}")
       except Exception as e:  # tensorstore, orbax and JSON errors alike
         damaged.append((step, _first_line(e)))
         continue
+      if check is not None:
+        check(meta)
+      try:
+        state = _quietly(lambda: self._manager.restore(
+            step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))).state
+      except Exception as e:
+        damaged.append((step, _first_line(e)))
+        continue
       self._move_aside(damaged, step, log)
-      return step, restored.state, meta
+      return step, state, meta
     raise CheckpointError(
         f"No checkpoint in {self.directory!r} can be read: "
         + ("; ".join(f"step {s} ({why})" for s, why in damaged)
@@ -288,7 +314,7 @@ def remove_all(directory: str | os.PathLike[str]) -> None:
     if not os.path.isdir(path):
       return
     for name in os.listdir(path):
-      if not _OURS.fullmatch(name):
+      if not _ours(path, name):
         continue
       entry = os.path.join(path, name)
       if os.path.isdir(entry) and not os.path.islink(entry):

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import secrets
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -93,11 +92,9 @@ class _Scalars:
       return  # metrics.json rewritten (a divergence): no second point
     self._last_epoch = row["epoch"]
     if self._writer is None:
-      # A suffix of our own: tensorboardX names files by the second and
-      # opens them with "wb", so two starts in one second would collide.
       self._writer = tensorboardX.SummaryWriter(
           self._path, purge_step=self._purge_epoch,
-          filename_suffix=f".{os.getpid()}.{secrets.token_hex(4)}")
+          filename_suffix=train_folder.event_file_suffix())
     for name in SCALARS:
       value = row.get(name)
       if value is not None and math.isfinite(value):
@@ -218,8 +215,9 @@ def _restore(ckpt, config, data, state, log) -> _State:
   # Restored as the fresh state is laid out (one device, or the mesh's).
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=x.sharding), _arrays(state))
-  step, arrays, meta = ckpt.restore(abstract, log=log)
-  train_data.check_saved_run(config, data, meta)
+  # The settings first: an edited width is not a damaged checkpoint.
+  step, arrays, meta = ckpt.restore(abstract, log=log, check=lambda meta: (
+      train_data.check_saved_run(config, data, meta)))
   return _State(arrays["model"], arrays["optimizer"],
                 steps_lib.Metrics(**arrays["metrics"]), int(step),
                 list(meta["history"]))

@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import secrets
 from typing import Any, Callable
 
 from bort_jax.experiments import checkpoints as checkpoints_lib
@@ -39,6 +41,17 @@ RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoints")
 TENSORBOARD_DIR = "tensorboard"
 #: How TensorBoard event files are named (what ``overwrite`` removes).
 EVENT_FILE_PREFIX = "events.out.tfevents."
+#: Our event files end in :func:`event_file_suffix`'s ``.<pid>.<8 hex>``:
+#: another tool's in the folder are kept.
+_OUR_EVENT_FILE = re.compile(re.escape(EVENT_FILE_PREFIX)
+                             + r".*\.\d+\.[0-9a-f]{8}")
+
+
+def event_file_suffix() -> str:
+  """The end of this start's event file name: tensorboardX names files by
+  the second and opens them with ``"wb"``, so two starts in one second
+  would collide without it."""
+  return f".{os.getpid()}.{secrets.token_hex(4)}"
 
 _CSV_FIELDS = (
     "epoch", "step", "learning_rate", "train_loss", "train_accuracy",
@@ -102,7 +115,7 @@ def _remove_event_files(path: str) -> None:
     return
   for name in os.listdir(path):
     entry = os.path.join(path, name)
-    if (name.startswith(EVENT_FILE_PREFIX) and os.path.isfile(entry)
+    if (_OUR_EVENT_FILE.fullmatch(name) and os.path.isfile(entry)
         and not os.path.islink(entry)):
       os.unlink(entry)
   if not os.listdir(path):
@@ -196,6 +209,10 @@ def _apply_rules(folder, config, *, resume, overwrite, log) -> bool:
       log(f"{where!r} holds this run with no checkpoint yet: starting it "
           "again from step 0.")
       return False
+  if saved is None:  # neither flag would take it
+    raise RunDirectoryError(
+        f"{where!r} is not empty and is not a bort-jax training run "
+        f"({why_not}), so nothing in it is changed; choose another --out.")
   raise RunDirectoryError(
       f"Run folder {where!r} already exists and is not empty. Pass --resume "
       "to continue that run, or --overwrite to start over (this deletes its "

@@ -164,10 +164,18 @@ def test_run_directory_rules(straight, digits, tmp_path):
   user_dir = tmp_path / "mine"
   user_dir.mkdir()
   (user_dir / "notes.txt").write_text("keep me")
-  with pytest.raises(RunDirectoryError, match="--overwrite"):
+  # Refused without sending the user to --resume or --overwrite, which
+  # refuse such a folder too.
+  with pytest.raises(RunDirectoryError, match=(
+      r"is not a bort-jax training run \(it has no config.json\), so "
+      r"nothing in it is changed; choose another --out\.$")):
     train_folder.open_run(str(user_dir), CONFIG, resume=False, overwrite=False)
   (user_dir / "metrics.json").write_text("{}")
   (user_dir / "checkpoints").mkdir()
+  # A folder of the user's with a number for a name is not a step of ours
+  # (every all-digit name went).
+  (user_dir / "checkpoints" / "2024").mkdir()
+  (user_dir / "checkpoints" / "2024" / "notes.txt").write_text("keep me")
   with pytest.raises(RunDirectoryError, match="not a bort-jax training run"):
     train_folder.open_run(str(user_dir), CONFIG, resume=False, overwrite=True)
   (user_dir / "config.json").write_text(CONFIG.to_json())
@@ -175,8 +183,10 @@ def test_run_directory_rules(straight, digits, tmp_path):
                                           resume=False, overwrite=True)
   folder.close()
   assert not restore
-  assert sorted(os.listdir(user_dir)) == ["notes.txt"]
+  assert sorted(os.listdir(user_dir)) == ["checkpoints", "notes.txt"]
   assert (user_dir / "notes.txt").read_text() == "keep me"
+  assert os.listdir(user_dir / "checkpoints") == ["2024"]
+  assert (user_dir / "checkpoints" / "2024" / "notes.txt").exists()
 
 
 def test_the_data_errors_of_a_run_are_the_data_package_s_one_data_error(

@@ -188,6 +188,16 @@ def test_item08_resume_checks_the_config_and_the_data(digits, tmp_path,
   err = _cli_fails(capsys, ["train", "--out", str(path), "--resume"],
                    "differs from the checkpointed run")
   assert f"gamma {gamma!r} vs 0.7" in err
+  # Also when the edit changes the arrays' shapes: it said that no
+  # checkpoint could be read and to start over with --overwrite.
+  kept = sorted(os.listdir(path / "checkpoints"))
+  edited = json.loads(saved)
+  edited["width"] = 2 * edited["width"]
+  (path / "config.json").write_text(json.dumps(edited))
+  err = _cli_fails(capsys, ["train", "--out", str(path), "--resume"],
+                   "differs from the checkpointed run")
+  assert f"width {TINY.width!r} vs {2 * TINY.width!r}" in err
+  assert sorted(os.listdir(path / "checkpoints")) == kept  # none moved
   (path / "config.json").write_text(saved)
   images = digits.train.images.copy()
   images[0, 0, 0, 0] += 0.5  # the same size, other data

@@ -78,11 +78,15 @@ def test_resume_appends_and_overwrite_removes_only_event_files(tmp_path,
   assert len(files) == 2, files  # one per start: resume appends
   assert read_scalars(events)["test_accuracy"] == pytest.approx(
       {r["epoch"]: r["test_accuracy"] for r in result.history})
-  # --overwrite: our event files go, a file of the user's stays.
+  # --overwrite: our event files go; a file of the user's stays, and so
+  # does another tool's event file (every events.out.tfevents.* went).
   (events / "notes.txt").write_text("mine")
+  foreign = train_folder.EVENT_FILE_PREFIX + "1700000000.host.from-my-job"
+  (events / foreign).write_text("theirs")
   loop.train(_config(), str(out), dataset=digits, overwrite=True)
   left = sorted(os.listdir(events))
-  assert "notes.txt" in left and not set(files) & set(left)
+  assert {"notes.txt", foreign} <= set(left) and not set(files) & set(left)
+  (events / foreign).unlink()  # not a TFRecord file
   assert set(read_scalars(events)["test_accuracy"]) == {0, 1}
 
 
