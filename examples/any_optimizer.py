@@ -28,6 +28,7 @@ import optax
 from sklearn import datasets
 
 import bort_jax
+from bort_jax.experiments import flags
 from bort_jax.experiments import frontier_stats
 from bort_jax.experiments import text
 
@@ -81,6 +82,10 @@ def digits():
   return jnp.asarray(x[:1400]), jnp.asarray(y[:1400]), x[1400:], y[1400:]
 
 
+#: The initialisations: the model's, and its projection on the constraint.
+STARTS = ("default", "orthogonal")
+
+
 def initial_params(seed: int = 0, start: str = "default") -> dict:
   """Normal kernels scaled by 1/sqrt(fan-in), zero biases; ``"orthogonal"``
   puts the kernels on ``W Wᵀ = cI`` (c: each one's mean squared row norm)."""
@@ -88,6 +93,8 @@ def initial_params(seed: int = 0, start: str = "default") -> dict:
   params = {f"l{i}": {"kernel": jax.random.normal(k, (a, b)) / np.sqrt(a),
                       "bias": jnp.zeros(b)}
             for i, (k, a, b) in enumerate(zip(keys, SIZES[:-1], SIZES[1:]))}
+  if start not in STARTS:
+    raise ValueError(f"start must be one of {STARTS}, got {start!r}")
   if start == "orthogonal":
     params = bort_jax.project_to_constraint(params)
   return params
@@ -158,28 +165,36 @@ def main(argv: Sequence[str] | None = None) -> int:
   if unknown:
     parser.error(f"unknown optimizers {unknown}; choose from "
                  f"{', '.join(OPTIMIZERS)}")
+  starts = args.starts.split(",")
+  if set(starts) - set(STARTS):  # a typo trained the default start
+    parser.error(f"--starts takes {' and/or '.join(STARTS)}, got "
+                 f"{args.starts!r}")
   try:
-    seeds = [int(seed) for seed in args.seeds.split(",")]
-  except ValueError:
-    parser.error(f"--seeds takes integers separated by commas, got "
-                 f"{args.seeds!r}")
+    steps_list = [flags.positive_int(s) for s in args.steps.split(",")]
+    seeds = [flags.nonnegative_int(s) for s in args.seeds.split(",")]
+  except argparse.ArgumentTypeError as e:
+    parser.error(f"--steps and --seeds take integers separated by commas: "
+                 f"{e}")
+  if len(set(seeds)) < len(seeds):  # one run counted twice: no interval
+    parser.error(f"--seeds repeats a seed: {args.seeds!r}")
   seed_column = "" if seeds == [0] else " seed |"
   print(f"| optimizer | start | steps |{seed_column} acc alone % | "
         "acc with Bort % | Δ pp | error alone | error with Bort |")
   print("|---|---|---|" + "---|" * (seed_column.count("|") + 5))
   for name in names:
     alone, bort = OPTIMIZERS[name]
-    for start in args.starts.split(","):
-      for steps in (int(s) for s in args.steps.split(",")):
+    for start in starts:
+      for steps in steps_list:
         deltas = []
         for seed in seeds:
           a = train(alone(), steps, start, seed)
           b = train(bort(**kw), steps, start, seed)
           deltas.append(100 * (b.accuracy - a.accuracy))
-          finite = "" if b.finite else " (non-finite)"
+          flag = lambda outcome: "" if outcome.finite else " (non-finite)"
           seed_cell = f" {seed} |" if seed_column else ""
           print(f"| {name} | {start} | {steps} |{seed_cell} "
-                f"{100 * a.accuracy:.1f} | {100 * b.accuracy:.1f}{finite} | "
+                f"{100 * a.accuracy:.1f}{flag(a)} | "
+                f"{100 * b.accuracy:.1f}{flag(b)} | "
                 f"{deltas[-1]:+.1f} | {a.mean_error:.3f} | "
                 f"{b.mean_error:.3f} |", flush=True)
         if len(seeds) > 1:

@@ -61,3 +61,18 @@ def test_small_step_optimizers_trail_after_a_few_hundred_steps():
                        "orthogonal")
   assert bort.accuracy < base.accuracy - MARGIN, (bort, base)
   assert bort.mean_error < 0.1 * base.mean_error, (bort, base)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--starts", "orthogonl"], "--starts takes default and/or orthogonal"),
+    (["--steps", "0"], "must be a positive integer, got 0"),
+    (["--seeds", "0,0"], "--seeds repeats a seed"),
+])
+def test_the_example_refuses_bad_flags_before_training(capsys, argv, message):
+  # A typo in --starts trained the default start under the typo's label;
+  # --seeds 0,0 gave a zero-width interval from one run counted twice.
+  with pytest.raises(SystemExit):
+    example.main(argv)
+  assert message in capsys.readouterr().err
+  with pytest.raises(ValueError, match="start must be one of"):
+    example.initial_params(0, "orthogonl")
