@@ -175,9 +175,16 @@ def main(argv=None) -> int:
   def read(path):
     with open(path) as f:
       try:
-        return json.load(f)
+        runs = json.load(f)
       except ValueError as e:  # name the file that is not JSON
         raise ValueError(f"{path} is not a runs.json: {e}") from None
+    if not (isinstance(runs, list)
+            and all(isinstance(run, dict) for run in runs)):
+      # The frontier.json beside it: a TypeError deep in compare.
+      raise ValueError(f"{path} is not a runs.json: not a list of run "
+                       "records (a frontier's runs.json, not its "
+                       "frontier.json)")
+    return runs
 
   repeats: list[str] = []
   try:
@@ -201,7 +208,7 @@ def main(argv=None) -> int:
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     ratio = ("n/a" if r["constraint_ratio"] is None
-             else f"{r['constraint_ratio']:.2f}")
+             else f"{r['constraint_ratio']:.3g}")  # 7.7e-05, not 0.00
     constraint = _interval(r["constraint"], "+.2e", unit="")
     print(f"| {r['name']} | {len(r['seeds'])} | {_interval(r['val'])} | "
           f"{side_of_zero(r['val'])} | {_interval(r['test'])} | "

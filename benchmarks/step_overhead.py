@@ -35,6 +35,7 @@ import param_sets  # noqa: E402
 import timing  # noqa: E402
 
 import bort_jax  # noqa: E402
+from bort_jax.experiments import flags  # noqa: E402
 
 CONFIGS = {
     "l2-full c=1": dict(mode="l2-full", amplitude=1.0),
@@ -142,15 +143,22 @@ def main(argv=None):
                       + ", ".join([*CONFIGS, *REDUCED]))
   parser.add_argument("--reduced", action="store_true",
                       help="also run the reduced-precision (bf16) Gram")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--matmul-size", type=int, default=None)
-  parser.add_argument("--steps-per-call", type=int, default=None,
+  parser.add_argument("--repeats", type=flags.positive_int, default=5)
+  parser.add_argument("--matmul-size", type=flags.positive_int, default=None)
+  parser.add_argument("--steps-per-call", type=flags.positive_int,
+                      default=None,
                       help="steps per timed call (default: 10 on GPU, 1 on "
                       "CPU)")
   parser.add_argument("--json", type=Path, default=None)
   args = parser.parse_args(argv)
 
   all_configs = {**CONFIGS, **REDUCED}
+  for flag, given, known in (("--configs", args.configs, all_configs),
+                             ("--sets", args.sets, param_sets.PARAM_SETS)):
+    unknown = [name for name in given.split(",") if name not in known]
+    if unknown:  # a KeyError traceback
+      parser.error(f"unknown {flag} {unknown}; choose from "
+                   f"{', '.join(known)}")
   configs = {name: all_configs[name] for name in args.configs.split(",")}
   if args.reduced:
     configs.update(REDUCED)

@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import timing  # noqa: E402
 
 import bort_jax  # noqa: E402
+from bort_jax.experiments import flags  # noqa: E402
 from bort_jax.experiments import models as models_lib  # noqa: E402
 from bort_jax.experiments import optimizers as optimizers_lib  # noqa: E402
 from bort_jax.experiments import steps as steps_lib  # noqa: E402
@@ -448,13 +449,13 @@ def main(argv=None):
                       f"{','.join(RECOMMENDED_RUN['configs'])!r} --every "
                       f"{','.join(map(str, RECOMMENDED_RUN['every']))} "
                       "(unless given), on every model")
-  parser.add_argument("--batch", type=int, default=128,
+  parser.add_argument("--batch", type=flags.positive_int, default=128,
                       help="batch size (the README's and the study's: 128)")
-  parser.add_argument("--steps", type=int, default=None,
+  parser.add_argument("--steps", type=flags.positive_int, default=None,
                       help="training steps per timed call (default: 20 on "
                       "GPU; on CPU the least multiple of 3 and of every "
                       "--every value)")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=flags.positive_int, default=5)
   parser.add_argument("--width", action="append", default=[],
                       metavar="MODEL=N", help="a model's width (repeatable)")
   parser.add_argument("--unroll", choices=("auto", "yes", "no"),

@@ -116,6 +116,22 @@ def test_i17_2_bad_configs_and_bases_are_one_line_before_any_write(tmp_path):
   assert not out.exists()
 
 
+@pytest.mark.parametrize("script, argv", [
+    # Negative times, "+nan%", a StatisticsError, a KeyError traceback.
+    ("train_step", ["--steps", "-3"]), ("train_step", ["--batch", "0"]),
+    ("train_step", ["--repeats", "0"]), ("step_overhead", ["--repeats", "0"]),
+    ("step_overhead", ["--sets", "bogus"]),
+    ("step_overhead", ["--configs", "bogus"])])
+def test_the_benchmarks_refuse_counts_and_names_in_one_line(capsys, script,
+                                                            argv):
+  module = {"train_step": train_step, "step_overhead": step_overhead}[script]
+  with pytest.raises(SystemExit) as info:
+    module.main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err.splitlines()
+  assert ": error: " in err[-1] and argv[0] in err[-1], err  # prog: pytest's
+
+
 def test_i17_4_step_overhead_times_calls_in_turn_with_an_aa_control(
     monkeypatch):
   # One function then the other, repeat by repeat: drift hits both.

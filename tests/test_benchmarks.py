@@ -227,6 +227,12 @@ def test_compare_points_names_a_file_that_is_not_json(capsys, tmp_path):
   assert compare_points.main([str(path), "--reference", "adamw"]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"compare_points: error: {path} is not a runs.json")
+  # JSON, but the frontier.json beside runs.json: a TypeError traceback.
+  path.write_text(json.dumps({"points": [], "baselines": {}}))
+  assert compare_points.main([str(path), "--reference", "adamw"]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+      f"compare_points: error: {path} is not a runs.json: not a list of run "
+      "records (a frontier's runs.json, not its frontier.json)"]
 
 
 @pytest.mark.slow
