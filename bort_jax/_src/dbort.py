@@ -66,6 +66,14 @@ def _mean_square(y: Any) -> Array:
   all-zero output (the gradient there is zero instead of ``0 · ∞``).
   """
   leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(y)]
+  complex_leaf = next((leaf for leaf in leaves
+                       if jnp.issubdtype(leaf.dtype, jnp.complexfloating)),
+                      None)
+  if complex_leaf is not None:  # mean(y²) of them is no energy
+    raise validation.ArgumentTypeError(
+        f"DBort needs real layer outputs, got one of dtype "
+        f"{complex_leaf.dtype}; pass jnp.abs(y) or its real and imaginary "
+        "parts.")
   if len(leaves) == 1:
     y = leaves[0]
     energy = jnp.mean(jnp.square(y.astype(penalty.compute_dtype(y.dtype))))

@@ -168,7 +168,8 @@ def principal_cosines(a: Any, b: Any) -> Array:
     b: a ``(d, l)`` matrix.
 
   Returns:
-    ``min(k, l)`` cosines, in descending order.
+    ``min(d, k, l)`` cosines (no more than ``d`` directions exist), in
+    descending order.
 
   Examples:
     >>> import jax.numpy as jnp

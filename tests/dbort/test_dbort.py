@@ -236,6 +236,15 @@ def test_outputs_under_jax_jit_and_jax_grad_via_split_merge():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_complex_outputs_are_refused():
+  # dbort_loss returned a complex "loss" (mean of y², not of |y|²).
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bort_jax import dbort  # pylint: disable=g-import-not-at-top
+  with pytest.raises(TypeError, match="real layer outputs, got one of dtype "
+                     "complex64"):
+    dbort.dbort_loss({"a": jnp.ones(3), "b": jnp.ones(3) * 1j})
+
+
 def test_i19_the_whole_dbort_outputs_result_is_refused():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from bort_jax import dbort  # pylint: disable=g-import-not-at-top
