@@ -217,6 +217,17 @@ def test_a_resume_may_change_only_what_changes_no_step(digits, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with open(os.path.join(path, "config.json")) as f:
     assert json.load(f)["eval_batch_size"] == 100
+  # The run is finished: a new value measures nothing, and is not recorded
+  # (it was, in config.json and metrics.json).
+  files = {name: open(os.path.join(path, name)).read()
+           for name in ("config.json", "metrics.json", "metrics.csv")}
+  lines = []
+  again = train(dataclasses.replace(changed, eval_batch_size=7), path,
+                dataset=digits, resume=True, log=lines.append)
+  assert again.finished and again.history == resumed.history
+  assert {name: open(os.path.join(path, name)).read()
+          for name in files} == files
+  assert any("The run is finished" in line for line in lines), lines
   with pytest.raises(config_lib.ConfigError, match="gamma 0.1 vs 0.2"):
     train(dataclasses.replace(changed, gamma=0.2), path, dataset=digits,
           resume=True)
