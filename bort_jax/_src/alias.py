@@ -169,8 +169,9 @@ def bort_sgd(
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
-      every callable argument as a schedule of the step, pass a callable
-      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
+      every callable argument as a schedule of the step, name a callable
+      mask (or callable ``dimension_numbers``) in its ``static_args``:
+      ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
@@ -325,8 +326,9 @@ def bort_adamw(
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
-      every callable argument as a schedule of the step, pass a callable
-      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
+      every callable argument as a schedule of the step, name a callable
+      mask (or callable ``dimension_numbers``) in its ``static_args``:
+      ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · γ · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
@@ -474,8 +476,9 @@ def with_bort(
     dimension_numbers: which leaves are Bort matrices (default: Flax kernels).
     bort_mask: optional mask selecting the leaves Bort may act on
       (``optax.masked``). Under ``optax.inject_hyperparams``, which calls
-      every callable argument as a schedule of the step, pass a callable
-      mask (or ``dimension_numbers``) with ``static_args=("bort_mask",)``.
+      every callable argument as a schedule of the step, name a callable
+      mask (or callable ``dimension_numbers``) in its ``static_args``:
+      ``static_args=("bort_mask",)``.
     kernel_options: how the full modes' products are computed.
     every: ``None`` (every step) or k: apply ``k · s · Δ`` on every k-th step
       only (see :func:`add_bort_correction`).
