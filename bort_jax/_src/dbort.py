@@ -211,13 +211,18 @@ def dbort_loss(
         "dbort_loss needs at least one layer output or DBortEnergy; wrap a "
         "layer in DBort(layer) or pass its outputs."
     )
+  # Weight 0 is the task loss exactly, also where E^p overflows (0 · inf
+  # was NaN, in the loss and its gradient): the energies are set aside on
+  # both sides of the where, as a traced weight needs.
+  off = weight == 0
   # A stack of layers run by nnx.scan records one energy per layer: each
   # is a term of its own, so the loss stays a scalar.
-  terms = [jnp.sum(energy ** power) for energy in energies]
+  terms = [jnp.sum(jnp.where(off, 1.0, energy) ** power)
+           for energy in energies]
   total = terms[0]
   for term in terms[1:]:
     total = total + term
-  return -weight * total
+  return jnp.where(off, -0.0, -weight * total)
 
 
 # ----------------------------------------------------------------------------

@@ -236,6 +236,22 @@ def test_outputs_under_jax_jit_and_jax_grad_via_split_merge():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_weight_zero_is_the_task_loss_also_where_the_energy_overflows():
+  # E^p overflows float32 (1e30² squared again): 0 · inf made the loss and
+  # its gradient NaN, where DBORT.md promises the task loss bit for bit.
+  from bort_jax import dbort  # pylint: disable=g-import-not-at-top
+  y = jnp.full((2, 3), 1e30)
+
+  def loss(y, weight):
+    return dbort.dbort_loss(y, weight=weight, power=2.0)
+
+  for weight in (0.0, jnp.float32(0.0)):
+    value, grad = jax.jit(jax.value_and_grad(loss))(y, weight)
+    assert str(float(value)) == "-0.0"
+    assert not np.any(grad)
+  assert np.isneginf(loss(y, 1.0))  # with a weight, the overflow shows
+
+
 def test_complex_outputs_are_refused():
   # dbort_loss returned a complex "loss" (mean of y², not of |y|²).
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
