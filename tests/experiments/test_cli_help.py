@@ -200,8 +200,10 @@ def test_the_header_is_not_printed_before_a_folder_refusal(capsys, tmp_path):
   captured = capsys.readouterr()
   assert captured.out == ""
   lines = captured.err.splitlines()
-  assert len(lines) == 1 and lines[0].startswith(
-      "bort-jax train: error: Run folder"), lines
+  assert lines == [
+      f"bort-jax train: error: {str(out)!r} is not empty and is not a "
+      "bort-jax training run (it has no config.json), so nothing in it is "
+      "changed; choose another --out."], lines
   assert sorted(os.listdir(out)) == ["mine.txt"]
 
 
