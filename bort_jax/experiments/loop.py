@@ -419,7 +419,18 @@ class _Run:
     the run before its end (or ``None``).
     """
     total = self.total_steps
-    done = state.step >= total  # a finished run resumed: nothing to write
+    # A finished run resumed trains nothing: its files keep what it ran
+    # with (a new --eval-batch-size was recorded for epochs measured
+    # without it).
+    done = state.step >= total
+    if done:
+      self.say(f"The run is finished (step {state.step}): nothing to train, "
+               "nothing rewritten.")
+    elif self.folder is not None and (
+        self.folder.read_text("config.json") != self.config.to_json()):
+      # A new run, a resume with new values of its resumable fields, or a
+      # resume of an older version's config.json.
+      self.folder.write_text("config.json", self.config.to_json())
     self.wall_start = time.perf_counter()
     self.wall_offset = state.history[-1]["wall_time_s"] if state.history else 0.0
     if state.history and state.step < total and self.scalars is not None:
@@ -592,17 +603,6 @@ def train(
                                purge)
       if primary and on_start is not None:
         on_start()
-      # A finished run trains nothing: its files keep what it ran with
-      # (a new --eval-batch-size was recorded for epochs measured without).
-      done = restore and state.step >= run.total_steps
-      if done:
-        say(f"The run is finished (step {state.step}): nothing to train, "
-            "nothing rewritten.")
-      # Written when it differs: a new run, a resume with new values of its
-      # resumable fields, or a resume of an older version's config.json.
-      if folder is not None and not done and (
-          folder.read_text("config.json") != config.to_json()):
-        folder.write_text("config.json", config.to_json())
       state, finished, stopped_by = run.epochs(state, max_steps)
     finally:
       run.close()
