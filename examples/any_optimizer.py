@@ -138,6 +138,12 @@ def train(tx: optax.GradientTransformation, steps: int,
   return Outcome(accuracy, mean, head, finite)
 
 
+def _accuracy(outcome: Outcome) -> str:
+  """An accuracy cell, flagged when the run's weights are not finite."""
+  return f"{100 * outcome.accuracy:.1f}" + (
+      "" if outcome.finite else " (non-finite)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
@@ -190,11 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           a = train(alone(), steps, start, seed)
           b = train(bort(**kw), steps, start, seed)
           deltas.append(100 * (b.accuracy - a.accuracy))
-          flag = lambda outcome: "" if outcome.finite else " (non-finite)"
           seed_cell = f" {seed} |" if seed_column else ""
           print(f"| {name} | {start} | {steps} |{seed_cell} "
-                f"{100 * a.accuracy:.1f}{flag(a)} | "
-                f"{100 * b.accuracy:.1f}{flag(b)} | "
+                f"{_accuracy(a)} | {_accuracy(b)} | "
                 f"{deltas[-1]:+.1f} | {a.mean_error:.3f} | "
                 f"{b.mean_error:.3f} |", flush=True)
         if len(seeds) > 1:

@@ -45,8 +45,6 @@ OUT_FILES = ("results.json", "reconstructions.png", "saliency.png",
              "gram.png", "adversarial_bort.png", "adversarial_adamw.png")
 
 
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output directory")
@@ -85,7 +83,6 @@ def parse_args(argv=None):
   if args.amplitude != "ada":
     args.amplitude = float(args.amplitude)
   return args
-
 
 
 def train(model, tx, x_train, y_train, steps, batch_size, seed, label):

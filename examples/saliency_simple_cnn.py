@@ -63,8 +63,6 @@ BORT_ONLY = ("gamma", "mode", "amplitude", "dbort_weight", "dbort_power",
              "dbort_on")
 
 
-
-
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output directory")
@@ -97,7 +95,6 @@ def parse_args(argv=None):
   if not args.seeds:
     p.error("--seeds needs at least one seed")
   return args
-
 
 
 def configs(args, seed):

@@ -254,7 +254,6 @@ def test_weight_zero_is_the_task_loss_also_where_the_energy_overflows():
 
 def test_complex_outputs_are_refused():
   # dbort_loss returned a complex "loss" (mean of y², not of |y|²).
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from bort_jax import dbort  # pylint: disable=g-import-not-at-top
   with pytest.raises(TypeError, match="real layer outputs, got one of dtype "
                      "complex64"):
